@@ -1,0 +1,32 @@
+//! Access rules for kubeconfig delivery, as a pure library: who may download a cluster's kubeconfig and
+//! admin kubeconfig, and why not.
+//!
+//! This crate does no I/O and is not async; it must not depend on transport or storage crates (tonic,
+//! prost, tokio, redis, axum). It takes text in and gives typed values out.
+//!
+//! - [`permission`]: `resource.operation` strings and the `cluster.*` permission set.
+//! - [`role`]: built-in and custom roles with their scopes.
+//! - [`tenant`]: the tenant file — projects, roles, teams, users, API key hashes, bindings — and the
+//!   effective permissions of a principal on a cluster.
+//! - [`pack`]: Kubernetes pack analysis: is OIDC properly configured, per distribution.
+//! - [`macros`]: pack macro resolution.
+//! - [`decision`]: policy modes and [`decide`].
+//! - [`document`]: bounded YAML parsing shared by all of the above.
+//! - [`secret`]: a string that never prints.
+
+pub mod decision;
+pub mod document;
+pub mod macros;
+pub mod pack;
+pub mod permission;
+pub mod role;
+pub mod secret;
+pub mod tenant;
+
+pub use decision::{Asset, ClusterFacts, Decision, Denial, DenyCode, PolicyMode, decide};
+pub use document::{DocumentError, MAX_DOCUMENT_BYTES};
+pub use pack::{Distribution, OidcGap, OidcLogin, OidcSource, OidcState, PackError, PackInput, analyze};
+pub use permission::{ClusterOp, ClusterPermissions, Permission, PermissionError};
+pub use role::{Role, RoleCatalog, Scope};
+pub use secret::Secret;
+pub use tenant::{ApiKeyHash, Binding, FieldError, OidcSettings, Principal, Project, ReverseProxy, Subject, Tenant, TenantError, User};

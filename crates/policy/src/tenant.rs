@@ -1,0 +1,538 @@
+//! The tenant file (domain.md section 9): projects, custom roles, teams, users, API key hashes, bindings
+//! and the tenant-wide settings (policy mode, Spectro Proxy server, tenant OIDC).
+//!
+//! Parsing happens in two steps. `serde` reads the shape (unknown fields are refused so that a typo such
+//! as `bindngs:` cannot silently drop every binding; shape errors carry the parser's line). Then
+//! cross-references are checked and every problem is reported with its field path, e.g.
+//! `bindings[2].role: unknown role "Cluster Boss"`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::decision::PolicyMode;
+use crate::document::{self, DocumentError};
+use crate::permission::{ClusterPermissions, Permission};
+use crate::role::{Role, RoleCatalog, Scope};
+use crate::secret::Secret;
+
+/// The Spectro Proxy server, a service-level setting.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReverseProxy {
+    /// Host name without scheme or port.
+    pub server: String,
+    /// Port, 443 unless set.
+    #[serde(default = "default_proxy_port")]
+    pub port: u16,
+    /// The proxy's CA (PEM), when it differs from the clusters' CAs.
+    #[serde(default)]
+    pub certificate_authority: Option<String>,
+}
+
+fn default_proxy_port() -> u16 {
+    443
+}
+
+/// The tenant's own identity provider, used by packs whose identity provider is `palette` or `tenant`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OidcSettings {
+    pub issuer_url: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// A project of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub uid: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The stored form of an API key: the SHA-256 of the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ApiKeyHash([u8; 32]);
+
+impl ApiKeyHash {
+    /// Wraps a digest.
+    pub fn from_digest(digest: [u8; 32]) -> Self {
+        ApiKeyHash(digest)
+    }
+
+    /// The digest bytes (compare them in constant time).
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeyHash(sha256:{}…)", hex::encode(&self.0[..4]))
+    }
+}
+
+impl TryFrom<String> for ApiKeyHash {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let hex_part = text.strip_prefix("sha256:").ok_or_else(|| {
+            "an API key hash must look like `sha256:<64 hex characters>`".to_owned()
+        })?;
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut digest).map_err(|_| {
+            format!(
+                "an API key hash must be `sha256:` followed by 64 hex characters; got {} characters after `sha256:`",
+                hex_part.len()
+            )
+        })?;
+        Ok(ApiKeyHash(digest))
+    }
+}
+
+/// A user of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Lowercased e-mail address; the user's identity.
+    pub email: String,
+    /// Hashes of the user's API keys.
+    pub api_keys: Vec<ApiKeyHash>,
+}
+
+/// Who a binding grants a role to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    User(String),
+    Team(String),
+}
+
+/// A role granted to a user or team, tenant-wide or in one project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub subject: Subject,
+    pub role: String,
+    pub project: Option<String>,
+    cluster: ClusterPermissions,
+}
+
+/// The caller as the policy sees it: a user and the teams it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    user: String,
+    teams: BTreeSet<String>,
+}
+
+impl Principal {
+    /// A principal from a user id (e-mail) and team names; the user id is compared case-insensitively.
+    pub fn new(user: &str, teams: impl IntoIterator<Item = String>) -> Self {
+        Principal {
+            user: user.to_lowercase(),
+            teams: teams.into_iter().collect(),
+        }
+    }
+
+    /// The lowercased user id.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The principal's teams.
+    pub fn teams(&self) -> impl Iterator<Item = &str> {
+        self.teams.iter().map(String::as_str)
+    }
+}
+
+/// One problem in the tenant file, with the path of the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a tenant file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    /// The YAML could not be read or has the wrong shape (carries the line when the parser gives one).
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    /// The YAML is well-formed but inconsistent; every problem found is listed.
+    #[error("{}", join_errors(.0))]
+    Fields(Vec<FieldError>),
+}
+
+impl TenantError {
+    /// The 1-based line of the problem, when the parser gave one.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            TenantError::Document(e) => e.line(),
+            TenantError::Fields(_) => None,
+        }
+    }
+}
+
+fn join_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTenant {
+    tenant: String,
+    #[serde(default)]
+    policy: PolicyMode,
+    #[serde(default)]
+    reverse_proxy: Option<ReverseProxy>,
+    #[serde(default)]
+    oidc: Option<OidcSettings>,
+    #[serde(default)]
+    projects: Vec<Project>,
+    #[serde(default)]
+    custom_roles: Vec<RawRole>,
+    #[serde(default)]
+    teams: Vec<RawTeam>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    bindings: Vec<RawBinding>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    name: String,
+    scope: Scope,
+    permissions: Vec<Permission>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawUser {
+    email: String,
+    #[serde(default)]
+    api_keys: Vec<ApiKeyHash>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBinding {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    team: Option<String>,
+    role: String,
+    #[serde(default)]
+    project: Option<String>,
+}
+
+/// A validated tenant file.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    name: String,
+    policy: PolicyMode,
+    reverse_proxy: Option<ReverseProxy>,
+    oidc: Option<OidcSettings>,
+    projects: BTreeMap<String, Project>,
+    roles: RoleCatalog,
+    teams: BTreeMap<String, BTreeSet<String>>,
+    users: BTreeMap<String, User>,
+    bindings: Vec<Binding>,
+}
+
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn is_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Tenant {
+    /// Parses and validates a tenant file.
+    pub fn from_yaml(text: &str) -> Result<Self, TenantError> {
+        let raw: RawTenant = document::parse(text)?;
+        let mut problems = Problems(Vec::new());
+
+        if raw.tenant.trim().is_empty() {
+            problems.add("tenant", "must not be empty");
+        }
+        if let Some(proxy) = &raw.reverse_proxy {
+            check_proxy(proxy, &mut problems);
+        }
+        if let Some(oidc) = &raw.oidc {
+            check_oidc(oidc, &mut problems);
+        }
+
+        let mut projects = BTreeMap::new();
+        for (i, project) in raw.projects.into_iter().enumerate() {
+            if !is_identifier(&project.uid) {
+                problems.add(
+                    format!("projects[{i}].uid"),
+                    format!("{:?} is not a project uid (letters, digits, `-`, `_`, `.`)", project.uid),
+                );
+            } else if projects.contains_key(&project.uid) {
+                problems.add(format!("projects[{i}].uid"), format!("duplicate project {:?}", project.uid));
+            } else {
+                projects.insert(project.uid.clone(), project);
+            }
+        }
+
+        let mut roles = RoleCatalog::builtin();
+        for (i, role) in raw.custom_roles.into_iter().enumerate() {
+            if role.name.trim().is_empty() {
+                problems.add(format!("customRoles[{i}].name"), "must not be empty");
+                continue;
+            }
+            let name = role.name.clone();
+            if let Err(existing) = roles.insert(Role::custom(role.name, role.scope, role.permissions)) {
+                let what = if existing.is_builtin() { "a built-in role" } else { "another custom role" };
+                problems.add(
+                    format!("customRoles[{i}].name"),
+                    format!("{name:?} has the same name as {what} ({:?}); role names are case-insensitive", existing.name()),
+                );
+            }
+        }
+
+        let mut teams: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (i, team) in raw.teams.into_iter().enumerate() {
+            if team.name.trim().is_empty() {
+                problems.add(format!("teams[{i}].name"), "must not be empty");
+            } else if teams.contains_key(&team.name) {
+                problems.add(format!("teams[{i}].name"), format!("duplicate team {:?}", team.name));
+            } else {
+                let members = team.members.iter().map(|m| m.to_lowercase()).collect();
+                teams.insert(team.name, members);
+            }
+        }
+
+        let mut users = BTreeMap::new();
+        let mut key_owner: BTreeMap<ApiKeyHash, String> = BTreeMap::new();
+        for (i, user) in raw.users.into_iter().enumerate() {
+            let email = user.email.trim().to_lowercase();
+            if email.is_empty() || !email.contains('@') {
+                problems.add(format!("users[{i}].email"), format!("{:?} is not an e-mail address", user.email));
+                continue;
+            }
+            if users.contains_key(&email) {
+                problems.add(format!("users[{i}].email"), format!("duplicate user {email:?}"));
+                continue;
+            }
+            for (k, key) in user.api_keys.iter().enumerate() {
+                if let Some(owner) = key_owner.insert(*key, email.clone()) {
+                    problems.add(
+                        format!("users[{i}].apiKeys[{k}]"),
+                        format!("the same API key hash is already listed for {owner:?}"),
+                    );
+                }
+            }
+            users.insert(email.clone(), User { email, api_keys: user.api_keys });
+        }
+
+        let mut bindings = Vec::new();
+        for (i, binding) in raw.bindings.into_iter().enumerate() {
+            let at = |field: &str| format!("bindings[{i}].{field}");
+            let subject = match (binding.user, binding.team) {
+                (Some(user), None) if !user.trim().is_empty() => Subject::User(user.trim().to_lowercase()),
+                (None, Some(team)) => {
+                    if !teams.contains_key(&team) {
+                        problems.add(at("team"), format!("unknown team {team:?}; declare it under `teams`"));
+                        continue;
+                    }
+                    Subject::Team(team)
+                }
+                (Some(_), Some(_)) => {
+                    problems.add(format!("bindings[{i}]"), "has both `user` and `team`; a binding names one");
+                    continue;
+                }
+                _ => {
+                    problems.add(format!("bindings[{i}]"), "needs a `user` or a `team`");
+                    continue;
+                }
+            };
+            let Some(role) = roles.get(&binding.role) else {
+                problems.add(at("role"), format!("unknown role {:?}", binding.role));
+                continue;
+            };
+            match (role.scope(), &binding.project) {
+                (Scope::Project, None) => {
+                    problems.add(
+                        at("project"),
+                        format!("{:?} is a project role and needs a `project`", role.name()),
+                    );
+                    continue;
+                }
+                (Scope::Tenant, Some(_)) => {
+                    problems.add(
+                        at("project"),
+                        format!("{:?} is a tenant role and cannot be bound to a project", role.name()),
+                    );
+                    continue;
+                }
+                (Scope::Project, Some(project)) if !projects.contains_key(project) => {
+                    problems.add(at("project"), format!("unknown project {project:?}"));
+                    continue;
+                }
+                _ => {}
+            }
+            bindings.push(Binding {
+                subject,
+                role: role.name().to_owned(),
+                project: binding.project,
+                cluster: role.cluster_permissions(),
+            });
+        }
+
+        if !problems.0.is_empty() {
+            return Err(TenantError::Fields(problems.0));
+        }
+        Ok(Tenant {
+            name: raw.tenant,
+            policy: raw.policy,
+            reverse_proxy: raw.reverse_proxy,
+            oidc: raw.oidc,
+            projects,
+            roles,
+            teams,
+            users,
+            bindings,
+        })
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The policy mode in force.
+    pub fn policy(&self) -> PolicyMode {
+        self.policy
+    }
+
+    /// The Spectro Proxy server, when configured.
+    pub fn reverse_proxy(&self) -> Option<&ReverseProxy> {
+        self.reverse_proxy.as_ref()
+    }
+
+    /// The tenant's own OIDC settings, when configured.
+    pub fn oidc(&self) -> Option<&OidcSettings> {
+        self.oidc.as_ref()
+    }
+
+    /// Whether a project with this uid exists.
+    pub fn has_project(&self, uid: &str) -> bool {
+        self.projects.contains_key(uid)
+    }
+
+    /// The projects, by uid.
+    pub fn projects(&self) -> impl Iterator<Item = &Project> {
+        self.projects.values()
+    }
+
+    /// Every role: built-in and custom.
+    pub fn roles(&self) -> &RoleCatalog {
+        &self.roles
+    }
+
+    /// Every user listed in the file.
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    /// A listed user by e-mail (case-insensitive).
+    pub fn user(&self, email: &str) -> Option<&User> {
+        self.users.get(&email.to_lowercase())
+    }
+
+    /// The bindings, in file order.
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+
+    /// The principal for a user: its teams from the file plus `extra_teams` (e.g. a JWT `groups` claim).
+    pub fn principal(&self, user: &str, extra_teams: impl IntoIterator<Item = String>) -> Principal {
+        let user = user.to_lowercase();
+        let file_teams = self
+            .teams
+            .iter()
+            .filter(|(_, members)| members.contains(&user))
+            .map(|(name, _)| name.clone());
+        Principal::new(&user, file_teams.chain(extra_teams))
+    }
+
+    /// The union of the cluster permissions of every binding that applies to `principal` on a cluster of
+    /// `project`: tenant-scope bindings and bindings in that project.
+    pub fn effective_permissions(&self, principal: &Principal, project: &str) -> ClusterPermissions {
+        self.bindings
+            .iter()
+            .filter(|b| match &b.subject {
+                Subject::User(user) => *user == principal.user,
+                Subject::Team(team) => principal.teams.contains(team),
+            })
+            .filter(|b| b.project.as_deref().is_none_or(|p| p == project))
+            .fold(ClusterPermissions::NONE, |acc, b| acc.union(b.cluster))
+    }
+}
+
+fn check_proxy(proxy: &ReverseProxy, problems: &mut Problems) {
+    let server = proxy.server.trim();
+    if server.is_empty() {
+        problems.add("reverseProxy.server", "must not be empty");
+    } else if server.contains("://") || server.contains('/') || server.contains(':') || server.contains(char::is_whitespace) {
+        problems.add(
+            "reverseProxy.server",
+            format!("{server:?} must be a host name only, without scheme, port or path"),
+        );
+    }
+    if proxy.port == 0 {
+        problems.add("reverseProxy.port", "must be between 1 and 65535");
+    }
+}
+
+fn check_oidc(oidc: &OidcSettings, problems: &mut Problems) {
+    if !oidc.issuer_url.starts_with("https://") || oidc.issuer_url.len() <= "https://".len() {
+        problems.add("oidc.issuerUrl", format!("{:?} must be an https URL", oidc.issuer_url));
+    }
+    if oidc.client_id.trim().is_empty() {
+        problems.add("oidc.clientId", "must not be empty");
+    }
+    for (i, scope) in oidc.scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains(|c: char| c == ',' || c.is_whitespace()) {
+            problems.add(format!("oidc.scopes[{i}]"), format!("{scope:?} is not a single scope name"));
+        }
+    }
+}
