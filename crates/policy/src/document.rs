@@ -9,12 +9,19 @@ use serde::de::DeserializeOwned;
 /// The largest YAML document (tenant file, pack values, embedded config) accepted, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
+/// The deepest nesting of flow collections (`[` / `{`) accepted. The YAML scanner's cost grows with
+/// the square of this depth, so it is checked by a linear pre-scan before the parser runs.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
 /// Why a YAML document could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentError {
     /// The document is larger than [`MAX_DOCUMENT_BYTES`].
     #[error("document is {size} bytes; the limit is {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// Flow collections nest deeper than [`MAX_FLOW_DEPTH`].
+    #[error("flow collections (`[` / `{{`) nest deeper than {limit} levels at line {line}")]
+    TooDeep { limit: usize, line: usize },
     /// The YAML is malformed or does not have the expected shape.
     #[error("{message}")]
     Invalid {
@@ -31,6 +38,7 @@ impl DocumentError {
     pub fn line(&self) -> Option<usize> {
         match self {
             DocumentError::Invalid { line, .. } => *line,
+            DocumentError::TooDeep { line, .. } => Some(*line),
             DocumentError::TooLarge { .. } => None,
         }
     }
@@ -51,6 +59,49 @@ fn check_size(text: &str) -> Result<(), DocumentError> {
             size: text.len(),
             limit: MAX_DOCUMENT_BYTES,
         });
+    }
+    check_flow_depth(text)
+}
+
+/// A linear scan for deeply nested flow collections, skipping quoted scalars and comments. Quotes and
+/// `#` count only where a token may start, so apostrophes inside plain text do not confuse it.
+fn check_flow_depth(text: &str) -> Result<(), DocumentError> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut line, mut i) = (0usize, 1usize, 0usize);
+    let mut token_start = true;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => line += 1,
+            b'#' if token_start => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' if token_start => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b {
+                    if bytes[i] == b'\\' && b == b'"' {
+                        i += 1;
+                    }
+                    if bytes.get(i) == Some(&b'\n') {
+                        line += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(DocumentError::TooDeep { limit: MAX_FLOW_DEPTH, line });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        token_start = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':' | b'-' | b'?');
+        i += 1;
     }
     Ok(())
 }
@@ -75,6 +126,14 @@ mod tests {
         let text = "a: b\n".repeat(MAX_DOCUMENT_BYTES / 4);
         let err = parse_value(&text).unwrap_err();
         assert!(matches!(err, DocumentError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_rejected_by_the_prescan() {
+        let deep = format!("a:\n  b: {}{}", "[".repeat(65), "]".repeat(65));
+        assert_eq!(parse_value(&deep).unwrap_err(), DocumentError::TooDeep { limit: 64, line: 2 });
+        let quoted = format!("a: \"{}\"\nb: '{}'\nc: # {}\nd: it's [x]\n", "[".repeat(100), "{".repeat(100), "[".repeat(100));
+        parse_value(&quoted).expect("brackets in quotes and comments do not count");
     }
 
     #[test]
