@@ -51,30 +51,67 @@ fn input<'a>(name: &'a str, values: &'a str) -> PackInput<'a> {
 }
 
 fn benches(c: &mut Criterion) {
-    let tenant = Tenant::from_yaml(include_str!("../../../tests/fixtures/matrix/tenant.yaml")).expect("tenant");
+    let tenant = Tenant::from_yaml(include_str!("../../../tests/fixtures/matrix/tenant.yaml"))
+        .expect("tenant");
     let oidc = analyze(&input("kubernetes", PXK)).expect("pack");
     let no_oidc = analyze(&input("kubernetes", "kubeadmconfig: {}")).expect("pack");
-    let viewer = tenant.effective_permissions(&tenant.principal("cluster-viewer@matrix.test", []), "platform");
-    let admin = tenant.effective_permissions(&tenant.principal("cluster-admin@matrix.test", []), "platform");
+    let viewer = tenant.effective_permissions(
+        &tenant.principal("cluster-viewer@matrix.test", []),
+        "platform",
+    );
+    let admin = tenant.effective_permissions(
+        &tenant.principal("cluster-admin@matrix.test", []),
+        "platform",
+    );
 
     c.bench_function("decide/allow", |b| {
-        let facts = ClusterFacts { name: "prod-east", oidc: &oidc, proxy_enabled: true };
-        b.iter(|| decide(PolicyMode::Seed, black_box(admin), black_box(&facts), Asset::AdminKubeconfig))
+        let facts = ClusterFacts {
+            name: "prod-east",
+            oidc: &oidc,
+            proxy_enabled: true,
+        };
+        b.iter(|| {
+            decide(
+                PolicyMode::Seed,
+                black_box(admin),
+                black_box(&facts),
+                Asset::AdminKubeconfig,
+            )
+        })
     });
     c.bench_function("decide/deny-oidc", |b| {
-        let facts = ClusterFacts { name: "prod-east", oidc: &no_oidc, proxy_enabled: true };
-        b.iter(|| decide(PolicyMode::Seed, black_box(viewer), black_box(&facts), Asset::Kubeconfig))
+        let facts = ClusterFacts {
+            name: "prod-east",
+            oidc: &no_oidc,
+            proxy_enabled: true,
+        };
+        b.iter(|| {
+            decide(
+                PolicyMode::Seed,
+                black_box(viewer),
+                black_box(&facts),
+                Asset::Kubeconfig,
+            )
+        })
     });
     c.bench_function("effective_permissions", |b| {
         let principal = tenant.principal("cluster-viewer@matrix.test", []);
         b.iter(|| tenant.effective_permissions(black_box(&principal), "platform"))
     });
-    c.bench_function("analyze/pxk", |b| b.iter(|| analyze(black_box(&input("kubernetes", PXK)))));
-    c.bench_function("analyze/pxk-e", |b| b.iter(|| analyze(black_box(&input("edge-k8s", PXKE)))));
+    c.bench_function("analyze/pxk", |b| {
+        b.iter(|| analyze(black_box(&input("kubernetes", PXK))))
+    });
+    c.bench_function("analyze/pxk-e", |b| {
+        b.iter(|| analyze(black_box(&input("edge-k8s", PXKE))))
+    });
     let laughs = include_str!("billion-laughs.yaml");
-    c.bench_function("analyze/billion-laughs-refused", |b| b.iter(|| analyze(black_box(&input("kubernetes", laughs)))));
+    c.bench_function("analyze/billion-laughs-refused", |b| {
+        b.iter(|| analyze(black_box(&input("kubernetes", laughs))))
+    });
     let deep = format!("{}{}", "[".repeat(500_000), "]".repeat(500_000));
-    c.bench_function("analyze/1MiB-nesting-refused", |b| b.iter(|| analyze(black_box(&input("kubernetes", &deep)))));
+    c.bench_function("analyze/1MiB-nesting-refused", |b| {
+        b.iter(|| analyze(black_box(&input("kubernetes", &deep))))
+    });
 }
 
 criterion_group! {

@@ -29,7 +29,11 @@ pub enum PolicyMode {
 
 impl PolicyMode {
     /// Every mode.
-    pub const ALL: [PolicyMode; 3] = [PolicyMode::Seed, PolicyMode::Palette42, PolicyMode::Palette48];
+    pub const ALL: [PolicyMode; 3] = [
+        PolicyMode::Seed,
+        PolicyMode::Palette42,
+        PolicyMode::Palette48,
+    ];
 
     /// The mode's name as written in the tenant file.
     pub fn as_str(self) -> &'static str {
@@ -54,7 +58,9 @@ impl FromStr for PolicyMode {
         PolicyMode::ALL
             .into_iter()
             .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("unknown policy mode {s:?}; expected seed, palette-4.2 or palette-4.8"))
+            .ok_or_else(|| {
+                format!("unknown policy mode {s:?}; expected seed, palette-4.2 or palette-4.8")
+            })
     }
 }
 
@@ -156,7 +162,12 @@ impl Decision {
 
 /// Decides whether a caller holding `permissions` may download `asset` of the cluster described by
 /// `cluster` under `mode`.
-pub fn decide(mode: PolicyMode, permissions: ClusterPermissions, cluster: &ClusterFacts<'_>, asset: Asset) -> Decision {
+pub fn decide(
+    mode: PolicyMode,
+    permissions: ClusterPermissions,
+    cluster: &ClusterFacts<'_>,
+    asset: Asset,
+) -> Decision {
     if permissions.is_empty() {
         return Decision::NotFound;
     }
@@ -183,7 +194,9 @@ pub fn decide(mode: PolicyMode, permissions: ClusterPermissions, cluster: &Clust
             } else {
                 Decision::Deny(Denial {
                     code,
-                    message: format!("admin kubeconfig for cluster {name} needs {needs}; you have {permissions}"),
+                    message: format!(
+                        "admin kubeconfig for cluster {name} needs {needs}; you have {permissions}"
+                    ),
                 })
             }
         }

@@ -94,13 +94,19 @@ fn check_flow_depth(text: &str) -> Result<(), DocumentError> {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_FLOW_DEPTH {
-                    return Err(DocumentError::TooDeep { limit: MAX_FLOW_DEPTH, line });
+                    return Err(DocumentError::TooDeep {
+                        limit: MAX_FLOW_DEPTH,
+                        line,
+                    });
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        token_start = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':' | b'-' | b'?');
+        token_start = matches!(
+            b,
+            b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':' | b'-' | b'?'
+        );
         i += 1;
     }
     Ok(())
@@ -131,8 +137,16 @@ mod tests {
     #[test]
     fn deep_flow_nesting_is_rejected_by_the_prescan() {
         let deep = format!("a:\n  b: {}{}", "[".repeat(65), "]".repeat(65));
-        assert_eq!(parse_value(&deep).unwrap_err(), DocumentError::TooDeep { limit: 64, line: 2 });
-        let quoted = format!("a: \"{}\"\nb: '{}'\nc: # {}\nd: it's [x]\n", "[".repeat(100), "{".repeat(100), "[".repeat(100));
+        assert_eq!(
+            parse_value(&deep).unwrap_err(),
+            DocumentError::TooDeep { limit: 64, line: 2 }
+        );
+        let quoted = format!(
+            "a: \"{}\"\nb: '{}'\nc: # {}\nd: it's [x]\n",
+            "[".repeat(100),
+            "{".repeat(100),
+            "[".repeat(100)
+        );
         parse_value(&quoted).expect("brackets in quotes and comments do not count");
     }
 

@@ -25,8 +25,13 @@ pub mod tenant;
 
 pub use decision::{Asset, ClusterFacts, Decision, Denial, DenyCode, PolicyMode, decide};
 pub use document::{DocumentError, MAX_DOCUMENT_BYTES};
-pub use pack::{Distribution, OidcGap, OidcLogin, OidcSource, OidcState, PackError, PackInput, analyze};
+pub use pack::{
+    Distribution, OidcGap, OidcLogin, OidcSource, OidcState, PackError, PackInput, analyze,
+};
 pub use permission::{ClusterOp, ClusterPermissions, Permission, PermissionError};
 pub use role::{Role, RoleCatalog, Scope};
 pub use secret::Secret;
-pub use tenant::{ApiKeyHash, Binding, FieldError, OidcSettings, Principal, Project, ReverseProxy, Subject, Tenant, TenantError, User};
+pub use tenant::{
+    ApiKeyHash, Binding, FieldError, OidcSettings, Principal, Project, ReverseProxy, Subject,
+    Tenant, TenantError, User,
+};

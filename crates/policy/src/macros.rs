@@ -45,7 +45,11 @@ pub(crate) fn scalar_text(value: &Value) -> Option<String> {
 }
 
 /// Replaces every macro in `text`, reading pack macros from `root`.
-pub(crate) fn resolve(text: &str, root: &Value, ctx: &MacroContext<'_>) -> Result<String, UnresolvedMacro> {
+pub(crate) fn resolve(
+    text: &str,
+    root: &Value,
+    ctx: &MacroContext<'_>,
+) -> Result<String, UnresolvedMacro> {
     resolve_at_depth(text, root, ctx, 0)
 }
 
@@ -81,7 +85,12 @@ fn resolve_at_depth(
     Ok(out)
 }
 
-fn expand(expr: &str, root: &Value, ctx: &MacroContext<'_>, depth: usize) -> Result<String, String> {
+fn expand(
+    expr: &str,
+    root: &Value,
+    ctx: &MacroContext<'_>,
+    depth: usize,
+) -> Result<String, String> {
     let system = |value: Option<&str>, what: &str| {
         value
             .filter(|v| !v.is_empty())
@@ -90,9 +99,14 @@ fn expand(expr: &str, root: &Value, ctx: &MacroContext<'_>, depth: usize) -> Res
     };
     match expr {
         ".spectro.system.cluster.uid" => return system(Some(ctx.cluster_uid), "the cluster uid"),
-        ".spectro.system.cluster.name" => return system(Some(ctx.cluster_name), "the cluster name"),
+        ".spectro.system.cluster.name" => {
+            return system(Some(ctx.cluster_name), "the cluster name");
+        }
         ".spectro.system.reverseproxy.server" => {
-            return system(ctx.reverse_proxy_server, "the service's reverse proxy server");
+            return system(
+                ctx.reverse_proxy_server,
+                "the service's reverse proxy server",
+            );
         }
         _ => {}
     }
@@ -109,10 +123,13 @@ fn expand(expr: &str, root: &Value, ctx: &MacroContext<'_>, depth: usize) -> Res
         ));
     };
     if depth >= MAX_DEPTH {
-        return Err(format!("macros nest deeper than {MAX_DEPTH} levels (a cycle?)"));
+        return Err(format!(
+            "macros nest deeper than {MAX_DEPTH} levels (a cycle?)"
+        ));
     }
     let segments: Vec<&str> = path.split('.').collect();
-    let value = lookup(root, &segments).ok_or_else(|| format!("`{path}` is not in the pack values"))?;
+    let value =
+        lookup(root, &segments).ok_or_else(|| format!("`{path}` is not in the pack values"))?;
     let text = scalar_text(value).ok_or_else(|| format!("`{path}` is not a single value"))?;
     resolve_at_depth(&text, root, ctx, depth + 1).map_err(|inner| inner.why)
 }
@@ -132,7 +149,8 @@ mod tests {
 
     #[test]
     fn resolves_system_and_pack_macros() {
-        let root: Value = serde_norway::from_str("a:\n  b: x-{{ .spectro.system.cluster.name }}\n").unwrap();
+        let root: Value =
+            serde_norway::from_str("a:\n  b: x-{{ .spectro.system.cluster.name }}\n").unwrap();
         let got = resolve(
             "{{.spectro.pack.kubernetes.a.b}}/{{ .spectro.system.cluster.uid }}.{{ .spectro.system.reverseproxy.server }}",
             &root,
@@ -144,7 +162,10 @@ mod tests {
 
     #[test]
     fn cycle_is_reported() {
-        let root: Value = serde_norway::from_str("a: '{{ .spectro.pack.kubernetes.b }}'\nb: '{{ .spectro.pack.kubernetes.a }}'\n").unwrap();
+        let root: Value = serde_norway::from_str(
+            "a: '{{ .spectro.pack.kubernetes.b }}'\nb: '{{ .spectro.pack.kubernetes.a }}'\n",
+        )
+        .unwrap();
         let err = resolve("{{ .spectro.pack.kubernetes.a }}", &root, &ctx()).unwrap_err();
         assert!(err.why.contains("deeper"), "{err:?}");
     }
@@ -155,7 +176,17 @@ mod tests {
         assert!(resolve("{{ .spectro.pack.other.a }}", &root, &ctx()).is_err());
         assert!(resolve("{{ .spectro.system.cluster.region }}", &root, &ctx()).is_err());
         assert!(resolve("{{ .spectro.pack.kubernetes.missing }}", &root, &ctx()).is_err());
-        let no_proxy = MacroContext { reverse_proxy_server: None, ..ctx() };
-        assert!(resolve("{{ .spectro.system.reverseproxy.server }}", &root, &no_proxy).is_err());
+        let no_proxy = MacroContext {
+            reverse_proxy_server: None,
+            ..ctx()
+        };
+        assert!(
+            resolve(
+                "{{ .spectro.system.reverseproxy.server }}",
+                &root,
+                &no_proxy
+            )
+            .is_err()
+        );
     }
 }

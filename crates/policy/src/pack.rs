@@ -111,9 +111,16 @@ pub enum OidcGap {
     /// `clientConfig` exists but lacks a required setting.
     ClientConfigSettingMissing { setting: &'static str, path: String },
     /// A macro in a value the analysis needs could not be resolved.
-    UnresolvedMacro { path: String, text: String, why: String },
+    UnresolvedMacro {
+        path: String,
+        text: String,
+        why: String,
+    },
     /// A value has the wrong YAML type.
-    WrongType { path: String, expected: &'static str },
+    WrongType {
+        path: String,
+        expected: &'static str,
+    },
     /// PXK-E's embedded `cluster.config` string is not valid YAML.
     EmbeddedConfigInvalid { path: String, error: String },
 }
@@ -185,7 +192,10 @@ impl fmt::Display for OidcGap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OidcState {
     /// OIDC is properly configured; these are the kubelogin settings.
-    Configured { login: OidcLogin, source: OidcSource },
+    Configured {
+        login: OidcLogin,
+        source: OidcSource,
+    },
     /// OIDC is not properly configured, for these reasons (never empty).
     NotConfigured { gaps: Vec<OidcGap> },
 }
@@ -214,7 +224,9 @@ impl OidcState {
 
     /// Whether a macro could not be resolved: the pack is then broken rather than merely unconfigured.
     pub fn has_unresolved_macro(&self) -> bool {
-        self.gaps().iter().any(|g| matches!(g, OidcGap::UnresolvedMacro { .. }))
+        self.gaps()
+            .iter()
+            .any(|g| matches!(g, OidcGap::UnresolvedMacro { .. }))
     }
 
     /// One sentence on why OIDC is not configured; empty when it is.
@@ -311,7 +323,9 @@ pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
             Field::Value(provider) => match provider.to_ascii_lowercase().as_str() {
                 "none" | "custom" => break,
                 "noauth" => {
-                    return Ok(not_configured(vec![OidcGap::IdentityProviderNoAuth { path: path.to_owned() }]));
+                    return Ok(not_configured(vec![OidcGap::IdentityProviderNoAuth {
+                        path: path.to_owned(),
+                    }]));
                 }
                 "palette" | "tenant" => {
                     return Ok(match input.tenant_oidc {
@@ -349,7 +363,10 @@ pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
     let client_config_present = client_config.is_some();
     let api_server = read_api_server(&mut reader, &root, distribution);
     let issuer_present = matches!(api_server.issuer, Field::Value(_));
-    for (setting, field) in [(ISSUER, &api_server.issuer), (CLIENT_ID, &api_server.client_id)] {
+    for (setting, field) in [
+        (ISSUER, &api_server.issuer),
+        (CLIENT_ID, &api_server.client_id),
+    ] {
         if matches!(field, Field::Missing) {
             reader.gaps.push(OidcGap::ApiServerSettingMissing {
                 setting,
@@ -358,8 +375,15 @@ pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
             });
         }
     }
-    if !client_config_present && !reader.gaps.iter().any(|g| matches!(g, OidcGap::WrongType { .. })) {
-        reader.gaps.push(OidcGap::ClientConfigMissing { issuer_present });
+    if !client_config_present
+        && !reader
+            .gaps
+            .iter()
+            .any(|g| matches!(g, OidcGap::WrongType { .. }))
+    {
+        reader
+            .gaps
+            .push(OidcGap::ClientConfigMissing { issuer_present });
     }
     match client_config.flatten() {
         Some(login) if reader.gaps.is_empty() => Ok(OidcState::Configured {
@@ -381,21 +405,41 @@ struct ApiServerHalf {
     path: String,
 }
 
-fn read_api_server(reader: &mut Reader<'_>, root: &Value, distribution: Distribution) -> ApiServerHalf {
+fn read_api_server(
+    reader: &mut Reader<'_>,
+    root: &Value,
+    distribution: Distribution,
+) -> ApiServerHalf {
     match distribution {
         Distribution::Pxk | Distribution::Gke | Distribution::Generic | Distribution::Aks => {
             let base = "kubeadmconfig.apiServer.extraArgs";
             ApiServerHalf {
-                issuer: reader.text(root, &format!("{base}.{ISSUER}"), &format!("{base}.{ISSUER}")),
-                client_id: reader.text(root, &format!("{base}.{CLIENT_ID}"), &format!("{base}.{CLIENT_ID}")),
+                issuer: reader.text(
+                    root,
+                    &format!("{base}.{ISSUER}"),
+                    &format!("{base}.{ISSUER}"),
+                ),
+                client_id: reader.text(
+                    root,
+                    &format!("{base}.{CLIENT_ID}"),
+                    &format!("{base}.{CLIENT_ID}"),
+                ),
                 path: base.to_owned(),
             }
         }
         Distribution::Eks => {
             let base = "managedControlPlane.oidcIdentityProvider";
             ApiServerHalf {
-                issuer: reader.text(root, &format!("{base}.issuerUrl"), &format!("{base}.issuerUrl")),
-                client_id: reader.text(root, &format!("{base}.clientId"), &format!("{base}.clientId")),
+                issuer: reader.text(
+                    root,
+                    &format!("{base}.issuerUrl"),
+                    &format!("{base}.issuerUrl"),
+                ),
+                client_id: reader.text(
+                    root,
+                    &format!("{base}.clientId"),
+                    &format!("{base}.clientId"),
+                ),
                 path: base.to_owned(),
             }
         }
@@ -403,38 +447,70 @@ fn read_api_server(reader: &mut Reader<'_>, root: &Value, distribution: Distribu
             let inner_base = "clusterConfiguration.apiServer.extraArgs";
             let path = format!("cluster.config (embedded YAML) → {inner_base}");
             let Some(config) = embedded_config(reader, root) else {
-                return ApiServerHalf { issuer: Field::Missing, client_id: Field::Missing, path };
+                return ApiServerHalf {
+                    issuer: Field::Missing,
+                    client_id: Field::Missing,
+                    path,
+                };
             };
             ApiServerHalf {
-                issuer: reader.text(&config, &format!("{inner_base}.{ISSUER}"), &format!("{path}.{ISSUER}")),
-                client_id: reader.text(&config, &format!("{inner_base}.{CLIENT_ID}"), &format!("{path}.{CLIENT_ID}")),
+                issuer: reader.text(
+                    &config,
+                    &format!("{inner_base}.{ISSUER}"),
+                    &format!("{path}.{ISSUER}"),
+                ),
+                client_id: reader.text(
+                    &config,
+                    &format!("{inner_base}.{CLIENT_ID}"),
+                    &format!("{path}.{CLIENT_ID}"),
+                ),
                 path,
             }
         }
         Distribution::K3s | Distribution::Rke2 => {
             let path = "cluster.config.kube-apiserver-arg".to_owned();
             let Some(config) = embedded_config(reader, root) else {
-                return ApiServerHalf { issuer: Field::Missing, client_id: Field::Missing, path };
+                return ApiServerHalf {
+                    issuer: Field::Missing,
+                    client_id: Field::Missing,
+                    path,
+                };
             };
             let args: Vec<String> = match config.get("kube-apiserver-arg") {
                 None | Some(Value::Null) => Vec::new(),
-                Some(Value::Sequence(items)) => items.iter().filter_map(macros::scalar_text).collect(),
+                Some(Value::Sequence(items)) => {
+                    items.iter().filter_map(macros::scalar_text).collect()
+                }
                 Some(Value::String(single)) => vec![single.clone()],
                 Some(_) => {
-                    reader.gaps.push(OidcGap::WrongType { path: path.clone(), expected: "a list of `name=value` strings" });
-                    return ApiServerHalf { issuer: Field::Invalid, client_id: Field::Invalid, path };
+                    reader.gaps.push(OidcGap::WrongType {
+                        path: path.clone(),
+                        expected: "a list of `name=value` strings",
+                    });
+                    return ApiServerHalf {
+                        issuer: Field::Invalid,
+                        client_id: Field::Invalid,
+                        path,
+                    };
                 }
             };
             let mut arg = |name: &str| {
                 let found = args.iter().find_map(|a| {
-                    a.trim().trim_start_matches("--").strip_prefix(name).and_then(|r| r.strip_prefix('='))
+                    a.trim()
+                        .trim_start_matches("--")
+                        .strip_prefix(name)
+                        .and_then(|r| r.strip_prefix('='))
                 });
                 match found {
                     Some(value) => reader.resolve(value, &format!("{path}[{name}]")),
                     None => Field::Missing,
                 }
             };
-            ApiServerHalf { issuer: arg(ISSUER), client_id: arg(CLIENT_ID), path }
+            ApiServerHalf {
+                issuer: arg(ISSUER),
+                client_id: arg(CLIENT_ID),
+                path,
+            }
         }
     }
 }
@@ -467,16 +543,25 @@ fn embedded_config(reader: &mut Reader<'_>, root: &Value) -> Option<Value> {
 /// Reads `clientConfig` (under `kubeadmconfig` or at the root): `None` when there is no block,
 /// `Some(None)` when the block is incomplete or unusable (the gaps are recorded).
 fn read_client_config(reader: &mut Reader<'_>, root: &Value) -> Option<Option<OidcLogin>> {
-    let (block, prefix) = [("kubeadmconfig.clientConfig", &["kubeadmconfig", "clientConfig"][..]), ("clientConfig", &["clientConfig"][..])]
-        .into_iter()
-        .find_map(|(shown, path)| match macros::lookup(root, path) {
-            Some(value @ Value::Mapping(_)) => Some((value, shown)),
-            Some(Value::Null) | None => None,
-            Some(_) => {
-                reader.gaps.push(OidcGap::WrongType { path: shown.to_owned(), expected: "a mapping" });
-                None
-            }
-        })?;
+    let (block, prefix) = [
+        (
+            "kubeadmconfig.clientConfig",
+            &["kubeadmconfig", "clientConfig"][..],
+        ),
+        ("clientConfig", &["clientConfig"][..]),
+    ]
+    .into_iter()
+    .find_map(|(shown, path)| match macros::lookup(root, path) {
+        Some(value @ Value::Mapping(_)) => Some((value, shown)),
+        Some(Value::Null) | None => None,
+        Some(_) => {
+            reader.gaps.push(OidcGap::WrongType {
+                path: shown.to_owned(),
+                expected: "a mapping",
+            });
+            None
+        }
+    })?;
     let at = |key: &str| format!("{prefix}.{key}");
     let issuer = reader.text(block, ISSUER, &at(ISSUER));
     let client_id = reader.text(block, CLIENT_ID, &at(CLIENT_ID));
@@ -489,7 +574,10 @@ fn read_client_config(reader: &mut Reader<'_>, root: &Value) -> Option<Option<Oi
                 match macros::scalar_text(item).map(|t| reader.resolve(&t, &shown)) {
                     Some(Field::Value(v)) => scopes.push(v),
                     Some(Field::Missing) | Some(Field::Invalid) => {}
-                    None => reader.gaps.push(OidcGap::WrongType { path: shown, expected: "a scope name" }),
+                    None => reader.gaps.push(OidcGap::WrongType {
+                        path: shown,
+                        expected: "a scope name",
+                    }),
                 }
             }
             Field::Value(scopes.join(","))
@@ -498,7 +586,10 @@ fn read_client_config(reader: &mut Reader<'_>, root: &Value) -> Option<Option<Oi
     };
     for (setting, field) in [(ISSUER, &issuer), (CLIENT_ID, &client_id)] {
         if matches!(field, Field::Missing) {
-            reader.gaps.push(OidcGap::ClientConfigSettingMissing { setting, path: at(setting) });
+            reader.gaps.push(OidcGap::ClientConfigSettingMissing {
+                setting,
+                path: at(setting),
+            });
         }
     }
     let (Field::Value(issuer_url), Field::Value(client_id)) = (issuer, client_id) else {

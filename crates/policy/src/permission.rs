@@ -90,7 +90,9 @@ impl ClusterPermissions {
 
     /// The held operations, in catalog order.
     pub fn iter(self) -> impl Iterator<Item = ClusterOp> {
-        ClusterOp::ALL.into_iter().filter(move |op| self.contains(*op))
+        ClusterOp::ALL
+            .into_iter()
+            .filter(move |op| self.contains(*op))
     }
 }
 
@@ -124,16 +126,31 @@ impl fmt::Display for ClusterPermissions {
 
 /// Resources other than `cluster` that a custom role may name, with the operations each accepts.
 const OTHER_RESOURCES: &[(&str, &[&str])] = &[
-    ("appDeployment", &["create", "delete", "get", "list", "update"]),
+    (
+        "appDeployment",
+        &["create", "delete", "get", "list", "update"],
+    ),
     ("appProfile", &["create", "delete", "get", "list", "update"]),
     ("audit", &["get", "list"]),
-    ("cloudaccount", &["create", "delete", "get", "list", "update"]),
-    ("clusterGroup", &["create", "delete", "get", "list", "update"]),
-    ("clusterProfile", &["create", "delete", "get", "list", "publish", "update"]),
+    (
+        "cloudaccount",
+        &["create", "delete", "get", "list", "update"],
+    ),
+    (
+        "clusterGroup",
+        &["create", "delete", "get", "list", "update"],
+    ),
+    (
+        "clusterProfile",
+        &["create", "delete", "get", "list", "publish", "update"],
+    ),
     ("edgehost", &["create", "delete", "get", "list", "update"]),
     ("location", &["create", "delete", "get", "list", "update"]),
     ("macro", &["create", "delete", "get", "list", "update"]),
-    ("packRegistry", &["create", "delete", "get", "list", "update"]),
+    (
+        "packRegistry",
+        &["create", "delete", "get", "list", "update"],
+    ),
     ("project", &["create", "delete", "get", "list", "update"]),
     ("registry", &["create", "delete", "get", "list", "update"]),
     ("role", &["create", "delete", "get", "list", "update"]),
@@ -141,7 +158,10 @@ const OTHER_RESOURCES: &[(&str, &[&str])] = &[
     ("tag", &["update"]),
     ("team", &["create", "delete", "get", "list", "update"]),
     ("user", &["create", "delete", "get", "list", "update"]),
-    ("virtualCluster", &["create", "delete", "get", "list", "update"]),
+    (
+        "virtualCluster",
+        &["create", "delete", "get", "list", "update"],
+    ),
     ("workspace", &["create", "delete", "get", "list", "update"]),
 ];
 
@@ -190,7 +210,9 @@ pub enum PermissionError {
     Malformed(String),
     #[error("unknown resource `{resource}` in permission `{text}`")]
     UnknownResource { text: String, resource: String },
-    #[error("unknown operation `{operation}` in permission `{text}`; `{resource}` accepts: {accepted}")]
+    #[error(
+        "unknown operation `{operation}` in permission `{text}`; `{resource}` accepts: {accepted}"
+    )]
     UnknownOperation {
         text: String,
         resource: String,
@@ -262,7 +284,14 @@ mod tests {
 
     #[test]
     fn bad_permissions_are_named() {
-        for bad in ["cluster", "cluster.", ".get", "cluster.get.x", "cluster.destroy", "clusters.get"] {
+        for bad in [
+            "cluster",
+            "cluster.",
+            ".get",
+            "cluster.get.x",
+            "cluster.destroy",
+            "clusters.get",
+        ] {
             let err = bad.parse::<Permission>().unwrap_err();
             assert!(err.to_string().contains(bad), "{bad}: {err}");
         }

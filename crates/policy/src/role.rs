@@ -41,7 +41,10 @@ pub struct Role {
 impl Role {
     /// A custom role from its validated parts.
     pub fn custom(name: impl Into<String>, scope: Scope, permissions: Vec<Permission>) -> Self {
-        let cluster = permissions.iter().filter_map(Permission::cluster_op).collect();
+        let cluster = permissions
+            .iter()
+            .filter_map(Permission::cluster_op)
+            .collect();
         Role {
             name: name.into(),
             scope,
@@ -52,7 +55,11 @@ impl Role {
     }
 
     fn builtin(name: &str, scope: Scope, ops: &[ClusterOp]) -> Self {
-        let mut role = Role::custom(name, scope, ops.iter().map(|op| Permission::from(*op)).collect());
+        let mut role = Role::custom(
+            name,
+            scope,
+            ops.iter().map(|op| Permission::from(*op)).collect(),
+        );
         role.builtin = true;
         role
     }
@@ -102,7 +109,11 @@ pub fn builtin_roles() -> Vec<Role> {
     ];
     for family in ["Cluster Profile", "App Deployment", "Cloud Account"] {
         for level in ["Admin", "Editor", "Viewer"] {
-            roles.push(Role::builtin(&format!("{family} {level}"), Scope::Project, &[]));
+            roles.push(Role::builtin(
+                &format!("{family} {level}"),
+                Scope::Project,
+                &[],
+            ));
         }
     }
     roles
@@ -155,13 +166,22 @@ mod tests {
         let role = catalog.get("cLuStEr aDmIn").unwrap();
         assert_eq!(role.name(), "Cluster Admin");
         assert!(role.cluster_permissions().contains(ClusterOp::Delete));
-        assert!(catalog.get("cluster profile viewer").unwrap().cluster_permissions().is_empty());
+        assert!(
+            catalog
+                .get("cluster profile viewer")
+                .unwrap()
+                .cluster_permissions()
+                .is_empty()
+        );
     }
 
     #[test]
     fn builtin_scopes_follow_the_table() {
         let catalog = RoleCatalog::builtin();
         assert_eq!(catalog.get("Tenant Viewer").unwrap().scope(), Scope::Tenant);
-        assert_eq!(catalog.get("Project Viewer").unwrap().scope(), Scope::Project);
+        assert_eq!(
+            catalog.get("Project Viewer").unwrap().scope(),
+            Scope::Project
+        );
     }
 }

@@ -303,10 +303,16 @@ impl Tenant {
             if !is_identifier(&project.uid) {
                 problems.add(
                     format!("projects[{i}].uid"),
-                    format!("{:?} is not a project uid (letters, digits, `-`, `_`, `.`)", project.uid),
+                    format!(
+                        "{:?} is not a project uid (letters, digits, `-`, `_`, `.`)",
+                        project.uid
+                    ),
                 );
             } else if projects.contains_key(&project.uid) {
-                problems.add(format!("projects[{i}].uid"), format!("duplicate project {:?}", project.uid));
+                problems.add(
+                    format!("projects[{i}].uid"),
+                    format!("duplicate project {:?}", project.uid),
+                );
             } else {
                 projects.insert(project.uid.clone(), project);
             }
@@ -319,8 +325,14 @@ impl Tenant {
                 continue;
             }
             let name = role.name.clone();
-            if let Err(existing) = roles.insert(Role::custom(role.name, role.scope, role.permissions)) {
-                let what = if existing.is_builtin() { "a built-in role" } else { "another custom role" };
+            if let Err(existing) =
+                roles.insert(Role::custom(role.name, role.scope, role.permissions))
+            {
+                let what = if existing.is_builtin() {
+                    "a built-in role"
+                } else {
+                    "another custom role"
+                };
                 problems.add(
                     format!("customRoles[{i}].name"),
                     format!("{name:?} has the same name as {what} ({:?}); role names are case-insensitive", existing.name()),
@@ -333,7 +345,10 @@ impl Tenant {
             if team.name.trim().is_empty() {
                 problems.add(format!("teams[{i}].name"), "must not be empty");
             } else if teams.contains_key(&team.name) {
-                problems.add(format!("teams[{i}].name"), format!("duplicate team {:?}", team.name));
+                problems.add(
+                    format!("teams[{i}].name"),
+                    format!("duplicate team {:?}", team.name),
+                );
             } else {
                 let members = team.members.iter().map(|m| m.to_lowercase()).collect();
                 teams.insert(team.name, members);
@@ -345,11 +360,17 @@ impl Tenant {
         for (i, user) in raw.users.into_iter().enumerate() {
             let email = user.email.trim().to_lowercase();
             if email.is_empty() || !email.contains('@') {
-                problems.add(format!("users[{i}].email"), format!("{:?} is not an e-mail address", user.email));
+                problems.add(
+                    format!("users[{i}].email"),
+                    format!("{:?} is not an e-mail address", user.email),
+                );
                 continue;
             }
             if users.contains_key(&email) {
-                problems.add(format!("users[{i}].email"), format!("duplicate user {email:?}"));
+                problems.add(
+                    format!("users[{i}].email"),
+                    format!("duplicate user {email:?}"),
+                );
                 continue;
             }
             for (k, key) in user.api_keys.iter().enumerate() {
@@ -360,23 +381,37 @@ impl Tenant {
                     );
                 }
             }
-            users.insert(email.clone(), User { email, api_keys: user.api_keys });
+            users.insert(
+                email.clone(),
+                User {
+                    email,
+                    api_keys: user.api_keys,
+                },
+            );
         }
 
         let mut bindings = Vec::new();
         for (i, binding) in raw.bindings.into_iter().enumerate() {
             let at = |field: &str| format!("bindings[{i}].{field}");
             let subject = match (binding.user, binding.team) {
-                (Some(user), None) if !user.trim().is_empty() => Subject::User(user.trim().to_lowercase()),
+                (Some(user), None) if !user.trim().is_empty() => {
+                    Subject::User(user.trim().to_lowercase())
+                }
                 (None, Some(team)) => {
                     if !teams.contains_key(&team) {
-                        problems.add(at("team"), format!("unknown team {team:?}; declare it under `teams`"));
+                        problems.add(
+                            at("team"),
+                            format!("unknown team {team:?}; declare it under `teams`"),
+                        );
                         continue;
                     }
                     Subject::Team(team)
                 }
                 (Some(_), Some(_)) => {
-                    problems.add(format!("bindings[{i}]"), "has both `user` and `team`; a binding names one");
+                    problems.add(
+                        format!("bindings[{i}]"),
+                        "has both `user` and `team`; a binding names one",
+                    );
                     continue;
                 }
                 _ => {
@@ -399,7 +434,10 @@ impl Tenant {
                 (Scope::Tenant, Some(_)) => {
                     problems.add(
                         at("project"),
-                        format!("{:?} is a tenant role and cannot be bound to a project", role.name()),
+                        format!(
+                            "{:?} is a tenant role and cannot be bound to a project",
+                            role.name()
+                        ),
                     );
                     continue;
                 }
@@ -484,7 +522,11 @@ impl Tenant {
     }
 
     /// The principal for a user: its teams from the file plus `extra_teams` (e.g. a JWT `groups` claim).
-    pub fn principal(&self, user: &str, extra_teams: impl IntoIterator<Item = String>) -> Principal {
+    pub fn principal(
+        &self,
+        user: &str,
+        extra_teams: impl IntoIterator<Item = String>,
+    ) -> Principal {
         let user = user.to_lowercase();
         let file_teams = self
             .teams
@@ -496,7 +538,11 @@ impl Tenant {
 
     /// The union of the cluster permissions of every binding that applies to `principal` on a cluster of
     /// `project`: tenant-scope bindings and bindings in that project.
-    pub fn effective_permissions(&self, principal: &Principal, project: &str) -> ClusterPermissions {
+    pub fn effective_permissions(
+        &self,
+        principal: &Principal,
+        project: &str,
+    ) -> ClusterPermissions {
         self.bindings
             .iter()
             .filter(|b| match &b.subject {
@@ -512,7 +558,11 @@ fn check_proxy(proxy: &ReverseProxy, problems: &mut Problems) {
     let server = proxy.server.trim();
     if server.is_empty() {
         problems.add("reverseProxy.server", "must not be empty");
-    } else if server.contains("://") || server.contains('/') || server.contains(':') || server.contains(char::is_whitespace) {
+    } else if server.contains("://")
+        || server.contains('/')
+        || server.contains(':')
+        || server.contains(char::is_whitespace)
+    {
         problems.add(
             "reverseProxy.server",
             format!("{server:?} must be a host name only, without scheme, port or path"),
@@ -525,14 +575,20 @@ fn check_proxy(proxy: &ReverseProxy, problems: &mut Problems) {
 
 fn check_oidc(oidc: &OidcSettings, problems: &mut Problems) {
     if !oidc.issuer_url.starts_with("https://") || oidc.issuer_url.len() <= "https://".len() {
-        problems.add("oidc.issuerUrl", format!("{:?} must be an https URL", oidc.issuer_url));
+        problems.add(
+            "oidc.issuerUrl",
+            format!("{:?} must be an https URL", oidc.issuer_url),
+        );
     }
     if oidc.client_id.trim().is_empty() {
         problems.add("oidc.clientId", "must not be empty");
     }
     for (i, scope) in oidc.scopes.iter().enumerate() {
         if scope.is_empty() || scope.contains(|c: char| c == ',' || c.is_whitespace()) {
-            problems.add(format!("oidc.scopes[{i}]"), format!("{scope:?} is not a single scope name"));
+            problems.add(
+                format!("oidc.scopes[{i}]"),
+                format!("{scope:?} is not a single scope name"),
+            );
         }
     }
 }

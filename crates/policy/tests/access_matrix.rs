@@ -63,7 +63,12 @@ pub fn expected_rows() -> Vec<(PolicyMode, String, String, String)> {
         .map(|l| {
             let cols: Vec<&str> = l.split('|').map(str::trim).collect();
             assert_eq!(cols.len(), 4, "bad row {l:?}");
-            (cols[0].parse().expect("mode"), cols[1].to_owned(), cols[2].to_owned(), cols[3].to_owned())
+            (
+                cols[0].parse().expect("mode"),
+                cols[1].to_owned(),
+                cols[2].to_owned(),
+                cols[3].to_owned(),
+            )
         })
         .collect()
 }
@@ -75,20 +80,33 @@ fn every_mode_reproduces_its_table() {
     assert!(with_oidc.is_configured());
     assert!(!without_oidc.is_configured());
     // OIDC+proxy, no OIDC+proxy, OIDC direct, no OIDC direct.
-    let kinds = [(&with_oidc, true), (&without_oidc, true), (&with_oidc, false), (&without_oidc, false)];
+    let kinds = [
+        (&with_oidc, true),
+        (&without_oidc, true),
+        (&with_oidc, false),
+        (&without_oidc, false),
+    ];
 
     let rows = expected_rows();
     assert_eq!(rows.len(), 27, "3 modes x 9 roles");
     for (mode, user, kube_expected, admin_expected) in rows {
-        let tenant = Tenant::from_yaml(&TENANT.replace("policy: seed", &format!("policy: {mode}"))).expect("tenant");
+        let tenant = Tenant::from_yaml(&TENANT.replace("policy: seed", &format!("policy: {mode}")))
+            .expect("tenant");
         assert_eq!(tenant.policy(), mode);
         let principal = tenant.principal(&format!("{user}@matrix.test"), []);
         let permissions = tenant.effective_permissions(&principal, "platform");
-        for (asset, expected) in [(Asset::Kubeconfig, &kube_expected), (Asset::AdminKubeconfig, &admin_expected)] {
+        for (asset, expected) in [
+            (Asset::Kubeconfig, &kube_expected),
+            (Asset::AdminKubeconfig, &admin_expected),
+        ] {
             let got: String = kinds
                 .iter()
                 .map(|(oidc, proxy_enabled)| {
-                    let facts = ClusterFacts { name: "prod-east", oidc, proxy_enabled: *proxy_enabled };
+                    let facts = ClusterFacts {
+                        name: "prod-east",
+                        oidc,
+                        proxy_enabled: *proxy_enabled,
+                    };
                     letter(&decide(tenant.policy(), permissions, &facts, asset))
                 })
                 .collect();
@@ -100,22 +118,37 @@ fn every_mode_reproduces_its_table() {
 #[test]
 fn denial_messages_name_what_is_missing() {
     let tenant = Tenant::from_yaml(TENANT).expect("tenant");
-    let viewer = tenant.effective_permissions(&tenant.principal("cluster-viewer@matrix.test", []), "platform");
+    let viewer = tenant.effective_permissions(
+        &tenant.principal("cluster-viewer@matrix.test", []),
+        "platform",
+    );
     let without_oidc = oidc_state(ISSUER_ONLY_VALUES);
-    let facts = ClusterFacts { name: "prod-east", oidc: &without_oidc, proxy_enabled: true };
+    let facts = ClusterFacts {
+        name: "prod-east",
+        oidc: &without_oidc,
+        proxy_enabled: true,
+    };
     let Decision::Deny(kube) = decide(PolicyMode::Seed, viewer, &facts, Asset::Kubeconfig) else {
         panic!("viewer must be denied without OIDC");
     };
     assert!(kube.message.contains("prod-east"), "{}", kube.message);
     assert!(
-        kube.message.contains("has `oidc-issuer-url` but no `clientConfig` block"),
+        kube.message
+            .contains("has `oidc-issuer-url` but no `clientConfig` block"),
         "{}",
         kube.message
     );
-    let Decision::Deny(admin) = decide(PolicyMode::Seed, viewer, &facts, Asset::AdminKubeconfig) else {
+    let Decision::Deny(admin) = decide(PolicyMode::Seed, viewer, &facts, Asset::AdminKubeconfig)
+    else {
         panic!("viewer must be denied the admin kubeconfig");
     };
-    assert!(admin.message.contains("needs `cluster.delete` (Cluster Admin"), "{}", admin.message);
+    assert!(
+        admin
+            .message
+            .contains("needs `cluster.delete` (Cluster Admin"),
+        "{}",
+        admin.message
+    );
 }
 
 #[test]
@@ -137,8 +170,15 @@ bindings:
 "#;
     let tenant = Tenant::from_yaml(yaml).expect("tenant");
     let dana = tenant.principal("dana@example.test", []);
-    assert_eq!(tenant.effective_permissions(&dana, "p").to_string(), "cluster.get, cluster.list");
+    assert_eq!(
+        tenant.effective_permissions(&dana, "p").to_string(),
+        "cluster.get, cluster.list"
+    );
     assert!(tenant.effective_permissions(&dana, "elsewhere").is_empty());
     let jwt_user = tenant.principal("eve@example.test", ["from-idp".to_owned()]);
-    assert!(tenant.effective_permissions(&jwt_user, "p").contains(kubeconfig_policy::ClusterOp::Delete));
+    assert!(
+        tenant
+            .effective_permissions(&jwt_user, "p")
+            .contains(kubeconfig_policy::ClusterOp::Delete)
+    );
 }

@@ -28,7 +28,9 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 #[test]
 fn broken_yaml_is_a_syntax_error_with_a_line() {
     let err = analyze_values("kubeadmconfig:\n  apiServer: [\n  x: y\n").unwrap_err();
-    let PackError::Values(DocumentError::Invalid { line, .. }) = &err else { panic!("{err:?}") };
+    let PackError::Values(DocumentError::Invalid { line, .. }) = &err else {
+        panic!("{err:?}")
+    };
     assert!(line.is_some(), "{err}");
     assert!(err.to_string().starts_with("pack values:"), "{err}");
 }
@@ -37,8 +39,15 @@ fn broken_yaml_is_a_syntax_error_with_a_line() {
 fn wrong_types_are_reported_as_gaps_not_panics() {
     let state = analyze_values("kubeadmconfig:\n  apiServer:\n    extraArgs:\n      oidc-issuer-url: [a, b]\n  clientConfig: 42\n").expect("parses");
     let summary = state.summary();
-    assert!(summary.contains("`kubeadmconfig.apiServer.extraArgs.oidc-issuer-url` must be a single value"), "{summary}");
-    assert!(summary.contains("`kubeadmconfig.clientConfig` must be a mapping"), "{summary}");
+    assert!(
+        summary
+            .contains("`kubeadmconfig.apiServer.extraArgs.oidc-issuer-url` must be a single value"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("`kubeadmconfig.clientConfig` must be a mapping"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -51,9 +60,21 @@ fn billion_laughs_is_refused_in_pack_values_and_tenant_file() {
 
 #[test]
 fn ten_mebibyte_document_is_refused_by_size() {
-    let big = format!("kubeadmconfig:\n  blob: \"{}\"\n", "x".repeat(10 * 1024 * 1024));
+    let big = format!(
+        "kubeadmconfig:\n  blob: \"{}\"\n",
+        "x".repeat(10 * 1024 * 1024)
+    );
     let err = analyze_values(&big).unwrap_err();
-    assert!(matches!(err, PackError::Values(DocumentError::TooLarge { limit: 1_048_576, .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            PackError::Values(DocumentError::TooLarge {
+                limit: 1_048_576,
+                ..
+            })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("limit is 1048576 bytes"), "{err}");
     let err = Tenant::from_yaml(&big).unwrap_err();
     assert!(err.to_string().contains("limit"), "{err}");

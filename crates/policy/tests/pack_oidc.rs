@@ -52,7 +52,9 @@ kubeadmconfig:
 #[test]
 fn pxk_domain_example_is_configured_with_resolved_macros() {
     let state = analyze_pack("kubernetes", PXK_CONFIGURED);
-    let OidcState::Configured { login, source } = &state else { panic!("{state:?}") };
+    let OidcState::Configured { login, source } = &state else {
+        panic!("{state:?}")
+    };
     assert_eq!(*source, OidcSource::PackValues);
     assert_eq!(login.issuer_url, "https://idp.example.test/realms/platform");
     assert_eq!(login.client_id, "k8s-prod");
@@ -71,7 +73,10 @@ kubeadmconfig:
 "#;
     let state = analyze_pack("kubernetes", values);
     assert_eq!(gap_codes(&state), ["CLIENT_CONFIG_MISSING"]);
-    assert_eq!(state.summary(), "the Kubernetes pack has `oidc-issuer-url` but no `clientConfig` block");
+    assert_eq!(
+        state.summary(),
+        "the Kubernetes pack has `oidc-issuer-url` but no `clientConfig` block"
+    );
 }
 
 #[test]
@@ -86,7 +91,10 @@ kubeadmconfig:
     oidc-client-id: "k8s-prod"
 "#;
     let state = analyze_pack("kubernetes", values);
-    assert_eq!(gap_codes(&state), ["API_SERVER_SETTING_MISSING", "API_SERVER_SETTING_MISSING"]);
+    assert_eq!(
+        gap_codes(&state),
+        ["API_SERVER_SETTING_MISSING", "API_SERVER_SETTING_MISSING"]
+    );
     assert!(state.summary().contains("has a `clientConfig` block but no `oidc-issuer-url` at `kubeadmconfig.apiServer.extraArgs`"), "{}", state.summary());
 }
 
@@ -102,7 +110,10 @@ kubeadmconfig:
   #  oidc-issuer-url: "https://idp.example.test/realms/platform"
   #  oidc-client-id: "k8s-prod"
 "#;
-    assert_eq!(gap_codes(&analyze_pack("kubernetes", values)), ["CLIENT_CONFIG_MISSING"]);
+    assert_eq!(
+        gap_codes(&analyze_pack("kubernetes", values)),
+        ["CLIENT_CONFIG_MISSING"]
+    );
 }
 
 #[test]
@@ -119,7 +130,10 @@ clientConfig:
   oidc-extra-scope: [groups, email]
 "#;
     let state = analyze_pack("kubernetes", values);
-    assert_eq!(state.login().expect("configured").extra_scopes, ["groups", "email"]);
+    assert_eq!(
+        state.login().expect("configured").extra_scopes,
+        ["groups", "email"]
+    );
     assert!(state.login().expect("configured").client_secret.is_none());
 }
 
@@ -136,7 +150,13 @@ kubeadmconfig:
     oidc-client-id: "  "
 "#;
     let state = analyze_pack("kubernetes", values);
-    assert_eq!(gap_codes(&state), ["CLIENT_CONFIG_SETTING_MISSING", "API_SERVER_SETTING_MISSING"]);
+    assert_eq!(
+        gap_codes(&state),
+        [
+            "CLIENT_CONFIG_SETTING_MISSING",
+            "API_SERVER_SETTING_MISSING"
+        ]
+    );
 }
 
 #[test]
@@ -154,8 +174,20 @@ kubeadmconfig:
     let state = analyze_pack("kubernetes", values);
     assert_eq!(gap_codes(&state), ["UNRESOLVED_MACRO"]);
     assert!(state.has_unresolved_macro());
-    assert!(state.summary().contains("kubeadmconfig.clientConfig.oidc-issuer-url"), "{}", state.summary());
-    assert!(state.summary().contains("oidc-issuer` is not in the pack values"), "{}", state.summary());
+    assert!(
+        state
+            .summary()
+            .contains("kubeadmconfig.clientConfig.oidc-issuer-url"),
+        "{}",
+        state.summary()
+    );
+    assert!(
+        state
+            .summary()
+            .contains("oidc-issuer` is not in the pack values"),
+        "{}",
+        state.summary()
+    );
 }
 
 #[test]
@@ -170,8 +202,14 @@ kubeadmconfig:
     oidc-issuer-url: "{{ .spectro.pack.kubernetes.kubeadmconfig.apiServer.extraArgs.oidc-issuer-url }}"
     oidc-client-id: "{{.spectro.system.cluster.name}}"
 "#;
-    let login = analyze_pack("kubernetes", values).login().cloned().expect("configured");
-    assert_eq!(login.issuer_url, format!("https://proxy.example.test/oidc/{UID}"));
+    let login = analyze_pack("kubernetes", values)
+        .login()
+        .cloned()
+        .expect("configured");
+    assert_eq!(
+        login.issuer_url,
+        format!("https://proxy.example.test/oidc/{UID}")
+    );
     assert_eq!(login.client_id, "prod-east");
 }
 
@@ -180,7 +218,11 @@ fn noauth_turns_oidc_off_whatever_the_yaml_says() {
     let values = PXK_CONFIGURED.replace("identityProvider: none", "identityProvider: noauth");
     let state = analyze_pack("kubernetes", &values);
     assert_eq!(gap_codes(&state), ["IDENTITY_PROVIDER_NOAUTH"]);
-    assert!(state.summary().contains("pack.palette.config.dashboard.identityProvider"));
+    assert!(
+        state
+            .summary()
+            .contains("pack.palette.config.dashboard.identityProvider")
+    );
 }
 
 fn tenant_oidc() -> OidcSettings {
@@ -197,7 +239,9 @@ fn tenant_provider_uses_the_tenant_settings_when_they_exist() {
     let values = "pack:\n  palette:\n    config:\n      oidc:\n        identityProvider: tenant\n";
     let settings = tenant_oidc();
     let state = analyze_with("kubernetes", values, Some(&settings));
-    let OidcState::Configured { login, source } = &state else { panic!("{state:?}") };
+    let OidcState::Configured { login, source } = &state else {
+        panic!("{state:?}")
+    };
     assert_eq!(*source, OidcSource::TenantSettings);
     assert_eq!(login.issuer_url, "https://sso.example.test/realms/acme");
     assert_eq!(login.extra_scopes, ["profile"]);
@@ -211,7 +255,10 @@ fn tenant_provider_uses_the_tenant_settings_when_they_exist() {
 #[test]
 fn unknown_identity_provider_is_reported() {
     let values = "pack:\n  palette:\n    config:\n      oidc:\n        identityProvider: okta\n";
-    assert_eq!(gap_codes(&analyze_pack("kubernetes", values)), ["UNKNOWN_IDENTITY_PROVIDER"]);
+    assert_eq!(
+        gap_codes(&analyze_pack("kubernetes", values)),
+        ["UNKNOWN_IDENTITY_PROVIDER"]
+    );
 }
 
 // ---------------------------------------------------------------- PXK-E
@@ -236,25 +283,44 @@ clientConfig:
 
 #[test]
 fn pxke_reads_the_yaml_inside_the_string() {
-    let login = analyze_pack("edge-k8s", PXKE_CONFIGURED).login().cloned().expect("configured");
+    let login = analyze_pack("edge-k8s", PXKE_CONFIGURED)
+        .login()
+        .cloned()
+        .expect("configured");
     assert_eq!(login.client_id, "edge");
 }
 
 #[test]
 fn pxke_issuer_only_and_client_config_only() {
-    let issuer_only = PXKE_CONFIGURED.split("clientConfig:").next().expect("prefix");
-    assert_eq!(gap_codes(&analyze_pack("edge-k8s", issuer_only)), ["CLIENT_CONFIG_MISSING"]);
+    let issuer_only = PXKE_CONFIGURED
+        .split("clientConfig:")
+        .next()
+        .expect("prefix");
+    assert_eq!(
+        gap_codes(&analyze_pack("edge-k8s", issuer_only)),
+        ["CLIENT_CONFIG_MISSING"]
+    );
     let client_only = PXKE_CONFIGURED.replace("oidc-issuer-url: \"https://idp.example.test/realms/edge\"\n          oidc-client-id: \"edge\"\n", "");
     let state = analyze_pack("edge-k8s", &client_only);
-    assert_eq!(gap_codes(&state), ["API_SERVER_SETTING_MISSING", "API_SERVER_SETTING_MISSING"]);
-    assert!(state.summary().contains("cluster.config (embedded YAML)"), "{}", state.summary());
+    assert_eq!(
+        gap_codes(&state),
+        ["API_SERVER_SETTING_MISSING", "API_SERVER_SETTING_MISSING"]
+    );
+    assert!(
+        state.summary().contains("cluster.config (embedded YAML)"),
+        "{}",
+        state.summary()
+    );
 }
 
 #[test]
 fn pxke_broken_embedded_yaml_is_reported() {
     let values = "cluster:\n  config: \"clusterConfiguration: [unclosed\"\nclientConfig:\n  oidc-issuer-url: https://i\n  oidc-client-id: c\n";
     let state = analyze_pack("edge-k8s", values);
-    assert!(gap_codes(&state).contains(&"EMBEDDED_CONFIG_INVALID"), "{state:?}");
+    assert!(
+        gap_codes(&state).contains(&"EMBEDDED_CONFIG_INVALID"),
+        "{state:?}"
+    );
 }
 
 // ---------------------------------------------------------------- K3s / RKE2
@@ -279,15 +345,31 @@ clientConfig:
 #[test]
 fn k3s_and_rke2_read_the_argument_list() {
     for pack in ["edge-k3s", "edge-rke2", "kubernetes-rke2"] {
-        let login = analyze_pack(pack, K3S_CONFIGURED).login().cloned().unwrap_or_else(|| panic!("{pack}"));
+        let login = analyze_pack(pack, K3S_CONFIGURED)
+            .login()
+            .cloned()
+            .unwrap_or_else(|| panic!("{pack}"));
         assert_eq!(login.extra_scopes, ["groups"], "{pack}");
     }
-    let issuer_only = K3S_CONFIGURED.split("clientConfig:").next().expect("prefix");
-    assert_eq!(gap_codes(&analyze_pack("edge-k3s", issuer_only)), ["CLIENT_CONFIG_MISSING"]);
-    let client_only = K3S_CONFIGURED.replace("      - oidc-issuer-url=https://idp.example.test/realms/edge\n", "");
+    let issuer_only = K3S_CONFIGURED
+        .split("clientConfig:")
+        .next()
+        .expect("prefix");
+    assert_eq!(
+        gap_codes(&analyze_pack("edge-k3s", issuer_only)),
+        ["CLIENT_CONFIG_MISSING"]
+    );
+    let client_only = K3S_CONFIGURED.replace(
+        "      - oidc-issuer-url=https://idp.example.test/realms/edge\n",
+        "",
+    );
     let state = analyze_pack("edge-rke2", &client_only);
     assert_eq!(gap_codes(&state), ["API_SERVER_SETTING_MISSING"]);
-    assert!(state.summary().contains("cluster.config.kube-apiserver-arg"));
+    assert!(
+        state
+            .summary()
+            .contains("cluster.config.kube-apiserver-arg")
+    );
 }
 
 #[test]
@@ -316,13 +398,24 @@ clientConfig:
   oidc-client-id: "{{ .spectro.pack.kubernetes-eks.managedControlPlane.oidcIdentityProvider.clientId }}"
   oidc-client-secret: "eks-secret"
 "#;
-    let login = analyze_pack("kubernetes-eks", values).login().cloned().expect("configured");
+    let login = analyze_pack("kubernetes-eks", values)
+        .login()
+        .cloned()
+        .expect("configured");
     assert_eq!(login.issuer_url, "https://idp.example.test/realms/eks");
     let without = values.replace("issuerUrl: \"https://idp.example.test/realms/eks\"", "");
     let state = analyze_pack("kubernetes-eks", &without);
-    assert!(gap_codes(&state).contains(&"UNRESOLVED_MACRO") || gap_codes(&state).contains(&"API_SERVER_SETTING_MISSING"), "{state:?}");
+    assert!(
+        gap_codes(&state).contains(&"UNRESOLVED_MACRO")
+            || gap_codes(&state).contains(&"API_SERVER_SETTING_MISSING"),
+        "{state:?}"
+    );
     let client_only = "clientConfig:\n  oidc-issuer-url: https://i\n  oidc-client-id: c\n";
-    assert!(analyze_pack("kubernetes-eks", client_only).summary().contains("managedControlPlane.oidcIdentityProvider"));
+    assert!(
+        analyze_pack("kubernetes-eks", client_only)
+            .summary()
+            .contains("managedControlPlane.oidcIdentityProvider")
+    );
 }
 
 #[test]
@@ -341,14 +434,21 @@ clientConfig:
   oidc-issuer-url: https://idp.example.test
   oidc-client-id: k8s
 "#;
-    assert_eq!(gap_codes(&analyze_pack("kubernetes-aks", values)), ["AKS_UNSUPPORTED"]);
+    assert_eq!(
+        gap_codes(&analyze_pack("kubernetes-aks", values)),
+        ["AKS_UNSUPPORTED"]
+    );
 }
 
 #[test]
 fn gke_and_generic_packs_read_as_pxk() {
-    let values = PXK_CONFIGURED.replace(".spectro.pack.kubernetes.", ".spectro.pack.kubernetes-gke.");
+    let values =
+        PXK_CONFIGURED.replace(".spectro.pack.kubernetes.", ".spectro.pack.kubernetes-gke.");
     assert!(analyze_pack("kubernetes-gke", &values).is_configured());
-    let values = PXK_CONFIGURED.replace(".spectro.pack.kubernetes.", ".spectro.pack.kubernetes-generic.");
+    let values = PXK_CONFIGURED.replace(
+        ".spectro.pack.kubernetes.",
+        ".spectro.pack.kubernetes-generic.",
+    );
     assert!(analyze_pack("kubernetes-generic", &values).is_configured());
     // Macros may only refer to the same pack.
     let other = analyze_pack("kubernetes-gke", PXK_CONFIGURED);

@@ -1,8 +1,8 @@
 //! Property tests of the access rule.
 
 use kubeconfig_policy::{
-    Asset, ClusterFacts, ClusterOp, ClusterPermissions, Decision, OidcGap, OidcLogin, OidcSource, OidcState,
-    PolicyMode, Tenant, decide,
+    Asset, ClusterFacts, ClusterOp, ClusterPermissions, Decision, OidcGap, OidcLogin, OidcSource,
+    OidcState, PolicyMode, Tenant, decide,
 };
 use proptest::prelude::*;
 
@@ -29,7 +29,11 @@ fn oidc_state(configured: bool) -> OidcState {
             source: OidcSource::PackValues,
         }
     } else {
-        OidcState::NotConfigured { gaps: vec![OidcGap::ClientConfigMissing { issuer_present: true }] }
+        OidcState::NotConfigured {
+            gaps: vec![OidcGap::ClientConfigMissing {
+                issuer_present: true,
+            }],
+        }
     }
 }
 
@@ -42,8 +46,14 @@ fn asset() -> impl Strategy<Value = Asset> {
 }
 
 const ROLES: [&str; 8] = [
-    "Cluster Admin", "Cluster Editor", "Cluster Viewer", "Project Viewer", "Project Admin",
-    "Cluster Profile Viewer", "Deleter", "Getter",
+    "Cluster Admin",
+    "Cluster Editor",
+    "Cluster Viewer",
+    "Project Viewer",
+    "Project Admin",
+    "Cluster Profile Viewer",
+    "Deleter",
+    "Getter",
 ];
 
 fn tenant_with(bindings: &[(usize, usize, bool)], mode: PolicyMode) -> Tenant {
@@ -51,9 +61,16 @@ fn tenant_with(bindings: &[(usize, usize, bool)], mode: PolicyMode) -> Tenant {
         "tenant: t\npolicy: {mode}\nprojects: [{{uid: p}}, {{uid: q}}]\ncustomRoles:\n  - {{name: Deleter, scope: project, permissions: [cluster.delete]}}\n  - {{name: Getter, scope: project, permissions: [cluster.get]}}\nteams:\n  - {{name: sre, members: [u0@x.test]}}\nbindings:\n"
     );
     for (subject, role, in_p) in bindings {
-        let subject = if *subject == 3 { "team: sre".to_owned() } else { format!("user: u{subject}@x.test") };
+        let subject = if *subject == 3 {
+            "team: sre".to_owned()
+        } else {
+            format!("user: u{subject}@x.test")
+        };
         let project = if *in_p { "p" } else { "q" };
-        yaml.push_str(&format!("  - {{{subject}, role: {}, project: {project}}}\n", ROLES[*role]));
+        yaml.push_str(&format!(
+            "  - {{{subject}, role: {}, project: {project}}}\n",
+            ROLES[*role]
+        ));
     }
     Tenant::from_yaml(&yaml).expect("generated tenant is valid")
 }

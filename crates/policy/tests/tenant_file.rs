@@ -3,7 +3,9 @@
 use kubeconfig_policy::{PolicyMode, Tenant, TenantError};
 
 fn errors(yaml: &str) -> String {
-    Tenant::from_yaml(yaml).expect_err("must be refused").to_string()
+    Tenant::from_yaml(yaml)
+        .expect_err("must be refused")
+        .to_string()
 }
 
 const BASE: &str = "tenant: acme\nprojects:\n  - uid: platform\n";
@@ -46,12 +48,17 @@ bindings:
     let tenant = Tenant::from_yaml(yaml).expect("loads");
     assert_eq!(tenant.policy(), PolicyMode::Seed);
     assert_eq!(tenant.reverse_proxy().expect("proxy").port, 443);
-    assert!(!format!("{tenant:?}").contains("example-secret"), "Debug must not print the client secret");
+    assert!(
+        !format!("{tenant:?}").contains("example-secret"),
+        "Debug must not print the client secret"
+    );
 }
 
 #[test]
 fn unknown_role_in_a_binding() {
-    let e = errors(&format!("{BASE}bindings:\n  - user: a@x.test\n    role: Cluster Boss\n    project: platform\n"));
+    let e = errors(&format!(
+        "{BASE}bindings:\n  - user: a@x.test\n    role: Cluster Boss\n    project: platform\n"
+    ));
     assert_eq!(e, "bindings[0].role: unknown role \"Cluster Boss\"");
 }
 
@@ -66,34 +73,65 @@ fn unknown_permission_carries_path_and_line() {
 
 #[test]
 fn project_role_without_project_and_tenant_role_with_project() {
-    let e = errors(&format!("{BASE}bindings:\n  - user: a@x.test\n    role: Cluster Viewer\n  - user: a@x.test\n    role: Tenant Admin\n    project: platform\n"));
-    assert!(e.contains("bindings[0].project: \"Cluster Viewer\" is a project role and needs a `project`"), "{e}");
+    let e = errors(&format!(
+        "{BASE}bindings:\n  - user: a@x.test\n    role: Cluster Viewer\n  - user: a@x.test\n    role: Tenant Admin\n    project: platform\n"
+    ));
+    assert!(
+        e.contains(
+            "bindings[0].project: \"Cluster Viewer\" is a project role and needs a `project`"
+        ),
+        "{e}"
+    );
     assert!(e.contains("bindings[1].project: \"Tenant Admin\" is a tenant role and cannot be bound to a project"), "{e}");
 }
 
 #[test]
 fn duplicate_user_and_duplicate_key() {
     let key = "sha256:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
-    let e = errors(&format!("{BASE}users:\n  - email: A@x.test\n    apiKeys: [{key}]\n  - email: a@x.test\n  - email: b@x.test\n    apiKeys: [{key}]\n"));
-    assert!(e.contains("users[1].email: duplicate user \"a@x.test\""), "{e}");
-    assert!(e.contains("users[2].apiKeys[0]: the same API key hash is already listed for \"a@x.test\""), "{e}");
+    let e = errors(&format!(
+        "{BASE}users:\n  - email: A@x.test\n    apiKeys: [{key}]\n  - email: a@x.test\n  - email: b@x.test\n    apiKeys: [{key}]\n"
+    ));
+    assert!(
+        e.contains("users[1].email: duplicate user \"a@x.test\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("users[2].apiKeys[0]: the same API key hash is already listed for \"a@x.test\""),
+        "{e}"
+    );
 }
 
 #[test]
 fn malformed_api_key_hash() {
-    let err = Tenant::from_yaml(&format!("{BASE}users:\n  - email: a@x.test\n    apiKeys: [sha256:abc]\n")).unwrap_err();
+    let err = Tenant::from_yaml(&format!(
+        "{BASE}users:\n  - email: a@x.test\n    apiKeys: [sha256:abc]\n"
+    ))
+    .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("users[0].apiKeys") && text.contains("64 hex characters"), "{text}");
+    assert!(
+        text.contains("users[0].apiKeys") && text.contains("64 hex characters"),
+        "{text}"
+    );
     assert_eq!(err.line(), Some(6));
-    let text = errors(&format!("{BASE}users:\n  - email: a@x.test\n    apiKeys: [md5:abc]\n"));
+    let text = errors(&format!(
+        "{BASE}users:\n  - email: a@x.test\n    apiKeys: [md5:abc]\n"
+    ));
     assert!(text.contains("sha256:"), "{text}");
 }
 
 #[test]
 fn binding_to_unknown_project_and_team() {
-    let e = errors(&format!("{BASE}bindings:\n  - user: a@x.test\n    role: Cluster Viewer\n    project: nowhere\n  - team: ghosts\n    role: Tenant Viewer\n"));
-    assert!(e.contains("bindings[0].project: unknown project \"nowhere\""), "{e}");
-    assert!(e.contains("bindings[1].team: unknown team \"ghosts\""), "{e}");
+    let e = errors(&format!(
+        "{BASE}bindings:\n  - user: a@x.test\n    role: Cluster Viewer\n    project: nowhere\n  - team: ghosts\n    role: Tenant Viewer\n"
+    ));
+    assert!(
+        e.contains("bindings[0].project: unknown project \"nowhere\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("bindings[1].team: unknown team \"ghosts\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -102,15 +140,30 @@ fn wrong_types_unknown_fields_and_bad_settings() {
     assert!(err.to_string().contains("unknown field `bindngs`"), "{err}");
     assert!(matches!(err, TenantError::Document(_)));
     let err = Tenant::from_yaml("tenant: t\npolicy: strict\n").unwrap_err();
-    assert!(err.to_string().contains("policy") && err.line() == Some(2), "{err}");
+    assert!(
+        err.to_string().contains("policy") && err.line() == Some(2),
+        "{err}"
+    );
     let err = Tenant::from_yaml("tenant: t\nprojects: 5\n").unwrap_err();
     assert!(err.to_string().contains("projects"), "{err}");
-    let e = errors("tenant: t\nreverseProxy:\n  server: https://proxy.example.test\noidc:\n  issuerUrl: http://idp\n  clientId: ''\n");
-    assert!(e.contains("reverseProxy.server") && e.contains("oidc.issuerUrl") && e.contains("oidc.clientId"), "{e}");
+    let e = errors(
+        "tenant: t\nreverseProxy:\n  server: https://proxy.example.test\noidc:\n  issuerUrl: http://idp\n  clientId: ''\n",
+    );
+    assert!(
+        e.contains("reverseProxy.server")
+            && e.contains("oidc.issuerUrl")
+            && e.contains("oidc.clientId"),
+        "{e}"
+    );
 }
 
 #[test]
 fn custom_role_may_not_shadow_a_builtin() {
-    let e = errors("tenant: t\ncustomRoles:\n  - name: cluster admin\n    scope: project\n    permissions: [cluster.get]\n");
-    assert!(e.contains("customRoles[0].name") && e.contains("built-in role"), "{e}");
+    let e = errors(
+        "tenant: t\ncustomRoles:\n  - name: cluster admin\n    scope: project\n    permissions: [cluster.get]\n",
+    );
+    assert!(
+        e.contains("customRoles[0].name") && e.contains("built-in role"),
+        "{e}"
+    );
 }

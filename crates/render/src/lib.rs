@@ -1,1 +1,366 @@
-//! stub
+//! Kubeconfig rendering as a pure library: the cluster's facts in, deterministic YAML bytes out.
+//!
+//! This crate does no I/O, is not async, and depends on neither the policy crate nor any transport or
+//! storage crate: it takes its own small input types ([`ClusterSpec`]) and the server converts. Input is
+//! validated once, up front ([`Cluster::new`]), so that a cluster with a bad certificate, a key that
+//! does not match it, or an unsafe name is refused with an error naming the field, and rendering a
+//! validated cluster cannot fail.
+//!
+//! - [`input`]: what the caller provides.
+//! - [`credential`]: PEM validation, and the certificate-matches-key check.
+//! - [`document`]: the typed kubeconfig document serialized with serde (never string formatting).
+//! - [`output`]: the rendered bytes and their metadata (file name, server kind, auth kind, ETag).
+
+pub mod credential;
+pub mod document;
+pub mod input;
+pub mod output;
+
+pub use credential::CredentialError;
+pub use input::{AdminCredential, ClusterSpec, OidcLogin, ProxyEndpoint, Request};
+pub use output::{AuthKind, Rendered, ServerKind};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use document::{Exec, Kubeconfig, UserEntry};
+
+/// Bumped whenever the rendered bytes for the same input change; part of every cache key.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why a cluster's facts cannot be rendered. Every variant names the field concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{field}: {source}")]
+    Credential {
+        field: &'static str,
+        #[source]
+        source: CredentialError,
+    },
+    #[error(
+        "admin.clientCertificate: the certificate does not belong to the private key in admin.clientKey"
+    )]
+    KeyMismatch,
+}
+
+impl RenderError {
+    /// The field the error concerns, e.g. `certificateAuthority`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RenderError::Invalid { field, .. } | RenderError::Credential { field, .. } => field,
+            RenderError::KeyMismatch => "admin.clientCertificate",
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RenderError {
+    RenderError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The admin credential, validated and pre-encoded.
+#[derive(Clone)]
+enum Credential {
+    Certificate {
+        certificate_data: String,
+        key_data: String,
+    },
+    Token(String),
+}
+
+/// A cluster whose facts have been validated; rendering it cannot fail.
+#[derive(Clone)]
+pub struct Cluster {
+    name: String,
+    uid: String,
+    api_server: String,
+    ca_data: String,
+    admin: Credential,
+    oidc: Option<OidcLogin>,
+    proxy: Option<ValidatedProxy>,
+}
+
+#[derive(Clone)]
+struct ValidatedProxy {
+    server_url: String,
+    ca_data: Option<String>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("uid", &self.uid)
+            .field("api_server", &self.api_server)
+            .field("oidc", &self.oidc.is_some())
+            .field("proxy", &self.proxy.as_ref().map(|p| &p.server_url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `name` is safe as a file name and a YAML key: 1–253 of `[A-Za-z0-9._-]`, not starting with
+/// `.` or `-`.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `uid` is a cluster uid this service accepts: `[a-z0-9-]{1,64}`.
+pub fn is_valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn check_https_url(field: &'static str, url: &str) -> Result<(), RenderError> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Err(invalid(field, format!("{url:?} must be an https:// URL")));
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(field, format!("{url:?} is not a valid https URL")));
+    }
+    Ok(())
+}
+
+fn check_host(field: &'static str, host: &str) -> Result<(), RenderError> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{host:?} must be a host name without scheme, port or path"),
+        ))
+    }
+}
+
+fn check_token(field: &'static str, token: &str) -> Result<(), RenderError> {
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            "must be a non-empty token without whitespace",
+        ));
+    }
+    Ok(())
+}
+
+fn encode(pem: &str) -> String {
+    BASE64.encode(pem.as_bytes())
+}
+
+impl Cluster {
+    /// Validates a cluster's facts. Every error names the field it concerns.
+    pub fn new(spec: ClusterSpec) -> Result<Self, RenderError> {
+        if !is_safe_name(&spec.name) {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} must be 1-253 of letters, digits, `.`, `_`, `-`, not starting with `.` or `-`",
+                    spec.name
+                ),
+            ));
+        }
+        if !is_valid_uid(&spec.uid) {
+            return Err(invalid(
+                "uid",
+                format!("{:?} must match [a-z0-9-]{{1,64}}", spec.uid),
+            ));
+        }
+        check_https_url("apiServer", &spec.api_server)?;
+        credential::certificates(&spec.certificate_authority).map_err(|source| {
+            RenderError::Credential {
+                field: "certificateAuthority",
+                source,
+            }
+        })?;
+        let admin = match &spec.admin {
+            AdminCredential::ClientCertificate { certificate, key } => {
+                let cert_key =
+                    credential::single_certificate_key(certificate).map_err(|source| {
+                        RenderError::Credential {
+                            field: "admin.clientCertificate",
+                            source,
+                        }
+                    })?;
+                let private_key =
+                    credential::private_key_public_part(key.expose()).map_err(|source| {
+                        RenderError::Credential {
+                            field: "admin.clientKey",
+                            source,
+                        }
+                    })?;
+                if cert_key != private_key {
+                    return Err(RenderError::KeyMismatch);
+                }
+                Credential::Certificate {
+                    certificate_data: encode(certificate),
+                    key_data: encode(key.expose()),
+                }
+            }
+            AdminCredential::Token(token) => {
+                check_token("admin.token", token.expose())?;
+                Credential::Token(token.expose().to_owned())
+            }
+        };
+        if let Some(oidc) = &spec.oidc {
+            check_https_url("oidc.issuerUrl", &oidc.issuer_url)?;
+            if oidc.client_id.trim().is_empty() || oidc.client_id.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "oidc.clientId",
+                    "must be a non-empty id without whitespace",
+                ));
+            }
+            if oidc
+                .extra_scopes
+                .iter()
+                .any(|s| s.is_empty() || s.contains(|c: char| c == ',' || c.is_whitespace()))
+            {
+                return Err(invalid(
+                    "oidc.extraScopes",
+                    "each scope must be a single non-empty word",
+                ));
+            }
+        }
+        let proxy = match &spec.proxy {
+            None => None,
+            Some(p) => {
+                check_host("spectroProxy.server", &p.server)?;
+                if p.port == 0 {
+                    return Err(invalid("spectroProxy.port", "must be between 1 and 65535"));
+                }
+                if let Some(ca) = &p.certificate_authority {
+                    credential::certificates(ca).map_err(|source| RenderError::Credential {
+                        field: "spectroProxy.certificateAuthority",
+                        source,
+                    })?;
+                }
+                if let Some(token) = &p.token {
+                    check_token("spectroProxy.token", token.expose())?;
+                }
+                Some(ValidatedProxy {
+                    server_url: format!("https://cluster-{}.{}:{}", spec.uid, p.server, p.port),
+                    ca_data: p.certificate_authority.as_deref().map(encode),
+                    token: p.token.as_ref().map(|t| t.expose().to_owned()),
+                })
+            }
+        };
+        Ok(Cluster {
+            ca_data: encode(&spec.certificate_authority),
+            name: spec.name,
+            uid: spec.uid,
+            api_server: spec.api_server,
+            admin,
+            oidc: spec.oidc,
+            proxy,
+        })
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the Spectro Proxy is configured for this cluster.
+    pub fn proxy_enabled(&self) -> bool {
+        self.proxy.is_some()
+    }
+
+    /// Renders one asset.
+    pub fn render(&self, request: Request) -> Rendered {
+        match request {
+            Request::Kubeconfig { frp } => self.render_kubeconfig(frp),
+            Request::AdminKubeconfig => self.render_admin(),
+        }
+    }
+
+    fn admin_user(&self) -> (UserEntry, AuthKind) {
+        match &self.admin {
+            Credential::Certificate {
+                certificate_data,
+                key_data,
+            } => (
+                UserEntry::certificate(certificate_data.clone(), key_data.clone()),
+                AuthKind::ClientCertificate,
+            ),
+            Credential::Token(token) => (UserEntry::token(token.clone()), AuthKind::Token),
+        }
+    }
+
+    fn render_kubeconfig(&self, frp: bool) -> Rendered {
+        let proxy = self.proxy.as_ref().filter(|_| frp);
+        let (server, server_kind, ca_data) = match proxy {
+            Some(p) => (
+                p.server_url.clone(),
+                ServerKind::Proxy,
+                p.ca_data.clone().unwrap_or_else(|| self.ca_data.clone()),
+            ),
+            None => (
+                self.api_server.clone(),
+                ServerKind::Direct,
+                self.ca_data.clone(),
+            ),
+        };
+        let (user_suffix, user, auth_kind) =
+            match (&self.oidc, proxy.and_then(|p| p.token.as_ref())) {
+                (Some(oidc), _) => (
+                    "oidc",
+                    UserEntry::exec(Exec::kubelogin(oidc)),
+                    AuthKind::Oidc,
+                ),
+                (None, Some(token)) => ("admin", UserEntry::token(token.clone()), AuthKind::Token),
+                (None, None) => {
+                    let (user, kind) = self.admin_user();
+                    ("admin", user, kind)
+                }
+            };
+        let doc = Kubeconfig::single(
+            &self.name,
+            &format!("{}-{user_suffix}", self.name),
+            server,
+            ca_data,
+            user,
+        );
+        Rendered::new(
+            doc.to_yaml(),
+            format!("{}.kubeconfig", self.name),
+            server_kind,
+            auth_kind,
+        )
+    }
+
+    fn render_admin(&self) -> Rendered {
+        let (user, auth_kind) = self.admin_user();
+        let doc = Kubeconfig::single(
+            &self.name,
+            &format!("{}-admin", self.name),
+            self.api_server.clone(),
+            self.ca_data.clone(),
+            user,
+        );
+        Rendered::new(
+            doc.to_yaml(),
+            format!("admin.{}.kubeconfig", self.name),
+            ServerKind::Direct,
+            auth_kind,
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! Bad input is a typed error naming the field; key material never appears in messages.
+
+use kubeconfig_render::input::Sensitive;
+use kubeconfig_render::{AdminCredential, Cluster, ClusterSpec, CredentialError, RenderError};
+
+const CA: &str = include_str!("data/ca.crt");
+const RSA_CRT: &str = include_str!("data/admin-rsa.crt");
+const RSA_KEY: &str = include_str!("data/admin-rsa.key");
+const EC_CRT: &str = include_str!("data/admin-ec.crt");
+const EC_KEY: &str = include_str!("data/admin-ec.key");
+const EC_PKCS8_KEY: &str = include_str!("data/admin-ec.pkcs8.key");
+const P384_CRT: &str = include_str!("data/admin-p384.crt");
+const P384_KEY: &str = include_str!("data/admin-p384.key");
+
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        name: "prod-east".to_owned(),
+        uid: "6470a2b1c5e6f1a2b3c4d5e6".to_owned(),
+        api_server: "https://10.10.0.10:6443".to_owned(),
+        certificate_authority: CA.to_owned(),
+        admin: AdminCredential::ClientCertificate {
+            certificate: RSA_CRT.to_owned(),
+            key: Sensitive::new(RSA_KEY),
+        },
+        oidc: None,
+        proxy: None,
+    }
+}
+
+fn with_admin(certificate: &str, key: &str) -> ClusterSpec {
+    ClusterSpec {
+        admin: AdminCredential::ClientCertificate {
+            certificate: certificate.to_owned(),
+            key: Sensitive::new(key),
+        },
+        ..spec()
+    }
+}
+
+#[test]
+fn every_supported_key_format_matches_its_certificate() {
+    for (crt, key) in [
+        (RSA_CRT, RSA_KEY),
+        (EC_CRT, EC_KEY),
+        (EC_CRT, EC_PKCS8_KEY),
+        (P384_CRT, P384_KEY),
+    ] {
+        Cluster::new(with_admin(crt, key)).expect("matching pair is accepted");
+    }
+}
+
+#[test]
+fn certificate_that_does_not_match_the_key() {
+    let err = Cluster::new(with_admin(RSA_CRT, EC_KEY)).unwrap_err();
+    assert_eq!(err, RenderError::KeyMismatch);
+    let err = Cluster::new(with_admin(EC_CRT, P384_KEY)).unwrap_err();
+    assert_eq!(err, RenderError::KeyMismatch);
+    assert_eq!(err.field(), "admin.clientCertificate");
+}
+
+#[test]
+fn non_pem_ca() {
+    let err = Cluster::new(ClusterSpec {
+        certificate_authority: "not a certificate".to_owned(),
+        ..spec()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RenderError::Credential {
+                field: "certificateAuthority",
+                source: CredentialError::NotPem { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    let garbled = CA.replace("MII", "MIX");
+    let err = Cluster::new(ClusterSpec {
+        certificate_authority: garbled,
+        ..spec()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "certificateAuthority", "{err}");
+}
+
+#[test]
+fn key_where_a_certificate_belongs() {
+    let err = Cluster::new(ClusterSpec {
+        certificate_authority: RSA_KEY.to_owned(),
+        ..spec()
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "certificateAuthority: expected a PEM `CERTIFICATE` block, found `RSA PRIVATE KEY`"
+    );
+    let err = Cluster::new(with_admin(EC_KEY, EC_KEY)).unwrap_err();
+    assert_eq!(err.field(), "admin.clientCertificate");
+    assert!(
+        !err.to_string()
+            .contains(EC_KEY.lines().nth(1).expect("line")),
+        "no key material in messages"
+    );
+}
+
+#[test]
+fn certificate_where_a_key_belongs() {
+    let err = Cluster::new(with_admin(RSA_CRT, RSA_CRT)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "admin.clientKey: expected a PEM `PRIVATE KEY` block, found `CERTIFICATE`"
+    );
+}
+
+#[test]
+fn http_server_is_refused() {
+    let err = Cluster::new(ClusterSpec {
+        api_server: "http://10.10.0.10:6443".to_owned(),
+        ..spec()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "apiServer");
+    assert!(err.to_string().contains("https://"), "{err}");
+}
+
+#[test]
+fn unsafe_names_are_refused() {
+    for name in ["", "a/b", "a:b", "a\nb", ".hidden", "-x", "a b"] {
+        let err = Cluster::new(ClusterSpec {
+            name: name.to_owned(),
+            ..spec()
+        })
+        .unwrap_err();
+        assert_eq!(err.field(), "name", "{name:?}");
+    }
+}
+
+#[test]
+fn bad_token_and_uid() {
+    let err = Cluster::new(ClusterSpec {
+        admin: AdminCredential::Token(Sensitive::new("a b")),
+        ..spec()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "admin.token");
+    let err = Cluster::new(ClusterSpec {
+        uid: "UPPER".to_owned(),
+        ..spec()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "uid");
+}
+
+#[test]
+fn debug_output_carries_no_secrets() {
+    let spec = spec();
+    assert!(!format!("{spec:?}").contains("PRIVATE KEY"));
+    let cluster = Cluster::new(spec).expect("valid");
+    let rendered = cluster.render(kubeconfig_render::Request::AdminKubeconfig);
+    let debug = format!("{cluster:?} {rendered:?}");
+    assert!(
+        !debug.contains("client-key-data") && !debug.contains("LS0t"),
+        "{debug}"
+    );
+}
