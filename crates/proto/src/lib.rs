@@ -1,0 +1,30 @@
+//! Generated code for the `kubeconfig.v1` API (see `proto/kubeconfig/v1/kubeconfig.proto`): message
+//! types, the tonic client and server stubs, and the encoded descriptor set for server reflection.
+//!
+//! Nothing here is written by hand; the build script generates it into `OUT_DIR`. It must not depend on
+//! any other workspace crate.
+
+#![allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
+
+/// `kubeconfig.v1`.
+pub mod kubeconfig {
+    pub mod v1 {
+        tonic::include_proto!("kubeconfig.v1");
+    }
+}
+
+/// `google.api`, for the http annotations (generated because the API imports them).
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of the API and its imports, with extension options kept.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kubeconfig_descriptor.bin"));

@@ -1,0 +1,213 @@
+//! Authentication (domain.md section 9): API keys matched against stored SHA-256 hashes in constant
+//! time, or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience, expiry and not-before
+//! checked with a small clock skew; only the configured algorithm is accepted, so `alg: none` and
+//! HS/RS confusion fail). Every failure is the same 401 with no hint which part was wrong.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use kubeconfig_policy::ApiKeyHash;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{JwtConfig, JwtKey};
+use crate::error::CoreError;
+
+/// Allowed clock skew for `exp` and `nbf`, in seconds.
+pub const CLOCK_SKEW_SECONDS: u64 = 30;
+
+/// What the caller presented. `Debug` never prints the key or token.
+#[derive(Default, Clone)]
+pub struct Credentials {
+    pub api_key: Option<String>,
+    pub bearer: Option<String>,
+    /// `ProjectUid` / `projectuid`: narrows the call to one project.
+    pub project: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("project", &self.project)
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads an `Authorization` header value; anything but `Bearer <token>` counts as no token.
+    pub fn bearer_from_authorization(value: &str) -> Option<String> {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+            .then(|| token.trim().to_owned())
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Lowercased user id (e-mail).
+    pub user: String,
+    /// Teams from the token's `groups` claim (file teams are added by the tenant).
+    pub groups: Vec<String>,
+    /// The project the call is narrowed to, if any.
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// Verifies bearer tokens.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtVerifier {
+    /// Builds a verifier; the error names what is wrong with the key.
+    pub fn new(config: &JwtConfig) -> Result<Self, String> {
+        let (key, algorithm) = match &config.key {
+            JwtKey::Hs256Secret(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::PublicKeyPem(pem) => {
+                if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+                    (key, Algorithm::RS256)
+                } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                    (key, Algorithm::ES256)
+                } else {
+                    return Err("not a PEM RSA or EC (P-256) public key".to_owned());
+                }
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        validation.leeway = CLOCK_SKEW_SECONDS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.required_spec_claims =
+            HashSet::from(["exp".to_owned(), "iss".to_owned(), "aud".to_owned()]);
+        Ok(JwtVerifier { key, validation })
+    }
+
+    fn verify(&self, token: &str) -> Option<(String, Vec<String>)> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).ok()?;
+        let user = data
+            .claims
+            .email
+            .filter(|e| !e.is_empty())
+            .or(data.claims.sub)
+            .filter(|s| !s.is_empty())?;
+        Some((user.to_lowercase(), data.claims.groups))
+    }
+}
+
+/// Matches a presented API key against the stored hashes, comparing every hash in constant time.
+pub fn match_api_key<'a>(key: &str, keys: &'a [(ApiKeyHash, String)]) -> Option<&'a str> {
+    let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let mut found = None;
+    for (hash, user) in keys {
+        if bool::from(hash.digest().ct_eq(&presented)) && found.is_none() {
+            found = Some(user.as_str());
+        }
+    }
+    found
+}
+
+/// Authenticates a caller: API key first when one is presented, else the bearer token.
+pub fn authenticate(
+    credentials: &Credentials,
+    keys: &[(ApiKeyHash, String)],
+    jwt: Option<&JwtVerifier>,
+) -> Result<Caller, CoreError> {
+    let project = credentials.project.clone().filter(|p| !p.is_empty());
+    if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
+        let user = match_api_key(key, keys).ok_or_else(CoreError::unauthenticated)?;
+        return Ok(Caller {
+            user: user.to_owned(),
+            groups: Vec::new(),
+            project,
+        });
+    }
+    if let (Some(token), Some(jwt)) = (credentials.bearer.as_deref(), jwt) {
+        let (user, groups) = jwt.verify(token).ok_or_else(CoreError::unauthenticated)?;
+        return Ok(Caller {
+            user,
+            groups,
+            project,
+        });
+    }
+    Err(CoreError::unauthenticated())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Vec<(ApiKeyHash, String)> {
+        let hash = ApiKeyHash::from_digest(Sha256::digest(b"right-key").into());
+        vec![(hash, "a@x.test".to_owned())]
+    }
+
+    #[test]
+    fn api_key_matches_only_its_hash() {
+        assert_eq!(match_api_key("right-key", &keys()), Some("a@x.test"));
+        assert_eq!(match_api_key("wrong-key", &keys()), None);
+        let creds = Credentials {
+            api_key: Some("wrong-key".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            authenticate(&creds, &keys(), None).unwrap_err(),
+            CoreError::unauthenticated()
+        );
+    }
+
+    #[test]
+    fn bearer_parsing_and_debug_redaction() {
+        assert_eq!(
+            Credentials::bearer_from_authorization("Bearer abc"),
+            Some("abc".to_owned())
+        );
+        assert_eq!(Credentials::bearer_from_authorization("Basic abc"), None);
+        let creds = Credentials {
+            api_key: Some("secret-key".into()),
+            bearer: Some("tok".into()),
+            project: None,
+        };
+        let debug = format!("{creds:?}");
+        assert!(
+            !debug.contains("secret-key") && !debug.contains("tok\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn no_credentials_is_unauthenticated() {
+        assert!(authenticate(&Credentials::default(), &keys(), None).is_err());
+        let creds = Credentials {
+            bearer: Some("x.y.z".into()),
+            ..Default::default()
+        };
+        assert!(
+            authenticate(&creds, &keys(), None).is_err(),
+            "a token without a verifier is refused"
+        );
+    }
+}

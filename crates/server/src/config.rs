@@ -1,0 +1,339 @@
+//! Command-line flags with `KUBECONFIGD_*` environment fallbacks. A bad value fails at start with a
+//! message naming the flag (clap does that for typed values; [`Config::from_args`] for the rest).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 10s, 2m)"))
+}
+
+/// kubeconfigd: hands out kubeconfig files for managed Kubernetes clusters over gRPC and REST.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kubeconfigd", version, about)]
+pub struct Args {
+    /// Directory of cluster files (`*.yaml`, `*.yml`), one cluster per file; watched for changes.
+    #[arg(
+        long,
+        env = "KUBECONFIGD_INVENTORY",
+        value_name = "DIR",
+        required_unless_present = "demo"
+    )]
+    pub inventory: Option<PathBuf>,
+    /// The tenant file (projects, roles, users, bindings, proxy and OIDC settings); watched for changes.
+    #[arg(
+        long,
+        env = "KUBECONFIGD_TENANT",
+        value_name = "FILE",
+        required_unless_present = "demo"
+    )]
+    pub tenant: Option<PathBuf>,
+    /// Serve the built-in demo tenant and inventory (ignores --inventory and --tenant).
+    #[arg(long, env = "KUBECONFIGD_DEMO", conflicts_with_all = ["inventory", "tenant"])]
+    pub demo: bool,
+    /// gRPC listen address.
+    #[arg(long, env = "KUBECONFIGD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// REST listen address.
+    #[arg(long, env = "KUBECONFIGD_REST_ADDR", default_value = "0.0.0.0:8080")]
+    pub rest_addr: SocketAddr,
+    /// Do not serve the REST shim.
+    #[arg(long, env = "KUBECONFIGD_NO_REST")]
+    pub no_rest: bool,
+    /// Required `iss` of bearer tokens.
+    #[arg(long, env = "KUBECONFIGD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of bearer tokens.
+    #[arg(long, env = "KUBECONFIGD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// File holding the HS256 shared secret for bearer tokens (at least 32 bytes).
+    #[arg(
+        long,
+        env = "KUBECONFIGD_JWT_HS256_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "jwt_public_key_file"
+    )]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer tokens.
+    #[arg(long, env = "KUBECONFIGD_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Deadline for one call, gRPC or REST.
+    #[arg(long, env = "KUBECONFIGD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Calls served at once; more are refused with 429 / RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KUBECONFIGD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+    /// How long shutdown waits for in-flight calls before giving up.
+    #[arg(long, env = "KUBECONFIGD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How long to keep serving with health NOT_SERVING after SIGTERM before draining (lets load
+    /// balancers and health watchers notice).
+    #[arg(long, env = "KUBECONFIGD_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Log format.
+    #[arg(long, env = "KUBECONFIGD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The largest gRPC request message accepted, in bytes (requests carry a uid and little else).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Where the tenant file and inventory come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Files on disk, watched for changes.
+    Files { inventory: PathBuf, tenant: PathBuf },
+    /// The demo data built into the binary.
+    Demo,
+}
+
+/// Bearer token settings.
+#[derive(Clone)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub key: JwtKey,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key bearer tokens are verified with.
+#[derive(Clone)]
+pub enum JwtKey {
+    Hs256Secret(Vec<u8>),
+    PublicKeyPem(Vec<u8>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JwtKey::Hs256Secret(_) => "JwtKey::Hs256Secret(<redacted>)",
+            JwtKey::PublicKeyPem(_) => "JwtKey::PublicKeyPem",
+        })
+    }
+}
+
+/// Validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub rest: bool,
+    pub jwt: Option<JwtConfig>,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: u32,
+    pub shutdown_grace: Duration,
+    pub shutdown_delay: Duration,
+}
+
+/// A start-up configuration problem, naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn config_error(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Validates parsed flags, reading the JWT key files.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        let Args {
+            inventory,
+            tenant,
+            demo,
+            grpc_addr: _,
+            rest_addr: _,
+            no_rest,
+            jwt_issuer,
+            jwt_audience,
+            jwt_hs256_secret_file,
+            jwt_public_key_file,
+            request_timeout,
+            max_concurrent_requests,
+            shutdown_grace,
+            shutdown_delay,
+            log_format: _,
+        } = args;
+        let source = if *demo {
+            Source::Demo
+        } else {
+            let inventory = inventory
+                .clone()
+                .ok_or_else(|| config_error("--inventory", "is required (or use --demo)"))?;
+            let tenant = tenant
+                .clone()
+                .ok_or_else(|| config_error("--tenant", "is required (or use --demo)"))?;
+            if !inventory.is_dir() {
+                return Err(config_error(
+                    "--inventory",
+                    format!("{} is not a directory", inventory.display()),
+                ));
+            }
+            if !tenant.is_file() {
+                return Err(config_error(
+                    "--tenant",
+                    format!("{} is not a file", tenant.display()),
+                ));
+            }
+            Source::Files { inventory, tenant }
+        };
+        let key = match (jwt_hs256_secret_file, jwt_public_key_file) {
+            (Some(path), None) => {
+                let secret = std::fs::read(path).map_err(|e| {
+                    config_error(
+                        "--jwt-hs256-secret-file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                let secret = secret.trim_ascii().to_vec();
+                if secret.len() < 32 {
+                    return Err(config_error(
+                        "--jwt-hs256-secret-file",
+                        "the secret must be at least 32 bytes",
+                    ));
+                }
+                Some(JwtKey::Hs256Secret(secret))
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    config_error("--jwt-public-key-file", format!("{}: {e}", path.display()))
+                })?;
+                Some(JwtKey::PublicKeyPem(pem))
+            }
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(config_error(
+                    "--jwt-hs256-secret-file",
+                    "cannot be used with --jwt-public-key-file",
+                ));
+            }
+        };
+        let jwt = match key {
+            None => {
+                if jwt_issuer.is_some() || jwt_audience.is_some() {
+                    return Err(config_error(
+                        "--jwt-issuer",
+                        "needs --jwt-hs256-secret-file or --jwt-public-key-file to verify tokens",
+                    ));
+                }
+                None
+            }
+            Some(key) => {
+                let issuer = jwt_issuer
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        config_error("--jwt-issuer", "is required when bearer tokens are enabled")
+                    })?;
+                let audience = jwt_audience
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        config_error(
+                            "--jwt-audience",
+                            "is required when bearer tokens are enabled",
+                        )
+                    })?;
+                Some(JwtConfig {
+                    issuer,
+                    audience,
+                    key,
+                })
+            }
+        };
+        Ok(Config {
+            source,
+            rest: !no_rest,
+            jwt,
+            request_timeout: *request_timeout,
+            max_concurrent_requests: *max_concurrent_requests,
+            shutdown_grace: *shutdown_grace,
+            shutdown_delay: *shutdown_delay,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("kubeconfigd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn demo_needs_no_paths_and_has_defaults() {
+        let args = parse(&["--demo"]).expect("parses");
+        assert_eq!(args.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(args.rest_addr.to_string(), "0.0.0.0:8080");
+        let config = Config::from_args(&args).expect("valid");
+        assert!(matches!(config.source, Source::Demo));
+        assert!(config.rest && config.jwt.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = parse(&["--demo", "--grpc-addr", "nope"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--grpc-addr"), "{err}");
+        let err = parse(&["--demo", "--request-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--request-timeout"), "{err}");
+        let err = parse(&[]).unwrap_err().to_string();
+        assert!(err.contains("--inventory"), "{err}");
+        let args = parse(&["--demo", "--jwt-issuer", "https://issuer"]).expect("parses");
+        assert_eq!(Config::from_args(&args).unwrap_err().flag, "--jwt-issuer");
+        let args = parse(&[
+            "--inventory",
+            "/nonexistent-dir",
+            "--tenant",
+            "/nonexistent",
+        ])
+        .expect("parses");
+        assert_eq!(Config::from_args(&args).unwrap_err().flag, "--inventory");
+    }
+
+    #[test]
+    fn short_hs256_secret_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "short").expect("write");
+        let args = parse(&[
+            "--demo",
+            "--jwt-issuer",
+            "i",
+            "--jwt-audience",
+            "a",
+            "--jwt-hs256-secret-file",
+            path.to_str().expect("utf8"),
+        ])
+        .expect("parses");
+        let err = Config::from_args(&args).unwrap_err();
+        assert_eq!(err.flag, "--jwt-hs256-secret-file");
+    }
+}

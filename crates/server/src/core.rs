@@ -1,0 +1,323 @@
+//! The transport-neutral service core: authenticate, find the cluster, decide, render. The gRPC and
+//! REST edges both call this, so they cannot drift apart.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use kubeconfig_policy::{
+    Asset, ClusterFacts, ClusterPermissions, Decision, OidcState, PolicyMode, decide,
+};
+use kubeconfig_render::{Rendered, Request};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::{self, Caller, Credentials, JwtVerifier};
+use crate::error::{CoreError, ErrorKind};
+use crate::inventory::Snapshot;
+use crate::record::{Availability, ClusterEntry};
+
+/// The default and largest page sizes of `ListClusters`.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 500;
+
+/// A served asset.
+#[derive(Debug)]
+pub struct Served {
+    pub rendered: Arc<Rendered>,
+    pub cluster: Arc<ClusterEntry>,
+    pub user: String,
+}
+
+/// The decision for one asset as reported to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetAccess {
+    pub allowed: bool,
+    /// Empty when allowed.
+    pub reason: String,
+    /// Empty when allowed.
+    pub message: String,
+}
+
+impl AssetAccess {
+    fn from_decision(decision: &Decision) -> Self {
+        match decision {
+            Decision::Allow => AssetAccess {
+                allowed: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Decision::Deny(denial) => AssetAccess {
+                allowed: false,
+                reason: denial.code.as_str().to_owned(),
+                message: denial.message.clone(),
+            },
+            Decision::NotFound => AssetAccess {
+                allowed: false,
+                reason: "NOT_FOUND".to_owned(),
+                message: String::new(),
+            },
+        }
+    }
+}
+
+/// A caller's access to one cluster and the facts behind it.
+#[derive(Debug, Clone)]
+pub struct AccessReport {
+    pub cluster: Arc<ClusterEntry>,
+    pub permissions: ClusterPermissions,
+    pub policy: PolicyMode,
+    pub kubeconfig: AssetAccess,
+    pub admin_kubeconfig: AssetAccess,
+    /// `None` when the cluster is unavailable (its pack could not be analysed).
+    pub oidc: Option<OidcState>,
+    /// The cluster's problems plus any tenant file problem.
+    pub problems: Vec<String>,
+}
+
+/// One page of `ListClusters`.
+#[derive(Debug)]
+pub struct ClusterPage {
+    pub clusters: Vec<AccessReport>,
+    pub next_page_token: String,
+}
+
+/// The service core.
+pub struct Core {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    jwt: Option<JwtVerifier>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("jwt", &self.jwt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a cluster uid before any lookup.
+pub fn check_uid(uid: &str) -> Result<(), CoreError> {
+    if kubeconfig_render::is_valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(CoreError::bad_request("uid must match [a-z0-9-]{1,64}"))
+    }
+}
+
+fn unavailable(cluster: &ClusterEntry, reason: &str) -> CoreError {
+    CoreError::new(
+        ErrorKind::Unavailable,
+        format!("cluster {} is unavailable: {reason}", cluster.name),
+    )
+}
+
+impl Core {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        jwt: Option<JwtVerifier>,
+        max_concurrent_requests: usize,
+    ) -> Self {
+        Core {
+            snapshot,
+            jwt,
+            permits: Arc::new(Semaphore::new(max_concurrent_requests)),
+        }
+    }
+
+    /// The snapshot in service now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Takes a slot among the calls served at once, or refuses with 429.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, CoreError> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            CoreError::new(
+                ErrorKind::TooManyRequests,
+                "too many requests in flight; retry shortly",
+            )
+        })
+    }
+
+    fn caller(&self, credentials: &Credentials, snapshot: &Snapshot) -> Result<Caller, CoreError> {
+        auth::authenticate(credentials, &snapshot.api_keys, self.jwt.as_ref())
+    }
+
+    /// The caller's cluster permissions, or `None` when the cluster is invisible to it.
+    fn visible(
+        snapshot: &Snapshot,
+        caller: &Caller,
+        cluster: &ClusterEntry,
+    ) -> Option<ClusterPermissions> {
+        if caller
+            .project
+            .as_deref()
+            .is_some_and(|p| p != cluster.project)
+        {
+            return None;
+        }
+        let principal = snapshot
+            .tenant
+            .principal(&caller.user, caller.groups.iter().cloned());
+        let permissions = snapshot
+            .tenant
+            .effective_permissions(&principal, &cluster.project);
+        (!permissions.is_empty()).then_some(permissions)
+    }
+
+    /// Serves one asset after authenticating the caller and deciding.
+    pub fn asset(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        request: Request,
+    ) -> Result<Served, CoreError> {
+        check_uid(uid)?;
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot)?;
+        let asset = match request {
+            Request::Kubeconfig { .. } => Asset::Kubeconfig,
+            Request::AdminKubeconfig => Asset::AdminKubeconfig,
+        };
+        let cluster = snapshot
+            .clusters
+            .get(uid)
+            .ok_or_else(|| CoreError::not_found(uid))?;
+        let permissions =
+            Self::visible(&snapshot, &caller, cluster).ok_or_else(|| CoreError::not_found(uid))?;
+        let prepared = match &cluster.availability {
+            Availability::Ready(prepared) => prepared,
+            Availability::Unavailable(reason) => return Err(unavailable(cluster, reason)),
+        };
+        let facts = ClusterFacts {
+            name: &cluster.name,
+            oidc: &prepared.oidc,
+            proxy_enabled: cluster.proxy_enabled,
+        };
+        let decision = decide(snapshot.tenant.policy(), permissions, &facts, asset);
+        match decision {
+            Decision::Allow => {}
+            Decision::NotFound => return Err(CoreError::not_found(uid)),
+            Decision::Deny(denial) => {
+                tracing::info!(target: "audit", user = %caller.user, cluster = %uid, asset = asset.as_str(), allowed = false, reason = denial.code.as_str(), "asset denied");
+                return Err(CoreError::forbidden(denial.code.as_str(), denial.message));
+            }
+        }
+        let rendered = Arc::new(prepared.cluster.render(request));
+        tracing::info!(target: "audit", user = %caller.user, cluster = %uid, asset = asset.as_str(), allowed = true, sha256 = %rendered.etag, "asset served");
+        Ok(Served {
+            rendered,
+            cluster: Arc::clone(cluster),
+            user: caller.user,
+        })
+    }
+
+    fn report(
+        snapshot: &Snapshot,
+        cluster: &Arc<ClusterEntry>,
+        permissions: ClusterPermissions,
+    ) -> AccessReport {
+        let policy = snapshot.tenant.policy();
+        let mut problems = cluster.problems.clone();
+        if let Some(problem) = &snapshot.tenant_problem {
+            problems.push(format!("the tenant file's latest edit was not applied; the previous version is served: {problem}"));
+        }
+        let (kubeconfig, admin_kubeconfig, oidc) = match &cluster.availability {
+            Availability::Ready(prepared) => {
+                let facts = ClusterFacts {
+                    name: &cluster.name,
+                    oidc: &prepared.oidc,
+                    proxy_enabled: cluster.proxy_enabled,
+                };
+                let kube = decide(policy, permissions, &facts, Asset::Kubeconfig);
+                let admin = decide(policy, permissions, &facts, Asset::AdminKubeconfig);
+                (
+                    AssetAccess::from_decision(&kube),
+                    AssetAccess::from_decision(&admin),
+                    Some(prepared.oidc.clone()),
+                )
+            }
+            Availability::Unavailable(reason) => {
+                let access = AssetAccess {
+                    allowed: false,
+                    reason: "CLUSTER_UNAVAILABLE".to_owned(),
+                    message: format!("cluster {} is unavailable: {reason}", cluster.name),
+                };
+                (access.clone(), access, None)
+            }
+        };
+        AccessReport {
+            cluster: Arc::clone(cluster),
+            permissions,
+            policy,
+            kubeconfig,
+            admin_kubeconfig,
+            oidc,
+            problems,
+        }
+    }
+
+    /// Explains the caller's access to one cluster.
+    pub fn access(&self, credentials: &Credentials, uid: &str) -> Result<AccessReport, CoreError> {
+        check_uid(uid)?;
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot)?;
+        let cluster = snapshot
+            .clusters
+            .get(uid)
+            .ok_or_else(|| CoreError::not_found(uid))?;
+        let permissions =
+            Self::visible(&snapshot, &caller, cluster).ok_or_else(|| CoreError::not_found(uid))?;
+        Ok(Self::report(&snapshot, cluster, permissions))
+    }
+
+    /// Lists the clusters visible to the caller, ordered by uid. The page token is the last uid served.
+    pub fn list(
+        &self,
+        credentials: &Credentials,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ClusterPage, CoreError> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(CoreError::bad_request("page_size must not be negative")),
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        if !page_token.is_empty() {
+            check_uid(page_token).map_err(|_| {
+                CoreError::bad_request("page_token is not a token this service issued")
+            })?;
+        }
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot)?;
+        let start = if page_token.is_empty() {
+            std::ops::Bound::Unbounded
+        } else {
+            std::ops::Bound::Excluded(page_token.to_owned())
+        };
+        let mut clusters = Vec::new();
+        let mut more = false;
+        for (_, cluster) in snapshot.clusters.range((start, std::ops::Bound::Unbounded)) {
+            let Some(permissions) = Self::visible(&snapshot, &caller, cluster) else {
+                continue;
+            };
+            if clusters.len() == size {
+                more = true;
+                break;
+            }
+            clusters.push(Self::report(&snapshot, cluster, permissions));
+        }
+        let next_page_token = if more {
+            clusters
+                .last()
+                .map(|r| r.cluster.uid.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ClusterPage {
+            clusters,
+            next_page_token,
+        })
+    }
+}

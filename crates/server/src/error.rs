@@ -1,0 +1,102 @@
+//! The service core's one error type. The gRPC and REST edges each map [`ErrorKind`] in exactly one
+//! function (`grpc::status` and `rest::error_response`).
+
+use std::fmt;
+
+/// What went wrong, as the edges need to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Missing or invalid credentials (401 / UNAUTHENTICATED).
+    Unauthenticated,
+    /// The caller sees the cluster but may not download the asset (403 / PERMISSION_DENIED).
+    Forbidden,
+    /// Unknown cluster, or one the caller may not see (404 / NOT_FOUND).
+    NotFound,
+    /// The request itself is invalid (400 / INVALID_ARGUMENT).
+    BadRequest,
+    /// Too many requests in flight (429 / RESOURCE_EXHAUSTED).
+    TooManyRequests,
+    /// The cluster's record is unusable, or the service is shutting down (503 / UNAVAILABLE).
+    Unavailable,
+    /// A bug or an unexpected failure (500 / INTERNAL); the client gets no detail.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The Palette error code string (domain.md section 7).
+    pub fn palette_code(self) -> &'static str {
+        match self {
+            ErrorKind::Unauthenticated => "Unauthorized",
+            ErrorKind::Forbidden => "OperationForbidden",
+            ErrorKind::NotFound => "ResourceNotFound",
+            ErrorKind::BadRequest => "BadRequest",
+            ErrorKind::TooManyRequests => "TooManyRequests",
+            ErrorKind::Unavailable => "ServiceUnavailable",
+            ErrorKind::Internal => "InternalError",
+        }
+    }
+}
+
+/// An error from the service core: a kind, a message safe to show the caller, and for denials the
+/// policy's reason code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreError {
+    kind: ErrorKind,
+    message: String,
+    reason: Option<&'static str>,
+}
+
+impl CoreError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        CoreError {
+            kind,
+            message: message.into(),
+            reason: None,
+        }
+    }
+
+    pub fn unauthenticated() -> Self {
+        CoreError::new(ErrorKind::Unauthenticated, "missing or invalid credentials")
+    }
+
+    pub fn not_found(uid: &str) -> Self {
+        CoreError::new(ErrorKind::NotFound, format!("cluster {uid} not found"))
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        CoreError::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn forbidden(reason: &'static str, message: impl Into<String>) -> Self {
+        CoreError {
+            kind: ErrorKind::Forbidden,
+            message: message.into(),
+            reason: Some(reason),
+        }
+    }
+
+    pub fn internal() -> Self {
+        CoreError::new(ErrorKind::Internal, "internal error")
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The policy's deny code, for denials.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
+    }
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.palette_code(), self.message)
+    }
+}
+
+impl std::error::Error for CoreError {}

@@ -1,0 +1,231 @@
+//! The gRPC edge: `kubeconfig.v1.KubeconfigService` over the core. Converts between proto messages
+//! and core types, and maps [`CoreError`] to a `tonic::Status` in one function, [`status`].
+
+use std::sync::Arc;
+
+use kubeconfig_policy::{OidcGap, OidcSource, OidcState};
+use kubeconfig_proto::kubeconfig::v1 as pb;
+use kubeconfig_render::{AuthKind, Rendered, Request, ServerKind};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::auth::Credentials;
+use crate::core::{AccessReport, AssetAccess, Core};
+use crate::error::{CoreError, ErrorKind};
+
+/// The `google.rpc.ErrorInfo` domain of our errors.
+pub const ERROR_DOMAIN: &str = "kubeconfig.v1";
+
+/// Maps a core error to a gRPC status carrying the Palette code as the `ErrorInfo` reason.
+pub fn status(error: &CoreError, request_id: &str) -> Status {
+    let code = match error.kind() {
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::Forbidden => Code::PermissionDenied,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::BadRequest => Code::InvalidArgument,
+        ErrorKind::TooManyRequests => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Internal => Code::Internal,
+    };
+    let mut metadata = std::collections::HashMap::from([("ref".to_owned(), request_id.to_owned())]);
+    if let Some(reason) = error.reason() {
+        metadata.insert("denyReason".to_owned(), reason.to_owned());
+    }
+    let details =
+        ErrorDetails::with_error_info(error.kind().palette_code(), ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, error.message(), details)
+}
+
+fn credentials(metadata: &MetadataMap) -> Credentials {
+    let text = |name: &str| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Credentials {
+        api_key: text("apikey"),
+        bearer: text("authorization").and_then(|v| Credentials::bearer_from_authorization(&v)),
+        project: text("projectuid"),
+    }
+}
+
+fn kubeconfig_message(rendered: &Rendered) -> pb::Kubeconfig {
+    pb::Kubeconfig {
+        yaml: rendered.yaml.clone(),
+        file_name: rendered.file_name.clone(),
+        etag: rendered.etag.clone(),
+        server_kind: match rendered.server_kind {
+            ServerKind::Proxy => pb::ServerKind::Proxy,
+            ServerKind::Direct => pb::ServerKind::Direct,
+        } as i32,
+        auth_kind: match rendered.auth_kind {
+            AuthKind::Oidc => pb::AuthKind::Oidc,
+            AuthKind::ClientCertificate => pb::AuthKind::ClientCertificate,
+            AuthKind::Token => pb::AuthKind::Token,
+        } as i32,
+    }
+}
+
+fn asset_access(access: &AssetAccess) -> pb::AssetAccess {
+    pb::AssetAccess {
+        allowed: access.allowed,
+        reason: access.reason.clone(),
+        message: access.message.clone(),
+    }
+}
+
+fn oidc_facts(oidc: Option<&OidcState>) -> pb::OidcFacts {
+    let Some(state) = oidc else {
+        return pb::OidcFacts::default();
+    };
+    let gaps = state
+        .gaps()
+        .iter()
+        .map(|g: &OidcGap| pb::OidcGap {
+            code: g.code().to_owned(),
+            message: g.to_string(),
+        })
+        .collect();
+    match state {
+        OidcState::Configured { login, source } => pb::OidcFacts {
+            configured: true,
+            source: match source {
+                OidcSource::PackValues => "pack-values",
+                OidcSource::TenantSettings => "tenant-settings",
+            }
+            .to_owned(),
+            issuer_url: login.issuer_url.clone(),
+            client_id: login.client_id.clone(),
+            gaps,
+        },
+        OidcState::NotConfigured { .. } => pb::OidcFacts {
+            gaps,
+            ..Default::default()
+        },
+    }
+}
+
+/// Converts an access report to its message.
+pub fn cluster_access(report: &AccessReport) -> pb::ClusterAccess {
+    let cluster = &report.cluster;
+    pb::ClusterAccess {
+        uid: cluster.uid.clone(),
+        name: cluster.name.clone(),
+        project: cluster.project.clone(),
+        kubeconfig: Some(asset_access(&report.kubeconfig)),
+        admin_kubeconfig: Some(asset_access(&report.admin_kubeconfig)),
+        oidc: Some(oidc_facts(report.oidc.as_ref())),
+        proxy_enabled: cluster.proxy_enabled,
+        policy_mode: report.policy.as_str().to_owned(),
+        permissions: report
+            .permissions
+            .iter()
+            .map(|op| format!("cluster.{}", op.as_str()))
+            .collect(),
+        status: if cluster.is_ready() {
+            pb::ClusterStatus::Available
+        } else {
+            pb::ClusterStatus::Unavailable
+        } as i32,
+        problems: report.problems.clone(),
+    }
+}
+
+/// The tonic service implementation.
+#[derive(Debug, Clone)]
+pub struct KubeconfigApi {
+    core: Arc<Core>,
+}
+
+impl KubeconfigApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        KubeconfigApi { core }
+    }
+
+    fn call<T>(
+        &self,
+        metadata: &MetadataMap,
+        method: &'static str,
+        f: impl FnOnce(&Core, &Credentials) -> Result<T, CoreError>,
+    ) -> Result<Response<T>, Status> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let result = self
+            .core
+            .admit()
+            .and_then(|_permit| f(&self.core, &credentials(metadata)));
+        match result {
+            Ok(message) => {
+                let mut response = Response::new(message);
+                if let Ok(value) = request_id.parse() {
+                    response.metadata_mut().insert("x-request-id", value);
+                }
+                Ok(response)
+            }
+            Err(error) => {
+                if error.kind() == ErrorKind::Internal {
+                    tracing::error!(method, request_id = %request_id, error = %error, "internal error");
+                }
+                Err(status(&error, &request_id))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
+    async fn get_kubeconfig(
+        &self,
+        request: tonic::Request<pb::GetKubeconfigRequest>,
+    ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let frp = message.frp.unwrap_or(true);
+        self.call(&metadata, "GetKubeconfig", |core, creds| {
+            let served = core.asset(creds, &message.uid, Request::Kubeconfig { frp })?;
+            Ok(pb::GetKubeconfigResponse {
+                kubeconfig: Some(kubeconfig_message(&served.rendered)),
+            })
+        })
+    }
+
+    async fn get_admin_kubeconfig(
+        &self,
+        request: tonic::Request<pb::GetAdminKubeconfigRequest>,
+    ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call(&metadata, "GetAdminKubeconfig", |core, creds| {
+            let served = core.asset(creds, &message.uid, Request::AdminKubeconfig)?;
+            Ok(pb::GetAdminKubeconfigResponse {
+                kubeconfig: Some(kubeconfig_message(&served.rendered)),
+            })
+        })
+    }
+
+    async fn get_kubeconfig_access(
+        &self,
+        request: tonic::Request<pb::GetKubeconfigAccessRequest>,
+    ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call(&metadata, "GetKubeconfigAccess", |core, creds| {
+            let report = core.access(creds, &message.uid)?;
+            Ok(pb::GetKubeconfigAccessResponse {
+                access: Some(cluster_access(&report)),
+            })
+        })
+    }
+
+    async fn list_clusters(
+        &self,
+        request: tonic::Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call(&metadata, "ListClusters", |core, creds| {
+            let page = core.list(creds, message.page_size, &message.page_token)?;
+            Ok(pb::ListClustersResponse {
+                clusters: page.clusters.iter().map(cluster_access).collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
+    }
+}

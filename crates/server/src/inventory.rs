@@ -1,0 +1,353 @@
+//! The inventory: the tenant file plus one cluster file per cluster, loaded into immutable
+//! [`Snapshot`]s.
+//!
+//! Reloading keeps the last good version of every file: a broken tenant file keeps the previous tenant
+//! in service, a broken cluster file keeps the previous version of that cluster (and reports the error
+//! on it), and a cluster that never loaded cleanly is served as unavailable with its reason. A deleted
+//! file removes its cluster. Unchanged files are not re-read into new records unless the tenant changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kubeconfig_policy::{ApiKeyHash, Tenant};
+use sha2::{Digest, Sha256};
+
+use crate::demo;
+use crate::record::{self, ClusterEntry, Record};
+
+/// One consistent view of the tenant and the clusters, swapped atomically on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub tenant: Arc<Tenant>,
+    /// The clusters by uid.
+    pub clusters: BTreeMap<String, Arc<ClusterEntry>>,
+    /// API key hashes and the user each belongs to.
+    pub api_keys: Vec<(ApiKeyHash, String)>,
+    /// A tenant file problem (the last good version is in service), reported with every cluster.
+    pub tenant_problem: Option<String>,
+    /// Problems with files that yielded no cluster at all.
+    pub file_problems: Vec<String>,
+}
+
+impl Snapshot {
+    /// Clusters that are loaded but cannot be served.
+    pub fn unavailable_count(&self) -> usize {
+        self.clusters.values().filter(|c| !c.is_ready()).count()
+    }
+}
+
+/// Where files are read from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Files { inventory: PathBuf, tenant: PathBuf },
+    Demo,
+}
+
+struct Slot {
+    text_digest: [u8; 32],
+    /// The last good record and the entry prepared from it.
+    good: Option<(Arc<Record>, ClusterEntry)>,
+    /// The latest problem with this file, if its latest version was not applied.
+    problem: Option<String>,
+}
+
+/// The loader: remembers the last good version of every file between reloads.
+pub struct Inventory {
+    origin: Origin,
+    tenant: Option<(Arc<Tenant>, [u8; 32])>,
+    tenant_problem: Option<String>,
+    slots: BTreeMap<PathBuf, Slot>,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("origin", &self.origin)
+            .field("files", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one reload, for logs and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Files (tenant or cluster) whose latest version could not be applied, with the reason.
+    pub failures: Vec<String>,
+    pub changed: bool,
+}
+
+/// Why the first load failed (the service cannot start without a tenant).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(String);
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+fn located(path: &Path, line: Option<usize>, message: &str) -> String {
+    match line {
+        Some(line) => format!("{}: line {line}: {message}", path.display()),
+        None => format!("{}: {message}", path.display()),
+    }
+}
+
+impl Inventory {
+    /// Loads everything for the first time. Fails only when the tenant file cannot be used.
+    pub fn load(origin: Origin) -> Result<(Self, Snapshot, ReloadReport), LoadError> {
+        let mut inventory = Inventory {
+            origin,
+            tenant: None,
+            tenant_problem: None,
+            slots: BTreeMap::new(),
+        };
+        let (snapshot, report) = inventory.reload();
+        match snapshot {
+            Some(snapshot) => Ok((inventory, snapshot, report)),
+            None => Err(LoadError(inventory.tenant_problem.unwrap_or_else(|| {
+                "the tenant file could not be loaded".to_owned()
+            }))),
+        }
+    }
+
+    fn tenant_path(&self) -> PathBuf {
+        match &self.origin {
+            Origin::Files { tenant, .. } => tenant.clone(),
+            Origin::Demo => PathBuf::from("demo/tenant.yaml"),
+        }
+    }
+
+    fn read_tenant(&self) -> std::io::Result<String> {
+        match &self.origin {
+            Origin::Files { tenant, .. } => read_limited(tenant),
+            Origin::Demo => Ok(demo::TENANT.to_owned()),
+        }
+    }
+
+    /// The cluster files: (path, text or read error), sorted by path.
+    fn read_clusters(&self) -> Vec<(PathBuf, std::io::Result<String>)> {
+        match &self.origin {
+            Origin::Demo => demo::CLUSTERS
+                .iter()
+                .map(|(name, text)| {
+                    (
+                        PathBuf::from(format!("demo/inventory/{name}")),
+                        Ok((*text).to_owned()),
+                    )
+                })
+                .collect(),
+            Origin::Files { inventory, .. } => {
+                let mut files: Vec<PathBuf> = match std::fs::read_dir(inventory) {
+                    Ok(entries) => entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                            !name.starts_with('.')
+                                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                                && p.is_file()
+                        })
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(dir = %inventory.display(), error = %e, "cannot list the inventory directory; keeping what is loaded");
+                        return self
+                            .slots
+                            .keys()
+                            .map(|p| {
+                                (
+                                    p.clone(),
+                                    Err(std::io::Error::other("inventory directory unreadable")),
+                                )
+                            })
+                            .collect();
+                    }
+                };
+                files.sort();
+                files
+                    .into_iter()
+                    .map(|p| {
+                        let text = read_limited(&p);
+                        (p, text)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn base_dir(&self) -> Option<PathBuf> {
+        match &self.origin {
+            Origin::Files { inventory, .. } => Some(inventory.clone()),
+            Origin::Demo => None,
+        }
+    }
+
+    /// Re-reads everything and builds a new snapshot (`None` only while no tenant was ever loaded).
+    pub fn reload(&mut self) -> (Option<Snapshot>, ReloadReport) {
+        let mut report = ReloadReport::default();
+        let tenant_path = self.tenant_path();
+        let mut tenant_changed = false;
+        match self.read_tenant() {
+            Ok(text) => {
+                let text_digest = digest(&text);
+                if self.tenant.as_ref().map(|(_, d)| *d) != Some(text_digest) {
+                    match Tenant::from_yaml(&text) {
+                        Ok(tenant) => {
+                            self.tenant = Some((Arc::new(tenant), text_digest));
+                            self.tenant_problem = None;
+                            tenant_changed = true;
+                        }
+                        Err(e) => {
+                            let problem = located(&tenant_path, e.line(), &e.to_string());
+                            if self.tenant_problem.as_ref() != Some(&problem) {
+                                report.failures.push(problem.clone());
+                            }
+                            self.tenant_problem = Some(problem);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let problem = located(&tenant_path, None, &e.to_string());
+                if self.tenant_problem.as_ref() != Some(&problem) {
+                    report.failures.push(problem.clone());
+                }
+                self.tenant_problem = Some(problem);
+            }
+        }
+        let Some((tenant, _)) = self.tenant.clone() else {
+            return (None, report);
+        };
+        report.changed |= tenant_changed;
+
+        let base = self.base_dir();
+        let files = self.read_clusters();
+        let present: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+        let before = self.slots.len();
+        self.slots.retain(|path, _| present.contains(path));
+        report.changed |= self.slots.len() != before;
+
+        for (path, text) in files {
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => {
+                    // Unreadable right now (e.g. mid-rename): keep what we had.
+                    if let Some(slot) = self.slots.get_mut(&path) {
+                        slot.problem = Some(located(&path, None, &e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            let text_digest = digest(&text);
+            let slot = self.slots.entry(path.clone()).or_insert(Slot {
+                text_digest: [0; 32],
+                good: None,
+                problem: None,
+            });
+            if slot.text_digest == text_digest {
+                if tenant_changed {
+                    if let Some((record, entry)) = &mut slot.good {
+                        *entry = record::prepare(record, &path, &tenant);
+                    }
+                }
+                continue;
+            }
+            slot.text_digest = text_digest;
+            report.changed = true;
+            match Record::parse(&text, base.as_deref()) {
+                Err(e) => {
+                    let problem = located(&path, e.line, &e.message);
+                    report.failures.push(problem.clone());
+                    slot.problem = Some(problem);
+                    if let Some((record, entry)) = &mut slot.good {
+                        if tenant_changed {
+                            *entry = record::prepare(record, &path, &tenant);
+                        }
+                    }
+                }
+                Ok(record) => {
+                    let entry = record::prepare(&record, &path, &tenant);
+                    let keep_previous = !entry.is_ready()
+                        && slot.good.as_ref().is_some_and(|(old, old_entry)| {
+                            old.uid == record.uid && old_entry.is_ready()
+                        });
+                    if keep_previous {
+                        let reason = match &entry.availability {
+                            record::Availability::Unavailable(reason) => reason.clone(),
+                            record::Availability::Ready(_) => String::new(),
+                        };
+                        let problem = located(&path, None, &reason);
+                        report.failures.push(problem.clone());
+                        slot.problem = Some(problem);
+                        if tenant_changed {
+                            if let Some((old, old_entry)) = &mut slot.good {
+                                *old_entry = record::prepare(old, &path, &tenant);
+                            }
+                        }
+                    } else {
+                        if let record::Availability::Unavailable(reason) = &entry.availability {
+                            report.failures.push(located(&path, None, reason));
+                        }
+                        slot.good = Some((Arc::new(record), entry));
+                        slot.problem = None;
+                    }
+                }
+            }
+        }
+
+        let mut clusters: BTreeMap<String, Arc<ClusterEntry>> = BTreeMap::new();
+        let mut file_problems = Vec::new();
+        for (path, slot) in &self.slots {
+            match &slot.good {
+                None => {
+                    if let Some(problem) = &slot.problem {
+                        file_problems.push(problem.clone());
+                    }
+                }
+                Some((record, entry)) => {
+                    if let Some(existing) = clusters.get(&record.uid) {
+                        file_problems.push(format!(
+                            "{}: uid {} is already used by {}; this file is ignored",
+                            path.display(),
+                            record.uid,
+                            existing.file.display()
+                        ));
+                        continue;
+                    }
+                    let mut entry = entry.clone();
+                    if let Some(problem) = &slot.problem {
+                        entry.problems.push(format!("the latest edit was not applied; the previous version is served: {problem}"));
+                    }
+                    if let record::Availability::Unavailable(reason) = &entry.availability {
+                        entry.problems.push(reason.clone());
+                    }
+                    clusters.insert(record.uid.clone(), Arc::new(entry));
+                }
+            }
+        }
+        let api_keys = tenant
+            .users()
+            .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.email.clone())))
+            .collect();
+        let snapshot = Snapshot {
+            tenant,
+            clusters,
+            api_keys,
+            tenant_problem: self.tenant_problem.clone(),
+            file_problems,
+        };
+        (Some(snapshot), report)
+    }
+}
+
+/// Reads a file of at most 1 MiB (larger files are refused before they are read whole).
+fn read_limited(path: &Path) -> std::io::Result<String> {
+    let len = std::fs::metadata(path)?.len();
+    let limit = kubeconfig_policy::MAX_DOCUMENT_BYTES as u64;
+    if len > limit {
+        return Err(std::io::Error::other(format!(
+            "file is {len} bytes; the limit is {limit} bytes"
+        )));
+    }
+    std::fs::read_to_string(path)
+}

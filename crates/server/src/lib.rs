@@ -1,0 +1,237 @@
+//! kubeconfigd: a gRPC service (with a REST shim) that hands out kubeconfig files for managed
+//! Kubernetes clusters, deciding per caller who may download which.
+//!
+//! The binary is a thin `main.rs`; everything here is library code that tests start on port 0 with
+//! [`run`]. Dependencies point one way: this crate uses `kubeconfig-policy` (access rules),
+//! `kubeconfig-render` (documents) and `kubeconfig-proto` (generated API); none of them use it.
+//!
+//! - [`config`]: flags and their validation.
+//! - [`inventory`], [`record`]: the tenant file and cluster files, loaded into snapshots.
+//! - [`watch`]: file watching and atomic snapshot swaps.
+//! - [`auth`]: API keys and JWT bearer tokens.
+//! - [`core`]: the transport-neutral service core; [`error`]: its one error type.
+//! - [`grpc`], [`rest`]: the two edges.
+//! - [`telemetry`], [`metrics`]: logs and counters.
+//! - [`demo`]: the built-in demo data.
+
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod demo;
+pub mod error;
+pub mod grpc;
+pub mod inventory;
+pub mod metrics;
+pub mod record;
+pub mod rest;
+pub mod telemetry;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_server::KubeconfigServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::config::{Config, MAX_REQUEST_BYTES, Source};
+use crate::inventory::{Inventory, Origin};
+use crate::metrics::Metrics;
+
+/// The health service name of the API.
+pub const SERVICE_NAME: &str = "kubeconfig.v1.KubeconfigService";
+
+/// Already-bound listeners (tests bind port 0 and read the address back).
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub rest: Option<TcpListener>,
+}
+
+/// Loads the inventory, serves gRPC (and REST) until `shutdown` completes, then drains in-flight calls.
+///
+/// On shutdown, health turns NOT_SERVING first; new calls are refused once draining starts; the function
+/// returns when every in-flight call has finished or the grace period ran out.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let origin = match &config.source {
+        Source::Files { inventory, tenant } => Origin::Files {
+            inventory: inventory.clone(),
+            tenant: tenant.clone(),
+        },
+        Source::Demo => Origin::Demo,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+
+    let load_origin = origin.clone();
+    let (inventory, snapshot, report) =
+        tokio::task::spawn_blocking(move || Inventory::load(load_origin))
+            .await
+            .context("inventory loader panicked")?
+            .context("cannot load the tenant file")?;
+    for failure in &report.failures {
+        tracing::warn!(problem = %failure, "file not applied");
+    }
+    tracing::info!(
+        clusters = snapshot.clusters.len(),
+        unavailable = snapshot.unavailable_count(),
+        tenant = snapshot.tenant.name(),
+        "inventory loaded"
+    );
+    let metrics = Arc::new(Metrics::default());
+    metrics.loaded(&snapshot);
+    metrics.reload(report.failures.is_empty());
+    let store = Arc::new(ArcSwap::from_pointee(snapshot));
+
+    let jwt = config
+        .jwt
+        .as_ref()
+        .map(auth::JwtVerifier::new)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--jwt-public-key-file: {e}"))?;
+    let core = Arc::new(core::Core::new(
+        Arc::clone(&store),
+        jwt,
+        config.max_concurrent_requests as usize,
+    ));
+
+    let _watch = match origin {
+        Origin::Files {
+            inventory: dir,
+            tenant,
+        } => Some(
+            watch::spawn(
+                inventory,
+                dir,
+                tenant,
+                Arc::clone(&store),
+                Arc::clone(&metrics),
+            )
+            .context("cannot watch the inventory")?,
+        ),
+        Origin::Demo => None,
+    };
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection v1")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("reflection v1alpha")?;
+    let api = KubeconfigServiceServer::new(grpc::KubeconfigApi::new(Arc::clone(&core)))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    let (stop_tx, stop_rx) = signal::channel(false);
+    let stopped = |mut rx: signal::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    let grpc_addr = listeners.grpc.local_addr().ok();
+    let grpc = tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stopped(stop_rx.clone()),
+        );
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move { grpc.await.context("gRPC server") });
+    if let (true, Some(listener)) = (config.rest, listeners.rest) {
+        let rest_addr = listener.local_addr().ok();
+        let router = rest::router(Arc::clone(&core));
+        let rx = stop_rx.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+                .context("REST server")
+        });
+        tracing::info!(grpc = ?grpc_addr, rest = ?rest_addr, "serving");
+    } else {
+        tracing::info!(grpc = ?grpc_addr, "serving (REST disabled)");
+    }
+
+    let grace = config.shutdown_grace;
+    let delay = config.shutdown_delay;
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some(result) = tasks.join_next() => {
+            // A server stopped on its own: that is an error unless it returned cleanly.
+            result.context("server task panicked")??;
+            anyhow::bail!("a server stopped unexpectedly");
+        }
+    }
+    tracing::info!(delay = ?delay, "shutting down: health is NOT_SERVING");
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    tokio::time::sleep(delay).await;
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(result) = tasks.join_next().await {
+            result.context("server task panicked")??;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period")
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,416 @@
+//! One cluster file of the inventory (domain.md section 9): its format, and how a record plus the
+//! tenant become a servable cluster (or an unavailable one, with the reason).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kubeconfig_policy::{OidcState, PackInput, Tenant};
+use kubeconfig_render::input::Sensitive;
+use kubeconfig_render::{AdminCredential, Cluster, ClusterSpec, ProxyEndpoint};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The largest file a record may refer to (certificate, key, token), in bytes.
+const MAX_REFERENCED_FILE_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRecord {
+    uid: String,
+    name: String,
+    project: String,
+    api_server: String,
+    #[serde(default)]
+    certificate_authority: Option<String>,
+    #[serde(default)]
+    certificate_authority_file: Option<PathBuf>,
+    admin: RawAdmin,
+    kubernetes_pack: RawPack,
+    #[serde(default)]
+    spectro_proxy: Option<RawProxy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAdmin {
+    #[serde(default)]
+    client_certificate: Option<String>,
+    #[serde(default)]
+    client_certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<String>,
+    #[serde(default)]
+    client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPack {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    values: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawProxy {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    certificate_authority: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+}
+
+/// A parsed cluster file with every referenced file read in. `Debug` omits credentials.
+pub struct Record {
+    pub uid: String,
+    pub name: String,
+    pub project: String,
+    api_server: String,
+    certificate_authority: String,
+    admin: AdminCredential,
+    pack_name: String,
+    pack_values: String,
+    proxy: Option<ProxyRecord>,
+    /// SHA-256 over the file and everything it refers to.
+    content_digest: [u8; 32],
+}
+
+struct ProxyRecord {
+    certificate_authority: Option<String>,
+    token: Option<Sensitive>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("uid", &self.uid)
+            .field("name", &self.name)
+            .field("project", &self.project)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a cluster file could not be read as a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RecordError {
+    pub message: String,
+    /// 1-based line in the cluster file, when known.
+    pub line: Option<usize>,
+}
+
+fn record_error(message: impl Into<String>) -> RecordError {
+    RecordError {
+        message: message.into(),
+        line: None,
+    }
+}
+
+fn read_referenced(
+    base: Option<&Path>,
+    field: &str,
+    path: &Path,
+    digest: &mut Sha256,
+) -> Result<String, RecordError> {
+    let Some(base) = base else {
+        return Err(record_error(format!(
+            "{field}: file references are not allowed here"
+        )));
+    };
+    let full = base.join(path);
+    let len = std::fs::metadata(&full)
+        .map_err(|e| record_error(format!("{field}: {}: {e}", full.display())))?
+        .len();
+    if len > MAX_REFERENCED_FILE_BYTES {
+        return Err(record_error(format!(
+            "{field}: {} is {len} bytes; the limit is {MAX_REFERENCED_FILE_BYTES}",
+            full.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&full)
+        .map_err(|e| record_error(format!("{field}: {}: {e}", full.display())))?;
+    digest.update(field.as_bytes());
+    digest.update(text.as_bytes());
+    Ok(text)
+}
+
+fn inline_or_file(
+    base: Option<&Path>,
+    field: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    digest: &mut Sha256,
+) -> Result<Option<String>, RecordError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(record_error(format!(
+            "{field}: give the value inline or `{field}File`, not both"
+        ))),
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => {
+            read_referenced(base, &format!("{field}File"), &path, digest).map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl Record {
+    /// Parses a cluster file. `base` is the directory relative file references resolve against
+    /// (`None` forbids file references, as for the built-in demo).
+    pub fn parse(text: &str, base: Option<&Path>) -> Result<Self, RecordError> {
+        let raw: RawRecord = kubeconfig_policy::document::parse(text).map_err(|e| RecordError {
+            line: e.line(),
+            message: e.to_string(),
+        })?;
+        let mut digest = Sha256::new();
+        digest.update(text.as_bytes());
+        if !kubeconfig_render::is_valid_uid(&raw.uid) {
+            return Err(record_error(format!(
+                "uid: {:?} must match [a-z0-9-]{{1,64}}",
+                raw.uid
+            )));
+        }
+        if raw.project.trim().is_empty() {
+            return Err(record_error("project: must not be empty"));
+        }
+        let certificate_authority = inline_or_file(
+            base,
+            "certificateAuthority",
+            raw.certificate_authority,
+            raw.certificate_authority_file,
+            &mut digest,
+        )?
+        .ok_or_else(|| {
+            record_error("certificateAuthority: required (inline PEM or certificateAuthorityFile)")
+        })?;
+        let a = raw.admin;
+        let certificate = inline_or_file(
+            base,
+            "admin.clientCertificate",
+            a.client_certificate,
+            a.client_certificate_file,
+            &mut digest,
+        )?;
+        let key = inline_or_file(
+            base,
+            "admin.clientKey",
+            a.client_key,
+            a.client_key_file,
+            &mut digest,
+        )?;
+        let token = inline_or_file(base, "admin.token", a.token, a.token_file, &mut digest)?;
+        let admin = match (certificate, key, token) {
+            (Some(certificate), Some(key), None) => AdminCredential::ClientCertificate {
+                certificate,
+                key: Sensitive::new(key),
+            },
+            (None, None, Some(token)) => AdminCredential::Token(Sensitive::new(token.trim())),
+            (Some(_), None, None) => {
+                return Err(record_error(
+                    "admin.clientKey: required with admin.clientCertificate",
+                ));
+            }
+            (None, Some(_), None) => {
+                return Err(record_error(
+                    "admin.clientCertificate: required with admin.clientKey",
+                ));
+            }
+            (None, None, None) => {
+                return Err(record_error(
+                    "admin: needs clientCertificate + clientKey, or token",
+                ));
+            }
+            _ => {
+                return Err(record_error(
+                    "admin: give clientCertificate + clientKey, or token, not both",
+                ));
+            }
+        };
+        let proxy = match raw.spectro_proxy {
+            Some(p) if p.enabled => {
+                let token = inline_or_file(
+                    base,
+                    "spectroProxy.token",
+                    p.token,
+                    p.token_file,
+                    &mut digest,
+                )?;
+                Some(ProxyRecord {
+                    certificate_authority: p.certificate_authority,
+                    token: token.map(|t| Sensitive::new(t.trim())),
+                })
+            }
+            _ => None,
+        };
+        let _ = raw.kubernetes_pack.version;
+        Ok(Record {
+            uid: raw.uid,
+            name: raw.name,
+            project: raw.project,
+            api_server: raw.api_server,
+            certificate_authority,
+            admin,
+            pack_name: raw.kubernetes_pack.name,
+            pack_values: raw.kubernetes_pack.values,
+            proxy,
+            content_digest: digest.finalize().into(),
+        })
+    }
+}
+
+/// A cluster ready to serve.
+#[derive(Debug)]
+pub struct Prepared {
+    pub cluster: Cluster,
+    pub oidc: OidcState,
+}
+
+/// Whether a cluster can be served.
+#[derive(Debug, Clone)]
+pub enum Availability {
+    Ready(Arc<Prepared>),
+    /// The record is unusable; the reason names the field.
+    Unavailable(String),
+}
+
+/// A cluster of the inventory as served.
+#[derive(Debug, Clone)]
+pub struct ClusterEntry {
+    pub uid: String,
+    pub name: String,
+    pub project: String,
+    pub file: PathBuf,
+    pub proxy_enabled: bool,
+    pub availability: Availability,
+    /// Hex SHA-256 over everything the rendered bytes depend on: the record, its referenced files and
+    /// the tenant settings that affect rendering. Changes whenever the output could.
+    pub revision: String,
+    /// Problems to report to callers who can see the cluster (e.g. a broken edit not applied).
+    pub problems: Vec<String>,
+}
+
+impl ClusterEntry {
+    pub fn is_ready(&self) -> bool {
+        matches!(self.availability, Availability::Ready(_))
+    }
+}
+
+/// Turns a record into a servable cluster under `tenant`'s settings, or an unavailable one.
+pub fn prepare(record: &Record, file: &Path, tenant: &Tenant) -> ClusterEntry {
+    let proxy_server = tenant.reverse_proxy();
+    let mut digest = Sha256::new();
+    digest.update(record.content_digest);
+    if let Some(p) = proxy_server {
+        digest.update(format!("proxy:{}:{}", p.server, p.port).as_bytes());
+        digest.update(
+            p.certificate_authority
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+    }
+    if let Some(o) = tenant.oidc() {
+        digest.update(
+            format!(
+                "oidc:{}:{}:{}:",
+                o.issuer_url,
+                o.client_id,
+                o.scopes.join(",")
+            )
+            .as_bytes(),
+        );
+        digest.update(
+            o.client_secret
+                .as_ref()
+                .map(|s| s.expose())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+    }
+    let revision = hex::encode(digest.finalize());
+    let availability = match build(record, tenant) {
+        Ok(prepared) => Availability::Ready(Arc::new(prepared)),
+        Err(reason) => Availability::Unavailable(reason),
+    };
+    ClusterEntry {
+        uid: record.uid.clone(),
+        name: record.name.clone(),
+        project: record.project.clone(),
+        file: file.to_owned(),
+        proxy_enabled: record.proxy.is_some(),
+        availability,
+        revision,
+        problems: Vec::new(),
+    }
+}
+
+fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, String> {
+    if !tenant.has_project(&record.project) {
+        return Err(format!(
+            "project: {:?} is not a project of the tenant file",
+            record.project
+        ));
+    }
+    let reverse_proxy = tenant.reverse_proxy();
+    let oidc = kubeconfig_policy::analyze(&PackInput {
+        name: &record.pack_name,
+        values: &record.pack_values,
+        cluster_uid: &record.uid,
+        cluster_name: &record.name,
+        reverse_proxy_server: reverse_proxy.map(|p| p.server.as_str()),
+        tenant_oidc: tenant.oidc(),
+    })
+    .map_err(|e| format!("kubernetesPack.values: {e}"))?;
+    if oidc.has_unresolved_macro() {
+        return Err(format!("kubernetesPack.values: {}", oidc.summary()));
+    }
+    let proxy = match &record.proxy {
+        None => None,
+        Some(p) => {
+            let server = reverse_proxy
+                .ok_or("spectroProxy.enabled: the tenant file has no reverseProxy server")?;
+            // Palette-deployed clusters carry the proxy host in their API certificate, so the cluster CA
+            // stays. An imported or managed cluster (one with a proxy token) trusts the proxy's CA: the
+            // record's own, else the service-wide one.
+            let certificate_authority = match (&p.certificate_authority, &p.token) {
+                (Some(ca), _) => Some(ca.clone()),
+                (None, Some(_)) => server.certificate_authority.clone(),
+                (None, None) => None,
+            };
+            Some(ProxyEndpoint {
+                server: server.server.clone(),
+                port: server.port,
+                certificate_authority,
+                token: p.token.clone(),
+            })
+        }
+    };
+    let spec = ClusterSpec {
+        name: record.name.clone(),
+        uid: record.uid.clone(),
+        api_server: record.api_server.clone(),
+        certificate_authority: record.certificate_authority.clone(),
+        admin: record.admin.clone(),
+        oidc: oidc.login().map(|login| kubeconfig_render::OidcLogin {
+            issuer_url: login.issuer_url.clone(),
+            client_id: login.client_id.clone(),
+            client_secret: login
+                .client_secret
+                .as_ref()
+                .map(|s| Sensitive::new(s.expose())),
+            extra_scopes: login.extra_scopes.clone(),
+        }),
+        proxy,
+    };
+    let cluster = Cluster::new(spec).map_err(|e| e.to_string())?;
+    Ok(Prepared { cluster, oidc })
+}

@@ -1,0 +1,208 @@
+//! The REST shim (domain.md section 7): Palette's paths over the same core and authentication as gRPC.
+//! Errors are mapped in one function, [`error_response`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kubeconfig_render::Request;
+use serde::Serialize;
+
+use crate::auth::Credentials;
+use crate::core::Core;
+use crate::error::{CoreError, ErrorKind};
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(rename = "ref")]
+    reference: &'a str,
+}
+
+/// Maps a core error to a response: status code and `{"code", "message", "ref"}`.
+pub fn error_response(error: &CoreError, request_id: &str) -> Response {
+    let status = match error.kind() {
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = ErrorBody {
+        code: error.kind().palette_code(),
+        message: error.message(),
+        reference: request_id,
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(reason) = error.reason() {
+        response
+            .headers_mut()
+            .insert("x-deny-reason", HeaderValue::from_static(reason));
+    }
+    if error.kind() == ErrorKind::Unauthenticated {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer, ApiKey"),
+        );
+    }
+    response
+}
+
+fn credentials(headers: &HeaderMap) -> Credentials {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Credentials {
+        api_key: text("apikey"),
+        bearer: text("authorization").and_then(|v| Credentials::bearer_from_authorization(&v)),
+        project: text("projectuid"),
+    }
+}
+
+/// Whether an `If-None-Match` header matches the ETag (strong or weak, a list, or `*`).
+fn matches_etag(if_none_match: &str, etag: &str) -> bool {
+    if_none_match.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.trim_start_matches("W/").trim_matches('"') == etag
+    })
+}
+
+/// The REST router over `core`.
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route(
+            "/v1/spectroclusters/{uid}/assets/kubeconfig",
+            get(kubeconfig),
+        )
+        .route(
+            "/v1/spectroclusters/{uid}/assets/adminkubeconfig",
+            get(admin_kubeconfig),
+        )
+        .route(
+            "/v1/spectroclusters/{uid}/assets/adminKubeconfig",
+            get(admin_kubeconfig),
+        )
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(core)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    error_response(
+        &CoreError::new(ErrorKind::NotFound, "no such path"),
+        &request_id,
+    )
+}
+
+async fn kubeconfig(
+    State(core): State<Arc<Core>>,
+    Path(uid): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let frp = match query.get("frp").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            return error_response(
+                &CoreError::bad_request("frp must be true or false"),
+                &request_id,
+            );
+        }
+    };
+    serve(&core, &uid, Request::Kubeconfig { frp }, &headers)
+}
+
+async fn admin_kubeconfig(
+    State(core): State<Arc<Core>>,
+    Path(uid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    serve(&core, &uid, Request::AdminKubeconfig, &headers)
+}
+
+fn serve(core: &Core, uid: &str, request: Request, headers: &HeaderMap) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let result = core
+        .admit()
+        .and_then(|_permit| core.asset(&credentials(headers), uid, request));
+    let served = match result {
+        Ok(served) => served,
+        Err(error) => {
+            if error.kind() == ErrorKind::Internal {
+                tracing::error!(request_id = %request_id, error = %error, "internal error");
+            }
+            return error_response(&error, &request_id);
+        }
+    };
+    let rendered = &served.rendered;
+    let etag = format!("\"{}\"", rendered.etag);
+    let etag_header =
+        HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    let request_id_header =
+        HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static(""));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches_etag(v, &rendered.etag))
+    {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag_header),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response();
+    }
+    let disposition =
+        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", rendered.file_name))
+            .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    let mut response = (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::ETAG, etag_header),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        rendered.yaml.clone(),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-request-id", request_id_header);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_forms() {
+        assert!(matches_etag("\"abc\"", "abc"));
+        assert!(matches_etag("W/\"abc\"", "abc"));
+        assert!(matches_etag("\"x\", \"abc\"", "abc"));
+        assert!(matches_etag("*", "abc"));
+        assert!(!matches_etag("\"abd\"", "abc"));
+    }
+}
