@@ -1,1 +1,264 @@
-//! stub
+//! Test harness for the end-to-end suites: starts the real `kubeconfigd` binary on free loopback ports
+//! against a temporary copy of a fixture, waits until it serves, and stops it on drop.
+//!
+//! The binary is looked up next to the test executable (`target/<profile>/kubeconfigd`), or at
+//! `KUBECONFIGD_BIN`. A missing binary fails loudly: build it first (`cargo build --workspace --bins`,
+//! which the README's test command does).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_client::KubeconfigServiceClient;
+use tonic::transport::Channel;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `kubeconfigd` binary to test.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECONFIGD_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/kubeconfigd
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("kubeconfigd"))
+        .context("no parent dir")?;
+    if !candidate.is_file() {
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` before the end-to-end tests",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A copy of a fixture folder in a temporary directory.
+#[derive(Debug)]
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| from.display().to_string())? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+impl Fixture {
+    /// Copies `tests/fixtures/matrix` with the tenant's policy mode set to `mode`.
+    pub fn matrix(mode: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        copy_dir(&workspace_root().join("tests/fixtures/matrix"), dir.path())?;
+        let tenant = dir.path().join("tenant.yaml");
+        let text =
+            std::fs::read_to_string(&tenant)?.replace("policy: seed", &format!("policy: {mode}"));
+        std::fs::write(&tenant, text)?;
+        Ok(Fixture { dir })
+    }
+
+    pub fn tenant(&self) -> PathBuf {
+        self.dir.path().join("tenant.yaml")
+    }
+
+    pub fn inventory(&self) -> PathBuf {
+        self.dir.path().join("inventory")
+    }
+
+    /// The flags that point the server at this fixture.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--tenant".to_owned(),
+            self.tenant().display().to_string(),
+            "--inventory".to_owned(),
+            self.inventory().display().to_string(),
+        ]
+    }
+}
+
+/// A running `kubeconfigd` process.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub rest: SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Server {
+    /// Starts the binary with `args` plus free gRPC and REST ports, and waits until both answer.
+    pub async fn start(args: &[String]) -> anyhow::Result<Server> {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub async fn start_with_env(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let rest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let log = tempfile::NamedTempFile::new()?;
+        let mut command = Command::new(binary()?);
+        command
+            .args(args)
+            .arg("--grpc-addr")
+            .arg(grpc.to_string())
+            .arg("--rest-addr")
+            .arg(rest.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.reopen()?)
+            .stderr(log.reopen()?);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().context("spawn kubeconfigd")?;
+        let mut server = Server {
+            child: Some(child),
+            grpc,
+            rest,
+            log,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "kubeconfigd exited during start-up with {status}:\n{}",
+                    self.log_text()
+                );
+            }
+            let rest_ok = client
+                .get(format!("http://{}/healthz", self.rest))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if rest_ok && tokio::net::TcpStream::connect(self.grpc).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "kubeconfigd did not start within 20 s:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:<grpc port>`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// `http://127.0.0.1:<rest port>`.
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.rest)
+    }
+
+    /// A connected gRPC channel.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.grpc_url())?.connect().await?)
+    }
+
+    /// A gRPC client of the API.
+    pub async fn client(&self) -> anyhow::Result<KubeconfigServiceClient<Channel>> {
+        Ok(KubeconfigServiceClient::new(self.channel().await?))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("kubeconfigd did not exit within {timeout:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Adds credentials to a gRPC request.
+pub fn with_key<T>(message: T, api_key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = api_key.parse() {
+        request.metadata_mut().insert("apikey", value);
+    }
+    request
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
