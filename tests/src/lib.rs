@@ -205,14 +205,20 @@ impl Server {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let mut child = self.child.take().context("already stopped")?;
+        let pid = self.pid().context("already stopped")?;
         let status = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(pid.to_string())
             .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
+        self.terminate_wait(timeout)
+    }
+
+    /// Waits (bounded) for the process to exit after a signal was sent.
+    pub fn terminate_wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait()? {

@@ -1,0 +1,136 @@
+//! Graceful shutdown of the real binary: on SIGTERM health turns NOT_SERVING first, calls keep being
+//! served during the shutdown delay, in-flight calls complete, and the process exits 0.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kubeconfig_proto::kubeconfig::v1::GetKubeconfigRequest;
+use kubeconfigd_e2e::{Fixture, Server, with_key};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let mut args = fixture.args();
+    args.extend(["--shutdown-delay", "700ms"].map(str::to_owned));
+    let mut server = Server::start(&args).await.expect("server");
+    let channel = server.channel().await.expect("channel");
+    let mut health = HealthClient::new(channel.clone());
+    let serving = health
+        .check(HealthCheckRequest {
+            service: "kubeconfig.v1.KubeconfigService".to_owned(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(serving.status, ServingStatus::Serving as i32);
+
+    // A stream of calls from 4 workers until told to stop (bounded by count and time).
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let started_at = Instant::now();
+    let signal_at = Arc::new(std::sync::Mutex::new(None::<Duration>));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, channel, signal_at) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            channel.clone(),
+            Arc::clone(&signal_at),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut client = kubeconfig_proto::kubeconfig::v1::kubeconfig_service_client::KubeconfigServiceClient::new(channel);
+            let mut failures_inside_window = Vec::new();
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let begun = started_at.elapsed();
+                let result = client
+                    .get_kubeconfig(with_key(GetKubeconfigRequest { uid: "00000000000000000000aa01".to_owned(), frp: None }, "matrix-cluster-viewer"))
+                    .await;
+                match result {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(status) => {
+                        // Calls begun before SIGTERM or within the NOT_SERVING delay must succeed.
+                        let signalled = *signal_at.lock().expect("lock");
+                        if signalled.is_none_or(|at| begun < at + Duration::from_millis(500)) {
+                            failures_inside_window.push(format!("{begun:?}: {status}"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            failures_inside_window
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ok.load(Ordering::Relaxed);
+    assert!(before > 0, "calls are being served");
+
+    *signal_at.lock().expect("lock") = Some(started_at.elapsed());
+    let pid = server.pid().expect("pid");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    // Health turns NOT_SERVING while calls are still served.
+    let mut saw_not_serving = false;
+    for _ in 0..40 {
+        if let Ok(response) = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
+            if response.into_inner().status == ServingStatus::NotServing as i32 {
+                saw_not_serving = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        saw_not_serving,
+        "health never reported NOT_SERVING:\n{}",
+        server.log_text()
+    );
+    let during = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        ok.load(Ordering::Relaxed) > during,
+        "calls still served during the shutdown delay"
+    );
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate_wait(Duration::from_secs(15));
+        (status, server)
+    })
+    .await
+    .expect("join");
+    let (status, server) = status;
+    let status = status.expect("exit status");
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let failures = worker.await.expect("worker");
+        assert!(
+            failures.is_empty(),
+            "calls failed before draining began: {failures:?}"
+        );
+    }
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        server.log_text()
+    );
+    assert!(
+        server.log_text().contains("stopped"),
+        "{}",
+        server.log_text()
+    );
+}
