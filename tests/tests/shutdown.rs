@@ -82,16 +82,15 @@ async fn sigterm_drains_and_exits_zero() {
     // Health turns NOT_SERVING while calls are still served.
     let mut saw_not_serving = false;
     for _ in 0..40 {
-        if let Ok(response) = health
+        let status = health
             .check(HealthCheckRequest {
                 service: String::new(),
             })
             .await
-        {
-            if response.into_inner().status == ServingStatus::NotServing as i32 {
-                saw_not_serving = true;
-                break;
-            }
+            .map(|r| r.into_inner().status);
+        if status.is_ok_and(|s| s == ServingStatus::NotServing as i32) {
+            saw_not_serving = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -344,14 +344,16 @@ impl Tenant {
         for (i, team) in raw.teams.into_iter().enumerate() {
             if team.name.trim().is_empty() {
                 problems.add(format!("teams[{i}].name"), "must not be empty");
-            } else if teams.contains_key(&team.name) {
-                problems.add(
-                    format!("teams[{i}].name"),
-                    format!("duplicate team {:?}", team.name),
-                );
-            } else {
-                let members = team.members.iter().map(|m| m.to_lowercase()).collect();
-                teams.insert(team.name, members);
+                continue;
+            }
+            let duplicate = format!("duplicate team {:?}", team.name);
+            match teams.entry(team.name) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    problems.add(format!("teams[{i}].name"), duplicate)
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(team.members.iter().map(|m| m.to_lowercase()).collect());
+                }
             }
         }
 

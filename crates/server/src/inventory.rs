@@ -245,10 +245,8 @@ impl Inventory {
                 problem: None,
             });
             if slot.text_digest == text_digest {
-                if tenant_changed {
-                    if let Some((record, entry)) = &mut slot.good {
-                        *entry = record::prepare(record, &path, &tenant);
-                    }
+                if let (true, Some((record, entry))) = (tenant_changed, &mut slot.good) {
+                    *entry = record::prepare(record, &path, &tenant);
                 }
                 continue;
             }
@@ -259,10 +257,8 @@ impl Inventory {
                     let problem = located(&path, e.line, &e.message);
                     report.failures.push(problem.clone());
                     slot.problem = Some(problem);
-                    if let Some((record, entry)) = &mut slot.good {
-                        if tenant_changed {
-                            *entry = record::prepare(record, &path, &tenant);
-                        }
+                    if let (true, Some((record, entry))) = (tenant_changed, &mut slot.good) {
+                        *entry = record::prepare(record, &path, &tenant);
                     }
                 }
                 Ok(record) => {
@@ -279,10 +275,8 @@ impl Inventory {
                         let problem = located(&path, None, &reason);
                         report.failures.push(problem.clone());
                         slot.problem = Some(problem);
-                        if tenant_changed {
-                            if let Some((old, old_entry)) = &mut slot.good {
-                                *old_entry = record::prepare(old, &path, &tenant);
-                            }
+                        if let (true, Some((old, old_entry))) = (tenant_changed, &mut slot.good) {
+                            *old_entry = record::prepare(old, &path, &tenant);
                         }
                     } else {
                         if let record::Availability::Unavailable(reason) = &entry.availability {

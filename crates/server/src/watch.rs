@@ -65,9 +65,8 @@ pub fn spawn(
     let inventory = Arc::new(std::sync::Mutex::new(inventory));
     let task = tokio::spawn(async move {
         loop {
-            match tokio::time::timeout(RESCAN, rx.recv()).await {
-                Ok(None) => return,
-                Ok(Some(())) | Err(_) => {}
+            if let Ok(None) = tokio::time::timeout(RESCAN, rx.recv()).await {
+                return;
             }
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of the project: the Rust workspace (unit, property, golden, end-to-end) and the Python
+# client suites (grpcurl, grpcio, the Kubernetes Python loader, the README examples).
+# Installs what the tests need when it is missing: redis-server (Debian package), and a virtualenv in
+# .venv with the Python clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing ${missing[*]}: install them (e.g. apt-get install ${missing[*]}) and rerun" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+export PATH="$PWD/.venv/bin:$PATH"
+
+cargo build --workspace --bins
+cargo test --workspace
+.venv/bin/python -m pytest -q tests/python

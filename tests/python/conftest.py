@@ -1,0 +1,93 @@
+"""Fixtures: the real kubeconfigd binary started on free loopback ports, stopped after the tests."""
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def binary() -> pathlib.Path:
+    path = pathlib.Path(os.environ.get("KUBECONFIGD_BIN", ROOT / "target" / "debug" / "kubeconfigd"))
+    if not path.is_file():
+        raise RuntimeError(f"{path} not found: run `cargo build --workspace --bins` first")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args):
+        self.grpc_port = free_port()
+        self.rest_port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="kubeconfigd-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [str(binary()), *args, "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--rest-addr", f"127.0.0.1:{self.rest_port}"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kubeconfigd exited: {self.log_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}/healthz", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"kubeconfigd did not start: {self.log_text()}")
+                time.sleep(0.05)
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def log_text(self) -> str:
+        return pathlib.Path(self.log.name).read_text()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def demo():
+    server = Server(["--demo"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def matrix(tmp_path_factory):
+    target = tmp_path_factory.mktemp("matrix")
+    shutil.copytree(ROOT / "tests" / "fixtures" / "matrix", target, dirs_exist_ok=True)
+    server = Server(["--tenant", str(target / "tenant.yaml"), "--inventory", str(target / "inventory")])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    path = shutil.which("grpcurl")
+    if path is None:
+        raise RuntimeError("grpcurl not on PATH: install tests/python/requirements.txt (scripts/test.sh does)")
+    return path
