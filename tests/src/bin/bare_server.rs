@@ -1,1 +1,97 @@
-fn main() {}
+//! A bare baseline for the load scripts under `bench/`: the same `KubeconfigService` over tonic and the
+//! same REST path over axum, answering every call with fixed bytes — no authentication, no policy, no
+//! rendering. Comparing kubeconfigd against it in one run shows what the service itself costs.
+//!
+//! Usage: `bare-server --grpc-addr 127.0.0.1:50061 --rest-addr 127.0.0.1:8081 --body FILE`
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kubeconfig_proto::kubeconfig::v1 as pb;
+use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_server::{
+    KubeconfigService, KubeconfigServiceServer,
+};
+use tonic::{Request, Response, Status};
+
+struct Fixed {
+    yaml: Arc<String>,
+}
+
+fn kubeconfig(yaml: &str) -> pb::Kubeconfig {
+    pb::Kubeconfig {
+        yaml: yaml.to_owned(),
+        file_name: "bare.kubeconfig".to_owned(),
+        etag: String::new(),
+        server_kind: 2,
+        auth_kind: 1,
+    }
+}
+
+#[tonic::async_trait]
+impl KubeconfigService for Fixed {
+    async fn get_kubeconfig(
+        &self,
+        _: Request<pb::GetKubeconfigRequest>,
+    ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
+        Ok(Response::new(pb::GetKubeconfigResponse {
+            kubeconfig: Some(kubeconfig(&self.yaml)),
+        }))
+    }
+    async fn get_admin_kubeconfig(
+        &self,
+        _: Request<pb::GetAdminKubeconfigRequest>,
+    ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
+        Ok(Response::new(pb::GetAdminKubeconfigResponse {
+            kubeconfig: Some(kubeconfig(&self.yaml)),
+        }))
+    }
+    async fn get_kubeconfig_access(
+        &self,
+        _: Request<pb::GetKubeconfigAccessRequest>,
+    ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+    async fn list_clusters(
+        &self,
+        _: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+}
+
+fn flag(args: &[String], name: &str) -> anyhow::Result<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .with_context(|| format!("{name} is required"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let grpc: SocketAddr = flag(&args, "--grpc-addr")?.parse().context("--grpc-addr")?;
+    let rest: SocketAddr = flag(&args, "--rest-addr")?.parse().context("--rest-addr")?;
+    let yaml = Arc::new(std::fs::read_to_string(flag(&args, "--body")?).context("--body")?);
+    let body = Arc::clone(&yaml);
+    let router = axum::Router::new().route(
+        "/v1/spectroclusters/{uid}/assets/kubeconfig",
+        axum::routing::get(move || {
+            let body = Arc::clone(&body);
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+                    body.as_str().to_owned(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(rest).await?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    tonic::transport::Server::builder()
+        .add_service(KubeconfigServiceServer::new(Fixed { yaml }))
+        .serve(grpc)
+        .await?;
+    Ok(())
+}

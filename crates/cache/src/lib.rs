@@ -1,0 +1,121 @@
+//! Cache for rendered kubeconfigs: a bounded in-process tier (`moka`, bounded by bytes) in front of an
+//! optional Redis tier (standalone through a `ConnectionManager`, or Redis Cluster), with sealed entries.
+//!
+//! The server's core uses it only through [`AssetCache`], a narrow trait of our own. The cache never
+//! decides access: the core decides first and asks the cache only for assets it will serve. Keys are
+//! derived from everything the bytes depend on ([`CacheKey`]), so a change can never serve old bytes;
+//! the TTL is only a backstop. Redis is never allowed to fail a request: every call has a short deadline,
+//! a down Redis is skipped (with one probe per second) and logged once per state change, and anything
+//! read back that does not authenticate is discarded and re-rendered.
+//!
+//! This crate depends on no other workspace crate.
+//!
+//! - [`tiered`]: [`TieredCache`], the two tiers together.
+//! - [`remote`]: the Redis tier, its fault handling and cross-replica invalidation (pub/sub).
+//! - [`sealing`]: AES-256-GCM sealing of stored values, key rotation.
+
+pub mod remote;
+pub mod sealing;
+pub mod tiered;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use remote::RedisTarget;
+pub use sealing::{KeyFileError, Sealer};
+pub use tiered::{CacheConfig, TieredCache};
+
+/// A cache key built from everything the cached bytes depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    text: String,
+}
+
+/// The prefix of every key, and of the in-process keys of one cluster.
+const PREFIX: &str = "kubeconfigd:v1";
+
+fn cluster_prefix(cluster: &str) -> String {
+    format!("{PREFIX}:{cluster}:")
+}
+
+impl CacheKey {
+    /// `cluster`: the cluster uid; `variant`: which file (e.g. `kubeconfig-frp`); `revision`: a digest of
+    /// the inputs; `format_version`: the renderer's format version.
+    pub fn new(cluster: &str, variant: &str, revision: &str, format_version: u32) -> Self {
+        CacheKey {
+            text: format!(
+                "{}{variant}:{revision}:f{format_version}",
+                cluster_prefix(cluster)
+            ),
+        }
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// What the cache stores: a value that can be encoded, weighed, and says whether it carries a secret.
+pub trait Cacheable: Send + Sync + Sized + 'static {
+    /// Bytes for the Redis tier.
+    fn encode(&self) -> Vec<u8>;
+    /// Decodes bytes read back; `None` when they are not a valid value.
+    fn decode(bytes: &[u8]) -> Option<Self>;
+    /// Approximate in-memory size in bytes.
+    fn weight(&self) -> u32;
+    /// Whether the value carries a credential (such values reach Redis only sealed).
+    fn carries_secret(&self) -> bool;
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Memory,
+    Redis,
+    Render,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Redis => "redis",
+            Tier::Render => "render",
+        }
+    }
+}
+
+/// Counters of the cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub memory_hits: u64,
+    pub redis_hits: u64,
+    pub renders: u64,
+    pub redis_errors: u64,
+    /// Values read from Redis that failed to open or decode and were re-rendered.
+    pub discarded: u64,
+    pub invalidations_sent: u64,
+    pub invalidations_received: u64,
+    pub memory_entries: u64,
+    /// Whether the Redis tier is configured and currently usable.
+    pub redis_up: bool,
+}
+
+/// A boxed future, so that the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The port the server's core uses.
+pub trait AssetCache<V: Cacheable>: Send + Sync {
+    /// The cached value for `key`, or `render()`'s, stored on the way out.
+    fn get_or_render<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        render: Box<dyn FnOnce() -> V + Send + 'a>,
+    ) -> BoxFuture<'a, (Arc<V>, Tier)>;
+    /// Drops the in-process entries of these clusters here, and asks other replicas to do the same.
+    fn invalidate_clusters(&self, clusters: &[String]);
+    /// Current counters.
+    fn stats(&self) -> CacheStats;
+}

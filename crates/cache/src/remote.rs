@@ -1,0 +1,313 @@
+//! The Redis tier: standalone (`redis://`, through a `ConnectionManager` that reconnects by itself) or
+//! Redis Cluster (cluster-async). Every call has a deadline; errors are counted and logged once per
+//! state change; while Redis is down, calls skip it and one probe per second checks whether it is back.
+//! Invalidations travel on a pub/sub channel so every replica drops its in-process entries.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use tokio_stream::StreamExt as _;
+
+/// The pub/sub channel invalidations travel on.
+pub const INVALIDATION_CHANNEL: &str = "kubeconfigd:v1:invalidate";
+
+/// How long Redis is skipped after an error before the next probe.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://host:port[/db]`.
+    Standalone(String),
+    /// Seed node URLs of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Counters of the Redis tier.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoteCounters {
+    pub errors: u64,
+    pub published: u64,
+    pub received: u64,
+    pub up: bool,
+}
+
+type Invalidate = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+
+/// The Redis tier.
+pub struct Remote {
+    connection: Mutex<Option<Connection>>,
+    timeout: Duration,
+    up: AtomicBool,
+    skip_until: Mutex<Option<Instant>>,
+    errors: AtomicU64,
+    published: AtomicU64,
+    received: AtomicU64,
+    instance: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn instance_id() -> String {
+    use sha2::Digest as _;
+    let seed = format!(
+        "{}:{:?}:{:?}",
+        std::process::id(),
+        Instant::now(),
+        std::thread::current().id()
+    );
+    hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..8])
+}
+
+impl Remote {
+    /// Starts connecting (in the background) and listening for invalidations.
+    pub fn start(target: RedisTarget, timeout: Duration, on_invalidate: Invalidate) -> Arc<Self> {
+        let remote = Arc::new(Remote {
+            connection: Mutex::new(None),
+            timeout,
+            up: AtomicBool::new(false),
+            skip_until: Mutex::new(None),
+            errors: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            instance: instance_id(),
+        });
+        let connector = Arc::clone(&remote);
+        let connect_target = target.clone();
+        tokio::spawn(async move { connector.connect_loop(connect_target).await });
+        let subscriber = Arc::clone(&remote);
+        tokio::spawn(async move { subscriber.subscribe_loop(target, on_invalidate).await });
+        remote
+    }
+
+    async fn connect(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Connection> {
+        let connect_timeout = Duration::from_secs(2);
+        match target {
+            RedisTarget::Standalone(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Ok(Connection::Standalone(
+                    ConnectionManager::new_with_config(client, config).await?,
+                ))
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()?;
+                Ok(Connection::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    async fn connect_loop(self: Arc<Self>, target: RedisTarget) {
+        let mut logged = false;
+        loop {
+            match Self::connect(&target, self.timeout).await {
+                Ok(connection) => {
+                    if let Ok(mut slot) = self.connection.lock() {
+                        *slot = Some(connection);
+                    }
+                    self.mark_up();
+                    return;
+                }
+                Err(error) => {
+                    if !logged {
+                        tracing::warn!(%error, "redis unreachable; serving from the in-process tier and rendering until it is back");
+                        logged = true;
+                    }
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(PROBE_INTERVAL).await;
+                }
+            }
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis available: using the redis tier");
+        }
+        if let Ok(mut skip) = self.skip_until.lock() {
+            *skip = None;
+        }
+    }
+
+    fn mark_down(&self, error: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                error,
+                "redis unavailable: rendering directly until it is back"
+            );
+        }
+        if let Ok(mut skip) = self.skip_until.lock() {
+            *skip = Some(Instant::now() + PROBE_INTERVAL);
+        }
+    }
+
+    /// The connection to use now, or `None` while Redis is being skipped.
+    fn usable(&self) -> Option<Connection> {
+        let skipping = self
+            .skip_until
+            .lock()
+            .ok()
+            .and_then(|mut skip| match *skip {
+                Some(until) if Instant::now() < until => Some(()),
+                Some(_) => {
+                    // Let exactly this caller probe; others keep skipping until it reports.
+                    *skip = Some(Instant::now() + PROBE_INTERVAL);
+                    None
+                }
+                None => None,
+            });
+        if skipping.is_some() {
+            return None;
+        }
+        self.connection.lock().ok().and_then(|c| c.clone())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
+        let connection = self.usable()?;
+        let call = async {
+            match connection {
+                Connection::Standalone(mut c) => command.query_async::<T>(&mut c).await,
+                Connection::Cluster(mut c) => command.query_async::<T>(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => {
+                self.mark_up();
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.mark_down(&error.to_string());
+                None
+            }
+            Err(_) => {
+                self.mark_down("timed out");
+                None
+            }
+        }
+    }
+
+    /// Reads a value; `None` on a miss, an error or a timeout.
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.query::<Option<Vec<u8>>>(redis::cmd("GET").arg(key).clone())
+            .await
+            .flatten()
+    }
+
+    /// Stores a value with an expiry, without making the caller wait.
+    pub fn set_in_background(self: &Arc<Self>, key: String, value: Vec<u8>, ttl: Duration) {
+        let remote = Arc::clone(self);
+        tokio::spawn(async move {
+            let seconds = ttl.as_secs().max(1);
+            let _: Option<()> = remote
+                .query(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(value)
+                        .arg("EX")
+                        .arg(seconds)
+                        .clone(),
+                )
+                .await;
+        });
+    }
+
+    /// Tells the other replicas to drop their in-process entries of these clusters.
+    pub fn publish_in_background(self: &Arc<Self>, clusters: Vec<String>) {
+        let remote = Arc::clone(self);
+        tokio::spawn(async move {
+            let message = format!("{} {}", remote.instance, clusters.join(","));
+            let sent: Option<i64> = remote
+                .query(
+                    redis::cmd("PUBLISH")
+                        .arg(INVALIDATION_CHANNEL)
+                        .arg(message)
+                        .clone(),
+                )
+                .await;
+            if sent.is_some() {
+                remote.published.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    async fn subscribe_loop(self: Arc<Self>, target: RedisTarget, on_invalidate: Invalidate) {
+        let url = match &target {
+            RedisTarget::Standalone(url) => url.clone(),
+            // Cluster PUBLISH reaches subscribers on every node; one node is enough.
+            RedisTarget::Cluster(nodes) => nodes.first().cloned().unwrap_or_default(),
+        };
+        loop {
+            if let Err(error) = self.subscribe_once(&url, &on_invalidate).await {
+                tracing::debug!(%error, "invalidation subscription lost; retrying");
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    async fn subscribe_once(
+        &self,
+        url: &str,
+        on_invalidate: &Invalidate,
+    ) -> redis::RedisResult<()> {
+        let client = redis::Client::open(url)?;
+        let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
+        pubsub.subscribe(INVALIDATION_CHANNEL).await?;
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(text) = message.get_payload::<String>() else {
+                continue;
+            };
+            let Some((sender, clusters)) = text.split_once(' ') else {
+                continue;
+            };
+            if sender == self.instance {
+                continue;
+            }
+            self.received.fetch_add(1, Ordering::Relaxed);
+            let clusters: Vec<String> = clusters
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
+            tracing::debug!(clusters = clusters.len(), "invalidation received");
+            on_invalidate(clusters);
+        }
+        Ok(())
+    }
+
+    /// Current counters.
+    pub fn counters(&self) -> RemoteCounters {
+        RemoteCounters {
+            errors: self.errors.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            up: self.up.load(Ordering::Relaxed),
+        }
+    }
+}

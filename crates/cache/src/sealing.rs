@@ -1,0 +1,240 @@
+//! Sealed entries: AES-256-GCM (the `aes-gcm` crate) with a random 96-bit nonce, the cache key as
+//! associated data (so a value moved to another key fails to open), and the key id in the entry so that
+//! keys can rotate: the first key of the key file seals, every key listed opens.
+//!
+//! Entries that carry no credential may be stored plain, with a SHA-256 checksum that catches
+//! corruption (not forgery: configure a key to authenticate everything).
+//!
+//! Layouts: `KCS1 | key id (4) | nonce (12) | ciphertext+tag` and `KCP1 | sha256 (32) | payload`.
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use sha2::{Digest, Sha256};
+
+const SEALED: &[u8; 4] = b"KCS1";
+const PLAIN: &[u8; 4] = b"KCP1";
+const KEY_ID_LEN: usize = 4;
+const NONCE_LEN: usize = 12;
+
+/// Why a key file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("line {line}: a cache key is 64 hex characters (32 bytes)")]
+    BadKey { line: usize },
+    #[error("no key found (one key per line: 64 hex characters; `#` starts a comment)")]
+    Empty,
+}
+
+struct SealingKey {
+    id: [u8; KEY_ID_LEN],
+    cipher: Aes256Gcm,
+}
+
+/// Seals and opens cache entries. `Debug` shows key ids only.
+pub struct Sealer {
+    keys: Vec<SealingKey>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self.keys.iter().map(|k| hex::encode(k.id)).collect();
+        f.debug_struct("Sealer").field("key_ids", &ids).finish()
+    }
+}
+
+impl Sealer {
+    /// Reads a key file: one 64-hex-character key per line, the first one current.
+    pub fn from_key_file(text: &str) -> Result<Self, KeyFileError> {
+        let mut keys = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(line, &mut bytes)
+                .map_err(|_| KeyFileError::BadKey { line: index + 1 })?;
+            keys.push(Self::key(&bytes));
+        }
+        if keys.is_empty() {
+            return Err(KeyFileError::Empty);
+        }
+        Ok(Sealer { keys })
+    }
+
+    fn key(bytes: &[u8; 32]) -> SealingKey {
+        let digest = Sha256::digest(bytes);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        SealingKey {
+            id,
+            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*bytes)),
+        }
+    }
+
+    /// The id of the key that seals new entries.
+    pub fn current_key_id(&self) -> String {
+        hex::encode(self.keys[0].id)
+    }
+
+    /// Encrypts `payload` bound to `key` (the cache key).
+    pub fn seal(&self, key: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        let current = &self.keys[0];
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = current
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: payload,
+                    aad: key.as_bytes(),
+                },
+            )
+            .ok()?;
+        let mut out = Vec::with_capacity(4 + KEY_ID_LEN + NONCE_LEN + ciphertext.len());
+        out.extend_from_slice(SEALED);
+        out.extend_from_slice(&current.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        Some(out)
+    }
+
+    fn open_sealed(&self, key: &str, body: &[u8]) -> Option<Vec<u8>> {
+        if body.len() < KEY_ID_LEN + NONCE_LEN {
+            return None;
+        }
+        let (id, rest) = body.split_at(KEY_ID_LEN);
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let sealing_key = self.keys.iter().find(|k| k.id == id)?;
+        sealing_key
+            .cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: key.as_bytes(),
+                },
+            )
+            .ok()
+    }
+}
+
+/// Wraps a payload that carries no secret: a checksum against corruption.
+pub fn plain(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 32 + payload.len());
+    out.extend_from_slice(PLAIN);
+    out.extend_from_slice(&Sha256::digest(payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// How a stored value opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// A sealed entry that authenticated: safe to serve, secrets included.
+    Sealed(Vec<u8>),
+    /// A plain entry whose checksum matched: serve only if it carries no secret.
+    Plain(Vec<u8>),
+    /// Tampered, truncated, unknown key or unknown format: discard and re-render.
+    Invalid,
+}
+
+/// Opens a stored value.
+pub fn open(sealer: Option<&Sealer>, key: &str, stored: &[u8]) -> Opened {
+    if let Some(body) = stored.strip_prefix(SEALED.as_slice()) {
+        return match sealer.and_then(|s| s.open_sealed(key, body)) {
+            Some(payload) => Opened::Sealed(payload),
+            None => Opened::Invalid,
+        };
+    }
+    if let Some(body) = stored.strip_prefix(PLAIN.as_slice()) {
+        if body.len() >= 32 {
+            let (sum, payload) = body.split_at(32);
+            if Sha256::digest(payload)[..] == *sum {
+                return Opened::Plain(payload.to_vec());
+            }
+        }
+    }
+    Opened::Invalid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const KEY_B: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    #[test]
+    fn seal_open_round_trip_and_binding_to_the_key() {
+        let sealer = Sealer::from_key_file(KEY_A).unwrap();
+        let sealed = sealer.seal("k1", b"secret bytes").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            open(Some(&sealer), "k1", &sealed),
+            Opened::Sealed(b"secret bytes".to_vec())
+        );
+        assert_eq!(
+            open(Some(&sealer), "k2", &sealed),
+            Opened::Invalid,
+            "moved to another key"
+        );
+        assert_eq!(
+            open(None, "k1", &sealed),
+            Opened::Invalid,
+            "no key, no opening"
+        );
+    }
+
+    #[test]
+    fn every_flipped_byte_and_truncation_is_detected() {
+        let sealer = Sealer::from_key_file(KEY_A).unwrap();
+        let sealed = sealer.seal("k", b"payload").unwrap();
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(open(Some(&sealer), "k", &bad), Opened::Invalid, "byte {i}");
+        }
+        for len in 0..sealed.len() {
+            assert_eq!(
+                open(Some(&sealer), "k", &sealed[..len]),
+                Opened::Invalid,
+                "len {len}"
+            );
+        }
+        let plain = plain(b"payload");
+        for i in 0..plain.len() {
+            let mut bad = plain.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(open(None, "k", &bad), Opened::Invalid, "plain byte {i}");
+        }
+    }
+
+    #[test]
+    fn rotation_opens_with_older_keys() {
+        let old = Sealer::from_key_file(KEY_A).unwrap();
+        let sealed = old.seal("k", b"x").unwrap();
+        let rotated =
+            Sealer::from_key_file(&format!("# new key first\n{KEY_B}\n{KEY_A}\n")).unwrap();
+        assert_eq!(
+            open(Some(&rotated), "k", &sealed),
+            Opened::Sealed(b"x".to_vec())
+        );
+        assert_ne!(rotated.current_key_id(), old.current_key_id());
+        let dropped = Sealer::from_key_file(KEY_B).unwrap();
+        assert_eq!(open(Some(&dropped), "k", &sealed), Opened::Invalid);
+    }
+
+    #[test]
+    fn bad_key_files() {
+        assert_eq!(
+            Sealer::from_key_file("abc").unwrap_err(),
+            KeyFileError::BadKey { line: 1 }
+        );
+        assert_eq!(
+            Sealer::from_key_file("# only a comment\n").unwrap_err(),
+            KeyFileError::Empty
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! [`TieredCache`]: the in-process tier in front of the Redis tier.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::remote::{RedisTarget, Remote};
+use crate::sealing::{self, Opened, Sealer};
+use crate::{AssetCache, BoxFuture, CacheKey, CacheStats, Cacheable, Tier, cluster_prefix};
+
+/// How the cache is set up.
+#[derive(Debug)]
+pub struct CacheConfig {
+    /// In-process tier size in bytes; 0 disables the tier.
+    pub memory_bytes: u64,
+    /// Backstop expiry of entries in both tiers.
+    pub ttl: Duration,
+    /// The Redis tier, if any.
+    pub redis: Option<RedisTarget>,
+    /// Deadline of every Redis call.
+    pub redis_timeout: Duration,
+    /// Seals values stored in Redis; without it, values carrying a secret never go to Redis.
+    pub sealer: Option<Sealer>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    memory_hits: AtomicU64,
+    redis_hits: AtomicU64,
+    renders: AtomicU64,
+    discarded: AtomicU64,
+}
+
+/// The two tiers together.
+pub struct TieredCache<V: Cacheable> {
+    memory: Option<moka::sync::Cache<String, Arc<V>>>,
+    remote: Option<Arc<Remote>>,
+    sealer: Option<Arc<Sealer>>,
+    ttl: Duration,
+    counters: Counters,
+}
+
+impl<V: Cacheable> std::fmt::Debug for TieredCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("memory", &self.memory.is_some())
+            .field("redis", &self.remote.is_some())
+            .field("sealed", &self.sealer.is_some())
+            .finish()
+    }
+}
+
+impl<V: Cacheable> TieredCache<V> {
+    /// Builds the tiers; the Redis tier connects in the background (a down Redis does not delay start).
+    /// Must be called within a Tokio runtime when Redis is configured.
+    pub fn new(config: CacheConfig) -> Arc<Self> {
+        let memory = (config.memory_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.memory_bytes)
+                .weigher(|key: &String, value: &Arc<V>| {
+                    (key.len() as u32).saturating_add(value.weight())
+                })
+                .time_to_live(config.ttl)
+                .support_invalidation_closures()
+                .build()
+        });
+        Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+            let weak = weak.clone();
+            let remote = config.redis.map(|target| {
+                Remote::start(
+                    target,
+                    config.redis_timeout,
+                    Arc::new(move |clusters: Vec<String>| {
+                        if let Some(cache) = weak.upgrade() {
+                            cache.drop_local(&clusters);
+                        }
+                    }),
+                )
+            });
+            TieredCache {
+                memory,
+                remote,
+                sealer: config.sealer.map(Arc::new),
+                ttl: config.ttl,
+                counters: Counters::default(),
+            }
+        })
+    }
+
+    fn drop_local(&self, clusters: &[String]) {
+        let Some(memory) = &self.memory else { return };
+        for cluster in clusters {
+            let prefix = cluster_prefix(cluster);
+            if let Err(error) = memory.invalidate_entries_if(move |key, _| key.starts_with(&prefix))
+            {
+                tracing::warn!(%error, "cannot invalidate in-process entries");
+            }
+        }
+    }
+
+    async fn from_redis(&self, remote: &Remote, key: &CacheKey) -> Option<V> {
+        let stored = remote.get(key.as_str()).await?;
+        let value = match sealing::open(self.sealer.as_deref(), key.as_str(), &stored) {
+            Opened::Sealed(payload) => V::decode(&payload),
+            // A plain value is trusted only when no key is configured and it carries no secret.
+            Opened::Plain(payload) if self.sealer.is_none() => {
+                V::decode(&payload).filter(|v| !v.carries_secret())
+            }
+            Opened::Plain(_) | Opened::Invalid => None,
+        };
+        if value.is_none() {
+            self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                key = key.as_str(),
+                "discarded a cached value that did not authenticate or decode; re-rendering"
+            );
+        }
+        value
+    }
+
+    fn store_in_redis(&self, remote: &Arc<Remote>, key: &CacheKey, value: &V) {
+        let payload = value.encode();
+        let stored = match &self.sealer {
+            Some(sealer) => sealer.seal(key.as_str(), &payload),
+            None if !value.carries_secret() => Some(sealing::plain(&payload)),
+            None => None,
+        };
+        if let Some(stored) = stored {
+            remote.set_in_background(key.as_str().to_owned(), stored, self.ttl);
+        }
+    }
+}
+
+impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
+    fn get_or_render<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        render: Box<dyn FnOnce() -> V + Send + 'a>,
+    ) -> BoxFuture<'a, (Arc<V>, Tier)> {
+        Box::pin(async move {
+            if let Some(value) = self.memory.as_ref().and_then(|m| m.get(key.as_str())) {
+                self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+                return (value, Tier::Memory);
+            }
+            if let Some(remote) = &self.remote {
+                if let Some(value) = self.from_redis(remote, key).await {
+                    self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
+                    let value = Arc::new(value);
+                    if let Some(memory) = &self.memory {
+                        memory.insert(key.as_str().to_owned(), Arc::clone(&value));
+                    }
+                    return (value, Tier::Redis);
+                }
+            }
+            let value = Arc::new(render());
+            self.counters.renders.fetch_add(1, Ordering::Relaxed);
+            if let Some(memory) = &self.memory {
+                memory.insert(key.as_str().to_owned(), Arc::clone(&value));
+            }
+            if let Some(remote) = &self.remote {
+                self.store_in_redis(remote, key, &value);
+            }
+            (value, Tier::Render)
+        })
+    }
+
+    fn invalidate_clusters(&self, clusters: &[String]) {
+        if clusters.is_empty() {
+            return;
+        }
+        self.drop_local(clusters);
+        if let Some(remote) = &self.remote {
+            remote.publish_in_background(clusters.to_vec());
+        }
+    }
+
+    fn stats(&self) -> CacheStats {
+        let remote = self
+            .remote
+            .as_ref()
+            .map(|r| r.counters())
+            .unwrap_or_default();
+        CacheStats {
+            memory_hits: self.counters.memory_hits.load(Ordering::Relaxed),
+            redis_hits: self.counters.redis_hits.load(Ordering::Relaxed),
+            renders: self.counters.renders.load(Ordering::Relaxed),
+            discarded: self.counters.discarded.load(Ordering::Relaxed),
+            redis_errors: remote.errors,
+            invalidations_sent: remote.published,
+            invalidations_received: remote.received,
+            memory_entries: self
+                .memory
+                .as_ref()
+                .map(|m| {
+                    m.run_pending_tasks();
+                    m.entry_count()
+                })
+                .unwrap_or(0),
+            redis_up: remote.up,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Blob(Vec<u8>, bool);
+
+    impl Cacheable for Blob {
+        fn encode(&self) -> Vec<u8> {
+            let mut out = vec![u8::from(self.1)];
+            out.extend_from_slice(&self.0);
+            out
+        }
+        fn decode(bytes: &[u8]) -> Option<Self> {
+            let (flag, rest) = bytes.split_first()?;
+            Some(Blob(rest.to_vec(), *flag == 1))
+        }
+        fn weight(&self) -> u32 {
+            self.0.len() as u32
+        }
+        fn carries_secret(&self) -> bool {
+            self.1
+        }
+    }
+
+    fn memory_only(bytes: u64) -> Arc<TieredCache<Blob>> {
+        TieredCache::new(CacheConfig {
+            memory_bytes: bytes,
+            ttl: Duration::from_secs(60),
+            redis: None,
+            redis_timeout: Duration::from_millis(50),
+            sealer: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn memory_hit_after_render_and_invalidation_by_cluster() {
+        let cache = memory_only(1 << 20);
+        let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+        let (_, tier) = cache
+            .get_or_render(&key, Box::new(|| Blob(b"x".to_vec(), false)))
+            .await;
+        assert_eq!(tier, Tier::Render);
+        let (value, tier) = cache.get_or_render(&key, Box::new(|| unreachable!())).await;
+        assert_eq!((value.0.as_slice(), tier), (b"x".as_slice(), Tier::Memory));
+        cache.invalidate_clusters(&["c2".to_owned()]);
+        assert_eq!(
+            cache
+                .get_or_render(&key, Box::new(|| unreachable!()))
+                .await
+                .1,
+            Tier::Memory,
+            "other cluster untouched"
+        );
+        cache.invalidate_clusters(&["c1".to_owned()]);
+        assert_eq!(
+            cache
+                .get_or_render(&key, Box::new(|| Blob(b"y".to_vec(), false)))
+                .await
+                .1,
+            Tier::Render
+        );
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.memory_hits, stats.renders, stats.redis_up),
+            (2, 2, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disabled_memory_tier_renders_every_time() {
+        let cache = memory_only(0);
+        let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+        for _ in 0..3 {
+            assert_eq!(
+                cache
+                    .get_or_render(&key, Box::new(|| Blob(vec![1], true)))
+                    .await
+                    .1,
+                Tier::Render
+            );
+        }
+    }
+
+    #[test]
+    fn keys_carry_every_input() {
+        let a = CacheKey::new("c1", "kubeconfig-frp", "r1", 1);
+        assert_ne!(a, CacheKey::new("c1", "kubeconfig-direct", "r1", 1));
+        assert_ne!(a, CacheKey::new("c1", "kubeconfig-frp", "r2", 1));
+        assert_ne!(a, CacheKey::new("c1", "kubeconfig-frp", "r1", 2));
+        assert!(a.as_str().starts_with(&cluster_prefix("c1")));
+    }
+}
