@@ -311,3 +311,8 @@ impl Remote {
         }
     }
 }
+
+/// Whether `url` is a `redis://` URL the client accepts (nothing is connected).
+pub fn is_redis_url(url: &str) -> bool {
+    url.starts_with("redis://") && redis::Client::open(url).is_ok()
+}

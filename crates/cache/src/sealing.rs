@@ -25,12 +25,14 @@ pub enum KeyFileError {
     Empty,
 }
 
+#[derive(Clone)]
 struct SealingKey {
     id: [u8; KEY_ID_LEN],
     cipher: Aes256Gcm,
 }
 
 /// Seals and opens cache entries. `Debug` shows key ids only.
+#[derive(Clone)]
 pub struct Sealer {
     keys: Vec<SealingKey>,
 }

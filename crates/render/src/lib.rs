@@ -339,11 +339,19 @@ impl Cluster {
             ca_data,
             user,
         );
+        let carries_credential = match auth_kind {
+            AuthKind::Oidc => self
+                .oidc
+                .as_ref()
+                .is_some_and(|o| o.client_secret.is_some()),
+            AuthKind::ClientCertificate | AuthKind::Token => true,
+        };
         Rendered::new(
             doc.to_yaml(),
             format!("{}.kubeconfig", self.name),
             server_kind,
             auth_kind,
+            carries_credential,
         )
     }
 
@@ -361,6 +369,7 @@ impl Cluster {
             format!("admin.{}.kubeconfig", self.name),
             ServerKind::Direct,
             auth_kind,
+            true,
         )
     }
 }

@@ -33,6 +33,9 @@ pub struct Rendered {
     pub auth_kind: AuthKind,
     /// Lowercase hex SHA-256 of `yaml`.
     pub etag: String,
+    /// Whether the file carries a credential (client key, token or OIDC client secret), which must
+    /// never be stored or logged in the clear.
+    pub carries_credential: bool,
 }
 
 impl Rendered {
@@ -41,6 +44,7 @@ impl Rendered {
         file_name: String,
         server_kind: ServerKind,
         auth_kind: AuthKind,
+        carries_credential: bool,
     ) -> Self {
         let etag = hex::encode(Sha256::digest(yaml.as_bytes()));
         Rendered {
@@ -49,6 +53,7 @@ impl Rendered {
             server_kind,
             auth_kind,
             etag,
+            carries_credential,
         }
     }
 }
@@ -60,6 +65,7 @@ impl std::fmt::Debug for Rendered {
             .field("server_kind", &self.server_kind)
             .field("auth_kind", &self.auth_kind)
             .field("etag", &self.etag)
+            .field("carries_credential", &self.carries_credential)
             .field("bytes", &self.yaml.len())
             .finish()
     }

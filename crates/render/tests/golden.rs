@@ -224,6 +224,13 @@ fn every_variant_matches_its_golden_file_and_loads_in_kube_rs() {
         assert_eq!(rendered.server_kind, case.server_kind, "{}", case.file);
         assert_eq!(rendered.auth_kind, case.auth, "{}", case.file);
         assert_eq!(rendered.file_name, case.file_name, "{}", case.file);
+        let secret_free =
+            case.auth == AuthKind::Oidc && !rendered.yaml.contains("--oidc-client-secret=");
+        assert_eq!(
+            rendered.carries_credential, !secret_free,
+            "{}: carries_credential",
+            case.file
+        );
 
         // Parse back with kube-rs, which nobody here wrote.
         let config = Kubeconfig::from_yaml(&rendered.yaml)

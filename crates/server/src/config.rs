@@ -6,12 +6,38 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use kubeconfig_cache::{RedisTarget, Sealer};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 0, 512KiB, 64MiB, 1GiB)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -80,6 +106,25 @@ pub struct Args {
     /// balancers and health watchers notice).
     #[arg(long, env = "KUBECONFIGD_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    /// Size of the in-process cache of rendered kubeconfigs (e.g. 64MiB, 512KiB); 0 disables it.
+    #[arg(long, env = "KUBECONFIGD_CACHE_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
+    pub cache_memory: u64,
+    /// Backstop expiry of cached kubeconfigs (keys already change whenever the inputs do).
+    #[arg(long, env = "KUBECONFIGD_CACHE_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// Redis for a cache shared by replicas: redis://host:port[/db].
+    #[arg(long, env = "KUBECONFIGD_REDIS_URL", conflicts_with = "redis_cluster")]
+    pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated: redis://a:6379,redis://b:6379.
+    #[arg(long, env = "KUBECONFIGD_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+    /// Deadline of every Redis call; a slower Redis is skipped and the file rendered directly.
+    #[arg(long, env = "KUBECONFIGD_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// File with the AES-256-GCM key(s) sealing cached values in Redis: 64 hex characters per line, the
+    /// first one current. Without it, kubeconfigs carrying a credential never go to Redis.
+    #[arg(long, env = "KUBECONFIGD_CACHE_KEY_FILE", value_name = "FILE")]
+    pub cache_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "KUBECONFIGD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -130,9 +175,35 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+/// Cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub memory_bytes: u64,
+    pub ttl: Duration,
+    pub redis: Option<RedisTarget>,
+    pub redis_timeout: Duration,
+    pub sealer: Option<Sealer>,
+}
+
+fn check_redis_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("rediss://") {
+        return Err(config_error(
+            flag,
+            format!(
+                "{url}: TLS to Redis (rediss://) is not supported by this build yet; use redis:// on a trusted network"
+            ),
+        ));
+    }
+    if !kubeconfig_cache::remote::is_redis_url(url) {
+        return Err(config_error(flag, format!("{url:?} is not a redis:// URL")));
+    }
+    Ok(())
+}
+
 /// Validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub cache: CacheSettings,
     pub source: Source,
     pub rest: bool,
     pub jwt: Option<JwtConfig>,
@@ -175,6 +246,12 @@ impl Config {
             max_concurrent_requests,
             shutdown_grace,
             shutdown_delay,
+            cache_memory,
+            cache_ttl,
+            redis_url,
+            redis_cluster,
+            redis_timeout,
+            cache_key_file,
             log_format: _,
         } = args;
         let source = if *demo {
@@ -264,7 +341,44 @@ impl Config {
                 })
             }
         };
+        let redis = match (redis_url, redis_cluster.as_slice()) {
+            (Some(url), _) => {
+                check_redis_url("--redis-url", url)?;
+                Some(RedisTarget::Standalone(url.clone()))
+            }
+            (None, []) => None,
+            (None, nodes) => {
+                for node in nodes {
+                    check_redis_url("--redis-cluster", node)?;
+                }
+                Some(RedisTarget::Cluster(nodes.to_vec()))
+            }
+        };
+        let sealer = match cache_key_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    config_error("--cache-key-file", format!("{}: {e}", path.display()))
+                })?;
+                Some(Sealer::from_key_file(&text).map_err(|e| {
+                    config_error("--cache-key-file", format!("{}: {e}", path.display()))
+                })?)
+            }
+        };
+        if cache_ttl.is_zero() {
+            return Err(config_error("--cache-ttl", "must be longer than 0s"));
+        }
+        if redis_timeout.is_zero() {
+            return Err(config_error("--redis-timeout", "must be longer than 0s"));
+        }
         Ok(Config {
+            cache: CacheSettings {
+                memory_bytes: *cache_memory,
+                ttl: *cache_ttl,
+                redis,
+                redis_timeout: *redis_timeout,
+                sealer,
+            },
             source,
             rest: !no_rest,
             jwt,
@@ -316,6 +430,40 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(Config::from_args(&args).unwrap_err().flag, "--inventory");
+    }
+
+    #[test]
+    fn cache_flags() {
+        let args = parse(&[
+            "--demo",
+            "--cache-memory",
+            "512KiB",
+            "--redis-cluster",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        ])
+        .expect("parses");
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!(config.cache.memory_bytes, 512 * 1024);
+        assert!(
+            matches!(config.cache.redis, Some(RedisTarget::Cluster(ref nodes)) if nodes.len() == 2)
+        );
+        let err = parse(&["--demo", "--cache-memory", "lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--cache-memory"), "{err}");
+        let args = parse(&["--demo", "--redis-url", "http://x"]).expect("parses");
+        assert_eq!(Config::from_args(&args).unwrap_err().flag, "--redis-url");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key");
+        std::fs::write(&path, "not-hex").expect("write");
+        let args =
+            parse(&["--demo", "--cache-key-file", path.to_str().expect("utf8")]).expect("parses");
+        let err = Config::from_args(&args).unwrap_err();
+        assert_eq!(err.flag, "--cache-key-file");
+        assert!(
+            !err.message.contains("not-hex"),
+            "the key file's content is never echoed"
+        );
     }
 
     #[test]

@@ -4,15 +4,18 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use kubeconfig_cache::{AssetCache, CacheKey, Tier};
 use kubeconfig_policy::{
     Asset, ClusterFacts, ClusterPermissions, Decision, OidcState, PolicyMode, decide,
 };
-use kubeconfig_render::{Rendered, Request};
+use kubeconfig_render::{FORMAT_VERSION, Request};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{self, Caller, Credentials, JwtVerifier};
+use crate::cached::CachedAsset;
 use crate::error::{CoreError, ErrorKind};
 use crate::inventory::Snapshot;
+use crate::metrics::Metrics;
 use crate::record::{Availability, ClusterEntry};
 
 /// The default and largest page sizes of `ListClusters`.
@@ -22,7 +25,9 @@ pub const MAX_PAGE_SIZE: usize = 500;
 /// A served asset.
 #[derive(Debug)]
 pub struct Served {
-    pub rendered: Arc<Rendered>,
+    pub rendered: Arc<CachedAsset>,
+    /// Which cache tier answered.
+    pub tier: Tier,
     pub cluster: Arc<ClusterEntry>,
     pub user: String,
 }
@@ -85,6 +90,8 @@ pub struct Core {
     snapshot: Arc<ArcSwap<Snapshot>>,
     jwt: Option<JwtVerifier>,
     permits: Arc<Semaphore>,
+    cache: Arc<dyn AssetCache<CachedAsset>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Core {
@@ -116,12 +123,26 @@ impl Core {
         snapshot: Arc<ArcSwap<Snapshot>>,
         jwt: Option<JwtVerifier>,
         max_concurrent_requests: usize,
+        cache: Arc<dyn AssetCache<CachedAsset>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Core {
             snapshot,
             jwt,
             permits: Arc::new(Semaphore::new(max_concurrent_requests)),
+            cache,
+            metrics,
         }
+    }
+
+    /// The service's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The cache's counters.
+    pub fn cache_stats(&self) -> kubeconfig_cache::CacheStats {
+        self.cache.stats()
     }
 
     /// The snapshot in service now.
@@ -166,7 +187,7 @@ impl Core {
     }
 
     /// Serves one asset after authenticating the caller and deciding.
-    pub fn asset(
+    pub async fn asset(
         &self,
         credentials: &Credentials,
         uid: &str,
@@ -203,10 +224,24 @@ impl Core {
                 return Err(CoreError::forbidden(denial.code.as_str(), denial.message));
             }
         }
-        let rendered = Arc::new(prepared.cluster.render(request));
-        tracing::info!(target: "audit", user = %caller.user, cluster = %uid, asset = asset.as_str(), allowed = true, sha256 = %rendered.etag, "asset served");
+        let variant = match request {
+            Request::Kubeconfig { frp: true } if cluster.proxy_enabled => "kubeconfig-frp",
+            Request::Kubeconfig { .. } => "kubeconfig-direct",
+            Request::AdminKubeconfig => "admin-kubeconfig",
+        };
+        let key = CacheKey::new(uid, variant, &cluster.revision, FORMAT_VERSION);
+        let prepared = Arc::clone(prepared);
+        let (rendered, tier) = self
+            .cache
+            .get_or_render(
+                &key,
+                Box::new(move || CachedAsset(prepared.cluster.render(request))),
+            )
+            .await;
+        tracing::info!(target: "audit", user = %caller.user, cluster = %uid, asset = asset.as_str(), allowed = true, sha256 = %rendered.0.etag, tier = tier.as_str(), "asset served");
         Ok(Served {
             rendered,
+            tier,
             cluster: Arc::clone(cluster),
             user: caller.user,
         })

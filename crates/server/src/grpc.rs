@@ -144,17 +144,25 @@ impl KubeconfigApi {
         KubeconfigApi { core }
     }
 
-    fn call<T>(
+    async fn call<T, F, Fut>(
         &self,
         metadata: &MetadataMap,
         method: &'static str,
-        f: impl FnOnce(&Core, &Credentials) -> Result<T, CoreError>,
-    ) -> Result<Response<T>, Status> {
+        f: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Arc<Core>, Credentials) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CoreError>>,
+    {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let result = self
-            .core
-            .admit()
-            .and_then(|_permit| f(&self.core, &credentials(metadata)));
+        let result = match self.core.admit() {
+            Ok(_permit) => f(Arc::clone(&self.core), credentials(metadata)).await,
+            Err(error) => Err(error),
+        };
+        let code = result
+            .as_ref()
+            .map_or_else(|e| e.kind().palette_code(), |_| "OK");
+        self.core.metrics().call("grpc", method, code);
         match result {
             Ok(message) => {
                 let mut response = Response::new(message);
@@ -181,12 +189,15 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         let frp = message.frp.unwrap_or(true);
-        self.call(&metadata, "GetKubeconfig", |core, creds| {
-            let served = core.asset(creds, &message.uid, Request::Kubeconfig { frp })?;
+        self.call(&metadata, "GetKubeconfig", |core, creds| async move {
+            let served = core
+                .asset(&creds, &message.uid, Request::Kubeconfig { frp })
+                .await?;
             Ok(pb::GetKubeconfigResponse {
-                kubeconfig: Some(kubeconfig_message(&served.rendered)),
+                kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
             })
         })
+        .await
     }
 
     async fn get_admin_kubeconfig(
@@ -194,12 +205,15 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::GetAdminKubeconfigRequest>,
     ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "GetAdminKubeconfig", |core, creds| {
-            let served = core.asset(creds, &message.uid, Request::AdminKubeconfig)?;
+        self.call(&metadata, "GetAdminKubeconfig", |core, creds| async move {
+            let served = core
+                .asset(&creds, &message.uid, Request::AdminKubeconfig)
+                .await?;
             Ok(pb::GetAdminKubeconfigResponse {
-                kubeconfig: Some(kubeconfig_message(&served.rendered)),
+                kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
             })
         })
+        .await
     }
 
     async fn get_kubeconfig_access(
@@ -207,12 +221,13 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::GetKubeconfigAccessRequest>,
     ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "GetKubeconfigAccess", |core, creds| {
-            let report = core.access(creds, &message.uid)?;
+        self.call(&metadata, "GetKubeconfigAccess", |core, creds| async move {
+            let report = core.access(&creds, &message.uid)?;
             Ok(pb::GetKubeconfigAccessResponse {
                 access: Some(cluster_access(&report)),
             })
         })
+        .await
     }
 
     async fn list_clusters(
@@ -220,12 +235,13 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "ListClusters", |core, creds| {
-            let page = core.list(creds, message.page_size, &message.page_token)?;
+        self.call(&metadata, "ListClusters", |core, creds| async move {
+            let page = core.list(&creds, message.page_size, &message.page_token)?;
             Ok(pb::ListClustersResponse {
                 clusters: page.clusters.iter().map(cluster_access).collect(),
                 next_page_token: page.next_page_token,
             })
         })
+        .await
     }
 }

@@ -10,11 +10,13 @@
 //! - [`watch`]: file watching and atomic snapshot swaps.
 //! - [`auth`]: API keys and JWT bearer tokens.
 //! - [`core`]: the transport-neutral service core; [`error`]: its one error type.
+//! - [`cached`]: how rendered kubeconfigs are stored in the cache (`kubeconfig-cache`).
 //! - [`grpc`], [`rest`]: the two edges.
 //! - [`telemetry`], [`metrics`]: logs and counters.
 //! - [`demo`]: the built-in demo data.
 
 pub mod auth;
+pub mod cached;
 pub mod config;
 pub mod core;
 pub mod demo;
@@ -102,10 +104,20 @@ pub async fn run(
         .map(auth::JwtVerifier::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--jwt-public-key-file: {e}"))?;
+    let cache: Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>> =
+        kubeconfig_cache::TieredCache::new(kubeconfig_cache::CacheConfig {
+            memory_bytes: config.cache.memory_bytes,
+            ttl: config.cache.ttl,
+            redis: config.cache.redis.clone(),
+            redis_timeout: config.cache.redis_timeout,
+            sealer: config.cache.sealer.clone(),
+        });
     let core = Arc::new(core::Core::new(
         Arc::clone(&store),
         jwt,
         config.max_concurrent_requests as usize,
+        Arc::clone(&cache),
+        Arc::clone(&metrics),
     ));
 
     let _watch = match origin {
@@ -119,6 +131,7 @@ pub async fn run(
                 tenant,
                 Arc::clone(&store),
                 Arc::clone(&metrics),
+                Arc::clone(&cache),
             )
             .context("cannot watch the inventory")?,
         ),

@@ -92,12 +92,25 @@ pub fn router(core: Arc<Core>) -> Router {
             get(admin_kubeconfig),
         )
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(core)
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> Response {
+    let body = core.metrics().render(&core.cache_stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
@@ -119,13 +132,25 @@ async fn kubeconfig(
         Some("false") => false,
         Some(_) => {
             let request_id = uuid::Uuid::new_v4().to_string();
+            core.metrics().call(
+                "rest",
+                "GetKubeconfig",
+                ErrorKind::BadRequest.palette_code(),
+            );
             return error_response(
                 &CoreError::bad_request("frp must be true or false"),
                 &request_id,
             );
         }
     };
-    serve(&core, &uid, Request::Kubeconfig { frp }, &headers)
+    serve(
+        &core,
+        "GetKubeconfig",
+        &uid,
+        Request::Kubeconfig { frp },
+        &headers,
+    )
+    .await
 }
 
 async fn admin_kubeconfig(
@@ -133,14 +158,32 @@ async fn admin_kubeconfig(
     Path(uid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    serve(&core, &uid, Request::AdminKubeconfig, &headers)
+    serve(
+        &core,
+        "GetAdminKubeconfig",
+        &uid,
+        Request::AdminKubeconfig,
+        &headers,
+    )
+    .await
 }
 
-fn serve(core: &Core, uid: &str, request: Request, headers: &HeaderMap) -> Response {
+async fn serve(
+    core: &Core,
+    method: &'static str,
+    uid: &str,
+    request: Request,
+    headers: &HeaderMap,
+) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let result = core
-        .admit()
-        .and_then(|_permit| core.asset(&credentials(headers), uid, request));
+    let result = match core.admit() {
+        Ok(_permit) => core.asset(&credentials(headers), uid, request).await,
+        Err(error) => Err(error),
+    };
+    let code = result
+        .as_ref()
+        .map_or_else(|e| e.kind().palette_code(), |_| "OK");
+    core.metrics().call("rest", method, code);
     let served = match result {
         Ok(served) => served,
         Err(error) => {
@@ -150,7 +193,7 @@ fn serve(core: &Core, uid: &str, request: Request, headers: &HeaderMap) -> Respo
             return error_response(&error, &request_id);
         }
     };
-    let rendered = &served.rendered;
+    let rendered = &served.rendered.0;
     let etag = format!("\"{}\"", rendered.etag);
     let etag_header =
         HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use kubeconfig_cache::AssetCache;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::cached::CachedAsset;
 use crate::inventory::{Inventory, Snapshot};
 use crate::metrics::Metrics;
 
@@ -38,6 +40,21 @@ impl Drop for WatchHandle {
     }
 }
 
+/// The uids whose rendered output may have changed: revised or removed clusters.
+fn changed_clusters(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    before
+        .clusters
+        .iter()
+        .filter(|(uid, old)| {
+            after
+                .clusters
+                .get(*uid)
+                .is_none_or(|new| new.revision != old.revision)
+        })
+        .map(|(uid, _)| uid.clone())
+        .collect()
+}
+
 /// Starts watching `inventory_dir` and `tenant_file`; reloads `inventory` into `store` on change.
 pub fn spawn(
     inventory: Inventory,
@@ -45,6 +62,7 @@ pub fn spawn(
     tenant_file: PathBuf,
     store: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
+    cache: Arc<dyn AssetCache<CachedAsset>>,
 ) -> notify::Result<WatchHandle> {
     let (tx, mut rx) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -93,7 +111,15 @@ pub fn spawn(
                     );
                 }
                 metrics.loaded(&snapshot);
-                store.store(Arc::new(snapshot));
+                let previous = store.swap(Arc::new(snapshot));
+                let changed = changed_clusters(&previous, &store.load());
+                if !changed.is_empty() {
+                    tracing::debug!(
+                        clusters = changed.len(),
+                        "dropping cached kubeconfigs of changed clusters"
+                    );
+                    cache.invalidate_clusters(&changed);
+                }
             }
             metrics.reload(report.failures.is_empty());
         }
