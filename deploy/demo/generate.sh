@@ -96,6 +96,7 @@ kubernetesPack:
     clientConfig:
       oidc-issuer-url: https://idp.demo.test/realms/edge
       oidc-client-id: edge-stores
+      oidc-client-secret: demo-edge-client-secret
       oidc-extra-scope: groups
 EOF
 } > inventory/edge-store-42.yaml

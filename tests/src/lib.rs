@@ -123,7 +123,7 @@ impl Server {
             .arg(grpc.to_string())
             .arg("--rest-addr")
             .arg(rest.to_string())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,redis=error")
             .stdin(Stdio::null())
             .stdout(log.reopen()?)
             .stderr(log.reopen()?);
@@ -267,4 +267,192 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A `redis-server` started for a test on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+fn redis_ping(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+impl RedisServer {
+    /// Starts a standalone server.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(free_port()?, tempfile::tempdir()?, Vec::new())
+    }
+
+    fn start_with(port: u16, dir: tempfile::TempDir, extra: Vec<String>) -> anyhow::Result<Self> {
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            extra,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// (Re)starts the process on the same port and directory.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "redis-server is required for the cache tests (scripts/test.sh installs it)",
+            )?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis_ping(self.port) {
+            if Instant::now() > deadline {
+                bail!("redis-server on port {} did not answer PING", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `redis-cli` against this server and returns its raw stdout.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .context("redis-cli")?;
+        Ok(output.stdout)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A local Redis Cluster of three masters.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_port()?;
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            nodes.push(RedisServer::start_with(port, tempfile::tempdir()?, extra)?);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .context("redis-cli --cluster create")?;
+        if !status.success() {
+            bail!("redis-cli --cluster create failed");
+        }
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    pub fn wait_ok(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                n.cli(&["cluster", "info"])
+                    .is_ok_and(|out| String::from_utf8_lossy(&out).contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("redis cluster did not reach cluster_state:ok");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The seed URLs, comma-separated, for `--redis-cluster`.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Reads `/metrics` into (name with labels → value).
+pub async fn metrics(server: &Server) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let text = reqwest::get(format!("{}/metrics", server.rest_url()))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        })
+        .collect())
 }

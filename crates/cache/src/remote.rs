@@ -14,8 +14,12 @@ use tokio_stream::StreamExt as _;
 /// The pub/sub channel invalidations travel on.
 pub const INVALIDATION_CHANNEL: &str = "kubeconfigd:v1:invalidate";
 
-/// How long Redis is skipped after an error before the next probe.
+/// How long Redis is skipped after it is marked down before the next probe.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Consecutive failed calls that mark Redis down (one slow reply is not an outage).
+const FAILURES_TO_MARK_DOWN: u64 = 3;
+/// A Redis that keeps flapping is reported at most this often; the suppressed changes are counted.
+const STATE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +49,19 @@ type Invalidate = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// The Redis tier.
 pub struct Remote {
+    target: RedisTarget,
+    /// Set while a connect loop runs.
+    connecting: AtomicBool,
     connection: Mutex<Option<Connection>>,
     timeout: Duration,
     up: AtomicBool,
     skip_until: Mutex<Option<Instant>>,
+    /// When the last "unavailable" line was logged, and how many state changes were not logged since.
+    last_down_log: Mutex<(Option<Instant>, u64)>,
     errors: AtomicU64,
+    consecutive_failures: AtomicU64,
+    /// Bumped each time Redis is marked down, so that a call begun before cannot mark it up again.
+    down_epoch: AtomicU64,
     published: AtomicU64,
     received: AtomicU64,
     instance: String,
@@ -78,18 +90,22 @@ impl Remote {
     /// Starts connecting (in the background) and listening for invalidations.
     pub fn start(target: RedisTarget, timeout: Duration, on_invalidate: Invalidate) -> Arc<Self> {
         let remote = Arc::new(Remote {
+            target: target.clone(),
+            connecting: AtomicBool::new(true),
             connection: Mutex::new(None),
             timeout,
             up: AtomicBool::new(false),
             skip_until: Mutex::new(None),
+            last_down_log: Mutex::new((None, 0)),
             errors: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            down_epoch: AtomicU64::new(0),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
             instance: instance_id(),
         });
         let connector = Arc::clone(&remote);
-        let connect_target = target.clone();
-        tokio::spawn(async move { connector.connect_loop(connect_target).await });
+        tokio::spawn(async move { connector.connect_loop().await });
         let subscriber = Arc::clone(&remote);
         tokio::spawn(async move { subscriber.subscribe_loop(target, on_invalidate).await });
         remote
@@ -113,21 +129,22 @@ impl Remote {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(connect_timeout)
                     .response_timeout(timeout)
-                    .retries(1)
+                    .retries(3)
                     .build()?;
                 Ok(Connection::Cluster(client.get_async_connection().await?))
             }
         }
     }
 
-    async fn connect_loop(self: Arc<Self>, target: RedisTarget) {
+    async fn connect_loop(self: Arc<Self>) {
         let mut logged = false;
         loop {
-            match Self::connect(&target, self.timeout).await {
+            match Self::connect(&self.target, self.timeout).await {
                 Ok(connection) => {
                     if let Ok(mut slot) = self.connection.lock() {
                         *slot = Some(connection);
                     }
+                    self.connecting.store(false, Ordering::Relaxed);
                     self.mark_up();
                     return;
                 }
@@ -144,7 +161,8 @@ impl Remote {
     }
 
     fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::Relaxed) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        if !self.up.swap(true, Ordering::Relaxed) && self.state_change_should_log() {
             tracing::info!("redis available: using the redis tier");
         }
         if let Ok(mut skip) = self.skip_until.lock() {
@@ -152,17 +170,49 @@ impl Remote {
         }
     }
 
-    fn mark_down(&self, error: &str) {
+    fn mark_down(self: &Arc<Self>, error: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < FAILURES_TO_MARK_DOWN && self.up.load(Ordering::Relaxed) {
+            return;
+        }
         if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                error,
-                "redis unavailable: rendering directly until it is back"
-            );
+            self.down_epoch.fetch_add(1, Ordering::Relaxed);
+            self.reconnect_cluster();
+            if let Some(suppressed) = self.down_log_due() {
+                tracing::warn!(
+                    error,
+                    suppressed_state_changes = suppressed,
+                    "redis unavailable: rendering directly until it is back"
+                );
+            }
         }
         if let Ok(mut skip) = self.skip_until.lock() {
             *skip = Some(Instant::now() + PROBE_INTERVAL);
         }
+    }
+
+    /// Whether an "unavailable" line may be logged now; returns the number of changes suppressed since
+    /// the last one.
+    fn down_log_due(&self) -> Option<u64> {
+        let mut state = self.last_down_log.lock().ok()?;
+        let (last, suppressed) = *state;
+        if last.is_some_and(|at| at.elapsed() < STATE_LOG_INTERVAL) {
+            state.1 += 1;
+            return None;
+        }
+        *state = (Some(Instant::now()), 0);
+        Some(suppressed)
+    }
+
+    /// Whether an "available" line may be logged: not while a flapping Redis is being suppressed.
+    fn state_change_should_log(&self) -> bool {
+        self.last_down_log
+            .lock()
+            .map(|state| {
+                state.1 == 0 || state.0.is_none_or(|at| at.elapsed() >= STATE_LOG_INTERVAL)
+            })
+            .unwrap_or(true)
     }
 
     /// The connection to use now, or `None` while Redis is being skipped.
@@ -186,7 +236,23 @@ impl Remote {
         self.connection.lock().ok().and_then(|c| c.clone())
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
+    /// Replaces a cluster connection that failed: the cluster client does not recover by itself from
+    /// every node going away. (A standalone `ConnectionManager` reconnects on its own.)
+    fn reconnect_cluster(self: &Arc<Self>) {
+        if !matches!(self.target, RedisTarget::Cluster(_))
+            || self.connecting.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        if let Ok(mut slot) = self.connection.lock() {
+            *slot = None;
+        }
+        let remote = Arc::clone(self);
+        tokio::spawn(async move { remote.connect_loop().await });
+    }
+
+    async fn query<T: redis::FromRedisValue>(self: &Arc<Self>, command: redis::Cmd) -> Option<T> {
+        let epoch = self.down_epoch.load(Ordering::Relaxed);
         let connection = self.usable()?;
         let call = async {
             match connection {
@@ -196,11 +262,19 @@ impl Remote {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => {
-                self.mark_up();
+                if epoch == self.down_epoch.load(Ordering::Relaxed) {
+                    self.mark_up();
+                }
                 Some(value)
             }
             Ok(Err(error)) => {
                 self.mark_down(&error.to_string());
+                if error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                {
+                    self.reconnect_cluster();
+                }
                 None
             }
             Err(_) => {
@@ -211,7 +285,7 @@ impl Remote {
     }
 
     /// Reads a value; `None` on a miss, an error or a timeout.
-    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub async fn get(self: &Arc<Self>, key: &str) -> Option<Vec<u8>> {
         self.query::<Option<Vec<u8>>>(redis::cmd("GET").arg(key).clone())
             .await
             .flatten()

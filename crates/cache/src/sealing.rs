@@ -150,15 +150,17 @@ pub fn open(sealer: Option<&Sealer>, key: &str, stored: &[u8]) -> Opened {
             None => Opened::Invalid,
         };
     }
-    if let Some(body) = stored.strip_prefix(PLAIN.as_slice()) {
-        if body.len() >= 32 {
+    match stored.strip_prefix(PLAIN.as_slice()) {
+        Some(body) if body.len() >= 32 => {
             let (sum, payload) = body.split_at(32);
             if Sha256::digest(payload)[..] == *sum {
-                return Opened::Plain(payload.to_vec());
+                Opened::Plain(payload.to_vec())
+            } else {
+                Opened::Invalid
             }
         }
+        _ => Opened::Invalid,
     }
-    Opened::Invalid
 }
 
 #[cfg(test)]

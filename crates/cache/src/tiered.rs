@@ -98,7 +98,7 @@ impl<V: Cacheable> TieredCache<V> {
         }
     }
 
-    async fn from_redis(&self, remote: &Remote, key: &CacheKey) -> Option<V> {
+    async fn read_redis(&self, remote: &Arc<Remote>, key: &CacheKey) -> Option<V> {
         let stored = remote.get(key.as_str()).await?;
         let value = match sealing::open(self.sealer.as_deref(), key.as_str(), &stored) {
             Opened::Sealed(payload) => V::decode(&payload),
@@ -142,15 +142,17 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
                 self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
                 return (value, Tier::Memory);
             }
-            if let Some(remote) = &self.remote {
-                if let Some(value) = self.from_redis(remote, key).await {
-                    self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
-                    let value = Arc::new(value);
-                    if let Some(memory) = &self.memory {
-                        memory.insert(key.as_str().to_owned(), Arc::clone(&value));
-                    }
-                    return (value, Tier::Redis);
+            let from_redis = match &self.remote {
+                Some(remote) => self.read_redis(remote, key).await,
+                None => None,
+            };
+            if let Some(value) = from_redis {
+                self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
+                let value = Arc::new(value);
+                if let Some(memory) = &self.memory {
+                    memory.insert(key.as_str().to_owned(), Arc::clone(&value));
                 }
+                return (value, Tier::Redis);
             }
             let value = Arc::new(render());
             self.counters.renders.fetch_add(1, Ordering::Relaxed);
