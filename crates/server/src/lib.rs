@@ -37,6 +37,7 @@ use arc_swap::ArcSwap;
 use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_server::KubeconfigServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
@@ -168,7 +169,15 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(api)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            // Small unary replies must not wait for delayed ACKs: tonic sets TCP_NODELAY only on
+            // listeners it binds itself.
+            TcpListenerStream::new(listeners.grpc).map(|stream| {
+                stream.inspect(|s| {
+                    if let Err(error) = s.set_nodelay(true) {
+                        tracing::debug!(%error, "cannot set TCP_NODELAY");
+                    }
+                })
+            }),
             stopped(stop_rx.clone()),
         );
     let mut tasks = tokio::task::JoinSet::new();
