@@ -24,6 +24,8 @@ pub struct Credentials {
     pub bearer: Option<String>,
     /// `ProjectUid` / `projectuid`: narrows the call to one project.
     pub project: Option<String>,
+    /// The call's request id (for the audit trail).
+    pub request_id: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -32,11 +34,29 @@ impl std::fmt::Debug for Credentials {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
             .field("project", &self.project)
+            .field("request_id", &self.request_id)
             .finish()
     }
 }
 
 impl Credentials {
+    /// Reads `apikey`, `authorization: Bearer …` and `projectuid` from HTTP headers or gRPC metadata
+    /// (header names are case-insensitive, so `ApiKey` and `apikey` are the same).
+    pub fn from_headers(headers: &http::HeaderMap, request_id: &str) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Credentials {
+            api_key: text("apikey"),
+            bearer: text("authorization").and_then(|v| Credentials::bearer_from_authorization(&v)),
+            project: text("projectuid"),
+            request_id: request_id.to_owned(),
+        }
+    }
+
     /// Reads an `Authorization` header value; anything but `Bearer <token>` counts as no token.
     pub fn bearer_from_authorization(value: &str) -> Option<String> {
         let (scheme, token) = value.trim().split_once(' ')?;
@@ -189,7 +209,7 @@ mod tests {
         let creds = Credentials {
             api_key: Some("secret-key".into()),
             bearer: Some("tok".into()),
-            project: None,
+            ..Default::default()
         };
         let debug = format!("{creds:?}");
         assert!(

@@ -193,42 +193,92 @@ impl Core {
         uid: &str,
         request: Request,
     ) -> Result<Served, CoreError> {
-        check_uid(uid)?;
-        let snapshot = self.snapshot();
-        let caller = self.caller(credentials, &snapshot)?;
+        let span = tracing::Span::current();
         let asset = match request {
             Request::Kubeconfig { .. } => Asset::Kubeconfig,
             Request::AdminKubeconfig => Asset::AdminKubeconfig,
         };
-        let cluster = snapshot
-            .clusters
-            .get(uid)
-            .ok_or_else(|| CoreError::not_found(uid))?;
-        let permissions =
-            Self::visible(&snapshot, &caller, cluster).ok_or_else(|| CoreError::not_found(uid))?;
+        span.record("kubeconfig.asset", asset.as_str());
+        let mut user = None;
+        let result = self
+            .serve_asset(credentials, uid, request, asset, &span, &mut user)
+            .await;
+        // The audit trail: one event per asset request, whatever the outcome; never the content.
+        let user = user.as_deref().unwrap_or("-");
+        match &result {
+            Ok(served) => tracing::info!(
+                target: "audit",
+                user,
+                cluster = uid,
+                asset = asset.as_str(),
+                allowed = true,
+                request_id = %credentials.request_id,
+                sha256 = %served.rendered.0.etag,
+                tier = served.tier.as_str(),
+                "asset served"
+            ),
+            Err(error) => tracing::info!(
+                target: "audit",
+                user,
+                cluster = uid,
+                asset = asset.as_str(),
+                allowed = false,
+                request_id = %credentials.request_id,
+                reason = error.reason().unwrap_or(error.kind().palette_code()),
+                "asset refused"
+            ),
+        }
+        result
+    }
+
+    async fn serve_asset(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        request: Request,
+        asset: Asset,
+        span: &tracing::Span,
+        user: &mut Option<String>,
+    ) -> Result<Served, CoreError> {
+        check_uid(uid)?;
+        span.record("kubeconfig.cluster_uid", uid);
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot)?;
+        span.record("enduser.id", caller.user.as_str());
+        *user = Some(caller.user.clone());
+        let not_found = || {
+            span.record("kubeconfig.decision", "not_found");
+            CoreError::not_found(uid)
+        };
+        let cluster = snapshot.clusters.get(uid).ok_or_else(not_found)?;
+        let permissions = Self::visible(&snapshot, &caller, cluster).ok_or_else(not_found)?;
         let prepared = match &cluster.availability {
             Availability::Ready(prepared) => prepared,
-            Availability::Unavailable(reason) => return Err(unavailable(cluster, reason)),
+            Availability::Unavailable(reason) => {
+                span.record("kubeconfig.decision", "unavailable");
+                return Err(unavailable(cluster, reason));
+            }
         };
         let facts = ClusterFacts {
             name: &cluster.name,
             oidc: &prepared.oidc,
             proxy_enabled: cluster.proxy_enabled,
         };
-        let decision = decide(snapshot.tenant.policy(), permissions, &facts, asset);
-        match decision {
-            Decision::Allow => {}
-            Decision::NotFound => return Err(CoreError::not_found(uid)),
+        match decide(snapshot.tenant.policy(), permissions, &facts, asset) {
+            Decision::Allow => span.record("kubeconfig.decision", "allow"),
+            Decision::NotFound => return Err(not_found()),
             Decision::Deny(denial) => {
-                tracing::info!(target: "audit", user = %caller.user, cluster = %uid, asset = asset.as_str(), allowed = false, reason = denial.code.as_str(), "asset denied");
+                span.record("kubeconfig.decision", "deny");
+                span.record("kubeconfig.reason", denial.code.as_str());
                 return Err(CoreError::forbidden(denial.code.as_str(), denial.message));
             }
-        }
+        };
         let variant = match request {
             Request::Kubeconfig { frp: true } if cluster.proxy_enabled => "kubeconfig-frp",
             Request::Kubeconfig { .. } => "kubeconfig-direct",
             Request::AdminKubeconfig => "admin-kubeconfig",
         };
+        span.record("kubeconfig.variant", variant);
         let key = CacheKey::new(uid, variant, &cluster.revision, FORMAT_VERSION);
         let prepared = Arc::clone(prepared);
         let (rendered, tier) = self
@@ -238,7 +288,7 @@ impl Core {
                 Box::new(move || CachedAsset(prepared.cluster.render(request))),
             )
             .await;
-        tracing::info!(target: "audit", user = %caller.user, cluster = %uid, asset = asset.as_str(), allowed = true, sha256 = %rendered.0.etag, tier = tier.as_str(), "asset served");
+        span.record("kubeconfig.cache_tier", tier.as_str());
         Ok(Served {
             rendered,
             tier,

@@ -13,6 +13,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::auth::Credentials;
 use crate::core::{AccessReport, AssetAccess, Core};
 use crate::error::{CoreError, ErrorKind};
+use crate::telemetry;
+use tracing::Instrument as _;
 
 /// The `google.rpc.ErrorInfo` domain of our errors.
 pub const ERROR_DOMAIN: &str = "kubeconfig.v1";
@@ -35,20 +37,6 @@ pub fn status(error: &CoreError, request_id: &str) -> Status {
     let details =
         ErrorDetails::with_error_info(error.kind().palette_code(), ERROR_DOMAIN, metadata);
     Status::with_error_details(code, error.message(), details)
-}
-
-fn credentials(metadata: &MetadataMap) -> Credentials {
-    let text = |name: &str| {
-        metadata
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    Credentials {
-        api_key: text("apikey"),
-        bearer: text("authorization").and_then(|v| Credentials::bearer_from_authorization(&v)),
-        project: text("projectuid"),
-    }
 }
 
 fn kubeconfig_message(rendered: &Rendered) -> pb::Kubeconfig {
@@ -155,27 +143,50 @@ impl KubeconfigApi {
         Fut: std::future::Future<Output = Result<T, CoreError>>,
     {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let result = match self.core.admit() {
-            Ok(_permit) => f(Arc::clone(&self.core), credentials(metadata)).await,
-            Err(error) => Err(error),
-        };
+        let headers = metadata.clone().into_headers();
+        let span = telemetry::grpc_span(method, &request_id, &headers);
+        let started = std::time::Instant::now();
+        let result = async {
+            match self.core.admit() {
+                Ok(_permit) => {
+                    f(
+                        Arc::clone(&self.core),
+                        Credentials::from_headers(&headers, &request_id),
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            }
+        }
+        .instrument(span.clone())
+        .await;
         let code = result
             .as_ref()
             .map_or_else(|e| e.kind().palette_code(), |_| "OK");
-        self.core.metrics().call("grpc", method, code);
-        match result {
-            Ok(message) => {
+        let status = match &result {
+            Ok(_) => None,
+            Err(error) => Some(status(error, &request_id)),
+        };
+        span.record(
+            "rpc.grpc.status_code",
+            status.as_ref().map_or(0, |s| s.code() as i32),
+        );
+        self.core
+            .metrics()
+            .call("grpc", method, code, started.elapsed());
+        match (result, status) {
+            (Ok(message), _) => {
                 let mut response = Response::new(message);
                 if let Ok(value) = request_id.parse() {
                     response.metadata_mut().insert("x-request-id", value);
                 }
                 Ok(response)
             }
-            Err(error) => {
+            (Err(error), status) => {
                 if error.kind() == ErrorKind::Internal {
-                    tracing::error!(method, request_id = %request_id, error = %error, "internal error");
+                    tracing::error!(parent: &span, method, request_id = %request_id, error = %error, "internal error");
                 }
-                Err(status(&error, &request_id))
+                Err(status.unwrap_or_else(|| Status::internal("internal error")))
             }
         }
     }

@@ -121,6 +121,8 @@ pub async fn run(
         Arc::clone(&metrics),
     ));
 
+    let _observers = observe(&core);
+
     let _watch = match origin {
         Origin::Files {
             inventory: dir,
@@ -232,6 +234,56 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// OpenTelemetry observable instruments for the cache and inventory counters (no-ops unless OTLP
+/// export is configured). They live as long as the returned handles.
+fn observe(
+    core: &Arc<core::Core>,
+) -> (
+    opentelemetry::metrics::ObservableCounter<u64>,
+    opentelemetry::metrics::ObservableCounter<u64>,
+    opentelemetry::metrics::ObservableGauge<u64>,
+) {
+    use opentelemetry::KeyValue;
+    let meter = opentelemetry::global::meter("kubeconfigd");
+    let hits_core = Arc::clone(core);
+    let hits = meter
+        .u64_observable_counter("kubeconfigd.cache.hits")
+        .with_description("Kubeconfigs served, by the cache tier that answered.")
+        .with_callback(move |observer| {
+            let stats = hits_core.cache_stats();
+            observer.observe(stats.memory_hits, &[KeyValue::new("tier", "memory")]);
+            observer.observe(stats.redis_hits, &[KeyValue::new("tier", "redis")]);
+            observer.observe(stats.renders, &[KeyValue::new("tier", "render")]);
+        })
+        .build();
+    let errors_core = Arc::clone(core);
+    let errors = meter
+        .u64_observable_counter("kubeconfigd.redis.errors")
+        .with_description("Redis calls that failed or timed out.")
+        .with_callback(move |observer| {
+            observer.observe(errors_core.cache_stats().redis_errors, &[])
+        })
+        .build();
+    let clusters_core = Arc::clone(core);
+    let clusters = meter
+        .u64_observable_gauge("kubeconfigd.clusters")
+        .with_description("Clusters loaded, by availability; and inventory reloads by result.")
+        .with_callback(move |observer| {
+            let snapshot = clusters_core.snapshot();
+            let unavailable = snapshot.unavailable_count() as u64;
+            observer.observe(
+                snapshot.clusters.len() as u64 - unavailable,
+                &[KeyValue::new("state", "available")],
+            );
+            observer.observe(unavailable, &[KeyValue::new("state", "unavailable")]);
+            let (ok, failed) = clusters_core.metrics().reloads();
+            observer.observe(ok, &[KeyValue::new("reloads", "ok")]);
+            observer.observe(failed, &[KeyValue::new("reloads", "failed")]);
+        })
+        .build();
+    (hits, errors, clusters)
 }
 
 /// Completes on SIGTERM or SIGINT.

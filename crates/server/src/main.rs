@@ -8,7 +8,6 @@ use kubeconfigd::{Listeners, run, shutdown_signal, telemetry};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(args.log_format);
     let config = match Config::from_args(&args) {
         Ok(config) => config,
         Err(error) => {
@@ -26,6 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = runtime.block_on(async { telemetry::init(args.log_format) });
     let result = runtime.block_on(async {
         let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             None
         };
         run(config, Listeners { grpc, rest }, shutdown_signal()).await
+    });
+    // Flush spans and metrics while the runtime (which carries the exporter's connection) still runs.
+    runtime.block_on(async {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
-//! Service counters and their Prometheus text exposition (`GET /metrics` on the REST address).
+//! Service counters, exported two ways: Prometheus text at `GET /metrics` on the REST address, and
+//! OpenTelemetry instruments (a no-op unless OTLP export is configured, see `telemetry`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -6,12 +7,52 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kubeconfig_cache::CacheStats;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram};
 
 use crate::inventory::Snapshot;
+
+/// Upper bounds (seconds) of the call latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct LatencyHistogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug)]
+struct OtelInstruments {
+    calls: Counter<u64>,
+    latency: Histogram<f64>,
+}
+
+impl Default for OtelInstruments {
+    fn default() -> Self {
+        let meter = opentelemetry::global::meter("kubeconfigd");
+        OtelInstruments {
+            calls: meter
+                .u64_counter("kubeconfigd.calls")
+                .with_description("Calls by edge, method and result code.")
+                .build(),
+            latency: meter
+                .f64_histogram("rpc.server.duration")
+                .with_unit("s")
+                .with_description("Call latency by edge and method.")
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build(),
+        }
+    }
+}
 
 /// Counters and gauges of the service.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    latency: Mutex<BTreeMap<(&'static str, &'static str), LatencyHistogram>>,
+    otel: OtelInstruments,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     clusters_loaded: AtomicU64,
@@ -31,6 +72,14 @@ impl Metrics {
         .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Inventory loads so far: (every file applied, some file not applied).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
     /// Records the cluster counts of a snapshot.
     pub fn loaded(&self, snapshot: &Snapshot) {
         self.clusters_loaded
@@ -40,10 +89,34 @@ impl Metrics {
     }
 
     /// Records one call: `edge` is `grpc` or `rest`, `code` the Palette code or `OK`.
-    pub fn call(&self, edge: &'static str, method: &'static str, code: &'static str) {
+    pub fn call(
+        &self,
+        edge: &'static str,
+        method: &'static str,
+        code: &'static str,
+        elapsed: std::time::Duration,
+    ) {
         if let Ok(mut calls) = self.calls.lock() {
             *calls.entry((edge, method, code)).or_insert(0) += 1;
         }
+        let seconds = elapsed.as_secs_f64();
+        if let Ok(mut latency) = self.latency.lock() {
+            let histogram = latency.entry((edge, method)).or_default();
+            for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+                if seconds <= bound {
+                    *bucket += 1;
+                }
+            }
+            histogram.count += 1;
+            histogram.sum += seconds;
+        }
+        let attributes = [
+            KeyValue::new("edge", edge),
+            KeyValue::new("method", method),
+            KeyValue::new("code", code),
+        ];
+        self.otel.calls.add(1, &attributes);
+        self.otel.latency.record(seconds, &attributes[..2]);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -76,6 +149,7 @@ impl Metrics {
             "Calls by edge, method and result code.",
             &calls,
         );
+
         metric(
             "kubeconfigd_cache_hits_total",
             "counter",
@@ -152,6 +226,32 @@ impl Metrics {
                 self.clusters_unavailable.load(Ordering::Relaxed),
             )],
         );
+        let mut latency = Vec::new();
+        if let Ok(histograms) = self.latency.lock() {
+            for ((edge, method), h) in histograms.iter() {
+                let labels = format!("edge=\"{edge}\",method=\"{method}\"");
+                for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                    latency.push((
+                        format!("_bucket{{{labels},le=\"{bound}\"}}"),
+                        count.to_string(),
+                    ));
+                }
+                latency.push((
+                    format!("_bucket{{{labels},le=\"+Inf\"}}"),
+                    h.count.to_string(),
+                ));
+                latency.push((format!("_sum{{{labels}}}"), h.sum.to_string()));
+                latency.push((format!("_count{{{labels}}}"), h.count.to_string()));
+            }
+        }
+        let name = "kubeconfigd_call_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Call latency by edge and method.\n# TYPE {name} histogram"
+        );
+        for (suffix, value) in latency {
+            let _ = writeln!(out, "{name}{suffix} {value}");
+        }
         out
     }
 }

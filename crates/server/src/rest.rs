@@ -15,6 +15,8 @@ use serde::Serialize;
 use crate::auth::Credentials;
 use crate::core::Core;
 use crate::error::{CoreError, ErrorKind};
+use crate::telemetry;
+use tracing::Instrument as _;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -55,20 +57,6 @@ pub fn error_response(error: &CoreError, request_id: &str) -> Response {
     response
 }
 
-fn credentials(headers: &HeaderMap) -> Credentials {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    Credentials {
-        api_key: text("apikey"),
-        bearer: text("authorization").and_then(|v| Credentials::bearer_from_authorization(&v)),
-        project: text("projectuid"),
-    }
-}
-
 /// Whether an `If-None-Match` header matches the ETag (strong or weak, a list, or `*`).
 fn matches_etag(if_none_match: &str, etag: &str) -> bool {
     if_none_match.split(',').map(str::trim).any(|candidate| {
@@ -76,17 +64,14 @@ fn matches_etag(if_none_match: &str, etag: &str) -> bool {
     })
 }
 
+const KUBECONFIG_ROUTE: &str = "/v1/spectroclusters/{uid}/assets/kubeconfig";
+const ADMIN_ROUTE: &str = "/v1/spectroclusters/{uid}/assets/adminkubeconfig";
+
 /// The REST router over `core`.
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
-        .route(
-            "/v1/spectroclusters/{uid}/assets/kubeconfig",
-            get(kubeconfig),
-        )
-        .route(
-            "/v1/spectroclusters/{uid}/assets/adminkubeconfig",
-            get(admin_kubeconfig),
-        )
+        .route(KUBECONFIG_ROUTE, get(kubeconfig))
+        .route(ADMIN_ROUTE, get(admin_kubeconfig))
         .route(
             "/v1/spectroclusters/{uid}/assets/adminKubeconfig",
             get(admin_kubeconfig),
@@ -136,6 +121,7 @@ async fn kubeconfig(
                 "rest",
                 "GetKubeconfig",
                 ErrorKind::BadRequest.palette_code(),
+                std::time::Duration::ZERO,
             );
             return error_response(
                 &CoreError::bad_request("frp must be true or false"),
@@ -146,6 +132,7 @@ async fn kubeconfig(
     serve(
         &core,
         "GetKubeconfig",
+        KUBECONFIG_ROUTE,
         &uid,
         Request::Kubeconfig { frp },
         &headers,
@@ -161,6 +148,7 @@ async fn admin_kubeconfig(
     serve(
         &core,
         "GetAdminKubeconfig",
+        ADMIN_ROUTE,
         &uid,
         Request::AdminKubeconfig,
         &headers,
@@ -171,19 +159,44 @@ async fn admin_kubeconfig(
 async fn serve(
     core: &Core,
     method: &'static str,
+    route: &'static str,
     uid: &str,
     request: Request,
     headers: &HeaderMap,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let result = match core.admit() {
-        Ok(_permit) => core.asset(&credentials(headers), uid, request).await,
-        Err(error) => Err(error),
-    };
+    let span = telemetry::rest_span(route, &request_id, headers);
+    let started = std::time::Instant::now();
+    let result = async {
+        match core.admit() {
+            Ok(_permit) => {
+                core.asset(
+                    &Credentials::from_headers(headers, &request_id),
+                    uid,
+                    request,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        }
+    }
+    .instrument(span.clone())
+    .await;
     let code = result
         .as_ref()
         .map_or_else(|e| e.kind().palette_code(), |_| "OK");
-    core.metrics().call("rest", method, code);
+    core.metrics().call("rest", method, code, started.elapsed());
+    let response = respond(result, headers, &request_id);
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+fn respond(
+    result: Result<crate::core::Served, CoreError>,
+    headers: &HeaderMap,
+    request_id: &str,
+) -> Response {
+    let request_id = request_id.to_owned();
     let served = match result {
         Ok(served) => served,
         Err(error) => {
