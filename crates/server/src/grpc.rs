@@ -169,7 +169,7 @@ impl KubeconfigApi {
         };
         span.record(
             "rpc.grpc.status_code",
-            status.as_ref().map_or(0, |s| s.code() as i32),
+            status.as_ref().map_or(0, |s| i64::from(s.code() as i32)),
         );
         self.core
             .metrics()

@@ -187,7 +187,10 @@ async fn serve(
         .map_or_else(|e| e.kind().palette_code(), |_| "OK");
     core.metrics().call("rest", method, code, started.elapsed());
     let response = respond(result, headers, &request_id);
-    span.record("http.response.status_code", response.status().as_u16());
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     response
 }
 

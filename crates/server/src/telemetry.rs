@@ -127,15 +127,11 @@ pub fn init(format: LogFormat) -> Telemetry {
 impl Telemetry {
     /// Flushes and stops the exporters. Blocks: call it outside async code (e.g. `spawn_blocking`).
     pub fn shutdown(self) {
-        if let Some(tracer) = self.tracer {
-            if let Err(error) = tracer.shutdown() {
-                eprintln!("kubeconfigd: flushing spans failed: {error}");
-            }
+        if let Some(Err(error)) = self.tracer.map(|tracer| tracer.shutdown()) {
+            eprintln!("kubeconfigd: flushing spans failed: {error}");
         }
-        if let Some(meter) = self.meter {
-            if let Err(error) = meter.shutdown() {
-                eprintln!("kubeconfigd: flushing metrics failed: {error}");
-            }
+        if let Some(Err(error)) = self.meter.map(|meter| meter.shutdown()) {
+            eprintln!("kubeconfigd: flushing metrics failed: {error}");
         }
     }
 }
