@@ -155,28 +155,39 @@ fn join_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
+/// A server span: the edge's own fields plus the ones every call records as it proceeds.
+macro_rules! server_span {
+    ($edge:literal, $request_id:expr, $($edge_fields:tt)+) => {
+        tracing::info_span!(
+            $edge,
+            $($edge_fields)+,
+            otel.kind = "server",
+            request_id = $request_id,
+            enduser.id = tracing::field::Empty,
+            kubeconfig.cluster_uid = tracing::field::Empty,
+            kubeconfig.asset = tracing::field::Empty,
+            kubeconfig.variant = tracing::field::Empty,
+            kubeconfig.decision = tracing::field::Empty,
+            kubeconfig.reason = tracing::field::Empty,
+            kubeconfig.cache_tier = tracing::field::Empty,
+        )
+    };
+}
+
 /// The span of one gRPC call (OpenTelemetry RPC conventions), joined to the caller's trace.
 pub fn grpc_span(
     method: &'static str,
     request_id: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = server_span!(
         "grpc",
+        request_id,
         otel.name = format!("kubeconfig.v1.KubeconfigService/{method}"),
-        otel.kind = "server",
         rpc.system = "grpc",
         rpc.service = "kubeconfig.v1.KubeconfigService",
         rpc.method = method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        request_id,
-        enduser.id = tracing::field::Empty,
-        kubeconfig.cluster_uid = tracing::field::Empty,
-        kubeconfig.asset = tracing::field::Empty,
-        kubeconfig.variant = tracing::field::Empty,
-        kubeconfig.decision = tracing::field::Empty,
-        kubeconfig.reason = tracing::field::Empty,
-        kubeconfig.cache_tier = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty
     );
     join_caller_trace(&span, headers);
     span
@@ -188,21 +199,13 @@ pub fn rest_span(
     request_id: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = server_span!(
         "rest",
+        request_id,
         otel.name = format!("GET {route}"),
-        otel.kind = "server",
         http.request.method = "GET",
         http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        request_id,
-        enduser.id = tracing::field::Empty,
-        kubeconfig.cluster_uid = tracing::field::Empty,
-        kubeconfig.asset = tracing::field::Empty,
-        kubeconfig.variant = tracing::field::Empty,
-        kubeconfig.decision = tracing::field::Empty,
-        kubeconfig.reason = tracing::field::Empty,
-        kubeconfig.cache_tier = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty
     );
     join_caller_trace(&span, headers);
     span
