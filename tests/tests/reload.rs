@@ -25,6 +25,24 @@ async fn server_of(yaml: &Server, uid: &str) -> Result<String, tonic::Code> {
         .map_err(|s| s.code())
 }
 
+/// The problems `GetKubeconfigAccess` reports for a cluster.
+async fn problems_of(server: &Server, uid: &str) -> Vec<String> {
+    let mut client = server.client().await.expect("client");
+    client
+        .get_kubeconfig_access(with_key(
+            GetKubeconfigAccessRequest {
+                uid: uid.to_owned(),
+            },
+            KEY,
+        ))
+        .await
+        .expect("access")
+        .into_inner()
+        .access
+        .expect("access")
+        .problems
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_are_served_broken_edits_are_not_and_deletes_are_404() {
     let fixture = Fixture::matrix("seed").expect("fixture");
@@ -63,21 +81,8 @@ async fn edits_are_served_broken_edits_are_not_and_deletes_are_404() {
     )
     .expect("write");
     let reported = eventually(Duration::from_secs(2), || async {
-        let mut client = server.client().await.expect("client");
-        let access = client
-            .get_kubeconfig_access(with_key(
-                GetKubeconfigAccessRequest {
-                    uid: UID.to_owned(),
-                },
-                KEY,
-            ))
+        problems_of(&server, UID)
             .await
-            .expect("access")
-            .into_inner()
-            .access
-            .expect("access");
-        access
-            .problems
             .iter()
             .any(|p| p.contains("no-oidc-direct.yaml: line ") && p.contains("not applied"))
     })
@@ -155,26 +160,12 @@ async fn a_broken_tenant_edit_keeps_the_last_good_tenant() {
         server_of(&server, UID).await.is_ok(),
         "the last good tenant still grants access"
     );
-    let mut client = server.client().await.expect("client");
-    let access = client
-        .get_kubeconfig_access(with_key(
-            GetKubeconfigAccessRequest {
-                uid: UID.to_owned(),
-            },
-            KEY,
-        ))
-        .await
-        .expect("access")
-        .into_inner()
-        .access
-        .expect("access");
+    let problems = problems_of(&server, UID).await;
     assert!(
-        access
-            .problems
+        problems
             .iter()
             .any(|p| p.contains("tenant file") && p.contains("unknown role")),
-        "{:?}",
-        access.problems
+        "{problems:?}"
     );
 }
 
