@@ -276,6 +276,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    tls: bool,
 }
 
 fn redis_ping(port: u16) -> bool {
@@ -303,6 +304,37 @@ impl RedisServer {
             port,
             dir,
             extra,
+            tls: false,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts a server that speaks only TLS (`rediss://`), with the test certificate under
+    /// `tests/fixtures/redis-tls`.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        let pki = workspace_root().join("tests/fixtures/redis-tls");
+        let port = free_port()?;
+        let extra = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            pki.join("server.crt").display().to_string(),
+            "--tls-key-file".to_owned(),
+            pki.join("server.key").display().to_string(),
+            "--tls-ca-cert-file".to_owned(),
+            pki.join("ca.crt").display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir()?,
+            extra,
+            tls: true,
         };
         server.restart()?;
         Ok(server)
@@ -332,7 +364,7 @@ impl RedisServer {
             )?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !redis_ping(self.port) {
+        while !self.ping() {
             if Instant::now() > deadline {
                 bail!("redis-server on port {} did not answer PING", self.port);
             }
@@ -341,9 +373,19 @@ impl RedisServer {
         Ok(())
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    fn ping(&self) -> bool {
+        if self.tls {
+            self.cli(&["PING"])
+                .is_ok_and(|out| out.starts_with(b"PONG"))
+        } else {
+            redis_ping(self.port)
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` (or `rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the process (SIGKILL: no goodbye to clients).
@@ -356,11 +398,13 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its raw stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--raw"])
-            .args(args)
-            .output()
-            .context("redis-cli")?;
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string(), "--raw"]);
+        if self.tls {
+            let ca = workspace_root().join("tests/fixtures/redis-tls/ca.crt");
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        let output = command.args(args).output().context("redis-cli")?;
         Ok(output.stdout)
     }
 }

@@ -544,6 +544,82 @@ async fn standalone_redis_dies_mid_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_custom_ca() {
+    let redis = RedisServer::start_tls().expect("TLS redis-server");
+    let ca = workspace_root()
+        .join("tests/fixtures/redis-tls/ca.crt")
+        .display()
+        .to_string();
+    let server = Server::start(
+        &[
+            "--demo",
+            "--cache-memory",
+            "0",
+            "--cache-key-file",
+            &key_file(),
+            "--redis-url",
+            &redis.url(),
+            "--redis-ca-file",
+            &ca,
+        ]
+        .map(str::to_owned),
+    )
+    .await
+    .expect("server");
+    wait_redis_up(&server).await;
+    let (_, first) = fetch(&server, PROD_EAST, "adminkubeconfig", "demo-admin-key").await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            !redis
+                .cli(&["KEYS", "kubeconfigd:*"])
+                .expect("keys")
+                .is_empty()
+        })
+        .await
+    );
+    let (_, second) = fetch(&server, PROD_EAST, "adminkubeconfig", "demo-admin-key").await;
+    assert_eq!(first, second);
+    assert_eq!(
+        tier(&hits(&server).await, "redis"),
+        1.0,
+        "served from Redis over TLS"
+    );
+
+    // A server certificate the configured CA did not sign: Redis is never used, calls still succeed.
+    let wrong_ca = workspace_root()
+        .join("tests/fixtures/matrix/inventory/pki/ca.crt")
+        .display()
+        .to_string();
+    let distrustful = Server::start(
+        &[
+            "--demo",
+            "--cache-memory",
+            "0",
+            "--redis-url",
+            &redis.url(),
+            "--redis-ca-file",
+            &wrong_ca,
+        ]
+        .map(str::to_owned),
+    )
+    .await
+    .expect("server");
+    for _ in 0..3 {
+        assert_eq!(
+            fetch(&distrustful, PROD_EAST, "adminkubeconfig", "demo-admin-key")
+                .await
+                .0,
+            200
+        );
+    }
+    let m = hits(&distrustful).await;
+    assert_eq!(
+        (m["kubeconfigd_cache_redis_up"], tier(&m, "redis")),
+        (0.0, 0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_suite() {
     let mut backend = Backend::cluster();
     hits_misses_and_ttl(&backend).await;

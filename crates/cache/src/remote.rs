@@ -24,10 +24,29 @@ const STATE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]` or `rediss://…` (TLS).
     Standalone(String),
     /// Seed node URLs of a Redis Cluster.
     Cluster(Vec<String>),
+}
+
+/// The CA (PEM) that `rediss://` servers are verified against; `None` uses the built-in web roots.
+pub type RedisCa = Option<Vec<u8>>;
+
+fn tls_certificates(ca: &RedisCa) -> Option<redis::TlsCertificates> {
+    ca.as_ref().map(|pem| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.clone()),
+    })
+}
+
+fn client(url: &str, ca: &RedisCa) -> redis::RedisResult<redis::Client> {
+    match tls_certificates(ca) {
+        Some(certificates) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(url, certificates)
+        }
+        _ => redis::Client::open(url),
+    }
 }
 
 #[derive(Clone)]
@@ -50,6 +69,7 @@ type Invalidate = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 /// The Redis tier.
 pub struct Remote {
     target: RedisTarget,
+    ca: RedisCa,
     /// Set while a connect loop runs.
     connecting: AtomicBool,
     connection: Mutex<Option<Connection>>,
@@ -88,9 +108,17 @@ fn instance_id() -> String {
 
 impl Remote {
     /// Starts connecting (in the background) and listening for invalidations.
-    pub fn start(target: RedisTarget, timeout: Duration, on_invalidate: Invalidate) -> Arc<Self> {
+    pub fn start(
+        target: RedisTarget,
+        ca: RedisCa,
+        timeout: Duration,
+        on_invalidate: Invalidate,
+    ) -> Arc<Self> {
+        // rustls needs a process-wide crypto provider for rediss://; an already installed one stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let remote = Arc::new(Remote {
             target: target.clone(),
+            ca,
             connecting: AtomicBool::new(true),
             connection: Mutex::new(None),
             timeout,
@@ -111,11 +139,15 @@ impl Remote {
         remote
     }
 
-    async fn connect(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Connection> {
+    async fn connect(
+        target: &RedisTarget,
+        ca: &RedisCa,
+        timeout: Duration,
+    ) -> redis::RedisResult<Connection> {
         let connect_timeout = Duration::from_secs(2);
         match target {
             RedisTarget::Standalone(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = client(url, ca)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(timeout))
@@ -126,7 +158,11 @@ impl Remote {
                 ))
             }
             RedisTarget::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone());
+                if let Some(certificates) = tls_certificates(ca) {
+                    builder = builder.certs(certificates);
+                }
+                let client = builder
                     .connection_timeout(connect_timeout)
                     .response_timeout(timeout)
                     .retries(3)
@@ -139,7 +175,7 @@ impl Remote {
     async fn connect_loop(self: Arc<Self>) {
         let mut logged = false;
         loop {
-            match Self::connect(&self.target, self.timeout).await {
+            match Self::connect(&self.target, &self.ca, self.timeout).await {
                 Ok(connection) => {
                     if let Ok(mut slot) = self.connection.lock() {
                         *slot = Some(connection);
@@ -347,7 +383,7 @@ impl Remote {
         url: &str,
         on_invalidate: &Invalidate,
     ) -> redis::RedisResult<()> {
-        let client = redis::Client::open(url)?;
+        let client = client(url, &self.ca)?;
         let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
@@ -386,7 +422,8 @@ impl Remote {
     }
 }
 
-/// Whether `url` is a `redis://` URL the client accepts (nothing is connected).
+/// Whether `url` is a `redis://` or `rediss://` URL the client accepts (nothing is connected).
 pub fn is_redis_url(url: &str) -> bool {
-    url.starts_with("redis://") && redis::Client::open(url).is_ok()
+    (url.starts_with("redis://") || url.starts_with("rediss://"))
+        && redis::Client::open(url).is_ok()
 }

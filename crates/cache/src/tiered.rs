@@ -19,6 +19,8 @@ pub struct CacheConfig {
     pub redis: Option<RedisTarget>,
     /// Deadline of every Redis call.
     pub redis_timeout: Duration,
+    /// The CA (PEM) `rediss://` servers are verified against; `None` uses the built-in web roots.
+    pub redis_ca: Option<Vec<u8>>,
     /// Seals values stored in Redis; without it, values carrying a secret never go to Redis.
     pub sealer: Option<Sealer>,
 }
@@ -69,6 +71,7 @@ impl<V: Cacheable> TieredCache<V> {
             let remote = config.redis.map(|target| {
                 Remote::start(
                     target,
+                    config.redis_ca,
                     config.redis_timeout,
                     Arc::new(move |clusters: Vec<String>| {
                         if let Some(cache) = weak.upgrade() {
@@ -234,6 +237,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             redis: None,
             redis_timeout: Duration::from_millis(50),
+            redis_ca: None,
             sealer: None,
         })
     }

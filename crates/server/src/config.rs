@@ -112,12 +112,15 @@ pub struct Args {
     /// Backstop expiry of cached kubeconfigs (keys already change whenever the inputs do).
     #[arg(long, env = "KUBECONFIGD_CACHE_TTL", default_value = "10m", value_parser = parse_duration)]
     pub cache_ttl: Duration,
-    /// Redis for a cache shared by replicas: redis://host:port[/db].
+    /// Redis for a cache shared by replicas: redis://host:port[/db], or rediss:// for TLS.
     #[arg(long, env = "KUBECONFIGD_REDIS_URL", conflicts_with = "redis_cluster")]
     pub redis_url: Option<String>,
     /// Redis Cluster seed nodes, comma-separated: redis://a:6379,redis://b:6379.
     #[arg(long, env = "KUBECONFIGD_REDIS_CLUSTER", value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
+    /// CA certificate (PEM) that rediss:// servers are verified against (default: the web PKI roots).
+    #[arg(long, env = "KUBECONFIGD_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Deadline of every Redis call; a slower Redis is skipped and the file rendered directly.
     #[arg(long, env = "KUBECONFIGD_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
@@ -178,6 +181,7 @@ impl std::fmt::Debug for JwtKey {
 /// Cache settings.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
+    pub redis_ca: Option<Vec<u8>>,
     pub memory_bytes: u64,
     pub ttl: Duration,
     pub redis: Option<RedisTarget>,
@@ -186,16 +190,11 @@ pub struct CacheSettings {
 }
 
 fn check_redis_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("rediss://") {
+    if !kubeconfig_cache::remote::is_redis_url(url) {
         return Err(config_error(
             flag,
-            format!(
-                "{url}: TLS to Redis (rediss://) is not supported by this build yet; use redis:// on a trusted network"
-            ),
+            format!("{url:?} is not a redis:// or rediss:// URL"),
         ));
-    }
-    if !kubeconfig_cache::remote::is_redis_url(url) {
-        return Err(config_error(flag, format!("{url:?} is not a redis:// URL")));
     }
     Ok(())
 }
@@ -250,6 +249,7 @@ impl Config {
             cache_ttl,
             redis_url,
             redis_cluster,
+            redis_ca_file,
             redis_timeout,
             cache_key_file,
             log_format: _,
@@ -354,6 +354,21 @@ impl Config {
                 Some(RedisTarget::Cluster(nodes.to_vec()))
             }
         };
+        let redis_ca = match redis_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    config_error("--redis-ca-file", format!("{}: {e}", path.display()))
+                })?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(config_error(
+                        "--redis-ca-file",
+                        format!("{} holds no PEM certificate", path.display()),
+                    ));
+                }
+                Some(pem)
+            }
+        };
         let sealer = match cache_key_file {
             None => None,
             Some(path) => {
@@ -373,6 +388,7 @@ impl Config {
         }
         Ok(Config {
             cache: CacheSettings {
+                redis_ca,
                 memory_bytes: *cache_memory,
                 ttl: *cache_ttl,
                 redis,

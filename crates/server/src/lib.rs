@@ -111,6 +111,7 @@ pub async fn run(
             ttl: config.cache.ttl,
             redis: config.cache.redis.clone(),
             redis_timeout: config.cache.redis_timeout,
+            redis_ca: config.cache.redis_ca.clone(),
             sealer: config.cache.sealer.clone(),
         });
     let core = Arc::new(core::Core::new(

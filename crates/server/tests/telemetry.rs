@@ -42,6 +42,7 @@ fn core() -> Arc<Core> {
             ttl: std::time::Duration::from_secs(60),
             redis: None,
             redis_timeout: std::time::Duration::from_millis(50),
+            redis_ca: None,
             sealer: None,
         });
     Arc::new(Core::new(
