@@ -52,6 +52,14 @@ def test_spans_reach_an_otlp_receiver_with_the_callers_trace_id(monkeypatch):
         exported = repr([s for _, s in receiver.spans])
         for secret in ["demo-viewer-key", "demo-edge-client-secret", "PRIVATE KEY", body[:80]]:
             assert secret not in exported
-        assert "kubeconfigd.calls" in metric_names, metric_names
+        expected_metrics = {
+            "kubeconfigd.calls",
+            "rpc.server.duration",
+            "kubeconfigd.cache.hits",
+            "kubeconfigd.redis.errors",
+            "kubeconfigd.clusters",
+            "kubeconfigd.inventory.reloads",
+        }
+        assert expected_metrics <= metric_names, metric_names
     finally:
         grpc_server.stop(0)

@@ -245,6 +245,7 @@ fn observe(
     opentelemetry::metrics::ObservableCounter<u64>,
     opentelemetry::metrics::ObservableCounter<u64>,
     opentelemetry::metrics::ObservableGauge<u64>,
+    opentelemetry::metrics::ObservableCounter<u64>,
 ) {
     use opentelemetry::KeyValue;
     let meter = opentelemetry::global::meter("kubeconfigd");
@@ -270,7 +271,7 @@ fn observe(
     let clusters_core = Arc::clone(core);
     let clusters = meter
         .u64_observable_gauge("kubeconfigd.clusters")
-        .with_description("Clusters loaded, by availability; and inventory reloads by result.")
+        .with_description("Clusters in the inventory, by availability.")
         .with_callback(move |observer| {
             let snapshot = clusters_core.snapshot();
             let unavailable = snapshot.unavailable_count() as u64;
@@ -279,12 +280,19 @@ fn observe(
                 &[KeyValue::new("state", "available")],
             );
             observer.observe(unavailable, &[KeyValue::new("state", "unavailable")]);
-            let (ok, failed) = clusters_core.metrics().reloads();
-            observer.observe(ok, &[KeyValue::new("reloads", "ok")]);
-            observer.observe(failed, &[KeyValue::new("reloads", "failed")]);
         })
         .build();
-    (hits, errors, clusters)
+    let reloads_core = Arc::clone(core);
+    let reloads = meter
+        .u64_observable_counter("kubeconfigd.inventory.reloads")
+        .with_description("Inventory loads, by whether every file applied.")
+        .with_callback(move |observer| {
+            let (ok, failed) = reloads_core.metrics().reloads();
+            observer.observe(ok, &[KeyValue::new("result", "ok")]);
+            observer.observe(failed, &[KeyValue::new("result", "failed")]);
+        })
+        .build();
+    (hits, errors, clusters, reloads)
 }
 
 /// Completes on SIGTERM or SIGINT.
