@@ -27,8 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TLS = ROOT / "tests" / "fixtures" / "tls"
+
+
 class Server:
-    def __init__(self, args):
+    def __init__(self, args, tls=False):
+        import ssl
+
+        self.tls = tls
+        self.ssl_context = ssl.create_default_context(cafile=str(TLS / "ca.crt")) if tls else None
+        if tls:
+            args = [*args, "--tls-cert-file", str(TLS / "server.crt"), "--tls-key-file", str(TLS / "server.key")]
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="kubeconfigd-", suffix=".log", delete=False)
@@ -43,7 +52,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"kubeconfigd exited: {self.log_text()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}/healthz", timeout=1):
+                with urllib.request.urlopen(f"{self.rest}/healthz", timeout=1, context=self.ssl_context):
                     break
             except OSError:
                 if time.monotonic() > deadline:
@@ -56,7 +65,8 @@ class Server:
 
     @property
     def rest(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.rest_port}"
 
     def log_text(self) -> str:
         return pathlib.Path(self.log.name).read_text()

@@ -311,9 +311,9 @@ impl RedisServer {
     }
 
     /// Starts a server that speaks only TLS (`rediss://`), with the test certificate under
-    /// `tests/fixtures/redis-tls`.
+    /// `tests/fixtures/tls`.
     pub fn start_tls() -> anyhow::Result<Self> {
-        let pki = workspace_root().join("tests/fixtures/redis-tls");
+        let pki = workspace_root().join("tests/fixtures/tls");
         let port = free_port()?;
         let extra = vec![
             "--port".to_owned(),
@@ -401,7 +401,7 @@ impl RedisServer {
         let mut command = Command::new("redis-cli");
         command.args(["-p", &self.port.to_string(), "--raw"]);
         if self.tls {
-            let ca = workspace_root().join("tests/fixtures/redis-tls/ca.crt");
+            let ca = workspace_root().join("tests/fixtures/tls/ca.crt");
             command.arg("--tls").arg("--cacert").arg(ca);
         }
         let output = command.args(args).output().context("redis-cli")?;

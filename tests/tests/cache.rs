@@ -547,7 +547,7 @@ async fn standalone_redis_dies_mid_stream() {
 async fn rediss_with_a_custom_ca() {
     let redis = RedisServer::start_tls().expect("TLS redis-server");
     let ca = workspace_root()
-        .join("tests/fixtures/redis-tls/ca.crt")
+        .join("tests/fixtures/tls/ca.crt")
         .display()
         .to_string();
     let server = Server::start(

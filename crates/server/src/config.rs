@@ -106,6 +106,22 @@ pub struct Args {
     /// balancers and health watchers notice).
     #[arg(long, env = "KUBECONFIGD_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    /// PEM certificate chain to serve TLS with, on both listeners (needs --tls-key-file).
+    #[arg(
+        long,
+        env = "KUBECONFIGD_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(
+        long,
+        env = "KUBECONFIGD_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
     /// Size of the in-process cache of rendered kubeconfigs (e.g. 64MiB, 512KiB); 0 disables it.
     #[arg(long, env = "KUBECONFIGD_CACHE_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
     pub cache_memory: u64,
@@ -202,6 +218,8 @@ fn check_redis_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
 /// Validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// TLS for both listeners, when configured.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub cache: CacheSettings,
     pub source: Source,
     pub rest: bool,
@@ -245,6 +263,8 @@ impl Config {
             max_concurrent_requests,
             shutdown_grace,
             shutdown_delay,
+            tls_cert_file,
+            tls_key_file,
             cache_memory,
             cache_ttl,
             redis_url,
@@ -354,6 +374,13 @@ impl Config {
                 Some(RedisTarget::Cluster(nodes.to_vec()))
             }
         };
+        let tls = match (tls_cert_file, tls_key_file) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::server_config(cert, key)
+                    .map_err(|e| config_error("--tls-cert-file", e))?,
+            ),
+            _ => None,
+        };
         let redis_ca = match redis_ca_file {
             None => None,
             Some(path) => {
@@ -387,6 +414,7 @@ impl Config {
             return Err(config_error("--redis-timeout", "must be longer than 0s"));
         }
         Ok(Config {
+            tls,
             cache: CacheSettings {
                 redis_ca,
                 memory_bytes: *cache_memory,

@@ -12,7 +12,8 @@
 //! - [`core`]: the transport-neutral service core; [`error`]: its one error type.
 //! - [`cached`]: how rendered kubeconfigs are stored in the cache (`kubeconfig-cache`).
 //! - [`grpc`], [`rest`]: the two edges.
-//! - [`telemetry`], [`metrics`]: logs and counters.
+//! - [`telemetry`], [`metrics`]: logs, traces and counters.
+//! - [`tls`]: serving TLS on both listeners.
 //! - [`demo`]: the built-in demo data.
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod record;
 pub mod rest;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 
 use std::future::Future;
@@ -165,39 +167,75 @@ pub async fn run(
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
     let grpc_addr = listeners.grpc.local_addr().ok();
-    let grpc = tonic::transport::Server::builder()
+    let grpc_router = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(api)
-        .serve_with_incoming_shutdown(
+        .add_service(api);
+    let mut tasks = tokio::task::JoinSet::new();
+    let grpc_stop = stopped(stop_rx.clone());
+    match config.tls.clone() {
+        None => {
             // Small unary replies must not wait for delayed ACKs: tonic sets TCP_NODELAY only on
             // listeners it binds itself.
-            TcpListenerStream::new(listeners.grpc).map(|stream| {
+            let incoming = TcpListenerStream::new(listeners.grpc).map(|stream| {
                 stream.inspect(|s| {
                     if let Err(error) = s.set_nodelay(true) {
                         tracing::debug!(%error, "cannot set TCP_NODELAY");
                     }
                 })
-            }),
-            stopped(stop_rx.clone()),
-        );
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move { grpc.await.context("gRPC server") });
+            });
+            tasks.spawn(async move {
+                grpc_router
+                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                    .await
+                    .context("gRPC server")
+            });
+        }
+        Some(tls_config) => {
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::accept(
+                listeners.grpc,
+                tls_config,
+            ))
+            .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+            tasks.spawn(async move {
+                grpc_router
+                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                    .await
+                    .context("gRPC server")
+            });
+        }
+    }
     if let (true, Some(listener)) = (config.rest, listeners.rest) {
         let rest_addr = listener.local_addr().ok();
         let router = rest::router(Arc::clone(&core));
-        let rx = stop_rx.clone();
-        tasks.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stopped(rx))
-                .await
-                .context("REST server")
-        });
-        tracing::info!(grpc = ?grpc_addr, rest = ?rest_addr, "serving");
+        let rest_stop = stopped(stop_rx.clone());
+        match (config.tls.clone(), rest_addr) {
+            (Some(tls_config), Some(local)) => {
+                let listener = tls::RestListener {
+                    connections: tls::accept(listener, tls_config),
+                    local,
+                };
+                tasks.spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(rest_stop)
+                        .await
+                        .context("REST server")
+                });
+            }
+            _ => {
+                tasks.spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(rest_stop)
+                        .await
+                        .context("REST server")
+                });
+            }
+        }
+        tracing::info!(grpc = ?grpc_addr, rest = ?rest_addr, tls = config.tls.is_some(), "serving");
     } else {
-        tracing::info!(grpc = ?grpc_addr, "serving (REST disabled)");
+        tracing::info!(grpc = ?grpc_addr, tls = config.tls.is_some(), "serving (REST disabled)");
     }
 
     let grace = config.shutdown_grace;
