@@ -51,8 +51,9 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawPack {
     name: String,
-    #[serde(default)]
-    version: Option<String>,
+    /// Accepted for the operator's reference; rendering does not depend on it.
+    #[serde(default, rename = "version")]
+    _version: Option<String>,
     #[serde(default)]
     values: String,
 }
@@ -251,7 +252,6 @@ impl Record {
             }
             _ => None,
         };
-        let _ = raw.kubernetes_pack.version;
         Ok(Record {
             uid: raw.uid,
             name: raw.name,
