@@ -128,3 +128,62 @@ proptest! {
         }
     }
 }
+
+fn yaml_fragment() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("oidc-issuer-url: https://idp.example.test".to_owned()),
+        Just("oidc-client-id: k8s".to_owned()),
+        Just("identityProvider: tenant".to_owned()),
+        Just("config: \"clusterConfiguration: {apiServer: {extraArgs: {oidc-issuer-url: x}}}\"".to_owned()),
+        Just("kube-apiserver-arg: [oidc-issuer-url=x, \"oidc-client-id={{ .spectro.system.cluster.name }}\"]".to_owned()),
+        Just("x: \"{{ .spectro.pack.kubernetes.a.b }}\"".to_owned()),
+        Just("&a [*a]".to_owned()),
+        "[ -~]{0,40}",
+    ];
+    prop::collection::vec(
+        (
+            prop::sample::select(vec!["", "  ", "    ", "- "]),
+            prop::sample::select(vec![
+                "kubeadmconfig:",
+                "clientConfig:",
+                "apiServer:",
+                "extraArgs:",
+                "cluster:",
+                "pack:",
+                "managedControlPlane:",
+                "oidcIdentityProvider:",
+            ]),
+            leaf,
+        ),
+        0..12,
+    )
+    .prop_map(|lines| {
+        lines
+            .into_iter()
+            .map(|(indent, key, leaf)| format!("{indent}{key}\n{indent}  {leaf}\n"))
+            .collect()
+    })
+}
+
+proptest! {
+    #[test]
+    fn pack_analysis_never_panics(values in yaml_fragment(), pack in prop::sample::select(vec!["kubernetes", "edge-k8s", "edge-k3s", "kubernetes-rke2", "kubernetes-eks", "kubernetes-aks", "kubernetes-gke", "other"])) {
+        let result = kubeconfig_policy::analyze(&kubeconfig_policy::PackInput {
+            name: pack,
+            values: &values,
+            cluster_uid: "u",
+            cluster_name: "n",
+            reverse_proxy_server: None,
+            tenant_oidc: None,
+        });
+        if let Ok(state) = result {
+            // Not configured always comes with at least one reason.
+            prop_assert!(state.is_configured() || !state.gaps().is_empty());
+        }
+    }
+
+    #[test]
+    fn tenant_parsing_never_panics(text in "[ -~\n]{0,300}") {
+        let _ = Tenant::from_yaml(&text);
+    }
+}
