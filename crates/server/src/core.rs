@@ -406,3 +406,120 @@ impl Core {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use kubeconfig_cache::{BoxFuture, CacheStats};
+
+    use super::*;
+    use crate::inventory::{Inventory, Origin};
+
+    /// A fake of our own cache port that records what it was asked for and always renders.
+    #[derive(Default)]
+    struct RecordingCache {
+        keys: Mutex<Vec<String>>,
+    }
+
+    impl AssetCache<CachedAsset> for RecordingCache {
+        fn get_or_render<'a>(
+            &'a self,
+            key: &'a CacheKey,
+            render: Box<dyn FnOnce() -> CachedAsset + Send + 'a>,
+        ) -> BoxFuture<'a, (Arc<CachedAsset>, Tier)> {
+            self.keys.lock().unwrap().push(key.as_str().to_owned());
+            Box::pin(async move { (Arc::new(render()), Tier::Render) })
+        }
+
+        fn invalidate_clusters(&self, _clusters: &[String]) {}
+
+        fn stats(&self) -> CacheStats {
+            CacheStats::default()
+        }
+    }
+
+    fn core(cache: Arc<RecordingCache>) -> Core {
+        let (_, snapshot, _) = Inventory::load(Origin::Demo).unwrap();
+        Core::new(
+            Arc::new(ArcSwap::from_pointee(snapshot)),
+            None,
+            8,
+            cache,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn key(api_key: &str) -> Credentials {
+        Credentials {
+            api_key: Some(api_key.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    const PROD_EAST: &str = "6470a2b1c5e6f1a2b3c4d5e1";
+
+    #[tokio::test]
+    async fn the_cache_is_asked_only_after_an_allow() {
+        let cache = Arc::new(RecordingCache::default());
+        let core = core(Arc::clone(&cache));
+        let refused = [
+            (
+                key("demo-viewer-key"),
+                PROD_EAST,
+                Request::AdminKubeconfig,
+                ErrorKind::Forbidden,
+            ),
+            (
+                key("demo-nobody-key"),
+                PROD_EAST,
+                Request::Kubeconfig { frp: true },
+                ErrorKind::NotFound,
+            ),
+            (
+                key("wrong"),
+                PROD_EAST,
+                Request::Kubeconfig { frp: true },
+                ErrorKind::Unauthenticated,
+            ),
+            (
+                key("demo-admin-key"),
+                "6470a2b1c5e6f1a2b3c4d5e5",
+                Request::AdminKubeconfig,
+                ErrorKind::Unavailable,
+            ),
+            (
+                key("demo-admin-key"),
+                "NOT-A-UID",
+                Request::AdminKubeconfig,
+                ErrorKind::BadRequest,
+            ),
+        ];
+        for (credentials, uid, request, kind) in refused {
+            let error = core.asset(&credentials, uid, request).await.unwrap_err();
+            assert_eq!(error.kind(), kind, "{uid} {request:?}");
+        }
+        assert!(
+            cache.keys.lock().unwrap().is_empty(),
+            "no refused request reached the cache"
+        );
+
+        let served = core
+            .asset(
+                &key("demo-viewer-key"),
+                PROD_EAST,
+                Request::Kubeconfig { frp: false },
+            )
+            .await
+            .unwrap();
+        let revision = &served.cluster.revision;
+        let keys = cache.keys.lock().unwrap().clone();
+        assert_eq!(keys.len(), 1);
+        assert!(
+            keys[0].contains(PROD_EAST)
+                && keys[0].contains("kubeconfig-direct")
+                && keys[0].contains(revision.as_str()),
+            "{keys:?}"
+        );
+    }
+}
