@@ -46,6 +46,8 @@ def test_denial_and_bad_key(grpcurl, demo):
     )
     assert code != 0
     assert "PermissionDenied" in err and "cluster.delete" in err
+    # The google.rpc.ErrorInfo detail is decodable through reflection.
+    assert '"reason":"OperationForbidden"' in err and '"denyReason":"CLUSTER_DELETE_REQUIRED"' in err
     code, _, err = run(
         grpcurl, "-plaintext", "-H", "apikey: nope", "-d", '{"uid": "6470a2b1c5e6f1a2b3c4d5e1"}',
         demo.grpc, "kubeconfig.v1.KubeconfigService/GetKubeconfig",
