@@ -216,3 +216,24 @@ async fn a_new_bad_cluster_is_unavailable_on_its_own() {
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(server_of(&server, OTHER).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_referenced_file_is_served_within_2_s() {
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let before = server_of(&server, UID).await.expect("served");
+    let pki = fixture.inventory().join("pki");
+    // Rotate the cluster CA file the record refers to (`certificateAuthorityFile: pki/ca.crt`).
+    std::fs::copy(pki.join("proxy-ca.crt"), pki.join("ca.crt")).expect("rotate");
+    let changed = eventually(Duration::from_secs(2), || async {
+        server_of(&server, UID)
+            .await
+            .is_ok_and(|yaml| yaml != before)
+    })
+    .await;
+    assert!(
+        changed,
+        "rotated CA file not served within 2 s:\n{}",
+        server.log_text()
+    );
+}

@@ -4,7 +4,8 @@
 //! Reloading keeps the last good version of every file: a broken tenant file keeps the previous tenant
 //! in service, a broken cluster file keeps the previous version of that cluster (and reports the error
 //! on it), and a cluster that never loaded cleanly is served as unavailable with its reason. A deleted
-//! file removes its cluster. Unchanged files are not re-read into new records unless the tenant changed.
+//! file removes its cluster. A cluster whose file and referenced files are unchanged is not prepared
+//! again (certificate checks are the expensive part) unless the tenant changed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,7 +46,8 @@ pub enum Origin {
 }
 
 struct Slot {
-    text_digest: [u8; 32],
+    /// Digest of the file and every file it refers to, as last read.
+    fingerprint: [u8; 32],
     /// The last good record and the entry prepared from it.
     good: Option<(Arc<Record>, ClusterEntry)>,
     /// The latest problem with this file, if its latest version was not applied.
@@ -238,21 +240,27 @@ impl Inventory {
                     continue;
                 }
             };
-            let text_digest = digest(&text);
+            // Parsing reads every file the record refers to, so a changed key or certificate file
+            // changes the fingerprint even when the cluster file itself did not change.
+            let parsed = Record::parse(&text, base.as_deref());
+            let fingerprint = match &parsed {
+                Ok(record) => *record.content_digest(),
+                Err(e) => digest(&format!("{text}\0{}", e.message)),
+            };
             let slot = self.slots.entry(path.clone()).or_insert(Slot {
-                text_digest: [0; 32],
+                fingerprint: [0; 32],
                 good: None,
                 problem: None,
             });
-            if slot.text_digest == text_digest {
+            if slot.fingerprint == fingerprint {
                 if let (true, Some((record, entry))) = (tenant_changed, &mut slot.good) {
                     *entry = record::prepare(record, &path, &tenant);
                 }
                 continue;
             }
-            slot.text_digest = text_digest;
+            slot.fingerprint = fingerprint;
             report.changed = true;
-            match Record::parse(&text, base.as_deref()) {
+            match parsed {
                 Err(e) => {
                     let problem = located(&path, e.line, &e.message);
                     report.failures.push(problem.clone());

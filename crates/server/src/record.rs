@@ -165,6 +165,11 @@ fn inline_or_file(
 }
 
 impl Record {
+    /// SHA-256 over the cluster file and every file it refers to.
+    pub fn content_digest(&self) -> &[u8; 32] {
+        &self.content_digest
+    }
+
     /// Parses a cluster file. `base` is the directory relative file references resolve against
     /// (`None` forbids file references, as for the built-in demo).
     pub fn parse(text: &str, base: Option<&Path>) -> Result<Self, RecordError> {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use kubeconfig_cache::AssetCache;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::cached::CachedAsset;
@@ -66,12 +67,19 @@ pub fn spawn(
 ) -> notify::Result<WatchHandle> {
     let (tx, mut rx) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Our own reads (opening cluster and key files) must not trigger another reload.
+        let relevant = event.is_ok_and(|e| match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        });
+        if relevant {
             // A full channel already holds a pending reload.
             let _ = tx.try_send(());
         }
     })?;
-    watcher.watch(&inventory_dir, RecursiveMode::NonRecursive)?;
+    // Recursive: credentials referenced from subfolders (e.g. `pki/`) are watched too.
+    watcher.watch(&inventory_dir, RecursiveMode::Recursive)?;
     let tenant_dir = tenant_file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
