@@ -189,6 +189,8 @@ impl Remote {
                         tracing::warn!(%error, "redis unreachable; serving from the in-process tier and rendering until it is back");
                         logged = true;
                     }
+                    // Never "up" without a connection.
+                    self.up.store(false, Ordering::Relaxed);
                     self.errors.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(PROBE_INTERVAL).await;
                 }
@@ -304,13 +306,8 @@ impl Remote {
                 Some(value)
             }
             Ok(Err(error)) => {
+                // Marking down (after consecutive failures) also replaces a cluster connection.
                 self.mark_down(&error.to_string());
-                if error.is_io_error()
-                    || error.is_connection_dropped()
-                    || error.is_connection_refusal()
-                {
-                    self.reconnect_cluster();
-                }
                 None
             }
             Err(_) => {
