@@ -396,6 +396,32 @@ impl RedisServer {
         }
     }
 
+    /// Stores arbitrary bytes under `key` (`redis-cli -x` reads the value from stdin).
+    pub fn set_bytes(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if self.tls {
+            let ca = workspace_root().join("tests/fixtures/tls/ca.crt");
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        let mut child = command
+            .args(["-x", "SET", key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("redis-cli")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(value)
+            .context("write value")?;
+        let status = child.wait()?;
+        anyhow::ensure!(status.success(), "redis-cli -x SET failed: {status}");
+        Ok(())
+    }
+
     /// Runs `redis-cli` against this server and returns its raw stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
         let mut command = Command::new("redis-cli");

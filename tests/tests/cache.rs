@@ -35,8 +35,18 @@ impl Backend {
 
     fn flags(&self) -> Vec<String> {
         match self {
-            Backend::Standalone(r) => vec!["--redis-url".to_owned(), r.url()],
-            Backend::Cluster(c) => vec!["--redis-cluster".to_owned(), c.urls()],
+            Backend::Standalone(r) => vec![
+                "--redis-url".to_owned(),
+                r.url(),
+                "--cache-key-file".to_owned(),
+                key_file(),
+            ],
+            Backend::Cluster(c) => vec![
+                "--redis-cluster".to_owned(),
+                c.urls(),
+                "--cache-key-file".to_owned(),
+                key_file(),
+            ],
         }
     }
 
@@ -154,18 +164,9 @@ async fn wait_redis_up(server: &Server) {
 }
 
 async fn hits_misses_and_ttl(backend: &Backend) {
-    let a = Server::start(&args(
-        &[
-            "--demo",
-            "--cache-ttl",
-            "2s",
-            "--cache-key-file",
-            &key_file(),
-        ],
-        backend,
-    ))
-    .await
-    .expect("A");
+    let a = Server::start(&args(&["--demo", "--cache-ttl", "2s"], backend))
+        .await
+        .expect("A");
     wait_redis_up(&a).await;
     let (status, first) = fetch(&a, PROD_EAST, "adminkubeconfig", "demo-admin-key").await;
     assert_eq!(status, 200);
@@ -191,18 +192,9 @@ async fn hits_misses_and_ttl(backend: &Backend) {
     );
 
     // A second replica sharing the Redis: its first call is a Redis hit, same bytes.
-    let b = Server::start(&args(
-        &[
-            "--demo",
-            "--cache-ttl",
-            "2s",
-            "--cache-key-file",
-            &key_file(),
-        ],
-        backend,
-    ))
-    .await
-    .expect("B");
+    let b = Server::start(&args(&["--demo", "--cache-ttl", "2s"], backend))
+        .await
+        .expect("B");
     wait_redis_up(&b).await;
     let (_, from_b) = fetch(&b, PROD_EAST, "adminkubeconfig", "demo-admin-key").await;
     assert_eq!(from_b, first);
@@ -320,27 +312,19 @@ async fn fetch_every_demo_asset(server: &Server) -> usize {
     served
 }
 
-async fn raw_values_hold_no_secrets(backend: &Backend, sealed: bool) {
-    let mut base = vec!["--demo"];
-    let key_file = key_file();
-    if sealed {
-        base.extend(["--cache-key-file", &key_file]);
-    }
-    let server = Server::start(&args(&base, backend)).await.expect("server");
+async fn raw_values_hold_no_secrets(backend: &Backend) {
+    let server = Server::start(&args(&["--demo"], backend))
+        .await
+        .expect("server");
     wait_redis_up(&server).await;
     fetch_every_demo_asset(&server).await;
     // Distinct variants: frp and direct differ only for the two proxied clusters.
-    let expected = if sealed { 10 } else { 2 };
     let stored = eventually(Duration::from_secs(3), || async {
-        backend.keys().len() == expected
+        backend.keys().len() == 10
     })
     .await;
-    assert!(
-        stored,
-        "expected {expected} keys, found {:?}",
-        backend.keys()
-    );
-    let secrets = secrets(sealed);
+    assert!(stored, "expected 10 keys, found {:?}", backend.keys());
+    let secrets = secrets(true);
     assert!(secrets.len() > 20, "the scan looks for real key material");
     for (port, key) in backend.keys() {
         let value = backend.get(port, &key);
@@ -349,30 +333,109 @@ async fn raw_values_hold_no_secrets(backend: &Backend, sealed: bool) {
         for secret in &secrets {
             assert!(!text.contains(secret.as_str()), "{key} holds {secret:?}");
         }
-        if sealed {
-            assert!(value.starts_with(b"KCS1"), "{key} is sealed");
-        } else {
-            assert!(
-                value.starts_with(b"KCP1") && text.contains("oidc-login"),
-                "{key}: only secret-free OIDC kubeconfigs go to Redis unsealed"
-            );
-        }
+        assert!(value.starts_with(b"KCS1"), "{key} is sealed");
     }
 }
 
+/// What someone who can write to Redis (but does not hold the cache key) can try: plant a kubeconfig of
+/// their own under the key a fresh replica will read, in the checksummed plain layout earlier versions
+/// accepted, sealed with another key, or giant; and publish invalidations. None of it is served.
+async fn planted_values_are_never_served(backend: &Backend) {
+    use sha2::Digest as _;
+    let a = Server::start(&args(&["--demo", "--cache-memory", "0"], backend))
+        .await
+        .expect("A");
+    wait_redis_up(&a).await;
+    let (status, genuine) = fetch(&a, PROD_EAST, "kubeconfig", "demo-viewer-key").await;
+    assert_eq!(status, 200);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            backend.keys().len() == 1
+        })
+        .await
+    );
+    let (port, key) = backend.keys().remove(0);
+    let evil_yaml = genuine.replace(
+        "https://cluster-6470a2b1c5e6f1a2b3c4d5e1.proxy.demo.test:443",
+        "https://attacker.example.test:443",
+    );
+    assert_ne!(evil_yaml, genuine);
+    let etag = hex::encode(sha2::Sha256::digest(evil_yaml.as_bytes()));
+    let envelope = serde_json::json!({
+        "v": 1, "file_name": "prod-east.kubeconfig", "server_kind": "proxy", "auth_kind": "oidc",
+        "etag": etag, "carries_credential": false, "yaml": evil_yaml,
+    })
+    .to_string();
+    let mut plain = b"KCP1".to_vec();
+    plain.extend_from_slice(&sha2::Sha256::digest(envelope.as_bytes()));
+    plain.extend_from_slice(envelope.as_bytes());
+    let other_key = kubeconfig_cache::Sealer::from_key_file(&"cd".repeat(32)).expect("key");
+    let foreign = other_key.seal(&key, envelope.as_bytes()).expect("seal");
+    let mut giant = b"KCS1".to_vec();
+    giant.resize(3 << 20, b'x');
+    let plants: [(&str, Vec<u8>); 3] = [("plain", plain), ("foreign", foreign), ("giant", giant)];
+
+    // A fresh replica sharing the Redis.
+    let b = Server::start(&args(&["--demo", "--cache-memory", "0"], backend))
+        .await
+        .expect("B");
+    wait_redis_up(&b).await;
+    let node = backend.node(port);
+    for (round, (what, value)) in plants.iter().enumerate() {
+        node.set_bytes(&key, value).expect("plant");
+        assert_eq!(&backend.get(port, &key)[..4], &value[..4], "{what} planted");
+        let (status, served) = fetch(&b, PROD_EAST, "kubeconfig", "demo-viewer-key").await;
+        assert_eq!(status, 200, "{what}");
+        assert!(!served.contains("attacker"), "{what}: planted bytes served");
+        assert_eq!(served, genuine, "{what}: rendered afresh");
+        assert_eq!(
+            hits(&b).await["kubeconfigd_cache_discarded_total"],
+            (round + 1) as f64,
+            "{what} discarded"
+        );
+    }
+
+    // A forged invalidation is counted and ignored; a genuine one (A's edit-free publish is not
+    // reachable from outside, so B's own counter of received messages is what must stay put).
+    let received_before = hits(&b).await["kubeconfigd_cache_invalidations_received_total"];
+    node.cli(&[
+        "PUBLISH",
+        "kubeconfigd:v1:invalidate",
+        "attacker 6470a2b1c5e6f1a2b3c4d5e1",
+    ])
+    .expect("PUBLISH");
+    let forged = eventually(Duration::from_secs(2), || async {
+        hits(&b)
+            .await
+            .get("kubeconfigd_cache_forged_invalidations_total")
+            .copied()
+            == Some(1.0)
+    })
+    .await;
+    assert!(forged, "forged invalidation not counted:\n{}", b.log_text());
+    assert_eq!(
+        hits(&b).await["kubeconfigd_cache_invalidations_received_total"],
+        received_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_without_a_cache_key_refuses_to_start() {
+    let redis = RedisServer::start().expect("redis-server");
+    let error = Server::start(&["--demo".to_owned(), "--redis-url".to_owned(), redis.url()])
+        .await
+        .expect_err("must not start");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("--cache-key-file") && text.contains("openssl rand -hex 32"),
+        "{text}"
+    );
+}
+
 async fn tampering_causes_a_rerender(backend: &Backend) {
-    let server = Server::start(&args(
-        &[
-            "--demo",
-            "--cache-memory",
-            "0",
-            "--cache-key-file",
-            &key_file(),
-        ],
-        backend,
-    ))
-    .await
-    .expect("server");
+    let server = Server::start(&args(&["--demo", "--cache-memory", "0"], backend))
+        .await
+        .expect("server");
     wait_redis_up(&server).await;
     let (_, original) = fetch(&server, PROD_EAST, "adminkubeconfig", "demo-admin-key").await;
     assert!(
@@ -423,15 +486,7 @@ async fn tampering_causes_a_rerender(backend: &Backend) {
 async fn redis_dies_mid_stream(backend: &mut Backend) {
     let server = Arc::new(
         Server::start(&args(
-            &[
-                "--demo",
-                "--cache-memory",
-                "0",
-                "--cache-key-file",
-                &key_file(),
-                "--redis-timeout",
-                "50ms",
-            ],
+            &["--demo", "--cache-memory", "0", "--redis-timeout", "50ms"],
             backend,
         ))
         .await
@@ -529,12 +584,12 @@ async fn standalone_invalidation_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_sealed_values_hold_no_secrets() {
-    raw_values_hold_no_secrets(&Backend::standalone(), true).await;
+    raw_values_hold_no_secrets(&Backend::standalone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_without_a_key_secrets_never_reach_redis() {
-    raw_values_hold_no_secrets(&Backend::standalone(), false).await;
+async fn standalone_planted_values_are_never_served() {
+    planted_values_are_never_served(&Backend::standalone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,8 +614,6 @@ async fn rediss_with_a_custom_ca() {
             "--demo",
             "--cache-memory",
             "0",
-            "--cache-key-file",
-            &key_file(),
             "--redis-url",
             &redis.url(),
             "--redis-ca-file",
@@ -603,6 +656,8 @@ async fn rediss_with_a_custom_ca() {
             &redis.url(),
             "--redis-ca-file",
             &wrong_ca,
+            "--cache-key-file",
+            &key_file(),
         ]
         .map(str::to_owned),
     )
@@ -630,9 +685,7 @@ async fn cluster_suite() {
     flush(&backend);
     invalidation_across_replicas(&backend).await;
     flush(&backend);
-    raw_values_hold_no_secrets(&backend, true).await;
-    flush(&backend);
-    raw_values_hold_no_secrets(&backend, false).await;
+    raw_values_hold_no_secrets(&backend).await;
     flush(&backend);
     tampering_causes_a_rerender(&backend).await;
     flush(&backend);

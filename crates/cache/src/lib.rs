@@ -6,7 +6,9 @@
 //! derived from everything the bytes depend on ([`CacheKey`]), so a change can never serve old bytes;
 //! the TTL is only a backstop. Redis is never allowed to fail a request: every call has a short deadline,
 //! a down Redis is skipped (with one probe per second) and logged once per state change, and anything
-//! read back that does not authenticate is discarded and re-rendered.
+//! read back that does not authenticate is discarded and re-rendered. Redis is used only with a
+//! [`Sealer`]: every value and every invalidation message is authenticated with a key only the
+//! replicas hold.
 //!
 //! This crate depends on no other workspace crate.
 //!
@@ -24,7 +26,7 @@ use std::sync::Arc;
 
 pub use remote::RedisTarget;
 pub use sealing::{KeyFileError, Sealer};
-pub use tiered::{CacheConfig, TieredCache};
+pub use tiered::{CacheConfig, RedisConfig, TieredCache};
 
 /// A cache key built from everything the cached bytes depend on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,7 +59,8 @@ impl CacheKey {
     }
 }
 
-/// What the cache stores: a value that can be encoded, weighed, and says whether it carries a secret.
+/// What the cache stores: a value that can be encoded and weighed. Everything that reaches Redis is
+/// sealed, so no value needs to say whether it carries a secret.
 pub trait Cacheable: Send + Sync + Sized + 'static {
     /// Bytes for the Redis tier.
     fn encode(&self) -> Vec<u8>;
@@ -65,8 +68,6 @@ pub trait Cacheable: Send + Sync + Sized + 'static {
     fn decode(bytes: &[u8]) -> Option<Self>;
     /// Approximate in-memory size in bytes.
     fn weight(&self) -> u32;
-    /// Whether the value carries a credential (such values reach Redis only sealed).
-    fn carries_secret(&self) -> bool;
 }
 
 /// Where a value came from.
@@ -98,6 +99,8 @@ pub struct CacheStats {
     pub discarded: u64,
     pub invalidations_sent: u64,
     pub invalidations_received: u64,
+    /// Invalidation messages discarded because they did not authenticate.
+    pub forged_invalidations: u64,
     pub memory_entries: u64,
     /// Whether the Redis tier is configured and currently usable.
     pub redis_up: bool,

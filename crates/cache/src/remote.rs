@@ -1,7 +1,8 @@
 //! The Redis tier: standalone (`redis://`, through a `ConnectionManager` that reconnects by itself) or
 //! Redis Cluster (cluster-async). Every call has a deadline; errors are counted and logged once per
 //! state change; while Redis is down, calls skip it and one probe per second checks whether it is back.
-//! Invalidations travel on a pub/sub channel so every replica drops its in-process entries.
+//! Invalidations travel on a pub/sub channel so every replica drops its in-process entries; they are
+//! sealed with the cache key, so a message anyone else publishes is discarded.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use tokio_stream::StreamExt as _;
+
+use crate::sealing::{self, MAX_SEALED_BYTES, Sealer};
 
 /// The pub/sub channel invalidations travel on.
 pub const INVALIDATION_CHANNEL: &str = "kubeconfigd:v1:invalidate";
@@ -61,6 +64,8 @@ pub struct RemoteCounters {
     pub errors: u64,
     pub published: u64,
     pub received: u64,
+    /// Invalidation messages that did not authenticate (forged, or sealed with a key we do not hold).
+    pub forged: u64,
     pub up: bool,
 }
 
@@ -84,7 +89,9 @@ pub struct Remote {
     down_epoch: AtomicU64,
     published: AtomicU64,
     received: AtomicU64,
+    forged: AtomicU64,
     instance: String,
+    sealer: Arc<Sealer>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -112,6 +119,7 @@ impl Remote {
         target: RedisTarget,
         ca: RedisCa,
         timeout: Duration,
+        sealer: Arc<Sealer>,
         on_invalidate: Invalidate,
     ) -> Arc<Self> {
         // rustls needs a process-wide crypto provider for rediss://; an already installed one stays.
@@ -130,7 +138,9 @@ impl Remote {
             down_epoch: AtomicU64::new(0),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            forged: AtomicU64::new(0),
             instance: instance_id(),
+            sealer,
         });
         let connector = Arc::clone(&remote);
         tokio::spawn(async move { connector.connect_loop().await });
@@ -317,11 +327,25 @@ impl Remote {
         }
     }
 
-    /// Reads a value; `None` on a miss, an error or a timeout.
+    /// The sealer every value and message goes through.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// Reads a value; `None` on a miss, an error or a timeout. At most one byte more than
+    /// [`MAX_SEALED_BYTES`] is transferred (`GETRANGE`), so a planted giant value costs nothing; the
+    /// caller discards what is longer. An empty value is a miss (`GETRANGE` cannot tell them apart, and
+    /// we never write one).
     pub async fn get(self: &Arc<Self>, key: &str) -> Option<Vec<u8>> {
-        self.query::<Option<Vec<u8>>>(redis::cmd("GET").arg(key).clone())
-            .await
-            .flatten()
+        self.query::<Vec<u8>>(
+            redis::cmd("GETRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(MAX_SEALED_BYTES)
+                .clone(),
+        )
+        .await
+        .filter(|value| !value.is_empty())
     }
 
     /// Stores a value with an expiry, without making the caller wait.
@@ -346,7 +370,10 @@ impl Remote {
     pub fn publish_in_background(self: &Arc<Self>, clusters: Vec<String>) {
         let remote = Arc::clone(self);
         tokio::spawn(async move {
-            let message = format!("{} {}", remote.instance, clusters.join(","));
+            let text = format!("{} {}", remote.instance, clusters.join(","));
+            let Some(message) = remote.sealer.seal(INVALIDATION_CHANNEL, text.as_bytes()) else {
+                return;
+            };
             let sent: Option<i64> = remote
                 .query(
                     redis::cmd("PUBLISH")
@@ -387,7 +414,18 @@ impl Remote {
         pubsub.subscribe(INVALIDATION_CHANNEL).await?;
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
-            let Ok(text) = message.get_payload::<String>() else {
+            let opened = message
+                .get_payload::<Vec<u8>>()
+                .ok()
+                .and_then(|bytes| sealing::open(&self.sealer, INVALIDATION_CHANNEL, &bytes))
+                .and_then(|bytes| String::from_utf8(bytes).ok());
+            let Some(text) = opened else {
+                if self.forged.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        channel = INVALIDATION_CHANNEL,
+                        "discarded an invalidation message that did not authenticate (further ones are counted, not logged)"
+                    );
+                }
                 continue;
             };
             let Some((sender, clusters)) = text.split_once(' ') else {
@@ -414,6 +452,7 @@ impl Remote {
             errors: self.errors.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
+            forged: self.forged.load(Ordering::Relaxed),
             up: self.up.load(Ordering::Relaxed),
         }
     }

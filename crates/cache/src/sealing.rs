@@ -2,19 +2,23 @@
 //! associated data (so a value moved to another key fails to open), and the key id in the entry so that
 //! keys can rotate: the first key of the key file seals, every key listed opens.
 //!
-//! Entries that carry no credential may be stored plain, with a SHA-256 checksum that catches
-//! corruption (not forgery: configure a key to authenticate everything).
+//! Everything read from Redis is sealed, with no exception: anyone who can write to Redis can write any
+//! bytes, so an unkeyed checksum would authenticate nothing. Invalidation messages are sealed too, bound
+//! to their channel name. Nothing larger than [`MAX_SEALED_BYTES`] is sealed or opened.
 //!
-//! Layouts: `KCS1 | key id (4) | nonce (12) | ciphertext+tag` and `KCP1 | sha256 (32) | payload`.
+//! Layout: `KCS1 | key id (4) | nonce (12) | ciphertext+tag`.
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use sha2::{Digest, Sha256};
 
 const SEALED: &[u8; 4] = b"KCS1";
-const PLAIN: &[u8; 4] = b"KCP1";
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 12;
+
+/// The largest sealed value written or accepted. A kubeconfig is a few KiB; its inputs are bounded
+/// far below this. Anything larger read back is discarded without being opened.
+pub const MAX_SEALED_BYTES: usize = 1 << 20;
 
 /// Why a key file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,7 +84,11 @@ impl Sealer {
     }
 
     /// Encrypts `payload` bound to `key` (the cache key).
+    /// `None` when the sealed value would exceed [`MAX_SEALED_BYTES`].
     pub fn seal(&self, key: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        if payload.len() + SEALED.len() + KEY_ID_LEN + NONCE_LEN + 16 > MAX_SEALED_BYTES {
+            return None;
+        }
         let current = &self.keys[0];
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let ciphertext = current
@@ -122,45 +130,12 @@ impl Sealer {
     }
 }
 
-/// Wraps a payload that carries no secret: a checksum against corruption.
-pub fn plain(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + 32 + payload.len());
-    out.extend_from_slice(PLAIN);
-    out.extend_from_slice(&Sha256::digest(payload));
-    out.extend_from_slice(payload);
-    out
-}
-
-/// How a stored value opened.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Opened {
-    /// A sealed entry that authenticated: safe to serve, secrets included.
-    Sealed(Vec<u8>),
-    /// A plain entry whose checksum matched: serve only if it carries no secret.
-    Plain(Vec<u8>),
-    /// Tampered, truncated, unknown key or unknown format: discard and re-render.
-    Invalid,
-}
-
-/// Opens a stored value.
-pub fn open(sealer: Option<&Sealer>, key: &str, stored: &[u8]) -> Opened {
-    if let Some(body) = stored.strip_prefix(SEALED.as_slice()) {
-        return match sealer.and_then(|s| s.open_sealed(key, body)) {
-            Some(payload) => Opened::Sealed(payload),
-            None => Opened::Invalid,
-        };
+/// Opens a stored value: `Some` only for a value sealed under `key` by one of our keys.
+pub fn open(sealer: &Sealer, key: &str, stored: &[u8]) -> Option<Vec<u8>> {
+    if stored.len() > MAX_SEALED_BYTES {
+        return None;
     }
-    match stored.strip_prefix(PLAIN.as_slice()) {
-        Some(body) if body.len() >= 32 => {
-            let (sum, payload) = body.split_at(32);
-            if Sha256::digest(payload)[..] == *sum {
-                Opened::Plain(payload.to_vec())
-            } else {
-                Opened::Invalid
-            }
-        }
-        _ => Opened::Invalid,
-    }
+    sealer.open_sealed(key, stored.strip_prefix(SEALED.as_slice())?)
 }
 
 #[cfg(test)]
@@ -175,20 +150,10 @@ mod tests {
         let sealer = Sealer::from_key_file(KEY_A).unwrap();
         let sealed = sealer.seal("k1", b"secret bytes").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(
-            open(Some(&sealer), "k1", &sealed),
-            Opened::Sealed(b"secret bytes".to_vec())
-        );
-        assert_eq!(
-            open(Some(&sealer), "k2", &sealed),
-            Opened::Invalid,
-            "moved to another key"
-        );
-        assert_eq!(
-            open(None, "k1", &sealed),
-            Opened::Invalid,
-            "no key, no opening"
-        );
+        assert_eq!(open(&sealer, "k1", &sealed), Some(b"secret bytes".to_vec()));
+        assert_eq!(open(&sealer, "k2", &sealed), None, "moved to another key");
+        let other = Sealer::from_key_file(KEY_B).unwrap();
+        assert_eq!(open(&other, "k1", &sealed), None, "another key, no opening");
     }
 
     #[test]
@@ -198,20 +163,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert_eq!(open(Some(&sealer), "k", &bad), Opened::Invalid, "byte {i}");
+            assert_eq!(open(&sealer, "k", &bad), None, "byte {i}");
         }
         for len in 0..sealed.len() {
-            assert_eq!(
-                open(Some(&sealer), "k", &sealed[..len]),
-                Opened::Invalid,
-                "len {len}"
-            );
-        }
-        let plain = plain(b"payload");
-        for i in 0..plain.len() {
-            let mut bad = plain.clone();
-            bad[i] ^= 0x01;
-            assert_eq!(open(None, "k", &bad), Opened::Invalid, "plain byte {i}");
+            assert_eq!(open(&sealer, "k", &sealed[..len]), None, "len {len}");
         }
     }
 
@@ -221,13 +176,24 @@ mod tests {
         let sealed = old.seal("k", b"x").unwrap();
         let rotated =
             Sealer::from_key_file(&format!("# new key first\n{KEY_B}\n{KEY_A}\n")).unwrap();
-        assert_eq!(
-            open(Some(&rotated), "k", &sealed),
-            Opened::Sealed(b"x".to_vec())
-        );
+        assert_eq!(open(&rotated, "k", &sealed), Some(b"x".to_vec()));
         assert_ne!(rotated.current_key_id(), old.current_key_id());
         let dropped = Sealer::from_key_file(KEY_B).unwrap();
-        assert_eq!(open(Some(&dropped), "k", &sealed), Opened::Invalid);
+        assert_eq!(open(&dropped, "k", &sealed), None);
+    }
+
+    #[test]
+    fn unkeyed_and_oversized_values_never_open() {
+        let sealer = Sealer::from_key_file(KEY_A).unwrap();
+        // The checksummed plain layout earlier versions wrote: anyone could forge it.
+        let mut forged = b"KCP1".to_vec();
+        forged.extend_from_slice(&Sha256::digest(b"payload"));
+        forged.extend_from_slice(b"payload");
+        assert_eq!(open(&sealer, "k", &forged), None);
+        assert_eq!(sealer.seal("k", &vec![0; MAX_SEALED_BYTES]), None);
+        let mut huge = sealer.seal("k", b"x").unwrap();
+        huge.resize(MAX_SEALED_BYTES + 1, 0);
+        assert_eq!(open(&sealer, "k", &huge), None);
     }
 
     #[test]

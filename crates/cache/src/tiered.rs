@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::remote::{RedisTarget, Remote};
-use crate::sealing::{self, Opened, Sealer};
+use crate::sealing::{self, Sealer};
 use crate::{AssetCache, BoxFuture, CacheKey, CacheStats, Cacheable, Tier, cluster_prefix};
 
 /// How the cache is set up.
@@ -16,13 +16,20 @@ pub struct CacheConfig {
     /// Backstop expiry of entries in both tiers.
     pub ttl: Duration,
     /// The Redis tier, if any.
-    pub redis: Option<RedisTarget>,
+    pub redis: Option<RedisConfig>,
+}
+
+/// The Redis tier's settings. A sealer is part of them: Redis is never used without one, because
+/// anyone who can write to Redis could otherwise choose what we serve.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
     /// Deadline of every Redis call.
-    pub redis_timeout: Duration,
+    pub timeout: Duration,
     /// The CA (PEM) `rediss://` servers are verified against; `None` uses the built-in web roots.
-    pub redis_ca: Option<Vec<u8>>,
-    /// Seals values stored in Redis; without it, values carrying a secret never go to Redis.
-    pub sealer: Option<Sealer>,
+    pub ca: Option<Vec<u8>>,
+    /// Seals every value and invalidation message.
+    pub sealer: Sealer,
 }
 
 #[derive(Debug, Default)]
@@ -37,7 +44,6 @@ struct Counters {
 pub struct TieredCache<V: Cacheable> {
     memory: Option<moka::sync::Cache<String, Arc<V>>>,
     remote: Option<Arc<Remote>>,
-    sealer: Option<Arc<Sealer>>,
     ttl: Duration,
     counters: Counters,
 }
@@ -47,7 +53,6 @@ impl<V: Cacheable> std::fmt::Debug for TieredCache<V> {
         f.debug_struct("TieredCache")
             .field("memory", &self.memory.is_some())
             .field("redis", &self.remote.is_some())
-            .field("sealed", &self.sealer.is_some())
             .finish()
     }
 }
@@ -68,11 +73,12 @@ impl<V: Cacheable> TieredCache<V> {
         });
         Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             let weak = weak.clone();
-            let remote = config.redis.map(|target| {
+            let remote = config.redis.map(|redis| {
                 Remote::start(
-                    target,
-                    config.redis_ca,
-                    config.redis_timeout,
+                    redis.target,
+                    redis.ca,
+                    redis.timeout,
+                    Arc::new(redis.sealer),
                     Arc::new(move |clusters: Vec<String>| {
                         if let Some(cache) = weak.upgrade() {
                             cache.drop_local(&clusters);
@@ -83,7 +89,6 @@ impl<V: Cacheable> TieredCache<V> {
             TieredCache {
                 memory,
                 remote,
-                sealer: config.sealer.map(Arc::new),
                 ttl: config.ttl,
                 counters: Counters::default(),
             }
@@ -103,14 +108,9 @@ impl<V: Cacheable> TieredCache<V> {
 
     async fn read_redis(&self, remote: &Arc<Remote>, key: &CacheKey) -> Option<V> {
         let stored = remote.get(key.as_str()).await?;
-        let value = match sealing::open(self.sealer.as_deref(), key.as_str(), &stored) {
-            Opened::Sealed(payload) => V::decode(&payload),
-            // A plain value is trusted only when no key is configured and it carries no secret.
-            Opened::Plain(payload) if self.sealer.is_none() => {
-                V::decode(&payload).filter(|v| !v.carries_secret())
-            }
-            Opened::Plain(_) | Opened::Invalid => None,
-        };
+        // Only a value sealed by a replica under this very key is decoded at all.
+        let value = sealing::open(remote.sealer(), key.as_str(), &stored)
+            .and_then(|payload| V::decode(&payload));
         if value.is_none() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -122,13 +122,7 @@ impl<V: Cacheable> TieredCache<V> {
     }
 
     fn store_in_redis(&self, remote: &Arc<Remote>, key: &CacheKey, value: &V) {
-        let payload = value.encode();
-        let stored = match &self.sealer {
-            Some(sealer) => sealer.seal(key.as_str(), &payload),
-            None if !value.carries_secret() => Some(sealing::plain(&payload)),
-            None => None,
-        };
-        if let Some(stored) = stored {
+        if let Some(stored) = remote.sealer().seal(key.as_str(), &value.encode()) {
             remote.set_in_background(key.as_str().to_owned(), stored, self.ttl);
         }
     }
@@ -191,6 +185,7 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
             renders: self.counters.renders.load(Ordering::Relaxed),
             discarded: self.counters.discarded.load(Ordering::Relaxed),
             redis_errors: remote.errors,
+            forged_invalidations: remote.forged,
             invalidations_sent: remote.published,
             invalidations_received: remote.received,
             memory_entries: self
@@ -226,9 +221,6 @@ mod tests {
         fn weight(&self) -> u32 {
             self.0.len() as u32
         }
-        fn carries_secret(&self) -> bool {
-            self.1
-        }
     }
 
     fn memory_only(bytes: u64) -> Arc<TieredCache<Blob>> {
@@ -236,9 +228,6 @@ mod tests {
             memory_bytes: bytes,
             ttl: Duration::from_secs(60),
             redis: None,
-            redis_timeout: Duration::from_millis(50),
-            redis_ca: None,
-            sealer: None,
         })
     }
 

@@ -160,6 +160,15 @@ impl Decision {
     }
 }
 
+/// Whether `permissions` allow the admin kubeconfig under `mode` (it depends on no cluster fact). Those
+/// who may are also the ones told the details of a cluster's problems.
+pub fn may_download_admin(mode: PolicyMode, permissions: ClusterPermissions) -> bool {
+    match mode {
+        PolicyMode::Seed | PolicyMode::Palette42 => permissions.contains(ClusterOp::Delete),
+        PolicyMode::Palette48 => permissions.contains(ClusterOp::AdminKubeconfigDownload),
+    }
+}
+
 /// Decides whether a caller holding `permissions` may download `asset` of the cluster described by
 /// `cluster` under `mode`.
 pub fn decide(
@@ -177,14 +186,13 @@ pub fn decide(
     let name = cluster.name;
     match asset {
         Asset::AdminKubeconfig => {
-            let (allowed, code, needs) = match mode {
+            let allowed = may_download_admin(mode, permissions);
+            let (code, needs) = match mode {
                 PolicyMode::Seed | PolicyMode::Palette42 => (
-                    delete,
                     DenyCode::ClusterDeleteRequired,
                     "`cluster.delete` (Cluster Admin, Project Admin, Tenant Admin, or a custom role holding it)",
                 ),
                 PolicyMode::Palette48 => (
-                    permissions.contains(ClusterOp::AdminKubeconfigDownload),
                     DenyCode::AdminKubeconfigDownloadRequired,
                     "`cluster.adminKubeconfigDownload` (Cluster Admin, Project Admin, Tenant Admin, or a custom role holding it)",
                 ),

@@ -23,7 +23,9 @@ pub mod role;
 pub mod secret;
 pub mod tenant;
 
-pub use decision::{Asset, ClusterFacts, Decision, Denial, DenyCode, PolicyMode, decide};
+pub use decision::{
+    Asset, ClusterFacts, Decision, Denial, DenyCode, PolicyMode, decide, may_download_admin,
+};
 pub use document::{DocumentError, MAX_DOCUMENT_BYTES};
 pub use pack::{
     Distribution, OidcGap, OidcLogin, OidcSource, OidcState, PackError, PackInput, analyze,

@@ -5,11 +5,22 @@
 //! Only the values the OIDC analysis reads are resolved. A pack macro may point at another value that
 //! itself holds macros; resolution stops after [`MAX_DEPTH`] levels so that a cycle is reported, not
 //! followed forever.
+//!
+//! Expansion is bounded for hostile input: each referenced value is expanded once per document
+//! (memoised), an expanded value longer than [`MAX_EXPANDED_BYTES`] is refused, and the bytes produced
+//! over the whole document may not exceed [`MAX_EXPANSION_WORK`]. Without these, a few KiB of values
+//! that each refer to the previous one many times expand exponentially.
+
+use std::collections::HashMap;
 
 use serde_norway::Value;
 
 /// How deep macros may refer to values holding further macros.
 pub const MAX_DEPTH: usize = 8;
+/// The longest value a macro expansion may produce, in bytes.
+pub const MAX_EXPANDED_BYTES: usize = 4096;
+/// The most bytes all expansions of one document may produce together.
+pub const MAX_EXPANSION_WORK: usize = 256 * 1024;
 
 /// The facts system macros resolve to, and the name of the pack whose values are being read.
 #[derive(Debug, Clone, Copy)]
@@ -44,94 +55,153 @@ pub(crate) fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-/// Replaces every macro in `text`, reading pack macros from `root`.
-pub(crate) fn resolve(
-    text: &str,
-    root: &Value,
-    ctx: &MacroContext<'_>,
-) -> Result<String, UnresolvedMacro> {
-    resolve_at_depth(text, root, ctx, 0)
+/// Expands macros for one document: remembers what each referenced value expanded to and counts the
+/// bytes produced, so that no document can make expansion expensive.
+pub(crate) struct Expander<'a> {
+    root: &'a Value,
+    ctx: MacroContext<'a>,
+    /// Expansions of referenced values, by dotted path.
+    memo: HashMap<String, Result<String, String>>,
+    /// Bytes produced so far.
+    work: usize,
 }
 
-fn resolve_at_depth(
-    text: &str,
-    root: &Value,
-    ctx: &MacroContext<'_>,
-    depth: usize,
-) -> Result<String, UnresolvedMacro> {
-    if !text.contains("{{") {
-        return Ok(text.to_owned());
+impl<'a> Expander<'a> {
+    pub(crate) fn new(root: &'a Value, ctx: MacroContext<'a>) -> Self {
+        Expander {
+            root,
+            ctx,
+            memo: HashMap::new(),
+            work: 0,
+        }
     }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
+
+    /// Replaces every macro in `text`.
+    pub(crate) fn resolve(&mut self, text: &str) -> Result<String, UnresolvedMacro> {
+        self.resolve_at_depth(text, 0)
+    }
+
+    fn resolve_at_depth(&mut self, text: &str, depth: usize) -> Result<String, UnresolvedMacro> {
+        if !text.contains("{{") {
+            return Ok(text.to_owned());
+        }
+        let mut out = String::with_capacity(text.len().min(MAX_EXPANDED_BYTES));
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else {
+                return Err(UnresolvedMacro {
+                    text: excerpt(&rest[start..]),
+                    why: "`{{` without a closing `}}`".to_owned(),
+                });
+            };
+            let expr = after[..end].trim();
+            let unresolved = |why: String| UnresolvedMacro {
+                text: excerpt(&format!("{{{{ {expr} }}}}")),
+                why,
+            };
+            let value = self.expand(expr, depth).map_err(unresolved)?;
+            out.push_str(&value);
+            self.work = self.work.saturating_add(value.len());
+            if out.len() > MAX_EXPANDED_BYTES {
+                return Err(unresolved(format!(
+                    "expands to more than {MAX_EXPANDED_BYTES} bytes"
+                )));
+            }
+            if self.work > MAX_EXPANSION_WORK {
+                return Err(unresolved(format!(
+                    "the pack's macros expand to more than {MAX_EXPANSION_WORK} bytes in all"
+                )));
+            }
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        if out.len() > MAX_EXPANDED_BYTES {
             return Err(UnresolvedMacro {
-                text: rest[start..].to_owned(),
-                why: "`{{` without a closing `}}`".to_owned(),
+                text: excerpt(text),
+                why: format!("expands to more than {MAX_EXPANDED_BYTES} bytes"),
             });
-        };
-        let expr = after[..end].trim();
-        let value = expand(expr, root, ctx, depth).map_err(|why| UnresolvedMacro {
-            text: format!("{{{{ {expr} }}}}"),
-            why,
-        })?;
-        out.push_str(&value);
-        rest = &after[end + 2..];
+        }
+        Ok(out)
     }
-    out.push_str(rest);
-    Ok(out)
+
+    fn expand(&mut self, expr: &str, depth: usize) -> Result<String, String> {
+        let ctx = self.ctx;
+        let system = |value: Option<&str>, what: &str| {
+            value
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{what} is not set"))
+        };
+        match expr {
+            ".spectro.system.cluster.uid" => {
+                return system(Some(ctx.cluster_uid), "the cluster uid");
+            }
+            ".spectro.system.cluster.name" => {
+                return system(Some(ctx.cluster_name), "the cluster name");
+            }
+            ".spectro.system.reverseproxy.server" => {
+                return system(
+                    ctx.reverse_proxy_server,
+                    "the service's reverse proxy server",
+                );
+            }
+            _ => {}
+        }
+        let Some(reference) = expr.strip_prefix(".spectro.pack.") else {
+            return Err("unknown macro".to_owned());
+        };
+        let Some(path) = reference
+            .strip_prefix(ctx.pack_name)
+            .and_then(|p| p.strip_prefix('.'))
+        else {
+            return Err(format!(
+                "refers to another pack; only `.spectro.pack.{}.…` can be resolved here",
+                ctx.pack_name
+            ));
+        };
+        if depth >= MAX_DEPTH {
+            return Err(format!(
+                "macros nest deeper than {MAX_DEPTH} levels (a cycle?)"
+            ));
+        }
+        if let Some(done) = self.memo.get(path) {
+            return done.clone();
+        }
+        let segments: Vec<&str> = path.split('.').collect();
+        let result = match lookup(self.root, &segments) {
+            None => Err(format!("`{}` is not in the pack values", excerpt(path))),
+            Some(value) => match scalar_text(value) {
+                None => Err(format!("`{}` is not a single value", excerpt(path))),
+                Some(text) => self
+                    .resolve_at_depth(&text, depth + 1)
+                    .map_err(|inner| inner.why),
+            },
+        };
+        // A depth failure depends on where the value was reached from; everything else does not.
+        if !result
+            .as_ref()
+            .is_err_and(|why| why.contains("nest deeper"))
+        {
+            self.memo.insert(path.to_owned(), result.clone());
+        }
+        result
+    }
 }
 
-fn expand(
-    expr: &str,
-    root: &Value,
-    ctx: &MacroContext<'_>,
-    depth: usize,
-) -> Result<String, String> {
-    let system = |value: Option<&str>, what: &str| {
-        value
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| format!("{what} is not set"))
-    };
-    match expr {
-        ".spectro.system.cluster.uid" => return system(Some(ctx.cluster_uid), "the cluster uid"),
-        ".spectro.system.cluster.name" => {
-            return system(Some(ctx.cluster_name), "the cluster name");
-        }
-        ".spectro.system.reverseproxy.server" => {
-            return system(
-                ctx.reverse_proxy_server,
-                "the service's reverse proxy server",
-            );
-        }
-        _ => {}
+/// At most 80 characters of `text`, for messages.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
-    let Some(reference) = expr.strip_prefix(".spectro.pack.") else {
-        return Err("unknown macro".to_owned());
-    };
-    let Some(path) = reference
-        .strip_prefix(ctx.pack_name)
-        .and_then(|p| p.strip_prefix('.'))
-    else {
-        return Err(format!(
-            "refers to another pack; only `.spectro.pack.{}.…` can be resolved here",
-            ctx.pack_name
-        ));
-    };
-    if depth >= MAX_DEPTH {
-        return Err(format!(
-            "macros nest deeper than {MAX_DEPTH} levels (a cycle?)"
-        ));
-    }
-    let segments: Vec<&str> = path.split('.').collect();
-    let value =
-        lookup(root, &segments).ok_or_else(|| format!("`{path}` is not in the pack values"))?;
-    let text = scalar_text(value).ok_or_else(|| format!("`{path}` is not a single value"))?;
-    resolve_at_depth(&text, root, ctx, depth + 1).map_err(|inner| inner.why)
+}
+
+/// Replaces every macro in `text`, reading pack macros from `root` (a fresh expander each call).
+#[cfg(test)]
+fn resolve(text: &str, root: &Value, ctx: &MacroContext<'_>) -> Result<String, UnresolvedMacro> {
+    Expander::new(root, *ctx).resolve(text)
 }
 
 #[cfg(test)]
@@ -168,6 +238,43 @@ mod tests {
         .unwrap();
         let err = resolve("{{ .spectro.pack.kubernetes.a }}", &root, &ctx()).unwrap_err();
         assert!(err.why.contains("deeper"), "{err:?}");
+    }
+
+    /// Thirty references per level, seven levels deep: 30^7 copies without memoisation and caps.
+    #[test]
+    fn an_expansion_bomb_is_refused_quickly() {
+        let mut values = String::from("l0: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'\n");
+        for level in 1..=7 {
+            let refs = format!("{{{{ .spectro.pack.kubernetes.l{} }}}}", level - 1).repeat(30);
+            values.push_str(&format!("l{level}: '{refs}'\n"));
+        }
+        let root: Value = serde_norway::from_str(&values).unwrap();
+        let started = std::time::Instant::now();
+        let err = resolve("{{ .spectro.pack.kubernetes.l7 }}", &root, &ctx()).unwrap_err();
+        assert!(err.why.contains("more than"), "{err:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "refused in {:?}",
+            started.elapsed()
+        );
+        // Many distinct values each within the per-value cap still hit the per-document cap.
+        let mut wide = String::new();
+        for i in 0..200 {
+            wide.push_str(&format!("v{i}: '{}'\n", "y".repeat(3000)));
+        }
+        let refs: String = (0..200)
+            .map(|i| format!("{{{{ .spectro.pack.kubernetes.v{i} }}}}"))
+            .collect();
+        let root: Value = serde_norway::from_str(&wide).unwrap();
+        let mut expander = Expander::new(&root, ctx());
+        let mut refused = false;
+        for chunk in refs.split_inclusive("}}") {
+            if expander.resolve(chunk).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the per-document work cap applies");
     }
 
     #[test]

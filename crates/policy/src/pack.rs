@@ -11,7 +11,7 @@ use std::fmt;
 use serde_norway::Value;
 
 use crate::document::{self, DocumentError};
-use crate::macros::{self, MacroContext};
+use crate::macros::{self, Expander, MacroContext};
 use crate::secret::Secret;
 use crate::tenant::OidcSettings;
 
@@ -262,8 +262,7 @@ enum Field {
 }
 
 struct Reader<'a> {
-    root: &'a Value,
-    ctx: MacroContext<'a>,
+    expander: Expander<'a>,
     gaps: Vec<OidcGap>,
 }
 
@@ -287,7 +286,7 @@ impl Reader<'_> {
     }
 
     fn resolve(&mut self, text: &str, shown: &str) -> Field {
-        match macros::resolve(text, self.root, &self.ctx) {
+        match self.expander.resolve(text) {
             Ok(resolved) if resolved.trim().is_empty() => Field::Missing,
             Ok(resolved) => Field::Value(resolved.trim().to_owned()),
             Err(unresolved) => {
@@ -306,13 +305,15 @@ impl Reader<'_> {
 pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
     let root = document::parse_value(input.values)?;
     let mut reader = Reader {
-        root: &root,
-        ctx: MacroContext {
-            pack_name: input.name,
-            cluster_uid: input.cluster_uid,
-            cluster_name: input.cluster_name,
-            reverse_proxy_server: input.reverse_proxy_server,
-        },
+        expander: Expander::new(
+            &root,
+            MacroContext {
+                pack_name: input.name,
+                cluster_uid: input.cluster_uid,
+                cluster_name: input.cluster_name,
+                reverse_proxy_server: input.reverse_proxy_server,
+            },
+        ),
         gaps: Vec::new(),
     };
 

@@ -1,5 +1,7 @@
 //! How a rendered kubeconfig is stored in the cache: a small JSON envelope whose ETag is checked
-//! against the bytes when it is read back, so a corrupted value is discarded rather than served.
+//! against the bytes when it is read back. (Authenticity comes from sealing, which the cache applies to
+//! everything in Redis; this check only catches our own bugs.) Whether a value carries a credential is
+//! not stored: nothing read back may claim it does not.
 
 use kubeconfig_cache::Cacheable;
 use kubeconfig_render::{AuthKind, Rendered, ServerKind};
@@ -17,7 +19,6 @@ struct Envelope {
     server_kind: String,
     auth_kind: String,
     etag: String,
-    carries_credential: bool,
     yaml: String,
 }
 
@@ -45,7 +46,6 @@ impl Cacheable for CachedAsset {
             server_kind: server_kind(r.server_kind).to_owned(),
             auth_kind: auth_kind(r.auth_kind).to_owned(),
             etag: r.etag.clone(),
-            carries_credential: r.carries_credential,
             yaml: r.yaml.clone(),
         };
         serde_json::to_vec(&envelope).unwrap_or_default()
@@ -68,17 +68,14 @@ impl Cacheable for CachedAsset {
             server_kind,
             auth_kind,
             etag: e.etag,
-            carries_credential: e.carries_credential,
+            // Decided by the server, never by a stored value: assume the worst.
+            carries_credential: true,
         }))
     }
 
     fn weight(&self) -> u32 {
         u32::try_from(self.0.yaml.len() + self.0.file_name.len() + self.0.etag.len() + 64)
             .unwrap_or(u32::MAX)
-    }
-
-    fn carries_secret(&self) -> bool {
-        self.0.carries_credential
     }
 }
 
@@ -94,7 +91,7 @@ mod tests {
             file_name: "a.kubeconfig".to_owned(),
             server_kind: ServerKind::Proxy,
             auth_kind: AuthKind::Oidc,
-            carries_credential: false,
+            carries_credential: true,
         })
     }
 

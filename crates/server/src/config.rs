@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use kubeconfig_cache::{RedisTarget, Sealer};
+use kubeconfig_cache::{RedisConfig, RedisTarget, Sealer};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,8 +140,8 @@ pub struct Args {
     /// Deadline of every Redis call; a slower Redis is skipped and the file rendered directly.
     #[arg(long, env = "KUBECONFIGD_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
-    /// File with the AES-256-GCM key(s) sealing cached values in Redis: 64 hex characters per line, the
-    /// first one current. Without it, kubeconfigs carrying a credential never go to Redis.
+    /// File with the AES-256-GCM key(s) sealing every value and invalidation in Redis: 64 hex characters
+    /// per line, the first one current. Required with Redis.
     #[arg(long, env = "KUBECONFIGD_CACHE_KEY_FILE", value_name = "FILE")]
     pub cache_key_file: Option<PathBuf>,
     /// Log format.
@@ -197,13 +197,17 @@ impl std::fmt::Debug for JwtKey {
 /// Cache settings.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    pub redis_ca: Option<Vec<u8>>,
     pub memory_bytes: u64,
     pub ttl: Duration,
-    pub redis: Option<RedisTarget>,
-    pub redis_timeout: Duration,
-    pub sealer: Option<Sealer>,
+    /// The Redis tier, always with its sealer.
+    pub redis: Option<RedisConfig>,
 }
+
+/// Why Redis needs a key, said when one is missing.
+const REDIS_NEEDS_KEY: &str = "required with --redis-url or --redis-cluster: anyone who can write to \
+Redis could otherwise choose the kubeconfigs this service hands out, so every value and invalidation in \
+Redis is sealed and authenticated with this key (AES-256-GCM). Make one with \
+`openssl rand -hex 32 > cache.key` and give every replica the same file";
 
 fn check_redis_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
     if !kubeconfig_cache::remote::is_redis_url(url) {
@@ -407,6 +411,16 @@ impl Config {
                 })?)
             }
         };
+        let redis = match (redis, sealer) {
+            (None, _) => None,
+            (Some(_), None) => return Err(config_error("--cache-key-file", REDIS_NEEDS_KEY)),
+            (Some(target), Some(sealer)) => Some(RedisConfig {
+                target,
+                timeout: *redis_timeout,
+                ca: redis_ca,
+                sealer,
+            }),
+        };
         if cache_ttl.is_zero() {
             return Err(config_error("--cache-ttl", "must be longer than 0s"));
         }
@@ -416,12 +430,9 @@ impl Config {
         Ok(Config {
             tls,
             cache: CacheSettings {
-                redis_ca,
                 memory_bytes: *cache_memory,
                 ttl: *cache_ttl,
                 redis,
-                redis_timeout: *redis_timeout,
-                sealer,
             },
             source,
             rest: !no_rest,
@@ -477,19 +488,37 @@ mod tests {
     }
 
     #[test]
+    fn redis_without_a_key_is_refused_with_the_reason_and_the_remedy() {
+        let args = parse(&["--demo", "--redis-url", "redis://127.0.0.1:6379"]).expect("parses");
+        let err = Config::from_args(&args).unwrap_err();
+        assert_eq!(err.flag, "--cache-key-file");
+        assert!(
+            err.message.contains("anyone who can write to Redis")
+                && err.message.contains("openssl rand -hex 32"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
     fn cache_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("cache.key");
+        std::fs::write(&key, format!("{}\n", "ab".repeat(32))).expect("write");
         let args = parse(&[
             "--demo",
             "--cache-memory",
             "512KiB",
             "--redis-cluster",
             "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+            "--cache-key-file",
+            key.to_str().expect("utf8"),
         ])
         .expect("parses");
         let config = Config::from_args(&args).expect("valid");
         assert_eq!(config.cache.memory_bytes, 512 * 1024);
         assert!(
-            matches!(config.cache.redis, Some(RedisTarget::Cluster(ref nodes)) if nodes.len() == 2)
+            matches!(config.cache.redis, Some(RedisConfig { target: RedisTarget::Cluster(ref nodes), .. }) if nodes.len() == 2)
         );
         let err = parse(&["--demo", "--cache-memory", "lots"])
             .unwrap_err()

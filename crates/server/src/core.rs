@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use kubeconfig_cache::{AssetCache, CacheKey, Tier};
 use kubeconfig_policy::{
     Asset, ClusterFacts, ClusterPermissions, Decision, OidcState, PolicyMode, decide,
+    may_download_admin,
 };
 use kubeconfig_render::{FORMAT_VERSION, Request};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,7 +17,7 @@ use crate::cached::CachedAsset;
 use crate::error::{CoreError, ErrorKind};
 use crate::inventory::Snapshot;
 use crate::metrics::Metrics;
-use crate::record::{Availability, ClusterEntry};
+use crate::record::{Availability, ClusterEntry, ProblemCode};
 
 /// The default and largest page sizes of `ListClusters`.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -74,7 +75,8 @@ pub struct AccessReport {
     pub admin_kubeconfig: AssetAccess,
     /// `None` when the cluster is unavailable (its pack could not be analysed).
     pub oidc: Option<OidcState>,
-    /// The cluster's problems plus any tenant file problem.
+    /// The cluster's problems plus any tenant file problem: in detail for callers who may download the
+    /// admin kubeconfig, as stable codes (e.g. `EDIT_NOT_APPLIED`) for everyone else.
     pub problems: Vec<String>,
 }
 
@@ -111,11 +113,17 @@ pub fn check_uid(uid: &str) -> Result<(), CoreError> {
     }
 }
 
-fn unavailable(cluster: &ClusterEntry, reason: &str) -> CoreError {
-    CoreError::new(
-        ErrorKind::Unavailable,
-        format!("cluster {} is unavailable: {reason}", cluster.name),
-    )
+/// Why a cluster is unavailable, as told to this caller: the reason (file, field) only to those who may
+/// download the admin kubeconfig; the logs always have it.
+fn unavailable_message(cluster: &ClusterEntry, reason: &str, detailed: bool) -> String {
+    if detailed {
+        format!("cluster {} is unavailable: {reason}", cluster.name)
+    } else {
+        format!(
+            "cluster {} is unavailable: its record cannot be used (CLUSTER_UNAVAILABLE); an administrator of the cluster can see why",
+            cluster.name
+        )
+    }
 }
 
 impl Core {
@@ -256,7 +264,11 @@ impl Core {
             Availability::Ready(prepared) => prepared,
             Availability::Unavailable(reason) => {
                 span.record("kubeconfig.decision", "unavailable");
-                return Err(unavailable(cluster, reason));
+                let detailed = may_download_admin(snapshot.tenant.policy(), permissions);
+                return Err(CoreError::new(
+                    ErrorKind::Unavailable,
+                    unavailable_message(cluster, reason, detailed),
+                ));
             }
         };
         let facts = ClusterFacts {
@@ -303,9 +315,24 @@ impl Core {
         permissions: ClusterPermissions,
     ) -> AccessReport {
         let policy = snapshot.tenant.policy();
-        let mut problems = cluster.problems.clone();
+        let detailed = may_download_admin(policy, permissions);
+        let mut problems: Vec<String> = cluster
+            .problems
+            .iter()
+            .map(|p| {
+                if detailed {
+                    p.detail.clone()
+                } else {
+                    p.code.as_str().to_owned()
+                }
+            })
+            .collect();
         if let Some(problem) = &snapshot.tenant_problem {
-            problems.push(format!("the tenant file's latest edit was not applied; the previous version is served: {problem}"));
+            problems.push(if detailed {
+                format!("the tenant file's latest edit was not applied; the previous version is served: {problem}")
+            } else {
+                ProblemCode::TenantEditNotApplied.as_str().to_owned()
+            });
         }
         let (kubeconfig, admin_kubeconfig, oidc) = match &cluster.availability {
             Availability::Ready(prepared) => {
@@ -325,8 +352,8 @@ impl Core {
             Availability::Unavailable(reason) => {
                 let access = AssetAccess {
                     allowed: false,
-                    reason: "CLUSTER_UNAVAILABLE".to_owned(),
-                    message: format!("cluster {} is unavailable: {reason}", cluster.name),
+                    reason: ProblemCode::ClusterUnavailable.as_str().to_owned(),
+                    message: unavailable_message(cluster, reason, detailed),
                 };
                 (access.clone(), access, None)
             }

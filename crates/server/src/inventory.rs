@@ -15,7 +15,7 @@ use kubeconfig_policy::{ApiKeyHash, Tenant};
 use sha2::{Digest, Sha256};
 
 use crate::demo;
-use crate::record::{self, ClusterEntry, Record};
+use crate::record::{self, ClusterEntry, Problem, ProblemCode, Record};
 
 /// One consistent view of the tenant and the clusters, swapped atomically on reload.
 #[derive(Debug)]
@@ -60,6 +60,10 @@ pub struct Inventory {
     tenant: Option<(Arc<Tenant>, [u8; 32])>,
     tenant_problem: Option<String>,
     slots: BTreeMap<PathBuf, Slot>,
+    /// The file each uid was served from in the last snapshot: on a uid conflict it keeps serving.
+    owners: BTreeMap<String, PathBuf>,
+    /// The uid conflicts reported so far (each is reported once, when it appears).
+    conflicts: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -103,6 +107,8 @@ impl Inventory {
             tenant: None,
             tenant_problem: None,
             slots: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            conflicts: std::collections::BTreeSet::new(),
         };
         let (snapshot, report) = inventory.reload();
         match snapshot {
@@ -169,7 +175,14 @@ impl Inventory {
                 files
                     .into_iter()
                     .map(|p| {
-                        let text = read_limited(&p);
+                        // A cluster file may be a symlink (ConfigMap volumes), but not one that leads
+                        // out of the inventory directory.
+                        let text = match p.file_name() {
+                            Some(name) => crate::files::confine(inventory, Path::new(name))
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                                .and_then(|resolved| read_limited(&resolved)),
+                            None => Err(std::io::Error::other("no file name")),
+                        };
                         (p, text)
                     })
                     .collect()
@@ -233,9 +246,17 @@ impl Inventory {
             let text = match text {
                 Ok(text) => text,
                 Err(e) => {
-                    // Unreadable right now (e.g. mid-rename): keep what we had.
-                    if let Some(slot) = self.slots.get_mut(&path) {
-                        slot.problem = Some(located(&path, None, &e.to_string()));
+                    // Unreadable right now (e.g. mid-rename, or refused): keep what we had, and say so
+                    // once.
+                    let problem = located(&path, None, &e.to_string());
+                    let slot = self.slots.entry(path.clone()).or_insert(Slot {
+                        fingerprint: [0; 32],
+                        good: None,
+                        problem: None,
+                    });
+                    if slot.problem.as_ref() != Some(&problem) {
+                        report.failures.push(problem.clone());
+                        slot.problem = Some(problem);
                     }
                     continue;
                 }
@@ -297,36 +318,7 @@ impl Inventory {
             }
         }
 
-        let mut clusters: BTreeMap<String, Arc<ClusterEntry>> = BTreeMap::new();
-        let mut file_problems = Vec::new();
-        for (path, slot) in &self.slots {
-            match &slot.good {
-                None => {
-                    if let Some(problem) = &slot.problem {
-                        file_problems.push(problem.clone());
-                    }
-                }
-                Some((record, entry)) => {
-                    if let Some(existing) = clusters.get(&record.uid) {
-                        file_problems.push(format!(
-                            "{}: uid {} is already used by {}; this file is ignored",
-                            path.display(),
-                            record.uid,
-                            existing.file.display()
-                        ));
-                        continue;
-                    }
-                    let mut entry = entry.clone();
-                    if let Some(problem) = &slot.problem {
-                        entry.problems.push(format!("the latest edit was not applied; the previous version is served: {problem}"));
-                    }
-                    if let record::Availability::Unavailable(reason) = &entry.availability {
-                        entry.problems.push(reason.clone());
-                    }
-                    clusters.insert(record.uid.clone(), Arc::new(entry));
-                }
-            }
-        }
+        let (clusters, file_problems) = self.assemble(&mut report);
         let api_keys = tenant
             .users()
             .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.email.clone())))
@@ -340,16 +332,113 @@ impl Inventory {
         };
         (Some(snapshot), report)
     }
+
+    /// The served clusters from the slots. A uid claimed by more than one file is never taken over
+    /// silently: the file that served it before keeps serving and the others are refused and reported;
+    /// with no such file (at start, or both new) every claimant is refused and the cluster is
+    /// unavailable with a reason naming the files.
+    fn assemble(
+        &mut self,
+        report: &mut ReloadReport,
+    ) -> (BTreeMap<String, Arc<ClusterEntry>>, Vec<String>) {
+        let mut file_problems = Vec::new();
+        let mut claimants: BTreeMap<&str, Vec<(&PathBuf, &Slot)>> = BTreeMap::new();
+        for (path, slot) in &self.slots {
+            match &slot.good {
+                None => file_problems.extend(slot.problem.clone()),
+                Some((record, _)) => claimants.entry(&record.uid).or_default().push((path, slot)),
+            }
+        }
+        let mut clusters: BTreeMap<String, Arc<ClusterEntry>> = BTreeMap::new();
+        let mut owners = BTreeMap::new();
+        let mut conflicts = std::collections::BTreeSet::new();
+        for (uid, files) in claimants {
+            let served = |path: &PathBuf, slot: &Slot| {
+                let (_, entry) = slot.good.as_ref()?;
+                let mut entry = entry.clone();
+                if let Some(problem) = &slot.problem {
+                    entry.problems.push(Problem::new(
+                        ProblemCode::EditNotApplied,
+                        format!("the latest edit was not applied; the previous version is served: {problem}"),
+                    ));
+                }
+                if let record::Availability::Unavailable(reason) = &entry.availability {
+                    entry.problems.push(Problem::new(
+                        ProblemCode::ClusterUnavailable,
+                        reason.clone(),
+                    ));
+                }
+                entry.file = path.clone();
+                Some(entry)
+            };
+            let entry = if let [(path, slot)] = files.as_slice() {
+                served(path, slot)
+            } else {
+                let names: Vec<String> =
+                    files.iter().map(|(p, _)| p.display().to_string()).collect();
+                let owner = self
+                    .owners
+                    .get(uid)
+                    .and_then(|owner| files.iter().find(|(p, _)| *p == owner));
+                match owner {
+                    Some((owner_path, owner_slot)) => {
+                        let mut entry = served(owner_path, owner_slot);
+                        for (path, _) in files.iter().filter(|(p, _)| p != owner_path) {
+                            let problem = format!(
+                                "{}: uid {uid} is already served from {}; this file is refused until one of them changes its uid",
+                                path.display(),
+                                owner_path.display()
+                            );
+                            if let Some(entry) = entry.as_mut() {
+                                entry
+                                    .problems
+                                    .push(Problem::new(ProblemCode::UidConflict, problem.clone()));
+                            }
+                            file_problems.push(problem.clone());
+                            conflicts.insert(problem);
+                        }
+                        entry
+                    }
+                    None => {
+                        let problem = format!(
+                            "uid {uid} is claimed by more than one file ({}); none of them is served until the uid is unique",
+                            names.join(", ")
+                        );
+                        file_problems.push(problem.clone());
+                        conflicts.insert(problem.clone());
+                        let (path, slot) = files[0];
+                        served(path, slot).map(|mut entry| {
+                            entry.availability = record::Availability::Unavailable(problem.clone());
+                            entry.problems = vec![Problem::new(ProblemCode::UidConflict, problem)];
+                            entry
+                        })
+                    }
+                }
+            };
+            if let Some(entry) = entry {
+                if entry.is_ready() || files.len() == 1 {
+                    owners.insert(uid.to_owned(), entry.file.clone());
+                }
+                clusters.insert(uid.to_owned(), Arc::new(entry));
+            }
+        }
+        for conflict in &conflicts {
+            if !self.conflicts.contains(conflict) {
+                report.failures.push(conflict.clone());
+                report.changed = true;
+            }
+        }
+        self.conflicts = conflicts;
+        self.owners = owners;
+        (clusters, file_problems)
+    }
 }
 
-/// Reads a file of at most 1 MiB (larger files are refused before they are read whole).
+/// Reads a tenant or cluster file: a regular file of at most 1 MiB, never blocking on a special file.
 fn read_limited(path: &Path) -> std::io::Result<String> {
-    let len = std::fs::metadata(path)?.len();
-    let limit = kubeconfig_policy::MAX_DOCUMENT_BYTES as u64;
-    if len > limit {
-        return Err(std::io::Error::other(format!(
-            "file is {len} bytes; the limit is {limit} bytes"
-        )));
-    }
-    std::fs::read_to_string(path)
+    crate::files::read_text(path, kubeconfig_policy::MAX_DOCUMENT_BYTES as u64).map_err(|e| match e
+    {
+        crate::files::FileError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    })
 }

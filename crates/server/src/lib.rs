@@ -22,6 +22,7 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod error;
+pub mod files;
 pub mod grpc;
 pub mod inventory;
 pub mod metrics;
@@ -112,9 +113,6 @@ pub async fn run(
             memory_bytes: config.cache.memory_bytes,
             ttl: config.cache.ttl,
             redis: config.cache.redis.clone(),
-            redis_timeout: config.cache.redis_timeout,
-            redis_ca: config.cache.redis_ca.clone(),
-            sealer: config.cache.sealer.clone(),
         });
     let core = Arc::new(core::Core::new(
         Arc::clone(&store),

@@ -185,6 +185,12 @@ impl Metrics {
             &[(String::new(), cache.invalidations_received)],
         );
         metric(
+            "kubeconfigd_cache_forged_invalidations_total",
+            "counter",
+            "Invalidation messages discarded because they did not authenticate.",
+            &[(String::new(), cache.forged_invalidations)],
+        );
+        metric(
             "kubeconfigd_cache_memory_entries",
             "gauge",
             "Entries in the in-process tier.",

@@ -128,18 +128,8 @@ fn read_referenced(
             "{field}: file references are not allowed here"
         )));
     };
-    let full = base.join(path);
-    let len = std::fs::metadata(&full)
-        .map_err(|e| record_error(format!("{field}: {}: {e}", full.display())))?
-        .len();
-    if len > MAX_REFERENCED_FILE_BYTES {
-        return Err(record_error(format!(
-            "{field}: {} is {len} bytes; the limit is {MAX_REFERENCED_FILE_BYTES}",
-            full.display()
-        )));
-    }
-    let text = std::fs::read_to_string(&full)
-        .map_err(|e| record_error(format!("{field}: {}: {e}", full.display())))?;
+    let text = crate::files::read_confined(base, path, MAX_REFERENCED_FILE_BYTES)
+        .map_err(|e| record_error(format!("{field}: {}: {e}", path.display())))?;
     digest.update(field.as_bytes());
     digest.update(text.as_bytes());
     Ok(text)
@@ -299,8 +289,49 @@ pub struct ClusterEntry {
     /// Hex SHA-256 over everything the rendered bytes depend on: the record, its referenced files and
     /// the tenant settings that affect rendering. Changes whenever the output could.
     pub revision: String,
-    /// Problems to report to callers who can see the cluster (e.g. a broken edit not applied).
-    pub problems: Vec<String>,
+    /// Problems to report: in detail to those who may download the admin kubeconfig, as codes to
+    /// everyone else who can see the cluster.
+    pub problems: Vec<Problem>,
+}
+
+/// What kind of problem a cluster has; the stable code low-privilege callers are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemCode {
+    /// The latest edit of the cluster file was not applied; the previous version is served.
+    EditNotApplied,
+    /// The cluster record is unusable.
+    ClusterUnavailable,
+    /// Another file claims the same uid.
+    UidConflict,
+    /// The latest edit of the tenant file was not applied.
+    TenantEditNotApplied,
+}
+
+impl ProblemCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemCode::EditNotApplied => "EDIT_NOT_APPLIED",
+            ProblemCode::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
+            ProblemCode::UidConflict => "UID_CONFLICT",
+            ProblemCode::TenantEditNotApplied => "TENANT_EDIT_NOT_APPLIED",
+        }
+    }
+}
+
+/// A problem with its detail (file, line, field: only for those allowed to know).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub code: ProblemCode,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Problem {
+            code,
+            detail: detail.into(),
+        }
+    }
 }
 
 impl ClusterEntry {

@@ -41,9 +41,6 @@ fn core() -> Arc<Core> {
             memory_bytes: 1 << 20,
             ttl: std::time::Duration::from_secs(60),
             redis: None,
-            redis_timeout: std::time::Duration::from_millis(50),
-            redis_ca: None,
-            sealer: None,
         });
     Arc::new(Core::new(
         Arc::new(ArcSwap::from_pointee(snapshot)),

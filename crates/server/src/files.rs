@@ -1,0 +1,129 @@
+//! Reading the files the service is told about, safely against a hostile inventory: regular files only
+//! (a FIFO, a device or a directory is refused without blocking), read with a hard size limit that does
+//! not trust the file's reported length, and — for the files a cluster file refers to — confined to the
+//! inventory directory after every symlink is resolved.
+//!
+//! Confinement follows symlinks that stay inside the directory, which is what a Kubernetes Secret or
+//! ConfigMap volume consists of (`ca.crt -> ..data/ca.crt`, `..data -> ..2024_01_01_00_00_00.123`).
+
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Component, Path, PathBuf};
+
+/// Why a file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("not UTF-8 text")]
+    NotText,
+    #[error("an absolute path; references are relative to the inventory directory")]
+    Absolute,
+    #[error("resolves to {0}, outside the inventory directory")]
+    Outside(PathBuf),
+}
+
+/// Reads a regular file of at most `limit` bytes as text. Opening never blocks (a FIFO is refused once
+/// opened, before any read), and at most `limit + 1` bytes are read whatever the file claims.
+pub fn read_text(path: &Path, limit: u64) -> Result<String, FileError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(FileError::NotRegular);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge { limit });
+    }
+    String::from_utf8(bytes).map_err(|_| FileError::NotText)
+}
+
+/// Resolves `reference` (relative, from a cluster file) against the inventory directory `base`, following
+/// symlinks, and refuses anything that ends up outside `base`.
+pub fn confine(base: &Path, reference: &Path) -> Result<PathBuf, FileError> {
+    if reference.is_absolute()
+        || reference
+            .components()
+            .any(|c| matches!(c, Component::Prefix(_)))
+    {
+        return Err(FileError::Absolute);
+    }
+    let base = base.canonicalize()?;
+    let resolved = base.join(reference).canonicalize()?;
+    if resolved.starts_with(&base) && resolved != base {
+        Ok(resolved)
+    } else {
+        Err(FileError::Outside(resolved))
+    }
+}
+
+/// Reads a file a cluster file refers to: confined to `base`, regular, at most `limit` bytes.
+pub fn read_confined(base: &Path, reference: &Path, limit: u64) -> Result<String, FileError> {
+    read_text(&confine(base, reference)?, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confinement_allows_volume_symlinks_and_refuses_escapes() {
+        let outer = tempfile::tempdir().unwrap();
+        let base = outer.path().join("inventory");
+        std::fs::create_dir_all(base.join("..2024_01_01")).unwrap();
+        std::fs::write(base.join("..2024_01_01/ca.crt"), "ca").unwrap();
+        std::os::unix::fs::symlink("..2024_01_01", base.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/ca.crt", base.join("ca.crt")).unwrap();
+        std::fs::write(outer.path().join("secret"), "jwt secret").unwrap();
+        std::os::unix::fs::symlink(outer.path().join("secret"), base.join("escape")).unwrap();
+
+        assert_eq!(
+            read_confined(&base, Path::new("ca.crt"), 100).unwrap(),
+            "ca"
+        );
+        assert!(matches!(
+            read_confined(&base, Path::new("../secret"), 100),
+            Err(FileError::Outside(_))
+        ));
+        assert!(matches!(
+            read_confined(&base, Path::new("escape"), 100),
+            Err(FileError::Outside(_))
+        ));
+        assert!(matches!(
+            read_confined(&base, &outer.path().join("secret"), 100),
+            Err(FileError::Absolute)
+        ));
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(matches!(read_text(&fifo, 100), Err(FileError::NotRegular)));
+        assert!(matches!(
+            read_text(Path::new("/dev/zero"), 100),
+            Err(FileError::NotRegular)
+        ));
+        assert!(matches!(
+            read_text(dir.path(), 100),
+            Err(FileError::NotRegular)
+        ));
+        std::fs::write(dir.path().join("big"), vec![b'a'; 101]).unwrap();
+        assert!(matches!(
+            read_text(&dir.path().join("big"), 100),
+            Err(FileError::TooLarge { limit: 100 })
+        ));
+    }
+}
