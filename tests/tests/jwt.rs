@@ -252,3 +252,89 @@ async fn es256_tokens() {
         (tonic::Code::Unauthenticated, 401)
     );
 }
+
+/// What a hostile or sloppy issuer can try: an unverified email, a Unicode look-alike of a user, a
+/// token valid for a year, and a critical header extension we do not implement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_look_alike_long_lived_and_crit_tokens_are_refused() {
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    // A user whose name has a `k`, which the Kelvin sign (U+212A) folds onto under Unicode rules.
+    let tenant = std::fs::read_to_string(fixture.tenant()).expect("tenant");
+    let tenant = tenant.replacen(
+        "bindings:\n",
+        "bindings:\n  - user: kate@matrix.test\n    role: Cluster Viewer\n    project: platform\n",
+        1,
+    );
+    assert!(tenant.contains("kate@matrix.test"), "the tenant has a bindings list");
+    std::fs::write(fixture.tenant(), tenant).expect("write tenant");
+    let mut args = fixture.args();
+    args.extend(
+        [
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+            "--jwt-hs256-secret-file",
+        ]
+        .map(str::to_owned),
+    );
+    args.push(jwt_file("hs256.secret"));
+    let server = Server::start(&args).await.expect("server");
+    let secret = std::fs::read(jwt_file("hs256.secret")).expect("secret");
+    let key = EncodingKey::from_secret(secret.trim_ascii());
+    let ok = (tonic::Code::Ok, 200);
+    let sign_claims = |overrides| sign(Algorithm::HS256, &key, &claims(overrides));
+
+    assert_eq!(status_of(&server, &sign_claims(json!({"email": "kate@matrix.test"}))).await, ok);
+    assert_eq!(
+        status_of(&server, &sign_claims(json!({"email": "KATE@matrix.test"}))).await,
+        ok,
+        "ASCII case is folded"
+    );
+    assert_eq!(
+        status_of(&server, &sign_claims(json!({"email_verified": true}))).await,
+        ok
+    );
+    // Unverified: the email is ignored, and `sub` ("someone-else") has no access.
+    for verified in [json!(false), json!("false")] {
+        assert_eq!(
+            status_of(&server, &sign_claims(json!({"email_verified": verified}))).await,
+            (tonic::Code::NotFound, 404),
+            "email_verified: {verified}"
+        );
+    }
+    let unauthenticated = (tonic::Code::Unauthenticated, 401);
+    assert_eq!(
+        status_of(&server, &sign_claims(json!({"email": "\u{212A}ate@matrix.test"}))).await,
+        unauthenticated,
+        "Kelvin sign look-alike"
+    );
+    assert_eq!(
+        status_of(
+            &server,
+            &sign_claims(json!({"iat": now() - 10, "exp": now() + 365 * 86400}))
+        )
+        .await,
+        unauthenticated,
+        "a year-long token"
+    );
+    assert_eq!(
+        status_of(
+            &server,
+            &sign_claims(json!({"iat": null, "exp": now() + 2 * 86400}))
+        )
+        .await,
+        unauthenticated,
+        "two days without iat"
+    );
+    let header_json = serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["exp-ext"], "exp-ext": 1});
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header_json.to_string()),
+        URL_SAFE_NO_PAD.encode(claims(json!({})).to_string())
+    );
+    let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256)
+        .expect("sign");
+    let crit = format!("{signing_input}.{signature}");
+    assert_eq!(status_of(&server, &crit).await, unauthenticated, "unknown crit");
+}

@@ -133,7 +133,7 @@ impl Principal {
     /// A principal from a user id (e-mail) and team names; the user id is compared case-insensitively.
     pub fn new(user: &str, teams: impl IntoIterator<Item = String>) -> Self {
         Principal {
-            user: user.to_lowercase(),
+            user: user.to_ascii_lowercase(),
             teams: teams.into_iter().collect(),
         }
     }
@@ -352,7 +352,7 @@ impl Tenant {
                     problems.add(format!("teams[{i}].name"), duplicate)
                 }
                 std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(team.members.iter().map(|m| m.to_lowercase()).collect());
+                    slot.insert(team.members.iter().map(|m| m.to_ascii_lowercase()).collect());
                 }
             }
         }
@@ -360,7 +360,7 @@ impl Tenant {
         let mut users = BTreeMap::new();
         let mut key_owner: BTreeMap<ApiKeyHash, String> = BTreeMap::new();
         for (i, user) in raw.users.into_iter().enumerate() {
-            let email = user.email.trim().to_lowercase();
+            let email = user.email.trim().to_ascii_lowercase();
             if email.is_empty() || !email.contains('@') {
                 problems.add(
                     format!("users[{i}].email"),
@@ -397,7 +397,7 @@ impl Tenant {
             let at = |field: &str| format!("bindings[{i}].{field}");
             let subject = match (binding.user, binding.team) {
                 (Some(user), None) if !user.trim().is_empty() => {
-                    Subject::User(user.trim().to_lowercase())
+                    Subject::User(user.trim().to_ascii_lowercase())
                 }
                 (None, Some(team)) => {
                     if !teams.contains_key(&team) {
@@ -515,7 +515,7 @@ impl Tenant {
 
     /// A listed user by e-mail (case-insensitive).
     pub fn user(&self, email: &str) -> Option<&User> {
-        self.users.get(&email.to_lowercase())
+        self.users.get(&email.to_ascii_lowercase())
     }
 
     /// The bindings, in file order.
@@ -529,7 +529,7 @@ impl Tenant {
         user: &str,
         extra_teams: impl IntoIterator<Item = String>,
     ) -> Principal {
-        let user = user.to_lowercase();
+        let user = user.to_ascii_lowercase();
         let file_teams = self
             .teams
             .iter()

@@ -82,14 +82,44 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     email: Option<String>,
+    /// `false` (or `"false"`, as some providers send it) means the email is not an identity.
+    #[serde(default)]
+    email_verified: Option<serde_json::Value>,
     #[serde(default)]
     groups: Vec<String>,
+    exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
+}
+
+/// Whether the token's JOSE header names critical extensions. We implement none, so RFC 7515
+/// section 4.1.11 requires refusing any token that has them (even an empty list is malformed).
+fn has_crit_header(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(header) = token.split('.').next() else {
+        return true;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return true;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+        Ok(fields) => fields.contains_key("crit"),
+        Err(_) => true,
+    }
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Verifies bearer tokens.
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    max_lifetime_seconds: u64,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -123,18 +153,40 @@ impl JwtVerifier {
         validation.validate_nbf = true;
         validation.required_spec_claims =
             HashSet::from(["exp".to_owned(), "iss".to_owned(), "aud".to_owned()]);
-        Ok(JwtVerifier { key, validation })
+        Ok(JwtVerifier {
+            key,
+            validation,
+            max_lifetime_seconds: config.max_lifetime.as_secs(),
+        })
     }
 
     fn verify(&self, token: &str) -> Option<(String, Vec<String>)> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).ok()?;
-        let user = data
-            .claims
-            .email
-            .filter(|e| !e.is_empty())
-            .or(data.claims.sub)
-            .filter(|s| !s.is_empty())?;
-        Some((user.to_lowercase(), data.claims.groups))
+        if has_crit_header(token) {
+            return None;
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .ok()?
+            .claims;
+        // A token valid for longer than allowed is refused, whether it says when it was issued or not.
+        let lifetime = match claims.iat {
+            Some(iat) => claims.exp.saturating_sub(iat),
+            None => claims.exp.saturating_sub(now_seconds()),
+        };
+        if lifetime > self.max_lifetime_seconds.saturating_add(CLOCK_SKEW_SECONDS) {
+            return None;
+        }
+        let unverified = matches!(
+            &claims.email_verified,
+            Some(serde_json::Value::Bool(false))
+        ) || matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false"));
+        let email = claims.email.filter(|e| !e.is_empty() && !unverified);
+        let user = email.or(claims.sub).filter(|s| !s.is_empty())?;
+        // Identities are ASCII and folded as ASCII: Unicode case folding maps look-alikes such as the
+        // Kelvin sign (U+212A) onto `k`, which would let `\u{212A}ate@…` sign in as `kate@…`.
+        if !user.is_ascii() {
+            return None;
+        }
+        Some((user.to_ascii_lowercase(), claims.groups))
     }
 }
 

@@ -93,6 +93,9 @@ pub struct Args {
     /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer tokens.
     #[arg(long, env = "KUBECONFIGD_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Longest lifetime a bearer token may have (`exp - iat`, or `exp - now` without `iat`).
+    #[arg(long, env = "KUBECONFIGD_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Duration,
     /// Deadline for one call, gRPC or REST.
     #[arg(long, env = "KUBECONFIGD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -167,6 +170,7 @@ pub struct JwtConfig {
     pub issuer: String,
     pub audience: String,
     pub key: JwtKey,
+    pub max_lifetime: Duration,
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -263,6 +267,7 @@ impl Config {
             jwt_audience,
             jwt_hs256_secret_file,
             jwt_public_key_file,
+            jwt_max_lifetime,
             request_timeout,
             max_concurrent_requests,
             shutdown_grace,
@@ -358,10 +363,14 @@ impl Config {
                             "is required when bearer tokens are enabled",
                         )
                     })?;
+                if jwt_max_lifetime.is_zero() {
+                    return Err(config_error("--jwt-max-lifetime", "must be longer than 0s"));
+                }
                 Some(JwtConfig {
                     issuer,
                     audience,
                     key,
+                    max_lifetime: *jwt_max_lifetime,
                 })
             }
         };
