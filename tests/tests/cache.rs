@@ -614,6 +614,8 @@ async fn rediss_with_a_custom_ca() {
             "--demo",
             "--cache-memory",
             "0",
+            "--cache-key-file",
+            &key_file(),
             "--redis-url",
             &redis.url(),
             "--redis-ca-file",
