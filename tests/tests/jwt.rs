@@ -265,7 +265,10 @@ async fn unverified_look_alike_long_lived_and_crit_tokens_are_refused() {
         "bindings:\n  - user: kate@matrix.test\n    role: Cluster Viewer\n    project: platform\n",
         1,
     );
-    assert!(tenant.contains("kate@matrix.test"), "the tenant has a bindings list");
+    assert!(
+        tenant.contains("kate@matrix.test"),
+        "the tenant has a bindings list"
+    );
     std::fs::write(fixture.tenant(), tenant).expect("write tenant");
     let mut args = fixture.args();
     args.extend(
@@ -285,7 +288,10 @@ async fn unverified_look_alike_long_lived_and_crit_tokens_are_refused() {
     let ok = (tonic::Code::Ok, 200);
     let sign_claims = |overrides| sign(Algorithm::HS256, &key, &claims(overrides));
 
-    assert_eq!(status_of(&server, &sign_claims(json!({"email": "kate@matrix.test"}))).await, ok);
+    assert_eq!(
+        status_of(&server, &sign_claims(json!({"email": "kate@matrix.test"}))).await,
+        ok
+    );
     assert_eq!(
         status_of(&server, &sign_claims(json!({"email": "KATE@matrix.test"}))).await,
         ok,
@@ -305,7 +311,11 @@ async fn unverified_look_alike_long_lived_and_crit_tokens_are_refused() {
     }
     let unauthenticated = (tonic::Code::Unauthenticated, 401);
     assert_eq!(
-        status_of(&server, &sign_claims(json!({"email": "\u{212A}ate@matrix.test"}))).await,
+        status_of(
+            &server,
+            &sign_claims(json!({"email": "\u{212A}ate@matrix.test"}))
+        )
+        .await,
         unauthenticated,
         "Kelvin sign look-alike"
     );
@@ -327,14 +337,19 @@ async fn unverified_look_alike_long_lived_and_crit_tokens_are_refused() {
         unauthenticated,
         "two days without iat"
     );
-    let header_json = serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["exp-ext"], "exp-ext": 1});
+    let header_json =
+        serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["exp-ext"], "exp-ext": 1});
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header_json.to_string()),
         URL_SAFE_NO_PAD.encode(claims(json!({})).to_string())
     );
-    let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256)
-        .expect("sign");
+    let signature =
+        jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256).expect("sign");
     let crit = format!("{signing_input}.{signature}");
-    assert_eq!(status_of(&server, &crit).await, unauthenticated, "unknown crit");
+    assert_eq!(
+        status_of(&server, &crit).await,
+        unauthenticated,
+        "unknown crit"
+    );
 }

@@ -352,7 +352,12 @@ impl Tenant {
                     problems.add(format!("teams[{i}].name"), duplicate)
                 }
                 std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(team.members.iter().map(|m| m.to_ascii_lowercase()).collect());
+                    slot.insert(
+                        team.members
+                            .iter()
+                            .map(|m| m.to_ascii_lowercase())
+                            .collect(),
+                    );
                 }
             }
         }

@@ -175,10 +175,8 @@ impl JwtVerifier {
         if lifetime > self.max_lifetime_seconds.saturating_add(CLOCK_SKEW_SECONDS) {
             return None;
         }
-        let unverified = matches!(
-            &claims.email_verified,
-            Some(serde_json::Value::Bool(false))
-        ) || matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false"));
+        let unverified = matches!(&claims.email_verified, Some(serde_json::Value::Bool(false)))
+            || matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false"));
         let email = claims.email.filter(|e| !e.is_empty() && !unverified);
         let user = email.or(claims.sub).filter(|s| !s.is_empty())?;
         // Identities are ASCII and folded as ASCII: Unicode case folding maps look-alikes such as the
