@@ -19,8 +19,8 @@ trap cleanup EXIT
 
 uid=6470a2b1c5e6f1a2b3c4d5e1
 key=demo-viewer-key
-target/release/kubeconfigd --demo --grpc-addr 127.0.0.1:50071 --rest-addr 127.0.0.1:8071 ${KUBECONFIGD_BENCH_FLAGS:-} >"$work/kubeconfigd.log" 2>&1 & pids+=($!)
-for _ in $(seq 100); do curl -sf http://127.0.0.1:8071/healthz >/dev/null && break; sleep 0.1; done
+target/release/kubeconfigd --demo --grpc-addr 127.0.0.1:50071 --rest-addr 127.0.0.1:8071 --admin-addr 127.0.0.1:8073 ${KUBECONFIGD_BENCH_FLAGS:-} >"$work/kubeconfigd.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do curl -sf http://127.0.0.1:8073/readyz >/dev/null && break; sleep 0.1; done
 curl -sf -H "ApiKey: $key" "http://127.0.0.1:8071/v1/spectroclusters/$uid/assets/kubeconfig" >"$work/body.yaml"
 target/release/bare-server --grpc-addr 127.0.0.1:50072 --rest-addr 127.0.0.1:8072 --body "$work/body.yaml" >"$work/bare.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:8072/v1/spectroclusters/$uid/assets/kubeconfig" >/dev/null && break; sleep 0.1; done

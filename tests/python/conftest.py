@@ -40,9 +40,11 @@ class Server:
             args = [*args, "--tls-cert-file", str(TLS / "server.crt"), "--tls-key-file", str(TLS / "server.key")]
         self.grpc_port = free_port()
         self.rest_port = free_port()
+        self.admin_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="kubeconfigd-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [str(binary()), *args, "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--rest-addr", f"127.0.0.1:{self.rest_port}"],
+            [str(binary()), *args, "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--rest-addr", f"127.0.0.1:{self.rest_port}",
+             "--admin-addr", f"127.0.0.1:{self.admin_port}"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -52,7 +54,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"kubeconfigd exited: {self.log_text()}")
             try:
-                with urllib.request.urlopen(f"{self.rest}/healthz", timeout=1, context=self.ssl_context):
+                with urllib.request.urlopen(f"{self.admin}/readyz", timeout=1):
                     break
             except OSError:
                 if time.monotonic() > deadline:
@@ -62,6 +64,10 @@ class Server:
     @property
     def grpc(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def rest(self) -> str:

@@ -52,7 +52,7 @@ def test_a_bad_certificate_file_names_the_flag(tmp_path):
     bad.write_text("not a certificate")
     result = subprocess.run(
         [str(binary()), "--demo", "--tls-cert-file", str(bad), "--tls-key-file", str(TLS / "server.key"),
-         "--grpc-addr", "127.0.0.1:0", "--rest-addr", "127.0.0.1:0"],
+         "--grpc-addr", "127.0.0.1:0", "--rest-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2

@@ -102,11 +102,12 @@ pub struct Server {
     child: Option<Child>,
     pub grpc: SocketAddr,
     pub rest: SocketAddr,
+    pub admin: SocketAddr,
     log: tempfile::NamedTempFile,
 }
 
 impl Server {
-    /// Starts the binary with `args` plus free gRPC and REST ports, and waits until both answer.
+    /// Starts the binary with `args` plus free gRPC, REST and admin ports, and waits until it is ready.
     pub async fn start(args: &[String]) -> anyhow::Result<Server> {
         Self::start_with_env(args, &[]).await
     }
@@ -115,6 +116,7 @@ impl Server {
     pub async fn start_with_env(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let rest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = tempfile::NamedTempFile::new()?;
         let mut command = Command::new(binary()?);
         command
@@ -123,6 +125,8 @@ impl Server {
             .arg(grpc.to_string())
             .arg("--rest-addr")
             .arg(rest.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
             .env("RUST_LOG", "info,redis=error")
             .stdin(Stdio::null())
             .stdout(log.reopen()?)
@@ -135,6 +139,7 @@ impl Server {
             child: Some(child),
             grpc,
             rest,
+            admin,
             log,
         };
         server.wait_ready().await?;
@@ -155,12 +160,12 @@ impl Server {
                     self.log_text()
                 );
             }
-            let rest_ok = client
-                .get(format!("http://{}/healthz", self.rest))
+            let admin_ok = client
+                .get(format!("http://{}/readyz", self.admin))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            if rest_ok && tokio::net::TcpStream::connect(self.grpc).await.is_ok() {
+            if admin_ok && tokio::net::TcpStream::connect(self.grpc).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -181,6 +186,11 @@ impl Server {
     /// `http://127.0.0.1:<grpc port>`.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// `http://127.0.0.1:<admin port>`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
     }
 
     /// `http://127.0.0.1:<rest port>`.
@@ -513,7 +523,7 @@ impl RedisCluster {
 
 /// Reads `/metrics` into (name with labels → value).
 pub async fn metrics(server: &Server) -> anyhow::Result<std::collections::HashMap<String, f64>> {
-    let text = reqwest::get(format!("{}/metrics", server.rest_url()))
+    let text = reqwest::get(format!("{}/metrics", server.admin_url()))
         .await?
         .text()
         .await?;

@@ -76,6 +76,31 @@ pub struct Args {
     /// Do not serve the REST shim.
     #[arg(long, env = "KUBECONFIGD_NO_REST")]
     pub no_rest: bool,
+    /// Admin listen address (plain HTTP): /healthz, /readyz, /metrics and /openapi.json. Served with or
+    /// without --no-rest.
+    #[arg(long, env = "KUBECONFIGD_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
+    pub admin_addr: SocketAddr,
+    /// Connections open at once over the gRPC and REST listeners together; more are closed at accept.
+    #[arg(long, env = "KUBECONFIGD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A connection that sends nothing for this long is closed (HTTP/2 keepalive answers count as traffic).
+    #[arg(long, env = "KUBECONFIGD_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// HTTP/1 request headers must arrive within this time.
+    #[arg(long, env = "KUBECONFIGD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// HTTP/2 keepalive: a PING is sent after this much silence ...
+    #[arg(long, env = "KUBECONFIGD_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    /// ... and the connection is closed when its answer does not come within this time.
+    #[arg(long, env = "KUBECONFIGD_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+    /// A TLS handshake must complete within this time.
+    #[arg(long, env = "KUBECONFIGD_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// TLS handshakes in progress at once; connections beyond are closed at accept.
+    #[arg(long, env = "KUBECONFIGD_MAX_TLS_HANDSHAKES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tls_handshakes: u32,
     /// Required `iss` of bearer tokens.
     #[arg(long, env = "KUBECONFIGD_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -228,6 +253,8 @@ fn check_redis_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
 pub struct Config {
     /// TLS for both listeners, when configured.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// How connections are accepted and kept.
+    pub connections: crate::connections::Limits,
     pub cache: CacheSettings,
     pub source: Source,
     pub rest: bool,
@@ -262,7 +289,15 @@ impl Config {
             demo,
             grpc_addr: _,
             rest_addr: _,
+            admin_addr: _,
             no_rest,
+            max_connections,
+            idle_timeout,
+            header_read_timeout,
+            http2_keepalive_interval,
+            http2_keepalive_timeout,
+            tls_handshake_timeout,
+            max_tls_handshakes,
             jwt_issuer,
             jwt_audience,
             jwt_hs256_secret_file,
@@ -436,8 +471,29 @@ impl Config {
         if redis_timeout.is_zero() {
             return Err(config_error("--redis-timeout", "must be longer than 0s"));
         }
+        for (flag, value) in [
+            ("--idle-timeout", idle_timeout),
+            ("--header-read-timeout", header_read_timeout),
+            ("--http2-keepalive-interval", http2_keepalive_interval),
+            ("--http2-keepalive-timeout", http2_keepalive_timeout),
+            ("--tls-handshake-timeout", tls_handshake_timeout),
+            ("--request-timeout", request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(config_error(flag, "must be longer than 0s"));
+            }
+        }
         Ok(Config {
             tls,
+            connections: crate::connections::Limits {
+                max_connections: *max_connections as usize,
+                idle_timeout: *idle_timeout,
+                header_read_timeout: *header_read_timeout,
+                http2_keepalive_interval: *http2_keepalive_interval,
+                http2_keepalive_timeout: *http2_keepalive_timeout,
+                tls_handshake_timeout: *tls_handshake_timeout,
+                max_tls_handshakes: *max_tls_handshakes as usize,
+            },
             cache: CacheSettings {
                 memory_bytes: *cache_memory,
                 ttl: *cache_ttl,

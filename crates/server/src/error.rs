@@ -18,6 +18,10 @@ pub enum ErrorKind {
     TooManyRequests,
     /// The cluster's record is unusable, or the service is shutting down (503 / UNAVAILABLE).
     Unavailable,
+    /// The call did not complete within `--request-timeout` (504 / DEADLINE_EXCEEDED).
+    Timeout,
+    /// A REST path exists but not for this HTTP method (405; gRPC has no such case).
+    MethodNotAllowed,
     /// A bug or an unexpected failure (500 / INTERNAL); the client gets no detail.
     Internal,
 }
@@ -32,6 +36,8 @@ impl ErrorKind {
             ErrorKind::BadRequest => "BadRequest",
             ErrorKind::TooManyRequests => "TooManyRequests",
             ErrorKind::Unavailable => "ServiceUnavailable",
+            ErrorKind::Timeout => "RequestTimeout",
+            ErrorKind::MethodNotAllowed => "MethodNotAllowed",
             ErrorKind::Internal => "InternalError",
         }
     }

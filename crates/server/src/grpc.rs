@@ -28,6 +28,8 @@ pub fn status(error: &CoreError, request_id: &str) -> Status {
         ErrorKind::BadRequest => Code::InvalidArgument,
         ErrorKind::TooManyRequests => Code::ResourceExhausted,
         ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Timeout => Code::DeadlineExceeded,
+        ErrorKind::MethodNotAllowed => Code::Unimplemented,
         ErrorKind::Internal => Code::Internal,
     };
     let mut metadata = std::collections::HashMap::from([("ref".to_owned(), request_id.to_owned())]);

@@ -13,12 +13,16 @@
 //! - [`cached`]: how rendered kubeconfigs are stored in the cache (`kubeconfig-cache`).
 //! - [`grpc`], [`rest`]: the two edges.
 //! - [`telemetry`], [`metrics`]: logs, traces and counters.
-//! - [`tls`]: serving TLS on both listeners.
+//! - [`tls`]: the TLS server configuration; [`connections`]: accepting and keeping connections within
+//!   limits, and serving HTTP on them; [`admin`]: the admin listener (probes, metrics, OpenAPI).
+//! - [`files`]: reading files safely (regular files only, size-limited, confined to the inventory).
 //! - [`demo`]: the built-in demo data.
 
+pub mod admin;
 pub mod auth;
 pub mod cached;
 pub mod config;
+pub mod connections;
 pub mod core;
 pub mod demo;
 pub mod error;
@@ -40,8 +44,6 @@ use arc_swap::ArcSwap;
 use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_server::KubeconfigServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::config::{Config, MAX_REQUEST_BYTES, Source};
@@ -56,6 +58,8 @@ pub const SERVICE_NAME: &str = "kubeconfig.v1.KubeconfigService";
 pub struct Listeners {
     pub grpc: TcpListener,
     pub rest: Option<TcpListener>,
+    /// Probes, metrics and the OpenAPI document.
+    pub admin: TcpListener,
 }
 
 /// Loads the inventory, serves gRPC (and REST) until `shutdown` completes, then drains in-flight calls.
@@ -167,8 +171,14 @@ pub async fn run(
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
     let grpc_addr = listeners.grpc.local_addr().ok();
+    let limits = config.connections.clone();
+    let slots: connections::Slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let grpc_router = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -177,15 +187,12 @@ pub async fn run(
     let grpc_stop = stopped(stop_rx.clone());
     match config.tls.clone() {
         None => {
-            // Small unary replies must not wait for delayed ACKs: tonic sets TCP_NODELAY only on
-            // listeners it binds itself.
-            let incoming = TcpListenerStream::new(listeners.grpc).map(|stream| {
-                stream.inspect(|s| {
-                    if let Err(error) = s.set_nodelay(true) {
-                        tracing::debug!(%error, "cannot set TCP_NODELAY");
-                    }
-                })
-            });
+            let incoming = connections::stream(connections::accept(
+                listeners.grpc,
+                connections::Plain,
+                &limits,
+                Arc::clone(&slots),
+            ));
             tasks.spawn(async move {
                 grpc_router
                     .serve_with_incoming_shutdown(incoming, grpc_stop)
@@ -194,11 +201,12 @@ pub async fn run(
             });
         }
         Some(tls_config) => {
-            let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::accept(
+            let incoming = connections::stream(connections::accept(
                 listeners.grpc,
-                tls_config,
-            ))
-            .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+                connections::Tls(tokio_rustls::TlsAcceptor::from(tls_config)),
+                &limits,
+                Arc::clone(&slots),
+            ));
             tasks.spawn(async move {
                 grpc_router
                     .serve_with_incoming_shutdown(incoming, grpc_stop)
@@ -207,36 +215,68 @@ pub async fn run(
             });
         }
     }
-    if let (true, Some(listener)) = (config.rest, listeners.rest) {
-        let rest_addr = listener.local_addr().ok();
-        let router = rest::router(Arc::clone(&core));
-        let rest_stop = stopped(stop_rx.clone());
-        match (config.tls.clone(), rest_addr) {
-            (Some(tls_config), Some(local)) => {
-                let listener = tls::RestListener {
-                    connections: tls::accept(listener, tls_config),
-                    local,
-                };
-                tasks.spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(rest_stop)
-                        .await
-                        .context("REST server")
-                });
+    let rest_addr = match (config.rest, listeners.rest) {
+        (true, Some(listener)) => {
+            let rest_addr = listener.local_addr().ok();
+            let router = rest::router(Arc::clone(&core), config.request_timeout);
+            let rest_stop = stopped(stop_rx.clone());
+            let limits = limits.clone();
+            match config.tls.clone() {
+                Some(tls_config) => {
+                    let incoming = connections::accept(
+                        listener,
+                        connections::Tls(tokio_rustls::TlsAcceptor::from(tls_config)),
+                        &limits,
+                        Arc::clone(&slots),
+                    );
+                    tasks.spawn(async move {
+                        connections::serve_http(incoming, router, &limits, rest_stop).await;
+                        anyhow::Ok(())
+                    });
+                }
+                None => {
+                    let incoming = connections::accept(
+                        listener,
+                        connections::Plain,
+                        &limits,
+                        Arc::clone(&slots),
+                    );
+                    tasks.spawn(async move {
+                        connections::serve_http(incoming, router, &limits, rest_stop).await;
+                        anyhow::Ok(())
+                    });
+                }
             }
-            _ => {
-                tasks.spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(rest_stop)
-                        .await
-                        .context("REST server")
-                });
-            }
+            rest_addr
         }
-        tracing::info!(grpc = ?grpc_addr, rest = ?rest_addr, tls = config.tls.is_some(), "serving");
-    } else {
-        tracing::info!(grpc = ?grpc_addr, tls = config.tls.is_some(), "serving (REST disabled)");
+        _ => None,
+    };
+    // The admin listener: probes and scraping, plain HTTP, its own small connection budget so that a
+    // flood of API connections cannot starve the probes.
+    let admin_addr = listeners.admin.local_addr().ok();
+    let (ready_tx, ready_rx) = signal::channel(true);
+    {
+        let router = admin::router(Arc::clone(&core), ready_rx);
+        let admin_limits = limits.clone();
+        let incoming = connections::accept(
+            listeners.admin,
+            connections::Plain,
+            &admin_limits,
+            Arc::new(tokio::sync::Semaphore::new(64)),
+        );
+        let admin_stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            connections::serve_http(incoming, router, &admin_limits, admin_stop).await;
+            anyhow::Ok(())
+        });
     }
+    tracing::info!(
+        grpc = ?grpc_addr,
+        rest = ?rest_addr,
+        admin = ?admin_addr,
+        tls = config.tls.is_some(),
+        "serving"
+    );
 
     let grace = config.shutdown_grace;
     let delay = config.shutdown_delay;
@@ -244,12 +284,13 @@ pub async fn run(
     tokio::select! {
         () = &mut shutdown => {}
         Some(result) = tasks.join_next() => {
-            // A server stopped on its own: that is an error unless it returned cleanly.
+            // A server stopped on its own: that is always an error.
             result.context("server task panicked")??;
             anyhow::bail!("a server stopped unexpectedly");
         }
     }
     tracing::info!(delay = ?delay, "shutting down: health is NOT_SERVING");
+    let _ = ready_tx.send(false);
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
         } else {
             None
         };
-        run(config, Listeners { grpc, rest }, shutdown_signal()).await
+        let admin = tokio::net::TcpListener::bind(args.admin_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--admin-addr {}: {e}", args.admin_addr))?;
+        run(config, Listeners { grpc, rest, admin }, shutdown_signal()).await
     });
     // Flush spans and metrics while the runtime (which carries the exporter's connection) still runs.
     runtime.block_on(async {

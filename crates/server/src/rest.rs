@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +36,8 @@ pub fn error_response(error: &CoreError, request_id: &str) -> Response {
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let body = ErrorBody {
@@ -67,51 +70,90 @@ fn matches_etag(if_none_match: &str, etag: &str) -> bool {
 const KUBECONFIG_ROUTE: &str = "/v1/spectroclusters/{uid}/assets/kubeconfig";
 const ADMIN_ROUTE: &str = "/v1/spectroclusters/{uid}/assets/adminkubeconfig";
 
-/// The REST router over `core`.
-pub fn router(core: Arc<Core>) -> Router {
+/// The REST paths, as routed (the OpenAPI document lists the same; a test keeps them equal).
+pub const ROUTES: [&str; 4] = [
+    KUBECONFIG_ROUTE,
+    ADMIN_ROUTE,
+    "/v1/spectroclusters/{uid}/assets/adminKubeconfig",
+    "/healthz",
+];
+
+/// The REST router over `core`. Every error, including unknown paths, wrong methods, undecodable
+/// paths or queries and calls past `request_timeout`, answers with the `{code, message, ref}` body.
+pub fn router(core: Arc<Core>, request_timeout: std::time::Duration) -> Router {
     Router::new()
         .route(KUBECONFIG_ROUTE, get(kubeconfig))
         .route(ADMIN_ROUTE, get(admin_kubeconfig))
-        .route(
-            "/v1/spectroclusters/{uid}/assets/adminKubeconfig",
-            get(admin_kubeconfig),
-        )
+        .route(ROUTES[2], get(admin_kubeconfig))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(core)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    move |_: tower::BoxError| async move {
+                        let request_id = uuid::Uuid::new_v4().to_string();
+                        error_response(
+                            &CoreError::new(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "the call did not complete within {}",
+                                    humantime::format_duration(request_timeout)
+                                ),
+                            ),
+                            &request_id,
+                        )
+                    },
+                ))
+                .timeout(request_timeout),
+        )
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(State(core): State<Arc<Core>>) -> Response {
-    let body = core.metrics().render(&core.cache_stats());
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        body,
-    )
-        .into_response()
+/// An error answer outside a handler (routing, extraction), with a fresh request id.
+pub fn plain_error(kind: ErrorKind, message: &str) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    error_response(&CoreError::new(kind, message), &request_id)
 }
 
 async fn not_found() -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    error_response(
-        &CoreError::new(ErrorKind::NotFound, "no such path"),
-        &request_id,
-    )
+    plain_error(ErrorKind::NotFound, "no such path")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = plain_error(
+        ErrorKind::MethodNotAllowed,
+        "only GET is served on this path",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+/// The uid from the path, or a `BadRequest` answer when the path does not decode (e.g. bad UTF-8).
+fn path_uid(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
+    path.map(|Path(uid)| uid)
+        .map_err(|_| plain_error(ErrorKind::BadRequest, "the path does not decode as UTF-8"))
 }
 
 async fn kubeconfig(
     State(core): State<Arc<Core>>,
-    Path(uid): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let uid = match path_uid(path) {
+        Ok(uid) => uid,
+        Err(response) => return response,
+    };
+    let Ok(Query(query)) = query else {
+        return plain_error(ErrorKind::BadRequest, "the query string does not decode");
+    };
     let frp = match query.get("frp").map(String::as_str) {
         None | Some("true") => true,
         Some("false") => false,
@@ -142,9 +184,13 @@ async fn kubeconfig(
 
 async fn admin_kubeconfig(
     State(core): State<Arc<Core>>,
-    Path(uid): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let uid = match path_uid(path) {
+        Ok(uid) => uid,
+        Err(response) => return response,
+    };
     serve(
         &core,
         "GetAdminKubeconfig",
