@@ -76,3 +76,20 @@ def test_health_and_reflection_clients(demo):
         responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = [s.name for r in responses for s in r.list_services_response.service]
         assert "kubeconfig.v1.KubeconfigService" in names
+
+
+def test_a_malformed_request_message_is_invalid_argument_without_decoder_internals(demo):
+    with grpc.insecure_channel(demo.grpc) as channel:
+        raw = channel.unary_unary(
+            "/kubeconfig.v1.KubeconfigService/GetKubeconfig",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        # Field 1 (uid, length-delimited) claiming 100 bytes that are not there, then a bad wire type.
+        for payload in (b"\x0a\x64abc", b"\x0f\x01", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"):
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(payload, metadata=key("demo-viewer-key"), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, payload
+            details = caught.value.details()
+            assert "not a valid protobuf message" in details
+            assert "wire type" not in details and "buffer" not in details and "decode" not in details.lower()

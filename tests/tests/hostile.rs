@@ -396,3 +396,323 @@ async fn problem_details_only_for_those_who_may_download_the_admin_kubeconfig() 
         "{body}"
     );
 }
+
+/// Reads until the server closes the connection (EOF or reset); `None` if it is still open at `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt as _;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_idle_and_numerous_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::TcpStream;
+    let args = |extra: &[&str]| {
+        let mut args = vec!["--demo".to_owned()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let server = Server::start(&args(&[
+        "--idle-timeout",
+        "1s",
+        "--header-read-timeout",
+        "1s",
+    ]))
+    .await
+    .expect("server");
+    // Trickled headers on REST: cut at the header-read timeout.
+    let mut trickle = TcpStream::connect(server.rest).await.expect("connect");
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let cut = closed_within(&mut trickle, Duration::from_secs(4)).await;
+    assert!(
+        cut.is_some_and(|t| t >= Duration::from_millis(800)),
+        "{cut:?}"
+    );
+    // Silent connections on both listeners: cut at the idle timeout.
+    for (what, addr) in [("gRPC", server.grpc), ("REST", server.rest)] {
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let cut = closed_within(&mut silent, Duration::from_secs(4)).await;
+        assert!(
+            cut.is_some_and(|t| t >= Duration::from_millis(800)),
+            "{what}: {cut:?}"
+        );
+    }
+    // An HTTP/1 keep-alive connection that goes quiet after a request is cut too.
+    let mut quiet = TcpStream::connect(server.rest).await.expect("connect");
+    quiet
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        closed_within(&mut quiet, Duration::from_secs(4))
+            .await
+            .is_some()
+    );
+    drop(server);
+
+    // The connection cap, shared by the gRPC and REST listeners.
+    let capped = Server::start(&args(&["--max-connections", "3"]))
+        .await
+        .expect("server");
+    let mut held = Vec::new();
+    for addr in [capped.grpc, capped.rest, capped.rest] {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = TcpStream::connect(capped.rest).await.expect("connect");
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(1))
+            .await
+            .is_some(),
+        "the fourth connection is closed at once"
+    );
+    held.pop();
+    let freed = eventually(Duration::from_secs(2), || async {
+        reqwest::Client::new()
+            .get(format!("{}/healthz", capped.rest_url()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(freed, "a closed connection frees its slot");
+    // Probes do not share the API's budget.
+    let ready = reqwest::get(format!("{}/readyz", capped.admin_url()))
+        .await
+        .expect("admin");
+    assert_eq!(ready.status().as_u16(), 200);
+    drop(held);
+    drop(capped);
+
+    // TLS: a client that never completes its handshake is cut, and handshakes in progress are capped.
+    let tls = kubeconfigd_e2e::workspace_root().join("tests/fixtures/tls");
+    let cert = tls.join("server.crt").display().to_string();
+    let key = tls.join("server.key").display().to_string();
+    let secured = Server::start(&args(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-handshake-timeout",
+        "1s",
+        "--max-tls-handshakes",
+        "2",
+    ]))
+    .await
+    .expect("server");
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(TcpStream::connect(secured.rest).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(secured.rest).await.expect("connect");
+    let cut = closed_within(&mut third, Duration::from_millis(700)).await;
+    assert!(cut.is_some(), "a third handshake is refused at once");
+    for stream in &mut stalled {
+        let cut = closed_within(stream, Duration::from_secs(3)).await;
+        assert!(cut.is_some(), "an unfinished handshake is cut");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rest_error_has_the_json_body_and_the_admin_listener_stands_alone() {
+    let server = Server::start(&["--demo".to_owned()]).await.expect("server");
+    let client = reqwest::Client::new();
+    let base = server.rest_url();
+    let cases = [
+        (
+            client.post(format!(
+                "{base}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig"
+            )),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            client.get(format!(
+                "{base}/v1/spectroclusters/%FF%FE/assets/kubeconfig"
+            )),
+            400,
+            "BadRequest",
+        ),
+        (
+            client.get(format!(
+                "{base}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig?frp=%FF"
+            )),
+            400,
+            "BadRequest",
+        ),
+        (
+            client.get(format!("{base}/nowhere")),
+            404,
+            "ResourceNotFound",
+        ),
+        (
+            client.delete(format!("{base}/healthz")),
+            405,
+            "MethodNotAllowed",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let response = request
+            .header("ApiKey", "demo-admin-key")
+            .send()
+            .await
+            .expect("REST");
+        assert_eq!(response.status().as_u16(), status, "{code}");
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().await.expect("body")).expect("a JSON body");
+        assert_eq!(body["code"], code, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty())
+                && body["ref"].as_str().is_some_and(|r| !r.is_empty()),
+            "{body}"
+        );
+    }
+    // Metrics moved off the public port.
+    assert_eq!(
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("REST")
+            .status()
+            .as_u16(),
+        404
+    );
+    drop(server);
+
+    // Without REST, the admin listener still serves probes, metrics and the OpenAPI document.
+    let server = Server::start(&["--demo".to_owned(), "--no-rest".to_owned()])
+        .await
+        .expect("server");
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let response = client
+            .get(format!("{}{path}", server.admin_url()))
+            .send()
+            .await
+            .expect("admin");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+    assert!(
+        tokio::net::TcpStream::connect(server.rest).await.is_err(),
+        "no REST listener"
+    );
+}
+
+/// A Redis stand-in that accepts commands but never answers a read: calls must still end at
+/// `--request-timeout`, on REST as on gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_redis_never_holds_a_call_past_the_request_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let chunk = &buf[..n];
+                    if chunk
+                        .windows(8)
+                        .any(|w| w.eq_ignore_ascii_case(b"GETRANGE"))
+                    {
+                        continue; // never answered
+                    }
+                    // One "+OK" per command in the chunk (each starts with a RESP array header).
+                    let commands = chunk
+                        .split(|b| *b == b'\n')
+                        .filter(|line| line.first() == Some(&b'*'))
+                        .count()
+                        .max(1);
+                    if stream
+                        .write_all(&b"+OK\r\n".repeat(commands))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let key = kubeconfigd_e2e::workspace_root()
+        .join("tests/fixtures/cache.key")
+        .display()
+        .to_string();
+    let server = Server::start(
+        &[
+            "--demo",
+            "--cache-memory",
+            "0",
+            "--redis-url",
+            &format!("redis://127.0.0.1:{port}"),
+            "--cache-key-file",
+            &key,
+            "--redis-timeout",
+            "5s",
+            "--request-timeout",
+            "300ms",
+        ]
+        .map(str::to_owned),
+    )
+    .await
+    .expect("server");
+    let up = eventually(Duration::from_secs(10), || async {
+        kubeconfigd_e2e::metrics(&server)
+            .await
+            .is_ok_and(|m| m.get("kubeconfigd_cache_redis_up").copied() == Some(1.0))
+    })
+    .await;
+    assert!(
+        up,
+        "the stand-in never counted as up:\n{}",
+        server.log_text()
+    );
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig",
+            server.rest_url()
+        ))
+        .header("ApiKey", "demo-viewer-key")
+        .send()
+        .await
+        .expect("REST");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status().as_u16(), 504);
+    let body: serde_json::Value =
+        serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+    assert_eq!(body["code"], "RequestTimeout", "{body}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+
+    let started = Instant::now();
+    let mut client = server.client().await.expect("client");
+    let status = client
+        .get_kubeconfig(kubeconfigd_e2e::with_key(
+            GetKubeconfigRequest {
+                uid: "6470a2b1c5e6f1a2b3c4d5e1".to_owned(),
+                frp: None,
+            },
+            "demo-viewer-key",
+        ))
+        .await
+        .expect_err("timed out");
+    assert_ne!(status.code(), tonic::Code::Ok);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -1,8 +1,8 @@
 //! Generated code for the `kubeconfig.v1` API (see `proto/kubeconfig/v1/kubeconfig.proto`): message
 //! types, the tonic client and server stubs, and the encoded descriptor set for server reflection.
 //!
-//! Nothing here is written by hand; the build script generates it into `OUT_DIR`. It must not depend on
-//! any other workspace crate.
+//! The build script generates everything into `OUT_DIR` except [`codec`], the small codec the
+//! generated service uses. It must not depend on any other workspace crate.
 
 #![allow(
     missing_docs,
@@ -10,6 +10,8 @@
     clippy::all,
     clippy::pedantic
 )]
+
+pub mod codec;
 
 /// `kubeconfig.v1`.
 pub mod kubeconfig {
