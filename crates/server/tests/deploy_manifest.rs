@@ -41,9 +41,27 @@ fn the_example_deployment_uses_flags_that_parse() {
         ports.contains(&u64::from(parsed.rest_addr.port())),
         "REST port exposed"
     );
-    assert_eq!(
-        container["readinessProbe"]["grpc"]["service"],
-        kubeconfigd::SERVICE_NAME
+    assert!(
+        ports.contains(&u64::from(parsed.admin_addr.port())),
+        "admin port exposed"
     );
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let admin_port_name = container["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .find(|p| p["containerPort"].as_u64() == Some(u64::from(parsed.admin_addr.port())))
+        .and_then(|p| p["name"].as_str())
+        .expect("the admin port has a name");
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], admin_port_name, "{probe}");
+    }
+    assert!(
+        documents.iter().any(|d| d["kind"] == "PodDisruptionBudget"),
+        "a PodDisruptionBudget"
+    );
 }

@@ -1,0 +1,94 @@
+"""The example manifests under deploy/kubernetes: valid against the Kubernetes schemas (offline, with
+kubernetes-validate, strict), and every file mounted into a container readable by the user it runs as."""
+
+import pathlib
+import subprocess
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+
+
+def documents():
+    for path in MANIFESTS:
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                yield path, document
+
+
+def pod_specs():
+    for path, document in documents():
+        spec = document.get("spec", {})
+        if document["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield path, document["metadata"]["name"], spec["template"]["spec"]
+        elif document["kind"] == "Pod":
+            yield path, document["metadata"]["name"], spec
+
+
+def test_every_manifest_is_valid_against_the_kubernetes_schemas():
+    assert MANIFESTS
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, MANIFESTS)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def readable(mode, owner_uid, group, uid, groups):
+    if uid == 0:
+        return True
+    if owner_uid == uid and mode & 0o400:
+        return True
+    if group in groups and mode & 0o040:
+        return True
+    return bool(mode & 0o004)
+
+
+def unreadable_mounts(pod):
+    """Files of secret and configMap volumes the containers cannot read, as (container, volume)."""
+    security = pod.get("securityContext", {})
+    fs_group = security.get("fsGroup")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    problems = []
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        context = {**security, **container.get("securityContext", {})}
+        uid = context.get("runAsUser", 0)
+        groups = {context.get("runAsGroup", 0), *security.get("supplementalGroups", [])}
+        if fs_group is not None:
+            groups.add(fs_group)
+        for mount in container.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            source = volume.get("secret") or volume.get("configMap") or volume.get("projected")
+            if source is None:
+                continue
+            mode = source.get("defaultMode", 0o644)
+            # Kubelet writes these files as root; with an fsGroup it hands them to that group and adds
+            # group read (its volume ownership step ORs in r--r-----).
+            group = 0
+            if fs_group is not None:
+                group, mode = fs_group, mode | 0o440
+            if not readable(mode, 0, group, uid, groups):
+                problems.append((container["name"], mount["name"]))
+    return problems
+
+
+def test_the_pod_user_can_read_every_mounted_file():
+    specs = list(pod_specs())
+    assert specs
+    for path, name, pod in specs:
+        assert unreadable_mounts(pod) == [], f"{path.name}: {name}"
+
+
+def test_the_readability_check_catches_a_secret_the_user_cannot_read():
+    pod = {
+        "securityContext": {"runAsUser": 65532},
+        "containers": [{"name": "c", "volumeMounts": [{"name": "s", "mountPath": "/s"}]}],
+        "volumes": [{"name": "s", "secret": {"secretName": "x", "defaultMode": 0o400}}],
+    }
+    assert unreadable_mounts(pod) == [("c", "s")]
+    pod["securityContext"]["fsGroup"] = 1000
+    assert unreadable_mounts(pod) == [("c", "s")], "another group's files"
+    pod["securityContext"]["fsGroup"] = 65532
+    assert unreadable_mounts(pod) == []
