@@ -72,3 +72,50 @@ async fn openapi() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document lists exactly the REST router's paths, each with GET, and every error code
+    /// the edges can answer.
+    #[test]
+    fn the_openapi_document_matches_the_router() {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI).expect("JSON");
+        assert_eq!(document["openapi"], "3.0.3");
+        let mut documented: Vec<&str> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort_unstable();
+        let mut routed = crate::rest::ROUTES.to_vec();
+        routed.sort_unstable();
+        assert_eq!(documented, routed);
+        for route in routed {
+            assert!(document["paths"][route]["get"].is_object(), "{route}");
+        }
+        let codes: Vec<&str> =
+            document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+                .as_array()
+                .expect("codes")
+                .iter()
+                .filter_map(|c| c.as_str())
+                .collect();
+        use crate::error::ErrorKind::*;
+        for kind in [
+            Unauthenticated,
+            Forbidden,
+            NotFound,
+            BadRequest,
+            TooManyRequests,
+            Unavailable,
+            Timeout,
+            MethodNotAllowed,
+            Internal,
+        ] {
+            assert!(codes.contains(&kind.palette_code()), "{kind:?}");
+        }
+    }
+}

@@ -58,7 +58,10 @@ fn the_example_deployment_uses_flags_that_parse() {
         ("livenessProbe", "/healthz"),
     ] {
         assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
-        assert_eq!(container[probe]["httpGet"]["port"], admin_port_name, "{probe}");
+        assert_eq!(
+            container[probe]["httpGet"]["port"], admin_port_name,
+            "{probe}"
+        );
     }
     assert!(
         documents.iter().any(|d| d["kind"] == "PodDisruptionBudget"),
