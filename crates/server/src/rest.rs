@@ -135,10 +135,13 @@ async fn method_not_allowed() -> Response {
     response
 }
 
-/// The uid from the path, or a `BadRequest` answer when the path does not decode (e.g. bad UTF-8).
-fn path_uid(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
-    path.map(|Path(uid)| uid)
-        .map_err(|_| plain_error(ErrorKind::BadRequest, "the path does not decode as UTF-8"))
+/// The uid from the path, or `None` when the path does not decode (e.g. bad UTF-8).
+fn path_uid(path: Result<Path<String>, PathRejection>) -> Option<String> {
+    path.ok().map(|Path(uid)| uid)
+}
+
+fn undecodable_path() -> Response {
+    plain_error(ErrorKind::BadRequest, "the path does not decode as UTF-8")
 }
 
 async fn kubeconfig(
@@ -147,9 +150,8 @@ async fn kubeconfig(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let uid = match path_uid(path) {
-        Ok(uid) => uid,
-        Err(response) => return response,
+    let Some(uid) = path_uid(path) else {
+        return undecodable_path();
     };
     let Ok(Query(query)) = query else {
         return plain_error(ErrorKind::BadRequest, "the query string does not decode");
@@ -187,9 +189,8 @@ async fn admin_kubeconfig(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let uid = match path_uid(path) {
-        Ok(uid) => uid,
-        Err(response) => return response,
+    let Some(uid) = path_uid(path) else {
+        return undecodable_path();
     };
     serve(
         &core,
