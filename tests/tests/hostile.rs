@@ -75,6 +75,23 @@ async fn kubeconfig_ok(server: &Server, uid: &str) -> bool {
         .is_ok()
 }
 
+/// Moves the steady cluster's API server to `host` and says whether that is served within 2 s.
+async fn edit_is_applied(server: &Server, fixture: &Fixture, host: &str) -> bool {
+    let file = fixture.inventory().join(STEADY_FILE);
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        text.replace("https://10.0.0.3:6443", &format!("https://{host}:6443")),
+    )
+    .expect("write");
+    eventually(Duration::from_secs(2), || async {
+        admin_file(server, STEADY)
+            .await
+            .is_ok_and(|y| y.contains(host))
+    })
+    .await
+}
+
 /// Waits until the cluster's problems (as its admin sees them) contain every one of `needles`.
 async fn reported(server: &Server, uid: &str, needles: &[&str]) -> bool {
     eventually(Duration::from_secs(3), || async {
@@ -124,20 +141,8 @@ async fn a_macro_expansion_bomb_makes_one_cluster_unavailable_and_slows_nothing(
     );
     // Everything else is served, and later edits still apply.
     assert!(kubeconfig_ok(&server, STEADY).await);
-    let other = fixture.inventory().join(STEADY_FILE);
-    let text = std::fs::read_to_string(&other).expect("read");
-    std::fs::write(
-        &other,
-        text.replace("https://10.0.0.3:6443", "https://10.0.0.33:6443"),
-    )
-    .expect("write");
     assert!(
-        eventually(Duration::from_secs(2), || async {
-            admin_file(&server, STEADY)
-                .await
-                .is_ok_and(|y| y.contains("10.0.0.33"))
-        })
-        .await,
+        edit_is_applied(&server, &fixture, "10.0.0.33").await,
         "a later edit was not applied:\n{}",
         server.log_text()
     );
@@ -265,20 +270,8 @@ async fn special_files_are_refused_and_never_stall_reloads() {
         tonic::Code::NotFound
     );
     // Reloads go on: an edit elsewhere is applied.
-    let other = inventory.join(STEADY_FILE);
-    let text = std::fs::read_to_string(&other).expect("read");
-    std::fs::write(
-        &other,
-        text.replace("https://10.0.0.3:6443", "https://10.0.0.34:6443"),
-    )
-    .expect("write");
     assert!(
-        eventually(Duration::from_secs(2), || async {
-            admin_file(&server, STEADY)
-                .await
-                .is_ok_and(|y| y.contains("10.0.0.34"))
-        })
-        .await,
+        edit_is_applied(&server, &fixture, "10.0.0.34").await,
         "reloads stalled:\n{}",
         server.log_text()
     );

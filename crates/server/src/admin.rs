@@ -103,18 +103,7 @@ mod tests {
                 .iter()
                 .filter_map(|c| c.as_str())
                 .collect();
-        use crate::error::ErrorKind::*;
-        for kind in [
-            Unauthenticated,
-            Forbidden,
-            NotFound,
-            BadRequest,
-            TooManyRequests,
-            Unavailable,
-            Timeout,
-            MethodNotAllowed,
-            Internal,
-        ] {
+        for kind in ErrorKind::ALL {
             assert!(codes.contains(&kind.palette_code()), "{kind:?}");
         }
     }

@@ -27,6 +27,19 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for documents and tests that must cover them all.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Unauthenticated,
+        ErrorKind::Forbidden,
+        ErrorKind::NotFound,
+        ErrorKind::BadRequest,
+        ErrorKind::TooManyRequests,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::Internal,
+    ];
+
     /// The Palette error code string (domain.md section 7).
     pub fn palette_code(self) -> &'static str {
         match self {
