@@ -1,13 +1,20 @@
 //! The inventory: the tenant file plus one cluster file per cluster, loaded into immutable
 //! [`Snapshot`]s.
 //!
+//! Work is proportional to the change. The first load reads and prepares every file in parallel; after
+//! that, [`Inventory::apply`] re-reads only the cluster files a change touches (an edited, added or
+//! deleted cluster file, or every cluster file that refers to an edited certificate or key file), and
+//! rebuilds only their entries of the served map, a persistent ordered map shared structurally with the
+//! previous snapshot. A tenant edit re-prepares the clusters from the records already parsed. A rescan
+//! (periodic, or after an event that cannot be traced to one file, such as a Kubernetes Secret volume
+//! swapping its `..data` link) costs a `stat` per file and re-reads only files whose metadata changed.
+//!
 //! Reloading keeps the last good version of every file: a broken tenant file keeps the previous tenant
 //! in service, a broken cluster file keeps the previous version of that cluster (and reports the error
-//! on it), and a cluster that never loaded cleanly is served as unavailable with its reason. A deleted
-//! file removes its cluster. A cluster whose file and referenced files are unchanged is not prepared
-//! again (certificate checks are the expensive part) unless the tenant changed.
+//! on it), and a cluster that never loaded cleanly is not served. A deleted file removes its cluster.
+//! Every applied change to a served cluster is returned as a [`ClusterChange`], in order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,26 +22,57 @@ use kubeconfig_policy::{ApiKeyHash, Tenant};
 use sha2::{Digest, Sha256};
 
 use crate::demo;
-use crate::record::{self, ClusterEntry, Problem, ProblemCode, Record};
+use crate::record::{self, Availability, ClusterEntry, Problem, ProblemCode, Record};
+
+/// Clusters by uid, shared structurally between snapshots.
+pub type ClusterMap = imbl::OrdMap<String, Arc<ClusterEntry>>;
+/// Cluster uids by project, for listing a caller's clusters without scanning the fleet.
+pub type ProjectIndex = imbl::OrdMap<String, imbl::OrdSet<String>>;
 
 /// One consistent view of the tenant and the clusters, swapped atomically on reload.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub tenant: Arc<Tenant>,
     /// The clusters by uid.
-    pub clusters: BTreeMap<String, Arc<ClusterEntry>>,
+    pub clusters: ClusterMap,
+    /// The uids of each project's clusters.
+    pub by_project: ProjectIndex,
     /// API key hashes and the user each belongs to.
-    pub api_keys: Vec<(ApiKeyHash, String)>,
+    pub api_keys: Arc<Vec<(ApiKeyHash, String)>>,
     /// A tenant file problem (the last good version is in service), reported with every cluster.
     pub tenant_problem: Option<String>,
-    /// Problems with files that yielded no cluster at all.
-    pub file_problems: Vec<String>,
+    /// How many served clusters are unavailable.
+    pub unavailable: usize,
 }
 
 impl Snapshot {
     /// Clusters that are loaded but cannot be served.
     pub fn unavailable_count(&self) -> usize {
-        self.clusters.values().filter(|c| !c.is_ready()).count()
+        self.unavailable
+    }
+}
+
+/// What happened to one cluster in an applied change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterChange {
+    /// A cluster is served that was not before.
+    Added { uid: String, revision: String },
+    /// The served cluster's rendered output may differ (new revision), or its problems changed.
+    Changed { uid: String, revision: String },
+    /// The cluster became unavailable (its record is unusable); the reason is for admins and logs.
+    Unavailable { uid: String, reason: String },
+    /// The cluster is no longer served.
+    Removed { uid: String },
+}
+
+impl ClusterChange {
+    pub fn uid(&self) -> &str {
+        match self {
+            ClusterChange::Added { uid, .. }
+            | ClusterChange::Changed { uid, .. }
+            | ClusterChange::Unavailable { uid, .. }
+            | ClusterChange::Removed { uid } => uid,
+        }
     }
 }
 
@@ -45,42 +83,58 @@ pub enum Origin {
     Demo,
 }
 
+/// File metadata that changes when a file's content may have: compared by rescans instead of reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+    changed: i64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode: meta.ino(),
+        changed: meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
+    })
+}
+
 struct Slot {
     /// Digest of the file and every file it refers to, as last read.
     fingerprint: [u8; 32],
+    /// Metadata of the file and of the files it refers to, as last read.
+    stamps: Vec<(PathBuf, Option<Stamp>)>,
     /// The last good record and the entry prepared from it.
     good: Option<(Arc<Record>, ClusterEntry)>,
     /// The latest problem with this file, if its latest version was not applied.
     problem: Option<String>,
 }
 
-/// The loader: remembers the last good version of every file between reloads.
-pub struct Inventory {
-    origin: Origin,
-    tenant: Option<(Arc<Tenant>, [u8; 32])>,
-    tenant_problem: Option<String>,
-    slots: BTreeMap<PathBuf, Slot>,
-    /// The file each uid was served from in the last snapshot: on a uid conflict it keeps serving.
-    owners: BTreeMap<String, PathBuf>,
-    /// The uid conflicts reported so far (each is reported once, when it appears).
-    conflicts: std::collections::BTreeSet<String>,
-}
-
-impl std::fmt::Debug for Inventory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inventory")
-            .field("origin", &self.origin)
-            .field("files", &self.slots.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The outcome of one reload, for logs and metrics.
+/// The outcome of one load or change, for logs, metrics and the change feed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
     /// Files (tenant or cluster) whose latest version could not be applied, with the reason.
     pub failures: Vec<String>,
     pub changed: bool,
+    /// Cluster files read and parsed.
+    pub parsed: u64,
+    /// What changed for callers, per cluster, in order.
+    pub changes: Vec<ClusterChange>,
+}
+
+/// What a batch of file events asks the inventory to look at.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The tenant file may have changed.
+    pub tenant: bool,
+    /// Paths under the inventory directory that changed.
+    pub paths: BTreeSet<PathBuf>,
+    /// Compare every file's metadata (events were lost, or cannot be traced to files).
+    pub rescan: bool,
 }
 
 /// Why the first load failed (the service cannot start without a tenant).
@@ -99,6 +153,81 @@ fn located(path: &Path, line: Option<usize>, message: &str) -> String {
     }
 }
 
+/// A cluster file read and prepared, before it is applied.
+struct Parsed {
+    path: PathBuf,
+    stamps: Vec<(PathBuf, Option<Stamp>)>,
+    references: Vec<PathBuf>,
+    /// `None` when the file is gone.
+    outcome: Option<Outcome>,
+}
+
+enum Outcome {
+    /// Could not be read right now (e.g. mid-rename, or refused): keep what we had.
+    Unreadable(String),
+    Broken {
+        fingerprint: [u8; 32],
+        line: Option<usize>,
+        message: String,
+    },
+    Good {
+        fingerprint: [u8; 32],
+        record: Arc<Record>,
+        entry: ClusterEntry,
+    },
+}
+
+/// The loader: remembers the last good version of every file between changes.
+pub struct Inventory {
+    origin: Origin,
+    tenant: Option<(Arc<Tenant>, [u8; 32])>,
+    tenant_problem: Option<String>,
+    api_keys: Arc<Vec<(ApiKeyHash, String)>>,
+    slots: BTreeMap<PathBuf, Slot>,
+    /// Which cluster files refer to each referenced file (joined to the inventory directory).
+    referrers: HashMap<PathBuf, BTreeSet<PathBuf>>,
+    /// The files whose good record claims each uid.
+    claimants: HashMap<String, BTreeSet<PathBuf>>,
+    /// The file each uid is served from: on a uid conflict it keeps serving.
+    owners: HashMap<String, PathBuf>,
+    /// The uid conflicts reported so far, by uid (each is reported once, when it appears).
+    conflicts: HashMap<String, Vec<String>>,
+    clusters: ClusterMap,
+    by_project: ProjectIndex,
+    unavailable: usize,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("origin", &self.origin)
+            .field("files", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `work` over `items` on every core, keeping the order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().max(1));
+    if threads <= 1 {
+        return items.iter().map(work).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 impl Inventory {
     /// Loads everything for the first time. Fails only when the tenant file cannot be used.
     pub fn load(origin: Origin) -> Result<(Self, Snapshot, ReloadReport), LoadError> {
@@ -106,17 +235,36 @@ impl Inventory {
             origin,
             tenant: None,
             tenant_problem: None,
+            api_keys: Arc::new(Vec::new()),
             slots: BTreeMap::new(),
-            owners: BTreeMap::new(),
-            conflicts: std::collections::BTreeSet::new(),
+            referrers: HashMap::new(),
+            claimants: HashMap::new(),
+            owners: HashMap::new(),
+            conflicts: HashMap::new(),
+            clusters: ClusterMap::new(),
+            by_project: ProjectIndex::new(),
+            unavailable: 0,
         };
-        let (snapshot, report) = inventory.reload();
+        let (snapshot, report) = inventory.apply(&Changes {
+            tenant: true,
+            rescan: true,
+            ..Changes::default()
+        });
         match snapshot {
             Some(snapshot) => Ok((inventory, snapshot, report)),
             None => Err(LoadError(inventory.tenant_problem.unwrap_or_else(|| {
                 "the tenant file could not be loaded".to_owned()
             }))),
         }
+    }
+
+    /// Re-reads everything that may have changed (a rescan) and builds a new snapshot.
+    pub fn reload(&mut self) -> (Option<Snapshot>, ReloadReport) {
+        self.apply(&Changes {
+            tenant: true,
+            rescan: true,
+            ..Changes::default()
+        })
     }
 
     fn tenant_path(&self) -> PathBuf {
@@ -133,63 +281,6 @@ impl Inventory {
         }
     }
 
-    /// The cluster files: (path, text or read error), sorted by path.
-    fn read_clusters(&self) -> Vec<(PathBuf, std::io::Result<String>)> {
-        match &self.origin {
-            Origin::Demo => demo::CLUSTERS
-                .iter()
-                .map(|(name, text)| {
-                    (
-                        PathBuf::from(format!("demo/inventory/{name}")),
-                        Ok((*text).to_owned()),
-                    )
-                })
-                .collect(),
-            Origin::Files { inventory, .. } => {
-                let mut files: Vec<PathBuf> = match std::fs::read_dir(inventory) {
-                    Ok(entries) => entries
-                        .filter_map(Result::ok)
-                        .map(|e| e.path())
-                        .filter(|p| {
-                            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                            !name.starts_with('.')
-                                && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                                && p.is_file()
-                        })
-                        .collect(),
-                    Err(e) => {
-                        tracing::warn!(dir = %inventory.display(), error = %e, "cannot list the inventory directory; keeping what is loaded");
-                        return self
-                            .slots
-                            .keys()
-                            .map(|p| {
-                                (
-                                    p.clone(),
-                                    Err(std::io::Error::other("inventory directory unreadable")),
-                                )
-                            })
-                            .collect();
-                    }
-                };
-                files.sort();
-                files
-                    .into_iter()
-                    .map(|p| {
-                        // A cluster file may be a symlink (ConfigMap volumes), but not one that leads
-                        // out of the inventory directory.
-                        let text = match p.file_name() {
-                            Some(name) => crate::files::confine(inventory, Path::new(name))
-                                .map_err(|e| std::io::Error::other(e.to_string()))
-                                .and_then(|resolved| read_limited(&resolved)),
-                            None => Err(std::io::Error::other("no file name")),
-                        };
-                        (p, text)
-                    })
-                    .collect()
-            }
-        }
-    }
-
     fn base_dir(&self) -> Option<PathBuf> {
         match &self.origin {
             Origin::Files { inventory, .. } => Some(inventory.clone()),
@@ -197,240 +288,559 @@ impl Inventory {
         }
     }
 
-    /// Re-reads everything and builds a new snapshot (`None` only while no tenant was ever loaded).
-    pub fn reload(&mut self) -> (Option<Snapshot>, ReloadReport) {
+    /// Applies a batch of changes and returns the new snapshot (`None` only while no tenant was ever
+    /// loaded).
+    pub fn apply(&mut self, changes: &Changes) -> (Option<Snapshot>, ReloadReport) {
         let mut report = ReloadReport::default();
-        let tenant_path = self.tenant_path();
-        let mut tenant_changed = false;
-        match self.read_tenant() {
-            Ok(text) => {
-                let text_digest = digest(&text);
-                if self.tenant.as_ref().map(|(_, d)| *d) != Some(text_digest) {
-                    match Tenant::from_yaml(&text) {
-                        Ok(tenant) => {
-                            self.tenant = Some((Arc::new(tenant), text_digest));
-                            self.tenant_problem = None;
-                            tenant_changed = true;
-                        }
-                        Err(e) => {
-                            let problem = located(&tenant_path, e.line(), &e.to_string());
-                            if self.tenant_problem.as_ref() != Some(&problem) {
-                                report.failures.push(problem.clone());
-                            }
-                            self.tenant_problem = Some(problem);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let problem = located(&tenant_path, None, &e.to_string());
-                if self.tenant_problem.as_ref() != Some(&problem) {
-                    report.failures.push(problem.clone());
-                }
-                self.tenant_problem = Some(problem);
-            }
-        }
+        let tenant_changed = changes.tenant && self.check_tenant(&mut report);
         let Some((tenant, _)) = self.tenant.clone() else {
             return (None, report);
         };
         report.changed |= tenant_changed;
 
+        let files = self.files_to_read(changes);
         let base = self.base_dir();
-        let files = self.read_clusters();
-        let present: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
-        let before = self.slots.len();
-        self.slots.retain(|path, _| present.contains(path));
-        report.changed |= self.slots.len() != before;
-
-        for (path, text) in files {
-            let text = match text {
-                Ok(text) => text,
-                Err(e) => {
-                    // Unreadable right now (e.g. mid-rename, or refused): keep what we had, and say so
-                    // once.
-                    let problem = located(&path, None, &e.to_string());
-                    let slot = self.slots.entry(path.clone()).or_insert(Slot {
-                        fingerprint: [0; 32],
-                        good: None,
-                        problem: None,
-                    });
-                    if slot.problem.as_ref() != Some(&problem) {
-                        report.failures.push(problem.clone());
-                        slot.problem = Some(problem);
-                    }
-                    continue;
-                }
-            };
-            // Parsing reads every file the record refers to, so a changed key or certificate file
-            // changes the fingerprint even when the cluster file itself did not change.
-            let parsed = Record::parse(&text, base.as_deref());
-            let fingerprint = match &parsed {
-                Ok(record) => *record.content_digest(),
-                Err(e) => digest(&format!("{text}\0{}", e.message)),
-            };
-            let slot = self.slots.entry(path.clone()).or_insert(Slot {
-                fingerprint: [0; 32],
-                good: None,
-                problem: None,
-            });
-            if slot.fingerprint == fingerprint {
-                if let (true, Some((record, entry))) = (tenant_changed, &mut slot.good) {
-                    *entry = record::prepare(record, &path, &tenant);
-                }
-                continue;
+        let parsed = {
+            let origin = &self.origin;
+            let tenant = &tenant;
+            parallel_map(&files, |path| {
+                read_cluster_file(origin, base.as_deref(), path, tenant)
+            })
+        };
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for parsed in parsed {
+            if parsed
+                .outcome
+                .as_ref()
+                .is_some_and(|o| !matches!(o, Outcome::Unreadable(_)))
+            {
+                report.parsed += 1;
             }
-            slot.fingerprint = fingerprint;
-            report.changed = true;
-            match parsed {
-                Err(e) => {
-                    let problem = located(&path, e.line, &e.message);
-                    report.failures.push(problem.clone());
-                    slot.problem = Some(problem);
-                    if let (true, Some((record, entry))) = (tenant_changed, &mut slot.good) {
-                        *entry = record::prepare(record, &path, &tenant);
-                    }
-                }
-                Ok(record) => {
-                    let entry = record::prepare(&record, &path, &tenant);
-                    let keep_previous = !entry.is_ready()
-                        && slot.good.as_ref().is_some_and(|(old, old_entry)| {
-                            old.uid == record.uid && old_entry.is_ready()
-                        });
-                    if keep_previous {
-                        let reason = match &entry.availability {
-                            record::Availability::Unavailable(reason) => reason.clone(),
-                            record::Availability::Ready(_) => String::new(),
-                        };
-                        let problem = located(&path, None, &reason);
-                        report.failures.push(problem.clone());
-                        slot.problem = Some(problem);
-                        if let (true, Some((old, old_entry))) = (tenant_changed, &mut slot.good) {
-                            *old_entry = record::prepare(old, &path, &tenant);
-                        }
-                    } else {
-                        if let record::Availability::Unavailable(reason) = &entry.availability {
-                            report.failures.push(located(&path, None, reason));
-                        }
-                        slot.good = Some((Arc::new(record), entry));
-                        slot.problem = None;
-                    }
-                }
-            }
+            self.apply_parsed(parsed, &mut report, &mut touched);
         }
-
-        let (clusters, file_problems) = self.assemble(&mut report);
-        let api_keys = tenant
-            .users()
-            .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.email.clone())))
-            .collect();
+        if tenant_changed {
+            self.reprepare_all(&tenant);
+            touched.extend(self.claimants.keys().cloned());
+            touched.extend(self.clusters.keys().cloned());
+        }
+        self.assemble(&touched, &mut report);
+        report.changed |= !report.changes.is_empty();
         let snapshot = Snapshot {
             tenant,
-            clusters,
-            api_keys,
+            clusters: self.clusters.clone(),
+            by_project: self.by_project.clone(),
+            api_keys: Arc::clone(&self.api_keys),
             tenant_problem: self.tenant_problem.clone(),
-            file_problems,
+            unavailable: self.unavailable,
         };
         (Some(snapshot), report)
     }
 
-    /// The served clusters from the slots. A uid claimed by more than one file is never taken over
-    /// silently: the file that served it before keeps serving and the others are refused and reported;
-    /// with no such file (at start, or both new) every claimant is refused and the cluster is
-    /// unavailable with a reason naming the files.
-    fn assemble(
-        &mut self,
-        report: &mut ReloadReport,
-    ) -> (BTreeMap<String, Arc<ClusterEntry>>, Vec<String>) {
-        let mut file_problems = Vec::new();
-        let mut claimants: BTreeMap<&str, Vec<(&PathBuf, &Slot)>> = BTreeMap::new();
-        for (path, slot) in &self.slots {
-            match &slot.good {
-                None => file_problems.extend(slot.problem.clone()),
-                Some((record, _)) => claimants.entry(&record.uid).or_default().push((path, slot)),
-            }
-        }
-        let mut clusters: BTreeMap<String, Arc<ClusterEntry>> = BTreeMap::new();
-        let mut owners = BTreeMap::new();
-        let mut conflicts = std::collections::BTreeSet::new();
-        for (uid, files) in claimants {
-            let served = |path: &PathBuf, slot: &Slot| {
-                let (_, entry) = slot.good.as_ref()?;
-                let mut entry = entry.clone();
-                if let Some(problem) = &slot.problem {
-                    entry.problems.push(Problem::new(
-                        ProblemCode::EditNotApplied,
-                        format!("the latest edit was not applied; the previous version is served: {problem}"),
-                    ));
+    /// Re-reads the tenant file; true when a new version was applied.
+    fn check_tenant(&mut self, report: &mut ReloadReport) -> bool {
+        let tenant_path = self.tenant_path();
+        let problem = match self.read_tenant() {
+            Ok(text) => {
+                let text_digest = digest(&text);
+                if self.tenant.as_ref().map(|(_, d)| *d) == Some(text_digest) {
+                    return false;
                 }
-                if let record::Availability::Unavailable(reason) = &entry.availability {
-                    entry.problems.push(Problem::new(
-                        ProblemCode::ClusterUnavailable,
-                        reason.clone(),
-                    ));
-                }
-                entry.file = path.clone();
-                Some(entry)
-            };
-            let entry = if let [(path, slot)] = files.as_slice() {
-                served(path, slot)
-            } else {
-                let names: Vec<String> =
-                    files.iter().map(|(p, _)| p.display().to_string()).collect();
-                let owner = self
-                    .owners
-                    .get(uid)
-                    .and_then(|owner| files.iter().find(|(p, _)| *p == owner));
-                match owner {
-                    Some((owner_path, owner_slot)) => {
-                        let mut entry = served(owner_path, owner_slot);
-                        for (path, _) in files.iter().filter(|(p, _)| p != owner_path) {
-                            let problem = format!(
-                                "{}: uid {uid} is already served from {}; this file is refused until one of them changes its uid",
-                                path.display(),
-                                owner_path.display()
-                            );
-                            if let Some(entry) = entry.as_mut() {
-                                entry
-                                    .problems
-                                    .push(Problem::new(ProblemCode::UidConflict, problem.clone()));
-                            }
-                            file_problems.push(problem.clone());
-                            conflicts.insert(problem);
-                        }
-                        entry
-                    }
-                    None => {
-                        let problem = format!(
-                            "uid {uid} is claimed by more than one file ({}); none of them is served until the uid is unique",
-                            names.join(", ")
+                match Tenant::from_yaml(&text) {
+                    Ok(tenant) => {
+                        self.api_keys = Arc::new(
+                            tenant
+                                .users()
+                                .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.email.clone())))
+                                .collect(),
                         );
-                        file_problems.push(problem.clone());
-                        conflicts.insert(problem.clone());
-                        let (path, slot) = files[0];
-                        served(path, slot).map(|mut entry| {
-                            entry.availability = record::Availability::Unavailable(problem.clone());
-                            entry.problems = vec![Problem::new(ProblemCode::UidConflict, problem)];
-                            entry
-                        })
+                        self.tenant = Some((Arc::new(tenant), text_digest));
+                        self.tenant_problem = None;
+                        return true;
                     }
+                    Err(e) => located(&tenant_path, e.line(), &e.to_string()),
                 }
-            };
-            if let Some(entry) = entry {
-                if entry.is_ready() || files.len() == 1 {
-                    owners.insert(uid.to_owned(), entry.file.clone());
+            }
+            Err(e) => located(&tenant_path, None, &e.to_string()),
+        };
+        if self.tenant_problem.as_ref() != Some(&problem) {
+            report.failures.push(problem.clone());
+        }
+        self.tenant_problem = Some(problem);
+        false
+    }
+
+    /// The cluster files a batch of changes asks to read: traced through the reference index, or, for a
+    /// rescan, those whose metadata changed, that are new, or that are gone.
+    fn files_to_read(&self, changes: &Changes) -> Vec<PathBuf> {
+        let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut rescan = changes.rescan;
+        if let Origin::Files { inventory, .. } = &self.origin {
+            for path in &changes.paths {
+                let Ok(relative) = path.strip_prefix(inventory) else {
+                    rescan = true;
+                    continue;
+                };
+                let mut components = relative.components();
+                let first = components.next();
+                let hidden_link = relative.components().any(|c| {
+                    c.as_os_str()
+                        .to_str()
+                        .is_some_and(|name| name.starts_with(".."))
+                });
+                if first.is_none() || hidden_link {
+                    // The directory itself, or a Secret/ConfigMap volume swapping its `..data` link.
+                    rescan = true;
+                } else if components.next().is_none() && is_cluster_file_name(relative) {
+                    files.insert(path.clone());
                 }
-                clusters.insert(uid.to_owned(), Arc::new(entry));
+                if let Some(referrers) = self.referrers.get(path) {
+                    files.extend(referrers.iter().cloned());
+                }
             }
         }
-        for conflict in &conflicts {
-            if !self.conflicts.contains(conflict) {
-                report.failures.push(conflict.clone());
+        if rescan {
+            let listed = self.list_cluster_files();
+            for path in &listed {
+                let unchanged = self
+                    .slots
+                    .get(path)
+                    .is_some_and(|slot| slot.stamps.iter().all(|(file, old)| *old == stamp(file)));
+                if !unchanged {
+                    files.insert(path.clone());
+                }
+            }
+            let listed: BTreeSet<&PathBuf> = listed.iter().collect();
+            files.extend(self.slots.keys().filter(|p| !listed.contains(p)).cloned());
+        }
+        files.into_iter().collect()
+    }
+
+    /// The cluster files present now, sorted.
+    fn list_cluster_files(&self) -> Vec<PathBuf> {
+        match &self.origin {
+            Origin::Demo => demo::CLUSTERS
+                .iter()
+                .map(|(name, _)| PathBuf::from(format!("demo/inventory/{name}")))
+                .collect(),
+            Origin::Files { inventory, .. } => match std::fs::read_dir(inventory) {
+                Ok(entries) => {
+                    let mut files: Vec<PathBuf> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.file_name()
+                                .is_some_and(|n| is_cluster_file_name(Path::new(n)))
+                                && p.is_file()
+                        })
+                        .collect();
+                    files.sort();
+                    files
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %inventory.display(), error = %e, "cannot list the inventory directory; keeping what is loaded");
+                    self.slots.keys().cloned().collect()
+                }
+            },
+        }
+    }
+
+    fn apply_parsed(
+        &mut self,
+        parsed: Parsed,
+        report: &mut ReloadReport,
+        touched: &mut BTreeSet<String>,
+    ) {
+        let Parsed {
+            path,
+            stamps,
+            references,
+            outcome,
+        } = parsed;
+        let Some(outcome) = outcome else {
+            // The file is gone: its cluster with it.
+            if let Some(slot) = self.slots.remove(&path) {
+                self.unindex(&path, &slot, touched);
                 report.changed = true;
             }
+            return;
+        };
+        if let Outcome::Unreadable(message) = &outcome {
+            let problem = located(&path, None, message);
+            let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
+                fingerprint: [0; 32],
+                stamps: Vec::new(),
+                good: None,
+                problem: None,
+            });
+            slot.stamps = stamps;
+            if slot.problem.as_ref() != Some(&problem) {
+                report.failures.push(problem.clone());
+                slot.problem = Some(problem);
+                if let Some((record, _)) = &slot.good {
+                    touched.insert(record.uid.clone());
+                }
+            }
+            return;
         }
-        self.conflicts = conflicts;
-        self.owners = owners;
-        (clusters, file_problems)
+        if let Some(slot) = self.slots.get(&path) {
+            for (reference, _) in slot.stamps.iter().skip(1) {
+                if let Some(files) = self.referrers.get_mut(reference) {
+                    files.remove(&path);
+                    if files.is_empty() {
+                        self.referrers.remove(reference);
+                    }
+                }
+            }
+        }
+        for reference in &references {
+            self.referrers
+                .entry(reference.clone())
+                .or_default()
+                .insert(path.clone());
+        }
+        let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
+            fingerprint: [0; 32],
+            stamps: Vec::new(),
+            good: None,
+            problem: None,
+        });
+        let old_uid = slot.good.as_ref().map(|(r, _)| r.uid.clone());
+        slot.stamps = stamps;
+        let fingerprint = match &outcome {
+            Outcome::Broken { fingerprint, .. } | Outcome::Good { fingerprint, .. } => *fingerprint,
+            Outcome::Unreadable(_) => [0; 32],
+        };
+        if slot.fingerprint == fingerprint {
+            return;
+        }
+        slot.fingerprint = fingerprint;
+        report.changed = true;
+        match outcome {
+            Outcome::Unreadable(_) => {}
+            Outcome::Broken { line, message, .. } => {
+                let problem = located(&path, line, &message);
+                report.failures.push(problem.clone());
+                slot.problem = Some(problem);
+            }
+            Outcome::Good { record, entry, .. } => {
+                let keep_previous = !entry.is_ready()
+                    && slot.good.as_ref().is_some_and(|(old, old_entry)| {
+                        old.uid == record.uid && old_entry.is_ready()
+                    });
+                if let Availability::Unavailable(reason) = &entry.availability {
+                    let problem = located(&path, None, reason);
+                    report.failures.push(problem.clone());
+                    if keep_previous {
+                        slot.problem = Some(problem);
+                    }
+                }
+                if !keep_previous {
+                    touched.insert(record.uid.clone());
+                    slot.good = Some((record, entry));
+                    slot.problem = None;
+                }
+            }
+        }
+        let new_uid = slot.good.as_ref().map(|(r, _)| r.uid.clone());
+        touched.extend(old_uid.iter().cloned());
+        touched.extend(new_uid.iter().cloned());
+        if old_uid != new_uid {
+            if let Some(old) = &old_uid
+                && let Some(files) = self.claimants.get_mut(old)
+            {
+                files.remove(&path);
+                if files.is_empty() {
+                    self.claimants.remove(old);
+                }
+            }
+            if let Some(new) = new_uid {
+                self.claimants.entry(new).or_default().insert(path);
+            }
+        }
+    }
+
+    /// Forgets a removed cluster file.
+    fn unindex(&mut self, path: &Path, slot: &Slot, touched: &mut BTreeSet<String>) {
+        for (reference, _) in slot.stamps.iter().skip(1) {
+            if let Some(files) = self.referrers.get_mut(reference) {
+                files.remove(path);
+                if files.is_empty() {
+                    self.referrers.remove(reference);
+                }
+            }
+        }
+        if let Some((record, _)) = &slot.good {
+            touched.insert(record.uid.clone());
+            if let Some(files) = self.claimants.get_mut(&record.uid) {
+                files.remove(path);
+                if files.is_empty() {
+                    self.claimants.remove(&record.uid);
+                }
+            }
+        }
+    }
+
+    /// After a tenant change: prepares every good record again under the new tenant (in parallel).
+    fn reprepare_all(&mut self, tenant: &Arc<Tenant>) {
+        let work: Vec<(PathBuf, Arc<Record>)> = self
+            .slots
+            .iter()
+            .filter_map(|(path, slot)| {
+                slot.good
+                    .as_ref()
+                    .map(|(record, _)| (path.clone(), Arc::clone(record)))
+            })
+            .collect();
+        let prepared = parallel_map(&work, |(path, record)| {
+            record::prepare(record, path, tenant)
+        });
+        for ((path, _), entry) in work.iter().zip(prepared) {
+            if let Some(Slot {
+                good: Some((_, old)),
+                ..
+            }) = self.slots.get_mut(path)
+            {
+                *old = entry;
+            }
+        }
+    }
+
+    /// Rebuilds the served entries of `touched` uids. A uid claimed by more than one file is never taken
+    /// over silently: the file that served it before keeps serving and the others are refused and
+    /// reported; with no such file (at start, or both new) every claimant is refused and the cluster is
+    /// unavailable with a reason naming the files.
+    fn assemble(&mut self, touched: &BTreeSet<String>, report: &mut ReloadReport) {
+        for uid in touched {
+            let files: Vec<PathBuf> = self
+                .claimants
+                .get(uid)
+                .map(|f| f.iter().cloned().collect())
+                .unwrap_or_default();
+            let (entry, conflicts) = self.served_entry(uid, &files);
+            let reported = self.conflicts.remove(uid).unwrap_or_default();
+            for conflict in &conflicts {
+                if !reported.contains(conflict) {
+                    report.failures.push(conflict.clone());
+                }
+            }
+            if !conflicts.is_empty() {
+                self.conflicts.insert(uid.clone(), conflicts);
+            }
+            match &entry {
+                Some(entry) if entry.is_ready() || files.len() == 1 => {
+                    self.owners.insert(uid.clone(), entry.file.clone());
+                }
+                _ => {
+                    self.owners.remove(uid);
+                }
+            }
+            let old = self.clusters.get(uid).cloned();
+            if let Some(old) = &old {
+                self.unavailable -= usize::from(!old.is_ready());
+                if let Some(set) = self.by_project.get_mut(&old.project) {
+                    set.remove(uid);
+                    if set.is_empty() {
+                        self.by_project.remove(&old.project);
+                    }
+                }
+            }
+            let change = match (&old, &entry) {
+                (None, None) => None,
+                (Some(_), None) => Some(ClusterChange::Removed { uid: uid.clone() }),
+                (old, Some(new)) => match &new.availability {
+                    Availability::Unavailable(reason)
+                        if old
+                            .as_ref()
+                            .is_none_or(|o| o.is_ready() || !same_entry(o, new)) =>
+                    {
+                        Some(ClusterChange::Unavailable {
+                            uid: uid.clone(),
+                            reason: reason.clone(),
+                        })
+                    }
+                    Availability::Unavailable(_) => None,
+                    Availability::Ready(_) => match old {
+                        None => Some(ClusterChange::Added {
+                            uid: uid.clone(),
+                            revision: new.revision.clone(),
+                        }),
+                        Some(old) if !same_entry(old, new) => Some(ClusterChange::Changed {
+                            uid: uid.clone(),
+                            revision: new.revision.clone(),
+                        }),
+                        Some(_) => None,
+                    },
+                },
+            };
+            match entry {
+                Some(entry) => {
+                    self.unavailable += usize::from(!entry.is_ready());
+                    self.by_project
+                        .entry(entry.project.clone())
+                        .or_default()
+                        .insert(uid.clone());
+                    self.clusters.insert(uid.clone(), Arc::new(entry));
+                }
+                None => {
+                    self.clusters.remove(uid);
+                }
+            }
+            report.changes.extend(change);
+        }
+    }
+
+    /// The entry to serve for `uid` given the files claiming it, and the conflicts to report.
+    fn served_entry(&self, uid: &str, files: &[PathBuf]) -> (Option<ClusterEntry>, Vec<String>) {
+        let served = |path: &PathBuf| {
+            let slot = self.slots.get(path)?;
+            let (_, entry) = slot.good.as_ref()?;
+            let mut entry = entry.clone();
+            if let Some(problem) = &slot.problem {
+                entry.problems.push(Problem::new(
+                    ProblemCode::EditNotApplied,
+                    format!(
+                        "the latest edit was not applied; the previous version is served: {problem}"
+                    ),
+                ));
+            }
+            if let Availability::Unavailable(reason) = &entry.availability {
+                entry.problems.push(Problem::new(
+                    ProblemCode::ClusterUnavailable,
+                    reason.clone(),
+                ));
+            }
+            entry.file = path.clone();
+            Some(entry)
+        };
+        match files {
+            [] => (None, Vec::new()),
+            [path] => (served(path), Vec::new()),
+            _ => match self.owners.get(uid).filter(|o| files.contains(o)) {
+                Some(owner) => {
+                    let mut entry = served(owner);
+                    let mut conflicts = Vec::new();
+                    for path in files.iter().filter(|p| *p != owner) {
+                        let problem = format!(
+                            "{}: uid {uid} is already served from {}; this file is refused until one of them changes its uid",
+                            path.display(),
+                            owner.display()
+                        );
+                        if let Some(entry) = entry.as_mut() {
+                            entry
+                                .problems
+                                .push(Problem::new(ProblemCode::UidConflict, problem.clone()));
+                        }
+                        conflicts.push(problem);
+                    }
+                    (entry, conflicts)
+                }
+                None => {
+                    let names: Vec<String> =
+                        files.iter().map(|p| p.display().to_string()).collect();
+                    let problem = format!(
+                        "uid {uid} is claimed by more than one file ({}); none of them is served until the uid is unique",
+                        names.join(", ")
+                    );
+                    let entry = served(&files[0]).map(|mut entry| {
+                        entry.availability = Availability::Unavailable(problem.clone());
+                        entry.problems =
+                            vec![Problem::new(ProblemCode::UidConflict, problem.clone())];
+                        entry
+                    });
+                    (entry, vec![problem])
+                }
+            },
+        }
+    }
+}
+
+/// Whether two entries serve the same thing to every caller.
+fn same_entry(a: &ClusterEntry, b: &ClusterEntry) -> bool {
+    a.revision == b.revision
+        && a.project == b.project
+        && a.name == b.name
+        && a.problems == b.problems
+        && a.is_ready() == b.is_ready()
+        && a.proxy_enabled == b.proxy_enabled
+}
+
+/// `*.yaml` / `*.yml`, not hidden.
+fn is_cluster_file_name(name: &Path) -> bool {
+    let name = name.to_str().unwrap_or_default();
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Reads, parses and prepares one cluster file.
+fn read_cluster_file(origin: &Origin, base: Option<&Path>, path: &Path, tenant: &Tenant) -> Parsed {
+    let text = match origin {
+        Origin::Demo => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            match demo::CLUSTERS.iter().find(|(n, _)| *n == name) {
+                Some((_, text)) => Ok((*text).to_owned()),
+                None => {
+                    return Parsed {
+                        path: path.to_owned(),
+                        stamps: Vec::new(),
+                        references: Vec::new(),
+                        outcome: None,
+                    };
+                }
+            }
+        }
+        Origin::Files { inventory, .. } => {
+            if std::fs::symlink_metadata(path).is_err() {
+                return Parsed {
+                    path: path.to_owned(),
+                    stamps: Vec::new(),
+                    references: Vec::new(),
+                    outcome: None,
+                };
+            }
+            // A cluster file may be a symlink (ConfigMap volumes), but not one that leads out of the
+            // inventory directory.
+            match path.file_name() {
+                Some(name) => crate::files::confine(inventory, Path::new(name))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|resolved| read_limited(&resolved)),
+                None => Err(std::io::Error::other("no file name")),
+            }
+        }
+    };
+    let mut stamps = vec![(path.to_owned(), stamp(path))];
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            return Parsed {
+                path: path.to_owned(),
+                stamps,
+                references: Vec::new(),
+                outcome: Some(Outcome::Unreadable(e.to_string())),
+            };
+        }
+    };
+    let mut references = Vec::new();
+    let parsed = Record::parse_with_references(&text, base, &mut references);
+    stamps.extend(references.iter().map(|r| (r.clone(), stamp(r))));
+    let outcome = match parsed {
+        Ok(record) => Outcome::Good {
+            fingerprint: *record.content_digest(),
+            entry: record::prepare(&record, path, tenant),
+            record: Arc::new(record),
+        },
+        Err(e) => Outcome::Broken {
+            fingerprint: digest(&format!("{text}\0{}", e.message)),
+            line: e.line,
+            message: e.message,
+        },
+    };
+    Parsed {
+        path: path.to_owned(),
+        stamps,
+        references,
+        outcome: Some(outcome),
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! - [`config`]: flags and their validation.
 //! - [`inventory`], [`record`]: the tenant file and cluster files, loaded into snapshots.
-//! - [`watch`]: file watching and atomic snapshot swaps.
+//! - [`watch`]: file watching and atomic snapshot swaps; [`feed`]: the per-cluster change feed.
 //! - [`auth`]: API keys and JWT bearer tokens.
 //! - [`core`]: the transport-neutral service core; [`error`]: its one error type.
 //! - [`cached`]: how rendered kubeconfigs are stored in the cache (`kubeconfig-cache`).
@@ -26,6 +26,7 @@ pub mod connections;
 pub mod core;
 pub mod demo;
 pub mod error;
+pub mod feed;
 pub mod files;
 pub mod grpc;
 pub mod inventory;
@@ -49,6 +50,15 @@ use tonic_health::ServingStatus;
 use crate::config::{Config, MAX_REQUEST_BYTES, Source};
 use crate::inventory::{Inventory, Origin};
 use crate::metrics::Metrics;
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The health service name of the API.
 pub const SERVICE_NAME: &str = "kubeconfig.v1.KubeconfigService";
@@ -103,6 +113,7 @@ pub async fn run(
     );
     let metrics = Arc::new(Metrics::default());
     metrics.loaded(&snapshot);
+    metrics.parsed(report.parsed);
     metrics.reload(report.failures.is_empty());
     let store = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -128,6 +139,35 @@ pub async fn run(
 
     let _observers = observe(&core);
 
+    // Changed and removed clusters' cached files are dropped here and, over Redis, on every replica.
+    // (Cache keys carry the revision, so this is memory hygiene, never what keeps bytes fresh.)
+    let feed = Arc::new(feed::Feed::default());
+    let invalidator = {
+        let mut changes = feed.subscribe();
+        let cache = Arc::clone(&cache);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let mut uids = Vec::new();
+                match changes.recv().await {
+                    Ok(event) => uids.push(event.change.uid().to_owned()),
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "cache invalidation fell behind the change feed");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+                while let Ok(event) = changes.try_recv() {
+                    uids.push(event.change.uid().to_owned());
+                }
+                uids.sort_unstable();
+                uids.dedup();
+                cache.invalidate_clusters(&uids);
+            }
+        })
+    };
+    let _invalidator = AbortOnDrop(invalidator);
+
     let _watch = match origin {
         Origin::Files {
             inventory: dir,
@@ -139,7 +179,7 @@ pub async fn run(
                 tenant,
                 Arc::clone(&store),
                 Arc::clone(&metrics),
-                Arc::clone(&cache),
+                Arc::clone(&feed),
             )
             .context("cannot watch the inventory")?,
         ),

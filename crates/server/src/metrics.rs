@@ -55,6 +55,7 @@ pub struct Metrics {
     otel: OtelInstruments,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    files_parsed: AtomicU64,
     clusters_loaded: AtomicU64,
     clusters_unavailable: AtomicU64,
     /// Calls by (edge, method, Palette code or "OK").
@@ -78,6 +79,11 @@ impl Metrics {
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Counts cluster files read and parsed by one load or change.
+    pub fn parsed(&self, files: u64) {
+        self.files_parsed.fetch_add(files, Ordering::Relaxed);
     }
 
     /// Records the cluster counts of a snapshot.
@@ -201,6 +207,12 @@ impl Metrics {
             "gauge",
             "1 when the Redis tier is configured and usable.",
             &[(String::new(), u64::from(cache.redis_up))],
+        );
+        metric(
+            "kubeconfigd_inventory_files_parsed_total",
+            "counter",
+            "Cluster files read and parsed (a change costs the files it touches).",
+            &[(String::new(), self.files_parsed.load(Ordering::Relaxed))],
         );
         metric(
             "kubeconfigd_inventory_reloads_total",

@@ -117,39 +117,47 @@ fn record_error(message: impl Into<String>) -> RecordError {
     }
 }
 
+/// What reading one cluster file accumulates: the digest of everything read, and the files referred to
+/// (as joined to the inventory directory, whether or not they could be read), so that a change to one
+/// of them can be traced back to this cluster file.
+struct Reading<'a> {
+    base: Option<&'a Path>,
+    digest: Sha256,
+    references: &'a mut Vec<PathBuf>,
+}
+
 fn read_referenced(
-    base: Option<&Path>,
+    reading: &mut Reading<'_>,
     field: &str,
     path: &Path,
-    digest: &mut Sha256,
 ) -> Result<String, RecordError> {
-    let Some(base) = base else {
+    let Some(base) = reading.base else {
         return Err(record_error(format!(
             "{field}: file references are not allowed here"
         )));
     };
+    if !path.is_absolute() {
+        reading.references.push(base.join(path));
+    }
     let text = crate::files::read_confined(base, path, MAX_REFERENCED_FILE_BYTES)
         .map_err(|e| record_error(format!("{field}: {}: {e}", path.display())))?;
-    digest.update(field.as_bytes());
-    digest.update(text.as_bytes());
+    reading.digest.update(field.as_bytes());
+    reading.digest.update(text.as_bytes());
     Ok(text)
 }
 
 fn inline_or_file(
-    base: Option<&Path>,
+    reading: &mut Reading<'_>,
     field: &str,
     inline: Option<String>,
     file: Option<PathBuf>,
-    digest: &mut Sha256,
 ) -> Result<Option<String>, RecordError> {
     match (inline, file) {
         (Some(_), Some(_)) => Err(record_error(format!(
             "{field}: give the value inline or `{field}File`, not both"
         ))),
         (Some(value), None) => Ok(Some(value)),
-        (None, Some(path)) => {
-            read_referenced(base, &format!("{field}File"), &path, digest).map(Some)
-        }
+        (None, Some(path)) => read_referenced(reading, &format!("{field}File"), &path).map(Some),
         (None, None) => Ok(None),
     }
 }
@@ -163,12 +171,26 @@ impl Record {
     /// Parses a cluster file. `base` is the directory relative file references resolve against
     /// (`None` forbids file references, as for the built-in demo).
     pub fn parse(text: &str, base: Option<&Path>) -> Result<Self, RecordError> {
+        Self::parse_with_references(text, base, &mut Vec::new())
+    }
+
+    /// Like [`Record::parse`], and collects the files the record refers to into `references` (also
+    /// when parsing fails on one of them).
+    pub fn parse_with_references(
+        text: &str,
+        base: Option<&Path>,
+        references: &mut Vec<PathBuf>,
+    ) -> Result<Self, RecordError> {
         let raw: RawRecord = kubeconfig_policy::document::parse(text).map_err(|e| RecordError {
             line: e.line(),
             message: e.to_string(),
         })?;
-        let mut digest = Sha256::new();
-        digest.update(text.as_bytes());
+        let mut reading = Reading {
+            base,
+            digest: Sha256::new(),
+            references,
+        };
+        reading.digest.update(text.as_bytes());
         if !kubeconfig_render::is_valid_uid(&raw.uid) {
             return Err(record_error(format!(
                 "uid: {:?} must match [a-z0-9-]{{1,64}}",
@@ -179,31 +201,28 @@ impl Record {
             return Err(record_error("project: must not be empty"));
         }
         let certificate_authority = inline_or_file(
-            base,
+            &mut reading,
             "certificateAuthority",
             raw.certificate_authority,
             raw.certificate_authority_file,
-            &mut digest,
         )?
         .ok_or_else(|| {
             record_error("certificateAuthority: required (inline PEM or certificateAuthorityFile)")
         })?;
         let a = raw.admin;
         let certificate = inline_or_file(
-            base,
+            &mut reading,
             "admin.clientCertificate",
             a.client_certificate,
             a.client_certificate_file,
-            &mut digest,
         )?;
         let key = inline_or_file(
-            base,
+            &mut reading,
             "admin.clientKey",
             a.client_key,
             a.client_key_file,
-            &mut digest,
         )?;
-        let token = inline_or_file(base, "admin.token", a.token, a.token_file, &mut digest)?;
+        let token = inline_or_file(&mut reading, "admin.token", a.token, a.token_file)?;
         let admin = match (certificate, key, token) {
             (Some(certificate), Some(key), None) => AdminCredential::ClientCertificate {
                 certificate,
@@ -233,13 +252,8 @@ impl Record {
         };
         let proxy = match raw.spectro_proxy {
             Some(p) if p.enabled => {
-                let token = inline_or_file(
-                    base,
-                    "spectroProxy.token",
-                    p.token,
-                    p.token_file,
-                    &mut digest,
-                )?;
+                let token =
+                    inline_or_file(&mut reading, "spectroProxy.token", p.token, p.token_file)?;
                 Some(ProxyRecord {
                     certificate_authority: p.certificate_authority,
                     token: token.map(|t| Sensitive::new(t.trim())),
@@ -257,7 +271,7 @@ impl Record {
             pack_name: raw.kubernetes_pack.name,
             pack_values: raw.kubernetes_pack.values,
             proxy,
-            content_digest: digest.finalize().into(),
+            content_digest: reading.digest.finalize().into(),
         })
     }
 }

@@ -1,31 +1,35 @@
-//! Watches the inventory directory and the tenant file, and swaps in a new snapshot after each change.
+//! Watches the inventory directory and the tenant file, applies each change to the inventory, swaps in
+//! the new snapshot, and publishes what changed on the [`Feed`].
 //!
-//! Uses the `notify` crate (inotify on Linux). The tenant file's directory is watched rather than the
-//! file itself, so editors that replace files by rename and Kubernetes ConfigMap symlink swaps are seen.
-//! Events are debounced briefly, and a slow periodic rescan backs up any event the OS drops.
+//! Uses the `notify` crate (inotify on Linux). Events carry paths, so a change costs work for the files
+//! it touches only (see [`Inventory::apply`]). The tenant file's directory is watched rather than the
+//! file itself, so editors that replace files by rename and Kubernetes ConfigMap symlink swaps are seen;
+//! the inventory directory's parent is watched too, so a deleted and recreated inventory directory is
+//! watched again at once. Events are coalesced briefly; a periodic rescan (a `stat` per file) backs up
+//! any event the OS drops.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use kubeconfig_cache::AssetCache;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::cached::CachedAsset;
-use crate::inventory::{Inventory, Snapshot};
+use crate::feed::Feed;
+use crate::inventory::{Changes, Inventory, Snapshot};
 use crate::metrics::Metrics;
 
-/// How long to wait for more events after the first one before reloading.
+/// How long to wait for more events after the first one before applying them.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Rescan at least this often even without events.
 const RESCAN: Duration = Duration::from_secs(30);
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchHandle {
-    _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,68 +45,130 @@ impl Drop for WatchHandle {
     }
 }
 
-/// The uids whose rendered output may have changed: revised or removed clusters.
-fn changed_clusters(before: &Snapshot, after: &Snapshot) -> Vec<String> {
-    before
-        .clusters
-        .iter()
-        .filter(|(uid, old)| {
-            after
-                .clusters
-                .get(*uid)
-                .is_none_or(|new| new.revision != old.revision)
-        })
-        .map(|(uid, _)| uid.clone())
-        .collect()
+/// What the watch task needs to know to classify a path.
+struct Places {
+    inventory: PathBuf,
+    tenant: PathBuf,
 }
 
-/// Starts watching `inventory_dir` and `tenant_file`; reloads `inventory` into `store` on change.
+impl Places {
+    fn classify(&self, paths: Vec<PathBuf>, changes: &mut Changes) {
+        for path in paths {
+            if path == self.tenant {
+                changes.tenant = true;
+            }
+            if path.starts_with(&self.inventory) && path != self.inventory {
+                changes.paths.insert(path);
+            } else if path == self.inventory {
+                // The directory itself was created, removed or renamed.
+                changes.rescan = true;
+            } else {
+                // The tenant file, its directory's ConfigMap links, or a neighbour: re-reading the
+                // tenant is cheap (it is compared by digest before it is parsed).
+                changes.tenant = true;
+            }
+        }
+    }
+}
+
+fn tenant_dir(tenant_file: &Path) -> PathBuf {
+    tenant_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Starts watching `inventory_dir` and `tenant_file`; applies changes to `inventory`, swaps the result
+/// into `store` and publishes the changes on `feed`.
 pub fn spawn(
     inventory: Inventory,
     inventory_dir: PathBuf,
     tenant_file: PathBuf,
     store: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
-    cache: Arc<dyn AssetCache<CachedAsset>>,
+    feed: Arc<Feed>,
 ) -> notify::Result<WatchHandle> {
-    let (tx, mut rx) = mpsc::channel::<()>(64);
+    let (tx, mut rx) = mpsc::channel::<Vec<PathBuf>>(1024);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let overflowed = Arc::clone(&overflow);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Our own reads (opening cluster and key files) must not trigger another reload.
-        let relevant = event.is_ok_and(|e| match e.kind {
+        let Ok(event) = event else {
+            overflowed.store(true, Ordering::Relaxed);
+            return;
+        };
+        // Our own reads (opening cluster and key files) must not trigger more work.
+        let relevant = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
             EventKind::Access(_) => false,
             _ => true,
-        });
-        if relevant {
-            // A full channel already holds a pending reload.
-            let _ = tx.try_send(());
+        };
+        if relevant && tx.try_send(event.paths).is_err() {
+            // Too many events to keep: the next pass rescans instead.
+            overflowed.store(true, Ordering::Relaxed);
         }
     })?;
     // Recursive: credentials referenced from subfolders (e.g. `pki/`) are watched too.
     watcher.watch(&inventory_dir, RecursiveMode::Recursive)?;
-    let tenant_dir = tenant_file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    if tenant_dir != inventory_dir {
-        watcher.watch(&tenant_dir, RecursiveMode::NonRecursive)?;
+    let mut watched = BTreeSet::new();
+    for dir in [tenant_dir(&tenant_file), tenant_dir(&inventory_dir)] {
+        if dir != inventory_dir && watched.insert(dir.clone()) {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        }
     }
-    let inventory = Arc::new(std::sync::Mutex::new(inventory));
+    let watcher = Arc::new(Mutex::new(watcher));
+    let places = Places {
+        inventory: inventory_dir.clone(),
+        tenant: tenant_file,
+    };
+    let inventory = Arc::new(Mutex::new(inventory));
     let task = tokio::spawn(async move {
+        let mut inventory_watched = true;
         loop {
-            if let Ok(None) = tokio::time::timeout(RESCAN, rx.recv()).await {
-                return;
+            let mut changes = Changes::default();
+            match tokio::time::timeout(RESCAN, rx.recv()).await {
+                Ok(None) => return,
+                Ok(Some(paths)) => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    places.classify(paths, &mut changes);
+                    while let Ok(paths) = rx.try_recv() {
+                        places.classify(paths, &mut changes);
+                    }
+                }
+                Err(_) => {
+                    changes.tenant = true;
+                    changes.rescan = true;
+                }
             }
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+            changes.rescan |= overflow.swap(false, Ordering::Relaxed);
+            if changes.rescan {
+                // A removed inventory directory loses its watch; watch it again once it is back.
+                let exists = inventory_dir.is_dir();
+                if let Ok(mut watcher) = watcher.lock() {
+                    if exists && !inventory_watched {
+                        let _ = watcher.unwatch(&inventory_dir);
+                    }
+                    if exists {
+                        inventory_watched = watcher
+                            .watch(&inventory_dir, RecursiveMode::Recursive)
+                            .is_ok();
+                    } else {
+                        inventory_watched = false;
+                    }
+                }
+                if !exists {
+                    // Keep serving what is loaded until the directory is back.
+                    tracing::warn!(dir = %inventory_dir.display(), "the inventory directory is gone; keeping what is loaded");
+                    continue;
+                }
+            }
             let inventory = Arc::clone(&inventory);
-            let reloaded = tokio::task::spawn_blocking(move || match inventory.lock() {
-                Ok(mut inventory) => Some(inventory.reload()),
+            let applied = tokio::task::spawn_blocking(move || match inventory.lock() {
+                Ok(mut inventory) => Some(inventory.apply(&changes)),
                 Err(_) => None,
             })
             .await;
-            let Ok(Some((snapshot, report))) = reloaded else {
+            let Ok(Some((snapshot, report))) = applied else {
                 tracing::error!("inventory reload task failed; keeping the snapshot in service");
                 metrics.reload(false);
                 continue;
@@ -115,25 +181,19 @@ pub fn spawn(
                     tracing::info!(
                         clusters = snapshot.clusters.len(),
                         unavailable = snapshot.unavailable_count(),
+                        parsed = report.parsed,
+                        changes = report.changes.len(),
                         "inventory reloaded"
                     );
                 }
                 metrics.loaded(&snapshot);
-                let previous = store.swap(Arc::new(snapshot));
-                let changed = changed_clusters(&previous, &store.load());
-                if !changed.is_empty() {
-                    tracing::debug!(
-                        clusters = changed.len(),
-                        "dropping cached kubeconfigs of changed clusters"
-                    );
-                    cache.invalidate_clusters(&changed);
-                }
+                metrics.parsed(report.parsed);
+                store.store(Arc::new(snapshot));
+                feed.publish(report.changes);
             }
             metrics.reload(report.failures.is_empty());
         }
     });
-    Ok(WatchHandle {
-        _watcher: watcher,
-        task,
-    })
+    // The watcher is owned by the task (it re-watches a recreated directory), so it lives as long.
+    Ok(WatchHandle { task })
 }
