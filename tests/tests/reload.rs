@@ -237,3 +237,195 @@ async fn a_changed_referenced_file_is_served_within_2_s() {
         server.log_text()
     );
 }
+
+/// `kubeconfigd_inventory_files_parsed_total` now.
+async fn parsed(server: &Server) -> f64 {
+    kubeconfigd_e2e::metrics(server).await.expect("metrics")["kubeconfigd_inventory_files_parsed_total"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_edit_reads_one_file_and_a_key_file_only_its_referrers() {
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let inventory = fixture.inventory();
+    // Two clusters that refer to a CA file no other cluster uses.
+    std::fs::create_dir_all(inventory.join("extra")).expect("mkdir");
+    std::fs::copy(inventory.join("pki/ca.crt"), inventory.join("extra/ca.crt")).expect("copy");
+    let template = std::fs::read_to_string(inventory.join("no-oidc-direct.yaml")).expect("read");
+    for n in 1..=2 {
+        let uid = format!("00000000000000000000cc0{n}");
+        std::fs::write(
+            inventory.join(format!("extra-{n}.yaml")),
+            template
+                .replace(UID, &uid)
+                .replace("name: no-oidc-direct", &format!("name: extra-{n}"))
+                .replace(
+                    "certificateAuthorityFile: pki/ca.crt",
+                    "certificateAuthorityFile: extra/ca.crt",
+                ),
+        )
+        .expect("write");
+    }
+    let server = Server::start(&fixture.args()).await.expect("server");
+    assert_eq!(
+        parsed(&server).await,
+        6.0,
+        "the first load reads every file once"
+    );
+
+    let file = inventory.join("no-oidc-direct.yaml");
+    std::fs::write(&file, template.replace("10.0.0.4:6443", "10.0.0.40:6443")).expect("write");
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            server_of(&server, UID)
+                .await
+                .is_ok_and(|y| y.contains("10.0.0.40"))
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(parsed(&server).await, 7.0, "one edit, one file read");
+
+    let pem = std::fs::read_to_string(inventory.join("extra/ca.crt")).expect("read");
+    std::fs::write(inventory.join("extra/ca.crt"), format!("{pem}\n")).expect("write");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            parsed(&server).await >= 9.0
+        })
+        .await,
+        "both referrers read again"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(parsed(&server).await, 9.0, "and nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_volume_swap_and_a_recreated_directory_are_picked_up() {
+    use std::os::unix::fs::symlink;
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let inventory = fixture.inventory();
+    // A Kubernetes Secret volume inside the inventory: vol/ca.crt -> ..data/ca.crt -> ..v1/ca.crt.
+    let volume = inventory.join("vol");
+    std::fs::create_dir_all(volume.join("..v1")).expect("mkdir");
+    std::fs::copy(inventory.join("pki/ca.crt"), volume.join("..v1/ca.crt")).expect("copy");
+    symlink("..v1", volume.join("..data")).expect("symlink");
+    symlink("..data/ca.crt", volume.join("ca.crt")).expect("symlink");
+    let file = inventory.join("no-oidc-direct.yaml");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        text.replace(
+            "certificateAuthorityFile: pki/ca.crt",
+            "certificateAuthorityFile: vol/ca.crt",
+        ),
+    )
+    .expect("write");
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let before = server_of(&server, UID).await.expect("served");
+
+    // kubelet's update: a new timestamped directory, a new link, renamed over `..data`.
+    std::fs::create_dir_all(volume.join("..v2")).expect("mkdir");
+    std::fs::copy(
+        inventory.join("pki/proxy-ca.crt"),
+        volume.join("..v2/ca.crt"),
+    )
+    .expect("copy");
+    symlink("..v2", volume.join("..data_tmp")).expect("symlink");
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).expect("rename");
+    std::fs::remove_dir_all(volume.join("..v1")).expect("remove");
+    let swapped = eventually(Duration::from_secs(1), || async {
+        server_of(&server, UID).await.is_ok_and(|y| y != before)
+    })
+    .await;
+    assert!(
+        swapped,
+        "the swap was not picked up within 1 s:\n{}",
+        server.log_text()
+    );
+
+    // The whole directory deleted and recreated (with an edit): served within 1 s of its return, and
+    // the clusters keep serving while it is gone.
+    let moved = fixture.inventory().with_file_name("inventory.old");
+    std::fs::rename(&inventory, &moved).expect("move away");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        server_of(&server, OTHER).await.is_ok(),
+        "served while the directory is gone"
+    );
+    let staging = fixture.inventory().with_file_name("staging");
+    std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&moved)
+        .arg(&staging)
+        .status()
+        .expect("cp");
+    let staged = staging.join("oidc-direct.yaml");
+    let other = std::fs::read_to_string(&staged).expect("read");
+    std::fs::write(&staged, other.replace("10.0.0.3:6443", "10.0.0.30:6443")).expect("write");
+    std::fs::rename(&staging, &inventory).expect("recreate");
+    let back = eventually(Duration::from_secs(1), || async {
+        server_of(&server, OTHER)
+            .await
+            .is_ok_and(|y| y.contains("10.0.0.30"))
+    })
+    .await;
+    assert!(
+        back,
+        "the recreated directory was not picked up within 1 s:\n{}",
+        server.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_neither_repeat_nor_skip_across_an_add_and_a_remove() {
+    use kubeconfig_proto::kubeconfig::v1::ListClustersRequest;
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let client = server.client().await.expect("client");
+    let page = |token: String| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_clusters(with_key(
+                    ListClustersRequest {
+                        page_size: 2,
+                        page_token: token,
+                    },
+                    KEY,
+                ))
+                .await
+                .expect("list")
+                .into_inner()
+        }
+    };
+    let first = page(String::new()).await;
+    let first_uids: Vec<String> = first.clusters.iter().map(|c| c.uid.clone()).collect();
+    assert_eq!(
+        first_uids,
+        ["00000000000000000000aa01", "00000000000000000000aa02"]
+    );
+    // Between pages: a cluster added before the token, and one after it removed.
+    let inventory = fixture.inventory();
+    let text = std::fs::read_to_string(inventory.join("no-oidc-direct.yaml")).expect("read");
+    std::fs::write(
+        inventory.join("early.yaml"),
+        text.replace(UID, "00000000000000000000aa00")
+            .replace("name: no-oidc-direct", "name: early"),
+    )
+    .expect("write");
+    std::fs::remove_file(inventory.join("oidc-direct.yaml")).expect("remove");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            server_of(&server, "00000000000000000000aa00").await.is_ok()
+                && server_of(&server, OTHER).await == Err(tonic::Code::NotFound)
+        })
+        .await
+    );
+    let second = page(first.next_page_token.clone()).await;
+    let second_uids: Vec<String> = second.clusters.iter().map(|c| c.uid.clone()).collect();
+    assert_eq!(
+        second_uids,
+        [UID],
+        "after the token: aa03 is gone, aa04 follows, nothing repeats"
+    );
+    assert!(second.next_page_token.is_empty());
+}

@@ -754,12 +754,12 @@ impl Inventory {
     }
 }
 
-/// Whether two entries serve the same thing to every caller.
+/// Whether two entries serve the same thing to every caller. (Problems are not compared: a broken edit
+/// that leaves the previous version in service changes nothing anyone downloads.)
 fn same_entry(a: &ClusterEntry, b: &ClusterEntry) -> bool {
     a.revision == b.revision
         && a.project == b.project
         && a.name == b.name
-        && a.problems == b.problems
         && a.is_ready() == b.is_ready()
         && a.proxy_enabled == b.proxy_enabled
 }
@@ -851,4 +851,173 @@ fn read_limited(path: &Path) -> std::io::Result<String> {
         crate::files::FileError::Io(e) => e,
         other => std::io::Error::other(other.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "00000000000000000000aa04";
+    const FILE: &str = "no-oidc-direct.yaml";
+
+    /// A copy of the access-matrix fixture in a temporary directory.
+    fn fixture() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/matrix");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inventory = dir.path().join("inventory");
+        std::fs::create_dir_all(inventory.join("pki")).expect("mkdir");
+        for entry in std::fs::read_dir(source.join("inventory/pki")).expect("pki") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), inventory.join("pki").join(entry.file_name()))
+                .expect("copy");
+        }
+        for entry in std::fs::read_dir(source.join("inventory")).expect("inventory") {
+            let entry = entry.expect("entry");
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), inventory.join(entry.file_name())).expect("copy");
+            }
+        }
+        let tenant = dir.path().join("tenant.yaml");
+        std::fs::copy(source.join("tenant.yaml"), &tenant).expect("copy");
+        (dir, inventory, tenant)
+    }
+
+    fn changed(path: &Path) -> Changes {
+        Changes {
+            paths: BTreeSet::from([path.to_owned()]),
+            ..Changes::default()
+        }
+    }
+
+    fn kinds(report: &ReloadReport) -> Vec<String> {
+        report
+            .changes
+            .iter()
+            .map(|c| match c {
+                ClusterChange::Added { uid, .. } => format!("added {uid}"),
+                ClusterChange::Changed { uid, .. } => format!("changed {uid}"),
+                ClusterChange::Unavailable { uid, .. } => format!("unavailable {uid}"),
+                ClusterChange::Removed { uid } => format!("removed {uid}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_change_reads_only_what_it_touches_and_reports_in_order() {
+        let (_dir, inventory, tenant) = fixture();
+        let (mut loader, snapshot, report) = Inventory::load(Origin::Files {
+            inventory: inventory.clone(),
+            tenant: tenant.clone(),
+        })
+        .expect("load");
+        assert_eq!((report.parsed, snapshot.clusters.len()), (4, 4));
+        assert_eq!(report.changes.len(), 4, "every cluster is added at load");
+
+        // Add.
+        let text = std::fs::read_to_string(inventory.join(FILE)).expect("read");
+        let added = inventory.join("zz-new.yaml");
+        std::fs::write(&added, text.replace(UID, "00000000000000000000bb01")).expect("write");
+        let (_, report) = loader.apply(&changed(&added));
+        assert_eq!(
+            (report.parsed, kinds(&report)),
+            (1, vec!["added 00000000000000000000bb01".to_owned()])
+        );
+
+        // Edit: exactly one file parsed, one change with a new revision.
+        let file = inventory.join(FILE);
+        std::fs::write(&file, text.replace("10.0.0.4", "10.0.0.44")).expect("write");
+        let before = loader.clusters.get(UID).expect("served").revision.clone();
+        let (snapshot, report) = loader.apply(&changed(&file));
+        assert_eq!(
+            (report.parsed, kinds(&report)),
+            (1, vec![format!("changed {UID}")])
+        );
+        let after = &snapshot.expect("snapshot").clusters[UID];
+        assert_ne!(after.revision, before);
+
+        // Break: the previous version stays; nothing anyone downloads changes, so no event.
+        std::fs::write(&file, "uid: [unclosed").expect("write");
+        let (snapshot, report) = loader.apply(&changed(&file));
+        assert_eq!(report.parsed, 1);
+        assert!(report.changes.is_empty(), "{:?}", report.changes);
+        assert_eq!(report.failures.len(), 1);
+        let served = &snapshot.expect("snapshot").clusters[UID];
+        assert!(
+            served.is_ready()
+                && served
+                    .problems
+                    .iter()
+                    .any(|p| p.code == ProblemCode::EditNotApplied)
+        );
+
+        // Fix with another edit.
+        std::fs::write(&file, text.replace("10.0.0.4", "10.0.0.45")).expect("write");
+        let (_, report) = loader.apply(&changed(&file));
+        assert_eq!(kinds(&report), vec![format!("changed {UID}")]);
+
+        // A new cluster whose record is unusable from the start.
+        let unusable = inventory.join("zz-unusable.yaml");
+        std::fs::write(
+            &unusable,
+            text.replace(UID, "00000000000000000000bb02")
+                .replace("https://10.0.0.4", "http://10.0.0.4"),
+        )
+        .expect("write");
+        let (_, report) = loader.apply(&changed(&unusable));
+        assert_eq!(
+            kinds(&report),
+            vec!["unavailable 00000000000000000000bb02".to_owned()]
+        );
+
+        // A referenced file: only its referrers are read again (all four matrix files use pki/ca.crt,
+        // the new ones too).
+        let ca = inventory.join("pki/ca.crt");
+        let pem = std::fs::read_to_string(&ca).expect("ca");
+        std::fs::write(&ca, format!("{pem}\n")).expect("write");
+        let (_, report) = loader.apply(&changed(&ca));
+        assert_eq!(report.parsed, 6);
+        let proxy_ca = inventory.join("pki/proxy-ca.crt");
+        let (_, report) = loader.apply(&changed(&proxy_ca));
+        assert_eq!(report.parsed, 0, "nothing refers to it");
+
+        // Delete.
+        std::fs::remove_file(&added).expect("remove");
+        let (_, report) = loader.apply(&changed(&added));
+        assert_eq!(
+            kinds(&report),
+            vec!["removed 00000000000000000000bb01".to_owned()]
+        );
+
+        // A rescan with nothing changed reads nothing.
+        let (_, report) = loader.apply(&Changes {
+            rescan: true,
+            ..Changes::default()
+        });
+        assert_eq!((report.parsed, report.changes.len()), (0, 0));
+
+        // A tenant edit re-prepares without reading cluster files.
+        let tenant_text = std::fs::read_to_string(&tenant).expect("tenant");
+        std::fs::write(
+            &tenant,
+            tenant_text.replace("proxy.matrix.test", "proxy2.matrix.test"),
+        )
+        .expect("write");
+        let (_, report) = loader.apply(&Changes {
+            tenant: true,
+            ..Changes::default()
+        });
+        assert_eq!(report.parsed, 0);
+        assert!(
+            report.changes.iter().any(|c| matches!(c, ClusterChange::Changed { uid, .. } if uid == "00000000000000000000aa01")),
+            "the proxied cluster's output changed: {:?}",
+            report.changes
+        );
+    }
+
+    #[test]
+    fn listing_index_follows_projects() {
+        let (_dir, inventory, tenant) = fixture();
+        let (_, snapshot, _) = Inventory::load(Origin::Files { inventory, tenant }).expect("load");
+        assert_eq!(snapshot.by_project["platform"].len(), 4);
+    }
 }
