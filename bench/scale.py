@@ -102,7 +102,7 @@ def main():
          "--grpc-addr", f"127.0.0.1:{grpc_port}", "--rest-addr", f"127.0.0.1:{rest_port}",
          "--admin-addr", f"127.0.0.1:{admin_port}", "--cache-memory", "16MiB"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, "RUST_LOG": "warn"},
+        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
     )
     try:
         while True:

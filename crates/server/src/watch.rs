@@ -47,17 +47,59 @@ impl Drop for WatchHandle {
 
 /// What the watch task needs to know to classify a path.
 struct Places {
+    /// The inventory directory as configured: the inventory's own paths start with it.
     inventory: PathBuf,
+    /// Other spellings of it events may use (absolute, symlinks resolved).
+    inventory_aliases: Vec<PathBuf>,
     tenant: PathBuf,
+    tenant_aliases: Vec<PathBuf>,
+}
+
+/// `path`'s absolute and canonical spellings, where they differ from it.
+fn aliases(path: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for alias in [std::path::absolute(path).ok(), path.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+    {
+        if alias != path && !found.contains(&alias) {
+            found.push(alias);
+        }
+    }
+    found
 }
 
 impl Places {
+    fn new(inventory: PathBuf, tenant: PathBuf) -> Self {
+        Places {
+            inventory_aliases: aliases(&inventory),
+            tenant_aliases: aliases(&tenant),
+            inventory,
+            tenant,
+        }
+    }
+
+    /// The event path spelled the way the inventory spells its own paths.
+    fn normalise(&self, path: PathBuf) -> PathBuf {
+        for alias in &self.inventory_aliases {
+            if let Ok(rest) = path.strip_prefix(alias) {
+                return self.inventory.join(rest);
+            }
+        }
+        path
+    }
+
     fn classify(&self, paths: Vec<PathBuf>, changes: &mut Changes) {
         for path in paths {
+            if self.tenant_aliases.contains(&path) {
+                changes.tenant = true;
+            }
+            let path = self.normalise(path);
             if path == self.tenant {
                 changes.tenant = true;
             }
-            if path.starts_with(&self.inventory) && path != self.inventory {
+            let inside = path.starts_with(&self.inventory) && path != self.inventory;
+            if inside {
                 changes.paths.insert(path);
             } else if path == self.inventory {
                 // The directory itself was created, removed or renamed.
@@ -117,10 +159,7 @@ pub fn spawn(
         }
     }
     let watcher = Arc::new(Mutex::new(watcher));
-    let places = Places {
-        inventory: inventory_dir.clone(),
-        tenant: tenant_file,
-    };
+    let places = Places::new(inventory_dir.clone(), tenant_file);
     let inventory = Arc::new(Mutex::new(inventory));
     let task = tokio::spawn(async move {
         let mut inventory_watched = true;
@@ -196,4 +235,30 @@ pub fn spawn(
     });
     // The watcher is owned by the task (it re-watches a recreated directory), so it lives as long.
     Ok(WatchHandle { task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events arrive with absolute paths even when the inventory was given relative to the working
+    /// directory; they must still be traced to the inventory's own paths.
+    #[test]
+    fn events_with_absolute_paths_match_a_relative_inventory() {
+        let places = Places::new(PathBuf::from("inv"), PathBuf::from("tenant.yaml"));
+        let absolute = std::path::absolute("inv/c1.yaml").expect("absolute");
+        let mut changes = Changes::default();
+        places.classify(vec![absolute], &mut changes);
+        assert_eq!(
+            changes.paths.into_iter().collect::<Vec<_>>(),
+            vec![PathBuf::from("inv/c1.yaml")]
+        );
+        assert!(!changes.tenant && !changes.rescan);
+        let mut changes = Changes::default();
+        places.classify(
+            vec![std::path::absolute("tenant.yaml").expect("absolute")],
+            &mut changes,
+        );
+        assert!(changes.tenant && changes.paths.is_empty());
+    }
 }
