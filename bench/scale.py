@@ -6,6 +6,7 @@ import concurrent.futures
 import importlib
 import os
 import pathlib
+import random
 import re
 import socket
 import statistics
@@ -123,9 +124,10 @@ def main():
 
         # One-file edits, one at a time: latency and the server's CPU for each.
         latencies, cpus = [], []
+        run = random.randrange(250)  # markers differ from any earlier run's edits
         for round_ in range(10):
             index = 1 + round_ * 7
-            marker = f"10.250.{round_}.1:{7000 + round_}"
+            marker = f"10.250.{run}.{round_}:{7000 + round_}"
             time.sleep(0.3)
             cpu_before = cpu_seconds(process.pid)
             t0 = time.monotonic()
@@ -171,7 +173,7 @@ def main():
             if due > now:
                 time.sleep(due - now)
             index = (n * 13) % min(args.count, 50_000)
-            marker = f"10.251.{n // 250 % 250}.{n % 250}:{10000 + n % 50000}"
+            marker = f"10.{run}.{n // 250 % 250}.{n % 250}:{10000 + n % 50000}"
             t0 = time.monotonic()
             set_api_server(inventory / f"c{index:06}.yaml", marker)
 

@@ -201,14 +201,14 @@ impl Cluster {
                             source,
                         }
                     })?;
-                let private_key =
-                    credential::private_key_public_part(key.expose()).map_err(|source| {
+                let matches =
+                    credential::key_matches(key.expose(), &cert_key).map_err(|source| {
                         RenderError::Credential {
                             field: "admin.clientKey",
                             source,
                         }
                     })?;
-                if cert_key != private_key {
+                if !matches {
                     return Err(RenderError::KeyMismatch);
                 }
                 Credential::Certificate {

@@ -56,6 +56,12 @@ fn certificate_that_does_not_match_the_key() {
     let err = Cluster::new(with_admin(EC_CRT, P384_KEY)).unwrap_err();
     assert_eq!(err, RenderError::KeyMismatch);
     assert_eq!(err.field(), "admin.clientCertificate");
+    // Same curve, another key: the fast (ring) check and the portable one agree.
+    let other = include_str!("data/other-ec.key");
+    assert_eq!(
+        Cluster::new(with_admin(EC_CRT, other)).unwrap_err(),
+        RenderError::KeyMismatch
+    );
 }
 
 #[test]

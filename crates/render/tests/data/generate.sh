@@ -21,3 +21,5 @@ openssl ecparam -name secp384r1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -
 openssl req -new -key admin-p384.key -subj "/CN=p384-admin" -out admin-p384.csr
 openssl x509 -req -in admin-p384.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days $days -out admin-p384.crt 2>/dev/null
 rm -f ./*.csr ./*.srl ca.key proxy-ca.key
+# A second P-256 key that belongs to no certificate here (key-mismatch test on the same curve).
+openssl ecparam -name prime256v1 -genkey -noout -out other-ec.key
