@@ -14,7 +14,7 @@
 //! on it), and a cluster that never loaded cleanly is not served. A deleted file removes its cluster.
 //! Every applied change to a served cluster is returned as a [`ClusterChange`], in order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -183,7 +183,7 @@ pub struct Inventory {
     tenant: Option<(Arc<Tenant>, [u8; 32])>,
     tenant_problem: Option<String>,
     api_keys: Arc<Vec<(ApiKeyHash, String)>>,
-    slots: BTreeMap<PathBuf, Slot>,
+    slots: HashMap<PathBuf, Slot>,
     /// Which cluster files refer to each referenced file (joined to the inventory directory).
     referrers: HashMap<PathBuf, BTreeSet<PathBuf>>,
     /// The files whose good record claims each uid.
@@ -236,7 +236,7 @@ impl Inventory {
             tenant: None,
             tenant_problem: None,
             api_keys: Arc::new(Vec::new()),
-            slots: BTreeMap::new(),
+            slots: HashMap::new(),
             referrers: HashMap::new(),
             claimants: HashMap::new(),
             owners: HashMap::new(),
@@ -298,7 +298,9 @@ impl Inventory {
         };
         report.changed |= tenant_changed;
 
+        let started = std::time::Instant::now();
         let files = self.files_to_read(changes);
+        let listed = started.elapsed();
         let base = self.base_dir();
         let parsed = {
             let origin = &self.origin;
@@ -307,6 +309,7 @@ impl Inventory {
                 read_cluster_file(origin, base.as_deref(), path, tenant)
             })
         };
+        let read = started.elapsed();
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for parsed in parsed {
             if parsed
@@ -319,12 +322,24 @@ impl Inventory {
             self.apply_parsed(parsed, &mut report, &mut touched);
         }
         if tenant_changed {
-            self.reprepare_all(&tenant);
+            // Files read just now were prepared under the new tenant already (all of them at start).
+            let fresh: HashSet<&PathBuf> = files.iter().collect();
+            self.reprepare_all(&tenant, &fresh);
             touched.extend(self.claimants.keys().cloned());
             touched.extend(self.clusters.keys().cloned());
         }
+        let applied = started.elapsed();
         self.assemble(&touched, &mut report);
         report.changed |= !report.changes.is_empty();
+        tracing::debug!(
+            files = files.len(),
+            touched = touched.len(),
+            ?listed,
+            ?read,
+            ?applied,
+            total = ?started.elapsed(),
+            "inventory change applied"
+        );
         let snapshot = Snapshot {
             tenant,
             clusters: self.clusters.clone(),
@@ -372,7 +387,7 @@ impl Inventory {
     /// The cluster files a batch of changes asks to read: traced through the reference index, or, for a
     /// rescan, those whose metadata changed, that are new, or that are gone.
     fn files_to_read(&self, changes: &Changes) -> Vec<PathBuf> {
-        let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut files: HashSet<PathBuf> = HashSet::new();
         let mut rescan = changes.rescan;
         if let Origin::Files { inventory, .. } = &self.origin {
             for path in &changes.paths {
@@ -409,10 +424,13 @@ impl Inventory {
                     files.insert(path.clone());
                 }
             }
-            let listed: BTreeSet<&PathBuf> = listed.iter().collect();
+            let listed: HashSet<&PathBuf> = listed.iter().collect();
             files.extend(self.slots.keys().filter(|p| !listed.contains(p)).cloned());
         }
-        files.into_iter().collect()
+        // In name order, so that logs and first-load reports are stable.
+        let mut files: Vec<PathBuf> = files.into_iter().collect();
+        files.sort_unstable();
+        files
     }
 
     /// The cluster files present now, sorted.
@@ -581,10 +599,11 @@ impl Inventory {
     }
 
     /// After a tenant change: prepares every good record again under the new tenant (in parallel).
-    fn reprepare_all(&mut self, tenant: &Arc<Tenant>) {
+    fn reprepare_all(&mut self, tenant: &Arc<Tenant>, fresh: &HashSet<&PathBuf>) {
         let work: Vec<(PathBuf, Arc<Record>)> = self
             .slots
             .iter()
+            .filter(|(path, _)| !fresh.contains(path))
             .filter_map(|(path, slot)| {
                 slot.good
                     .as_ref()
