@@ -113,7 +113,27 @@ impl Server {
     }
 
     /// Like [`Server::start`], with extra environment variables.
+    /// A port picked by `free_port` can be taken by a parallel test before the server binds it; such a
+    /// start is retried with new ports (any other failure is returned at once).
     pub async fn start_with_env(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(args, env).await {
+                Err(error)
+                    if attempt < 4
+                        && format!("{error:#}")
+                            .to_ascii_lowercase()
+                            .contains("address already in use") =>
+                {
+                    continue;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let rest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;

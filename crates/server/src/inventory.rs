@@ -109,7 +109,7 @@ struct Slot {
     /// Metadata of the file and of the files it refers to, as last read.
     stamps: Vec<(PathBuf, Option<Stamp>)>,
     /// The last good record and the entry prepared from it.
-    good: Option<(Arc<Record>, ClusterEntry)>,
+    good: Option<(Arc<Record>, Arc<ClusterEntry>)>,
     /// The latest problem with this file, if its latest version was not applied.
     problem: Option<String>,
 }
@@ -187,7 +187,8 @@ pub struct Inventory {
     /// Which cluster files refer to each referenced file (joined to the inventory directory).
     referrers: HashMap<PathBuf, BTreeSet<PathBuf>>,
     /// The files whose good record claims each uid.
-    claimants: HashMap<String, BTreeSet<PathBuf>>,
+    /// (Sorted; almost always one file, so a vector rather than a set.)
+    claimants: HashMap<String, Vec<PathBuf>>,
     /// The file each uid is served from: on a uid conflict it keeps serving.
     owners: HashMap<String, PathBuf>,
     /// The uid conflicts reported so far, by uid (each is reported once, when it appears).
@@ -554,7 +555,7 @@ impl Inventory {
                 }
                 if !keep_previous {
                     touched.insert(record.uid.clone());
-                    slot.good = Some((record, entry));
+                    slot.good = Some((record, Arc::new(entry)));
                     slot.problem = None;
                 }
             }
@@ -566,13 +567,16 @@ impl Inventory {
             if let Some(old) = &old_uid
                 && let Some(files) = self.claimants.get_mut(old)
             {
-                files.remove(&path);
+                files.retain(|f| *f != path);
                 if files.is_empty() {
                     self.claimants.remove(old);
                 }
             }
             if let Some(new) = new_uid {
-                self.claimants.entry(new).or_default().insert(path);
+                let files = self.claimants.entry(new).or_default();
+                if let Err(at) = files.binary_search(&path) {
+                    files.insert(at, path);
+                }
             }
         }
     }
@@ -590,7 +594,7 @@ impl Inventory {
         if let Some((record, _)) = &slot.good {
             touched.insert(record.uid.clone());
             if let Some(files) = self.claimants.get_mut(&record.uid) {
-                files.remove(path);
+                files.retain(|f| f != path);
                 if files.is_empty() {
                     self.claimants.remove(&record.uid);
                 }
@@ -619,7 +623,7 @@ impl Inventory {
                 ..
             }) = self.slots.get_mut(path)
             {
-                *old = entry;
+                *old = Arc::new(entry);
             }
         }
     }
@@ -630,11 +634,7 @@ impl Inventory {
     /// unavailable with a reason naming the files.
     fn assemble(&mut self, touched: &BTreeSet<String>, report: &mut ReloadReport) {
         for uid in touched {
-            let files: Vec<PathBuf> = self
-                .claimants
-                .get(uid)
-                .map(|f| f.iter().cloned().collect())
-                .unwrap_or_default();
+            let files: Vec<PathBuf> = self.claimants.get(uid).cloned().unwrap_or_default();
             let (entry, conflicts) = self.served_entry(uid, &files);
             let reported = self.conflicts.remove(uid).unwrap_or_default();
             for conflict in &conflicts {
@@ -698,7 +698,7 @@ impl Inventory {
                         .entry(entry.project.clone())
                         .or_default()
                         .insert(uid.clone());
-                    self.clusters.insert(uid.clone(), Arc::new(entry));
+                    self.clusters.insert(uid.clone(), entry);
                 }
                 None => {
                     self.clusters.remove(uid);
@@ -709,11 +709,19 @@ impl Inventory {
     }
 
     /// The entry to serve for `uid` given the files claiming it, and the conflicts to report.
-    fn served_entry(&self, uid: &str, files: &[PathBuf]) -> (Option<ClusterEntry>, Vec<String>) {
+    fn served_entry(
+        &self,
+        uid: &str,
+        files: &[PathBuf],
+    ) -> (Option<Arc<ClusterEntry>>, Vec<String>) {
         let served = |path: &PathBuf| {
             let slot = self.slots.get(path)?;
             let (_, entry) = slot.good.as_ref()?;
-            let mut entry = entry.clone();
+            if slot.problem.is_none() && entry.is_ready() {
+                // Nothing to add: the served map shares the slot's entry.
+                return Some(Arc::clone(entry));
+            }
+            let mut entry = (**entry).clone();
             if let Some(problem) = &slot.problem {
                 entry.problems.push(Problem::new(
                     ProblemCode::EditNotApplied,
@@ -729,7 +737,7 @@ impl Inventory {
                 ));
             }
             entry.file = path.clone();
-            Some(entry)
+            Some(Arc::new(entry))
         };
         match files {
             [] => (None, Vec::new()),
@@ -745,7 +753,7 @@ impl Inventory {
                             owner.display()
                         );
                         if let Some(entry) = entry.as_mut() {
-                            entry
+                            Arc::make_mut(entry)
                                 .problems
                                 .push(Problem::new(ProblemCode::UidConflict, problem.clone()));
                         }
@@ -761,8 +769,9 @@ impl Inventory {
                         names.join(", ")
                     );
                     let entry = served(&files[0]).map(|mut entry| {
-                        entry.availability = Availability::Unavailable(problem.clone());
-                        entry.problems =
+                        let shown = Arc::make_mut(&mut entry);
+                        shown.availability = Availability::Unavailable(problem.clone());
+                        shown.problems =
                             vec![Problem::new(ProblemCode::UidConflict, problem.clone())];
                         entry
                     });
