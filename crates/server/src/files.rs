@@ -55,6 +55,15 @@ pub fn confine(base: &Path, reference: &Path) -> Result<PathBuf, FileError> {
     {
         return Err(FileError::Absolute);
     }
+    // A plain name that is not a symlink is an entry of `base` itself: no need to resolve anything
+    // (this is every cluster file, read on each load).
+    let mut components = reference.components();
+    if let (Some(Component::Normal(_)), None) = (components.next(), components.next()) {
+        let direct = base.join(reference);
+        if std::fs::symlink_metadata(&direct).is_ok_and(|m| !m.file_type().is_symlink()) {
+            return Ok(direct);
+        }
+    }
     let base = base.canonicalize()?;
     let resolved = base.join(reference).canonicalize()?;
     if resolved.starts_with(&base) && resolved != base {
