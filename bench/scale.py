@@ -97,28 +97,38 @@ def main():
     grpc_port, rest_port, admin_port = free_port(), free_port(), free_port()
     rest = f"http://127.0.0.1:{rest_port}"
     log = open(fleet / "kubeconfigd.log", "w")
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [args.binary, "--inventory", str(inventory), "--tenant", str(fleet / "tenant.yaml"),
-         "--grpc-addr", f"127.0.0.1:{grpc_port}", "--rest-addr", f"127.0.0.1:{rest_port}",
-         "--admin-addr", f"127.0.0.1:{admin_port}", "--cache-memory", "16MiB"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-    )
-    try:
+    command = [args.binary, "--inventory", str(inventory), "--tenant", str(fleet / "tenant.yaml"),
+               "--grpc-addr", f"127.0.0.1:{grpc_port}", "--rest-addr", f"127.0.0.1:{rest_port}",
+               "--admin-addr", f"127.0.0.1:{admin_port}", "--cache-memory", "16MiB"]
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+
+    def start():
+        began = time.monotonic()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         while True:
             assert process.poll() is None, "kubeconfigd exited"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1):
-                    break
+                    return process, time.monotonic() - began
             except OSError:
-                assert time.monotonic() - started < 300, "not ready within 300 s"
+                assert time.monotonic() - began < 300, "not ready within 300 s"
                 time.sleep(0.02)
-        ready = time.monotonic() - started
+
+    # Three starts: the first may read the files from disk, the others from the page cache.
+    readies, rss_values = [], []
+    for attempt in range(3):
+        process, ready = start()
+        readies.append(ready)
         time.sleep(1)
-        rss = rss_bytes(process.pid)
+        rss_values.append(rss_bytes(process.pid))
+        if attempt < 2:
+            process.terminate()
+            process.wait(timeout=30)
+    try:
+        rss = statistics.median(rss_values)
         print(f"clusters: {args.count}, files: {files_bytes / 2**20:.1f} MiB")
-        print(f"ready to serve: {ready:.2f} s")
+        print(f"ready to serve: median {statistics.median(readies):.2f} s "
+              f"(starts: {', '.join(f'{r:.2f}' for r in readies)} s)")
         print(f"RSS after load: {rss / 2**20:.1f} MiB "
               f"(files + 64 MiB = {(files_bytes + 64 * 2**20) / 2**20:.1f} MiB)")
 
