@@ -28,7 +28,8 @@ pub use decision::{
 };
 pub use document::{DocumentError, MAX_DOCUMENT_BYTES};
 pub use pack::{
-    Distribution, OidcGap, OidcLogin, OidcSource, OidcState, PackError, PackInput, analyze,
+    Analysis, Distribution, OidcGap, OidcLogin, OidcSource, OidcState, PackError, PackInput,
+    analyze, analyze_tracked,
 };
 pub use permission::{ClusterOp, ClusterPermissions, Permission, PermissionError};
 pub use role::{Role, RoleCatalog, Scope};

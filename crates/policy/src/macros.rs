@@ -64,6 +64,9 @@ pub(crate) struct Expander<'a> {
     memo: HashMap<String, Result<String, String>>,
     /// Bytes produced so far.
     work: usize,
+    /// Whether a macro read the service's settings (the reverse proxy server), so that the outcome
+    /// may change when they do.
+    pub(crate) read_service_settings: bool,
 }
 
 impl<'a> Expander<'a> {
@@ -73,6 +76,7 @@ impl<'a> Expander<'a> {
             ctx,
             memo: HashMap::new(),
             work: 0,
+            read_service_settings: false,
         }
     }
 
@@ -142,6 +146,7 @@ impl<'a> Expander<'a> {
                 return system(Some(ctx.cluster_name), "the cluster name");
             }
             ".spectro.system.reverseproxy.server" => {
+                self.read_service_settings = true;
                 return system(
                     ctx.reverse_proxy_server,
                     "the service's reverse proxy server",

@@ -303,6 +303,21 @@ impl Reader<'_> {
 
 /// Analyses a pack's values and says whether OIDC is properly configured.
 pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
+    analyze_tracked(input).map(|analysis| analysis.state)
+}
+
+/// The outcome of [`analyze_tracked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub state: OidcState,
+    /// Whether the outcome depends on the service's settings (`reverse_proxy_server`, `tenant_oidc`).
+    /// When it does not, the outcome can be kept and the values dropped: the same values analyse the
+    /// same way under any tenant.
+    pub reads_service_settings: bool,
+}
+
+/// Like [`analyze`], and says whether the outcome read the service's settings.
+pub fn analyze_tracked(input: &PackInput<'_>) -> Result<Analysis, PackError> {
     let root = document::parse_value(input.values)?;
     let mut reader = Reader {
         expander: Expander::new(
@@ -316,20 +331,34 @@ pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
         ),
         gaps: Vec::new(),
     };
+    let mut read_tenant_oidc = false;
+    let state = analyze_root(input, &root, &mut reader, &mut read_tenant_oidc);
+    Ok(Analysis {
+        state,
+        reads_service_settings: read_tenant_oidc || reader.expander.read_service_settings,
+    })
+}
 
+fn analyze_root(
+    input: &PackInput<'_>,
+    root: &Value,
+    reader: &mut Reader<'_>,
+    read_tenant_oidc: &mut bool,
+) -> OidcState {
     for path in IDENTITY_PROVIDER_PATHS {
-        match reader.text(&root, path, path) {
+        match reader.text(root, path, path) {
             Field::Missing => continue,
-            Field::Invalid => return Ok(not_configured(reader.gaps)),
+            Field::Invalid => return not_configured(std::mem::take(&mut reader.gaps)),
             Field::Value(provider) => match provider.to_ascii_lowercase().as_str() {
                 "none" | "custom" => break,
                 "noauth" => {
-                    return Ok(not_configured(vec![OidcGap::IdentityProviderNoAuth {
+                    return not_configured(vec![OidcGap::IdentityProviderNoAuth {
                         path: path.to_owned(),
-                    }]));
+                    }]);
                 }
                 "palette" | "tenant" => {
-                    return Ok(match input.tenant_oidc {
+                    *read_tenant_oidc = true;
+                    return match input.tenant_oidc {
                         Some(settings) => OidcState::Configured {
                             login: OidcLogin {
                                 issuer_url: settings.issuer_url.clone(),
@@ -343,13 +372,13 @@ pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
                             provider,
                             path: path.to_owned(),
                         }]),
-                    });
+                    };
                 }
                 _ => {
-                    return Ok(not_configured(vec![OidcGap::UnknownIdentityProvider {
+                    return not_configured(vec![OidcGap::UnknownIdentityProvider {
                         value: provider,
                         path: path.to_owned(),
-                    }]));
+                    }]);
                 }
             },
         }
@@ -357,12 +386,12 @@ pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
 
     let distribution = Distribution::from_pack_name(input.name);
     if distribution == Distribution::Aks {
-        return Ok(not_configured(vec![OidcGap::AksUnsupported]));
+        return not_configured(vec![OidcGap::AksUnsupported]);
     }
 
-    let client_config = read_client_config(&mut reader, &root);
+    let client_config = read_client_config(reader, root);
     let client_config_present = client_config.is_some();
-    let api_server = read_api_server(&mut reader, &root, distribution);
+    let api_server = read_api_server(reader, root, distribution);
     let issuer_present = matches!(api_server.issuer, Field::Value(_));
     for (setting, field) in [
         (ISSUER, &api_server.issuer),
@@ -387,11 +416,11 @@ pub fn analyze(input: &PackInput<'_>) -> Result<OidcState, PackError> {
             .push(OidcGap::ClientConfigMissing { issuer_present });
     }
     match client_config.flatten() {
-        Some(login) if reader.gaps.is_empty() => Ok(OidcState::Configured {
+        Some(login) if reader.gaps.is_empty() => OidcState::Configured {
             login,
             source: OidcSource::PackValues,
-        }),
-        _ => Ok(not_configured(reader.gaps)),
+        },
+        _ => not_configured(std::mem::take(&mut reader.gaps)),
     }
 }
 

@@ -1,6 +1,8 @@
 //! OIDC detection with realistic pack values for every distribution of domain.md section 4.
 
-use kubeconfig_policy::{OidcGap, OidcSettings, OidcSource, OidcState, PackInput, Secret, analyze};
+use kubeconfig_policy::{
+    OidcGap, OidcSettings, OidcSource, OidcState, PackInput, Secret, analyze, analyze_tracked,
+};
 
 const UID: &str = "6470a2b1c5e6f1a2b3c4d5e6";
 
@@ -453,4 +455,31 @@ fn gke_and_generic_packs_read_as_pxk() {
     // Macros may only refer to the same pack.
     let other = analyze_pack("kubernetes-gke", PXK_CONFIGURED);
     assert!(other.has_unresolved_macro(), "{other:?}");
+}
+
+#[test]
+fn an_analysis_says_whether_it_read_the_service_settings() {
+    let tracked = |values: &str| {
+        analyze_tracked(&PackInput {
+            name: "kubernetes",
+            values,
+            cluster_uid: UID,
+            cluster_name: "prod-east",
+            reverse_proxy_server: Some("proxy.example.test"),
+            tenant_oidc: None,
+        })
+        .expect("values parse")
+    };
+    // The certSANs macro names the proxy, but the analysis never reads certSANs.
+    let plain = tracked(PXK_CONFIGURED);
+    assert!(plain.state.is_configured());
+    assert!(!plain.reads_service_settings);
+    let via_proxy = tracked(&PXK_CONFIGURED.replace(
+        "\"https://idp.example.test/realms/platform\"",
+        "\"https://{{ .spectro.system.reverseproxy.server }}/dex\"",
+    ));
+    assert!(via_proxy.state.is_configured());
+    assert!(via_proxy.reads_service_settings);
+    let tenant = tracked("pack:\n  palette:\n    config:\n      oidc:\n        identityProvider: tenant\n");
+    assert!(tenant.reads_service_settings);
 }

@@ -137,6 +137,8 @@ fn yaml_fragment() -> impl Strategy<Value = String> {
         Just("config: \"clusterConfiguration: {apiServer: {extraArgs: {oidc-issuer-url: x}}}\"".to_owned()),
         Just("kube-apiserver-arg: [oidc-issuer-url=x, \"oidc-client-id={{ .spectro.system.cluster.name }}\"]".to_owned()),
         Just("x: \"{{ .spectro.pack.kubernetes.a.b }}\"".to_owned()),
+        Just("oidc-issuer-url: \"https://{{ .spectro.system.reverseproxy.server }}/dex\"".to_owned()),
+        Just("identityProvider: palette".to_owned()),
         Just("&a [*a]".to_owned()),
         "[ -~]{0,40}",
     ];
@@ -166,6 +168,34 @@ fn yaml_fragment() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    /// What lets the server keep an analysis and drop the values: an outcome that did not read the
+    /// service's settings is the same under any other settings.
+    #[test]
+    fn an_analysis_that_reads_no_service_settings_holds_under_any(values in yaml_fragment(), pack in prop::sample::select(vec!["kubernetes", "edge-k8s", "edge-k3s", "kubernetes-eks"])) {
+        let tenant_oidc = kubeconfig_policy::OidcSettings {
+            issuer_url: "https://sso.example.test".to_owned(),
+            client_id: "palette".to_owned(),
+            client_secret: None,
+            scopes: Vec::new(),
+        };
+        let input = |proxy: Option<&'static str>, oidc: Option<&kubeconfig_policy::OidcSettings>| {
+            kubeconfig_policy::analyze_tracked(&kubeconfig_policy::PackInput {
+                name: pack,
+                values: &values,
+                cluster_uid: "u",
+                cluster_name: "n",
+                reverse_proxy_server: proxy,
+                tenant_oidc: oidc,
+            })
+        };
+        if let Ok(first) = input(None, None) {
+            if !first.reads_service_settings {
+                let other = input(Some("proxy.example.test"), Some(&tenant_oidc)).expect("same values parse");
+                prop_assert_eq!(first.state, other.state);
+            }
+        }
+    }
+
     #[test]
     fn pack_analysis_never_panics(values in yaml_fragment(), pack in prop::sample::select(vec!["kubernetes", "edge-k8s", "edge-k3s", "kubernetes-rke2", "kubernetes-eks", "kubernetes-aks", "kubernetes-gke", "other"])) {
         let result = kubeconfig_policy::analyze(&kubeconfig_policy::PackInput {

@@ -11,12 +11,12 @@ fn spec(oidc: bool, proxy: bool, token: bool) -> ClusterSpec {
         name: "prod-east".to_owned(),
         uid: "6470a2b1c5e6f1a2b3c4d5e6".to_owned(),
         api_server: "https://10.10.0.10:6443".to_owned(),
-        certificate_authority: include_str!("../tests/data/ca.crt").to_owned(),
+        certificate_authority: include_str!("../tests/data/ca.crt").into(),
         admin: if token {
             AdminCredential::Token(Sensitive::new("eyJhbGciOiJSUzI1NiJ9.admin-token.sig"))
         } else {
             AdminCredential::ClientCertificate {
-                certificate: include_str!("../tests/data/admin-rsa.crt").to_owned(),
+                certificate: include_str!("../tests/data/admin-rsa.crt").into(),
                 key: Sensitive::new(include_str!("../tests/data/admin-rsa.key")),
             }
         },

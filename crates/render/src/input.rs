@@ -2,14 +2,16 @@
 //! so that `Debug` never prints them.
 
 use std::fmt;
+use std::sync::Arc;
 
-/// A value that must not appear in logs: `Debug` prints `<redacted>`.
+/// A value that must not appear in logs: `Debug` prints `<redacted>`. Shared, not copied, by clones:
+/// a record and the cluster prepared from it hold one copy of each credential.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Sensitive(String);
+pub struct Sensitive(Arc<str>);
 
 impl Sensitive {
     /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
         Sensitive(value.into())
     }
 
@@ -29,7 +31,10 @@ impl fmt::Debug for Sensitive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminCredential {
     /// A client certificate (PEM) and its private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
-    ClientCertificate { certificate: String, key: Sensitive },
+    ClientCertificate {
+        certificate: Arc<str>,
+        key: Sensitive,
+    },
     /// A bearer token.
     Token(Sensitive),
 }
@@ -61,7 +66,7 @@ pub struct ProxyEndpoint {
     pub server: String,
     pub port: u16,
     /// The proxy's CA (PEM), replacing the cluster CA in the proxied kubeconfig (imported / managed).
-    pub certificate_authority: Option<String>,
+    pub certificate_authority: Option<Arc<str>>,
     /// A service-account token replacing the admin credential in the proxied kubeconfig.
     pub token: Option<Sensitive>,
 }
@@ -74,7 +79,7 @@ pub struct ClusterSpec {
     /// The API server's https URL.
     pub api_server: String,
     /// The cluster CA (PEM, one or more certificates).
-    pub certificate_authority: String,
+    pub certificate_authority: Arc<str>,
     pub admin: AdminCredential,
     /// Present when OIDC is properly configured.
     pub oidc: Option<OidcLogin>,

@@ -17,8 +17,10 @@ pub mod input;
 pub mod output;
 
 pub use credential::CredentialError;
-pub use input::{AdminCredential, ClusterSpec, OidcLogin, ProxyEndpoint, Request};
+pub use input::{AdminCredential, ClusterSpec, OidcLogin, ProxyEndpoint, Request, Sensitive};
 pub use output::{AuthKind, Rendered, ServerKind};
+
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -69,10 +71,10 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RenderError {
 #[derive(Clone)]
 enum Credential {
     Certificate {
-        certificate_data: String,
-        key_data: String,
+        certificate: Arc<str>,
+        key: Sensitive,
     },
-    Token(String),
+    Token(Sensitive),
 }
 
 /// A cluster whose facts have been validated; rendering it cannot fail.
@@ -81,7 +83,9 @@ pub struct Cluster {
     name: String,
     uid: String,
     api_server: String,
-    ca_data: String,
+    /// The CA as given (PEM); base64-encoded when rendered, so the PEM is held once, shared with the
+    /// caller's record.
+    certificate_authority: Arc<str>,
     admin: Credential,
     oidc: Option<OidcLogin>,
     proxy: Option<ValidatedProxy>,
@@ -90,8 +94,8 @@ pub struct Cluster {
 #[derive(Clone)]
 struct ValidatedProxy {
     server_url: String,
-    ca_data: Option<String>,
-    token: Option<String>,
+    certificate_authority: Option<Arc<str>>,
+    token: Option<Sensitive>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -212,13 +216,13 @@ impl Cluster {
                     return Err(RenderError::KeyMismatch);
                 }
                 Credential::Certificate {
-                    certificate_data: encode(certificate),
-                    key_data: encode(key.expose()),
+                    certificate: Arc::clone(certificate),
+                    key: key.clone(),
                 }
             }
             AdminCredential::Token(token) => {
                 check_token("admin.token", token.expose())?;
-                Credential::Token(token.expose().to_owned())
+                Credential::Token(token.clone())
             }
         };
         if let Some(oidc) = &spec.oidc {
@@ -258,13 +262,13 @@ impl Cluster {
                 }
                 Some(ValidatedProxy {
                     server_url: format!("https://cluster-{}.{}:{}", spec.uid, p.server, p.port),
-                    ca_data: p.certificate_authority.as_deref().map(encode),
-                    token: p.token.as_ref().map(|t| t.expose().to_owned()),
+                    certificate_authority: p.certificate_authority.clone(),
+                    token: p.token.clone(),
                 })
             }
         };
         Ok(Cluster {
-            ca_data: encode(&spec.certificate_authority),
+            certificate_authority: spec.certificate_authority,
             name: spec.name,
             uid: spec.uid,
             api_server: spec.api_server,
@@ -294,14 +298,14 @@ impl Cluster {
 
     fn admin_user(&self) -> (UserEntry, AuthKind) {
         match &self.admin {
-            Credential::Certificate {
-                certificate_data,
-                key_data,
-            } => (
-                UserEntry::certificate(certificate_data.clone(), key_data.clone()),
+            Credential::Certificate { certificate, key } => (
+                UserEntry::certificate(encode(certificate), encode(key.expose())),
                 AuthKind::ClientCertificate,
             ),
-            Credential::Token(token) => (UserEntry::token(token.clone()), AuthKind::Token),
+            Credential::Token(token) => (
+                UserEntry::token(token.expose().to_owned()),
+                AuthKind::Token,
+            ),
         }
     }
 
@@ -311,12 +315,16 @@ impl Cluster {
             Some(p) => (
                 p.server_url.clone(),
                 ServerKind::Proxy,
-                p.ca_data.clone().unwrap_or_else(|| self.ca_data.clone()),
+                encode(
+                    p.certificate_authority
+                        .as_deref()
+                        .unwrap_or(&self.certificate_authority),
+                ),
             ),
             None => (
                 self.api_server.clone(),
                 ServerKind::Direct,
-                self.ca_data.clone(),
+                encode(&self.certificate_authority),
             ),
         };
         let (user_suffix, user, auth_kind) =
@@ -326,7 +334,11 @@ impl Cluster {
                     UserEntry::exec(Exec::kubelogin(oidc)),
                     AuthKind::Oidc,
                 ),
-                (None, Some(token)) => ("admin", UserEntry::token(token.clone()), AuthKind::Token),
+                (None, Some(token)) => (
+                    "admin",
+                    UserEntry::token(token.expose().to_owned()),
+                    AuthKind::Token,
+                ),
                 (None, None) => {
                     let (user, kind) = self.admin_user();
                     ("admin", user, kind)
@@ -361,7 +373,7 @@ impl Cluster {
             &self.name,
             &format!("{}-admin", self.name),
             self.api_server.clone(),
-            self.ca_data.clone(),
+            encode(&self.certificate_authority),
             user,
         );
         Rendered::new(

@@ -30,7 +30,7 @@ fn proxy(ca: Option<&str>, token: Option<&str>) -> ProxyEndpoint {
     ProxyEndpoint {
         server: "proxy.example.test".to_owned(),
         port: 443,
-        certificate_authority: ca.map(str::to_owned),
+        certificate_authority: ca.map(Into::into),
         token: token.map(Sensitive::new),
     }
 }
@@ -40,9 +40,9 @@ fn spec(oidc: Option<OidcLogin>, proxy: Option<ProxyEndpoint>) -> ClusterSpec {
         name: "prod-east".to_owned(),
         uid: UID.to_owned(),
         api_server: "https://10.10.0.10:6443".to_owned(),
-        certificate_authority: CA.to_owned(),
+        certificate_authority: CA.into(),
         admin: AdminCredential::ClientCertificate {
-            certificate: ADMIN_CRT.to_owned(),
+            certificate: ADMIN_CRT.into(),
             key: Sensitive::new(ADMIN_KEY),
         },
         oidc,

@@ -17,9 +17,9 @@ fn spec() -> ClusterSpec {
         name: "prod-east".to_owned(),
         uid: "6470a2b1c5e6f1a2b3c4d5e6".to_owned(),
         api_server: "https://10.10.0.10:6443".to_owned(),
-        certificate_authority: CA.to_owned(),
+        certificate_authority: CA.into(),
         admin: AdminCredential::ClientCertificate {
-            certificate: RSA_CRT.to_owned(),
+            certificate: RSA_CRT.into(),
             key: Sensitive::new(RSA_KEY),
         },
         oidc: None,
@@ -30,7 +30,7 @@ fn spec() -> ClusterSpec {
 fn with_admin(certificate: &str, key: &str) -> ClusterSpec {
     ClusterSpec {
         admin: AdminCredential::ClientCertificate {
-            certificate: certificate.to_owned(),
+            certificate: certificate.into(),
             key: Sensitive::new(key),
         },
         ..spec()
@@ -67,7 +67,7 @@ fn certificate_that_does_not_match_the_key() {
 #[test]
 fn non_pem_ca() {
     let err = Cluster::new(ClusterSpec {
-        certificate_authority: "not a certificate".to_owned(),
+        certificate_authority: "not a certificate".into(),
         ..spec()
     })
     .unwrap_err();
@@ -83,7 +83,7 @@ fn non_pem_ca() {
     );
     let garbled = CA.replace("MII", "MIX");
     let err = Cluster::new(ClusterSpec {
-        certificate_authority: garbled,
+        certificate_authority: garbled.into(),
         ..spec()
     })
     .unwrap_err();
@@ -93,7 +93,7 @@ fn non_pem_ca() {
 #[test]
 fn key_where_a_certificate_belongs() {
     let err = Cluster::new(ClusterSpec {
-        certificate_authority: RSA_KEY.to_owned(),
+        certificate_authority: RSA_KEY.into(),
         ..spec()
     })
     .unwrap_err();

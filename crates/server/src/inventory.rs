@@ -853,11 +853,14 @@ fn read_cluster_file(origin: &Origin, base: Option<&Path>, path: &Path, tenant: 
     let parsed = Record::parse_with_references(&text, base, &mut references);
     stamps.extend(references.iter().map(|r| (r.clone(), stamp(r))));
     let outcome = match parsed {
-        Ok(record) => Outcome::Good {
-            fingerprint: *record.content_digest(),
-            entry: record::prepare(&record, path, tenant),
-            record: Arc::new(record),
-        },
+        Ok(record) => {
+            let record = record.settle(tenant);
+            Outcome::Good {
+                fingerprint: *record.content_digest(),
+                entry: record::prepare(&record, path, tenant),
+                record: Arc::new(record),
+            }
+        }
         Err(e) => Outcome::Broken {
             fingerprint: digest(&format!("{text}\0{}", e.message)),
             line: e.line,
@@ -1039,6 +1042,59 @@ mod tests {
             report.changes.iter().any(|c| matches!(c, ClusterChange::Changed { uid, .. } if uid == "00000000000000000000aa01")),
             "the proxied cluster's output changed: {:?}",
             report.changes
+        );
+    }
+
+    /// Records keep their pack values only when the analysis read the tenant's settings; a tenant
+    /// edit then re-analyses those and reuses the kept outcome for the others, reading no file.
+    #[test]
+    fn a_tenant_edit_reanalyses_packs_that_read_the_tenant_settings() {
+        let (_dir, inventory, tenant) = fixture();
+        let text = std::fs::read_to_string(inventory.join("oidc-direct.yaml")).expect("read");
+        std::fs::write(
+            inventory.join("zz-via-proxy.yaml"),
+            text.replace("00000000000000000000aa03", "00000000000000000000bb03")
+                .replace(
+                    "https://idp.matrix.test/realms/platform",
+                    "https://{{ .spectro.system.reverseproxy.server }}/dex",
+                ),
+        )
+        .expect("write");
+        let (mut loader, snapshot, _) = Inventory::load(Origin::Files {
+            inventory,
+            tenant: tenant.clone(),
+        })
+        .expect("load");
+        let issuer = |snapshot: &Snapshot, uid: &str| match &snapshot.clusters[uid].availability {
+            Availability::Ready(prepared) => prepared
+                .oidc
+                .login()
+                .map(|login| login.issuer_url.clone()),
+            Availability::Unavailable(reason) => panic!("{reason}"),
+        };
+        assert_eq!(
+            issuer(&snapshot, "00000000000000000000bb03").as_deref(),
+            Some("https://proxy.matrix.test/dex")
+        );
+        let tenant_text = std::fs::read_to_string(&tenant).expect("tenant");
+        std::fs::write(
+            &tenant,
+            tenant_text.replace("proxy.matrix.test", "proxy2.matrix.test"),
+        )
+        .expect("write");
+        let (snapshot, report) = loader.apply(&Changes {
+            tenant: true,
+            ..Changes::default()
+        });
+        let snapshot = snapshot.expect("snapshot");
+        assert_eq!(report.parsed, 0);
+        assert_eq!(
+            issuer(&snapshot, "00000000000000000000bb03").as_deref(),
+            Some("https://proxy2.matrix.test/dex")
+        );
+        assert_eq!(
+            issuer(&snapshot, "00000000000000000000aa03").as_deref(),
+            Some("https://idp.matrix.test/realms/platform")
         );
     }
 

@@ -72,23 +72,34 @@ struct RawProxy {
 }
 
 /// A parsed cluster file with every referenced file read in. `Debug` omits credentials.
+///
+/// Kept between reloads so that a tenant edit re-prepares clusters without reading their files again,
+/// so it is kept small: certificates and keys are shared with the prepared cluster (not copied), and
+/// the pack values are dropped once analysed when the outcome cannot depend on the tenant
+/// ([`Record::settle`]).
 pub struct Record {
     pub uid: String,
     pub name: String,
     pub project: String,
     api_server: String,
-    certificate_authority: String,
+    certificate_authority: Arc<str>,
     admin: AdminCredential,
-    pack_name: String,
-    pack_values: String,
+    pack: Pack,
     proxy: Option<ProxyRecord>,
     /// SHA-256 over the file and everything it refers to.
     content_digest: [u8; 32],
 }
 
 struct ProxyRecord {
-    certificate_authority: Option<String>,
+    certificate_authority: Option<Arc<str>>,
     token: Option<Sensitive>,
+}
+
+/// A record's Kubernetes pack: its values until analysed, then the outcome alone when that cannot
+/// change with the tenant.
+enum Pack {
+    Values { name: String, values: String },
+    Analysed(Result<OidcState, String>),
 }
 
 impl std::fmt::Debug for Record {
@@ -163,6 +174,39 @@ fn inline_or_file(
 }
 
 impl Record {
+    /// The pack analysis under `tenant`, and whether it read the tenant's settings.
+    fn analysis(&self, tenant: &Tenant) -> (Result<OidcState, String>, bool) {
+        match &self.pack {
+            Pack::Analysed(outcome) => (outcome.clone(), false),
+            Pack::Values { name, values } => {
+                let analysis = kubeconfig_policy::analyze_tracked(&PackInput {
+                    name,
+                    values,
+                    cluster_uid: &self.uid,
+                    cluster_name: &self.name,
+                    reverse_proxy_server: tenant.reverse_proxy().map(|p| p.server.as_str()),
+                    tenant_oidc: tenant.oidc(),
+                });
+                match analysis {
+                    Ok(a) => (Ok(a.state), a.reads_service_settings),
+                    Err(e) => (Err(format!("kubernetesPack.values: {e}")), false),
+                }
+            }
+        }
+    }
+
+    /// Drops the pack values when their analysis does not depend on the tenant, keeping the outcome.
+    /// A later [`prepare`] under any tenant gives what it would have given with the values.
+    pub fn settle(mut self, tenant: &Tenant) -> Self {
+        if matches!(self.pack, Pack::Values { .. }) {
+            let (outcome, reads_tenant) = self.analysis(tenant);
+            if !reads_tenant {
+                self.pack = Pack::Analysed(outcome);
+            }
+        }
+        self
+    }
+
     /// SHA-256 over the cluster file and every file it refers to.
     pub fn content_digest(&self) -> &[u8; 32] {
         &self.content_digest
@@ -225,7 +269,7 @@ impl Record {
         let token = inline_or_file(&mut reading, "admin.token", a.token, a.token_file)?;
         let admin = match (certificate, key, token) {
             (Some(certificate), Some(key), None) => AdminCredential::ClientCertificate {
-                certificate,
+                certificate: certificate.into(),
                 key: Sensitive::new(key),
             },
             (None, None, Some(token)) => AdminCredential::Token(Sensitive::new(token.trim())),
@@ -255,7 +299,7 @@ impl Record {
                 let token =
                     inline_or_file(&mut reading, "spectroProxy.token", p.token, p.token_file)?;
                 Some(ProxyRecord {
-                    certificate_authority: p.certificate_authority,
+                    certificate_authority: p.certificate_authority.map(Arc::from),
                     token: token.map(|t| Sensitive::new(t.trim())),
                 })
             }
@@ -266,10 +310,12 @@ impl Record {
             name: raw.name,
             project: raw.project,
             api_server: raw.api_server,
-            certificate_authority,
+            certificate_authority: certificate_authority.into(),
             admin,
-            pack_name: raw.kubernetes_pack.name,
-            pack_values: raw.kubernetes_pack.values,
+            pack: Pack::Values {
+                name: raw.kubernetes_pack.name,
+                values: raw.kubernetes_pack.values,
+            },
             proxy,
             content_digest: reading.digest.finalize().into(),
         })
@@ -411,15 +457,7 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, String> {
         ));
     }
     let reverse_proxy = tenant.reverse_proxy();
-    let oidc = kubeconfig_policy::analyze(&PackInput {
-        name: &record.pack_name,
-        values: &record.pack_values,
-        cluster_uid: &record.uid,
-        cluster_name: &record.name,
-        reverse_proxy_server: reverse_proxy.map(|p| p.server.as_str()),
-        tenant_oidc: tenant.oidc(),
-    })
-    .map_err(|e| format!("kubernetesPack.values: {e}"))?;
+    let oidc = record.analysis(tenant).0?;
     if oidc.has_unresolved_macro() {
         return Err(format!("kubernetesPack.values: {}", oidc.summary()));
     }
@@ -432,8 +470,8 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, String> {
             // stays. An imported or managed cluster (one with a proxy token) trusts the proxy's CA: the
             // record's own, else the service-wide one.
             let certificate_authority = match (&p.certificate_authority, &p.token) {
-                (Some(ca), _) => Some(ca.clone()),
-                (None, Some(_)) => server.certificate_authority.clone(),
+                (Some(ca), _) => Some(Arc::clone(ca)),
+                (None, Some(_)) => server.certificate_authority.as_deref().map(Arc::from),
                 (None, None) => None,
             };
             Some(ProxyEndpoint {
@@ -448,7 +486,7 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, String> {
         name: record.name.clone(),
         uid: record.uid.clone(),
         api_server: record.api_server.clone(),
-        certificate_authority: record.certificate_authority.clone(),
+        certificate_authority: Arc::clone(&record.certificate_authority),
         admin: record.admin.clone(),
         oidc: oidc.login().map(|login| kubeconfig_render::OidcLogin {
             issuer_url: login.issuer_url.clone(),
