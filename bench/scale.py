@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -102,6 +103,8 @@ def main():
                "--admin-addr", f"127.0.0.1:{admin_port}", "--cache-memory", "16MiB"]
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
 
+    seen_while_loading = set()
+
     def start():
         began = time.monotonic()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -112,6 +115,14 @@ def main():
                     return process, time.monotonic() - began
             except OSError:
                 assert time.monotonic() - began < 300, "not ready within 300 s"
+                # While loading, the API answers (503) rather than leaving callers hanging.
+                try:
+                    get(f"{rest}/v1/spectroclusters/{uid(0)}/assets/kubeconfig", timeout=1)
+                    seen_while_loading.add("200 before ready")
+                except urllib.error.HTTPError as e:
+                    seen_while_loading.add(str(e.code))
+                except OSError:
+                    pass
                 time.sleep(0.02)
 
     # Three starts: the first may read the files from disk, the others from the page cache.
@@ -129,6 +140,7 @@ def main():
         print(f"clusters: {args.count}, files: {files_bytes / 2**20:.1f} MiB")
         print(f"ready to serve: median {statistics.median(readies):.2f} s "
               f"(starts: {', '.join(f'{r:.2f}' for r in readies)} s)")
+        print(f"API answers while loading: {', '.join(sorted(seen_while_loading)) or 'none seen'}")
         print(f"RSS after load: {rss / 2**20:.1f} MiB "
               f"(files + 64 MiB = {(files_bytes + 64 * 2**20) / 2**20:.1f} MiB)")
 

@@ -158,8 +158,15 @@ impl Core {
         self.snapshot.load_full()
     }
 
-    /// Takes a slot among the calls served at once, or refuses with 429.
+    /// Takes a slot among the calls served at once, or refuses with 429; refuses every call as
+    /// unavailable while the first inventory load runs.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, CoreError> {
+        if !self.snapshot.load().loaded {
+            return Err(CoreError::new(
+                ErrorKind::Unavailable,
+                "the inventory is still loading; retry shortly",
+            ));
+        }
         Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             CoreError::new(
                 ErrorKind::TooManyRequests,
@@ -515,6 +522,23 @@ mod tests {
     }
 
     const PROD_EAST: &str = "6470a2b1c5e6f1a2b3c4d5e1";
+
+    #[test]
+    fn every_call_is_unavailable_until_the_first_load_is_in_service() {
+        let store = Arc::new(ArcSwap::from_pointee(Snapshot::loading()));
+        let core = Core::new(
+            Arc::clone(&store),
+            None,
+            8,
+            Arc::new(RecordingCache::default()),
+            Arc::new(Metrics::default()),
+        );
+        let refused = core.admit().expect_err("refused while loading");
+        assert_eq!(refused.kind(), ErrorKind::Unavailable);
+        let (_, snapshot, _) = Inventory::load(Origin::Demo).unwrap();
+        store.store(Arc::new(snapshot));
+        assert!(core.admit().is_ok());
+    }
 
     #[tokio::test]
     async fn the_cache_is_asked_only_after_an_allow() {

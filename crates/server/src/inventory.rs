@@ -43,9 +43,27 @@ pub struct Snapshot {
     pub tenant_problem: Option<String>,
     /// How many served clusters are unavailable.
     pub unavailable: usize,
+    /// False only for the placeholder in service while the first load runs.
+    pub loaded: bool,
 }
 
 impl Snapshot {
+    /// What is in service before the first load completes: no tenant, no clusters, `loaded: false`;
+    /// every call is refused as unavailable meanwhile.
+    pub fn loading() -> Self {
+        Snapshot {
+            tenant: Arc::new(
+                Tenant::from_yaml("tenant: loading\n").expect("the placeholder tenant is valid"),
+            ),
+            clusters: ClusterMap::new(),
+            by_project: ProjectIndex::new(),
+            api_keys: Arc::new(Vec::new()),
+            tenant_problem: None,
+            unavailable: 0,
+            loaded: false,
+        }
+    }
+
     /// Clusters that are loaded but cannot be served.
     pub fn unavailable_count(&self) -> usize {
         self.unavailable
@@ -348,6 +366,7 @@ impl Inventory {
             api_keys: Arc::clone(&self.api_keys),
             tenant_problem: self.tenant_problem.clone(),
             unavailable: self.unavailable,
+            loaded: true,
         };
         (Some(snapshot), report)
     }

@@ -96,26 +96,11 @@ pub async fn run(
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;
 
+    // Listeners answer while the first load runs: health NOT_SERVING, `/readyz` 503, calls UNAVAILABLE.
     let load_origin = origin.clone();
-    let (inventory, snapshot, report) =
-        tokio::task::spawn_blocking(move || Inventory::load(load_origin))
-            .await
-            .context("inventory loader panicked")?
-            .context("cannot load the tenant file")?;
-    for failure in &report.failures {
-        tracing::warn!(problem = %failure, "file not applied");
-    }
-    tracing::info!(
-        clusters = snapshot.clusters.len(),
-        unavailable = snapshot.unavailable_count(),
-        tenant = snapshot.tenant.name(),
-        "inventory loaded"
-    );
+    let loading = tokio::task::spawn_blocking(move || Inventory::load(load_origin));
     let metrics = Arc::new(Metrics::default());
-    metrics.loaded(&snapshot);
-    metrics.parsed(report.parsed);
-    metrics.reload(report.failures.is_empty());
-    let store = Arc::new(ArcSwap::from_pointee(snapshot));
+    let store = Arc::new(ArcSwap::from_pointee(inventory::Snapshot::loading()));
 
     let jwt = config
         .jwt
@@ -168,23 +153,6 @@ pub async fn run(
     };
     let _invalidator = AbortOnDrop(invalidator);
 
-    let _watch = match origin {
-        Origin::Files {
-            inventory: dir,
-            tenant,
-        } => Some(
-            watch::spawn(
-                inventory,
-                dir,
-                tenant,
-                Arc::clone(&store),
-                Arc::clone(&metrics),
-                Arc::clone(&feed),
-            )
-            .context("cannot watch the inventory")?,
-        ),
-        Origin::Demo => None,
-    };
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
@@ -206,10 +174,6 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
     let grpc_addr = listeners.grpc.local_addr().ok();
     let limits = config.connections.clone();
     let slots: connections::Slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -294,7 +258,7 @@ pub async fn run(
     // The admin listener: probes and scraping, plain HTTP, its own small connection budget so that a
     // flood of API connections cannot starve the probes.
     let admin_addr = listeners.admin.local_addr().ok();
-    let (ready_tx, ready_rx) = signal::channel(true);
+    let (ready_tx, ready_rx) = signal::channel(false);
     {
         let router = admin::router(Arc::clone(&core), ready_rx);
         let admin_limits = limits.clone();
@@ -318,9 +282,56 @@ pub async fn run(
         "serving"
     );
 
+    let mut shutdown = std::pin::pin!(shutdown);
+    let loaded = tokio::select! {
+        loaded = loading => loaded,
+        () = &mut shutdown => {
+            tracing::info!("stopped while loading the inventory");
+            return Ok(());
+        }
+    };
+    let (inventory, snapshot, report) = loaded
+        .context("inventory loader panicked")?
+        .context("cannot load the tenant file")?;
+    for failure in &report.failures {
+        tracing::warn!(problem = %failure, "file not applied");
+    }
+    tracing::info!(
+        clusters = snapshot.clusters.len(),
+        unavailable = snapshot.unavailable_count(),
+        tenant = snapshot.tenant.name(),
+        "inventory loaded"
+    );
+    metrics.loaded(&snapshot);
+    metrics.parsed(report.parsed);
+    metrics.reload(report.failures.is_empty());
+    store.store(Arc::new(snapshot));
+    let _watch = match origin {
+        Origin::Files {
+            inventory: dir,
+            tenant,
+        } => Some(
+            watch::spawn(
+                inventory,
+                dir,
+                tenant,
+                Arc::clone(&store),
+                Arc::clone(&metrics),
+                Arc::clone(&feed),
+            )
+            .context("cannot watch the inventory")?,
+        ),
+        Origin::Demo => None,
+    };
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    let _ = ready_tx.send(true);
+    tracing::info!("ready");
+
     let grace = config.shutdown_grace;
     let delay = config.shutdown_delay;
-    let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
         () = &mut shutdown => {}
         Some(result) = tasks.join_next() => {
