@@ -118,7 +118,7 @@ def main():
                 # While loading, the API answers (503) rather than leaving callers hanging.
                 try:
                     get(f"{rest}/v1/spectroclusters/{uid(0)}/assets/kubeconfig", timeout=1)
-                    seen_while_loading.add("200 before ready")
+                    seen_while_loading.add("200 (the load had just finished)")
                 except urllib.error.HTTPError as e:
                     seen_while_loading.add(str(e.code))
                 except OSError:
