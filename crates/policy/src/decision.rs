@@ -65,7 +65,7 @@ impl FromStr for PolicyMode {
 }
 
 /// The two files served per cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Asset {
     Kubeconfig,
     AdminKubeconfig,

@@ -480,6 +480,7 @@ fn an_analysis_says_whether_it_read_the_service_settings() {
     ));
     assert!(via_proxy.state.is_configured());
     assert!(via_proxy.reads_service_settings);
-    let tenant = tracked("pack:\n  palette:\n    config:\n      oidc:\n        identityProvider: tenant\n");
+    let tenant =
+        tracked("pack:\n  palette:\n    config:\n      oidc:\n        identityProvider: tenant\n");
     assert!(tenant.reads_service_settings);
 }

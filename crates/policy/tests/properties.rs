@@ -188,11 +188,11 @@ proptest! {
                 tenant_oidc: oidc,
             })
         };
-        if let Ok(first) = input(None, None) {
-            if !first.reads_service_settings {
-                let other = input(Some("proxy.example.test"), Some(&tenant_oidc)).expect("same values parse");
-                prop_assert_eq!(first.state, other.state);
-            }
+        if let Ok(first) = input(None, None)
+            && !first.reads_service_settings
+        {
+            let other = input(Some("proxy.example.test"), Some(&tenant_oidc)).expect("same values parse");
+            prop_assert_eq!(first.state, other.state);
         }
     }
 

@@ -302,10 +302,9 @@ impl Cluster {
                 UserEntry::certificate(encode(certificate), encode(key.expose())),
                 AuthKind::ClientCertificate,
             ),
-            Credential::Token(token) => (
-                UserEntry::token(token.expose().to_owned()),
-                AuthKind::Token,
-            ),
+            Credential::Token(token) => {
+                (UserEntry::token(token.expose().to_owned()), AuthKind::Token)
+            }
         }
     }
 

@@ -127,6 +127,13 @@ pub struct Args {
     /// Calls served at once; more are refused with 429 / RESOURCE_EXHAUSTED.
     #[arg(long, env = "KUBECONFIGD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
+    /// `WatchKubeconfigs` streams open at once on this server; more are refused with
+    /// RESOURCE_EXHAUSTED (REST long-polls count as calls, not streams).
+    #[arg(long, env = "KUBECONFIGD_MAX_WATCH_STREAMS", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watch_streams: u32,
+    /// `WatchKubeconfigs` streams one caller (user) may hold open at once.
+    #[arg(long, env = "KUBECONFIGD_MAX_WATCH_STREAMS_PER_CALLER", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watch_streams_per_caller: u32,
     /// How long shutdown waits for in-flight calls before giving up.
     #[arg(long, env = "KUBECONFIGD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -261,6 +268,7 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     pub request_timeout: Duration,
     pub max_concurrent_requests: u32,
+    pub watch: crate::streams::WatchLimits,
     pub shutdown_grace: Duration,
     pub shutdown_delay: Duration,
 }
@@ -305,6 +313,8 @@ impl Config {
             jwt_max_lifetime,
             request_timeout,
             max_concurrent_requests,
+            max_watch_streams,
+            max_watch_streams_per_caller,
             shutdown_grace,
             shutdown_delay,
             tls_cert_file,
@@ -504,6 +514,10 @@ impl Config {
             jwt,
             request_timeout: *request_timeout,
             max_concurrent_requests: *max_concurrent_requests,
+            watch: crate::streams::WatchLimits {
+                total: *max_watch_streams as usize,
+                per_caller: *max_watch_streams_per_caller as usize,
+            },
             shutdown_grace: *shutdown_grace,
             shutdown_delay: *shutdown_delay,
         })

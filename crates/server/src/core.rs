@@ -390,6 +390,77 @@ impl Core {
         Ok(Self::report(&snapshot, cluster, permissions))
     }
 
+    /// Authenticates a caller against the snapshot in service (for calls that outlive one request,
+    /// such as watch streams, which authenticate again at every change).
+    pub fn authenticate(&self, credentials: &Credentials) -> Result<Caller, CoreError> {
+        if !self.snapshot.load().loaded {
+            return Err(CoreError::new(
+                ErrorKind::Unavailable,
+                "the inventory is still loading; retry shortly",
+            ));
+        }
+        self.caller(credentials, &self.snapshot())
+    }
+
+    /// What [`Core::asset`] would answer now, without an audit event: for watchers that re-evaluate
+    /// a file at every change and report only what differs.
+    pub async fn evaluate(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        request: Request,
+    ) -> Result<Served, CoreError> {
+        let asset = match request {
+            Request::Kubeconfig { .. } => Asset::Kubeconfig,
+            Request::AdminKubeconfig => Asset::AdminKubeconfig,
+        };
+        let mut user = None;
+        self.serve_asset(
+            credentials,
+            uid,
+            request,
+            asset,
+            &tracing::Span::none(),
+            &mut user,
+        )
+        .await
+    }
+
+    /// The uids of every cluster visible to `caller` (optionally in one project), in order. Costs
+    /// O(visible clusters): for opening a watch, not for each call.
+    pub fn visible_uids(&self, caller: &Caller, project: Option<&str>) -> Vec<String> {
+        let snapshot = self.snapshot();
+        let principal = snapshot
+            .tenant
+            .principal(&caller.user, caller.groups.iter().cloned());
+        let mut uids: Vec<String> = snapshot
+            .by_project
+            .iter()
+            .filter(|(name, _)| {
+                project.is_none_or(|p| p == name.as_str())
+                    && caller.project.as_deref().is_none_or(|p| p == name.as_str())
+            })
+            .filter(|(name, _)| {
+                !snapshot
+                    .tenant
+                    .effective_permissions(&principal, name)
+                    .is_empty()
+            })
+            .flat_map(|(_, members)| members.iter().cloned())
+            .collect();
+        uids.sort_unstable();
+        uids
+    }
+
+    /// The name of a cluster in service, if any.
+    pub fn cluster_name(&self, uid: &str) -> Option<String> {
+        self.snapshot
+            .load()
+            .clusters
+            .get(uid)
+            .map(|c| c.name.clone())
+    }
+
     /// Lists the clusters visible to the caller, ordered by uid. The page token is the last uid served.
     pub fn list(
         &self,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::inventory::ClusterChange;
 
@@ -28,6 +28,9 @@ pub struct ChangeEvent {
 pub struct Feed {
     tx: broadcast::Sender<Arc<ChangeEvent>>,
     seq: AtomicU64,
+    /// Bumped after every snapshot put in service, with or without cluster changes (a tenant edit
+    /// changes who may download what without changing any cluster).
+    generation: watch::Sender<u64>,
 }
 
 impl Default for Feed {
@@ -35,18 +38,26 @@ impl Default for Feed {
         Feed {
             tx: broadcast::channel(CAPACITY).0,
             seq: AtomicU64::new(0),
+            generation: watch::channel(0).0,
         }
     }
 }
 
 impl Feed {
-    /// Publishes changes in order (call after the snapshot holding them is in service).
+    /// Publishes changes in order, then a new generation (call after the snapshot holding them is in
+    /// service, also when it holds no cluster change).
     pub fn publish(&self, changes: Vec<ClusterChange>) {
         for change in changes {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             // No subscriber is fine: nobody is waiting for changes.
             let _ = self.tx.send(Arc::new(ChangeEvent { seq, change }));
         }
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// Tells when a new snapshot is in service (the value counts them).
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Events published from now on.

@@ -10,9 +10,14 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use std::collections::HashMap;
+
+use kubeconfig_policy::Asset;
+
 use crate::auth::Credentials;
 use crate::core::{AccessReport, AssetAccess, Core};
 use crate::error::{CoreError, ErrorKind};
+use crate::streams::{WatchEvent, WatchSpec, Watchers};
 use crate::telemetry;
 use tracing::Instrument as _;
 
@@ -127,11 +132,119 @@ pub fn cluster_access(report: &AccessReport) -> pb::ClusterAccess {
 #[derive(Debug, Clone)]
 pub struct KubeconfigApi {
     core: Arc<Core>,
+    watchers: Arc<Watchers>,
+}
+
+fn watched_asset(asset: Asset) -> pb::WatchedAsset {
+    match asset {
+        Asset::Kubeconfig => pb::WatchedAsset::Kubeconfig,
+        Asset::AdminKubeconfig => pb::WatchedAsset::AdminKubeconfig,
+    }
+}
+
+/// The watch request in core terms, or why it is invalid.
+fn watch_spec(message: pb::WatchKubeconfigsRequest) -> Result<WatchSpec, CoreError> {
+    let mut assets = Vec::new();
+    for value in &message.assets {
+        match pb::WatchedAsset::try_from(*value) {
+            Ok(pb::WatchedAsset::Kubeconfig) => assets.push(Asset::Kubeconfig),
+            Ok(pb::WatchedAsset::AdminKubeconfig) => assets.push(Asset::AdminKubeconfig),
+            _ => {
+                return Err(CoreError::bad_request(format!(
+                    "assets: {value} is not a watched asset (1 kubeconfig, 2 admin kubeconfig)"
+                )));
+            }
+        }
+    }
+    let mut known = HashMap::new();
+    for (key, etag) in message.known_etags {
+        let parsed = key.split_once('/').and_then(|(uid, asset)| {
+            let asset = Asset::ALL.into_iter().find(|a| a.as_str() == asset)?;
+            Some((uid.to_owned(), asset))
+        });
+        let Some(parsed) = parsed else {
+            return Err(CoreError::bad_request(format!(
+                "known_etags: key {key:?} must be <cluster uid>/kubeconfig or <cluster uid>/admin-kubeconfig"
+            )));
+        };
+        known.insert(parsed, etag);
+    }
+    if !message.cluster_uids.is_empty() && !message.project_uid.is_empty() {
+        return Err(CoreError::bad_request(
+            "project_uid narrows \"every visible cluster\"; give it without cluster_uids",
+        ));
+    }
+    Ok(WatchSpec {
+        uids: message.cluster_uids,
+        project: (!message.project_uid.is_empty()).then_some(message.project_uid),
+        assets,
+        frp: message.frp.unwrap_or(true),
+        known,
+    })
+}
+
+fn watch_message(event: WatchEvent) -> pb::WatchKubeconfigsResponse {
+    use pb::watch_kubeconfigs_response::Type;
+    let mut message = pb::WatchKubeconfigsResponse::default();
+    match event {
+        WatchEvent::Upsert {
+            uid,
+            name,
+            asset,
+            rendered,
+        } => {
+            message.set_type(Type::Upsert);
+            message.cluster_uid = uid;
+            message.cluster_name = name;
+            message.set_asset(watched_asset(asset));
+            message.kubeconfig = Some(kubeconfig_message(&rendered.0));
+        }
+        WatchEvent::Revoked {
+            uid,
+            name,
+            asset,
+            reason,
+            message: text,
+        } => {
+            message.set_type(Type::Revoked);
+            message.cluster_uid = uid;
+            message.cluster_name = name;
+            message.set_asset(watched_asset(asset));
+            message.reason = reason;
+            message.message = text;
+        }
+        WatchEvent::Removed {
+            uid,
+            asset,
+            message: text,
+        } => {
+            message.set_type(Type::Removed);
+            message.cluster_uid = uid;
+            message.set_asset(watched_asset(asset));
+            message.reason = "NOT_FOUND".to_owned();
+            message.message = text;
+        }
+        WatchEvent::Unavailable {
+            uid,
+            name,
+            asset,
+            message: text,
+        } => {
+            message.set_type(Type::Unavailable);
+            message.cluster_uid = uid;
+            message.cluster_name = name;
+            message.set_asset(watched_asset(asset));
+            message.reason = "CLUSTER_UNAVAILABLE".to_owned();
+            message.message = text;
+        }
+        WatchEvent::Synced => message.set_type(Type::Synced),
+    }
+    message
 }
 
 impl KubeconfigApi {
-    pub fn new(core: Arc<Core>) -> Self {
-        KubeconfigApi { core }
+    pub fn new(core: Arc<Core>, watchers: Arc<Watchers>) -> Self {
+        KubeconfigApi { core, watchers }
     }
 
     async fn call<T, F, Fut>(
@@ -196,6 +309,42 @@ impl KubeconfigApi {
 
 #[tonic::async_trait]
 impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
+    type WatchKubeconfigsStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<pb::WatchKubeconfigsResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn watch_kubeconfigs(
+        &self,
+        request: tonic::Request<pb::WatchKubeconfigsRequest>,
+    ) -> Result<Response<Self::WatchKubeconfigsStream>, Status> {
+        use tokio_stream::StreamExt as _;
+        let (metadata, _, message) = request.into_parts();
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let headers = metadata.into_headers();
+        let started = std::time::Instant::now();
+        let opened = watch_spec(message).and_then(|spec| {
+            self.watchers
+                .open(Credentials::from_headers(&headers, &request_id), spec)
+        });
+        let code = opened
+            .as_ref()
+            .map_or_else(|e| e.kind().palette_code(), |_| "OK");
+        self.core
+            .metrics()
+            .call("grpc", "WatchKubeconfigs", code, started.elapsed());
+        let events = opened.map_err(|error| status(&error, &request_id))?;
+        tracing::info!(request_id = %request_id, "watch opened");
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(move |item| {
+            item.map(watch_message)
+                .map_err(|error| status(&error, &request_id))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_kubeconfig(
         &self,
         request: tonic::Request<pb::GetKubeconfigRequest>,

@@ -1085,10 +1085,9 @@ mod tests {
         })
         .expect("load");
         let issuer = |snapshot: &Snapshot, uid: &str| match &snapshot.clusters[uid].availability {
-            Availability::Ready(prepared) => prepared
-                .oidc
-                .login()
-                .map(|login| login.issuer_url.clone()),
+            Availability::Ready(prepared) => {
+                prepared.oidc.login().map(|login| login.issuer_url.clone())
+            }
             Availability::Unavailable(reason) => panic!("{reason}"),
         };
         assert_eq!(

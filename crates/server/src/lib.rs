@@ -33,6 +33,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod record;
 pub mod rest;
+pub mod streams;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;
@@ -153,7 +154,6 @@ pub async fn run(
     };
     let _invalidator = AbortOnDrop(invalidator);
 
-
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -166,10 +166,19 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("reflection v1alpha")?;
-    let api = KubeconfigServiceServer::new(grpc::KubeconfigApi::new(Arc::clone(&core)))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-
     let (stop_tx, stop_rx) = signal::channel(false);
+    let watchers = Arc::new(streams::Watchers::new(
+        Arc::clone(&core),
+        Arc::clone(&feed),
+        config.watch,
+        stop_rx.clone(),
+    ));
+    let api = KubeconfigServiceServer::new(grpc::KubeconfigApi::new(
+        Arc::clone(&core),
+        Arc::clone(&watchers),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+
     let stopped = |mut rx: signal::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -222,7 +231,7 @@ pub async fn run(
     let rest_addr = match (config.rest, listeners.rest) {
         (true, Some(listener)) => {
             let rest_addr = listener.local_addr().ok();
-            let router = rest::router(Arc::clone(&core), config.request_timeout);
+            let router = rest::router(Arc::clone(&watchers), config.request_timeout);
             let rest_stop = stopped(stop_rx.clone());
             let limits = limits.clone();
             match config.tls.clone() {

@@ -14,8 +14,8 @@ use kubeconfig_render::Request;
 use serde::Serialize;
 
 use crate::auth::Credentials;
-use crate::core::Core;
 use crate::error::{CoreError, ErrorKind};
+use crate::streams::Watchers;
 use crate::telemetry;
 use tracing::Instrument as _;
 
@@ -60,6 +60,17 @@ pub fn error_response(error: &CoreError, request_id: &str) -> Response {
     response
 }
 
+/// The one etag of an `If-None-Match` header (a long-poll waits on one file version).
+fn single_etag(if_none_match: &str) -> Option<String> {
+    let candidate = if_none_match.trim();
+    (!candidate.contains(',') && candidate != "*").then(|| {
+        candidate
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_owned()
+    })
+}
+
 /// Whether an `If-None-Match` header matches the ETag (strong or weak, a list, or `*`).
 fn matches_etag(if_none_match: &str, etag: &str) -> bool {
     if_none_match.split(',').map(str::trim).any(|candidate| {
@@ -78,9 +89,12 @@ pub const ROUTES: [&str; 4] = [
     "/healthz",
 ];
 
-/// The REST router over `core`. Every error, including unknown paths, wrong methods, undecodable
-/// paths or queries and calls past `request_timeout`, answers with the `{code, message, ref}` body.
-pub fn router(core: Arc<Core>, request_timeout: std::time::Duration) -> Router {
+/// The REST router over the core of `watchers`. Every error, including unknown paths, wrong methods,
+/// undecodable paths or queries and calls past `request_timeout`, answers with the
+/// `{code, message, ref}` body. A download with `If-None-Match` and `?wait=DURATION` is a long-poll:
+/// it answers as soon as the file changes or access to it ends, or 304 when the wait is over (the
+/// wait does not count against `request_timeout`; each evaluation does).
+pub fn router(watchers: Arc<Watchers>, request_timeout: std::time::Duration) -> Router {
     Router::new()
         .route(KUBECONFIG_ROUTE, get(kubeconfig))
         .route(ADMIN_ROUTE, get(admin_kubeconfig))
@@ -88,26 +102,37 @@ pub fn router(core: Arc<Core>, request_timeout: std::time::Duration) -> Router {
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(core)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    move |_: tower::BoxError| async move {
-                        let request_id = uuid::Uuid::new_v4().to_string();
-                        error_response(
-                            &CoreError::new(
-                                ErrorKind::Timeout,
-                                format!(
-                                    "the call did not complete within {}",
-                                    humantime::format_duration(request_timeout)
-                                ),
-                            ),
-                            &request_id,
-                        )
-                    },
-                ))
-                .timeout(request_timeout),
-        )
+        .with_state(RestState {
+            watchers,
+            request_timeout,
+        })
+}
+
+/// The longest `?wait=` a long-poll may ask for.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+#[derive(Clone)]
+struct RestState {
+    watchers: Arc<Watchers>,
+    request_timeout: std::time::Duration,
+}
+
+/// `?wait=` as a duration (`30s`, `2m`), at most [`MAX_WAIT`].
+fn wait_parameter(
+    query: &HashMap<String, String>,
+) -> Result<Option<std::time::Duration>, CoreError> {
+    let Some(text) = query.get("wait") else {
+        return Ok(None);
+    };
+    let wait = humantime::parse_duration(text)
+        .map_err(|_| CoreError::bad_request("wait must be a duration such as 30s"))?;
+    if wait > MAX_WAIT {
+        return Err(CoreError::bad_request(format!(
+            "wait must be at most {}",
+            humantime::format_duration(MAX_WAIT)
+        )));
+    }
+    Ok(Some(wait))
 }
 
 async fn healthz() -> &'static str {
@@ -144,8 +169,19 @@ fn undecodable_path() -> Response {
     plain_error(ErrorKind::BadRequest, "the path does not decode as UTF-8")
 }
 
+fn bad_query(state: &RestState, method: &'static str, error: &CoreError) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    state.watchers.core().metrics().call(
+        "rest",
+        method,
+        ErrorKind::BadRequest.palette_code(),
+        std::time::Duration::ZERO,
+    );
+    error_response(error, &request_id)
+}
+
 async fn kubeconfig(
-    State(core): State<Arc<Core>>,
+    State(state): State<RestState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
@@ -160,70 +196,100 @@ async fn kubeconfig(
         None | Some("true") => true,
         Some("false") => false,
         Some(_) => {
-            let request_id = uuid::Uuid::new_v4().to_string();
-            core.metrics().call(
-                "rest",
+            return bad_query(
+                &state,
                 "GetKubeconfig",
-                ErrorKind::BadRequest.palette_code(),
-                std::time::Duration::ZERO,
-            );
-            return error_response(
                 &CoreError::bad_request("frp must be true or false"),
-                &request_id,
             );
         }
     };
+    let wait = match wait_parameter(&query) {
+        Ok(wait) => wait,
+        Err(error) => return bad_query(&state, "GetKubeconfig", &error),
+    };
     serve(
-        &core,
+        &state,
         "GetKubeconfig",
         KUBECONFIG_ROUTE,
         &uid,
         Request::Kubeconfig { frp },
         &headers,
+        wait,
     )
     .await
 }
 
 async fn admin_kubeconfig(
-    State(core): State<Arc<Core>>,
+    State(state): State<RestState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let Some(uid) = path_uid(path) else {
         return undecodable_path();
     };
+    let Ok(Query(query)) = query else {
+        return plain_error(ErrorKind::BadRequest, "the query string does not decode");
+    };
+    let wait = match wait_parameter(&query) {
+        Ok(wait) => wait,
+        Err(error) => return bad_query(&state, "GetAdminKubeconfig", &error),
+    };
     serve(
-        &core,
+        &state,
         "GetAdminKubeconfig",
         ADMIN_ROUTE,
         &uid,
         Request::AdminKubeconfig,
         &headers,
+        wait,
     )
     .await
 }
 
 async fn serve(
-    core: &Core,
+    state: &RestState,
     method: &'static str,
     route: &'static str,
     uid: &str,
     request: Request,
     headers: &HeaderMap,
+    wait: Option<std::time::Duration>,
 ) -> Response {
+    let core = state.watchers.core();
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = telemetry::rest_span(route, &request_id, headers);
     let started = std::time::Instant::now();
+    let credentials = Credentials::from_headers(headers, &request_id);
+    // A long-poll first waits (outside the request timeout) until the file differs from the one
+    // the client holds, then answers as any download does.
+    if let (Some(wait), Some(held)) = (
+        wait,
+        headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok()),
+    ) && let Some(etag) = single_etag(held)
+    {
+        state
+            .watchers
+            .wait_for_change(&credentials, uid, request, &etag, wait)
+            .instrument(span.clone())
+            .await;
+    }
+    let timeout = state.request_timeout;
     let result = async {
         match core.admit() {
-            Ok(_permit) => {
-                core.asset(
-                    &Credentials::from_headers(headers, &request_id),
-                    uid,
-                    request,
-                )
+            Ok(_permit) => tokio::time::timeout(timeout, core.asset(&credentials, uid, request))
                 .await
-            }
+                .unwrap_or_else(|_| {
+                    Err(CoreError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the call did not complete within {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    ))
+                }),
             Err(error) => Err(error),
         }
     }

@@ -124,7 +124,16 @@ fn spans_carry_the_conventions_and_no_secrets() {
         .expect("runtime");
 
     let core = core();
-    let api = kubeconfigd::grpc::KubeconfigApi::new(Arc::clone(&core));
+    let watchers = Arc::new(kubeconfigd::streams::Watchers::new(
+        Arc::clone(&core),
+        Arc::new(kubeconfigd::feed::Feed::default()),
+        kubeconfigd::streams::WatchLimits {
+            total: 8,
+            per_caller: 8,
+        },
+        tokio::sync::watch::channel(false).1,
+    ));
+    let api = kubeconfigd::grpc::KubeconfigApi::new(Arc::clone(&core), Arc::clone(&watchers));
     let mut bodies = Vec::new();
     runtime.block_on(async {
         let allowed = api
@@ -159,7 +168,7 @@ fn spans_carry_the_conventions_and_no_secrets() {
             .expect_err("wrong key");
         assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
         let response =
-            kubeconfigd::rest::router(Arc::clone(&core), std::time::Duration::from_secs(10))
+            kubeconfigd::rest::router(Arc::clone(&watchers), std::time::Duration::from_secs(10))
                 .oneshot(
                     http::Request::get(format!(
                         "/v1/spectroclusters/{}/assets/kubeconfig",

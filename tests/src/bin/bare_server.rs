@@ -30,6 +30,14 @@ fn kubeconfig(yaml: &str) -> pb::Kubeconfig {
 
 #[tonic::async_trait]
 impl KubeconfigService for Fixed {
+    type WatchKubeconfigsStream = tokio_stream::Empty<Result<pb::WatchKubeconfigsResponse, Status>>;
+
+    async fn watch_kubeconfigs(
+        &self,
+        _: Request<pb::WatchKubeconfigsRequest>,
+    ) -> Result<Response<Self::WatchKubeconfigsStream>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
     async fn get_kubeconfig(
         &self,
         _: Request<pb::GetKubeconfigRequest>,

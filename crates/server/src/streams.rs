@@ -1,0 +1,514 @@
+//! Watching files (`WatchKubeconfigs`, and the REST long-poll): what a caller would download, kept
+//! current as clusters and the tenant change.
+//!
+//! A watch re-evaluates a file through the same core as a download — authentication, visibility,
+//! the decision, the cache — whenever the change feed names its cluster, and every watched file when
+//! the tenant changes (bindings, roles, API keys). Only differences are sent: new bytes (`Upsert`),
+//! a decision that now denies (`Revoked`), a cluster gone or no longer visible (`Removed`), a broken
+//! record (`Unavailable`). A credential that no longer authenticates ends the watch.
+//!
+//! Slow consumers never hold anyone up: the feed is a broadcast that never waits, each watch has a
+//! small buffer, and a watch that falls behind the feed re-evaluates everything it watches, which
+//! sends the latest state of each file once (coalescing whatever it missed).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use kubeconfig_policy::Asset;
+use kubeconfig_render::{Rendered, Request};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::auth::Credentials;
+use crate::cached::CachedAsset;
+use crate::core::{Core, check_uid};
+use crate::error::{CoreError, ErrorKind};
+use crate::feed::Feed;
+
+/// Events buffered per watch before it waits for its consumer.
+const BUFFER: usize = 32;
+
+/// What a watch follows.
+#[derive(Debug, Clone, Default)]
+pub struct WatchSpec {
+    /// Explicit uids; empty means every cluster visible to the caller.
+    pub uids: Vec<String>,
+    /// With no explicit uids: only this project's clusters.
+    pub project: Option<String>,
+    /// Which files (never empty once opened; the kubeconfig when none is named).
+    pub assets: Vec<Asset>,
+    /// For the kubeconfig: the proxied variant when the proxy is enabled.
+    pub frp: bool,
+    /// Etags the client holds, by (uid, asset): unchanged files are not sent again.
+    pub known: HashMap<(String, Asset), String>,
+}
+
+/// One event of a watch.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    Upsert {
+        uid: String,
+        name: String,
+        asset: Asset,
+        rendered: Arc<CachedAsset>,
+    },
+    Revoked {
+        uid: String,
+        name: String,
+        asset: Asset,
+        reason: String,
+        message: String,
+    },
+    Removed {
+        uid: String,
+        asset: Asset,
+        message: String,
+    },
+    Unavailable {
+        uid: String,
+        name: String,
+        asset: Asset,
+        message: String,
+    },
+    Synced,
+}
+
+impl WatchEvent {
+    /// The rendered file of an `Upsert`.
+    pub fn rendered(&self) -> Option<&Rendered> {
+        match self {
+            WatchEvent::Upsert { rendered, .. } => Some(&rendered.0),
+            _ => None,
+        }
+    }
+}
+
+/// What was last sent for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sent {
+    Etag(String),
+    Revoked(String),
+    Unavailable(String),
+    Removed,
+}
+
+/// Limits on watches: in all, and per caller.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchLimits {
+    pub total: usize,
+    pub per_caller: usize,
+}
+
+/// Opens watches and keeps their count.
+pub struct Watchers {
+    core: Arc<Core>,
+    feed: Arc<Feed>,
+    limits: WatchLimits,
+    total: Arc<Semaphore>,
+    per_caller: Arc<Mutex<HashMap<String, usize>>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchers")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A caller's share of the watch limits, given back when the watch ends.
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    user: String,
+    per_caller: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.per_caller.lock()
+            && let Some(count) = counts.get_mut(&self.user)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+fn exhausted(message: String) -> CoreError {
+    CoreError::new(ErrorKind::TooManyRequests, message)
+}
+
+fn request_for(asset: Asset, frp: bool) -> Request {
+    match asset {
+        Asset::Kubeconfig => Request::Kubeconfig { frp },
+        Asset::AdminKubeconfig => Request::AdminKubeconfig,
+    }
+}
+
+impl Watchers {
+    /// `stop` turns true when the server shuts down: every watch then ends (UNAVAILABLE).
+    pub fn new(
+        core: Arc<Core>,
+        feed: Arc<Feed>,
+        limits: WatchLimits,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Watchers {
+            core,
+            feed,
+            limits,
+            total: Arc::new(Semaphore::new(limits.total)),
+            per_caller: Arc::new(Mutex::new(HashMap::new())),
+            stop,
+        }
+    }
+
+    /// The core watches evaluate through.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Watches open now.
+    pub fn open_count(&self) -> usize {
+        self.limits.total - self.total.available_permits()
+    }
+
+    fn admit(&self, user: &str) -> Result<Admission, CoreError> {
+        let permit = Arc::clone(&self.total).try_acquire_owned().map_err(|_| {
+            exhausted(format!(
+                "too many watch streams on this server (limit {}); retry later",
+                self.limits.total
+            ))
+        })?;
+        let mut counts = self
+            .per_caller
+            .lock()
+            .map_err(|_| CoreError::new(ErrorKind::Internal, "watch accounting failed"))?;
+        let count = counts.entry(user.to_owned()).or_insert(0);
+        if *count >= self.limits.per_caller {
+            return Err(exhausted(format!(
+                "too many watch streams for this caller (limit {}); close one first",
+                self.limits.per_caller
+            )));
+        }
+        *count += 1;
+        Ok(Admission {
+            _permit: permit,
+            user: user.to_owned(),
+            per_caller: Arc::clone(&self.per_caller),
+        })
+    }
+
+    /// Opens a watch: checks the request, the credential and the limits now, then streams events
+    /// (the initial state, `Synced`, then changes). The stream ends with an error item when the
+    /// credential stops authenticating or the server shuts down.
+    pub fn open(
+        &self,
+        credentials: Credentials,
+        mut spec: WatchSpec,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, CoreError>>, CoreError> {
+        for uid in &spec.uids {
+            check_uid(uid)?;
+        }
+        if spec.assets.is_empty() {
+            spec.assets.push(Asset::Kubeconfig);
+        }
+        spec.assets.sort_by_key(|a| a.as_str());
+        spec.assets.dedup();
+        spec.uids.sort_unstable();
+        spec.uids.dedup();
+        let caller = self.core.authenticate(&credentials)?;
+        let admission = self.admit(&caller.user)?;
+        // Subscribed before the initial state is computed, so that no change falls in between.
+        let changes = self.feed.subscribe();
+        let generations = self.feed.generations();
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let watch = Watch {
+            core: Arc::clone(&self.core),
+            credentials,
+            spec,
+            sent: BTreeMap::new(),
+            tx,
+            stop: self.stop.clone(),
+            tenant: Arc::clone(&self.core.snapshot().tenant),
+        };
+        tokio::spawn(watch.run(changes, generations, admission));
+        Ok(rx)
+    }
+
+    /// Waits until what `request` of `uid` would answer differs from `etag`, or `wait` passes
+    /// (the REST long-poll). Returns whether it changed; the caller then answers as for a download.
+    pub async fn wait_for_change(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        request: Request,
+        etag: &str,
+        wait: std::time::Duration,
+    ) -> bool {
+        let mut generations = self.feed.generations();
+        let mut stop = self.stop.clone();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = match self.core.evaluate(credentials, uid, request).await {
+                Ok(served) => served.rendered.0.etag != etag,
+                // A refusal of any kind is an answer the caller should have at once.
+                Err(_) => true,
+            };
+            if changed {
+                return true;
+            }
+            tokio::select! {
+                result = generations.changed() => if result.is_err() { return false },
+                _ = stop.wait_for(|stop| *stop) => return false,
+                () = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+}
+
+struct Watch {
+    core: Arc<Core>,
+    credentials: Credentials,
+    spec: WatchSpec,
+    sent: BTreeMap<(String, Asset), Sent>,
+    tx: mpsc::Sender<Result<WatchEvent, CoreError>>,
+    stop: watch::Receiver<bool>,
+    /// The tenant the last full evaluation saw: a new one may change any decision.
+    tenant: Arc<kubeconfig_policy::Tenant>,
+}
+
+/// Why a watch ended.
+enum End {
+    /// The consumer went away.
+    Gone,
+    /// An error to send as the stream's last item.
+    Error(CoreError),
+}
+
+impl Watch {
+    async fn run(
+        mut self,
+        mut changes: tokio::sync::broadcast::Receiver<Arc<crate::feed::ChangeEvent>>,
+        mut generations: watch::Receiver<u64>,
+        _admission: Admission,
+    ) {
+        let result: Result<(), End> = async {
+            for (key, etag) in std::mem::take(&mut self.spec.known) {
+                self.sent.insert(key, Sent::Etag(etag));
+            }
+            self.evaluate_all().await?;
+            self.send(WatchEvent::Synced).await?;
+            loop {
+                let mut uids = BTreeSet::new();
+                let mut everything = false;
+                tokio::select! {
+                    biased;
+                    _ = self.stop.wait_for(|stop| *stop) => {
+                        return Err(End::Error(CoreError::new(
+                            ErrorKind::Unavailable,
+                            "the server is shutting down; reconnect with the etags you hold",
+                        )));
+                    }
+                    () = self.tx.closed() => return Err(End::Gone),
+                    event = changes.recv() => match event {
+                        Ok(event) => { uids.insert(event.change.uid().to_owned()); }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => everything = true,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(End::Gone),
+                    },
+                    result = generations.changed() => {
+                        if result.is_err() {
+                            return Err(End::Gone);
+                        }
+                    }
+                }
+                loop {
+                    match changes.try_recv() {
+                        Ok(event) => {
+                            uids.insert(event.change.uid().to_owned());
+                        }
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                            everything = true;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let tenant = Arc::clone(&self.core.snapshot().tenant);
+                if !Arc::ptr_eq(&tenant, &self.tenant) {
+                    self.tenant = tenant;
+                    everything = true;
+                }
+                if everything {
+                    self.evaluate_all().await?;
+                } else {
+                    for uid in uids {
+                        if self.spec.uids.is_empty() || self.spec.uids.binary_search(&uid).is_ok() {
+                            self.evaluate_cluster(&uid).await?;
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(End::Error(error)) = result {
+            let _ = self.tx.send(Err(error)).await;
+        }
+    }
+
+    async fn send(&self, event: WatchEvent) -> Result<(), End> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            sent = self.tx.send(Ok(event)) => sent.map_err(|_| End::Gone),
+            _ = stop.wait_for(|stop| *stop) => Err(End::Error(CoreError::new(
+                ErrorKind::Unavailable,
+                "the server is shutting down; reconnect with the etags you hold",
+            ))),
+        }
+    }
+
+    /// Every watched file: the explicit uids, or every visible cluster plus those already sent.
+    async fn evaluate_all(&mut self) -> Result<(), End> {
+        let mut uids: BTreeSet<String> = if self.spec.uids.is_empty() {
+            let caller = self
+                .core
+                .authenticate(&self.credentials)
+                .map_err(End::Error)?;
+            self.core
+                .visible_uids(&caller, self.spec.project.as_deref())
+                .into_iter()
+                .collect()
+        } else {
+            self.spec.uids.iter().cloned().collect()
+        };
+        uids.extend(self.sent.keys().map(|(uid, _)| uid.clone()));
+        for uid in uids {
+            self.evaluate_cluster(&uid).await?;
+        }
+        Ok(())
+    }
+
+    async fn evaluate_cluster(&mut self, uid: &str) -> Result<(), End> {
+        for asset in self.spec.assets.clone() {
+            self.evaluate_file(uid, asset).await?;
+        }
+        Ok(())
+    }
+
+    async fn evaluate_file(&mut self, uid: &str, asset: Asset) -> Result<(), End> {
+        let key = (uid.to_owned(), asset);
+        let previous = self.sent.get(&key);
+        let explicit = !self.spec.uids.is_empty();
+        let outcome = self
+            .core
+            .evaluate(&self.credentials, uid, request_for(asset, self.spec.frp))
+            .await;
+        let name = || self.core.cluster_name(uid).unwrap_or_default();
+        let (next, event) = match outcome {
+            Ok(served) => {
+                // A cluster outside the project asked for is not watched in "every cluster" mode.
+                if !explicit
+                    && self
+                        .spec
+                        .project
+                        .as_deref()
+                        .is_some_and(|p| p != served.cluster.project)
+                {
+                    return Ok(());
+                }
+                let etag = served.rendered.0.etag.clone();
+                if previous == Some(&Sent::Etag(etag.clone())) {
+                    return Ok(());
+                }
+                tracing::info!(
+                    target: "audit",
+                    user = %served.user,
+                    cluster = uid,
+                    asset = asset.as_str(),
+                    allowed = true,
+                    request_id = %self.credentials.request_id,
+                    sha256 = %etag,
+                    via = "watch",
+                    "asset served"
+                );
+                (
+                    Some(Sent::Etag(etag)),
+                    WatchEvent::Upsert {
+                        uid: uid.to_owned(),
+                        name: served.cluster.name.clone(),
+                        asset,
+                        rendered: served.rendered,
+                    },
+                )
+            }
+            Err(error) => match error.kind() {
+                ErrorKind::Unauthenticated => return Err(End::Error(error)),
+                ErrorKind::NotFound => {
+                    if previous == Some(&Sent::Removed) || (previous.is_none() && !explicit) {
+                        return Ok(());
+                    }
+                    let next = explicit.then_some(Sent::Removed);
+                    (
+                        next,
+                        WatchEvent::Removed {
+                            uid: uid.to_owned(),
+                            asset,
+                            message: error.message().to_owned(),
+                        },
+                    )
+                }
+                ErrorKind::Forbidden => {
+                    let reason = error.reason().unwrap_or("FORBIDDEN").to_owned();
+                    if previous == Some(&Sent::Revoked(reason.clone())) {
+                        return Ok(());
+                    }
+                    tracing::info!(
+                        target: "audit",
+                        cluster = uid,
+                        asset = asset.as_str(),
+                        allowed = false,
+                        request_id = %self.credentials.request_id,
+                        reason = %reason,
+                        via = "watch",
+                        "asset refused"
+                    );
+                    (
+                        Some(Sent::Revoked(reason.clone())),
+                        WatchEvent::Revoked {
+                            uid: uid.to_owned(),
+                            name: name(),
+                            asset,
+                            reason,
+                            message: error.message().to_owned(),
+                        },
+                    )
+                }
+                _ => {
+                    let message = error.message().to_owned();
+                    if previous == Some(&Sent::Unavailable(message.clone())) {
+                        return Ok(());
+                    }
+                    (
+                        Some(Sent::Unavailable(message.clone())),
+                        WatchEvent::Unavailable {
+                            uid: uid.to_owned(),
+                            name: name(),
+                            asset,
+                            message,
+                        },
+                    )
+                }
+            },
+        };
+        match next {
+            Some(next) => {
+                self.sent.insert(key, next);
+            }
+            None => {
+                self.sent.remove(&key);
+            }
+        }
+        self.send(event).await
+    }
+}
