@@ -40,6 +40,91 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
+/// The `kubeconfig-agent` binary, next to `kubeconfigd` (or at `KUBECONFIG_AGENT_BIN`).
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECONFIG_AGENT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let candidate = binary()?.with_file_name("kubeconfig-agent");
+    if !candidate.is_file() {
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` before the end-to-end tests",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// A running `kubeconfig-agent` process; killed on drop.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    log: tempfile::NamedTempFile,
+}
+
+impl Agent {
+    /// Starts the agent with `args` (stdout and stderr to a log).
+    pub fn start(args: &[String]) -> anyhow::Result<Agent> {
+        let log = tempfile::NamedTempFile::new()?;
+        let child = Command::new(agent_binary()?)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.reopen()?)
+            .stderr(log.reopen()?)
+            .spawn()
+            .context("spawn kubeconfig-agent")?;
+        Ok(Agent {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Everything the agent printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits (bounded) for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the agent did not exit within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -104,6 +189,8 @@ pub struct Server {
     pub rest: SocketAddr,
     pub admin: SocketAddr,
     log: tempfile::NamedTempFile,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -137,33 +224,58 @@ impl Server {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let rest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let log = tempfile::NamedTempFile::new()?;
-        let mut command = Command::new(binary()?);
-        command
-            .args(args)
-            .arg("--grpc-addr")
-            .arg(grpc.to_string())
-            .arg("--rest-addr")
-            .arg(rest.to_string())
-            .arg("--admin-addr")
-            .arg(admin.to_string())
-            .env("RUST_LOG", "info,redis=error")
-            .stdin(Stdio::null())
-            .stdout(log.reopen()?)
-            .stderr(log.reopen()?);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().context("spawn kubeconfigd")?;
         let mut server = Server {
-            child: Some(child),
+            child: None,
             grpc,
             rest,
             admin,
-            log,
+            log: tempfile::NamedTempFile::new()?,
+            args: args.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
+        server.spawn()?;
         server.wait_ready().await?;
         Ok(server)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(binary()?);
+        command
+            .args(&self.args)
+            .arg("--grpc-addr")
+            .arg(self.grpc.to_string())
+            .arg("--rest-addr")
+            .arg(self.rest.to_string())
+            .arg("--admin-addr")
+            .arg(self.admin.to_string())
+            .env("RUST_LOG", "info,redis=error")
+            .stdin(Stdio::null())
+            .stdout(self.log.reopen()?)
+            .stderr(self.log.reopen()?);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().context("spawn kubeconfigd")?);
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL) and leaves it stopped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again with the same flags and ports (after [`Server::kill`]), and waits
+    /// until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
