@@ -90,3 +90,22 @@ def test_the_readability_check_catches_a_secret_the_user_cannot_read():
     assert unreadable_mounts(pod) == [("c", "s")]
     pod["securityContext"]["fsGroup"] = 65532
     assert unreadable_mounts(pod) == []
+
+
+def test_the_agent_accepts_every_manifest_flag():
+    """Runs the real kubeconfig-agent with each manifest's arguments: flag errors exit 2 (clap); a
+    missing key file at start-up is a later, different failure."""
+    agent = ROOT / "target" / "debug" / "kubeconfig-agent"
+    assert agent.is_file(), "build the workspace first (cargo build --workspace --bins)"
+    checked = 0
+    for path, name, pod in pod_specs():
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if container.get("command", [""])[0].endswith("kubeconfig-agent"):
+                args = [a.replace("http://kubeconfigd:50051", "http://127.0.0.1:9") for a in container["args"]]
+                args = [a for a in args if not a.startswith(("--health-addr", "--once"))]
+                result = subprocess.run([str(agent), *args, "--once", "--once-timeout=1ms"],
+                                        capture_output=True, text=True, timeout=30)
+                assert result.returncode == 1, f"{path.name}/{name}: {result.stderr}"
+                assert "api-key-file" in result.stderr, result.stderr
+                checked += 1
+    assert checked == 2

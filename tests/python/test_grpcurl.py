@@ -60,3 +60,18 @@ def test_health_is_serving(grpcurl, demo):
         code, out, err = run(grpcurl, "-plaintext", "-d", json.dumps({"service": service}), demo.grpc, "grpc.health.v1.Health/Check")
         assert code == 0, err
         assert json.loads(out)["status"] == "SERVING"
+
+
+def test_watch_streams_events_as_they_come(grpcurl, demo):
+    # grpcurl prints each message of a server stream as it arrives; -max-time ends the watch.
+    result = subprocess.run(
+        [grpcurl, "-plaintext", "-max-time", "2", "-H", "apikey: demo-viewer-key",
+         "-d", '{"cluster_uids": ["6470a2b1c5e6f1a2b3c4d5e2"]}',
+         demo.grpc, "kubeconfig.v1.KubeconfigService/WatchKubeconfigs"],
+        capture_output=True, text=True, timeout=30,
+    )
+    # The stream is cut by -max-time, which grpcurl reports as DeadlineExceeded.
+    assert "DeadlineExceeded" in result.stderr, result.stderr
+    events = [json.loads(chunk) for chunk in result.stdout.replace("}\n{", "}\x00{").split("\x00") if chunk.strip()]
+    assert [e["type"] for e in events] == ["TYPE_UPSERT", "TYPE_SYNCED"]
+    assert events[0]["kubeconfig"]["fileName"] == "edge-store-42.kubeconfig"
