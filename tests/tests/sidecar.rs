@@ -607,3 +607,56 @@ async fn the_rest_long_poll_answers_when_the_file_changes() {
         .expect("poll");
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_watch_narrowed_to_a_project_sees_that_project_only() {
+    let setup = setup(&[]).await;
+    let project = |p: &str| pb::WatchKubeconfigsRequest {
+        project_uid: p.to_owned(),
+        ..Default::default()
+    };
+    let mut platform = open_watch(&setup.server, TENANT_ADMIN_KEY, project("platform"))
+        .await
+        .expect("platform");
+    assert_eq!(until_synced(&mut platform).await, 4);
+    let mut other = open_watch(&setup.server, TENANT_ADMIN_KEY, project("other"))
+        .await
+        .expect("other");
+    assert_eq!(until_synced(&mut other).await, 0);
+    // A cluster moved out of the project is removed from that watch.
+    edit(
+        &setup.fixture.inventory().join("no-oidc-direct.yaml"),
+        "project: platform",
+        "project: other",
+    );
+    let event = tokio::time::timeout(Duration::from_secs(3), platform.message())
+        .await
+        .expect("in time")
+        .expect("stream")
+        .expect("open");
+    assert_eq!(
+        (event.r#type(), event.cluster_uid.as_str()),
+        (Type::Removed, NO_OIDC_DIRECT)
+    );
+    let event = tokio::time::timeout(Duration::from_secs(3), other.message())
+        .await
+        .expect("in time")
+        .expect("stream")
+        .expect("open");
+    assert_eq!(
+        (event.r#type(), event.cluster_uid.as_str()),
+        (Type::Upsert, NO_OIDC_DIRECT)
+    );
+    let refused = open_watch(
+        &setup.server,
+        TENANT_ADMIN_KEY,
+        pb::WatchKubeconfigsRequest {
+            cluster_uids: vec![NO_OIDC_DIRECT.to_owned()],
+            project_uid: "platform".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("both");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+}

@@ -452,13 +452,13 @@ impl Core {
         uids
     }
 
-    /// The name of a cluster in service, if any.
-    pub fn cluster_name(&self, uid: &str) -> Option<String> {
+    /// The name and project of a cluster in service, if any.
+    pub fn cluster_facts(&self, uid: &str) -> Option<(String, String)> {
         self.snapshot
             .load()
             .clusters
             .get(uid)
-            .map(|c| c.name.clone())
+            .map(|c| (c.name.clone(), c.project.clone()))
     }
 
     /// Lists the clusters visible to the caller, ordered by uid. The page token is the last uid served.

@@ -400,23 +400,29 @@ impl Watch {
         let key = (uid.to_owned(), asset);
         let previous = self.sent.get(&key);
         let explicit = !self.spec.uids.is_empty();
-        let outcome = self
-            .core
-            .evaluate(&self.credentials, uid, request_for(asset, self.spec.frp))
-            .await;
-        let name = || self.core.cluster_name(uid).unwrap_or_default();
+        let facts = self.core.cluster_facts(uid);
+        let outside_project = !explicit
+            && self.spec.project.as_deref().is_some_and(|p| {
+                facts
+                    .as_ref()
+                    .is_some_and(|(_, project)| project.as_str() != p)
+            });
+        let outcome = if outside_project {
+            // Moved out of the project watched: as good as gone for this watch.
+            Err(CoreError::not_found(uid))
+        } else {
+            self.core
+                .evaluate(&self.credentials, uid, request_for(asset, self.spec.frp))
+                .await
+        };
+        let name = || {
+            facts
+                .as_ref()
+                .map(|(name, _)| name.clone())
+                .unwrap_or_default()
+        };
         let (next, event) = match outcome {
             Ok(served) => {
-                // A cluster outside the project asked for is not watched in "every cluster" mode.
-                if !explicit
-                    && self
-                        .spec
-                        .project
-                        .as_deref()
-                        .is_some_and(|p| p != served.cluster.project)
-                {
-                    return Ok(());
-                }
                 let etag = served.rendered.0.etag.clone();
                 if previous == Some(&Sent::Etag(etag.clone())) {
                     return Ok(());
