@@ -660,3 +660,71 @@ async fn a_watch_narrowed_to_a_project_sees_that_project_only() {
     .expect_err("both");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn shutdown_ends_watches_with_unavailable_and_does_not_wait_for_them() {
+    let mut setup = setup(&["--shutdown-grace", "20s"]).await;
+    let mut stream = open_watch(
+        &setup.server,
+        ADMIN_KEY,
+        pb::WatchKubeconfigsRequest::default(),
+    )
+    .await
+    .expect("watch");
+    assert_eq!(until_synced(&mut stream).await, 4);
+    let started = Instant::now();
+    let pid = setup.server.pid().expect("pid");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends at once");
+    assert_eq!(
+        ended.expect_err("a status").code(),
+        tonic::Code::Unavailable
+    );
+    let status = setup
+        .server
+        .terminate_wait(Duration::from_secs(10))
+        .expect("exits");
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drained in {:?}, not after the grace period",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_server_wide_stream_limit_answers_resource_exhausted() {
+    let setup = setup(&["--max-watch-streams", "2"]).await;
+    let request = pb::WatchKubeconfigsRequest::default();
+    let _first = open_watch(&setup.server, ADMIN_KEY, request.clone())
+        .await
+        .expect("first");
+    let second = open_watch(&setup.server, TENANT_ADMIN_KEY, request.clone())
+        .await
+        .expect("second");
+    let refused = open_watch(&setup.server, "matrix-project-admin", request.clone())
+        .await
+        .expect_err("third");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("limit 2"),
+        "{}",
+        refused.message()
+    );
+    // A closed stream frees its place.
+    drop(second);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            open_watch(&setup.server, "matrix-project-admin", request.clone())
+                .await
+                .is_ok()
+        })
+        .await
+    );
+}
