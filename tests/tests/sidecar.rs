@@ -728,3 +728,69 @@ async fn the_server_wide_stream_limit_answers_resource_exhausted() {
         .await
     );
 }
+
+/// A projected-token style credential: the agent re-reads `--token-file` at every connection.
+#[tokio::test]
+async fn a_rotated_token_file_is_used_on_the_next_connection() {
+    let jwt = kubeconfigd_e2e::workspace_root().join("tests/fixtures/jwt/hs256.secret");
+    let mut setup = setup(&[
+        "--jwt-issuer",
+        "https://issuer.matrix.test",
+        "--jwt-audience",
+        "kubeconfigd",
+        "--jwt-hs256-secret-file",
+        &jwt.display().to_string(),
+    ])
+    .await;
+    let secret = std::fs::read(&jwt).expect("secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let token = |email: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({
+                "email": email, "iss": "https://issuer.matrix.test", "aud": "kubeconfigd",
+                "iat": now, "exp": now + 600,
+            }),
+            &jsonwebtoken::EncodingKey::from_secret(secret.trim_ascii()),
+        )
+        .expect("sign")
+    };
+    let token_file = setup.fixture.dir.path().join("token");
+    std::fs::write(&token_file, token("cluster-admin@matrix.test")).expect("token");
+    let health = format!("127.0.0.1:{}", free_port().expect("port"));
+    let args = vec![
+        "--server".to_owned(),
+        setup.server.grpc_url(),
+        "--token-file".to_owned(),
+        token_file.display().to_string(),
+        "--all".to_owned(),
+        "--out-dir".to_owned(),
+        setup.out.display().to_string(),
+        "--health-addr".to_owned(),
+        health.clone(),
+    ];
+    let agent = Agent::start(&args).expect("agent");
+    assert!(
+        eventually(Duration::from_secs(15), || ready(&health)).await,
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(std::fs::read_dir(&setup.out).expect("out").count(), 4);
+    // The token rotates to another identity, one that sees no cluster of the project; the next
+    // connection (after a server restart) uses it, so the files go.
+    std::fs::write(&token_file, token("no-access@matrix.test")).expect("token");
+    setup.server.restart().await.expect("restart");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            std::fs::read_dir(&setup.out)
+                .map(|d| d.count() == 0)
+                .unwrap_or(false)
+        })
+        .await,
+        "{}",
+        agent.log_text()
+    );
+}
