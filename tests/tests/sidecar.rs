@@ -446,6 +446,16 @@ async fn a_slow_watcher_delays_no_one_limits_hold_and_a_revoked_key_ends_the_str
         .await
         .expect_err("fourth");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    let metrics = reqwest::get(format!("{}/metrics", setup.server.admin_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("\nkubeconfigd_watch_streams 4\n"),
+        "three of the caller's and the tenant admin's resumed watch: {metrics}"
+    );
 
     // Many changes while the slow watcher reads nothing: the fast one sees each promptly.
     let file = setup.fixture.inventory().join("no-oidc-direct.yaml");

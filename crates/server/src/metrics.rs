@@ -60,9 +60,25 @@ pub struct Metrics {
     clusters_unavailable: AtomicU64,
     /// Calls by (edge, method, Palette code or "OK").
     calls: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    watch_streams: AtomicU64,
+    watch_events: AtomicU64,
 }
 
 impl Metrics {
+    /// A watch stream opened (`+1`) or ended (`-1`).
+    pub fn watch_streams(&self, opened: bool) {
+        if opened {
+            self.watch_streams.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.watch_streams.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One event sent on a watch stream.
+    pub fn watch_event(&self) {
+        self.watch_events.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records one reload.
     pub fn reload(&self, ok: bool) {
         if ok {
@@ -207,6 +223,18 @@ impl Metrics {
             "gauge",
             "1 when the Redis tier is configured and usable.",
             &[(String::new(), u64::from(cache.redis_up))],
+        );
+        metric(
+            "kubeconfigd_watch_streams",
+            "gauge",
+            "WatchKubeconfigs streams open now.",
+            &[(String::new(), self.watch_streams.load(Ordering::Relaxed))],
+        );
+        metric(
+            "kubeconfigd_watch_events_total",
+            "counter",
+            "Events sent on WatchKubeconfigs streams (SYNCED markers included).",
+            &[(String::new(), self.watch_events.load(Ordering::Relaxed))],
         );
         metric(
             "kubeconfigd_inventory_files_parsed_total",

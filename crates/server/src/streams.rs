@@ -121,10 +121,12 @@ struct Admission {
     _permit: OwnedSemaphorePermit,
     user: String,
     per_caller: Arc<Mutex<HashMap<String, usize>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.metrics.watch_streams(false);
         if let Ok(mut counts) = self.per_caller.lock()
             && let Some(count) = counts.get_mut(&self.user)
         {
@@ -194,10 +196,12 @@ impl Watchers {
             )));
         }
         *count += 1;
+        self.core.metrics().watch_streams(true);
         Ok(Admission {
             _permit: permit,
             user: user.to_owned(),
             per_caller: Arc::clone(&self.per_caller),
+            metrics: Arc::clone(self.core.metrics()),
         })
     }
 
@@ -358,6 +362,7 @@ impl Watch {
     }
 
     async fn send(&self, event: WatchEvent) -> Result<(), End> {
+        self.core.metrics().watch_event();
         let mut stop = self.stop.clone();
         tokio::select! {
             sent = self.tx.send(Ok(event)) => sent.map_err(|_| End::Gone),
