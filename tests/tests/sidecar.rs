@@ -804,3 +804,51 @@ async fn a_rotated_token_file_is_used_on_the_next_connection() {
         agent.log_text()
     );
 }
+
+#[tokio::test]
+async fn the_agent_signals_the_application_after_changes() {
+    let setup = setup(&[]).await;
+    let received = setup.fixture.dir.path().join("received");
+    let mut application = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo hup >> {}' HUP; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+            received.display()
+        ))
+        .spawn()
+        .expect("application");
+    let pid = application.id().to_string();
+    let _agent = Agent::start(&agent_args(
+        &setup,
+        &[
+            "--cluster",
+            NO_OIDC_DIRECT,
+            "--signal-pid",
+            &pid,
+            "--signal",
+            "HUP",
+        ],
+    ))
+    .expect("agent");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            read(&received).lines().count() == 1
+        })
+        .await,
+        "the initial sync is signalled once"
+    );
+    edit(
+        &setup.fixture.inventory().join("no-oidc-direct.yaml"),
+        "https://10.0.0.4:6443",
+        "https://10.0.0.47:6443",
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            read(&received).lines().count() == 2
+        })
+        .await,
+        "the edit is signalled"
+    );
+    let _ = application.kill();
+    let _ = application.wait();
+}
