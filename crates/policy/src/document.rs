@@ -67,6 +67,11 @@ fn check_size(text: &str) -> Result<(), DocumentError> {
 /// `#` count only where a token may start, so apostrophes inside plain text do not confuse it.
 fn check_flow_depth(text: &str) -> Result<(), DocumentError> {
     let bytes = text.as_bytes();
+    // Most documents (block style, PEM scalars) have no flow collection at all: a vectorised search
+    // settles them without the byte-by-byte walk (which was 4 % of loading a 100,000-cluster fleet).
+    if memchr::memchr2(b'[', b'{', bytes).is_none() {
+        return Ok(());
+    }
     let (mut depth, mut line, mut i) = (0usize, 1usize, 0usize);
     let mut token_start = true;
     while i < bytes.len() {
