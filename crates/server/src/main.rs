@@ -1,13 +1,106 @@
-//! The `kubeconfigd` binary: parse flags, install logging, bind, run until SIGTERM/SIGINT.
+//! The `kubeconfigd` binary: parse flags, install logging, bind, run until SIGTERM/SIGINT. Two operator
+//! tools share it: `kubeconfigd check` validates a tenant file and inventory exactly as the server loads
+//! them, and `kubeconfigd hash-key` prints the tenant-file line for an API key.
 
+use std::io::Read as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use kubeconfigd::config::{Args, Config};
+use kubeconfigd::inventory::{Inventory, Origin};
 use kubeconfigd::{Listeners, run, shutdown_signal, telemetry};
+use sha2::{Digest as _, Sha256};
+
+/// kubeconfigd: hands out kubeconfig files for managed Kubernetes clusters over gRPC and REST. With no
+/// subcommand it serves (the flags below).
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubeconfigd",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Loads the tenant file and the inventory exactly as the server does and prints every problem
+    /// (file, line, field); exits 1 when there is any, 0 when everything would be served.
+    Check {
+        /// Directory of cluster files.
+        #[arg(long, env = "KUBECONFIGD_INVENTORY", value_name = "DIR")]
+        inventory: PathBuf,
+        /// The tenant file.
+        #[arg(long, env = "KUBECONFIGD_TENANT", value_name = "FILE")]
+        tenant: PathBuf,
+    },
+    /// Reads an API key on standard input and prints its `sha256:` line for a user's `apiKeys`.
+    HashKey,
+}
+
+/// `kubeconfigd check`: every problem on standard output, one per line; a summary on standard error.
+fn check(inventory: PathBuf, tenant: PathBuf) -> ExitCode {
+    if !inventory.is_dir() {
+        println!("{}: not a directory", inventory.display());
+        return ExitCode::FAILURE;
+    }
+    match Inventory::load(Origin::Files { inventory, tenant }) {
+        Err(error) => {
+            println!("{error}");
+            ExitCode::FAILURE
+        }
+        Ok((_, snapshot, report)) => {
+            for failure in &report.failures {
+                println!("{failure}");
+            }
+            eprintln!(
+                "{} clusters, {} unavailable, {} problems",
+                snapshot.clusters.len(),
+                snapshot.unavailable_count(),
+                report.failures.len()
+            );
+            if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `kubeconfigd hash-key`: the key is the input without surrounding whitespace.
+fn hash_key() -> ExitCode {
+    let mut input = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("kubeconfigd hash-key: cannot read standard input: {error}");
+        return ExitCode::FAILURE;
+    }
+    let key = input.trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        eprintln!(
+            "kubeconfigd hash-key: an API key is one line of visible ASCII (it travels in a header)"
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())));
+    ExitCode::SUCCESS
+}
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { inventory, tenant }) => return check(inventory, tenant),
+        Some(Command::HashKey) => return hash_key(),
+        None => {}
+    }
+    let args = cli.serve;
     let config = match Config::from_args(&args) {
         Ok(config) => config,
         Err(error) => {
