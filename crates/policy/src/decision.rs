@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::pack::OidcState;
 use crate::permission::{ClusterOp, ClusterPermissions};
 
-/// The policy mode, a tenant setting (domain.md section 2).
+/// The policy mode, a tenant setting (docs/access.md, "The decision").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 pub enum PolicyMode {
     /// The seed page: admin kubeconfig needs `cluster.delete`; kubeconfig needs `cluster.delete`, or

@@ -1,4 +1,4 @@
-//! Kubernetes pack analysis: is OIDC properly configured (`oidc_ok`, domain.md section 4)?
+//! Kubernetes pack analysis: is OIDC properly configured (`oidc_ok`, docs/access.md)?
 //!
 //! OIDC is properly configured when both halves are present and non-empty after macro resolution: the
 //! API-server side issuer and client id (at the distribution's own path) and a `clientConfig` mapping with
@@ -15,7 +15,7 @@ use crate::macros::{self, Expander, MacroContext};
 use crate::secret::Secret;
 use crate::tenant::OidcSettings;
 
-/// The Kubernetes distributions of domain.md section 4, told apart by pack name.
+/// The Kubernetes distributions of docs/access.md, told apart by pack name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Distribution {
     /// PXK, pack `kubernetes`.

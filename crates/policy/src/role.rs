@@ -1,4 +1,4 @@
-//! Roles: the built-in Palette roles of domain.md section 3 and the tenant's custom roles.
+//! Roles: the built-in Palette roles (docs/access.md) and the tenant's custom roles.
 //!
 //! Role names are case-insensitive; a [`RoleCatalog`] looks them up by their lowercased name.
 
@@ -94,7 +94,7 @@ const ADMIN_OPS: &[ClusterOp] = &ClusterOp::ALL;
 const EDITOR_OPS: &[ClusterOp] = &[ClusterOp::Get, ClusterOp::List, ClusterOp::Update];
 const VIEWER_OPS: &[ClusterOp] = &[ClusterOp::Get, ClusterOp::List];
 
-/// The built-in roles of domain.md section 3.
+/// The built-in roles (docs/access.md, "Permissions and visibility").
 pub fn builtin_roles() -> Vec<Role> {
     let mut roles = vec![
         Role::builtin("Project Admin", Scope::Project, ADMIN_OPS),

@@ -1,4 +1,4 @@
-//! The tenant file (domain.md section 9): projects, custom roles, teams, users, API key hashes, bindings
+//! The tenant file (docs/files.md): projects, custom roles, teams, users, API key hashes, bindings
 //! and the tenant-wide settings (policy mode, Spectro Proxy server, tenant OIDC).
 //!
 //! Parsing happens in two steps. `serde` reads the shape (unknown fields are refused so that a typo such

@@ -1,4 +1,4 @@
-//! OIDC detection with realistic pack values for every distribution of domain.md section 4.
+//! OIDC detection with realistic pack values for every distribution of docs/access.md.
 
 use kubeconfig_policy::{
     OidcGap, OidcSettings, OidcSource, OidcState, PackInput, Secret, analyze, analyze_tracked,

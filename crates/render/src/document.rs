@@ -96,7 +96,7 @@ impl UserEntry {
     }
 }
 
-/// The kubelogin exec plugin entry (domain.md section 6).
+/// The kubelogin exec plugin entry (docs/access.md, "The two files per cluster").
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Exec {

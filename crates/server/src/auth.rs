@@ -1,4 +1,4 @@
-//! Authentication (domain.md section 9): API keys matched against stored SHA-256 hashes in constant
+//! Authentication (docs/files.md, "Who the caller is"): API keys matched against stored SHA-256 hashes in constant
 //! time, or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience, expiry and not-before
 //! checked with a small clock skew; only the configured algorithm is accepted, so `alg: none` and
 //! HS/RS confusion fail). Every failure is the same 401 with no hint which part was wrong.

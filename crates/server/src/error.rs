@@ -40,7 +40,7 @@ impl ErrorKind {
         ErrorKind::Internal,
     ];
 
-    /// The Palette error code string (domain.md section 7).
+    /// The Palette error code string (docs/api.md, "Errors").
     pub fn palette_code(self) -> &'static str {
         match self {
             ErrorKind::Unauthenticated => "Unauthorized",

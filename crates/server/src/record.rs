@@ -1,4 +1,4 @@
-//! One cluster file of the inventory (domain.md section 9): its format, and how a record plus the
+//! One cluster file of the inventory (docs/files.md): its format, and how a record plus the
 //! tenant become a servable cluster (or an unavailable one, with the reason).
 
 use std::path::{Path, PathBuf};

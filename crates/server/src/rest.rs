@@ -1,4 +1,4 @@
-//! The REST shim (domain.md section 7): Palette's paths over the same core and authentication as gRPC.
+//! The REST shim (docs/api.md): Palette's paths over the same core and authentication as gRPC.
 //! Errors are mapped in one function, [`error_response`].
 
 use std::collections::HashMap;
