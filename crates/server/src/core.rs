@@ -22,6 +22,9 @@ use crate::record::{Availability, ClusterEntry, ProblemCode};
 /// The default and largest page sizes of `ListClusters`.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
+/// The reason given for a file of a cluster the caller cannot see (or that does not exist), beside the
+/// deny reason codes of the policy.
+pub const NOT_FOUND_REASON: &str = "NOT_FOUND";
 
 /// A served asset.
 #[derive(Debug)]
@@ -58,7 +61,7 @@ impl AssetAccess {
             },
             Decision::NotFound => AssetAccess {
                 allowed: false,
-                reason: "NOT_FOUND".to_owned(),
+                reason: NOT_FOUND_REASON.to_owned(),
                 message: String::new(),
             },
         }

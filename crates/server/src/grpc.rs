@@ -221,7 +221,7 @@ fn watch_message(event: WatchEvent) -> pb::WatchKubeconfigsResponse {
             message.set_type(Type::Removed);
             message.cluster_uid = uid;
             message.set_asset(watched_asset(asset));
-            message.reason = "NOT_FOUND".to_owned();
+            message.reason = crate::core::NOT_FOUND_REASON.to_owned();
             message.message = text;
         }
         WatchEvent::Unavailable {
@@ -234,7 +234,9 @@ fn watch_message(event: WatchEvent) -> pb::WatchKubeconfigsResponse {
             message.cluster_uid = uid;
             message.cluster_name = name;
             message.set_asset(watched_asset(asset));
-            message.reason = "CLUSTER_UNAVAILABLE".to_owned();
+            message.reason = crate::record::ProblemCode::ClusterUnavailable
+                .as_str()
+                .to_owned();
             message.message = text;
         }
         WatchEvent::Synced => message.set_type(Type::Synced),
