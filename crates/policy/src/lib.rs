@@ -10,31 +10,32 @@
 //!   effective permissions of a principal on a cluster.
 //! - [`pack`]: Kubernetes pack analysis: is OIDC properly configured, per distribution.
 //! - [`macros`]: pack macro resolution.
-//! - [`decision`]: policy modes and [`decide`].
+//! - [`mode`]: the policy modes.
+//! - [`oidc`]: OIDC settings, login facts and the reasons a pack is not configured.
+//! - [`decision`]: [`decide`], from the mode, the permissions and the cluster's facts.
 //! - [`document`]: bounded YAML parsing shared by all of the above.
 //! - [`secret`]: a string that never prints.
 
 pub mod decision;
 pub mod document;
 pub mod macros;
+pub mod mode;
+pub mod oidc;
 pub mod pack;
 pub mod permission;
 pub mod role;
 pub mod secret;
 pub mod tenant;
 
-pub use decision::{
-    Asset, ClusterFacts, Decision, Denial, DenyCode, PolicyMode, decide, may_download_admin,
-};
+pub use decision::{Asset, ClusterFacts, Decision, Denial, DenyCode, decide, may_download_admin};
 pub use document::{DocumentError, MAX_DOCUMENT_BYTES};
-pub use pack::{
-    Analysis, Distribution, OidcGap, OidcLogin, OidcSource, OidcState, PackError, PackInput,
-    analyze, analyze_tracked,
-};
+pub use mode::PolicyMode;
+pub use oidc::{OidcGap, OidcLogin, OidcSettings, OidcSource, OidcState};
+pub use pack::{Analysis, Distribution, PackError, PackInput, analyze, analyze_tracked};
 pub use permission::{ClusterOp, ClusterPermissions, Permission, PermissionError};
 pub use role::{Role, RoleCatalog, Scope};
 pub use secret::Secret;
 pub use tenant::{
-    ApiKeyHash, Binding, FieldError, OidcSettings, Principal, Project, ReverseProxy, Subject,
-    Tenant, TenantError, User,
+    ApiKeyHash, Binding, FieldError, Principal, Project, ReverseProxy, Subject, Tenant,
+    TenantError, User,
 };

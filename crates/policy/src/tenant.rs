@@ -11,11 +11,11 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::decision::PolicyMode;
 use crate::document::{self, DocumentError};
+use crate::mode::PolicyMode;
+use crate::oidc::OidcSettings;
 use crate::permission::{ClusterPermissions, Permission};
 use crate::role::{Role, RoleCatalog, Scope};
-use crate::secret::Secret;
 
 /// The Spectro Proxy server, a service-level setting.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -33,18 +33,6 @@ pub struct ReverseProxy {
 
 fn default_proxy_port() -> u16 {
     443
-}
-
-/// The tenant's own identity provider, used by packs whose identity provider is `palette` or `tenant`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct OidcSettings {
-    pub issuer_url: String,
-    pub client_id: String,
-    #[serde(default)]
-    pub client_secret: Option<Secret>,
-    #[serde(default)]
-    pub scopes: Vec<String>,
 }
 
 /// A project of the tenant.
