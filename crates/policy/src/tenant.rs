@@ -125,16 +125,6 @@ impl Principal {
             teams: teams.into_iter().collect(),
         }
     }
-
-    /// The lowercased user id.
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// The principal's teams.
-    pub fn teams(&self) -> impl Iterator<Item = &str> {
-        self.teams.iter().map(String::as_str)
-    }
 }
 
 /// One problem in the tenant file, with the path of the field it concerns.
@@ -245,7 +235,6 @@ pub struct Tenant {
     reverse_proxy: Option<ReverseProxy>,
     oidc: Option<OidcSettings>,
     projects: BTreeMap<String, Project>,
-    roles: RoleCatalog,
     teams: BTreeMap<String, BTreeSet<String>>,
     users: BTreeMap<String, User>,
     bindings: Vec<Binding>,
@@ -459,7 +448,6 @@ impl Tenant {
             reverse_proxy: raw.reverse_proxy,
             oidc: raw.oidc,
             projects,
-            roles,
             teams,
             users,
             bindings,
@@ -491,29 +479,9 @@ impl Tenant {
         self.projects.contains_key(uid)
     }
 
-    /// The projects, by uid.
-    pub fn projects(&self) -> impl Iterator<Item = &Project> {
-        self.projects.values()
-    }
-
-    /// Every role: built-in and custom.
-    pub fn roles(&self) -> &RoleCatalog {
-        &self.roles
-    }
-
     /// Every user listed in the file.
     pub fn users(&self) -> impl Iterator<Item = &User> {
         self.users.values()
-    }
-
-    /// A listed user by e-mail (case-insensitive).
-    pub fn user(&self, email: &str) -> Option<&User> {
-        self.users.get(&email.to_ascii_lowercase())
-    }
-
-    /// The bindings, in file order.
-    pub fn bindings(&self) -> &[Binding] {
-        &self.bindings
     }
 
     /// The principal for a user: its teams from the file plus `extra_teams` (e.g. a JWT `groups` claim).

@@ -94,10 +94,6 @@ impl CoreError {
         }
     }
 
-    pub fn internal() -> Self {
-        CoreError::new(ErrorKind::Internal, "internal error")
-    }
-
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
