@@ -75,46 +75,31 @@ pub struct Listeners {
 
 /// Loads the inventory, serves gRPC (and REST) until `shutdown` completes, then drains in-flight calls.
 ///
-/// On shutdown, health turns NOT_SERVING first; new calls are refused once draining starts; the function
-/// returns when every in-flight call has finished or the grace period ran out.
+/// The listeners answer from the start; until the first load is in service, health is NOT_SERVING,
+/// `/readyz` 503 and every call UNAVAILABLE. On shutdown, health turns NOT_SERVING first; new calls
+/// are refused once draining starts; the function returns when every in-flight call has finished or
+/// the grace period ran out.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let origin = match &config.source {
-        Source::Files { inventory, tenant } => Origin::Files {
-            inventory: inventory.clone(),
-            tenant: tenant.clone(),
-        },
-        Source::Demo => Origin::Demo,
-    };
+    let origin = origin_of(&config.source);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-
-    // Listeners answer while the first load runs: health NOT_SERVING, `/readyz` 503, calls UNAVAILABLE.
-    let load_origin = origin.clone();
-    let loading = tokio::task::spawn_blocking(move || Inventory::load(load_origin));
+    set_health(&health, ServingStatus::NotServing).await;
+    let loading = {
+        let origin = origin.clone();
+        tokio::task::spawn_blocking(move || Inventory::load(origin))
+    };
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(ArcSwap::from_pointee(inventory::Snapshot::loading()));
-
+    let cache = cache_of(&config);
     let jwt = config
         .jwt
         .as_ref()
         .map(auth::JwtVerifier::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--jwt-public-key-file: {e}"))?;
-    let cache: Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>> =
-        kubeconfig_cache::TieredCache::new(kubeconfig_cache::CacheConfig {
-            memory_bytes: config.cache.memory_bytes,
-            ttl: config.cache.ttl,
-            redis: config.cache.redis.clone(),
-        });
     let core = Arc::new(core::Core::new(
         Arc::clone(&store),
         jwt,
@@ -122,71 +107,179 @@ pub async fn run(
         Arc::clone(&cache),
         Arc::clone(&metrics),
     ));
-
     let _observers = observe(&core);
-
-    // Changed and removed clusters' cached files are dropped here and, over Redis, on every replica.
-    // (Cache keys carry the revision, so this is memory hygiene, never what keeps bytes fresh.)
     let feed = Arc::new(feed::Feed::default());
-    let invalidator = {
-        let mut changes = feed.subscribe();
-        let cache = Arc::clone(&cache);
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let mut uids = Vec::new();
-                match changes.recv().await {
-                    Ok(event) => uids.push(event.change.uid().to_owned()),
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "cache invalidation fell behind the change feed");
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-                while let Ok(event) = changes.try_recv() {
-                    uids.push(event.change.uid().to_owned());
-                }
-                uids.sort_unstable();
-                uids.dedup();
-                cache.invalidate_clusters(&uids);
-            }
-        })
-    };
-    let _invalidator = AbortOnDrop(invalidator);
+    let _invalidator = spawn_invalidator(&feed, cache);
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection v1")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("reflection v1alpha")?;
     let (stop_tx, stop_rx) = signal::channel(false);
+    let (ready_tx, ready_rx) = signal::channel(false);
     let watchers = Arc::new(streams::Watchers::new(
         Arc::clone(&core),
         Arc::clone(&feed),
         config.watch,
         stop_rx.clone(),
     ));
-    let api = KubeconfigServiceServer::new(grpc::KubeconfigApi::new(
-        Arc::clone(&core),
-        Arc::clone(&watchers),
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
-
-    let stopped = |mut rx: signal::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    let grpc_addr = listeners.grpc.local_addr().ok();
+    let mut tasks = Tasks::new();
+    let addresses = (
+        listeners.grpc.local_addr().ok(),
+        listeners.rest.as_ref().and_then(|l| l.local_addr().ok()),
+        listeners.admin.local_addr().ok(),
+    );
     let limits = config.connections.clone();
     let slots: connections::Slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let grpc_router = tonic::transport::Server::builder()
+    let router = grpc_router(&config, health_service, &core, &watchers)?;
+    spawn_grpc(
+        &mut tasks,
+        router,
+        listeners.grpc,
+        config.tls.clone(),
+        &limits,
+        Arc::clone(&slots),
+        stopped(stop_rx.clone()),
+    );
+    if let (true, Some(listener)) = (config.rest, listeners.rest) {
+        let router = rest::router(Arc::clone(&watchers), config.request_timeout);
+        spawn_http(
+            &mut tasks,
+            router,
+            listener,
+            config.tls.clone(),
+            &limits,
+            slots,
+            stopped(stop_rx.clone()),
+        );
+    }
+    // The admin listener: probes and scraping, plain HTTP, its own small connection budget so that a
+    // flood of API connections cannot starve the probes.
+    spawn_http(
+        &mut tasks,
+        admin::router(Arc::clone(&core), ready_rx),
+        listeners.admin,
+        None,
+        &limits,
+        Arc::new(tokio::sync::Semaphore::new(64)),
+        stopped(stop_rx.clone()),
+    );
+    tracing::info!(
+        grpc = ?addresses.0,
+        rest = ?addresses.1.filter(|_| config.rest),
+        admin = ?addresses.2,
+        tls = config.tls.is_some(),
+        "serving"
+    );
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let loaded = tokio::select! {
+        loaded = loading => loaded.context("inventory loader panicked")?,
+        () = &mut shutdown => {
+            tracing::info!("stopped while loading the inventory");
+            return Ok(());
+        }
+    };
+    let _watch = put_in_service(loaded, origin, &store, &metrics, &feed)?;
+    set_health(&health, ServingStatus::Serving).await;
+    let _ = ready_tx.send(true);
+    tracing::info!("ready");
+
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some(result) = tasks.join_next() => {
+            // A server stopped on its own: that is always an error.
+            result.context("server task panicked")??;
+            anyhow::bail!("a server stopped unexpectedly");
+        }
+    }
+    tracing::info!(delay = ?config.shutdown_delay, "shutting down: health is NOT_SERVING");
+    let _ = ready_tx.send(false);
+    set_health(&health, ServingStatus::NotServing).await;
+    tokio::time::sleep(config.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    drain(tasks, config.shutdown_grace).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The servers' tasks: each ends when its listener stops.
+type Tasks = tokio::task::JoinSet<anyhow::Result<()>>;
+
+fn origin_of(source: &Source) -> Origin {
+    match source {
+        Source::Files { inventory, tenant } => Origin::Files {
+            inventory: inventory.clone(),
+            tenant: tenant.clone(),
+        },
+        Source::Demo => Origin::Demo,
+    }
+}
+
+/// The overall health and the API service's, together.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+fn cache_of(config: &Config) -> Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>> {
+    kubeconfig_cache::TieredCache::new(kubeconfig_cache::CacheConfig {
+        memory_bytes: config.cache.memory_bytes,
+        ttl: config.cache.ttl,
+        redis: config.cache.redis.clone(),
+    })
+}
+
+/// Drops changed and removed clusters' cached files here and, over Redis, on every replica. (Cache
+/// keys carry the revision, so this is memory hygiene, never what keeps bytes fresh.)
+fn spawn_invalidator(
+    feed: &feed::Feed,
+    cache: Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>>,
+) -> AbortOnDrop {
+    let mut changes = feed.subscribe();
+    AbortOnDrop(tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let mut uids = Vec::new();
+            match changes.recv().await {
+                Ok(event) => uids.push(event.change.uid().to_owned()),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "cache invalidation fell behind the change feed");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            }
+            while let Ok(event) = changes.try_recv() {
+                uids.push(event.change.uid().to_owned());
+            }
+            uids.sort_unstable();
+            uids.dedup();
+            cache.invalidate_clusters(&uids);
+        }
+    }))
+}
+
+/// The gRPC services: health, reflection (v1 and v1alpha, with the error-detail types so grpcurl can
+/// decode them) and the API.
+fn grpc_router(
+    config: &Config,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    core: &Arc<core::Core>,
+    watchers: &Arc<streams::Watchers>,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("reflection v1")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("reflection v1alpha")?;
+    let api = KubeconfigServiceServer::new(grpc::KubeconfigApi::new(
+        Arc::clone(core),
+        Arc::clone(watchers),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let limits = &config.connections;
+    Ok(tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
@@ -195,113 +288,97 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(api);
-    let mut tasks = tokio::task::JoinSet::new();
-    let grpc_stop = stopped(stop_rx.clone());
-    match config.tls.clone() {
+        .add_service(api))
+}
+
+/// Resolves when `stop` turns true.
+async fn stopped(mut stop: signal::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn spawn_grpc(
+    tasks: &mut Tasks,
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: &connections::Limits,
+    slots: connections::Slots,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    match tls {
         None => {
             let incoming = connections::stream(connections::accept(
-                listeners.grpc,
+                listener,
                 connections::Plain,
-                &limits,
-                Arc::clone(&slots),
+                limits,
+                slots,
             ));
             tasks.spawn(async move {
-                grpc_router
-                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
                     .await
                     .context("gRPC server")
             });
         }
-        Some(tls_config) => {
+        Some(tls) => {
             let incoming = connections::stream(connections::accept(
-                listeners.grpc,
-                connections::Tls(tokio_rustls::TlsAcceptor::from(tls_config)),
-                &limits,
-                Arc::clone(&slots),
+                listener,
+                connections::Tls(tokio_rustls::TlsAcceptor::from(tls)),
+                limits,
+                slots,
             ));
             tasks.spawn(async move {
-                grpc_router
-                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
                     .await
                     .context("gRPC server")
             });
         }
     }
-    let rest_addr = match (config.rest, listeners.rest) {
-        (true, Some(listener)) => {
-            let rest_addr = listener.local_addr().ok();
-            let router = rest::router(Arc::clone(&watchers), config.request_timeout);
-            let rest_stop = stopped(stop_rx.clone());
-            let limits = limits.clone();
-            match config.tls.clone() {
-                Some(tls_config) => {
-                    let incoming = connections::accept(
-                        listener,
-                        connections::Tls(tokio_rustls::TlsAcceptor::from(tls_config)),
-                        &limits,
-                        Arc::clone(&slots),
-                    );
-                    tasks.spawn(async move {
-                        connections::serve_http(incoming, router, &limits, rest_stop).await;
-                        anyhow::Ok(())
-                    });
-                }
-                None => {
-                    let incoming = connections::accept(
-                        listener,
-                        connections::Plain,
-                        &limits,
-                        Arc::clone(&slots),
-                    );
-                    tasks.spawn(async move {
-                        connections::serve_http(incoming, router, &limits, rest_stop).await;
-                        anyhow::Ok(())
-                    });
-                }
-            }
-            rest_addr
-        }
-        _ => None,
-    };
-    // The admin listener: probes and scraping, plain HTTP, its own small connection budget so that a
-    // flood of API connections cannot starve the probes.
-    let admin_addr = listeners.admin.local_addr().ok();
-    let (ready_tx, ready_rx) = signal::channel(false);
-    {
-        let router = admin::router(Arc::clone(&core), ready_rx);
-        let admin_limits = limits.clone();
-        let incoming = connections::accept(
-            listeners.admin,
-            connections::Plain,
-            &admin_limits,
-            Arc::new(tokio::sync::Semaphore::new(64)),
-        );
-        let admin_stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            connections::serve_http(incoming, router, &admin_limits, admin_stop).await;
-            anyhow::Ok(())
-        });
-    }
-    tracing::info!(
-        grpc = ?grpc_addr,
-        rest = ?rest_addr,
-        admin = ?admin_addr,
-        tls = config.tls.is_some(),
-        "serving"
-    );
+}
 
-    let mut shutdown = std::pin::pin!(shutdown);
-    let loaded = tokio::select! {
-        loaded = loading => loaded,
-        () = &mut shutdown => {
-            tracing::info!("stopped while loading the inventory");
-            return Ok(());
+fn spawn_http(
+    tasks: &mut Tasks,
+    router: axum::Router,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: &connections::Limits,
+    slots: connections::Slots,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let limits = limits.clone();
+    match tls {
+        None => {
+            let incoming = connections::accept(listener, connections::Plain, &limits, slots);
+            tasks.spawn(async move {
+                connections::serve_http(incoming, router, &limits, stop).await;
+                anyhow::Ok(())
+            });
         }
-    };
-    let (inventory, snapshot, report) = loaded
-        .context("inventory loader panicked")?
-        .context("cannot load the tenant file")?;
+        Some(tls) => {
+            let incoming = connections::accept(
+                listener,
+                connections::Tls(tokio_rustls::TlsAcceptor::from(tls)),
+                &limits,
+                slots,
+            );
+            tasks.spawn(async move {
+                connections::serve_http(incoming, router, &limits, stop).await;
+                anyhow::Ok(())
+            });
+        }
+    }
+}
+
+/// Puts the first load in service (or fails without a usable tenant file) and starts watching.
+fn put_in_service(
+    loaded: Result<(Inventory, inventory::Snapshot, inventory::ReloadReport), inventory::LoadError>,
+    origin: Origin,
+    store: &Arc<ArcSwap<inventory::Snapshot>>,
+    metrics: &Arc<Metrics>,
+    feed: &Arc<feed::Feed>,
+) -> anyhow::Result<Option<watch::WatchHandle>> {
+    let (inventory, snapshot, report) = loaded.context("cannot load the tenant file")?;
     for failure in &report.failures {
         tracing::warn!(problem = %failure, "file not applied");
     }
@@ -315,50 +392,26 @@ pub async fn run(
     metrics.parsed(report.parsed);
     metrics.reload(report.failures.is_empty());
     store.store(Arc::new(snapshot));
-    let _watch = match origin {
+    match origin {
         Origin::Files {
             inventory: dir,
             tenant,
-        } => Some(
-            watch::spawn(
-                inventory,
-                dir,
-                tenant,
-                Arc::clone(&store),
-                Arc::clone(&metrics),
-                Arc::clone(&feed),
-            )
-            .context("cannot watch the inventory")?,
-        ),
-        Origin::Demo => None,
-    };
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
-    let _ = ready_tx.send(true);
-    tracing::info!("ready");
-
-    let grace = config.shutdown_grace;
-    let delay = config.shutdown_delay;
-    tokio::select! {
-        () = &mut shutdown => {}
-        Some(result) = tasks.join_next() => {
-            // A server stopped on its own: that is always an error.
-            result.context("server task panicked")??;
-            anyhow::bail!("a server stopped unexpectedly");
-        }
+        } => watch::spawn(
+            inventory,
+            dir,
+            tenant,
+            Arc::clone(store),
+            Arc::clone(metrics),
+            Arc::clone(feed),
+        )
+        .map(Some)
+        .context("cannot watch the inventory"),
+        Origin::Demo => Ok(None),
     }
-    tracing::info!(delay = ?delay, "shutting down: health is NOT_SERVING");
-    let _ = ready_tx.send(false);
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    tokio::time::sleep(delay).await;
-    let _ = stop_tx.send(true);
+}
+
+/// Waits for every server to finish its in-flight calls, at most `grace`.
+async fn drain(mut tasks: Tasks, grace: std::time::Duration) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(grace, async {
         while let Some(result) = tasks.join_next().await {
             result.context("server task panicked")??;
@@ -367,13 +420,12 @@ pub async fn run(
     })
     .await;
     match drained {
-        Ok(result) => result?,
+        Ok(result) => result,
         Err(_) => {
-            tracing::warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period")
+            tracing::warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period");
+            Ok(())
         }
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// OpenTelemetry observable instruments for the cache and inventory counters (no-ops unless OTLP
