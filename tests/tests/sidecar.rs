@@ -671,7 +671,7 @@ async fn a_watch_narrowed_to_a_project_sees_that_project_only() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_watches_with_unavailable_and_does_not_wait_for_them() {
     let mut setup = setup(&["--shutdown-grace", "20s"]).await;
     let mut stream = open_watch(
@@ -696,6 +696,9 @@ async fn shutdown_ends_watches_with_unavailable_and_does_not_wait_for_them() {
         ended.expect_err("a status").code(),
         tonic::Code::Unavailable
     );
+    // Close our side: the server's HTTP/2 goodbye waits for the peer's acknowledgement, and the wait
+    // below blocks this test's runtime, which would otherwise have to answer it.
+    drop(stream);
     let status = setup
         .server
         .terminate_wait(Duration::from_secs(10))
