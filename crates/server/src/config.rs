@@ -291,13 +291,15 @@ fn config_error(flag: &'static str, message: impl Into<String>) -> ConfigError {
 impl Config {
     /// Validates parsed flags, reading the JWT key files.
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        // Every flag is named here, so that a new one cannot be forgotten: those read by a helper
+        // below are marked with it.
         let Args {
-            inventory,
-            tenant,
-            demo,
-            grpc_addr: _,
-            rest_addr: _,
-            admin_addr: _,
+            inventory: _,  // source_of
+            tenant: _,     // source_of
+            demo: _,       // source_of
+            grpc_addr: _,  // bound by the binary
+            rest_addr: _,  // bound by the binary
+            admin_addr: _, // bound by the binary
             no_rest,
             max_connections,
             idle_timeout,
@@ -306,182 +308,30 @@ impl Config {
             http2_keepalive_timeout,
             tls_handshake_timeout,
             max_tls_handshakes,
-            jwt_issuer,
-            jwt_audience,
-            jwt_hs256_secret_file,
-            jwt_public_key_file,
-            jwt_max_lifetime,
+            jwt_issuer: _,            // jwt_of
+            jwt_audience: _,          // jwt_of
+            jwt_hs256_secret_file: _, // jwt_of
+            jwt_public_key_file: _,   // jwt_of
+            jwt_max_lifetime: _,      // jwt_of
             request_timeout,
             max_concurrent_requests,
             max_watch_streams,
             max_watch_streams_per_caller,
             shutdown_grace,
             shutdown_delay,
-            tls_cert_file,
-            tls_key_file,
+            tls_cert_file: _, // tls_of
+            tls_key_file: _,  // tls_of
             cache_memory,
             cache_ttl,
-            redis_url,
-            redis_cluster,
-            redis_ca_file,
-            redis_timeout,
-            cache_key_file,
-            log_format: _,
+            redis_url: _,      // redis_of
+            redis_cluster: _,  // redis_of
+            redis_ca_file: _,  // redis_of
+            redis_timeout: _,  // redis_of
+            cache_key_file: _, // redis_of
+            log_format: _,     // read by the binary
         } = args;
-        let source = if *demo {
-            Source::Demo
-        } else {
-            let inventory = inventory
-                .clone()
-                .ok_or_else(|| config_error("--inventory", "is required (or use --demo)"))?;
-            let tenant = tenant
-                .clone()
-                .ok_or_else(|| config_error("--tenant", "is required (or use --demo)"))?;
-            if !inventory.is_dir() {
-                return Err(config_error(
-                    "--inventory",
-                    format!("{} is not a directory", inventory.display()),
-                ));
-            }
-            if !tenant.is_file() {
-                return Err(config_error(
-                    "--tenant",
-                    format!("{} is not a file", tenant.display()),
-                ));
-            }
-            Source::Files { inventory, tenant }
-        };
-        let key = match (jwt_hs256_secret_file, jwt_public_key_file) {
-            (Some(path), None) => {
-                let secret = std::fs::read(path).map_err(|e| {
-                    config_error(
-                        "--jwt-hs256-secret-file",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                let secret = secret.trim_ascii().to_vec();
-                if secret.len() < 32 {
-                    return Err(config_error(
-                        "--jwt-hs256-secret-file",
-                        "the secret must be at least 32 bytes",
-                    ));
-                }
-                Some(JwtKey::Hs256Secret(secret))
-            }
-            (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    config_error("--jwt-public-key-file", format!("{}: {e}", path.display()))
-                })?;
-                Some(JwtKey::PublicKeyPem(pem))
-            }
-            (None, None) => None,
-            (Some(_), Some(_)) => {
-                return Err(config_error(
-                    "--jwt-hs256-secret-file",
-                    "cannot be used with --jwt-public-key-file",
-                ));
-            }
-        };
-        let jwt = match key {
-            None => {
-                if jwt_issuer.is_some() || jwt_audience.is_some() {
-                    return Err(config_error(
-                        "--jwt-issuer",
-                        "needs --jwt-hs256-secret-file or --jwt-public-key-file to verify tokens",
-                    ));
-                }
-                None
-            }
-            Some(key) => {
-                let issuer = jwt_issuer
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        config_error("--jwt-issuer", "is required when bearer tokens are enabled")
-                    })?;
-                let audience = jwt_audience
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        config_error(
-                            "--jwt-audience",
-                            "is required when bearer tokens are enabled",
-                        )
-                    })?;
-                if jwt_max_lifetime.is_zero() {
-                    return Err(config_error("--jwt-max-lifetime", "must be longer than 0s"));
-                }
-                Some(JwtConfig {
-                    issuer,
-                    audience,
-                    key,
-                    max_lifetime: *jwt_max_lifetime,
-                })
-            }
-        };
-        let redis = match (redis_url, redis_cluster.as_slice()) {
-            (Some(url), _) => {
-                check_redis_url("--redis-url", url)?;
-                Some(RedisTarget::Standalone(url.clone()))
-            }
-            (None, []) => None,
-            (None, nodes) => {
-                for node in nodes {
-                    check_redis_url("--redis-cluster", node)?;
-                }
-                Some(RedisTarget::Cluster(nodes.to_vec()))
-            }
-        };
-        let tls = match (tls_cert_file, tls_key_file) {
-            (Some(cert), Some(key)) => Some(
-                crate::tls::server_config(cert, key)
-                    .map_err(|e| config_error("--tls-cert-file", e))?,
-            ),
-            _ => None,
-        };
-        let redis_ca = match redis_ca_file {
-            None => None,
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    config_error("--redis-ca-file", format!("{}: {e}", path.display()))
-                })?;
-                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                    return Err(config_error(
-                        "--redis-ca-file",
-                        format!("{} holds no PEM certificate", path.display()),
-                    ));
-                }
-                Some(pem)
-            }
-        };
-        let sealer = match cache_key_file {
-            None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    config_error("--cache-key-file", format!("{}: {e}", path.display()))
-                })?;
-                Some(Sealer::from_key_file(&text).map_err(|e| {
-                    config_error("--cache-key-file", format!("{}: {e}", path.display()))
-                })?)
-            }
-        };
-        let redis = match (redis, sealer) {
-            (None, _) => None,
-            (Some(_), None) => return Err(config_error("--cache-key-file", REDIS_NEEDS_KEY)),
-            (Some(target), Some(sealer)) => Some(RedisConfig {
-                target,
-                timeout: *redis_timeout,
-                ca: redis_ca,
-                sealer,
-            }),
-        };
-        if cache_ttl.is_zero() {
-            return Err(config_error("--cache-ttl", "must be longer than 0s"));
-        }
-        if redis_timeout.is_zero() {
-            return Err(config_error("--redis-timeout", "must be longer than 0s"));
-        }
         for (flag, value) in [
+            ("--cache-ttl", cache_ttl),
             ("--idle-timeout", idle_timeout),
             ("--header-read-timeout", header_read_timeout),
             ("--http2-keepalive-interval", http2_keepalive_interval),
@@ -494,7 +344,9 @@ impl Config {
             }
         }
         Ok(Config {
-            tls,
+            source: source_of(args)?,
+            jwt: jwt_of(args)?,
+            tls: tls_of(args)?,
             connections: crate::connections::Limits {
                 max_connections: *max_connections as usize,
                 idle_timeout: *idle_timeout,
@@ -507,11 +359,9 @@ impl Config {
             cache: CacheSettings {
                 memory_bytes: *cache_memory,
                 ttl: *cache_ttl,
-                redis,
+                redis: redis_of(args)?,
             },
-            source,
             rest: !no_rest,
-            jwt,
             request_timeout: *request_timeout,
             max_concurrent_requests: *max_concurrent_requests,
             watch: crate::streams::WatchLimits {
@@ -522,6 +372,157 @@ impl Config {
             shutdown_delay: *shutdown_delay,
         })
     }
+}
+
+/// `--demo`, or `--inventory` and `--tenant` (which must exist).
+fn source_of(args: &Args) -> Result<Source, ConfigError> {
+    if args.demo {
+        return Ok(Source::Demo);
+    }
+    let inventory = args
+        .inventory
+        .clone()
+        .ok_or_else(|| config_error("--inventory", "is required (or use --demo)"))?;
+    let tenant = args
+        .tenant
+        .clone()
+        .ok_or_else(|| config_error("--tenant", "is required (or use --demo)"))?;
+    if !inventory.is_dir() {
+        return Err(config_error(
+            "--inventory",
+            format!("{} is not a directory", inventory.display()),
+        ));
+    }
+    if !tenant.is_file() {
+        return Err(config_error(
+            "--tenant",
+            format!("{} is not a file", tenant.display()),
+        ));
+    }
+    Ok(Source::Files { inventory, tenant })
+}
+
+/// Bearer tokens: a key (HS256 secret or public key), then issuer, audience and lifetime.
+fn jwt_of(args: &Args) -> Result<Option<JwtConfig>, ConfigError> {
+    let key = match (&args.jwt_hs256_secret_file, &args.jwt_public_key_file) {
+        (Some(path), None) => {
+            let secret = std::fs::read(path).map_err(|e| {
+                config_error(
+                    "--jwt-hs256-secret-file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let secret = secret.trim_ascii().to_vec();
+            if secret.len() < 32 {
+                return Err(config_error(
+                    "--jwt-hs256-secret-file",
+                    "the secret must be at least 32 bytes",
+                ));
+            }
+            JwtKey::Hs256Secret(secret)
+        }
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                config_error("--jwt-public-key-file", format!("{}: {e}", path.display()))
+            })?;
+            JwtKey::PublicKeyPem(pem)
+        }
+        (None, None) => {
+            if args.jwt_issuer.is_some() || args.jwt_audience.is_some() {
+                return Err(config_error(
+                    "--jwt-issuer",
+                    "needs --jwt-hs256-secret-file or --jwt-public-key-file to verify tokens",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), Some(_)) => {
+            return Err(config_error(
+                "--jwt-hs256-secret-file",
+                "cannot be used with --jwt-public-key-file",
+            ));
+        }
+    };
+    let required = |value: &Option<String>, flag: &'static str| {
+        value
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| config_error(flag, "is required when bearer tokens are enabled"))
+    };
+    let issuer = required(&args.jwt_issuer, "--jwt-issuer")?;
+    let audience = required(&args.jwt_audience, "--jwt-audience")?;
+    if args.jwt_max_lifetime.is_zero() {
+        return Err(config_error("--jwt-max-lifetime", "must be longer than 0s"));
+    }
+    Ok(Some(JwtConfig {
+        issuer,
+        audience,
+        key,
+        max_lifetime: args.jwt_max_lifetime,
+    }))
+}
+
+/// TLS for the listeners, when a certificate and key are given.
+fn tls_of(args: &Args) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => crate::tls::server_config(cert, key)
+            .map(Some)
+            .map_err(|e| config_error("--tls-cert-file", e)),
+        _ => Ok(None),
+    }
+}
+
+/// The Redis tier: a target, its CA, and the key that seals every value (required with Redis). A
+/// given key file, CA file and timeout are checked even without Redis, so a mistake shows before it matters.
+fn redis_of(args: &Args) -> Result<Option<RedisConfig>, ConfigError> {
+    if args.redis_timeout.is_zero() {
+        return Err(config_error("--redis-timeout", "must be longer than 0s"));
+    }
+    let sealer = match &args.cache_key_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                config_error("--cache-key-file", format!("{}: {e}", path.display()))
+            })?;
+            Some(Sealer::from_key_file(&text).map_err(|e| {
+                config_error("--cache-key-file", format!("{}: {e}", path.display()))
+            })?)
+        }
+    };
+    let ca = match &args.redis_ca_file {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| config_error("--redis-ca-file", format!("{}: {e}", path.display())))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(config_error(
+                    "--redis-ca-file",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(pem)
+        }
+    };
+    let target = match (&args.redis_url, args.redis_cluster.as_slice()) {
+        (Some(url), _) => {
+            check_redis_url("--redis-url", url)?;
+            RedisTarget::Standalone(url.clone())
+        }
+        (None, []) => return Ok(None),
+        (None, nodes) => {
+            for node in nodes {
+                check_redis_url("--redis-cluster", node)?;
+            }
+            RedisTarget::Cluster(nodes.to_vec())
+        }
+    };
+    let sealer = sealer.ok_or_else(|| config_error("--cache-key-file", REDIS_NEEDS_KEY))?;
+    Ok(Some(RedisConfig {
+        target,
+        timeout: args.redis_timeout,
+        ca,
+        sealer,
+    }))
 }
 
 #[cfg(test)]
