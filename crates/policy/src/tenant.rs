@@ -251,34 +251,13 @@ impl Problems {
     }
 }
 
-fn is_identifier(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 128
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-impl Tenant {
-    /// Parses and validates a tenant file.
-    pub fn from_yaml(text: &str) -> Result<Self, TenantError> {
-        let raw: RawTenant = document::parse(text)?;
-        let mut problems = Problems(Vec::new());
-
-        if raw.tenant.trim().is_empty() {
-            problems.add("tenant", "must not be empty");
-        }
-        if let Some(proxy) = &raw.reverse_proxy {
-            check_proxy(proxy, &mut problems);
-        }
-        if let Some(oidc) = &raw.oidc {
-            check_oidc(oidc, &mut problems);
-        }
-
+/// Each section of the tenant file, validated: what is usable, with every problem recorded.
+impl Problems {
+    fn projects(&mut self, raw: Vec<Project>) -> BTreeMap<String, Project> {
         let mut projects = BTreeMap::new();
-        for (i, project) in raw.projects.into_iter().enumerate() {
+        for (i, project) in raw.into_iter().enumerate() {
             if !is_identifier(&project.uid) {
-                problems.add(
+                self.add(
                     format!("projects[{i}].uid"),
                     format!(
                         "{:?} is not a project uid (letters, digits, `-`, `_`, `.`)",
@@ -286,7 +265,7 @@ impl Tenant {
                     ),
                 );
             } else if projects.contains_key(&project.uid) {
-                problems.add(
+                self.add(
                     format!("projects[{i}].uid"),
                     format!("duplicate project {:?}", project.uid),
                 );
@@ -294,11 +273,14 @@ impl Tenant {
                 projects.insert(project.uid.clone(), project);
             }
         }
+        projects
+    }
 
+    fn roles(&mut self, raw: Vec<RawRole>) -> RoleCatalog {
         let mut roles = RoleCatalog::builtin();
-        for (i, role) in raw.custom_roles.into_iter().enumerate() {
+        for (i, role) in raw.into_iter().enumerate() {
             if role.name.trim().is_empty() {
-                problems.add(format!("customRoles[{i}].name"), "must not be empty");
+                self.add(format!("customRoles[{i}].name"), "must not be empty");
                 continue;
             }
             let name = role.name.clone();
@@ -310,23 +292,26 @@ impl Tenant {
                 } else {
                     "another custom role"
                 };
-                problems.add(
-                    format!("customRoles[{i}].name"),
-                    format!("{name:?} has the same name as {what} ({:?}); role names are case-insensitive", existing.name()),
-                );
+                self.add(
+                format!("customRoles[{i}].name"),
+                format!("{name:?} has the same name as {what} ({:?}); role names are case-insensitive", existing.name()),
+            );
             }
         }
+        roles
+    }
 
+    fn teams(&mut self, raw: Vec<RawTeam>) -> BTreeMap<String, BTreeSet<String>> {
         let mut teams: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (i, team) in raw.teams.into_iter().enumerate() {
+        for (i, team) in raw.into_iter().enumerate() {
             if team.name.trim().is_empty() {
-                problems.add(format!("teams[{i}].name"), "must not be empty");
+                self.add(format!("teams[{i}].name"), "must not be empty");
                 continue;
             }
             let duplicate = format!("duplicate team {:?}", team.name);
             match teams.entry(team.name) {
                 std::collections::btree_map::Entry::Occupied(_) => {
-                    problems.add(format!("teams[{i}].name"), duplicate)
+                    self.add(format!("teams[{i}].name"), duplicate)
                 }
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     slot.insert(
@@ -338,20 +323,23 @@ impl Tenant {
                 }
             }
         }
+        teams
+    }
 
+    fn users(&mut self, raw: Vec<RawUser>) -> BTreeMap<String, User> {
         let mut users = BTreeMap::new();
         let mut key_owner: BTreeMap<ApiKeyHash, String> = BTreeMap::new();
-        for (i, user) in raw.users.into_iter().enumerate() {
+        for (i, user) in raw.into_iter().enumerate() {
             let email = user.email.trim().to_ascii_lowercase();
             if email.is_empty() || !email.contains('@') {
-                problems.add(
+                self.add(
                     format!("users[{i}].email"),
                     format!("{:?} is not an e-mail address", user.email),
                 );
                 continue;
             }
             if users.contains_key(&email) {
-                problems.add(
+                self.add(
                     format!("users[{i}].email"),
                     format!("duplicate user {email:?}"),
                 );
@@ -359,7 +347,7 @@ impl Tenant {
             }
             for (k, key) in user.api_keys.iter().enumerate() {
                 if let Some(owner) = key_owner.insert(*key, email.clone()) {
-                    problems.add(
+                    self.add(
                         format!("users[{i}].apiKeys[{k}]"),
                         format!("the same API key hash is already listed for {owner:?}"),
                     );
@@ -373,9 +361,18 @@ impl Tenant {
                 },
             );
         }
+        users
+    }
 
+    fn bindings(
+        &mut self,
+        raw: Vec<RawBinding>,
+        roles: &RoleCatalog,
+        teams: &BTreeMap<String, BTreeSet<String>>,
+        projects: &BTreeMap<String, Project>,
+    ) -> Vec<Binding> {
         let mut bindings = Vec::new();
-        for (i, binding) in raw.bindings.into_iter().enumerate() {
+        for (i, binding) in raw.into_iter().enumerate() {
             let at = |field: &str| format!("bindings[{i}].{field}");
             let subject = match (binding.user, binding.team) {
                 (Some(user), None) if !user.trim().is_empty() => {
@@ -383,7 +380,7 @@ impl Tenant {
                 }
                 (None, Some(team)) => {
                     if !teams.contains_key(&team) {
-                        problems.add(
+                        self.add(
                             at("team"),
                             format!("unknown team {team:?}; declare it under `teams`"),
                         );
@@ -392,31 +389,31 @@ impl Tenant {
                     Subject::Team(team)
                 }
                 (Some(_), Some(_)) => {
-                    problems.add(
+                    self.add(
                         format!("bindings[{i}]"),
                         "has both `user` and `team`; a binding names one",
                     );
                     continue;
                 }
                 _ => {
-                    problems.add(format!("bindings[{i}]"), "needs a `user` or a `team`");
+                    self.add(format!("bindings[{i}]"), "needs a `user` or a `team`");
                     continue;
                 }
             };
             let Some(role) = roles.get(&binding.role) else {
-                problems.add(at("role"), format!("unknown role {:?}", binding.role));
+                self.add(at("role"), format!("unknown role {:?}", binding.role));
                 continue;
             };
             match (role.scope(), &binding.project) {
                 (Scope::Project, None) => {
-                    problems.add(
+                    self.add(
                         at("project"),
                         format!("{:?} is a project role and needs a `project`", role.name()),
                     );
                     continue;
                 }
                 (Scope::Tenant, Some(_)) => {
-                    problems.add(
+                    self.add(
                         at("project"),
                         format!(
                             "{:?} is a tenant role and cannot be bound to a project",
@@ -426,7 +423,7 @@ impl Tenant {
                     continue;
                 }
                 (Scope::Project, Some(project)) if !projects.contains_key(project) => {
-                    problems.add(at("project"), format!("unknown project {project:?}"));
+                    self.add(at("project"), format!("unknown project {project:?}"));
                     continue;
                 }
                 _ => {}
@@ -438,7 +435,37 @@ impl Tenant {
                 cluster: role.cluster_permissions(),
             });
         }
+        bindings
+    }
+}
 
+fn is_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Tenant {
+    /// Parses and validates a tenant file.
+    pub fn from_yaml(text: &str) -> Result<Self, TenantError> {
+        let raw: RawTenant = document::parse(text)?;
+        let mut problems = Problems(Vec::new());
+        if raw.tenant.trim().is_empty() {
+            problems.add("tenant", "must not be empty");
+        }
+        if let Some(proxy) = &raw.reverse_proxy {
+            check_proxy(proxy, &mut problems);
+        }
+        if let Some(oidc) = &raw.oidc {
+            check_oidc(oidc, &mut problems);
+        }
+        let projects = problems.projects(raw.projects);
+        let roles = problems.roles(raw.custom_roles);
+        let teams = problems.teams(raw.teams);
+        let users = problems.users(raw.users);
+        let bindings = problems.bindings(raw.bindings, &roles, &teams, &projects);
         if !problems.0.is_empty() {
             return Err(TenantError::Fields(problems.0));
         }
