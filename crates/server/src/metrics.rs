@@ -48,6 +48,71 @@ impl Default for OtelInstruments {
     }
 }
 
+/// One metric family for the text exposition: name, type, help and its (labels, value) samples.
+type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+
+fn single(value: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), value)]
+}
+
+/// The cache tiers' counters.
+fn cache_families(cache: &CacheStats) -> Vec<Family> {
+    vec![
+        (
+            "kubeconfigd_cache_hits_total",
+            "counter",
+            "Kubeconfigs served, by the tier that answered (render = rendered on this call).",
+            vec![
+                ("{tier=\"memory\"}".to_owned(), cache.memory_hits),
+                ("{tier=\"redis\"}".to_owned(), cache.redis_hits),
+                ("{tier=\"render\"}".to_owned(), cache.renders),
+            ],
+        ),
+        (
+            "kubeconfigd_cache_redis_errors_total",
+            "counter",
+            "Redis calls that failed or timed out.",
+            single(cache.redis_errors),
+        ),
+        (
+            "kubeconfigd_cache_discarded_total",
+            "counter",
+            "Values read from Redis that did not authenticate or decode.",
+            single(cache.discarded),
+        ),
+        (
+            "kubeconfigd_cache_invalidations_sent_total",
+            "counter",
+            "Invalidations published to other replicas.",
+            single(cache.invalidations_sent),
+        ),
+        (
+            "kubeconfigd_cache_invalidations_received_total",
+            "counter",
+            "Invalidations received from other replicas.",
+            single(cache.invalidations_received),
+        ),
+        (
+            "kubeconfigd_cache_forged_invalidations_total",
+            "counter",
+            "Invalidation messages discarded because they did not authenticate.",
+            single(cache.forged_invalidations),
+        ),
+        (
+            "kubeconfigd_cache_memory_entries",
+            "gauge",
+            "Entries in the in-process tier.",
+            single(cache.memory_entries),
+        ),
+        (
+            "kubeconfigd_cache_redis_up",
+            "gauge",
+            "1 when the Redis tier is configured and usable.",
+            single(u64::from(cache.redis_up)),
+        ),
+    ]
+}
+
 /// Counters and gauges of the service.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -144,12 +209,22 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self, cache: &CacheStats) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let families = [
+            self.call_families(),
+            cache_families(cache),
+            self.service_families(),
+        ];
+        for (name, kind, help, samples) in families.into_iter().flatten() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in samples {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
-        };
+        }
+        self.write_latency(&mut out);
+        out
+    }
+
+    fn call_families(&self) -> Vec<Family> {
         let calls: Vec<(String, u64)> = self
             .calls
             .lock()
@@ -165,139 +240,82 @@ impl Metrics {
                     .collect()
             })
             .unwrap_or_default();
-        metric(
+        vec![(
             "kubeconfigd_calls_total",
             "counter",
             "Calls by edge, method and result code.",
-            &calls,
-        );
+            calls,
+        )]
+    }
 
-        metric(
-            "kubeconfigd_cache_hits_total",
-            "counter",
-            "Kubeconfigs served, by the tier that answered (render = rendered on this call).",
-            &[
-                ("{tier=\"memory\"}".to_owned(), cache.memory_hits),
-                ("{tier=\"redis\"}".to_owned(), cache.redis_hits),
-                ("{tier=\"render\"}".to_owned(), cache.renders),
-            ],
-        );
-        metric(
-            "kubeconfigd_cache_redis_errors_total",
-            "counter",
-            "Redis calls that failed or timed out.",
-            &[(String::new(), cache.redis_errors)],
-        );
-        metric(
-            "kubeconfigd_cache_discarded_total",
-            "counter",
-            "Values read from Redis that did not authenticate or decode.",
-            &[(String::new(), cache.discarded)],
-        );
-        metric(
-            "kubeconfigd_cache_invalidations_sent_total",
-            "counter",
-            "Invalidations published to other replicas.",
-            &[(String::new(), cache.invalidations_sent)],
-        );
-        metric(
-            "kubeconfigd_cache_invalidations_received_total",
-            "counter",
-            "Invalidations received from other replicas.",
-            &[(String::new(), cache.invalidations_received)],
-        );
-        metric(
-            "kubeconfigd_cache_forged_invalidations_total",
-            "counter",
-            "Invalidation messages discarded because they did not authenticate.",
-            &[(String::new(), cache.forged_invalidations)],
-        );
-        metric(
-            "kubeconfigd_cache_memory_entries",
-            "gauge",
-            "Entries in the in-process tier.",
-            &[(String::new(), cache.memory_entries)],
-        );
-        metric(
-            "kubeconfigd_cache_redis_up",
-            "gauge",
-            "1 when the Redis tier is configured and usable.",
-            &[(String::new(), u64::from(cache.redis_up))],
-        );
-        metric(
-            "kubeconfigd_watch_streams",
-            "gauge",
-            "WatchKubeconfigs streams open now.",
-            &[(String::new(), self.watch_streams.load(Ordering::Relaxed))],
-        );
-        metric(
-            "kubeconfigd_watch_events_total",
-            "counter",
-            "Events sent on WatchKubeconfigs streams (SYNCED markers included).",
-            &[(String::new(), self.watch_events.load(Ordering::Relaxed))],
-        );
-        metric(
-            "kubeconfigd_inventory_files_parsed_total",
-            "counter",
-            "Cluster files read and parsed (a change costs the files it touches).",
-            &[(String::new(), self.files_parsed.load(Ordering::Relaxed))],
-        );
-        metric(
-            "kubeconfigd_inventory_reloads_total",
-            "counter",
-            "Inventory loads, by whether every file applied.",
-            &[
-                (
-                    "{result=\"ok\"}".to_owned(),
-                    self.reloads_ok.load(Ordering::Relaxed),
-                ),
-                (
-                    "{result=\"failed\"}".to_owned(),
-                    self.reloads_failed.load(Ordering::Relaxed),
-                ),
-            ],
-        );
-        metric(
-            "kubeconfigd_clusters_loaded",
-            "gauge",
-            "Clusters in the inventory.",
-            &[(String::new(), self.clusters_loaded.load(Ordering::Relaxed))],
-        );
-        metric(
-            "kubeconfigd_clusters_unavailable",
-            "gauge",
-            "Clusters whose record is unusable.",
-            &[(
-                String::new(),
-                self.clusters_unavailable.load(Ordering::Relaxed),
-            )],
-        );
-        let mut latency = Vec::new();
-        if let Ok(histograms) = self.latency.lock() {
-            for ((edge, method), h) in histograms.iter() {
-                let labels = format!("edge=\"{edge}\",method=\"{method}\"");
-                for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                    latency.push((
-                        format!("_bucket{{{labels},le=\"{bound}\"}}"),
-                        count.to_string(),
-                    ));
-                }
-                latency.push((
-                    format!("_bucket{{{labels},le=\"+Inf\"}}"),
-                    h.count.to_string(),
-                ));
-                latency.push((format!("_sum{{{labels}}}"), h.sum.to_string()));
-                latency.push((format!("_count{{{labels}}}"), h.count.to_string()));
-            }
-        }
+    fn service_families(&self) -> Vec<Family> {
+        let load = |counter: &AtomicU64| single(counter.load(Ordering::Relaxed));
+        vec![
+            (
+                "kubeconfigd_watch_streams",
+                "gauge",
+                "WatchKubeconfigs streams open now.",
+                load(&self.watch_streams),
+            ),
+            (
+                "kubeconfigd_watch_events_total",
+                "counter",
+                "Events sent on WatchKubeconfigs streams (SYNCED markers included).",
+                load(&self.watch_events),
+            ),
+            (
+                "kubeconfigd_inventory_files_parsed_total",
+                "counter",
+                "Cluster files read and parsed (a change costs the files it touches).",
+                load(&self.files_parsed),
+            ),
+            (
+                "kubeconfigd_inventory_reloads_total",
+                "counter",
+                "Inventory loads, by whether every file applied.",
+                vec![
+                    (
+                        "{result=\"ok\"}".to_owned(),
+                        self.reloads_ok.load(Ordering::Relaxed),
+                    ),
+                    (
+                        "{result=\"failed\"}".to_owned(),
+                        self.reloads_failed.load(Ordering::Relaxed),
+                    ),
+                ],
+            ),
+            (
+                "kubeconfigd_clusters_loaded",
+                "gauge",
+                "Clusters in the inventory.",
+                load(&self.clusters_loaded),
+            ),
+            (
+                "kubeconfigd_clusters_unavailable",
+                "gauge",
+                "Clusters whose record is unusable.",
+                load(&self.clusters_unavailable),
+            ),
+        ]
+    }
+
+    fn write_latency(&self, out: &mut String) {
         let name = "kubeconfigd_call_duration_seconds";
         let _ = writeln!(
             out,
             "# HELP {name} Call latency by edge and method.\n# TYPE {name} histogram"
         );
-        for (suffix, value) in latency {
-            let _ = writeln!(out, "{name}{suffix} {value}");
+        let Ok(histograms) = self.latency.lock() else {
+            return;
+        };
+        for ((edge, method), h) in histograms.iter() {
+            let labels = format!("edge=\"{edge}\",method=\"{method}\"");
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
         }
-        out
     }
 }
