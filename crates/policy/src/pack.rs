@@ -269,105 +269,99 @@ fn read_api_server(
     match distribution {
         Distribution::Pxk | Distribution::Gke | Distribution::Generic | Distribution::Aks => {
             let base = "kubeadmconfig.apiServer.extraArgs";
-            ApiServerHalf {
-                issuer: reader.text(
-                    root,
-                    &format!("{base}.{ISSUER}"),
-                    &format!("{base}.{ISSUER}"),
-                ),
-                client_id: reader.text(
-                    root,
-                    &format!("{base}.{CLIENT_ID}"),
-                    &format!("{base}.{CLIENT_ID}"),
-                ),
-                path: base.to_owned(),
-            }
+            keyed_half(reader, root, base, [ISSUER, CLIENT_ID], base.to_owned())
         }
         Distribution::Eks => {
             let base = "managedControlPlane.oidcIdentityProvider";
-            ApiServerHalf {
-                issuer: reader.text(
-                    root,
-                    &format!("{base}.issuerUrl"),
-                    &format!("{base}.issuerUrl"),
-                ),
-                client_id: reader.text(
-                    root,
-                    &format!("{base}.clientId"),
-                    &format!("{base}.clientId"),
-                ),
-                path: base.to_owned(),
-            }
+            keyed_half(
+                reader,
+                root,
+                base,
+                ["issuerUrl", "clientId"],
+                base.to_owned(),
+            )
         }
         Distribution::PxkEdge => {
             let inner_base = "clusterConfiguration.apiServer.extraArgs";
-            let path = format!("cluster.config (embedded YAML) → {inner_base}");
-            let Some(config) = embedded_config(reader, root) else {
-                return ApiServerHalf {
-                    issuer: Field::Missing,
-                    client_id: Field::Missing,
-                    path,
-                };
-            };
-            ApiServerHalf {
-                issuer: reader.text(
-                    &config,
-                    &format!("{inner_base}.{ISSUER}"),
-                    &format!("{path}.{ISSUER}"),
-                ),
-                client_id: reader.text(
-                    &config,
-                    &format!("{inner_base}.{CLIENT_ID}"),
-                    &format!("{path}.{CLIENT_ID}"),
-                ),
-                path,
+            let shown = format!("cluster.config (embedded YAML) → {inner_base}");
+            match embedded_config(reader, root) {
+                None => missing_half(shown),
+                Some(config) => keyed_half(reader, &config, inner_base, [ISSUER, CLIENT_ID], shown),
             }
         }
-        Distribution::K3s | Distribution::Rke2 => {
-            let path = "cluster.config.kube-apiserver-arg".to_owned();
-            let Some(config) = embedded_config(reader, root) else {
-                return ApiServerHalf {
-                    issuer: Field::Missing,
-                    client_id: Field::Missing,
-                    path,
-                };
-            };
-            let args: Vec<String> = match config.get("kube-apiserver-arg") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Sequence(items)) => {
-                    items.iter().filter_map(macros::scalar_text).collect()
-                }
-                Some(Value::String(single)) => vec![single.clone()],
-                Some(_) => {
-                    reader.gaps.push(OidcGap::WrongType {
-                        path: path.clone(),
-                        expected: "a list of `name=value` strings",
-                    });
-                    return ApiServerHalf {
-                        issuer: Field::Invalid,
-                        client_id: Field::Invalid,
-                        path,
-                    };
-                }
-            };
-            let mut arg = |name: &str| {
-                let found = args.iter().find_map(|a| {
-                    a.trim()
-                        .trim_start_matches("--")
-                        .strip_prefix(name)
-                        .and_then(|r| r.strip_prefix('='))
-                });
-                match found {
-                    Some(value) => reader.resolve(value, &format!("{path}[{name}]")),
-                    None => Field::Missing,
-                }
-            };
-            ApiServerHalf {
-                issuer: arg(ISSUER),
-                client_id: arg(CLIENT_ID),
+        Distribution::K3s | Distribution::Rke2 => argument_list_half(reader, root),
+    }
+}
+
+fn missing_half(path: String) -> ApiServerHalf {
+    ApiServerHalf {
+        issuer: Field::Missing,
+        client_id: Field::Missing,
+        path,
+    }
+}
+
+/// The issuer and client id as two keys under `base` of `root`; `shown` names the place in messages.
+fn keyed_half(
+    reader: &mut Reader<'_>,
+    root: &Value,
+    base: &str,
+    [issuer, client_id]: [&str; 2],
+    shown: String,
+) -> ApiServerHalf {
+    ApiServerHalf {
+        issuer: reader.text(
+            root,
+            &format!("{base}.{issuer}"),
+            &format!("{shown}.{issuer}"),
+        ),
+        client_id: reader.text(
+            root,
+            &format!("{base}.{client_id}"),
+            &format!("{shown}.{client_id}"),
+        ),
+        path: shown,
+    }
+}
+
+/// K3s and RKE2: `name=value` items (optionally `--`-prefixed) of `cluster.config.kube-apiserver-arg`.
+fn argument_list_half(reader: &mut Reader<'_>, root: &Value) -> ApiServerHalf {
+    let path = "cluster.config.kube-apiserver-arg".to_owned();
+    let Some(config) = embedded_config(reader, root) else {
+        return missing_half(path);
+    };
+    let args: Vec<String> = match config.get("kube-apiserver-arg") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) => items.iter().filter_map(macros::scalar_text).collect(),
+        Some(Value::String(single)) => vec![single.clone()],
+        Some(_) => {
+            reader.gaps.push(OidcGap::WrongType {
+                path: path.clone(),
+                expected: "a list of `name=value` strings",
+            });
+            return ApiServerHalf {
+                issuer: Field::Invalid,
+                client_id: Field::Invalid,
                 path,
-            }
+            };
         }
+    };
+    let mut arg = |name: &str| {
+        let found = args.iter().find_map(|a| {
+            a.trim()
+                .trim_start_matches("--")
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix('='))
+        });
+        match found {
+            Some(value) => reader.resolve(value, &format!("{path}[{name}]")),
+            None => Field::Missing,
+        }
+    };
+    ApiServerHalf {
+        issuer: arg(ISSUER),
+        client_id: arg(CLIENT_ID),
+        path,
     }
 }
 
