@@ -403,7 +403,6 @@ impl Watch {
 
     async fn evaluate_file(&mut self, uid: &str, asset: Asset) -> Result<(), End> {
         let key = (uid.to_owned(), asset);
-        let previous = self.sent.get(&key);
         let explicit = !self.spec.uids.is_empty();
         let facts = self.core.cluster_facts(uid);
         let outside_project = !explicit
@@ -420,18 +419,17 @@ impl Watch {
                 .evaluate(&self.credentials, uid, request_for(asset, self.spec.frp))
                 .await
         };
-        let name = || {
-            facts
-                .as_ref()
-                .map(|(name, _)| name.clone())
-                .unwrap_or_default()
+        if let Err(error) = &outcome
+            && error.kind() == ErrorKind::Unauthenticated
+        {
+            return Err(End::Error(error.clone()));
+        }
+        let Some(next) = next_state(self.sent.get(&key), &outcome, explicit) else {
+            return Ok(());
         };
-        let (next, event) = match outcome {
-            Ok(served) => {
-                let etag = served.rendered.0.etag.clone();
-                if previous == Some(&Sent::Etag(etag.clone())) {
-                    return Ok(());
-                }
+        let name = facts.map(|(name, _)| name).unwrap_or_default();
+        let event = match (&next, outcome) {
+            (Sent::Etag(etag), Ok(served)) => {
                 tracing::info!(
                     target: "audit",
                     user = %served.user,
@@ -443,83 +441,123 @@ impl Watch {
                     via = "watch",
                     "asset served"
                 );
-                (
-                    Some(Sent::Etag(etag)),
-                    WatchEvent::Upsert {
-                        uid: uid.to_owned(),
-                        name: served.cluster.name.clone(),
-                        asset,
-                        rendered: served.rendered,
-                    },
-                )
+                WatchEvent::Upsert {
+                    uid: uid.to_owned(),
+                    name: served.cluster.name.clone(),
+                    asset,
+                    rendered: served.rendered,
+                }
             }
-            Err(error) => match error.kind() {
-                ErrorKind::Unauthenticated => return Err(End::Error(error)),
-                ErrorKind::NotFound => {
-                    if previous == Some(&Sent::Removed) || (previous.is_none() && !explicit) {
-                        return Ok(());
-                    }
-                    let next = explicit.then_some(Sent::Removed);
-                    (
-                        next,
-                        WatchEvent::Removed {
-                            uid: uid.to_owned(),
-                            asset,
-                            message: error.message().to_owned(),
-                        },
-                    )
+            (Sent::Revoked(reason), Err(error)) => {
+                tracing::info!(
+                    target: "audit",
+                    cluster = uid,
+                    asset = asset.as_str(),
+                    allowed = false,
+                    request_id = %self.credentials.request_id,
+                    reason = %reason,
+                    via = "watch",
+                    "asset refused"
+                );
+                WatchEvent::Revoked {
+                    uid: uid.to_owned(),
+                    name,
+                    asset,
+                    reason: reason.clone(),
+                    message: error.message().to_owned(),
                 }
-                ErrorKind::Forbidden => {
-                    let reason = error.reason().unwrap_or("FORBIDDEN").to_owned();
-                    if previous == Some(&Sent::Revoked(reason.clone())) {
-                        return Ok(());
-                    }
-                    tracing::info!(
-                        target: "audit",
-                        cluster = uid,
-                        asset = asset.as_str(),
-                        allowed = false,
-                        request_id = %self.credentials.request_id,
-                        reason = %reason,
-                        via = "watch",
-                        "asset refused"
-                    );
-                    (
-                        Some(Sent::Revoked(reason.clone())),
-                        WatchEvent::Revoked {
-                            uid: uid.to_owned(),
-                            name: name(),
-                            asset,
-                            reason,
-                            message: error.message().to_owned(),
-                        },
-                    )
-                }
-                _ => {
-                    let message = error.message().to_owned();
-                    if previous == Some(&Sent::Unavailable(message.clone())) {
-                        return Ok(());
-                    }
-                    (
-                        Some(Sent::Unavailable(message.clone())),
-                        WatchEvent::Unavailable {
-                            uid: uid.to_owned(),
-                            name: name(),
-                            asset,
-                            message,
-                        },
-                    )
-                }
+            }
+            (Sent::Removed, Err(error)) => WatchEvent::Removed {
+                uid: uid.to_owned(),
+                asset,
+                message: error.message().to_owned(),
             },
+            (Sent::Unavailable(message), _) => WatchEvent::Unavailable {
+                uid: uid.to_owned(),
+                name,
+                asset,
+                message: message.clone(),
+            },
+            _ => return Ok(()),
         };
-        match next {
-            Some(next) => {
-                self.sent.insert(key, next);
-            }
-            None => {
-                self.sent.remove(&key);
-            }
+        // In "every cluster" mode a removed file is forgotten; a named one stays known as removed.
+        if next == Sent::Removed && !explicit {
+            self.sent.remove(&key);
+        } else {
+            self.sent.insert(key, next);
         }
         self.send(event).await
+    }
+}
+
+/// What a watcher should hold for one file now, given what it was last sent and what a download would
+/// answer: `None` when that is what it holds already (nothing to send), or a file it never held that
+/// is not visible in "every cluster" mode.
+fn next_state(
+    previous: Option<&Sent>,
+    outcome: &Result<crate::core::Served, CoreError>,
+    explicit: bool,
+) -> Option<Sent> {
+    let next = match outcome {
+        Ok(served) => Sent::Etag(served.rendered.0.etag.clone()),
+        Err(error) => match error.kind() {
+            ErrorKind::NotFound if previous.is_none() && !explicit => return None,
+            ErrorKind::NotFound => Sent::Removed,
+            ErrorKind::Forbidden => Sent::Revoked(error.reason().unwrap_or("FORBIDDEN").to_owned()),
+            _ => Sent::Unavailable(error.message().to_owned()),
+        },
+    };
+    (previous != Some(&next)).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(kind: ErrorKind) -> Result<crate::core::Served, CoreError> {
+        Err(match kind {
+            ErrorKind::Forbidden => CoreError::forbidden("CLUSTER_DELETE_REQUIRED", "needs delete"),
+            ErrorKind::NotFound => CoreError::not_found("u1"),
+            kind => CoreError::new(kind, "broken record"),
+        })
+    }
+
+    #[test]
+    fn only_differences_are_sent() {
+        let denied = Sent::Revoked("CLUSTER_DELETE_REQUIRED".to_owned());
+        let broken = Sent::Unavailable("broken record".to_owned());
+        // Every cluster mode: an invisible cluster never held is not mentioned; one held is removed.
+        assert_eq!(next_state(None, &refused(ErrorKind::NotFound), false), None);
+        let held = Sent::Etag("e1".to_owned());
+        assert_eq!(
+            next_state(Some(&held), &refused(ErrorKind::NotFound), false),
+            Some(Sent::Removed)
+        );
+        // Named clusters: an unknown one is reported once.
+        assert_eq!(
+            next_state(None, &refused(ErrorKind::NotFound), true),
+            Some(Sent::Removed)
+        );
+        assert_eq!(
+            next_state(Some(&Sent::Removed), &refused(ErrorKind::NotFound), true),
+            None
+        );
+        // A denial and an unavailable record, each once.
+        assert_eq!(
+            next_state(Some(&held), &refused(ErrorKind::Forbidden), false),
+            Some(denied.clone())
+        );
+        assert_eq!(
+            next_state(Some(&denied), &refused(ErrorKind::Forbidden), false),
+            None
+        );
+        assert_eq!(
+            next_state(Some(&held), &refused(ErrorKind::Unavailable), true),
+            Some(broken.clone())
+        );
+        assert_eq!(
+            next_state(Some(&broken), &refused(ErrorKind::Unavailable), true),
+            None
+        );
     }
 }
