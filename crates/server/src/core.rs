@@ -22,6 +22,44 @@ use crate::record::{Availability, ClusterEntry, ProblemCode};
 /// The default and largest page sizes of `ListClusters`.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
+/// Which distinct file a request gets: it names the cache entry and decides what is rendered, so the
+/// two can never disagree (a kubeconfig asked for through the proxy of a cluster without one is the
+/// direct file, under the direct file's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    KubeconfigThroughProxy,
+    KubeconfigDirect,
+    AdminKubeconfig,
+}
+
+impl Variant {
+    pub fn of(request: Request, proxy_enabled: bool) -> Self {
+        match request {
+            Request::Kubeconfig { frp: true } if proxy_enabled => Variant::KubeconfigThroughProxy,
+            Request::Kubeconfig { .. } => Variant::KubeconfigDirect,
+            Request::AdminKubeconfig => Variant::AdminKubeconfig,
+        }
+    }
+
+    /// The name in cache keys and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::KubeconfigThroughProxy => "kubeconfig-frp",
+            Variant::KubeconfigDirect => "kubeconfig-direct",
+            Variant::AdminKubeconfig => "admin-kubeconfig",
+        }
+    }
+
+    /// What is rendered for it.
+    pub fn request(self) -> Request {
+        match self {
+            Variant::KubeconfigThroughProxy => Request::Kubeconfig { frp: true },
+            Variant::KubeconfigDirect => Request::Kubeconfig { frp: false },
+            Variant::AdminKubeconfig => Request::AdminKubeconfig,
+        }
+    }
+}
+
 /// The reason given for a file of a cluster the caller cannot see (or that does not exist), beside the
 /// deny reason codes of the policy.
 pub const NOT_FOUND_REASON: &str = "NOT_FOUND";
@@ -295,19 +333,15 @@ impl Core {
                 return Err(CoreError::forbidden(denial.code.as_str(), denial.message));
             }
         };
-        let variant = match request {
-            Request::Kubeconfig { frp: true } if cluster.proxy_enabled => "kubeconfig-frp",
-            Request::Kubeconfig { .. } => "kubeconfig-direct",
-            Request::AdminKubeconfig => "admin-kubeconfig",
-        };
-        span.record("kubeconfig.variant", variant);
-        let key = CacheKey::new(uid, variant, &cluster.revision, FORMAT_VERSION);
+        let variant = Variant::of(request, cluster.proxy_enabled);
+        span.record("kubeconfig.variant", variant.as_str());
+        let key = CacheKey::new(uid, variant.as_str(), &cluster.revision, FORMAT_VERSION);
         let prepared = Arc::clone(prepared);
         let (rendered, tier) = self
             .cache
             .get_or_render(
                 &key,
-                Box::new(move || CachedAsset(prepared.cluster.render(request))),
+                Box::new(move || CachedAsset(prepared.cluster.render(variant.request()))),
             )
             .await;
         span.record("kubeconfig.cache_tier", tier.as_str());
@@ -596,6 +630,37 @@ mod tests {
     }
 
     const PROD_EAST: &str = "6470a2b1c5e6f1a2b3c4d5e1";
+
+    /// The cache key and the rendered file come from one value: requests that render the same file for
+    /// a cluster share one variant, and different files never share one.
+    #[test]
+    fn a_variant_names_exactly_the_bytes_it_renders() {
+        let (_, snapshot, _) = Inventory::load(Origin::Demo).unwrap();
+        let requests = [
+            Request::Kubeconfig { frp: true },
+            Request::Kubeconfig { frp: false },
+            Request::AdminKubeconfig,
+        ];
+        for cluster in snapshot.clusters.values() {
+            let Availability::Ready(prepared) = &cluster.availability else {
+                continue;
+            };
+            for a in requests {
+                for b in requests {
+                    let (va, vb) = (
+                        Variant::of(a, cluster.proxy_enabled),
+                        Variant::of(b, cluster.proxy_enabled),
+                    );
+                    let file = |r: Request| {
+                        let rendered = prepared.cluster.render(r);
+                        (rendered.yaml, rendered.file_name)
+                    };
+                    assert_eq!(va == vb, file(a) == file(b), "{} {a:?} {b:?}", cluster.name);
+                    assert_eq!(file(va.request()), file(a));
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_call_is_unavailable_until_the_first_load_is_in_service() {
