@@ -5,38 +5,29 @@
 //! [`run`]. Dependencies point one way: this crate uses `kubeconfig-policy` (access rules),
 //! `kubeconfig-render` (documents) and `kubeconfig-proto` (generated API); none of them use it.
 //!
-//! - [`config`]: flags and their validation.
-//! - [`inventory`], [`record`]: the tenant file and cluster files, loaded into snapshots.
-//! - [`watch`]: file watching and atomic snapshot swaps; [`feed`]: the per-cluster change feed.
-//! - [`auth`]: API keys and JWT bearer tokens.
-//! - [`core`]: the transport-neutral service core; [`error`]: its one error type.
-//! - [`cached`]: how rendered kubeconfigs are stored in the cache (`kubeconfig-cache`).
-//! - [`grpc`], [`rest`]: the two edges.
-//! - [`telemetry`], [`metrics`]: logs, traces and counters.
-//! - [`tls`]: the TLS server configuration; [`connections`]: accepting and keeping connections within
-//!   limits, and serving HTTP on them; [`admin`]: the admin listener (probes, metrics, OpenAPI).
-//! - [`files`]: reading files safely (regular files only, size-limited, confined to the inventory).
-//! - [`demo`]: the built-in demo data.
+//! Three groups of modules, each a directory:
+//!
+//! - [`loading`]: [`inventory`] and [`record`] (the tenant file and cluster files, loaded into
+//!   snapshots), [`files`] (reading files safely), [`watch`] (file watching and snapshot swaps),
+//!   [`feed`] (the per-cluster change feed), [`demo`] (the built-in demo data).
+//! - [`service`]: [`core`] (the transport-neutral pipeline), [`auth`] (API keys and JWTs), [`error`]
+//!   (its one error type), [`cached`] (rendered files in the cache), [`streams`] (watching files).
+//! - [`edges`]: [`grpc`], [`rest`] and [`admin`] (probes, metrics, OpenAPI), on [`connections`]
+//!   (accepting and keeping connections within limits) and [`tls`].
+//!
+//! Beside them: [`config`] (flags and their validation), [`telemetry`] and [`metrics`] (logs, traces,
+//! counters). Each module is also reachable at the crate root (`kubeconfigd::inventory`, …).
 
-pub mod admin;
-pub mod auth;
-pub mod cached;
 pub mod config;
-pub mod connections;
-pub mod core;
-pub mod demo;
-pub mod error;
-pub mod feed;
-pub mod files;
-pub mod grpc;
-pub mod inventory;
+pub mod edges;
+pub mod loading;
 pub mod metrics;
-pub mod record;
-pub mod rest;
-pub mod streams;
+pub mod service;
 pub mod telemetry;
-pub mod tls;
-pub mod watch;
+
+pub use edges::{admin, connections, grpc, rest, tls};
+pub use loading::{demo, feed, files, inventory, record, watch};
+pub use service::{auth, cached, core, error, streams};
 
 use std::future::Future;
 use std::sync::Arc;
