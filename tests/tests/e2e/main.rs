@@ -1,0 +1,13 @@
+//! The end-to-end suites, in one test binary (one link instead of ten): each module starts the real
+//! `kubeconfigd` (and `kubeconfig-agent`, Redis) processes and drives them with real clients.
+
+mod access_matrix;
+mod api_behaviour;
+mod cache;
+mod hostile;
+mod jwt;
+mod metrics;
+mod operator_tools;
+mod reload;
+mod shutdown;
+mod sidecar;
