@@ -182,3 +182,26 @@ bindings:
             .contains(kubeconfig_policy::ClusterOp::Delete)
     );
 }
+
+/// A caller who sees a cluster (`cluster.list`) but may not read it (`cluster.get`) is told exactly
+/// that, in every mode, when OIDC would otherwise let them have the kubeconfig.
+#[test]
+fn visible_without_get_is_cluster_get_required() {
+    use kubeconfig_policy::{ClusterOp, ClusterPermissions, DenyCode};
+    let oidc = oidc_state(OIDC_VALUES);
+    let facts = ClusterFacts {
+        name: "prod-east",
+        oidc: &oidc,
+        proxy_enabled: false,
+    };
+    let list_only = ClusterPermissions::default().with(ClusterOp::List);
+    for mode in PolicyMode::ALL {
+        match decide(mode, list_only, &facts, Asset::Kubeconfig) {
+            Decision::Deny(denial) => {
+                assert_eq!(denial.code, DenyCode::ClusterGetRequired, "{mode}");
+                assert!(denial.message.contains("cluster.get"), "{}", denial.message);
+            }
+            other => panic!("{mode}: {other:?}"),
+        }
+    }
+}
