@@ -285,20 +285,25 @@ mod tests {
     #[test]
     fn other_pack_and_unknown_are_unresolved() {
         let root = Value::Null;
-        assert!(resolve("{{ .spectro.pack.other.a }}", &root, &ctx()).is_err());
-        assert!(resolve("{{ .spectro.system.cluster.region }}", &root, &ctx()).is_err());
-        assert!(resolve("{{ .spectro.pack.kubernetes.missing }}", &root, &ctx()).is_err());
+        let why = |text: &str, ctx: &MacroContext<'_>| {
+            resolve(text, &root, ctx).expect_err("unresolved").why
+        };
+        assert!(why("{{ .spectro.pack.other.a }}", &ctx()).contains("another pack"));
+        assert_eq!(
+            why("{{ .spectro.system.cluster.region }}", &ctx()),
+            "unknown macro"
+        );
+        assert!(
+            why("{{ .spectro.pack.kubernetes.missing }}", &ctx())
+                .contains("not in the pack values")
+        );
         let no_proxy = MacroContext {
             reverse_proxy_server: None,
             ..ctx()
         };
         assert!(
-            resolve(
-                "{{ .spectro.system.reverseproxy.server }}",
-                &root,
-                &no_proxy
-            )
-            .is_err()
+            why("{{ .spectro.system.reverseproxy.server }}", &no_proxy)
+                .contains("reverse proxy server is not set")
         );
     }
 }

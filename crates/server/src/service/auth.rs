@@ -229,6 +229,7 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn keys() -> Vec<(ApiKeyHash, String)> {
         let hash = ApiKeyHash::from_digest(Sha256::digest(b"right-key").into());
@@ -270,13 +271,19 @@ mod tests {
 
     #[test]
     fn no_credentials_is_unauthenticated() {
-        assert!(authenticate(&Credentials::default(), &keys(), None).is_err());
+        let kind = |creds: &Credentials| {
+            authenticate(creds, &keys(), None)
+                .expect_err("refused")
+                .kind()
+        };
+        assert_eq!(kind(&Credentials::default()), ErrorKind::Unauthenticated);
         let creds = Credentials {
             bearer: Some("x.y.z".into()),
             ..Default::default()
         };
-        assert!(
-            authenticate(&creds, &keys(), None).is_err(),
+        assert_eq!(
+            kind(&creds),
+            ErrorKind::Unauthenticated,
             "a token without a verifier is refused"
         );
     }
