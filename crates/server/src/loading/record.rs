@@ -99,7 +99,7 @@ struct ProxyRecord {
 /// change with the tenant.
 enum Pack {
     Values { name: String, values: String },
-    Analysed(Result<OidcState, String>),
+    Analysed(Result<OidcState, Unusable>),
 }
 
 impl std::fmt::Debug for Record {
@@ -175,7 +175,7 @@ fn inline_or_file(
 
 impl Record {
     /// The pack analysis under `tenant`, and whether it read the tenant's settings.
-    fn analysis(&self, tenant: &Tenant) -> (Result<OidcState, String>, bool) {
+    fn analysis(&self, tenant: &Tenant) -> (Result<OidcState, Unusable>, bool) {
         match &self.pack {
             Pack::Analysed(outcome) => (outcome.clone(), false),
             Pack::Values { name, values } => {
@@ -189,7 +189,7 @@ impl Record {
                 });
                 match analysis {
                     Ok(a) => (Ok(a.state), a.reads_service_settings),
-                    Err(e) => (Err(format!("kubernetesPack.values: {e}")), false),
+                    Err(e) => (Err(Unusable::PackValues(e)), false),
                 }
             }
         }
@@ -435,7 +435,7 @@ pub fn prepare(record: &Record, file: &Path, tenant: &Tenant) -> ClusterEntry {
     let revision = hex::encode(digest.finalize());
     let availability = match build(record, tenant) {
         Ok(prepared) => Availability::Ready(Arc::new(prepared)),
-        Err(reason) => Availability::Unavailable(reason),
+        Err(reason) => Availability::Unavailable(reason.to_string()),
     };
     ClusterEntry {
         uid: record.uid.clone(),
@@ -449,23 +449,34 @@ pub fn prepare(record: &Record, file: &Path, tenant: &Tenant) -> ClusterEntry {
     }
 }
 
-fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, String> {
+/// Why a record that parsed cannot be served (the message names the field).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unusable {
+    #[error("project: {0:?} is not a project of the tenant file")]
+    UnknownProject(String),
+    #[error("kubernetesPack.values: {0}")]
+    PackValues(kubeconfig_policy::PackError),
+    #[error("kubernetesPack.values: {0}")]
+    UnresolvedMacro(String),
+    #[error("spectroProxy.enabled: the tenant file has no reverseProxy server")]
+    NoProxyServer,
+    #[error("{0}")]
+    Render(#[from] kubeconfig_render::RenderError),
+}
+
+fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
     if !tenant.has_project(&record.project) {
-        return Err(format!(
-            "project: {:?} is not a project of the tenant file",
-            record.project
-        ));
+        return Err(Unusable::UnknownProject(record.project.clone()));
     }
     let reverse_proxy = tenant.reverse_proxy();
     let oidc = record.analysis(tenant).0?;
     if oidc.has_unresolved_macro() {
-        return Err(format!("kubernetesPack.values: {}", oidc.summary()));
+        return Err(Unusable::UnresolvedMacro(oidc.summary()));
     }
     let proxy = match &record.proxy {
         None => None,
         Some(p) => {
-            let server = reverse_proxy
-                .ok_or("spectroProxy.enabled: the tenant file has no reverseProxy server")?;
+            let server = reverse_proxy.ok_or(Unusable::NoProxyServer)?;
             // Palette-deployed clusters carry the proxy host in their API certificate, so the cluster CA
             // stays. An imported or managed cluster (one with a proxy token) trusts the proxy's CA: the
             // record's own, else the service-wide one.
@@ -499,6 +510,6 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, String> {
         }),
         proxy,
     };
-    let cluster = Cluster::new(spec).map_err(|e| e.to_string())?;
+    let cluster = Cluster::new(spec)?;
     Ok(Prepared { cluster, oidc })
 }
