@@ -117,22 +117,93 @@ struct RestState {
     request_timeout: std::time::Duration,
 }
 
-/// `?wait=` as a duration (`30s`, `2m`), at most [`MAX_WAIT`].
+/// `?wait=`: whole seconds up to `300s`, or whole minutes up to `5m` — exactly the values the OpenAPI
+/// document's pattern allows, so anything it calls valid is served and anything else is 400.
 fn wait_parameter(
     query: &HashMap<String, String>,
 ) -> Result<Option<std::time::Duration>, CoreError> {
     let Some(text) = query.get("wait") else {
         return Ok(None);
     };
-    let wait = humantime::parse_duration(text)
-        .map_err(|_| CoreError::bad_request("wait must be a duration such as 30s"))?;
-    if wait > MAX_WAIT {
-        return Err(CoreError::bad_request(format!(
-            "wait must be at most {}",
+    parse_wait(text).map(Some).ok_or_else(|| {
+        CoreError::bad_request(format!(
+            "wait must be whole seconds up to 300s or whole minutes up to {} (e.g. 30s)",
             humantime::format_duration(MAX_WAIT)
-        )));
+        ))
+    })
+}
+
+fn parse_wait(text: &str) -> Option<std::time::Duration> {
+    let number = |digits: &str, max: u64| {
+        let canonical = !digits.is_empty()
+            && digits.len() <= 3
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        canonical
+            .then(|| digits.parse::<u64>().ok())
+            .flatten()
+            .filter(|n| *n <= max)
+    };
+    if let Some(seconds) = text.strip_suffix('s') {
+        return number(seconds, 300).map(std::time::Duration::from_secs);
     }
-    Ok(Some(wait))
+    let minutes = number(text.strip_suffix('m')?, 5).filter(|m| *m >= 1)?;
+    Some(std::time::Duration::from_secs(minutes * 60))
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    #[test]
+    fn wait_accepts_exactly_the_documented_values() {
+        let pattern = |text: &str| {
+            // ^((300|[12][0-9]{2}|[1-9]?[0-9])s|[1-5]m)$, spelled out.
+            let seconds = text.strip_suffix('s').is_some_and(|d| {
+                d == "300"
+                    || (d.len() == 3
+                        && matches!(d.as_bytes()[0], b'1' | b'2')
+                        && d[1..].bytes().all(|b| b.is_ascii_digit()))
+                    || (d.len() == 2
+                        && matches!(d.as_bytes()[0], b'1'..=b'9')
+                        && d.as_bytes()[1].is_ascii_digit())
+                    || (d.len() == 1 && d.as_bytes()[0].is_ascii_digit())
+            });
+            let minutes = text
+                .strip_suffix('m')
+                .is_some_and(|d| matches!(d.as_bytes(), [b'1'..=b'5']));
+            seconds || minutes
+        };
+        for text in [
+            "0",
+            "0s",
+            "00s",
+            "05s",
+            "5s",
+            "30s",
+            "299s",
+            "300s",
+            "301s",
+            "999s",
+            "1000s",
+            "0m",
+            "1m",
+            "5m",
+            "6m",
+            "10m",
+            "30",
+            "s",
+            "m",
+            "1h",
+            "-1s",
+            "+5s",
+            "682914436ms",
+        ] {
+            assert_eq!(parse_wait(text).is_some(), pattern(text), "{text}");
+        }
+        assert_eq!(parse_wait("5m"), Some(std::time::Duration::from_secs(300)));
+        assert_eq!(parse_wait("30s"), Some(std::time::Duration::from_secs(30)));
+    }
 }
 
 async fn healthz() -> &'static str {
