@@ -458,6 +458,9 @@ async fn slow_idle_and_numerous_clients_are_cut_off() {
     let capped = Server::start(&args(&["--max-connections", "3"]))
         .await
         .expect("server");
+    // The harness's readiness probe opened (and closed) a gRPC connection: let its slot go first, or
+    // under load one of the three below could be the one refused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut held = Vec::new();
     for addr in [capped.grpc, capped.rest, capped.rest] {
         held.push(TcpStream::connect(addr).await.expect("connect"));
@@ -465,7 +468,7 @@ async fn slow_idle_and_numerous_clients_are_cut_off() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut refused = TcpStream::connect(capped.rest).await.expect("connect");
     assert!(
-        closed_within(&mut refused, Duration::from_secs(1))
+        closed_within(&mut refused, Duration::from_secs(3))
             .await
             .is_some(),
         "the fourth connection is closed at once"
