@@ -249,28 +249,15 @@ async fn session(
             Ok(None) => return Ended::Retry("the server ended the stream".to_owned()),
             Err(status) => return ended_by(settings, &status),
         }
+        // A status at the end of a batch: apply what arrived first, then end as it says.
+        let mut ended = None;
         loop {
             match tokio::time::timeout(BATCH_WINDOW, stream.message()).await {
-                Err(_) => break,
+                Err(_) | Ok(Ok(None)) => break,
                 Ok(Ok(Some(event))) => batch.push(event),
-                Ok(Ok(None)) => break,
                 Ok(Err(status)) => {
-                    // Apply what arrived, then end as the status says.
-                    apply_events(
-                        settings,
-                        state,
-                        stats,
-                        batch,
-                        &mut synced,
-                        &mut pending_changes,
-                    );
-                    if synced
-                        && let Err(message) =
-                            flush(settings, state, stats, &mut pending_changes).await
-                    {
-                        tracing::error!(error = %message, "cannot write the files");
-                    }
-                    return ended_by(settings, &status);
+                    ended = Some(status);
+                    break;
                 }
             }
         }
@@ -283,22 +270,22 @@ async fn session(
             &mut synced,
             &mut pending_changes,
         );
-        if !synced {
-            continue;
-        }
-        if let Err(message) = flush(settings, state, stats, &mut pending_changes).await {
+        if synced && let Err(message) = flush(settings, state, stats, &mut pending_changes).await {
             if settings.once.is_some() {
                 return Ended::Fatal(message);
             }
             tracing::error!(error = %message, "cannot write the files");
         }
-        if !was_synced {
+        if synced && !was_synced {
             *backoff = BACKOFF_FIRST;
             stats.synced.store(true, Ordering::Relaxed);
             tracing::info!(files = state.files.len(), "synced");
             if settings.once.is_some() {
                 return once_result(settings, state);
             }
+        }
+        if let Some(status) = ended {
+            return ended_by(settings, &status);
         }
     }
 }

@@ -81,22 +81,28 @@ async fn check_reports_exactly_what_the_server_reports() {
     assert_eq!(problems, logged);
 }
 
-#[tokio::test]
-async fn hash_key_output_is_accepted_by_the_server() {
-    let fixture = Fixture::matrix("seed").expect("fixture");
+/// `kubeconfigd hash-key` with `input` on standard input.
+fn hash_key(input: &[u8]) -> std::process::Output {
     let mut child = Command::new(binary().expect("binary"))
         .arg("hash-key")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("hash-key");
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"a-brand-new-key-0042\n")
+        .write_all(input)
         .expect("write");
-    let output = child.wait_with_output().expect("output");
+    child.wait_with_output().expect("output")
+}
+
+#[tokio::test]
+async fn hash_key_output_is_accepted_by_the_server() {
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let output = hash_key(b"a-brand-new-key-0042\n");
     assert!(output.status.success());
     let line = String::from_utf8(output.stdout).expect("utf8");
     let line = line.trim();
@@ -127,19 +133,7 @@ async fn hash_key_output_is_accepted_by_the_server() {
         .expect("the new key is accepted");
 
     // Whitespace inside a key is refused with a message.
-    let mut child = Command::new(binary().expect("binary"))
-        .arg("hash-key")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("hash-key");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"two words\n")
-        .expect("write");
-    let output = child.wait_with_output().expect("output");
+    let output = hash_key(b"two words\n");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("visible ASCII"));
 }

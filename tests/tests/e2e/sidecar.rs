@@ -81,6 +81,11 @@ async fn ready(health: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Files in the agent's output directory (-1 when it cannot be read).
+fn files_in(dir: &Path) -> isize {
+    std::fs::read_dir(dir).map_or(-1, |d| d.count() as isize)
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -166,7 +171,7 @@ async fn the_agent_follows_edits_revocations_and_deletions() {
     );
     let file = setup.out.join("no-oidc-direct.kubeconfig");
     assert!(read(&file).contains("https://10.0.0.4:6443"));
-    assert_eq!(std::fs::read_dir(&setup.out).expect("out").count(), 4);
+    assert_eq!(files_in(&setup.out), 4);
     let runs_after_sync = read(&runs).lines().count();
     assert_eq!(runs_after_sync, 1, "the initial sync is one change");
 
@@ -218,9 +223,7 @@ async fn the_agent_follows_edits_revocations_and_deletions() {
     );
     assert!(
         eventually(Duration::from_secs(2), || async {
-            std::fs::read_dir(&setup.out)
-                .map(|d| d.count() == 0)
-                .unwrap_or(false)
+            files_in(&setup.out) == 0
         })
         .await,
         "{}",
@@ -310,7 +313,7 @@ async fn a_server_restart_rewrites_nothing_and_a_rotated_key_file_is_used() {
         "{}",
         agent.log_text()
     );
-    assert_eq!(std::fs::read_dir(&setup.out).expect("out").count(), 4);
+    assert_eq!(files_in(&setup.out), 4);
 }
 
 #[tokio::test]
@@ -791,16 +794,14 @@ async fn a_rotated_token_file_is_used_on_the_next_connection() {
         "{}",
         agent.log_text()
     );
-    assert_eq!(std::fs::read_dir(&setup.out).expect("out").count(), 4);
+    assert_eq!(files_in(&setup.out), 4);
     // The token rotates to another identity, one that sees no cluster of the project; the next
     // connection (after a server restart) uses it, so the files go.
     std::fs::write(&token_file, token("no-access@matrix.test")).expect("token");
     setup.server.restart().await.expect("restart");
     assert!(
         eventually(Duration::from_secs(15), || async {
-            std::fs::read_dir(&setup.out)
-                .map(|d| d.count() == 0)
-                .unwrap_or(false)
+            files_in(&setup.out) == 0
         })
         .await,
         "{}",

@@ -257,35 +257,18 @@ async fn kubeconfig(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(uid) = path_uid(path) else {
-        return undecodable_path();
+    let request = |query: &HashMap<String, String>| match query.get("frp").map(String::as_str) {
+        None | Some("true") => Ok(Request::Kubeconfig { frp: true }),
+        Some("false") => Ok(Request::Kubeconfig { frp: false }),
+        Some(_) => Err(CoreError::bad_request("frp must be true or false")),
     };
-    let Ok(Query(query)) = query else {
-        return plain_error(ErrorKind::BadRequest, "the query string does not decode");
-    };
-    let frp = match query.get("frp").map(String::as_str) {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(_) => {
-            return bad_query(
-                &state,
-                "GetKubeconfig",
-                &CoreError::bad_request("frp must be true or false"),
-            );
-        }
-    };
-    let wait = match wait_parameter(&query) {
-        Ok(wait) => wait,
-        Err(error) => return bad_query(&state, "GetKubeconfig", &error),
-    };
-    serve(
+    download(
         &state,
-        "GetKubeconfig",
-        KUBECONFIG_ROUTE,
-        &uid,
-        Request::Kubeconfig { frp },
+        ("GetKubeconfig", KUBECONFIG_ROUTE),
+        path,
+        query,
         &headers,
-        wait,
+        request,
     )
     .await
 }
@@ -296,26 +279,37 @@ async fn admin_kubeconfig(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    download(
+        &state,
+        ("GetAdminKubeconfig", ADMIN_ROUTE),
+        path,
+        query,
+        &headers,
+        |_| Ok(Request::AdminKubeconfig),
+    )
+    .await
+}
+
+/// A download: the path and query decoded (`request` reads the asset's own parameters), then served.
+async fn download(
+    state: &RestState,
+    (method, route): (&'static str, &'static str),
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: &HeaderMap,
+    request: impl FnOnce(&HashMap<String, String>) -> Result<Request, CoreError>,
+) -> Response {
     let Some(uid) = path_uid(path) else {
         return undecodable_path();
     };
     let Ok(Query(query)) = query else {
         return plain_error(ErrorKind::BadRequest, "the query string does not decode");
     };
-    let wait = match wait_parameter(&query) {
-        Ok(wait) => wait,
-        Err(error) => return bad_query(&state, "GetAdminKubeconfig", &error),
-    };
-    serve(
-        &state,
-        "GetAdminKubeconfig",
-        ADMIN_ROUTE,
-        &uid,
-        Request::AdminKubeconfig,
-        &headers,
-        wait,
-    )
-    .await
+    let parameters = request(&query).and_then(|request| Ok((request, wait_parameter(&query)?)));
+    match parameters {
+        Ok((request, wait)) => serve(state, method, route, &uid, request, headers, wait).await,
+        Err(error) => bad_query(state, method, &error),
+    }
 }
 
 async fn serve(
