@@ -92,22 +92,13 @@ impl Agent {
 
     /// Waits (bounded) for the agent to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let mut child = self.child.take().context("already stopped")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "the agent did not exit within {timeout:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().context("already stopped")?;
+        wait_child(child, timeout)?.with_context(|| {
+            format!(
+                "the agent did not exit within {timeout:?}:\n{}",
+                self.log_text()
+            )
+        })
     }
 
     /// SIGKILL, at once.
@@ -122,6 +113,22 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits (bounded) for `child` to exit; kills and reaps it when it does not (`None`).
+fn wait_child(mut child: Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -360,18 +367,9 @@ impl Server {
 
     /// Waits (bounded) for the process to exit after a signal was sent.
     pub fn terminate_wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let mut child = self.child.take().context("already stopped")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("kubeconfigd did not exit within {timeout:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().context("already stopped")?;
+        wait_child(child, timeout)?
+            .with_context(|| format!("kubeconfigd did not exit within {timeout:?} after SIGTERM"))
     }
 }
 

@@ -3,7 +3,7 @@
 //! the directory), so a reader sees the old file or the new one, never a part; a file whose bytes are
 //! unchanged is never rewritten; files are created with mode 0600.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,9 @@ pub struct Held {
 
 /// The files held, by (cluster uid, asset).
 pub type Files = BTreeMap<(String, Asset), Held>;
+
+/// The name each held file has in the output directory.
+pub type Names = BTreeMap<(String, Asset), String>;
 
 /// Where files go.
 #[derive(Debug, Clone)]
@@ -95,12 +98,12 @@ pub fn remove_leftovers(dir: &Path) {
 
 /// The file name of each held file in the output directory: the server's name, or, when two
 /// clusters share a name (in different projects), `<uid>.`-prefixed for all but the first by uid.
-pub fn file_names(files: &Files) -> BTreeMap<(String, Asset), String> {
-    let mut taken: HashMap<&str, ()> = HashMap::new();
+pub fn file_names(files: &Files) -> Names {
+    let mut taken: HashSet<&str> = HashSet::new();
     files
         .iter()
         .map(|(key, held)| {
-            let name = if taken.insert(&held.file_name, ()).is_none() {
+            let name = if taken.insert(&held.file_name) {
                 held.file_name.clone()
             } else {
                 format!("{}.{}", key.0, held.file_name)
@@ -193,18 +196,21 @@ impl Applied {
 }
 
 impl Output {
-    /// Makes the files on disk match `files`: writes new and changed ones, removes those of `gone`
-    /// (per-cluster files that are no longer held), rewrites the merged file when it differs.
+    /// Makes the files on disk match `files`, touching only what changed: writes the files of `dirty`
+    /// keys and of keys whose name changed since `previous_names`, removes the per-cluster files no
+    /// longer held, rewrites the merged file when it differs. Returns what it did and the names now.
     pub fn apply(
         &self,
         files: &Files,
-        previous_names: &BTreeMap<(String, Asset), String>,
-    ) -> std::io::Result<Applied> {
+        dirty: &BTreeSet<(String, Asset)>,
+        previous_names: &Names,
+    ) -> std::io::Result<(Applied, Names)> {
         let mut applied = Applied::default();
+        let names = file_names(files);
         if let Some(dir) = &self.out_dir {
-            let names = file_names(files);
-            for (key, name) in previous_names {
-                if names.get(key) != Some(name) && !names.values().any(|n| n == name) {
+            let current: BTreeSet<&String> = names.values().collect();
+            for name in previous_names.values() {
+                if !current.contains(name) {
                     let path = dir.join(name);
                     match std::fs::remove_file(&path) {
                         Ok(()) => applied.removed.push(path),
@@ -213,9 +219,12 @@ impl Output {
                     }
                 }
             }
-            for (key, held) in files {
-                let path = dir.join(&names[key]);
-                if write_atomic(&path, held.yaml.as_bytes())? {
+            for (key, name) in &names {
+                if !dirty.contains(key) && previous_names.get(key) == Some(name) {
+                    continue;
+                }
+                let path = dir.join(name);
+                if write_atomic(&path, files[key].yaml.as_bytes())? {
                     applied.written.push(path);
                 }
             }
@@ -226,7 +235,7 @@ impl Output {
                 applied.written.push(path.clone());
             }
         }
-        Ok(applied)
+        Ok((applied, names))
     }
 }
 

@@ -2,7 +2,7 @@
 //! apply events to disk in batches, tell the application, and reconnect with jittered exponential
 //! backoff whenever the stream ends — keeping every file meanwhile.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -60,7 +60,10 @@ enum Ended {
 
 struct State {
     files: Files,
-    names: BTreeMap<(String, Asset), String>,
+    /// The file name of each held file, as last written.
+    names: crate::output::Names,
+    /// Files received since the last write.
+    dirty: BTreeSet<(String, Asset)>,
     /// What the server said about files it did not send (`--once` reports these).
     problems: BTreeMap<(String, Asset), String>,
 }
@@ -176,6 +179,7 @@ pub async fn run(settings: Settings, stats: Arc<Stats>) -> Result<(), String> {
     let mut state = State {
         files: Files::new(),
         names: BTreeMap::new(),
+        dirty: BTreeSet::new(),
         problems: BTreeMap::new(),
     };
     let deadline = settings
@@ -350,6 +354,7 @@ fn apply_events(
                 };
                 if state.files.get(&key) != Some(&held) {
                     tracing::info!(cluster = %key.0, asset = asset.as_str(), file = %held.file_name, "file changed");
+                    state.dirty.insert(key.clone());
                     state.files.insert(key, held);
                     *changed = true;
                 }
@@ -384,15 +389,14 @@ async fn flush(
     if !*pending && !state.names.is_empty() {
         return Ok(());
     }
-    let output = settings.output.clone();
-    let files = state.files.clone();
-    let names = state.names.clone();
-    let applied = tokio::task::spawn_blocking(move || output.apply(&files, &names))
-        .await
-        .map_err(|e| format!("writer task: {e}"))?
+    // Small writes of this agent's own files: done in place, without copying what is held.
+    let (applied, names) = settings
+        .output
+        .apply(&state.files, &state.dirty, &state.names)
         .map_err(|e| format!("writing files: {e}"))?;
     *pending = false;
-    state.names = crate::output::file_names(&state.files);
+    state.dirty.clear();
+    state.names = names;
     stats
         .files_held
         .store(state.files.len() as u64, Ordering::Relaxed);

@@ -75,6 +75,15 @@ async fn metric(health: &str, name: &str) -> f64 {
         .unwrap_or(-1.0)
 }
 
+/// Whether the agent reaches its `connects`-th connection, and is connected, within `timeout`.
+async fn connected(health: &str, connects: f64, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        metric(health, "kubeconfig_agent_connects_total").await >= connects
+            && metric(health, "kubeconfig_agent_connected").await == 1.0
+    })
+    .await
+}
+
 async fn ready(health: &str) -> bool {
     reqwest::get(format!("http://{health}/readyz"))
         .await
@@ -272,11 +281,7 @@ async fn a_server_restart_rewrites_nothing_and_a_rotated_key_file_is_used() {
     assert_eq!(stamps(&setup.out), before);
     setup.server.restart().await.expect("restart");
     assert!(
-        eventually(Duration::from_secs(15), || async {
-            metric(&health, "kubeconfig_agent_connects_total").await >= 2.0
-                && metric(&health, "kubeconfig_agent_connected").await == 1.0
-        })
-        .await,
+        connected(&health, 2.0, Duration::from_secs(15)).await,
         "{}",
         agent.log_text()
     );
@@ -292,11 +297,7 @@ async fn a_server_restart_rewrites_nothing_and_a_rotated_key_file_is_used() {
         &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
     );
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            metric(&health, "kubeconfig_agent_connects_total").await >= 3.0
-                && metric(&health, "kubeconfig_agent_connected").await == 1.0
-        })
-        .await,
+        connected(&health, 3.0, Duration::from_secs(10)).await,
         "{}",
         agent.log_text()
     );

@@ -60,6 +60,14 @@ impl Variant {
     }
 }
 
+/// The file a request asks for, as the policy names it.
+fn asset_of(request: Request) -> Asset {
+    match request {
+        Request::Kubeconfig { .. } => Asset::Kubeconfig,
+        Request::AdminKubeconfig => Asset::AdminKubeconfig,
+    }
+}
+
 /// The reason given for a file of a cluster the caller cannot see (or that does not exist), beside the
 /// deny reason codes of the policy.
 pub const NOT_FOUND_REASON: &str = "NOT_FOUND";
@@ -202,18 +210,25 @@ impl Core {
     /// Takes a slot among the calls served at once, or refuses with 429; refuses every call as
     /// unavailable while the first inventory load runs.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, CoreError> {
-        if !self.snapshot.load().loaded {
-            return Err(CoreError::new(
-                ErrorKind::Unavailable,
-                "the inventory is still loading; retry shortly",
-            ));
-        }
+        self.in_service()?;
         Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             CoreError::new(
                 ErrorKind::TooManyRequests,
                 "too many requests in flight; retry shortly",
             )
         })
+    }
+
+    /// Refuses (as unavailable) while the first inventory load runs.
+    fn in_service(&self) -> Result<(), CoreError> {
+        if self.snapshot.load().loaded {
+            Ok(())
+        } else {
+            Err(CoreError::new(
+                ErrorKind::Unavailable,
+                "the inventory is still loading; retry shortly",
+            ))
+        }
     }
 
     fn caller(&self, credentials: &Credentials, snapshot: &Snapshot) -> Result<Caller, CoreError> {
@@ -250,14 +265,11 @@ impl Core {
         request: Request,
     ) -> Result<Served, CoreError> {
         let span = tracing::Span::current();
-        let asset = match request {
-            Request::Kubeconfig { .. } => Asset::Kubeconfig,
-            Request::AdminKubeconfig => Asset::AdminKubeconfig,
-        };
+        let asset = asset_of(request);
         span.record("kubeconfig.asset", asset.as_str());
         let mut user = None;
         let result = self
-            .serve_asset(credentials, uid, request, asset, &span, &mut user)
+            .serve_asset(credentials, uid, request, &span, &mut user)
             .await;
         // The audit trail: one event per asset request, whatever the outcome; never the content.
         let user = user.as_deref().unwrap_or("-");
@@ -292,10 +304,10 @@ impl Core {
         credentials: &Credentials,
         uid: &str,
         request: Request,
-        asset: Asset,
         span: &tracing::Span,
         user: &mut Option<String>,
     ) -> Result<Served, CoreError> {
+        let asset = asset_of(request);
         check_uid(uid)?;
         span.record("kubeconfig.cluster_uid", uid);
         let snapshot = self.snapshot();
@@ -430,12 +442,7 @@ impl Core {
     /// Authenticates a caller against the snapshot in service (for calls that outlive one request,
     /// such as watch streams, which authenticate again at every change).
     pub fn authenticate(&self, credentials: &Credentials) -> Result<Caller, CoreError> {
-        if !self.snapshot.load().loaded {
-            return Err(CoreError::new(
-                ErrorKind::Unavailable,
-                "the inventory is still loading; retry shortly",
-            ));
-        }
+        self.in_service()?;
         self.caller(credentials, &self.snapshot())
     }
 
@@ -447,20 +454,8 @@ impl Core {
         uid: &str,
         request: Request,
     ) -> Result<Served, CoreError> {
-        let asset = match request {
-            Request::Kubeconfig { .. } => Asset::Kubeconfig,
-            Request::AdminKubeconfig => Asset::AdminKubeconfig,
-        };
-        let mut user = None;
-        self.serve_asset(
-            credentials,
-            uid,
-            request,
-            asset,
-            &tracing::Span::none(),
-            &mut user,
-        )
-        .await
+        self.serve_asset(credentials, uid, request, &tracing::Span::none(), &mut None)
+            .await
     }
 
     /// The uids of every cluster visible to `caller` (optionally in one project), in order. Costs

@@ -172,11 +172,6 @@ impl Watchers {
         &self.core
     }
 
-    /// Watches open now.
-    pub fn open_count(&self) -> usize {
-        self.limits.total - self.total.available_permits()
-    }
-
     fn admit(&self, user: &str) -> Result<Admission, CoreError> {
         let permit = Arc::clone(&self.total).try_acquire_owned().map_err(|_| {
             exhausted(format!(
@@ -284,6 +279,31 @@ struct Watch {
     tenant: Arc<kubeconfig_policy::Tenant>,
 }
 
+fn shutting_down() -> CoreError {
+    CoreError::new(
+        ErrorKind::Unavailable,
+        "the server is shutting down; reconnect with the etags you hold",
+    )
+}
+
+/// The uids the feed named since the last call, and whether events were missed (then everything
+/// watched must be evaluated again).
+fn drain(
+    changes: &mut tokio::sync::broadcast::Receiver<Arc<crate::feed::ChangeEvent>>,
+) -> (BTreeSet<String>, bool) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let (mut uids, mut missed) = (BTreeSet::new(), false);
+    loop {
+        match changes.try_recv() {
+            Ok(event) => {
+                uids.insert(event.change.uid().to_owned());
+            }
+            Err(TryRecvError::Lagged(_)) => missed = true,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return (uids, missed),
+        }
+    }
+}
+
 /// Why a watch ended.
 enum End {
     /// The consumer went away.
@@ -306,39 +326,19 @@ impl Watch {
             self.evaluate_all().await?;
             self.send(WatchEvent::Synced).await?;
             loop {
-                let mut uids = BTreeSet::new();
-                let mut everything = false;
+                // Every applied change bumps the generation after its feed events are published, so
+                // waking on the generation and then draining the feed sees all of them.
                 tokio::select! {
                     biased;
-                    _ = self.stop.wait_for(|stop| *stop) => {
-                        return Err(End::Error(CoreError::new(
-                            ErrorKind::Unavailable,
-                            "the server is shutting down; reconnect with the etags you hold",
-                        )));
-                    }
+                    _ = self.stop.wait_for(|stop| *stop) => return Err(End::Error(shutting_down())),
                     () = self.tx.closed() => return Err(End::Gone),
-                    event = changes.recv() => match event {
-                        Ok(event) => { uids.insert(event.change.uid().to_owned()); }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => everything = true,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(End::Gone),
-                    },
                     result = generations.changed() => {
                         if result.is_err() {
                             return Err(End::Gone);
                         }
                     }
                 }
-                loop {
-                    match changes.try_recv() {
-                        Ok(event) => {
-                            uids.insert(event.change.uid().to_owned());
-                        }
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                            everything = true;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let (uids, mut everything) = drain(&mut changes);
                 let tenant = Arc::clone(&self.core.snapshot().tenant);
                 if !Arc::ptr_eq(&tenant, &self.tenant) {
                     self.tenant = tenant;
@@ -366,10 +366,7 @@ impl Watch {
         let mut stop = self.stop.clone();
         tokio::select! {
             sent = self.tx.send(Ok(event)) => sent.map_err(|_| End::Gone),
-            _ = stop.wait_for(|stop| *stop) => Err(End::Error(CoreError::new(
-                ErrorKind::Unavailable,
-                "the server is shutting down; reconnect with the etags you hold",
-            ))),
+            _ = stop.wait_for(|stop| *stop) => Err(End::Error(shutting_down())),
         }
     }
 
