@@ -44,6 +44,12 @@ async fn check_reports_exactly_what_the_server_reports() {
     )
     .expect("write");
     std::fs::write(inventory.join("zz-duplicate.yaml"), &good).expect("write");
+    // A special file where a cluster file should be: refused, without blocking.
+    let fifo = Command::new("mkfifo")
+        .arg(inventory.join("zz-fifo.yaml"))
+        .status()
+        .expect("mkfifo");
+    assert!(fifo.success());
     std::fs::write(
         inventory.join("zz-escape.yaml"),
         good.replace(uid, "00000000000000000000bb02").replace(
@@ -60,6 +66,7 @@ async fn check_reports_exactly_what_the_server_reports() {
         "zz-project.yaml: project: \"nowhere\"",
         "zz-duplicate.yaml",
         "zz-escape.yaml: certificateAuthorityFile",
+        "zz-fifo.yaml",
     ] {
         assert!(
             problems.iter().any(|p| p.contains(needle)),
@@ -79,6 +86,18 @@ async fn check_reports_exactly_what_the_server_reports() {
         .filter_map(|line| line["problem"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(problems, logged);
+    drop(server);
+
+    // A tenant file the server cannot start with: check says so, naming file and line.
+    std::fs::write(fixture.tenant(), "tenant: acme\nprojects: [unclosed\n").expect("write");
+    let (ok, problems) = check(&fixture);
+    assert!(!ok);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("tenant.yaml") && p.contains("line 2")),
+        "{problems:#?}"
+    );
 }
 
 /// `kubeconfigd hash-key` with `input` on standard input.

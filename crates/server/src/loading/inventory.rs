@@ -465,10 +465,11 @@ impl Inventory {
                     let mut files: Vec<PathBuf> = entries
                         .filter_map(Result::ok)
                         .map(|e| e.path())
+                        // By name only: whether it is a regular file is decided (and a refusal
+                        // reported) where every file is read, not skipped here in silence.
                         .filter(|p| {
                             p.file_name()
                                 .is_some_and(|n| is_cluster_file_name(Path::new(n)))
-                                && p.is_file()
                         })
                         .collect();
                     files.sort();
