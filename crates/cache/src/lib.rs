@@ -44,7 +44,12 @@ fn cluster_prefix(cluster: &str) -> String {
 impl CacheKey {
     /// `cluster`: the cluster uid; `variant`: which file (e.g. `kubeconfig-frp`); `revision`: a digest of
     /// the inputs; `format_version`: the renderer's format version.
-    pub fn new(cluster: &str, variant: &str, revision: &str, format_version: u32) -> Self {
+    pub fn new(
+        cluster: &str,
+        variant: &str,
+        revision: impl std::fmt::Display,
+        format_version: u32,
+    ) -> Self {
         CacheKey {
             text: format!(
                 "{}{variant}:{revision}:f{format_version}",

@@ -4,20 +4,26 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kubeconfig_render::input::Sensitive;
-use kubeconfig_render::{AdminCredential, Cluster, ClusterSpec, OidcLogin, ProxyEndpoint, Request};
+use kubeconfig_render::{PemBundle, AdminCredential, Cluster, ClusterSpec, OidcLogin, ProxyEndpoint, Request};
+
+
+/// Test input: PEM text parsed into the form clusters hold.
+fn pem(text: &str) -> PemBundle {
+    PemBundle::parse(text, "CERTIFICATE").expect("test PEM parses")
+}
 
 fn spec(oidc: bool, proxy: bool, token: bool) -> ClusterSpec {
     ClusterSpec {
-        name: "prod-east".to_owned(),
-        uid: "6470a2b1c5e6f1a2b3c4d5e6".to_owned(),
-        api_server: "https://10.10.0.10:6443".to_owned(),
-        certificate_authority: include_str!("../tests/data/ca.crt").into(),
+        name: "prod-east".into(),
+        uid: "6470a2b1c5e6f1a2b3c4d5e6".into(),
+        api_server: "https://10.10.0.10:6443".into(),
+        certificate_authority: pem(include_str!("../tests/data/ca.crt")),
         admin: if token {
             AdminCredential::Token(Sensitive::new("eyJhbGciOiJSUzI1NiJ9.admin-token.sig"))
         } else {
             AdminCredential::ClientCertificate {
-                certificate: include_str!("../tests/data/admin-rsa.crt").into(),
-                key: Sensitive::new(include_str!("../tests/data/admin-rsa.key")),
+                certificate: pem(include_str!("../tests/data/admin-rsa.crt")),
+                key: pem(include_str!("../tests/data/admin-rsa.key")),
             }
         },
         oidc: oidc.then(|| OidcLogin {

@@ -37,6 +37,81 @@ pub enum CredentialError {
     UnsupportedKey(String),
 }
 
+/// PEM blocks (certificates, or a private key) held as DER, the compact form kept in memory for every
+/// cluster: about three quarters of the PEM text, in one allocation shared by clones. Text between
+/// blocks is dropped (as OpenSSL ignores it), and [`PemBundle::to_pem`] rebuilds canonical PEM
+/// (RFC 7468: 64-column lines, LF endings). `Debug` prints how many blocks and bytes, never content
+/// or labels, so a bundle may hold a private key.
+///
+/// Layout: for each block, the label's length (one byte), the label, the DER length (4 bytes, little
+/// endian), the DER.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemBundle(std::sync::Arc<[u8]>);
+
+impl PemBundle {
+    /// Parses PEM text (one or more blocks). `expected` names the block the caller wants, for the error
+    /// when there is none; labels are checked later, by whoever interprets the blocks.
+    pub fn parse(text: &str, expected: &'static str) -> Result<Self, CredentialError> {
+        let blocks = pem_blocks(text, expected)?;
+        let mut bytes = Vec::with_capacity(
+            blocks
+                .iter()
+                .map(|(label, der)| 5 + label.len() + der.len())
+                .sum(),
+        );
+        for (index, (label, der)) in blocks.iter().enumerate() {
+            let (Ok(label_len), Ok(der_len)) = (u8::try_from(label.len()), u32::try_from(der.len()))
+            else {
+                return Err(CredentialError::BadPem {
+                    index,
+                    reason: "label or content too long".to_owned(),
+                });
+            };
+            bytes.push(label_len);
+            bytes.extend_from_slice(label.as_bytes());
+            bytes.extend_from_slice(&der_len.to_le_bytes());
+            bytes.extend_from_slice(der);
+        }
+        Ok(PemBundle(bytes.into()))
+    }
+
+    /// The blocks as (label, DER), in order.
+    pub fn blocks(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            let (&label_len, tail) = rest.split_first()?;
+            let (label, tail) = tail.split_at(usize::from(label_len));
+            let (len, tail) = tail.split_at(4);
+            let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+            let (der, tail) = tail.split_at(len);
+            rest = tail;
+            // Labels were `&str` when stored.
+            Some((std::str::from_utf8(label).unwrap_or_default(), der))
+        })
+    }
+
+    /// Canonical PEM text of every block, in order.
+    pub fn to_pem(&self) -> String {
+        let mut text = String::new();
+        for (label, der) in self.blocks() {
+            // Labels and lengths were accepted by the PEM decoder, so encoding cannot fail.
+            if let Ok(block) = der::pem::encode_string(label, der::pem::LineEnding::LF, der) {
+                text.push_str(&block);
+            }
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for PemBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (blocks, bytes) = self
+            .blocks()
+            .fold((0, 0), |(n, total), (_, der)| (n + 1, total + der.len()));
+        write!(f, "<{blocks} PEM block(s), {bytes} bytes>")
+    }
+}
+
 /// A public key as (algorithm OID, key bits): what a certificate and its key must share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKeyId {
@@ -95,20 +170,20 @@ fn spki_id(spki: &spki::SubjectPublicKeyInfoOwned) -> PublicKeyId {
     }
 }
 
-/// Parses one or more PEM certificates (a CA bundle) and returns their public keys.
-pub fn certificates(text: &str) -> Result<Vec<PublicKeyId>, CredentialError> {
-    pem_blocks(text, "CERTIFICATE")?
-        .into_iter()
+/// Checks that every block of a CA bundle is an X.509 certificate and returns their public keys.
+pub fn certificates(bundle: &PemBundle) -> Result<Vec<PublicKeyId>, CredentialError> {
+    bundle
+        .blocks()
         .enumerate()
         .map(|(index, (label, der))| {
             if label != "CERTIFICATE" {
                 return Err(CredentialError::WrongBlock {
                     expected: "CERTIFICATE",
-                    found: label,
+                    found: label.to_owned(),
                 });
             }
             let cert =
-                Certificate::from_der(&der).map_err(|e| CredentialError::BadCertificate {
+                Certificate::from_der(der).map_err(|e| CredentialError::BadCertificate {
                     index,
                     reason: e.to_string(),
                 })?;
@@ -117,9 +192,9 @@ pub fn certificates(text: &str) -> Result<Vec<PublicKeyId>, CredentialError> {
         .collect()
 }
 
-/// Parses exactly one PEM certificate and returns its public key.
-pub fn single_certificate_key(text: &str) -> Result<PublicKeyId, CredentialError> {
-    let mut keys = certificates(text)?;
+/// Checks that a bundle is exactly one certificate and returns its public key.
+pub fn single_certificate_key(bundle: &PemBundle) -> Result<PublicKeyId, CredentialError> {
+    let mut keys = certificates(bundle)?;
     if keys.len() != 1 {
         return Err(CredentialError::NotOneCertificate(keys.len()));
     }
@@ -191,42 +266,39 @@ fn rsa_public_key(key: &rsa::RsaPrivateKey) -> Result<PublicKeyId, CredentialErr
 /// magnitude faster than the portable one (this check dominated loading a large inventory); any other
 /// key, and any EC key that does not match, goes through [`private_key_public_part`], which says
 /// precisely what is wrong.
-pub fn key_matches(text: &str, certificate: &PublicKeyId) -> Result<bool, CredentialError> {
-    if ec_key_matches(text, certificate) == Some(true) {
+pub fn key_matches(key: &PemBundle, certificate: &PublicKeyId) -> Result<bool, CredentialError> {
+    if ec_key_matches(key, certificate) == Some(true) {
         return Ok(true);
     }
-    Ok(private_key_public_part(text)? == *certificate)
+    Ok(private_key_public_part(key)? == *certificate)
 }
 
 /// `Some(true)` when `text` is an EC private key whose public key is `certificate`'s; `None` when the
 /// fast check does not apply.
-fn ec_key_matches(text: &str, certificate: &PublicKeyId) -> Option<bool> {
+fn ec_key_matches(key: &PemBundle, certificate: &PublicKeyId) -> Option<bool> {
     use ring::signature::{
         ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
     };
     if certificate.algorithm != EC_PUBLIC_KEY {
         return None;
     }
-    let mut blocks = pem_blocks(text, "PRIVATE KEY").ok()?;
-    if blocks.len() != 1 {
+    let mut blocks = key.blocks();
+    let (label, der) = blocks.next()?;
+    if blocks.next().is_some() {
         return None;
     }
-    let (label, der) = blocks.remove(0);
-    let (curve, ec_der) = match label.as_str() {
+    let (curve, ec_der) = match label {
         "PRIVATE KEY" => {
-            let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).ok()?;
+            let info = pkcs8::PrivateKeyInfo::try_from(der).ok()?;
             if info.algorithm.oid != EC_PUBLIC_KEY {
                 return None;
             }
-            (
-                info.algorithm.parameters_oid().ok(),
-                info.private_key.to_vec(),
-            )
+            (info.algorithm.parameters_oid().ok(), info.private_key)
         }
         "EC PRIVATE KEY" => (None, der),
         _ => return None,
     };
-    let key = sec1::EcPrivateKey::try_from(ec_der.as_slice()).ok()?;
+    let key = sec1::EcPrivateKey::try_from(ec_der).ok()?;
     let algorithm = match curve.or_else(|| key.parameters.and_then(|p| p.named_curve())) {
         Some(SECP256R1) => &ECDSA_P256_SHA256_ASN1_SIGNING,
         Some(SECP384R1) => &ECDSA_P384_SHA384_ASN1_SIGNING,
@@ -244,39 +316,38 @@ fn ec_key_matches(text: &str, certificate: &PublicKeyId) -> Option<bool> {
     )
 }
 
-/// Parses one PEM private key and returns the public key it belongs to.
-pub fn private_key_public_part(text: &str) -> Result<PublicKeyId, CredentialError> {
-    let mut blocks = pem_blocks(text, "PRIVATE KEY")?;
-    if blocks.len() != 1 {
+/// Checks that a bundle is one private key and returns the public key it belongs to.
+pub fn private_key_public_part(key: &PemBundle) -> Result<PublicKeyId, CredentialError> {
+    let count = key.blocks().count();
+    let Some((label, der)) = key.blocks().next().filter(|_| count == 1) else {
         return Err(CredentialError::BadKey {
             format: "PEM",
-            reason: format!("expected one key block, found {}", blocks.len()),
+            reason: format!("expected one key block, found {count}"),
         });
-    }
-    let (label, der) = blocks.remove(0);
-    match label.as_str() {
+    };
+    match label {
         "PRIVATE KEY" => {
-            let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).map_err(|e| bad("PKCS#8")(e.to_string()))?;
+            let info = pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| bad("PKCS#8")(e.to_string()))?;
             match info.algorithm.oid {
                 RSA_ENCRYPTION => {
-                    let key = rsa::RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| bad("PKCS#8 RSA")(e.to_string()))?;
+                    let key = rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(|e| bad("PKCS#8 RSA")(e.to_string()))?;
                     rsa_public_key(&key)
                 }
                 EC_PUBLIC_KEY => {
                     let curve = info.algorithm.parameters_oid().ok();
-                    ec_public_key(curve, &der, true)
+                    ec_public_key(curve, der, true)
                 }
                 other => Err(CredentialError::UnsupportedKey(format!("algorithm {other} (supported: RSA, EC P-256, EC P-384)"))),
             }
         }
         "RSA PRIVATE KEY" => {
-            let key = rsa::RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| bad("PKCS#1 RSA")(e.to_string()))?;
+            let key = rsa::RsaPrivateKey::from_pkcs1_der(der).map_err(|e| bad("PKCS#1 RSA")(e.to_string()))?;
             rsa_public_key(&key)
         }
         "EC PRIVATE KEY" => {
-            let key = sec1::EcPrivateKey::try_from(der.as_slice()).map_err(|e| bad("SEC1 EC")(e.to_string()))?;
+            let key = sec1::EcPrivateKey::try_from(der).map_err(|e| bad("SEC1 EC")(e.to_string()))?;
             let curve = key.parameters.and_then(|p| p.named_curve());
-            ec_public_key(curve, &der, false)
+            ec_public_key(curve, der, false)
         }
         "ENCRYPTED PRIVATE KEY" => Err(CredentialError::UnsupportedKey(
             "encrypted keys cannot be used unattended; store the key unencrypted in a file only the service can read".to_owned(),
@@ -289,23 +360,37 @@ pub fn private_key_public_part(text: &str) -> Result<PublicKeyId, CredentialErro
 mod fast_check_tests {
     use super::*;
 
+    fn pem(text: &str) -> PemBundle {
+        PemBundle::parse(text, "CERTIFICATE").unwrap()
+    }
+
+    #[test]
+    fn bundles_rebuild_canonical_pem_and_print_no_content() {
+        let text = include_str!("../tests/data/ca.crt");
+        let bundle = PemBundle::parse(&format!("comment\n{text}"), "CERTIFICATE").unwrap();
+        assert_eq!(bundle.to_pem(), text);
+        let key = pem(include_str!("../tests/data/admin-ec.key"));
+        assert_eq!(format!("{key:?}"), "<1 PEM block(s), 121 bytes>");
+    }
+
     #[test]
     fn ec_keys_take_the_fast_check_and_agree_with_the_portable_one() {
         let certificate =
-            single_certificate_key(include_str!("../tests/data/admin-ec.crt")).unwrap();
+            single_certificate_key(&pem(include_str!("../tests/data/admin-ec.crt"))).unwrap();
         for key in [
             include_str!("../tests/data/admin-ec.key"),
             include_str!("../tests/data/admin-ec.pkcs8.key"),
         ] {
-            assert_eq!(ec_key_matches(key, &certificate), Some(true));
-            assert_eq!(private_key_public_part(key).unwrap(), certificate);
+            let key = pem(key);
+            assert_eq!(ec_key_matches(&key, &certificate), Some(true));
+            assert_eq!(private_key_public_part(&key).unwrap(), certificate);
         }
-        let other = include_str!("../tests/data/other-ec.key");
+        let other = &pem(include_str!("../tests/data/other-ec.key"));
         assert_eq!(ec_key_matches(other, &certificate), Some(false));
         assert!(!key_matches(other, &certificate).unwrap());
-        let rsa = single_certificate_key(include_str!("../tests/data/admin-rsa.crt")).unwrap();
+        let rsa = single_certificate_key(&pem(include_str!("../tests/data/admin-rsa.crt"))).unwrap();
         assert_eq!(
-            ec_key_matches(include_str!("../tests/data/admin-rsa.key"), &rsa),
+            ec_key_matches(&pem(include_str!("../tests/data/admin-rsa.key")), &rsa),
             None
         );
     }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+pub use crate::credential::PemBundle;
+
 /// A value that must not appear in logs: `Debug` prints `<redacted>`. Shared, not copied, by clones:
 /// a record and the cluster prepared from it hold one copy of each credential.
 #[derive(Clone, PartialEq, Eq)]
@@ -30,10 +32,11 @@ impl fmt::Debug for Sensitive {
 /// The cluster-admin credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminCredential {
-    /// A client certificate (PEM) and its private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    /// A client certificate and its private key (PKCS#8, PKCS#1 RSA or SEC1 EC). A [`PemBundle`] never
+    /// prints its content.
     ClientCertificate {
-        certificate: Arc<str>,
-        key: Sensitive,
+        certificate: PemBundle,
+        key: PemBundle,
     },
     /// A bearer token.
     Token(Sensitive),
@@ -65,8 +68,8 @@ pub struct ProxyEndpoint {
     /// The proxy server host, without scheme.
     pub server: String,
     pub port: u16,
-    /// The proxy's CA (PEM), replacing the cluster CA in the proxied kubeconfig (imported / managed).
-    pub certificate_authority: Option<Arc<str>>,
+    /// The proxy's CA, replacing the cluster CA in the proxied kubeconfig (imported / managed).
+    pub certificate_authority: Option<PemBundle>,
     /// A service-account token replacing the admin credential in the proxied kubeconfig.
     pub token: Option<Sensitive>,
 }
@@ -74,12 +77,13 @@ pub struct ProxyEndpoint {
 /// Everything needed to render a cluster's two kubeconfigs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSpec {
-    pub name: String,
-    pub uid: String,
+    /// Shared with the caller's own copy, not duplicated per cluster.
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
     /// The API server's https URL.
-    pub api_server: String,
-    /// The cluster CA (PEM, one or more certificates).
-    pub certificate_authority: Arc<str>,
+    pub api_server: Arc<str>,
+    /// The cluster CA (one or more certificates).
+    pub certificate_authority: PemBundle,
     pub admin: AdminCredential,
     /// Present when OIDC is properly configured.
     pub oidc: Option<OidcLogin>,

@@ -17,7 +17,9 @@ pub mod input;
 pub mod output;
 
 pub use credential::CredentialError;
-pub use input::{AdminCredential, ClusterSpec, OidcLogin, ProxyEndpoint, Request, Sensitive};
+pub use input::{
+    AdminCredential, ClusterSpec, OidcLogin, PemBundle, ProxyEndpoint, Request, Sensitive,
+};
 pub use output::{AuthKind, Rendered, ServerKind};
 
 use std::sync::Arc;
@@ -71,8 +73,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RenderError {
 #[derive(Clone)]
 enum Credential {
     Certificate {
-        certificate: Arc<str>,
-        key: Sensitive,
+        certificate: PemBundle,
+        key: PemBundle,
     },
     Token(Sensitive),
 }
@@ -80,12 +82,12 @@ enum Credential {
 /// A cluster whose facts have been validated; rendering it cannot fail.
 #[derive(Clone)]
 pub struct Cluster {
-    name: String,
-    uid: String,
-    api_server: String,
-    /// The CA as given (PEM); base64-encoded when rendered, so the PEM is held once, shared with the
-    /// caller's record.
-    certificate_authority: Arc<str>,
+    name: Arc<str>,
+    uid: Arc<str>,
+    api_server: Arc<str>,
+    /// Held as DER, shared with the caller's record; canonical PEM is rebuilt and base64-encoded when
+    /// rendered.
+    certificate_authority: PemBundle,
     admin: Credential,
     oidc: Option<OidcLogin>,
     proxy: Option<ValidatedProxy>,
@@ -94,7 +96,7 @@ pub struct Cluster {
 #[derive(Clone)]
 struct ValidatedProxy {
     server_url: String,
-    certificate_authority: Option<Arc<str>>,
+    certificate_authority: Option<PemBundle>,
     token: Option<Sensitive>,
 }
 
@@ -167,8 +169,8 @@ fn check_token(field: &'static str, token: &str) -> Result<(), RenderError> {
     Ok(())
 }
 
-fn encode(pem: &str) -> String {
-    BASE64.encode(pem.as_bytes())
+fn encode(bundle: &PemBundle) -> String {
+    BASE64.encode(bundle.to_pem().as_bytes())
 }
 
 impl Cluster {
@@ -206,7 +208,7 @@ impl Cluster {
                         }
                     })?;
                 let matches =
-                    credential::key_matches(key.expose(), &cert_key).map_err(|source| {
+                    credential::key_matches(key, &cert_key).map_err(|source| {
                         RenderError::Credential {
                             field: "admin.clientKey",
                             source,
@@ -216,7 +218,7 @@ impl Cluster {
                     return Err(RenderError::KeyMismatch);
                 }
                 Credential::Certificate {
-                    certificate: Arc::clone(certificate),
+                    certificate: certificate.clone(),
                     key: key.clone(),
                 }
             }
@@ -299,7 +301,7 @@ impl Cluster {
     fn admin_user(&self) -> (UserEntry, AuthKind) {
         match &self.admin {
             Credential::Certificate { certificate, key } => (
-                UserEntry::certificate(encode(certificate), encode(key.expose())),
+                UserEntry::certificate(encode(certificate), encode(key)),
                 AuthKind::ClientCertificate,
             ),
             Credential::Token(token) => {
@@ -316,12 +318,12 @@ impl Cluster {
                 ServerKind::Proxy,
                 encode(
                     p.certificate_authority
-                        .as_deref()
+                        .as_ref()
                         .unwrap_or(&self.certificate_authority),
                 ),
             ),
             None => (
-                self.api_server.clone(),
+                self.api_server.to_string(),
                 ServerKind::Direct,
                 encode(&self.certificate_authority),
             ),
@@ -371,7 +373,7 @@ impl Cluster {
         let doc = Kubeconfig::single(
             &self.name,
             &format!("{}-admin", self.name),
-            self.api_server.clone(),
+            self.api_server.to_string(),
             encode(&self.certificate_authority),
             user,
         );

@@ -7,9 +7,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kube::config::Kubeconfig;
 use kubeconfig_render::input::Sensitive;
-use kubeconfig_render::{
+use kubeconfig_render::{PemBundle, 
     AdminCredential, AuthKind, Cluster, ClusterSpec, OidcLogin, ProxyEndpoint, Request, ServerKind,
 };
+
+
+/// Test input: PEM text parsed into the form clusters hold.
+fn pem(text: &str) -> PemBundle {
+    PemBundle::parse(text, "CERTIFICATE").expect("test PEM parses")
+}
 
 const CA: &str = include_str!("data/ca.crt");
 const PROXY_CA: &str = include_str!("data/proxy-ca.crt");
@@ -30,20 +36,20 @@ fn proxy(ca: Option<&str>, token: Option<&str>) -> ProxyEndpoint {
     ProxyEndpoint {
         server: "proxy.example.test".to_owned(),
         port: 443,
-        certificate_authority: ca.map(Into::into),
+        certificate_authority: ca.map(pem),
         token: token.map(Sensitive::new),
     }
 }
 
 fn spec(oidc: Option<OidcLogin>, proxy: Option<ProxyEndpoint>) -> ClusterSpec {
     ClusterSpec {
-        name: "prod-east".to_owned(),
-        uid: UID.to_owned(),
-        api_server: "https://10.10.0.10:6443".to_owned(),
-        certificate_authority: CA.into(),
+        name: "prod-east".into(),
+        uid: UID.into(),
+        api_server: "https://10.10.0.10:6443".into(),
+        certificate_authority: pem(&CA),
         admin: AdminCredential::ClientCertificate {
-            certificate: ADMIN_CRT.into(),
-            key: Sensitive::new(ADMIN_KEY),
+            certificate: pem(&ADMIN_CRT),
+            key: pem(&ADMIN_KEY),
         },
         oidc,
         proxy,

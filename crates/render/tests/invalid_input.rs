@@ -1,7 +1,13 @@
 //! Bad input is a typed error naming the field; key material never appears in messages.
 
 use kubeconfig_render::input::Sensitive;
-use kubeconfig_render::{AdminCredential, Cluster, ClusterSpec, CredentialError, RenderError};
+use kubeconfig_render::{PemBundle, AdminCredential, Cluster, ClusterSpec, CredentialError, RenderError};
+
+
+/// Test input: PEM text parsed into the form clusters hold.
+fn pem(text: &str) -> PemBundle {
+    PemBundle::parse(text, "CERTIFICATE").expect("test PEM parses")
+}
 
 const CA: &str = include_str!("data/ca.crt");
 const RSA_CRT: &str = include_str!("data/admin-rsa.crt");
@@ -14,13 +20,13 @@ const P384_KEY: &str = include_str!("data/admin-p384.key");
 
 fn spec() -> ClusterSpec {
     ClusterSpec {
-        name: "prod-east".to_owned(),
-        uid: "6470a2b1c5e6f1a2b3c4d5e6".to_owned(),
-        api_server: "https://10.10.0.10:6443".to_owned(),
-        certificate_authority: CA.into(),
+        name: "prod-east".into(),
+        uid: "6470a2b1c5e6f1a2b3c4d5e6".into(),
+        api_server: "https://10.10.0.10:6443".into(),
+        certificate_authority: pem(&CA),
         admin: AdminCredential::ClientCertificate {
-            certificate: RSA_CRT.into(),
-            key: Sensitive::new(RSA_KEY),
+            certificate: pem(&RSA_CRT),
+            key: pem(&RSA_KEY),
         },
         oidc: None,
         proxy: None,
@@ -30,8 +36,8 @@ fn spec() -> ClusterSpec {
 fn with_admin(certificate: &str, key: &str) -> ClusterSpec {
     ClusterSpec {
         admin: AdminCredential::ClientCertificate {
-            certificate: certificate.into(),
-            key: Sensitive::new(key),
+            certificate: pem(&certificate),
+            key: pem(&key),
         },
         ..spec()
     }
@@ -66,34 +72,27 @@ fn certificate_that_does_not_match_the_key() {
 
 #[test]
 fn non_pem_ca() {
-    let err = Cluster::new(ClusterSpec {
-        certificate_authority: "not a certificate".into(),
-        ..spec()
-    })
-    .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            RenderError::Credential {
-                field: "certificateAuthority",
-                source: CredentialError::NotPem { .. }
-            }
-        ),
-        "{err:?}"
-    );
+    let err = PemBundle::parse("not a certificate", "CERTIFICATE").unwrap_err();
+    assert!(matches!(&err, CredentialError::NotPem { .. }), "{err:?}");
+    // Valid PEM around DER that is no certificate: refused when the cluster is validated.
     let garbled = CA.replace("MII", "MIX");
-    let err = Cluster::new(ClusterSpec {
-        certificate_authority: garbled.into(),
-        ..spec()
-    })
-    .unwrap_err();
-    assert_eq!(err.field(), "certificateAuthority", "{err}");
+    match PemBundle::parse(&garbled, "CERTIFICATE") {
+        Err(err) => assert!(matches!(err, CredentialError::BadPem { .. }), "{err:?}"),
+        Ok(bundle) => {
+            let err = Cluster::new(ClusterSpec {
+                certificate_authority: bundle,
+                ..spec()
+            })
+            .unwrap_err();
+            assert_eq!(err.field(), "certificateAuthority", "{err}");
+        }
+    }
 }
 
 #[test]
 fn key_where_a_certificate_belongs() {
     let err = Cluster::new(ClusterSpec {
-        certificate_authority: RSA_KEY.into(),
+        certificate_authority: pem(&RSA_KEY),
         ..spec()
     })
     .unwrap_err();
@@ -122,7 +121,7 @@ fn certificate_where_a_key_belongs() {
 #[test]
 fn http_server_is_refused() {
     let err = Cluster::new(ClusterSpec {
-        api_server: "http://10.10.0.10:6443".to_owned(),
+        api_server: "http://10.10.0.10:6443".into(),
         ..spec()
     })
     .unwrap_err();
@@ -134,7 +133,7 @@ fn http_server_is_refused() {
 fn unsafe_names_are_refused() {
     for name in ["", "a/b", "a:b", "a\nb", ".hidden", "-x", "a b"] {
         let err = Cluster::new(ClusterSpec {
-            name: name.to_owned(),
+            name: name.into(),
             ..spec()
         })
         .unwrap_err();
@@ -151,7 +150,7 @@ fn bad_token_and_uid() {
     .unwrap_err();
     assert_eq!(err.field(), "admin.token");
     let err = Cluster::new(ClusterSpec {
-        uid: "UPPER".to_owned(),
+        uid: "UPPER".into(),
         ..spec()
     })
     .unwrap_err();

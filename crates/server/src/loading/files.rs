@@ -30,19 +30,31 @@ pub enum FileError {
 /// Reads a regular file of at most `limit` bytes as text. Opening never blocks (a FIFO is refused once
 /// opened, before any read), and at most `limit + 1` bytes are read whatever the file claims.
 pub fn read_text(path: &Path, limit: u64) -> Result<String, FileError> {
+    read_text_with_metadata(path, limit).map(|(text, _)| text)
+}
+
+/// [`read_text`], also returning the metadata of the file as opened (what a later `stat` compares
+/// against). The reported length only sizes the buffer, so a typical file takes one read plus the
+/// read that sees its end.
+pub fn read_text_with_metadata(
+    path: &Path,
+    limit: u64,
+) -> Result<(String, std::fs::Metadata), FileError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
         return Err(FileError::NotRegular);
     }
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(limit) + 1).unwrap_or(0));
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(FileError::TooLarge { limit });
     }
-    String::from_utf8(bytes).map_err(|_| FileError::NotText)
+    let text = String::from_utf8(bytes).map_err(|_| FileError::NotText)?;
+    Ok((text, meta))
 }
 
 /// Resolves `reference` (relative, from a cluster file) against the inventory directory `base`, following

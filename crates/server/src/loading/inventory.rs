@@ -25,9 +25,9 @@ use crate::demo;
 use crate::record::{self, Availability, ClusterEntry, Problem, ProblemCode, Record};
 
 /// Clusters by uid, shared structurally between snapshots.
-pub type ClusterMap = imbl::OrdMap<String, Arc<ClusterEntry>>;
+pub type ClusterMap = imbl::OrdMap<Arc<str>, Arc<ClusterEntry>>;
 /// Cluster uids by project, for listing a caller's clusters without scanning the fleet.
-pub type ProjectIndex = imbl::OrdMap<String, imbl::OrdSet<String>>;
+pub type ProjectIndex = imbl::OrdMap<Arc<str>, imbl::OrdSet<Arc<str>>>;
 
 /// One consistent view of the tenant and the clusters, swapped atomically on reload.
 #[derive(Debug, Clone)]
@@ -110,22 +110,27 @@ struct Stamp {
     changed: i64,
 }
 
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+            changed: meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
+        }
+    }
+}
+
 fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode: meta.ino(),
-        changed: meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
-    })
+    std::fs::metadata(path).ok().map(|meta| Stamp::of(&meta))
 }
 
 struct Slot {
     /// Digest of the file and every file it refers to, as last read.
     fingerprint: [u8; 32],
-    /// Metadata of the file and of the files it refers to, as last read.
-    stamps: Vec<(PathBuf, Option<Stamp>)>,
+    /// Metadata of the file, and of the files it refers to, as last read.
+    stamps: Stamps,
     /// The last good record and the entry prepared from it.
     good: Option<(Arc<Record>, Arc<ClusterEntry>)>,
     /// The latest problem with this file, if its latest version was not applied.
@@ -171,11 +176,28 @@ fn located(path: &Path, line: Option<usize>, message: &str) -> String {
     }
 }
 
+/// The metadata of a cluster file and of the files it refers to (most refer to none: no allocation).
+#[derive(Default)]
+struct Stamps {
+    own: Option<Stamp>,
+    references: Vec<(Arc<Path>, Option<Stamp>)>,
+}
+
+impl Stamps {
+    fn unchanged(&self, path: &Path) -> bool {
+        self.own == stamp(path)
+            && self
+                .references
+                .iter()
+                .all(|(file, old)| *old == stamp(file))
+    }
+}
+
 /// A cluster file read and prepared, before it is applied.
 struct Parsed {
-    path: PathBuf,
-    stamps: Vec<(PathBuf, Option<Stamp>)>,
-    references: Vec<PathBuf>,
+    path: Arc<Path>,
+    stamps: Stamps,
+    references: Vec<Arc<Path>>,
     /// `None` when the file is gone.
     outcome: Option<Outcome>,
 }
@@ -201,16 +223,17 @@ pub struct Inventory {
     tenant: Option<(Arc<Tenant>, [u8; 32])>,
     tenant_problem: Option<String>,
     api_keys: Arc<Vec<(ApiKeyHash, String)>>,
-    slots: HashMap<PathBuf, Slot>,
+    /// Every path and uid below is one shared allocation (`Arc`), not a copy per index.
+    slots: HashMap<Arc<Path>, Slot>,
     /// Which cluster files refer to each referenced file (joined to the inventory directory).
-    referrers: HashMap<PathBuf, BTreeSet<PathBuf>>,
+    referrers: HashMap<Arc<Path>, BTreeSet<Arc<Path>>>,
     /// The files whose good record claims each uid.
     /// (Sorted; almost always one file, so a vector rather than a set.)
-    claimants: HashMap<String, Vec<PathBuf>>,
+    claimants: HashMap<Arc<str>, Vec<Arc<Path>>>,
     /// The file each uid is served from: on a uid conflict it keeps serving.
-    owners: HashMap<String, PathBuf>,
+    owners: HashMap<Arc<str>, Arc<Path>>,
     /// The uid conflicts reported so far, by uid (each is reported once, when it appears).
-    conflicts: HashMap<String, Vec<String>>,
+    conflicts: HashMap<Arc<str>, Vec<String>>,
     clusters: ClusterMap,
     by_project: ProjectIndex,
     unavailable: usize,
@@ -329,7 +352,7 @@ impl Inventory {
             })
         };
         let read = started.elapsed();
-        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
         for parsed in parsed {
             if parsed
                 .outcome
@@ -342,7 +365,7 @@ impl Inventory {
         }
         if tenant_changed {
             // Files read just now were prepared under the new tenant already (all of them at start).
-            let fresh: HashSet<&PathBuf> = files.iter().collect();
+            let fresh: HashSet<&Arc<Path>> = files.iter().collect();
             self.reprepare_all(&tenant, &fresh);
             touched.extend(self.claimants.keys().cloned());
             touched.extend(self.clusters.keys().cloned());
@@ -406,8 +429,8 @@ impl Inventory {
 
     /// The cluster files a batch of changes asks to read: traced through the reference index, or, for a
     /// rescan, those whose metadata changed, that are new, or that are gone.
-    fn files_to_read(&self, changes: &Changes) -> Vec<PathBuf> {
-        let mut files: HashSet<PathBuf> = HashSet::new();
+    fn files_to_read(&self, changes: &Changes) -> Vec<Arc<Path>> {
+        let mut files: HashSet<Arc<Path>> = HashSet::new();
         let mut rescan = changes.rescan;
         if let Origin::Files { inventory, .. } = &self.origin {
             for path in &changes.paths {
@@ -426,9 +449,9 @@ impl Inventory {
                     // The directory itself, or a Secret/ConfigMap volume swapping its `..data` link.
                     rescan = true;
                 } else if components.next().is_none() && is_cluster_file_name(relative) {
-                    files.insert(path.clone());
+                    files.insert(Arc::from(path.as_path()));
                 }
-                if let Some(referrers) = self.referrers.get(path) {
+                if let Some(referrers) = self.referrers.get(path.as_path()) {
                     files.extend(referrers.iter().cloned());
                 }
             }
@@ -439,35 +462,35 @@ impl Inventory {
                 let unchanged = self
                     .slots
                     .get(path)
-                    .is_some_and(|slot| slot.stamps.iter().all(|(file, old)| *old == stamp(file)));
+                    .is_some_and(|slot| slot.stamps.unchanged(path));
                 if !unchanged {
-                    files.insert(path.clone());
+                    files.insert(Arc::clone(path));
                 }
             }
-            let listed: HashSet<&PathBuf> = listed.iter().collect();
+            let listed: HashSet<&Arc<Path>> = listed.iter().collect();
             files.extend(self.slots.keys().filter(|p| !listed.contains(p)).cloned());
         }
         // In name order, so that logs and first-load reports are stable.
-        let mut files: Vec<PathBuf> = files.into_iter().collect();
+        let mut files: Vec<Arc<Path>> = files.into_iter().collect();
         files.sort_unstable();
         files
     }
 
     /// The cluster files present now, sorted.
-    fn list_cluster_files(&self) -> Vec<PathBuf> {
+    fn list_cluster_files(&self) -> Vec<Arc<Path>> {
         match &self.origin {
             Origin::Demo => demo::CLUSTERS
                 .iter()
-                .map(|(name, _)| PathBuf::from(format!("demo/inventory/{name}")))
+                .map(|(name, _)| Arc::from(Path::new(&format!("demo/inventory/{name}"))))
                 .collect(),
             Origin::Files { inventory, .. } => match std::fs::read_dir(inventory) {
                 Ok(entries) => {
-                    let mut files: Vec<PathBuf> = entries
+                    let mut files: Vec<Arc<Path>> = entries
                         .filter_map(Result::ok)
-                        .map(|e| e.path())
+                        .map(|e| Arc::from(e.path()))
                         // By name only: whether it is a regular file is decided (and a refusal
                         // reported) where every file is read, not skipped here in silence.
-                        .filter(|p| {
+                        .filter(|p: &Arc<Path>| {
                             p.file_name()
                                 .is_some_and(|n| is_cluster_file_name(Path::new(n)))
                         })
@@ -487,7 +510,7 @@ impl Inventory {
         &mut self,
         parsed: Parsed,
         report: &mut ReloadReport,
-        touched: &mut BTreeSet<String>,
+        touched: &mut BTreeSet<Arc<str>>,
     ) {
         let Parsed {
             path,
@@ -507,7 +530,7 @@ impl Inventory {
             let problem = located(&path, None, message);
             let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
                 fingerprint: [0; 32],
-                stamps: Vec::new(),
+                stamps: Stamps::default(),
                 good: None,
                 problem: None,
             });
@@ -522,7 +545,7 @@ impl Inventory {
             return;
         }
         if let Some(slot) = self.slots.get(&path) {
-            for (reference, _) in slot.stamps.iter().skip(1) {
+            for (reference, _) in &slot.stamps.references {
                 if let Some(files) = self.referrers.get_mut(reference) {
                     files.remove(&path);
                     if files.is_empty() {
@@ -539,7 +562,7 @@ impl Inventory {
         }
         let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
             fingerprint: [0; 32],
-            stamps: Vec::new(),
+            stamps: Stamps::default(),
             good: None,
             problem: None,
         });
@@ -602,8 +625,8 @@ impl Inventory {
     }
 
     /// Forgets a removed cluster file.
-    fn unindex(&mut self, path: &Path, slot: &Slot, touched: &mut BTreeSet<String>) {
-        for (reference, _) in slot.stamps.iter().skip(1) {
+    fn unindex(&mut self, path: &Path, slot: &Slot, touched: &mut BTreeSet<Arc<str>>) {
+        for (reference, _) in &slot.stamps.references {
             if let Some(files) = self.referrers.get_mut(reference) {
                 files.remove(path);
                 if files.is_empty() {
@@ -614,7 +637,7 @@ impl Inventory {
         if let Some((record, _)) = &slot.good {
             touched.insert(record.uid.clone());
             if let Some(files) = self.claimants.get_mut(&record.uid) {
-                files.retain(|f| f != path);
+                files.retain(|f| **f != *path);
                 if files.is_empty() {
                     self.claimants.remove(&record.uid);
                 }
@@ -623,8 +646,8 @@ impl Inventory {
     }
 
     /// After a tenant change: prepares every good record again under the new tenant (in parallel).
-    fn reprepare_all(&mut self, tenant: &Arc<Tenant>, fresh: &HashSet<&PathBuf>) {
-        let work: Vec<(PathBuf, Arc<Record>)> = self
+    fn reprepare_all(&mut self, tenant: &Arc<Tenant>, fresh: &HashSet<&Arc<Path>>) {
+        let work: Vec<(Arc<Path>, Arc<Record>)> = self
             .slots
             .iter()
             .filter(|(path, _)| !fresh.contains(path))
@@ -652,9 +675,9 @@ impl Inventory {
     /// over silently: the file that served it before keeps serving and the others are refused and
     /// reported; with no such file (at start, or both new) every claimant is refused and the cluster is
     /// unavailable with a reason naming the files.
-    fn assemble(&mut self, touched: &BTreeSet<String>, report: &mut ReloadReport) {
+    fn assemble(&mut self, touched: &BTreeSet<Arc<str>>, report: &mut ReloadReport) {
         for uid in touched {
-            let files: Vec<PathBuf> = self.claimants.get(uid).cloned().unwrap_or_default();
+            let files: Vec<Arc<Path>> = self.claimants.get(uid).cloned().unwrap_or_default();
             let (entry, conflicts) = self.served_entry(uid, &files);
             let reported = self.conflicts.remove(uid).unwrap_or_default();
             for conflict in &conflicts {
@@ -685,7 +708,9 @@ impl Inventory {
             }
             let change = match (&old, &entry) {
                 (None, None) => None,
-                (Some(_), None) => Some(ClusterChange::Removed { uid: uid.clone() }),
+                (Some(_), None) => Some(ClusterChange::Removed {
+                    uid: uid.to_string(),
+                }),
                 (old, Some(new)) => match &new.availability {
                     Availability::Unavailable(reason)
                         if old
@@ -693,19 +718,19 @@ impl Inventory {
                             .is_none_or(|o| o.is_ready() || !same_entry(o, new)) =>
                     {
                         Some(ClusterChange::Unavailable {
-                            uid: uid.clone(),
+                            uid: uid.to_string(),
                             reason: reason.clone(),
                         })
                     }
                     Availability::Unavailable(_) => None,
                     Availability::Ready(_) => match old {
                         None => Some(ClusterChange::Added {
-                            uid: uid.clone(),
-                            revision: new.revision.clone(),
+                            uid: uid.to_string(),
+                            revision: new.revision.to_string(),
                         }),
                         Some(old) if !same_entry(old, new) => Some(ClusterChange::Changed {
-                            uid: uid.clone(),
-                            revision: new.revision.clone(),
+                            uid: uid.to_string(),
+                            revision: new.revision.to_string(),
                         }),
                         Some(_) => None,
                     },
@@ -732,9 +757,9 @@ impl Inventory {
     fn served_entry(
         &self,
         uid: &str,
-        files: &[PathBuf],
+        files: &[Arc<Path>],
     ) -> (Option<Arc<ClusterEntry>>, Vec<String>) {
-        let served = |path: &PathBuf| {
+        let served = |path: &Arc<Path>| {
             let slot = self.slots.get(path)?;
             let (_, entry) = slot.good.as_ref()?;
             if slot.problem.is_none() && entry.is_ready() {
@@ -819,59 +844,71 @@ fn is_cluster_file_name(name: &Path) -> bool {
 }
 
 /// Reads, parses and prepares one cluster file.
-fn read_cluster_file(origin: &Origin, base: Option<&Path>, path: &Path, tenant: &Tenant) -> Parsed {
-    let text = match origin {
+fn read_cluster_file(
+    origin: &Origin,
+    base: Option<&Path>,
+    path: &Arc<Path>,
+    tenant: &Tenant,
+) -> Parsed {
+    let gone = || Parsed {
+        path: Arc::clone(path),
+        stamps: Stamps::default(),
+        references: Vec::new(),
+        outcome: None,
+    };
+    let read = match origin {
         Origin::Demo => {
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
             match demo::CLUSTERS.iter().find(|(n, _)| *n == name) {
-                Some((_, text)) => Ok((*text).to_owned()),
-                None => {
-                    return Parsed {
-                        path: path.to_owned(),
-                        stamps: Vec::new(),
-                        references: Vec::new(),
-                        outcome: None,
-                    };
-                }
+                Some((_, text)) => Ok(((*text).to_owned(), None)),
+                None => return gone(),
             }
         }
         Origin::Files { inventory, .. } => {
-            if std::fs::symlink_metadata(path).is_err() {
-                return Parsed {
-                    path: path.to_owned(),
-                    stamps: Vec::new(),
-                    references: Vec::new(),
-                    outcome: None,
-                };
-            }
             // A cluster file may be a symlink (ConfigMap volumes), but not one that leads out of the
-            // inventory directory.
-            match path.file_name() {
-                Some(name) => crate::files::confine(inventory, Path::new(name))
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .and_then(|resolved| read_limited(&resolved)),
-                None => Err(std::io::Error::other("no file name")),
+            // inventory directory. The metadata of the file as opened is its stamp (no second `stat`).
+            let name = Path::new(path.file_name().unwrap_or_default());
+            match crate::files::confine(inventory, name).and_then(|resolved| {
+                crate::files::read_text_with_metadata(
+                    &resolved,
+                    kubeconfig_policy::MAX_DOCUMENT_BYTES as u64,
+                )
+            }) {
+                Ok((text, meta)) => Ok((text, Some(Stamp::of(&meta)))),
+                Err(crate::files::FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return gone();
+                }
+                Err(e) => Err(e.to_string()),
             }
         }
     };
-    let mut stamps = vec![(path.to_owned(), stamp(path))];
-    let text = match text {
-        Ok(text) => text,
-        Err(e) => {
+    let (text, own) = match read {
+        Ok(read) => read,
+        Err(message) => {
             return Parsed {
-                path: path.to_owned(),
-                stamps,
+                path: Arc::clone(path),
+                stamps: Stamps {
+                    own: stamp(path),
+                    references: Vec::new(),
+                },
                 references: Vec::new(),
-                outcome: Some(Outcome::Unreadable(e.to_string())),
+                outcome: Some(Outcome::Unreadable(message)),
             };
         }
     };
     let mut references = Vec::new();
     let parsed = Record::parse_with_references(&text, base, &mut references);
-    stamps.extend(references.iter().map(|r| (r.clone(), stamp(r))));
+    let references: Vec<Arc<Path>> = references.into_iter().map(Arc::from).collect();
+    let stamps = Stamps {
+        own,
+        references: references
+            .iter()
+            .map(|r| (Arc::clone(r), stamp(r)))
+            .collect(),
+    };
     let outcome = match parsed {
         Ok(record) => {
             let record = record.settle(tenant);
@@ -888,7 +925,7 @@ fn read_cluster_file(origin: &Origin, base: Option<&Path>, path: &Path, tenant: 
         },
     };
     Parsed {
-        path: path.to_owned(),
+        path: Arc::clone(path),
         stamps,
         references,
         outcome: Some(outcome),

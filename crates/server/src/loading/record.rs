@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use kubeconfig_policy::{OidcState, PackInput, Tenant};
 use kubeconfig_render::input::Sensitive;
-use kubeconfig_render::{AdminCredential, Cluster, ClusterSpec, ProxyEndpoint};
+use kubeconfig_render::{
+    AdminCredential, Cluster, ClusterSpec, PemBundle, ProxyEndpoint, RenderError,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -74,25 +76,38 @@ struct RawProxy {
 /// A parsed cluster file with every referenced file read in. `Debug` omits credentials.
 ///
 /// Kept between reloads so that a tenant edit re-prepares clusters without reading their files again,
-/// so it is kept small: certificates and keys are shared with the prepared cluster (not copied), and
-/// the pack values are dropped once analysed when the outcome cannot depend on the tenant
-/// ([`Record::settle`]).
+/// so it is kept small: certificates and keys are held as DER (not PEM text) and shared with the
+/// prepared cluster, names are shared with the served entry, and the pack values are dropped once
+/// analysed when the outcome cannot depend on the tenant ([`Record::settle`]).
 pub struct Record {
-    pub uid: String,
-    pub name: String,
-    pub project: String,
-    api_server: String,
-    certificate_authority: Arc<str>,
-    admin: AdminCredential,
+    pub uid: Arc<str>,
+    pub name: Arc<str>,
+    pub project: Arc<str>,
+    api_server: Arc<str>,
+    /// The certificates and keys as DER. A block that is not PEM at all makes the record unusable
+    /// (with the field named), like any other unusable field, rather than unparseable.
+    credentials: Result<Credentials, Box<RenderError>>,
     pack: Pack,
     proxy: Option<ProxyRecord>,
     /// SHA-256 over the file and everything it refers to.
     content_digest: [u8; 32],
 }
 
+struct Credentials {
+    certificate_authority: PemBundle,
+    admin: AdminCredential,
+    /// The Spectro Proxy's CA given in the record.
+    proxy_certificate_authority: Option<PemBundle>,
+}
+
 struct ProxyRecord {
-    certificate_authority: Option<Arc<str>>,
+    has_certificate_authority: bool,
     token: Option<Sensitive>,
+}
+
+fn pem(field: &'static str, text: &str, expected: &'static str) -> Result<PemBundle, Box<RenderError>> {
+    PemBundle::parse(text, expected)
+        .map_err(|source| Box::new(RenderError::Credential { field, source }))
 }
 
 /// A record's Kubernetes pack: its values until analysed, then the outcome alone when that cannot
@@ -268,11 +283,8 @@ impl Record {
         )?;
         let token = inline_or_file(&mut reading, "admin.token", a.token, a.token_file)?;
         let admin = match (certificate, key, token) {
-            (Some(certificate), Some(key), None) => AdminCredential::ClientCertificate {
-                certificate: certificate.into(),
-                key: Sensitive::new(key),
-            },
-            (None, None, Some(token)) => AdminCredential::Token(Sensitive::new(token.trim())),
+            (Some(certificate), Some(key), None) => Ok((certificate, key)),
+            (None, None, Some(token)) => Err(Sensitive::new(token.trim())),
             (Some(_), None, None) => {
                 return Err(record_error(
                     "admin.clientKey: required with admin.clientCertificate",
@@ -294,24 +306,43 @@ impl Record {
                 ));
             }
         };
-        let proxy = match raw.spectro_proxy {
+        let (proxy, proxy_certificate_authority) = match raw.spectro_proxy {
             Some(p) if p.enabled => {
                 let token =
                     inline_or_file(&mut reading, "spectroProxy.token", p.token, p.token_file)?;
-                Some(ProxyRecord {
-                    certificate_authority: p.certificate_authority.map(Arc::from),
+                let proxy = ProxyRecord {
+                    has_certificate_authority: p.certificate_authority.is_some(),
                     token: token.map(|t| Sensitive::new(t.trim())),
-                })
+                };
+                (Some(proxy), p.certificate_authority)
             }
-            _ => None,
+            _ => (None, None),
         };
+        let credentials = (|| {
+            Ok(Credentials {
+                certificate_authority: pem(
+                    "certificateAuthority",
+                    &certificate_authority,
+                    "CERTIFICATE",
+                )?,
+                admin: match admin {
+                    Ok((certificate, key)) => AdminCredential::ClientCertificate {
+                        certificate: pem("admin.clientCertificate", &certificate, "CERTIFICATE")?,
+                        key: pem("admin.clientKey", &key, "PRIVATE KEY")?,
+                    },
+                    Err(token) => AdminCredential::Token(token),
+                },
+                proxy_certificate_authority: proxy_certificate_authority
+                    .map(|ca| pem("spectroProxy.certificateAuthority", &ca, "CERTIFICATE"))
+                    .transpose()?,
+            })
+        })();
         Ok(Record {
-            uid: raw.uid,
-            name: raw.name,
-            project: raw.project,
-            api_server: raw.api_server,
-            certificate_authority: certificate_authority.into(),
-            admin,
+            uid: raw.uid.into(),
+            name: raw.name.into(),
+            project: raw.project.into(),
+            api_server: raw.api_server.into(),
+            credentials,
             pack: Pack::Values {
                 name: raw.kubernetes_pack.name,
                 values: raw.kubernetes_pack.values,
@@ -337,18 +368,35 @@ pub enum Availability {
     Unavailable(String),
 }
 
-/// A cluster of the inventory as served.
+/// SHA-256 over everything a cluster's rendered bytes depend on; shown as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Revision(pub [u8; 32]);
+
+impl std::fmt::Display for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A cluster of the inventory as served. Names and the file path are shared with the record and the
+/// inventory's indexes rather than copied.
 #[derive(Debug, Clone)]
 pub struct ClusterEntry {
-    pub uid: String,
-    pub name: String,
-    pub project: String,
-    pub file: PathBuf,
+    pub uid: Arc<str>,
+    pub name: Arc<str>,
+    pub project: Arc<str>,
+    pub file: Arc<Path>,
     pub proxy_enabled: bool,
     pub availability: Availability,
     /// Hex SHA-256 over everything the rendered bytes depend on: the record, its referenced files and
     /// the tenant settings that affect rendering. Changes whenever the output could.
-    pub revision: String,
+    pub revision: Revision,
     /// Problems to report: in detail to those who may download the admin kubeconfig, as codes to
     /// everyone else who can see the cluster.
     pub problems: Vec<Problem>,
@@ -401,7 +449,7 @@ impl ClusterEntry {
 }
 
 /// Turns a record into a servable cluster under `tenant`'s settings, or an unavailable one.
-pub fn prepare(record: &Record, file: &Path, tenant: &Tenant) -> ClusterEntry {
+pub fn prepare(record: &Record, file: &Arc<Path>, tenant: &Tenant) -> ClusterEntry {
     let proxy_server = tenant.reverse_proxy();
     let mut digest = Sha256::new();
     digest.update(record.content_digest);
@@ -432,16 +480,16 @@ pub fn prepare(record: &Record, file: &Path, tenant: &Tenant) -> ClusterEntry {
                 .as_bytes(),
         );
     }
-    let revision = hex::encode(digest.finalize());
+    let revision = Revision(digest.finalize().into());
     let availability = match build(record, tenant) {
         Ok(prepared) => Availability::Ready(Arc::new(prepared)),
         Err(reason) => Availability::Unavailable(reason.to_string()),
     };
     ClusterEntry {
-        uid: record.uid.clone(),
-        name: record.name.clone(),
-        project: record.project.clone(),
-        file: file.to_owned(),
+        uid: Arc::clone(&record.uid),
+        name: Arc::clone(&record.name),
+        project: Arc::clone(&record.project),
+        file: Arc::clone(file),
         proxy_enabled: record.proxy.is_some(),
         availability,
         revision,
@@ -466,13 +514,17 @@ pub enum Unusable {
 
 fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
     if !tenant.has_project(&record.project) {
-        return Err(Unusable::UnknownProject(record.project.clone()));
+        return Err(Unusable::UnknownProject(record.project.to_string()));
     }
     let reverse_proxy = tenant.reverse_proxy();
     let oidc = record.analysis(tenant).0?;
     if oidc.has_unresolved_macro() {
         return Err(Unusable::UnresolvedMacro(oidc.summary()));
     }
+    let credentials = record
+        .credentials
+        .as_ref()
+        .map_err(|e| Unusable::Render((**e).clone()))?;
     let proxy = match &record.proxy {
         None => None,
         Some(p) => {
@@ -480,10 +532,21 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
             // Palette-deployed clusters carry the proxy host in their API certificate, so the cluster CA
             // stays. An imported or managed cluster (one with a proxy token) trusts the proxy's CA: the
             // record's own, else the service-wide one.
-            let certificate_authority = match (&p.certificate_authority, &p.token) {
-                (Some(ca), _) => Some(Arc::clone(ca)),
-                (None, Some(_)) => server.certificate_authority.as_deref().map(Arc::from),
-                (None, None) => None,
+            let certificate_authority = match (p.has_certificate_authority, &p.token) {
+                (true, _) => credentials.proxy_certificate_authority.clone(),
+                (false, Some(_)) => server
+                    .certificate_authority
+                    .as_deref()
+                    .map(|ca| {
+                        PemBundle::parse(ca, "CERTIFICATE").map_err(|source| {
+                            RenderError::Credential {
+                                field: "reverseProxy.certificateAuthority",
+                                source,
+                            }
+                        })
+                    })
+                    .transpose()?,
+                (false, None) => None,
             };
             Some(ProxyEndpoint {
                 server: server.server.clone(),
@@ -494,11 +557,11 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
         }
     };
     let spec = ClusterSpec {
-        name: record.name.clone(),
-        uid: record.uid.clone(),
-        api_server: record.api_server.clone(),
-        certificate_authority: Arc::clone(&record.certificate_authority),
-        admin: record.admin.clone(),
+        name: Arc::clone(&record.name),
+        uid: Arc::clone(&record.uid),
+        api_server: Arc::clone(&record.api_server),
+        certificate_authority: credentials.certificate_authority.clone(),
+        admin: credentials.admin.clone(),
         oidc: oidc.login().map(|login| kubeconfig_render::OidcLogin {
             issuer_url: login.issuer_url.clone(),
             client_id: login.client_id.clone(),

@@ -244,7 +244,7 @@ impl Core {
         if caller
             .project
             .as_deref()
-            .is_some_and(|p| p != cluster.project)
+            .is_some_and(|p| p != &*cluster.project)
         {
             return None;
         }
@@ -469,8 +469,8 @@ impl Core {
             .by_project
             .iter()
             .filter(|(name, _)| {
-                project.is_none_or(|p| p == name.as_str())
-                    && caller.project.as_deref().is_none_or(|p| p == name.as_str())
+                project.is_none_or(|p| *p == ***name)
+                    && caller.project.as_deref().is_none_or(|p| *p == ***name)
             })
             .filter(|(name, _)| {
                 !snapshot
@@ -478,7 +478,7 @@ impl Core {
                     .effective_permissions(&principal, name)
                     .is_empty()
             })
-            .flat_map(|(_, members)| members.iter().cloned())
+            .flat_map(|(_, members)| members.iter().map(|uid| uid.to_string()))
             .collect();
         uids.sort_unstable();
         uids
@@ -490,7 +490,7 @@ impl Core {
             .load()
             .clusters
             .get(uid)
-            .map(|c| (c.name.clone(), c.project.clone()))
+            .map(|c| (c.name.to_string(), c.project.to_string()))
     }
 
     /// Lists the clusters visible to the caller, ordered by uid. The page token is the last uid served.
@@ -515,21 +515,21 @@ impl Core {
         let start = if page_token.is_empty() {
             std::ops::Bound::Unbounded
         } else {
-            std::ops::Bound::Excluded(page_token.to_owned())
+            std::ops::Bound::Excluded(std::sync::Arc::<str>::from(page_token))
         };
         // The caller's permissions per project (few), then only the uids of visible projects, from
         // the page token on: the cost is O(projects + page), not O(fleet).
         let principal = snapshot
             .tenant
             .principal(&caller.user, caller.groups.iter().cloned());
-        let visible: Vec<(&String, ClusterPermissions)> = snapshot
+        let visible: Vec<(&std::sync::Arc<str>, ClusterPermissions)> = snapshot
             .by_project
             .keys()
             .filter(|project| {
                 caller
                     .project
                     .as_deref()
-                    .is_none_or(|p| p == project.as_str())
+                    .is_none_or(|p| p == &***project)
             })
             .map(|project| {
                 (
@@ -540,7 +540,7 @@ impl Core {
             .filter(|(_, permissions)| !permissions.is_empty())
             .collect();
         let range = (start, std::ops::Bound::Unbounded);
-        let mut uids: Vec<&String> = Vec::new();
+        let mut uids: Vec<&std::sync::Arc<str>> = Vec::new();
         for (project, _) in &visible {
             if let Some(members) = snapshot.by_project.get(*project) {
                 uids.extend(members.range(range.clone()).take(size + 1));
@@ -562,7 +562,7 @@ impl Core {
         let next_page_token = if more {
             clusters
                 .last()
-                .map(|r| r.cluster.uid.clone())
+                .map(|r| r.cluster.uid.to_string())
                 .unwrap_or_default()
         } else {
             String::new()
@@ -733,7 +733,7 @@ mod tests {
         assert!(
             keys[0].contains(PROD_EAST)
                 && keys[0].contains("kubeconfig-direct")
-                && keys[0].contains(revision.as_str()),
+                && keys[0].contains(&revision.to_string()),
             "{keys:?}"
         );
     }
