@@ -4,8 +4,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kubeconfig_render::input::Sensitive;
-use kubeconfig_render::{PemBundle, AdminCredential, Cluster, ClusterSpec, OidcLogin, ProxyEndpoint, Request};
-
+use kubeconfig_render::{
+    AdminCredential, Cluster, ClusterSpec, OidcLogin, PemBundle, ProxyEndpoint, Request,
+};
 
 /// Test input: PEM text parsed into the form clusters hold.
 fn pem(text: &str) -> PemBundle {

@@ -60,7 +60,8 @@ impl PemBundle {
                 .sum(),
         );
         for (index, (label, der)) in blocks.iter().enumerate() {
-            let (Ok(label_len), Ok(der_len)) = (u8::try_from(label.len()), u32::try_from(der.len()))
+            let (Ok(label_len), Ok(der_len)) =
+                (u8::try_from(label.len()), u32::try_from(der.len()))
             else {
                 return Err(CredentialError::BadPem {
                     index,
@@ -182,11 +183,10 @@ pub fn certificates(bundle: &PemBundle) -> Result<Vec<PublicKeyId>, CredentialEr
                     found: label.to_owned(),
                 });
             }
-            let cert =
-                Certificate::from_der(der).map_err(|e| CredentialError::BadCertificate {
-                    index,
-                    reason: e.to_string(),
-                })?;
+            let cert = Certificate::from_der(der).map_err(|e| CredentialError::BadCertificate {
+                index,
+                reason: e.to_string(),
+            })?;
             Ok(spki_id(&cert.tbs_certificate.subject_public_key_info))
         })
         .collect()
@@ -388,7 +388,8 @@ mod fast_check_tests {
         let other = &pem(include_str!("../tests/data/other-ec.key"));
         assert_eq!(ec_key_matches(other, &certificate), Some(false));
         assert!(!key_matches(other, &certificate).unwrap());
-        let rsa = single_certificate_key(&pem(include_str!("../tests/data/admin-rsa.crt"))).unwrap();
+        let rsa =
+            single_certificate_key(&pem(include_str!("../tests/data/admin-rsa.crt"))).unwrap();
         assert_eq!(
             ec_key_matches(&pem(include_str!("../tests/data/admin-rsa.key")), &rsa),
             None

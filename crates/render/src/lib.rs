@@ -176,6 +176,37 @@ fn encode(bundle: &PemBundle) -> String {
 impl Cluster {
     /// Validates a cluster's facts. Every error names the field it concerns.
     pub fn new(spec: ClusterSpec) -> Result<Self, RenderError> {
+        Self::validate(&spec)?;
+        Ok(Self::from_validated(spec))
+    }
+
+    /// A cluster from facts equal to ones [`Cluster::new`] accepted (rebuilt from the same inputs),
+    /// without checking them again: the certificate-and-key match costs tens of microseconds, and a
+    /// caller holding many clusters keeps their facts once rather than a validated copy each.
+    pub fn from_validated(spec: ClusterSpec) -> Self {
+        let proxy = spec.proxy.map(|p| ValidatedProxy {
+            server_url: format!("https://cluster-{}.{}:{}", spec.uid, p.server, p.port),
+            certificate_authority: p.certificate_authority,
+            token: p.token,
+        });
+        let admin = match spec.admin {
+            AdminCredential::ClientCertificate { certificate, key } => {
+                Credential::Certificate { certificate, key }
+            }
+            AdminCredential::Token(token) => Credential::Token(token),
+        };
+        Cluster {
+            certificate_authority: spec.certificate_authority,
+            name: spec.name,
+            uid: spec.uid,
+            api_server: spec.api_server,
+            admin,
+            oidc: spec.oidc,
+            proxy,
+        }
+    }
+
+    fn validate(spec: &ClusterSpec) -> Result<(), RenderError> {
         if !is_safe_name(&spec.name) {
             return Err(invalid(
                 "name",
@@ -198,7 +229,7 @@ impl Cluster {
                 source,
             }
         })?;
-        let admin = match &spec.admin {
+        match &spec.admin {
             AdminCredential::ClientCertificate { certificate, key } => {
                 let cert_key =
                     credential::single_certificate_key(certificate).map_err(|source| {
@@ -207,26 +238,18 @@ impl Cluster {
                             source,
                         }
                     })?;
-                let matches =
-                    credential::key_matches(key, &cert_key).map_err(|source| {
-                        RenderError::Credential {
-                            field: "admin.clientKey",
-                            source,
-                        }
-                    })?;
+                let matches = credential::key_matches(key, &cert_key).map_err(|source| {
+                    RenderError::Credential {
+                        field: "admin.clientKey",
+                        source,
+                    }
+                })?;
                 if !matches {
                     return Err(RenderError::KeyMismatch);
                 }
-                Credential::Certificate {
-                    certificate: certificate.clone(),
-                    key: key.clone(),
-                }
             }
-            AdminCredential::Token(token) => {
-                check_token("admin.token", token.expose())?;
-                Credential::Token(token.clone())
-            }
-        };
+            AdminCredential::Token(token) => check_token("admin.token", token.expose())?,
+        }
         if let Some(oidc) = &spec.oidc {
             check_https_url("oidc.issuerUrl", &oidc.issuer_url)?;
             if oidc.client_id.trim().is_empty() || oidc.client_id.contains(char::is_whitespace) {
@@ -246,38 +269,22 @@ impl Cluster {
                 ));
             }
         }
-        let proxy = match &spec.proxy {
-            None => None,
-            Some(p) => {
-                check_host("spectroProxy.server", &p.server)?;
-                if p.port == 0 {
-                    return Err(invalid("spectroProxy.port", "must be between 1 and 65535"));
-                }
-                if let Some(ca) = &p.certificate_authority {
-                    credential::certificates(ca).map_err(|source| RenderError::Credential {
-                        field: "spectroProxy.certificateAuthority",
-                        source,
-                    })?;
-                }
-                if let Some(token) = &p.token {
-                    check_token("spectroProxy.token", token.expose())?;
-                }
-                Some(ValidatedProxy {
-                    server_url: format!("https://cluster-{}.{}:{}", spec.uid, p.server, p.port),
-                    certificate_authority: p.certificate_authority.clone(),
-                    token: p.token.clone(),
-                })
+        if let Some(p) = &spec.proxy {
+            check_host("spectroProxy.server", &p.server)?;
+            if p.port == 0 {
+                return Err(invalid("spectroProxy.port", "must be between 1 and 65535"));
             }
-        };
-        Ok(Cluster {
-            certificate_authority: spec.certificate_authority,
-            name: spec.name,
-            uid: spec.uid,
-            api_server: spec.api_server,
-            admin,
-            oidc: spec.oidc,
-            proxy,
-        })
+            if let Some(ca) = &p.certificate_authority {
+                credential::certificates(ca).map_err(|source| RenderError::Credential {
+                    field: "spectroProxy.certificateAuthority",
+                    source,
+                })?;
+            }
+            if let Some(token) = &p.token {
+                check_token("spectroProxy.token", token.expose())?;
+            }
+        }
+        Ok(())
     }
 
     /// The cluster's name.

@@ -7,10 +7,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kube::config::Kubeconfig;
 use kubeconfig_render::input::Sensitive;
-use kubeconfig_render::{PemBundle, 
-    AdminCredential, AuthKind, Cluster, ClusterSpec, OidcLogin, ProxyEndpoint, Request, ServerKind,
+use kubeconfig_render::{
+    AdminCredential, AuthKind, Cluster, ClusterSpec, OidcLogin, PemBundle, ProxyEndpoint, Request,
+    ServerKind,
 };
-
 
 /// Test input: PEM text parsed into the form clusters hold.
 fn pem(text: &str) -> PemBundle {

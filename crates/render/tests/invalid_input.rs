@@ -1,8 +1,9 @@
 //! Bad input is a typed error naming the field; key material never appears in messages.
 
 use kubeconfig_render::input::Sensitive;
-use kubeconfig_render::{PemBundle, AdminCredential, Cluster, ClusterSpec, CredentialError, RenderError};
-
+use kubeconfig_render::{
+    AdminCredential, Cluster, ClusterSpec, CredentialError, PemBundle, RenderError,
+};
 
 /// Test input: PEM text parsed into the form clusters hold.
 fn pem(text: &str) -> PemBundle {

@@ -111,7 +111,7 @@ pub fn cluster_access(report: &AccessReport) -> pb::ClusterAccess {
         project: cluster.project.to_string(),
         kubeconfig: Some(asset_access(&report.kubeconfig)),
         admin_kubeconfig: Some(asset_access(&report.admin_kubeconfig)),
-        oidc: Some(oidc_facts(report.oidc.as_ref())),
+        oidc: Some(oidc_facts(report.oidc.as_deref())),
         proxy_enabled: cluster.proxy_enabled,
         policy_mode: report.policy.as_str().to_owned(),
         permissions: report

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use kubeconfig_policy::{ApiKeyHash, Tenant};
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 use crate::demo;
 use crate::record::{self, Availability, ClusterEntry, Problem, ProblemCode, Record};
@@ -101,24 +102,20 @@ pub enum Origin {
     Demo,
 }
 
-/// File metadata that changes when a file's content may have: compared by rescans instead of reading.
+/// File metadata that changes when a file's content may have (length, modification and change times,
+/// inode), compared by rescans instead of reading: kept as a 64-bit hash of those, since it is only
+/// ever compared for equality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    inode: u64,
-    changed: i64,
-}
+struct Stamp(u64);
 
 impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
         use std::os::unix::fs::MetadataExt as _;
-        Stamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            inode: meta.ino(),
-            changed: meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
-        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        (meta.len(), meta.modified().ok(), meta.ino(), meta.dev()).hash(&mut hasher);
+        (meta.ctime(), meta.ctime_nsec()).hash(&mut hasher);
+        Stamp(hasher.finish())
     }
 }
 
@@ -228,8 +225,8 @@ pub struct Inventory {
     /// Which cluster files refer to each referenced file (joined to the inventory directory).
     referrers: HashMap<Arc<Path>, BTreeSet<Arc<Path>>>,
     /// The files whose good record claims each uid.
-    /// (Sorted; almost always one file, so a vector rather than a set.)
-    claimants: HashMap<Arc<str>, Vec<Arc<Path>>>,
+    /// (Sorted; almost always one file, so a small vector holding one inline rather than a set.)
+    claimants: HashMap<Arc<str>, SmallVec<[Arc<Path>; 1]>>,
     /// The file each uid is served from: on a uid conflict it keeps serving.
     owners: HashMap<Arc<str>, Arc<Path>>,
     /// The uid conflicts reported so far, by uid (each is reported once, when it appears).
@@ -677,7 +674,7 @@ impl Inventory {
     /// unavailable with a reason naming the files.
     fn assemble(&mut self, touched: &BTreeSet<Arc<str>>, report: &mut ReloadReport) {
         for uid in touched {
-            let files: Vec<Arc<Path>> = self.claimants.get(uid).cloned().unwrap_or_default();
+            let files = self.claimants.get(uid).cloned().unwrap_or_default();
             let (entry, conflicts) = self.served_entry(uid, &files);
             let reported = self.conflicts.remove(uid).unwrap_or_default();
             for conflict in &conflicts {
@@ -911,11 +908,11 @@ fn read_cluster_file(
     };
     let outcome = match parsed {
         Ok(record) => {
-            let record = record.settle(tenant);
+            let record = Arc::new(record.settle(tenant));
             Outcome::Good {
                 fingerprint: *record.content_digest(),
                 entry: record::prepare(&record, path, tenant),
-                record: Arc::new(record),
+                record,
             }
         }
         Err(e) => Outcome::Broken {
@@ -1123,9 +1120,7 @@ mod tests {
         })
         .expect("load");
         let issuer = |snapshot: &Snapshot, uid: &str| match &snapshot.clusters[uid].availability {
-            Availability::Ready(prepared) => {
-                prepared.oidc.login().map(|login| login.issuer_url.clone())
-            }
+            Availability::Ready(ready) => ready.oidc.login().map(|login| login.issuer_url.clone()),
             Availability::Unavailable(reason) => panic!("{reason}"),
         };
         assert_eq!(

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kubeconfig_policy::{OidcState, PackInput, Tenant};
+use kubeconfig_policy::{OidcState, PackInput, ReverseProxy, Tenant};
 use kubeconfig_render::input::Sensitive;
 use kubeconfig_render::{
-    AdminCredential, Cluster, ClusterSpec, PemBundle, ProxyEndpoint, RenderError,
+    AdminCredential, Cluster, ClusterSpec, PemBundle, ProxyEndpoint, RenderError, Rendered, Request,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -105,7 +105,11 @@ struct ProxyRecord {
     token: Option<Sensitive>,
 }
 
-fn pem(field: &'static str, text: &str, expected: &'static str) -> Result<PemBundle, Box<RenderError>> {
+fn pem(
+    field: &'static str,
+    text: &str,
+    expected: &'static str,
+) -> Result<PemBundle, Box<RenderError>> {
     PemBundle::parse(text, expected)
         .map_err(|source| Box::new(RenderError::Credential { field, source }))
 }
@@ -114,7 +118,7 @@ fn pem(field: &'static str, text: &str, expected: &'static str) -> Result<PemBun
 /// change with the tenant.
 enum Pack {
     Values { name: String, values: String },
-    Analysed(Result<OidcState, Unusable>),
+    Analysed(Result<Arc<OidcState>, Unusable>),
 }
 
 impl std::fmt::Debug for Record {
@@ -190,7 +194,7 @@ fn inline_or_file(
 
 impl Record {
     /// The pack analysis under `tenant`, and whether it read the tenant's settings.
-    fn analysis(&self, tenant: &Tenant) -> (Result<OidcState, Unusable>, bool) {
+    fn analysis(&self, tenant: &Tenant) -> (Result<Arc<OidcState>, Unusable>, bool) {
         match &self.pack {
             Pack::Analysed(outcome) => (outcome.clone(), false),
             Pack::Values { name, values } => {
@@ -203,7 +207,7 @@ impl Record {
                     tenant_oidc: tenant.oidc(),
                 });
                 match analysis {
-                    Ok(a) => (Ok(a.state), a.reads_service_settings),
+                    Ok(a) => (Ok(Arc::new(a.state)), a.reads_service_settings),
                     Err(e) => (Err(Unusable::PackValues(e)), false),
                 }
             }
@@ -353,17 +357,20 @@ impl Record {
     }
 }
 
-/// A cluster ready to serve.
-#[derive(Debug)]
-pub struct Prepared {
-    pub cluster: Cluster,
-    pub oidc: OidcState,
+/// What a cluster that passed every check under its tenant adds to its record. Nothing is copied from
+/// the record: its files are rendered from the record itself ([`ClusterEntry::renderer`]).
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Shared with the record when the pack's analysis does not depend on the tenant.
+    pub oidc: Arc<OidcState>,
+    /// The CA of the Spectro Proxy endpoint, when it replaces the cluster's own.
+    proxy_certificate_authority: Option<PemBundle>,
 }
 
 /// Whether a cluster can be served.
 #[derive(Debug, Clone)]
 pub enum Availability {
-    Ready(Arc<Prepared>),
+    Ready(Ready),
     /// The record is unusable; the reason names the field.
     Unavailable(String),
 }
@@ -388,6 +395,8 @@ impl std::fmt::Debug for Revision {
 /// inventory's indexes rather than copied.
 #[derive(Debug, Clone)]
 pub struct ClusterEntry {
+    /// The record the entry was prepared from (and its files are rendered from).
+    pub record: Arc<Record>,
     pub uid: Arc<str>,
     pub name: Arc<str>,
     pub project: Arc<str>,
@@ -446,10 +455,64 @@ impl ClusterEntry {
     pub fn is_ready(&self) -> bool {
         matches!(self.availability, Availability::Ready(_))
     }
+
+    /// What renders the cluster's files under `tenant`, the tenant the entry was prepared under (the
+    /// snapshot's). `None` when the entry is not ready (or, which cannot happen for an entry of a
+    /// snapshot, when `tenant` lacks what the entry was prepared with).
+    pub fn renderer<'a>(&'a self, tenant: &'a Tenant) -> Option<Renderer<'a>> {
+        let Availability::Ready(ready) = &self.availability else {
+            return None;
+        };
+        let credentials = self.record.credentials.as_ref().ok()?;
+        let proxy = match &self.record.proxy {
+            Some(proxy) => Some((tenant.reverse_proxy()?, proxy)),
+            None => None,
+        };
+        Some(Renderer {
+            record: &self.record,
+            credentials,
+            ready,
+            proxy,
+        })
+    }
+}
+
+/// A ready cluster's inputs, borrowed: renders any of its files without checking them again.
+pub struct Renderer<'a> {
+    record: &'a Record,
+    credentials: &'a Credentials,
+    ready: &'a Ready,
+    proxy: Option<(&'a ReverseProxy, &'a ProxyRecord)>,
+}
+
+impl std::fmt::Debug for Renderer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("uid", &self.record.uid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Renderer<'_> {
+    pub fn render(&self, request: Request) -> Rendered {
+        let spec = spec(
+            self.record,
+            self.credentials,
+            &self.ready.oidc,
+            self.proxy.map(|(server, record)| {
+                (
+                    server,
+                    record,
+                    self.ready.proxy_certificate_authority.clone(),
+                )
+            }),
+        );
+        Cluster::from_validated(spec).render(request)
+    }
 }
 
 /// Turns a record into a servable cluster under `tenant`'s settings, or an unavailable one.
-pub fn prepare(record: &Record, file: &Arc<Path>, tenant: &Tenant) -> ClusterEntry {
+pub fn prepare(record: &Arc<Record>, file: &Arc<Path>, tenant: &Tenant) -> ClusterEntry {
     let proxy_server = tenant.reverse_proxy();
     let mut digest = Sha256::new();
     digest.update(record.content_digest);
@@ -482,10 +545,11 @@ pub fn prepare(record: &Record, file: &Arc<Path>, tenant: &Tenant) -> ClusterEnt
     }
     let revision = Revision(digest.finalize().into());
     let availability = match build(record, tenant) {
-        Ok(prepared) => Availability::Ready(Arc::new(prepared)),
+        Ok(ready) => Availability::Ready(ready),
         Err(reason) => Availability::Unavailable(reason.to_string()),
     };
     ClusterEntry {
+        record: Arc::clone(record),
         uid: Arc::clone(&record.uid),
         name: Arc::clone(&record.name),
         project: Arc::clone(&record.project),
@@ -512,11 +576,10 @@ pub enum Unusable {
     Render(#[from] kubeconfig_render::RenderError),
 }
 
-fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
+fn build(record: &Record, tenant: &Tenant) -> Result<Ready, Unusable> {
     if !tenant.has_project(&record.project) {
         return Err(Unusable::UnknownProject(record.project.to_string()));
     }
-    let reverse_proxy = tenant.reverse_proxy();
     let oidc = record.analysis(tenant).0?;
     if oidc.has_unresolved_macro() {
         return Err(Unusable::UnresolvedMacro(oidc.summary()));
@@ -525,10 +588,10 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
         .credentials
         .as_ref()
         .map_err(|e| Unusable::Render((**e).clone()))?;
-    let proxy = match &record.proxy {
-        None => None,
+    let (proxy, proxy_certificate_authority) = match &record.proxy {
+        None => (None, None),
         Some(p) => {
-            let server = reverse_proxy.ok_or(Unusable::NoProxyServer)?;
+            let server = tenant.reverse_proxy().ok_or(Unusable::NoProxyServer)?;
             // Palette-deployed clusters carry the proxy host in their API certificate, so the cluster CA
             // stays. An imported or managed cluster (one with a proxy token) trusts the proxy's CA: the
             // record's own, else the service-wide one.
@@ -548,15 +611,27 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
                     .transpose()?,
                 (false, None) => None,
             };
-            Some(ProxyEndpoint {
-                server: server.server.clone(),
-                port: server.port,
+            (
+                Some((server, p, certificate_authority.clone())),
                 certificate_authority,
-                token: p.token.clone(),
-            })
+            )
         }
     };
-    let spec = ClusterSpec {
+    Cluster::new(spec(record, credentials, &oidc, proxy))?;
+    Ok(Ready {
+        oidc,
+        proxy_certificate_authority,
+    })
+}
+
+/// The renderer's input for a record under the tenant's settings: shares every credential and name.
+fn spec(
+    record: &Record,
+    credentials: &Credentials,
+    oidc: &OidcState,
+    proxy: Option<(&ReverseProxy, &ProxyRecord, Option<PemBundle>)>,
+) -> ClusterSpec {
+    ClusterSpec {
         name: Arc::clone(&record.name),
         uid: Arc::clone(&record.uid),
         api_server: Arc::clone(&record.api_server),
@@ -571,8 +646,11 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Prepared, Unusable> {
                 .map(|s| Sensitive::new(s.expose())),
             extra_scopes: login.extra_scopes.clone(),
         }),
-        proxy,
-    };
-    let cluster = Cluster::new(spec)?;
-    Ok(Prepared { cluster, oidc })
+        proxy: proxy.map(|(server, record, certificate_authority)| ProxyEndpoint {
+            server: server.server.clone(),
+            port: server.port,
+            certificate_authority,
+            token: record.token.clone(),
+        }),
+    }
 }

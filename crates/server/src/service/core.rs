@@ -123,7 +123,7 @@ pub struct AccessReport {
     pub kubeconfig: AssetAccess,
     pub admin_kubeconfig: AssetAccess,
     /// `None` when the cluster is unavailable (its pack could not be analysed).
-    pub oidc: Option<OidcState>,
+    pub oidc: Option<Arc<OidcState>>,
     /// The cluster's problems plus any tenant file problem: in detail for callers who may download the
     /// admin kubeconfig, as stable codes (e.g. `EDIT_NOT_APPLIED`) for everyone else.
     pub problems: Vec<String>,
@@ -320,8 +320,8 @@ impl Core {
         };
         let cluster = snapshot.clusters.get(uid).ok_or_else(not_found)?;
         let permissions = Self::visible(&snapshot, &caller, cluster).ok_or_else(not_found)?;
-        let prepared = match &cluster.availability {
-            Availability::Ready(prepared) => prepared,
+        let ready = match &cluster.availability {
+            Availability::Ready(ready) => ready,
             Availability::Unavailable(reason) => {
                 span.record("kubeconfig.decision", "unavailable");
                 let detailed = may_download_admin(snapshot.tenant.policy(), permissions);
@@ -333,7 +333,7 @@ impl Core {
         };
         let facts = ClusterFacts {
             name: &cluster.name,
-            oidc: &prepared.oidc,
+            oidc: &ready.oidc,
             proxy_enabled: cluster.proxy_enabled,
         };
         match decide(snapshot.tenant.policy(), permissions, &facts, asset) {
@@ -348,12 +348,22 @@ impl Core {
         let variant = Variant::of(request, cluster.proxy_enabled);
         span.record("kubeconfig.variant", variant.as_str());
         let key = CacheKey::new(uid, variant.as_str(), &cluster.revision, FORMAT_VERSION);
-        let prepared = Arc::clone(prepared);
+        let renderer = cluster.renderer(&snapshot.tenant).ok_or_else(|| {
+            // An entry of a snapshot is ready under the snapshot's tenant; this is a bug if it happens.
+            tracing::error!(
+                cluster = uid,
+                "a ready cluster cannot be rendered under its snapshot's tenant"
+            );
+            CoreError::new(
+                ErrorKind::Unavailable,
+                "the cluster cannot be served right now",
+            )
+        })?;
         let (rendered, tier) = self
             .cache
             .get_or_render(
                 &key,
-                Box::new(move || CachedAsset(prepared.cluster.render(variant.request()))),
+                Box::new(move || CachedAsset(renderer.render(variant.request()))),
             )
             .await;
         span.record("kubeconfig.cache_tier", tier.as_str());
@@ -391,10 +401,10 @@ impl Core {
             });
         }
         let (kubeconfig, admin_kubeconfig, oidc) = match &cluster.availability {
-            Availability::Ready(prepared) => {
+            Availability::Ready(ready) => {
                 let facts = ClusterFacts {
                     name: &cluster.name,
-                    oidc: &prepared.oidc,
+                    oidc: &ready.oidc,
                     proxy_enabled: cluster.proxy_enabled,
                 };
                 let kube = decide(policy, permissions, &facts, Asset::Kubeconfig);
@@ -402,7 +412,7 @@ impl Core {
                 (
                     AssetAccess::from_decision(&kube),
                     AssetAccess::from_decision(&admin),
-                    Some(prepared.oidc.clone()),
+                    Some(ready.oidc.clone()),
                 )
             }
             Availability::Unavailable(reason) => {
@@ -525,12 +535,7 @@ impl Core {
         let visible: Vec<(&std::sync::Arc<str>, ClusterPermissions)> = snapshot
             .by_project
             .keys()
-            .filter(|project| {
-                caller
-                    .project
-                    .as_deref()
-                    .is_none_or(|p| p == &***project)
-            })
+            .filter(|project| caller.project.as_deref().is_none_or(|p| p == &***project))
             .map(|project| {
                 (
                     project,
@@ -637,7 +642,7 @@ mod tests {
             Request::AdminKubeconfig,
         ];
         for cluster in snapshot.clusters.values() {
-            let Availability::Ready(prepared) = &cluster.availability else {
+            let Some(renderer) = cluster.renderer(&snapshot.tenant) else {
                 continue;
             };
             for a in requests {
@@ -647,7 +652,7 @@ mod tests {
                         Variant::of(b, cluster.proxy_enabled),
                     );
                     let file = |r: Request| {
-                        let rendered = prepared.cluster.render(r);
+                        let rendered = renderer.render(r);
                         (rendered.yaml, rendered.file_name)
                     };
                     assert_eq!(va == vb, file(a) == file(b), "{} {a:?} {b:?}", cluster.name);
