@@ -43,22 +43,27 @@ pub enum CredentialError {
 /// (RFC 7468: 64-column lines, LF endings). `Debug` prints how many blocks and bytes, never content
 /// or labels, so a bundle may hold a private key.
 ///
-/// Layout: for each block, the label's length (one byte), the label, the DER length (4 bytes, little
-/// endian), the DER.
+/// Layout: for each block, its label (one byte: an index into [`LABELS`], or `0xff` followed by the
+/// label's length and text for any other label), the DER length (4 bytes, little endian), the DER.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PemBundle(std::sync::Arc<[u8]>);
+
+/// The labels a bundle stores as one byte.
+const LABELS: [&str; 5] = [
+    "CERTIFICATE",
+    "PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+];
+const OTHER_LABEL: u8 = 0xff;
 
 impl PemBundle {
     /// Parses PEM text (one or more blocks). `expected` names the block the caller wants, for the error
     /// when there is none; labels are checked later, by whoever interprets the blocks.
     pub fn parse(text: &str, expected: &'static str) -> Result<Self, CredentialError> {
         let blocks = pem_blocks(text, expected)?;
-        let mut bytes = Vec::with_capacity(
-            blocks
-                .iter()
-                .map(|(label, der)| 5 + label.len() + der.len())
-                .sum(),
-        );
+        let mut bytes = Vec::with_capacity(blocks.iter().map(|(_, der)| 5 + der.len()).sum());
         for (index, (label, der)) in blocks.iter().enumerate() {
             let (Ok(label_len), Ok(der_len)) =
                 (u8::try_from(label.len()), u32::try_from(der.len()))
@@ -68,8 +73,14 @@ impl PemBundle {
                     reason: "label or content too long".to_owned(),
                 });
             };
-            bytes.push(label_len);
-            bytes.extend_from_slice(label.as_bytes());
+            match LABELS.iter().position(|known| known == label) {
+                Some(code) => bytes.push(code as u8),
+                None => {
+                    bytes.push(OTHER_LABEL);
+                    bytes.push(label_len);
+                    bytes.extend_from_slice(label.as_bytes());
+                }
+            }
             bytes.extend_from_slice(&der_len.to_le_bytes());
             bytes.extend_from_slice(der);
         }
@@ -80,14 +91,21 @@ impl PemBundle {
     pub fn blocks(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let mut rest: &[u8] = &self.0;
         std::iter::from_fn(move || {
-            let (&label_len, tail) = rest.split_first()?;
-            let (label, tail) = tail.split_at(usize::from(label_len));
-            let (len, tail) = tail.split_at(4);
+            let (&code, tail) = rest.split_first()?;
+            let (label, tail) = match LABELS.get(usize::from(code)) {
+                Some(label) => (*label, tail),
+                None => {
+                    let (&label_len, tail) = tail.split_first()?;
+                    let (label, tail) = tail.split_at_checked(usize::from(label_len))?;
+                    // Labels were `&str` when stored.
+                    (std::str::from_utf8(label).unwrap_or_default(), tail)
+                }
+            };
+            let (len, tail) = tail.split_at_checked(4)?;
             let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-            let (der, tail) = tail.split_at(len);
+            let (der, tail) = tail.split_at_checked(len)?;
             rest = tail;
-            // Labels were `&str` when stored.
-            Some((std::str::from_utf8(label).unwrap_or_default(), der))
+            Some((label, der))
         })
     }
 
@@ -369,6 +387,11 @@ mod fast_check_tests {
         let text = include_str!("../tests/data/ca.crt");
         let bundle = PemBundle::parse(&format!("comment\n{text}"), "CERTIFICATE").unwrap();
         assert_eq!(bundle.to_pem(), text);
+        let other = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+        let bundle = PemBundle::parse(&format!("{text}{other}"), "CERTIFICATE").unwrap();
+        let labels: Vec<&str> = bundle.blocks().map(|(label, _)| label).collect();
+        assert_eq!(labels, ["CERTIFICATE", "X509 CRL"]);
+        assert_eq!(bundle.to_pem(), format!("{text}{other}"));
         let key = pem(include_str!("../tests/data/admin-ec.key"));
         assert_eq!(format!("{key:?}"), "<1 PEM block(s), 121 bytes>");
     }

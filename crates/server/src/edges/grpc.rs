@@ -106,9 +106,9 @@ fn oidc_facts(oidc: Option<&OidcState>) -> pb::OidcFacts {
 pub fn cluster_access(report: &AccessReport) -> pb::ClusterAccess {
     let cluster = &report.cluster;
     pb::ClusterAccess {
-        uid: cluster.uid.to_string(),
-        name: cluster.name.to_string(),
-        project: cluster.project.to_string(),
+        uid: cluster.uid().to_string(),
+        name: cluster.name().to_string(),
+        project: cluster.project().to_string(),
         kubeconfig: Some(asset_access(&report.kubeconfig)),
         admin_kubeconfig: Some(asset_access(&report.admin_kubeconfig)),
         oidc: Some(oidc_facts(report.oidc.as_deref())),

@@ -106,7 +106,7 @@ pub enum Origin {
 /// inode), compared by rescans instead of reading: kept as a 64-bit hash of those, since it is only
 /// ever compared for equality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp(u64);
+struct Stamp(std::num::NonZeroU64);
 
 impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Self {
@@ -115,7 +115,7 @@ impl Stamp {
         let mut hasher = std::hash::DefaultHasher::new();
         (meta.len(), meta.modified().ok(), meta.ino(), meta.dev()).hash(&mut hasher);
         (meta.ctime(), meta.ctime_nsec()).hash(&mut hasher);
-        Stamp(hasher.finish())
+        Stamp(std::num::NonZeroU64::MIN.saturating_add(hasher.finish() >> 1))
     }
 }
 
@@ -177,7 +177,7 @@ fn located(path: &Path, line: Option<usize>, message: &str) -> String {
 #[derive(Default)]
 struct Stamps {
     own: Option<Stamp>,
-    references: Vec<(Arc<Path>, Option<Stamp>)>,
+    references: Box<[(Arc<Path>, Option<Stamp>)]>,
 }
 
 impl Stamps {
@@ -696,10 +696,10 @@ impl Inventory {
             let old = self.clusters.get(uid).cloned();
             if let Some(old) = &old {
                 self.unavailable -= usize::from(!old.is_ready());
-                if let Some(set) = self.by_project.get_mut(&old.project) {
+                if let Some(set) = self.by_project.get_mut(old.project()) {
                     set.remove(uid);
                     if set.is_empty() {
-                        self.by_project.remove(&old.project);
+                        self.by_project.remove(old.project());
                     }
                 }
             }
@@ -737,7 +737,7 @@ impl Inventory {
                 Some(entry) => {
                     self.unavailable += usize::from(!entry.is_ready());
                     self.by_project
-                        .entry(entry.project.clone())
+                        .entry(entry.project().clone())
                         .or_default()
                         .insert(uid.clone());
                     self.clusters.insert(uid.clone(), entry);
@@ -828,8 +828,8 @@ impl Inventory {
 /// that leaves the previous version in service changes nothing anyone downloads.)
 fn same_entry(a: &ClusterEntry, b: &ClusterEntry) -> bool {
     a.revision == b.revision
-        && a.project == b.project
-        && a.name == b.name
+        && a.project() == b.project()
+        && a.name() == b.name()
         && a.is_ready() == b.is_ready()
         && a.proxy_enabled == b.proxy_enabled
 }
@@ -889,7 +889,7 @@ fn read_cluster_file(
                 path: Arc::clone(path),
                 stamps: Stamps {
                     own: stamp(path),
-                    references: Vec::new(),
+                    references: Box::default(),
                 },
                 references: Vec::new(),
                 outcome: Some(Outcome::Unreadable(message)),

@@ -116,9 +116,15 @@ fn pem(
 
 /// A record's Kubernetes pack: its values until analysed, then the outcome alone when that cannot
 /// change with the tenant.
+/// (Both variants are boxed or shared: a record is kept for every cluster of the fleet.)
 enum Pack {
-    Values { name: String, values: String },
-    Analysed(Result<Arc<OidcState>, Unusable>),
+    Values(Box<PackValues>),
+    Analysed(Result<Arc<OidcState>, Box<Unusable>>),
+}
+
+struct PackValues {
+    name: String,
+    values: String,
 }
 
 impl std::fmt::Debug for Record {
@@ -196,11 +202,11 @@ impl Record {
     /// The pack analysis under `tenant`, and whether it read the tenant's settings.
     fn analysis(&self, tenant: &Tenant) -> (Result<Arc<OidcState>, Unusable>, bool) {
         match &self.pack {
-            Pack::Analysed(outcome) => (outcome.clone(), false),
-            Pack::Values { name, values } => {
+            Pack::Analysed(outcome) => (outcome.clone().map_err(|e| *e), false),
+            Pack::Values(pack) => {
                 let analysis = kubeconfig_policy::analyze_tracked(&PackInput {
-                    name,
-                    values,
+                    name: &pack.name,
+                    values: &pack.values,
                     cluster_uid: &self.uid,
                     cluster_name: &self.name,
                     reverse_proxy_server: tenant.reverse_proxy().map(|p| p.server.as_str()),
@@ -217,10 +223,10 @@ impl Record {
     /// Drops the pack values when their analysis does not depend on the tenant, keeping the outcome.
     /// A later [`prepare`] under any tenant gives what it would have given with the values.
     pub fn settle(mut self, tenant: &Tenant) -> Self {
-        if matches!(self.pack, Pack::Values { .. }) {
+        if matches!(self.pack, Pack::Values(_)) {
             let (outcome, reads_tenant) = self.analysis(tenant);
             if !reads_tenant {
-                self.pack = Pack::Analysed(outcome);
+                self.pack = Pack::Analysed(outcome.map_err(Box::new));
             }
         }
         self
@@ -347,10 +353,10 @@ impl Record {
             project: raw.project.into(),
             api_server: raw.api_server.into(),
             credentials,
-            pack: Pack::Values {
+            pack: Pack::Values(Box::new(PackValues {
                 name: raw.kubernetes_pack.name,
                 values: raw.kubernetes_pack.values,
-            },
+            })),
             proxy,
             content_digest: reading.digest.finalize().into(),
         })
@@ -395,11 +401,9 @@ impl std::fmt::Debug for Revision {
 /// inventory's indexes rather than copied.
 #[derive(Debug, Clone)]
 pub struct ClusterEntry {
-    /// The record the entry was prepared from (and its files are rendered from).
+    /// The record the entry was prepared from (its uid, name and project; its files are rendered
+    /// from it).
     pub record: Arc<Record>,
-    pub uid: Arc<str>,
-    pub name: Arc<str>,
-    pub project: Arc<str>,
     pub file: Arc<Path>,
     pub proxy_enabled: bool,
     pub availability: Availability,
@@ -452,6 +456,18 @@ impl Problem {
 }
 
 impl ClusterEntry {
+    pub fn uid(&self) -> &Arc<str> {
+        &self.record.uid
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.record.name
+    }
+
+    pub fn project(&self) -> &Arc<str> {
+        &self.record.project
+    }
+
     pub fn is_ready(&self) -> bool {
         matches!(self.availability, Availability::Ready(_))
     }
@@ -550,9 +566,6 @@ pub fn prepare(record: &Arc<Record>, file: &Arc<Path>, tenant: &Tenant) -> Clust
     };
     ClusterEntry {
         record: Arc::clone(record),
-        uid: Arc::clone(&record.uid),
-        name: Arc::clone(&record.name),
-        project: Arc::clone(&record.project),
         file: Arc::clone(file),
         proxy_enabled: record.proxy.is_some(),
         availability,
@@ -652,5 +665,24 @@ fn spec(
             certificate_authority,
             token: record.token.clone(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        eprintln!(
+            "Record {} Entry {} Pack {} Unusable {} Credentials {} Availability {} ProxyRecord {} OidcState {}",
+            size_of::<super::Record>(),
+            size_of::<super::ClusterEntry>(),
+            size_of::<super::Pack>(),
+            size_of::<super::Unusable>(),
+            size_of::<super::Credentials>(),
+            size_of::<super::Availability>(),
+            size_of::<Option<super::ProxyRecord>>(),
+            size_of::<kubeconfig_policy::OidcState>(),
+        );
     }
 }

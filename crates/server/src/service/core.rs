@@ -166,11 +166,11 @@ pub fn check_uid(uid: &str) -> Result<(), CoreError> {
 /// download the admin kubeconfig; the logs always have it.
 fn unavailable_message(cluster: &ClusterEntry, reason: &str, detailed: bool) -> String {
     if detailed {
-        format!("cluster {} is unavailable: {reason}", cluster.name)
+        format!("cluster {} is unavailable: {reason}", cluster.name())
     } else {
         format!(
             "cluster {} is unavailable: its record cannot be used (CLUSTER_UNAVAILABLE); an administrator of the cluster can see why",
-            cluster.name
+            cluster.name()
         )
     }
 }
@@ -244,7 +244,7 @@ impl Core {
         if caller
             .project
             .as_deref()
-            .is_some_and(|p| p != &*cluster.project)
+            .is_some_and(|p| p != &**cluster.project())
         {
             return None;
         }
@@ -253,7 +253,7 @@ impl Core {
             .principal(&caller.user, caller.groups.iter().cloned());
         let permissions = snapshot
             .tenant
-            .effective_permissions(&principal, &cluster.project);
+            .effective_permissions(&principal, &cluster.project());
         (!permissions.is_empty()).then_some(permissions)
     }
 
@@ -332,7 +332,7 @@ impl Core {
             }
         };
         let facts = ClusterFacts {
-            name: &cluster.name,
+            name: &cluster.name(),
             oidc: &ready.oidc,
             proxy_enabled: cluster.proxy_enabled,
         };
@@ -403,7 +403,7 @@ impl Core {
         let (kubeconfig, admin_kubeconfig, oidc) = match &cluster.availability {
             Availability::Ready(ready) => {
                 let facts = ClusterFacts {
-                    name: &cluster.name,
+                    name: &cluster.name(),
                     oidc: &ready.oidc,
                     proxy_enabled: cluster.proxy_enabled,
                 };
@@ -500,7 +500,7 @@ impl Core {
             .load()
             .clusters
             .get(uid)
-            .map(|c| (c.name.to_string(), c.project.to_string()))
+            .map(|c| (c.name().to_string(), c.project().to_string()))
     }
 
     /// Lists the clusters visible to the caller, ordered by uid. The page token is the last uid served.
@@ -558,7 +558,7 @@ impl Core {
             let Some(cluster) = snapshot.clusters.get(uid) else {
                 continue;
             };
-            let Some((_, permissions)) = visible.iter().find(|(p, _)| **p == cluster.project)
+            let Some((_, permissions)) = visible.iter().find(|(p, _)| *p == cluster.project())
             else {
                 continue;
             };
@@ -567,7 +567,7 @@ impl Core {
         let next_page_token = if more {
             clusters
                 .last()
-                .map(|r| r.cluster.uid.to_string())
+                .map(|r| r.cluster.uid().to_string())
                 .unwrap_or_default()
         } else {
             String::new()
@@ -655,7 +655,7 @@ mod tests {
                         let rendered = renderer.render(r);
                         (rendered.yaml, rendered.file_name)
                     };
-                    assert_eq!(va == vb, file(a) == file(b), "{} {a:?} {b:?}", cluster.name);
+                    assert_eq!(va == vb, file(a) == file(b), "{} {a:?} {b:?}", cluster.name());
                     assert_eq!(file(va.request()), file(a));
                 }
             }

@@ -440,7 +440,7 @@ impl Watch {
                 );
                 WatchEvent::Upsert {
                     uid: uid.to_owned(),
-                    name: served.cluster.name.to_string(),
+                    name: served.cluster.name().to_string(),
                     asset,
                     rendered: served.rendered,
                 }
