@@ -506,6 +506,11 @@ impl Tenant {
         self.projects.contains_key(uid)
     }
 
+    /// The uids of the tenant's projects, in order.
+    pub fn project_uids(&self) -> impl Iterator<Item = &str> {
+        self.projects.keys().map(String::as_str)
+    }
+
     /// Every user listed in the file.
     pub fn users(&self) -> impl Iterator<Item = &User> {
         self.users.values()

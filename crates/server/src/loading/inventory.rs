@@ -124,14 +124,22 @@ fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 struct Slot {
-    /// Digest of the file and every file it refers to, as last read.
-    fingerprint: [u8; 32],
+    /// Digest of the file and every file it refers to, as last read (the first 128 bits of it).
+    fingerprint: [u8; 16],
     /// Metadata of the file, and of the files it refers to, as last read.
     stamps: Stamps,
-    /// The last good record and the entry prepared from it.
-    good: Option<(Arc<Record>, Arc<ClusterEntry>)>,
+    /// The entry prepared from the last good record (which it holds).
+    good: Option<Arc<ClusterEntry>>,
     /// The latest problem with this file, if its latest version was not applied.
-    problem: Option<String>,
+    problem: Option<Box<str>>,
+}
+
+/// The files whose good record claims a uid (sorted; almost always one, so held inline), and the one
+/// it is served from: on a uid conflict that file keeps serving.
+#[derive(Default)]
+struct Claim {
+    files: SmallVec<[Arc<Path>; 1]>,
+    owner: Option<Arc<Path>>,
 }
 
 /// The outcome of one load or change, for logs, metrics and the change feed.
@@ -209,7 +217,7 @@ enum Outcome {
     },
     Good {
         fingerprint: [u8; 32],
-        record: Arc<Record>,
+        /// Holds the record it was prepared from.
         entry: ClusterEntry,
     },
 }
@@ -224,11 +232,8 @@ pub struct Inventory {
     slots: HashMap<Arc<Path>, Slot>,
     /// Which cluster files refer to each referenced file (joined to the inventory directory).
     referrers: HashMap<Arc<Path>, BTreeSet<Arc<Path>>>,
-    /// The files whose good record claims each uid.
-    /// (Sorted; almost always one file, so a small vector holding one inline rather than a set.)
-    claimants: HashMap<Arc<str>, SmallVec<[Arc<Path>; 1]>>,
-    /// The file each uid is served from: on a uid conflict it keeps serving.
-    owners: HashMap<Arc<str>, Arc<Path>>,
+    /// Who claims each uid, and which file serves it.
+    claims: HashMap<Arc<str>, Claim>,
     /// The uid conflicts reported so far, by uid (each is reported once, when it appears).
     conflicts: HashMap<Arc<str>, Vec<String>>,
     clusters: ClusterMap,
@@ -277,8 +282,7 @@ impl Inventory {
             api_keys: Arc::new(Vec::new()),
             slots: HashMap::new(),
             referrers: HashMap::new(),
-            claimants: HashMap::new(),
-            owners: HashMap::new(),
+            claims: HashMap::new(),
             conflicts: HashMap::new(),
             clusters: ClusterMap::new(),
             by_project: ProjectIndex::new(),
@@ -341,11 +345,14 @@ impl Inventory {
         let files = self.files_to_read(changes);
         let listed = started.elapsed();
         let base = self.base_dir();
+        // Every record of a project shares one copy of its uid.
+        let projects: HashSet<Arc<str>> = tenant.project_uids().map(Arc::from).collect();
         let parsed = {
             let origin = &self.origin;
             let tenant = &tenant;
+            let projects = &projects;
             parallel_map(&files, |path| {
-                read_cluster_file(origin, base.as_deref(), path, tenant)
+                read_cluster_file(origin, base.as_deref(), path, tenant, projects)
             })
         };
         let read = started.elapsed();
@@ -364,7 +371,7 @@ impl Inventory {
             // Files read just now were prepared under the new tenant already (all of them at start).
             let fresh: HashSet<&Arc<Path>> = files.iter().collect();
             self.reprepare_all(&tenant, &fresh);
-            touched.extend(self.claimants.keys().cloned());
+            touched.extend(self.claims.keys().cloned());
             touched.extend(self.clusters.keys().cloned());
         }
         let applied = started.elapsed();
@@ -526,17 +533,17 @@ impl Inventory {
         if let Outcome::Unreadable(message) = &outcome {
             let problem = located(&path, None, message);
             let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
-                fingerprint: [0; 32],
+                fingerprint: [0; 16],
                 stamps: Stamps::default(),
                 good: None,
                 problem: None,
             });
             slot.stamps = stamps;
-            if slot.problem.as_ref() != Some(&problem) {
+            if slot.problem.as_deref() != Some(problem.as_str()) {
                 report.failures.push(problem.clone());
-                slot.problem = Some(problem);
-                if let Some((record, _)) = &slot.good {
-                    touched.insert(record.uid.clone());
+                slot.problem = Some(problem.into());
+                if let Some(entry) = &slot.good {
+                    touched.insert(entry.uid().clone());
                 }
             }
             return;
@@ -558,16 +565,20 @@ impl Inventory {
                 .insert(path.clone());
         }
         let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
-            fingerprint: [0; 32],
+            fingerprint: [0; 16],
             stamps: Stamps::default(),
             good: None,
             problem: None,
         });
-        let old_uid = slot.good.as_ref().map(|(r, _)| r.uid.clone());
+        let old_uid = slot.good.as_ref().map(|e| e.uid().clone());
         slot.stamps = stamps;
         let fingerprint = match &outcome {
-            Outcome::Broken { fingerprint, .. } | Outcome::Good { fingerprint, .. } => *fingerprint,
-            Outcome::Unreadable(_) => [0; 32],
+            Outcome::Broken { fingerprint, .. } | Outcome::Good { fingerprint, .. } => {
+                let mut short = [0; 16];
+                short.copy_from_slice(&fingerprint[..16]);
+                short
+            }
+            Outcome::Unreadable(_) => [0; 16],
         };
         if slot.fingerprint == fingerprint {
             return;
@@ -579,41 +590,42 @@ impl Inventory {
             Outcome::Broken { line, message, .. } => {
                 let problem = located(&path, line, &message);
                 report.failures.push(problem.clone());
-                slot.problem = Some(problem);
+                slot.problem = Some(problem.into());
             }
-            Outcome::Good { record, entry, .. } => {
+            Outcome::Good { entry, .. } => {
                 let keep_previous = !entry.is_ready()
-                    && slot.good.as_ref().is_some_and(|(old, old_entry)| {
-                        old.uid == record.uid && old_entry.is_ready()
-                    });
+                    && slot
+                        .good
+                        .as_ref()
+                        .is_some_and(|old| old.uid() == entry.uid() && old.is_ready());
                 if let Availability::Unavailable(reason) = &entry.availability {
                     let problem = located(&path, None, reason);
                     report.failures.push(problem.clone());
                     if keep_previous {
-                        slot.problem = Some(problem);
+                        slot.problem = Some(problem.into());
                     }
                 }
                 if !keep_previous {
-                    touched.insert(record.uid.clone());
-                    slot.good = Some((record, Arc::new(entry)));
+                    touched.insert(entry.uid().clone());
+                    slot.good = Some(Arc::new(entry));
                     slot.problem = None;
                 }
             }
         }
-        let new_uid = slot.good.as_ref().map(|(r, _)| r.uid.clone());
+        let new_uid = slot.good.as_ref().map(|e| e.uid().clone());
         touched.extend(old_uid.iter().cloned());
         touched.extend(new_uid.iter().cloned());
         if old_uid != new_uid {
             if let Some(old) = &old_uid
-                && let Some(files) = self.claimants.get_mut(old)
+                && let Some(claim) = self.claims.get_mut(old)
             {
-                files.retain(|f| *f != path);
-                if files.is_empty() {
-                    self.claimants.remove(old);
+                claim.files.retain(|f| *f != path);
+                if claim.files.is_empty() {
+                    self.claims.remove(old);
                 }
             }
             if let Some(new) = new_uid {
-                let files = self.claimants.entry(new).or_default();
+                let files = &mut self.claims.entry(new).or_default().files;
                 if let Err(at) = files.binary_search(&path) {
                     files.insert(at, path);
                 }
@@ -631,12 +643,12 @@ impl Inventory {
                 }
             }
         }
-        if let Some((record, _)) = &slot.good {
-            touched.insert(record.uid.clone());
-            if let Some(files) = self.claimants.get_mut(&record.uid) {
-                files.retain(|f| **f != *path);
-                if files.is_empty() {
-                    self.claimants.remove(&record.uid);
+        if let Some(entry) = &slot.good {
+            touched.insert(entry.uid().clone());
+            if let Some(claim) = self.claims.get_mut(entry.uid()) {
+                claim.files.retain(|f| **f != *path);
+                if claim.files.is_empty() {
+                    self.claims.remove(entry.uid());
                 }
             }
         }
@@ -651,16 +663,13 @@ impl Inventory {
             .filter_map(|(path, slot)| {
                 slot.good
                     .as_ref()
-                    .map(|(record, _)| (path.clone(), Arc::clone(record)))
+                    .map(|entry| (path.clone(), Arc::clone(&entry.record)))
             })
             .collect();
-        let prepared = parallel_map(&work, |(path, record)| {
-            record::prepare(record, path, tenant)
-        });
+        let prepared = parallel_map(&work, |(_, record)| record::prepare(record, tenant));
         for ((path, _), entry) in work.iter().zip(prepared) {
             if let Some(Slot {
-                good: Some((_, old)),
-                ..
+                good: Some(old), ..
             }) = self.slots.get_mut(path)
             {
                 *old = Arc::new(entry);
@@ -674,7 +683,11 @@ impl Inventory {
     /// unavailable with a reason naming the files.
     fn assemble(&mut self, touched: &BTreeSet<Arc<str>>, report: &mut ReloadReport) {
         for uid in touched {
-            let files = self.claimants.get(uid).cloned().unwrap_or_default();
+            let files = self
+                .claims
+                .get(uid)
+                .map(|claim| claim.files.clone())
+                .unwrap_or_default();
             let (entry, conflicts) = self.served_entry(uid, &files);
             let reported = self.conflicts.remove(uid).unwrap_or_default();
             for conflict in &conflicts {
@@ -685,12 +698,18 @@ impl Inventory {
             if !conflicts.is_empty() {
                 self.conflicts.insert(uid.clone(), conflicts);
             }
-            match &entry {
-                Some(entry) if entry.is_ready() || files.len() == 1 => {
-                    self.owners.insert(uid.clone(), entry.file.clone());
+            match (&entry, files.as_slice()) {
+                (Some(_), [only]) => {
+                    if let Some(claim) = self.claims.get_mut(uid) {
+                        claim.owner = Some(Arc::clone(only));
+                    }
                 }
+                // Served from its owner (a ready entry with several claimants has one), which stays.
+                (Some(entry), _) if entry.is_ready() => {}
                 _ => {
-                    self.owners.remove(uid);
+                    if let Some(claim) = self.claims.get_mut(uid) {
+                        claim.owner = None;
+                    }
                 }
             }
             let old = self.clusters.get(uid).cloned();
@@ -758,7 +777,7 @@ impl Inventory {
     ) -> (Option<Arc<ClusterEntry>>, Vec<String>) {
         let served = |path: &Arc<Path>| {
             let slot = self.slots.get(path)?;
-            let (_, entry) = slot.good.as_ref()?;
+            let entry = slot.good.as_ref()?;
             if slot.problem.is_none() && entry.is_ready() {
                 // Nothing to add: the served map shares the slot's entry.
                 return Some(Arc::clone(entry));
@@ -778,13 +797,17 @@ impl Inventory {
                     reason.clone(),
                 ));
             }
-            entry.file = path.clone();
             Some(Arc::new(entry))
         };
         match files {
             [] => (None, Vec::new()),
             [path] => (served(path), Vec::new()),
-            _ => match self.owners.get(uid).filter(|o| files.contains(o)) {
+            _ => match self
+                .claims
+                .get(uid)
+                .and_then(|claim| claim.owner.as_ref())
+                .filter(|o| files.contains(o))
+            {
                 Some(owner) => {
                     let mut entry = served(owner);
                     let mut conflicts = Vec::new();
@@ -846,6 +869,7 @@ fn read_cluster_file(
     base: Option<&Path>,
     path: &Arc<Path>,
     tenant: &Tenant,
+    projects: &HashSet<Arc<str>>,
 ) -> Parsed {
     let gone = || Parsed {
         path: Arc::clone(path),
@@ -907,12 +931,14 @@ fn read_cluster_file(
             .collect(),
     };
     let outcome = match parsed {
-        Ok(record) => {
+        Ok(mut record) => {
+            if let Some(project) = projects.get(&*record.project) {
+                record.project = Arc::clone(project);
+            }
             let record = Arc::new(record.settle(tenant));
             Outcome::Good {
                 fingerprint: *record.content_digest(),
-                entry: record::prepare(&record, path, tenant),
-                record,
+                entry: record::prepare(&record, tenant),
             }
         }
         Err(e) => Outcome::Broken {

@@ -404,7 +404,6 @@ pub struct ClusterEntry {
     /// The record the entry was prepared from (its uid, name and project; its files are rendered
     /// from it).
     pub record: Arc<Record>,
-    pub file: Arc<Path>,
     pub proxy_enabled: bool,
     pub availability: Availability,
     /// Hex SHA-256 over everything the rendered bytes depend on: the record, its referenced files and
@@ -528,7 +527,7 @@ impl Renderer<'_> {
 }
 
 /// Turns a record into a servable cluster under `tenant`'s settings, or an unavailable one.
-pub fn prepare(record: &Arc<Record>, file: &Arc<Path>, tenant: &Tenant) -> ClusterEntry {
+pub fn prepare(record: &Arc<Record>, tenant: &Tenant) -> ClusterEntry {
     let proxy_server = tenant.reverse_proxy();
     let mut digest = Sha256::new();
     digest.update(record.content_digest);
@@ -566,7 +565,6 @@ pub fn prepare(record: &Arc<Record>, file: &Arc<Path>, tenant: &Tenant) -> Clust
     };
     ClusterEntry {
         record: Arc::clone(record),
-        file: Arc::clone(file),
         proxy_enabled: record.proxy.is_some(),
         availability,
         revision,
@@ -665,24 +663,5 @@ fn spec(
             certificate_authority,
             token: record.token.clone(),
         }),
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use std::mem::size_of;
-        eprintln!(
-            "Record {} Entry {} Pack {} Unusable {} Credentials {} Availability {} ProxyRecord {} OidcState {}",
-            size_of::<super::Record>(),
-            size_of::<super::ClusterEntry>(),
-            size_of::<super::Pack>(),
-            size_of::<super::Unusable>(),
-            size_of::<super::Credentials>(),
-            size_of::<super::Availability>(),
-            size_of::<Option<super::ProxyRecord>>(),
-            size_of::<kubeconfig_policy::OidcState>(),
-        );
     }
 }

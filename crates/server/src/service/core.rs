@@ -655,7 +655,12 @@ mod tests {
                         let rendered = renderer.render(r);
                         (rendered.yaml, rendered.file_name)
                     };
-                    assert_eq!(va == vb, file(a) == file(b), "{} {a:?} {b:?}", cluster.name());
+                    assert_eq!(
+                        va == vb,
+                        file(a) == file(b),
+                        "{} {a:?} {b:?}",
+                        cluster.name()
+                    );
                     assert_eq!(file(va.request()), file(a));
                 }
             }
