@@ -46,10 +46,10 @@ fn spec(oidc: Option<OidcLogin>, proxy: Option<ProxyEndpoint>) -> ClusterSpec {
         name: "prod-east".into(),
         uid: UID.into(),
         api_server: "https://10.10.0.10:6443".into(),
-        certificate_authority: pem(&CA),
+        certificate_authority: pem(CA),
         admin: AdminCredential::ClientCertificate {
-            certificate: pem(&ADMIN_CRT),
-            key: pem(&ADMIN_KEY),
+            certificate: pem(ADMIN_CRT),
+            key: pem(ADMIN_KEY),
         },
         oidc,
         proxy,

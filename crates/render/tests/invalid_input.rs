@@ -24,10 +24,10 @@ fn spec() -> ClusterSpec {
         name: "prod-east".into(),
         uid: "6470a2b1c5e6f1a2b3c4d5e6".into(),
         api_server: "https://10.10.0.10:6443".into(),
-        certificate_authority: pem(&CA),
+        certificate_authority: pem(CA),
         admin: AdminCredential::ClientCertificate {
-            certificate: pem(&RSA_CRT),
-            key: pem(&RSA_KEY),
+            certificate: pem(RSA_CRT),
+            key: pem(RSA_KEY),
         },
         oidc: None,
         proxy: None,
@@ -37,8 +37,8 @@ fn spec() -> ClusterSpec {
 fn with_admin(certificate: &str, key: &str) -> ClusterSpec {
     ClusterSpec {
         admin: AdminCredential::ClientCertificate {
-            certificate: pem(&certificate),
-            key: pem(&key),
+            certificate: pem(certificate),
+            key: pem(key),
         },
         ..spec()
     }
@@ -93,7 +93,7 @@ fn non_pem_ca() {
 #[test]
 fn key_where_a_certificate_belongs() {
     let err = Cluster::new(ClusterSpec {
-        certificate_authority: pem(&RSA_KEY),
+        certificate_authority: pem(RSA_KEY),
         ..spec()
     })
     .unwrap_err();

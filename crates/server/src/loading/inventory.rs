@@ -1037,7 +1037,7 @@ mod tests {
         // Edit: exactly one file parsed, one change with a new revision.
         let file = inventory.join(FILE);
         std::fs::write(&file, text.replace("10.0.0.4", "10.0.0.44")).expect("write");
-        let before = loader.clusters.get(UID).expect("served").revision.clone();
+        let before = loader.clusters.get(UID).expect("served").revision;
         let (snapshot, report) = loader.apply(&changed(&file));
         assert_eq!(
             (report.parsed, kinds(&report)),

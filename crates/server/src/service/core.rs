@@ -253,7 +253,7 @@ impl Core {
             .principal(&caller.user, caller.groups.iter().cloned());
         let permissions = snapshot
             .tenant
-            .effective_permissions(&principal, &cluster.project());
+            .effective_permissions(&principal, cluster.project());
         (!permissions.is_empty()).then_some(permissions)
     }
 
@@ -332,7 +332,7 @@ impl Core {
             }
         };
         let facts = ClusterFacts {
-            name: &cluster.name(),
+            name: cluster.name(),
             oidc: &ready.oidc,
             proxy_enabled: cluster.proxy_enabled,
         };
@@ -347,7 +347,7 @@ impl Core {
         };
         let variant = Variant::of(request, cluster.proxy_enabled);
         span.record("kubeconfig.variant", variant.as_str());
-        let key = CacheKey::new(uid, variant.as_str(), &cluster.revision, FORMAT_VERSION);
+        let key = CacheKey::new(uid, variant.as_str(), cluster.revision, FORMAT_VERSION);
         let renderer = cluster.renderer(&snapshot.tenant).ok_or_else(|| {
             // An entry of a snapshot is ready under the snapshot's tenant; this is a bug if it happens.
             tracing::error!(
@@ -403,7 +403,7 @@ impl Core {
         let (kubeconfig, admin_kubeconfig, oidc) = match &cluster.availability {
             Availability::Ready(ready) => {
                 let facts = ClusterFacts {
-                    name: &cluster.name(),
+                    name: cluster.name(),
                     oidc: &ready.oidc,
                     proxy_enabled: cluster.proxy_enabled,
                 };
