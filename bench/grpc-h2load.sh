@@ -19,7 +19,7 @@ if grep -qi 'grpc-status: [1-9]' "$work/headers"; then
   echo "$name: the call fails ($(grep -i grpc-message "$work/headers" | tr -d '\r')); not measuring" >&2
   exit 1
 fi
-h2load -n "$requests" -c 8 -m 8 -t 2 -H 'content-type: application/grpc' -H 'te: trailers' -H "apikey: $key" \
+h2load -n "$requests" -c 4 -m 16 -t 2 -H 'content-type: application/grpc' -H 'te: trailers' -H "apikey: $key" \
   -d "$work/request.bin" --log-file="$work/log" "$url" >"$work/out"
 rps=$(grep -Eo 'finished in [0-9.]+[a-z]+, [0-9.]+ req/s' "$work/out" | grep -Eo '[0-9.]+ req/s')
 ok=$(grep -Eo '[0-9]+ succeeded' "$work/out")

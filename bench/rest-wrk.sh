@@ -5,7 +5,7 @@ set -euo pipefail
 name=$1 address=$2 key=$3 uid=$4 duration=$5
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-wrk -t 2 -c 16 -d "$duration" --latency -H "ApiKey: $key" "http://$address/v1/spectroclusters/$uid/assets/kubeconfig" >"$out"
+wrk -t 2 -c 32 -d "$duration" --latency -H "ApiKey: $key" "http://$address/v1/spectroclusters/$uid/assets/kubeconfig" >"$out"
 if grep -q "Non-2xx" "$out"; then
   echo "$name: some responses were not 2xx" >&2
   exit 1

@@ -2,12 +2,15 @@
 # Load test: kubeconfigd --demo beside a bare tonic/axum server returning the same bytes, in one run.
 #   gRPC GetKubeconfig with h2load (bench/grpc-h2load.sh; Debian package nghttp2-client);
 #   REST GET with wrk (bench/rest-wrk.sh; package wrk).
-# Prints throughput and p99 for each. Loopback only; every run is bounded by request count or duration.
-#   bench/run.sh [requests=50000] [wrk duration=10s]
+# Rounds are interleaved (ours, bare, ours, bare…) so that a noisy neighbour hits both alike. Loopback
+# only; every run is bounded by request count or duration.
+# Prints each run, then the medians and the ratio kubeconfigd / bare for each surface.
+#   bench/run.sh [requests=30000] [wrk duration=5s] [rounds=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-requests=${1:-50000}
-duration=${2:-10s}
+requests=${1:-30000}
+duration=${2:-5s}
+rounds=${3:-3}
 for tool in h2load wrk curl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install nghttp2-client wrk curl)" >&2; exit 1; }
 done
@@ -25,8 +28,27 @@ curl -sf -H "ApiKey: $key" "http://127.0.0.1:8071/v1/spectroclusters/$uid/assets
 target/release/bare-server --grpc-addr 127.0.0.1:50072 --rest-addr 127.0.0.1:8072 --body "$work/body.yaml" >"$work/bare.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:8072/v1/spectroclusters/$uid/assets/kubeconfig" >/dev/null && break; sleep 0.1; done
 
-echo "body: $(wc -c <"$work/body.yaml") bytes; $(nproc) cores; requests=$requests, wrk duration=$duration"
-bench/grpc-h2load.sh kubeconfigd 127.0.0.1:50071 "$key" "$uid" "$requests"
-bench/grpc-h2load.sh bare-tonic 127.0.0.1:50072 "$key" "$uid" "$requests"
-bench/rest-wrk.sh kubeconfigd 127.0.0.1:8071 "$key" "$uid" "$duration"
-bench/rest-wrk.sh bare-axum 127.0.0.1:8072 "$key" "$uid" "$duration"
+echo "body: $(wc -c <"$work/body.yaml") bytes; $(nproc) cores; $rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32)"
+rate() { awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "req/s") print $i}'; }
+declare -A results
+for round in $(seq "$rounds"); do
+  for target in "kubeconfigd 127.0.0.1:50071" "bare-tonic 127.0.0.1:50072"; do
+    set -- $target
+    line=$(bench/grpc-h2load.sh "$1" "$2" "$key" "$uid" "$requests"); echo "round $round: $line"
+    results[grpc-$1]+="$(rate <<<"$line") "
+  done
+  for target in "kubeconfigd 127.0.0.1:8071" "bare-axum 127.0.0.1:8072"; do
+    set -- $target
+    line=$(bench/rest-wrk.sh "$1" "$2" "$key" "$uid" "$duration"); echo "round $round: $line"
+    results[rest-$1]+="$(rate <<<"$line") "
+  done
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() {
+  local ours base
+  ours=$(median <<<"${results[$1]}") base=$(median <<<"${results[$2]}")
+  awk -v o="$ours" -v b="$base" -v n="$3" 'BEGIN {printf "%-5s kubeconfigd %9.0f/s  bare %9.0f/s  ratio %.2fx\n", n, o, b, o / b}'
+}
+echo "medians:"
+ratio grpc-kubeconfigd grpc-bare-tonic gRPC
+ratio rest-kubeconfigd rest-bare-axum REST

@@ -118,7 +118,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let telemetry = runtime.block_on(async { telemetry::init(args.log_format) });
+    // Dropped when main returns, after its last log line: flushes every queued line.
+    let (telemetry, _log) = runtime.block_on(async { telemetry::init(args.log_format) });
     let result = runtime.block_on(async {
         let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
             .await

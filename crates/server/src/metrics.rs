@@ -296,6 +296,12 @@ impl Metrics {
                 "Clusters whose record is unusable.",
                 load(&self.clusters_unavailable),
             ),
+            (
+                "kubeconfigd_log_lines_dropped_total",
+                "counter",
+                "Log lines dropped because the log writer could not keep up.",
+                single(crate::telemetry::dropped_log_lines()),
+            ),
         ]
     }
 

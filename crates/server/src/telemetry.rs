@@ -1,6 +1,9 @@
 //! The one place telemetry is set up: a `tracing` subscriber with text or JSON logs filtered by
 //! `RUST_LOG` (default `info,redis=error`: the Redis client's own warnings repeat what the cache tier
-//! logs once per state change), plus — only when the standard OpenTelemetry environment names an
+//! logs once per state change), written off the request path (a bounded queue of
+//! [`LOG_QUEUE_LINES`] lines drained by one writer thread, which batches its writes; a line that does not
+//! fit is dropped and counted, see [`dropped_log_lines`], and the queue is flushed when [`LogGuard`] is
+//! dropped at exit), plus — only when the standard OpenTelemetry environment names an
 //! endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) — an
 //! OpenTelemetry layer exporting spans over OTLP/gRPC and a meter provider exporting metrics. The
 //! service name is `OTEL_SERVICE_NAME`, default `kubeconfigd`. W3C trace context is the propagator.
@@ -22,6 +25,29 @@ use crate::config::LogFormat;
 
 /// The default service name.
 pub const SERVICE_NAME: &str = "kubeconfigd";
+
+/// How many log lines may wait for the writer thread before new ones are dropped (and counted).
+pub const LOG_QUEUE_LINES: usize = 65_536;
+
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped so far because the writer could not keep up.
+pub fn dropped_log_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Flushes every queued log line when dropped: keep it alive until the last line is logged.
+#[must_use = "dropping the guard stops logging"]
+pub struct LogGuard {
+    _flush_on_drop: tracing_appender::non_blocking::WorkerGuard,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
+    }
+}
 
 /// Installed providers; [`Telemetry::shutdown`] flushes them.
 #[derive(Debug, Default)]
@@ -70,7 +96,7 @@ fn providers() -> Result<(SdkTracerProvider, SdkMeterProvider), String> {
 
 /// Installs the global subscriber (and OTLP export when configured). Call once, inside the Tokio
 /// runtime (the OTLP exporter's channel lives on it).
-pub fn init(format: LogFormat) -> Telemetry {
+pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,redis=error"));
@@ -92,9 +118,22 @@ pub fn init(format: LogFormat) -> Telemetry {
         .tracer
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(SERVICE_NAME)));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("kubeconfigd-log")
+        // The writer thread flushes whenever its queue is empty, so a burst is written in few calls.
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let _ = DROPPED.set(writer.error_counter());
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal();
     let (text, json) = match format {
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            ),
             None,
         ),
         LogFormat::Json => (
@@ -103,7 +142,7 @@ pub fn init(format: LogFormat) -> Telemetry {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             ),
         ),
     };
@@ -121,7 +160,12 @@ pub fn init(format: LogFormat) -> Telemetry {
     } else if telemetry.tracer.is_some() {
         tracing::info!("exporting traces and metrics over OTLP");
     }
-    telemetry
+    (
+        telemetry,
+        LogGuard {
+            _flush_on_drop: guard,
+        },
+    )
 }
 
 impl Telemetry {
