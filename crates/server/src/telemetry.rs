@@ -1,9 +1,9 @@
 //! The one place telemetry is set up: a `tracing` subscriber with text or JSON logs filtered by
 //! `RUST_LOG` (default `info,redis=error`: the Redis client's own warnings repeat what the cache tier
-//! logs once per state change), written off the request path (a bounded queue of
-//! [`LOG_QUEUE_LINES`] lines drained by one writer thread, which batches its writes; a line that does not
-//! fit is dropped and counted, see [`dropped_log_lines`], and the queue is flushed when [`LogGuard`] is
-//! dropped at exit), plus — only when the standard OpenTelemetry environment names an
+//! logs once per state change), written off the request path ([`LogBuffer`]: a call appends its line
+//! to a bounded in-memory buffer, one thread writes the buffer out every [`LOG_FLUSH_INTERVAL`] or when
+//! it fills up; a line that does not fit is dropped and counted, see [`dropped_log_lines`], and what is
+//! buffered is written when [`LogGuard`] is dropped at exit), plus — only when the standard OpenTelemetry environment names an
 //! endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) — an
 //! OpenTelemetry layer exporting spans over OTLP/gRPC and a meter provider exporting metrics. The
 //! service name is `OTEL_SERVICE_NAME`, default `kubeconfigd`. W3C trace context is the propagator.
@@ -26,27 +26,154 @@ use crate::config::LogFormat;
 /// The default service name.
 pub const SERVICE_NAME: &str = "kubeconfigd";
 
-/// How many log lines may wait for the writer thread before new ones are dropped (and counted).
-pub const LOG_QUEUE_LINES: usize = 65_536;
+/// How often buffered log lines are written out.
+pub const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+/// How many bytes of log lines may wait to be written before new lines are dropped (and counted).
+pub const LOG_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Past this many buffered bytes the writer is woken before its interval.
+const LOG_WAKE_BYTES: usize = 256 * 1024;
 
-static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
-
-/// Log lines dropped so far because the writer could not keep up.
-pub fn dropped_log_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+/// The process's log lines on their way to stderr. Appending a line takes a short lock and a copy; no
+/// call waits for a write, and no call wakes a thread (except when the buffer passes
+/// [`LOG_WAKE_BYTES`]), which is what made a queue drained by a writer thread cost a context switch per
+/// line under load.
+#[derive(Debug)]
+pub struct LogBuffer {
+    state: std::sync::Mutex<LogState>,
+    wake: std::sync::Condvar,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
-/// Flushes every queued log line when dropped: keep it alive until the last line is logged.
+#[derive(Debug, Default)]
+struct LogState {
+    lines: Vec<u8>,
+    closing: bool,
+}
+
+static LOG: std::sync::OnceLock<std::sync::Arc<LogBuffer>> = std::sync::OnceLock::new();
+
+/// Log lines dropped so far because the buffer was full.
+pub fn dropped_log_lines() -> u64 {
+    LOG.get()
+        .map_or(0, |log| log.dropped.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+impl LogBuffer {
+    fn append(&self, line: &[u8]) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.lines.len() + line.len() > LOG_BUFFER_BYTES {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let before = state.lines.len();
+        state.lines.extend_from_slice(line);
+        if before < LOG_WAKE_BYTES && state.lines.len() >= LOG_WAKE_BYTES {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes what is buffered every interval (or when woken) until closed, then the rest.
+    fn run(&self, mut out: impl std::io::Write) {
+        let mut spare = Vec::new();
+        loop {
+            let closing = {
+                let Ok(state) = self.state.lock() else { return };
+                let Ok((mut state, _)) = self
+                    .wake
+                    .wait_timeout_while(state, LOG_FLUSH_INTERVAL, |s| {
+                        !s.closing && s.lines.len() < LOG_WAKE_BYTES
+                    })
+                else {
+                    return;
+                };
+                std::mem::swap(&mut state.lines, &mut spare);
+                state.closing
+            };
+            if !spare.is_empty() {
+                // Nowhere to report a failed write to stderr; the lines are gone either way.
+                let _ = out.write_all(&spare).and_then(|()| out.flush());
+                spare.clear();
+            }
+            if closing {
+                return;
+            }
+        }
+    }
+}
+
+/// A writer for one log line (the formatter writes each event in one call).
+#[derive(Debug)]
+pub struct LogLine<'a>(&'a LogBuffer);
+
+impl std::io::Write for LogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The `MakeWriter` for the fmt layers.
+#[derive(Clone)]
+struct LogWriter(std::sync::Arc<LogBuffer>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogLine(&self.0)
+    }
+}
+
+/// Writes every buffered log line when dropped: keep it alive until the last line is logged.
 #[must_use = "dropping the guard stops logging"]
 pub struct LogGuard {
-    _flush_on_drop: tracing_appender::non_blocking::WorkerGuard,
+    buffer: std::sync::Arc<LogBuffer>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for LogGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LogGuard")
     }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.buffer.state.lock() {
+            state.closing = true;
+        }
+        self.buffer.wake.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn log_buffer() -> (LogWriter, LogGuard) {
+    let buffer = std::sync::Arc::new(LogBuffer {
+        state: std::sync::Mutex::new(LogState::default()),
+        wake: std::sync::Condvar::new(),
+        dropped: std::sync::atomic::AtomicU64::new(0),
+    });
+    let _ = LOG.set(std::sync::Arc::clone(&buffer));
+    let writer = {
+        let buffer = std::sync::Arc::clone(&buffer);
+        std::thread::Builder::new()
+            .name("kubeconfigd-log".to_owned())
+            .spawn(move || buffer.run(std::io::stderr()))
+            .ok()
+    };
+    (
+        LogWriter(std::sync::Arc::clone(&buffer)),
+        LogGuard { buffer, writer },
+    )
 }
 
 /// Installed providers; [`Telemetry::shutdown`] flushes them.
@@ -114,17 +241,15 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
             Err(error) => export_error = Some(error),
         }
     }
+    EXPORTING.store(
+        telemetry.tracer.is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let otel = telemetry
         .tracer
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(SERVICE_NAME)));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("kubeconfigd-log")
-        // The writer thread flushes whenever its queue is empty, so a burst is written in few calls.
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    let _ = DROPPED.set(writer.error_counter());
+    let (writer, guard) = log_buffer();
     use std::io::IsTerminal as _;
     let ansi = std::io::stderr().is_terminal();
     let (text, json) = match format {
@@ -132,7 +257,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(writer),
+                    .with_writer(writer.clone()),
             ),
             None,
         ),
@@ -160,12 +285,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     } else if telemetry.tracer.is_some() {
         tracing::info!("exporting traces and metrics over OTLP");
     }
-    (
-        telemetry,
-        LogGuard {
-            _flush_on_drop: guard,
-        },
-    )
+    (telemetry, guard)
 }
 
 impl Telemetry {
@@ -193,8 +313,15 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Whether spans are exported (set once by [`init`]); without export, the caller's trace context is not
+/// parsed on every call.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn join_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
 }
@@ -227,7 +354,7 @@ pub fn grpc_span(
     let span = server_span!(
         "grpc",
         request_id,
-        otel.name = format!("kubeconfig.v1.KubeconfigService/{method}"),
+        otel.name = %format_args!("kubeconfig.v1.KubeconfigService/{method}"),
         rpc.system = "grpc",
         rpc.service = "kubeconfig.v1.KubeconfigService",
         rpc.method = method,
@@ -246,7 +373,7 @@ pub fn rest_span(
     let span = server_span!(
         "rest",
         request_id,
-        otel.name = format!("GET {route}"),
+        otel.name = %format_args!("GET {route}"),
         http.request.method = "GET",
         http.route = route,
         http.response.status_code = tracing::field::Empty
