@@ -109,14 +109,24 @@ impl PemBundle {
         })
     }
 
-    /// Canonical PEM text of every block, in order.
+    /// Canonical PEM text of every block, in order (RFC 7468: 64-column base64 lines, LF endings).
     pub fn to_pem(&self) -> String {
-        let mut text = String::new();
+        let mut text = String::with_capacity(self.0.len() * 4 / 3 + 128);
         for (label, der) in self.blocks() {
-            // Labels and lengths were accepted by the PEM decoder, so encoding cannot fail.
-            if let Ok(block) = der::pem::encode_string(label, der::pem::LineEnding::LF, der) {
-                text.push_str(&block);
+            text.push_str("-----BEGIN ");
+            text.push_str(label);
+            text.push_str("-----\n");
+            let line = base64_simd::STANDARD.encode_to_string(der);
+            let mut rest = line.as_str();
+            while !rest.is_empty() {
+                let (head, tail) = rest.split_at(rest.len().min(64));
+                text.push_str(head);
+                text.push('\n');
+                rest = tail;
             }
+            text.push_str("-----END ");
+            text.push_str(label);
+            text.push_str("-----\n");
         }
         text
     }
@@ -387,6 +397,10 @@ mod fast_check_tests {
         let text = include_str!("../tests/data/ca.crt");
         let bundle = PemBundle::parse(&format!("comment\n{text}"), "CERTIFICATE").unwrap();
         assert_eq!(bundle.to_pem(), text);
+        for (label, der) in bundle.blocks() {
+            let reference = der::pem::encode_string(label, der::pem::LineEnding::LF, der).unwrap();
+            assert_eq!(bundle.to_pem(), reference, "the RFC 7468 encoder agrees");
+        }
         let other = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
         let bundle = PemBundle::parse(&format!("{text}{other}"), "CERTIFICATE").unwrap();
         let labels: Vec<&str> = bundle.blocks().map(|(label, _)| label).collect();

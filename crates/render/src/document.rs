@@ -171,9 +171,229 @@ impl Kubeconfig {
         }
     }
 
+    /// The YAML text. Written directly when every string in it is one the YAML serializer writes
+    /// unquoted (almost always: names, URLs, base64 and flags), else by the serializer; the bytes are
+    /// the same either way (a property test compares them), the direct path is several times faster.
     pub(crate) fn to_yaml(&self) -> String {
+        self.to_yaml_direct()
+            .unwrap_or_else(|| self.to_yaml_serialized())
+    }
+
+    fn to_yaml_serialized(&self) -> String {
         // Serializing plain structs of strings and bools to a String cannot fail.
         serde_norway::to_string(self)
             .unwrap_or_else(|e| unreachable!("kubeconfig serialization failed: {e}"))
+    }
+
+    fn to_yaml_direct(&self) -> Option<String> {
+        let [cluster] = self.clusters.as_slice() else {
+            return None;
+        };
+        let [context] = self.contexts.as_slice() else {
+            return None;
+        };
+        let [user] = self.users.as_slice() else {
+            return None;
+        };
+        let mut out = String::with_capacity(
+            512 + cluster.cluster.certificate_authority_data.len()
+                + user
+                    .user
+                    .client_certificate_data
+                    .as_ref()
+                    .map_or(0, String::len)
+                + user.user.client_key_data.as_ref().map_or(0, String::len),
+        );
+        let line = |out: &mut String, prefix: &str, value: &str| -> Option<()> {
+            if !is_plain(value) {
+                return None;
+            }
+            out.push_str(prefix);
+            out.push_str(value);
+            out.push('\n');
+            Some(())
+        };
+        line(&mut out, "apiVersion: ", self.api_version)?;
+        line(&mut out, "kind: ", self.kind)?;
+        out.push_str("clusters:\n");
+        line(&mut out, "- name: ", &cluster.name)?;
+        out.push_str("  cluster:\n");
+        line(&mut out, "    server: ", &cluster.cluster.server)?;
+        line(
+            &mut out,
+            "    certificate-authority-data: ",
+            &cluster.cluster.certificate_authority_data,
+        )?;
+        out.push_str("contexts:\n");
+        line(&mut out, "- name: ", &context.name)?;
+        out.push_str("  context:\n");
+        line(&mut out, "    cluster: ", &context.context.cluster)?;
+        line(&mut out, "    user: ", &context.context.user)?;
+        line(&mut out, "current-context: ", &self.current_context)?;
+        out.push_str("preferences: {}\nusers:\n");
+        line(&mut out, "- name: ", &user.name)?;
+        out.push_str("  user:\n");
+        let entry = &user.user;
+        if let Some(data) = &entry.client_certificate_data {
+            line(&mut out, "    client-certificate-data: ", data)?;
+        }
+        if let Some(data) = &entry.client_key_data {
+            line(&mut out, "    client-key-data: ", data)?;
+        }
+        if let Some(token) = &entry.token {
+            line(&mut out, "    token: ", token)?;
+        }
+        if let Some(exec) = &entry.exec {
+            out.push_str("    exec:\n");
+            line(&mut out, "      apiVersion: ", exec.api_version)?;
+            line(&mut out, "      command: ", exec.command)?;
+            out.push_str("      args:\n");
+            for arg in &exec.args {
+                line(&mut out, "      - ", arg)?;
+            }
+            line(&mut out, "      interactiveMode: ", exec.interactive_mode)?;
+            out.push_str(if exec.provide_cluster_info {
+                "      provideClusterInfo: true\n"
+            } else {
+                "      provideClusterInfo: false\n"
+            });
+            if exec.install_hint != KUBELOGIN_INSTALL_HINT {
+                return None;
+            }
+            out.push_str("      installHint: ");
+            out.push_str(install_hint_scalar()?);
+            out.push('\n');
+        }
+        Some(out)
+    }
+}
+
+/// The install hint as the serializer writes it (it has spaces and punctuation, so it is not
+/// [`is_plain`]); a constant, serialized once.
+fn install_hint_scalar() -> Option<&'static str> {
+    static HINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HINT.get_or_init(|| {
+        serde_norway::to_string(KUBELOGIN_INSTALL_HINT)
+            .ok()
+            .map(|s| s.trim_end_matches('\n').to_owned())
+            .filter(|s| !s.contains('\n'))
+    })
+    .as_deref()
+}
+
+/// Whether the YAML serializer writes `value` as a plain (unquoted) scalar, decided conservatively:
+/// `false` for anything in doubt, which only costs the slower path. Plain here means: starts with a
+/// letter, or with `-` followed by more (`--flag=…`; never `---`); has only letters, digits and
+/// `. _ / : = @ + -`; does not end with `:`; and cannot be read back as anything but a string (a YAML
+/// 1.1 boolean or null, or a special float such as `inf`/`nan`, which start with a letter).
+pub(crate) fn is_plain(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let Some(&first) = bytes.first() else {
+        return false;
+    };
+    let starts_well = first.is_ascii_alphabetic()
+        || (first == b'-'
+            && bytes
+                .get(1)
+                .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && !value.starts_with("---"));
+    let chars_ok = bytes.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'.' | b'_' | b'/' | b':' | b'=' | b'@' | b'+' | b'-')
+    });
+    if !starts_well || !chars_ok || value.ends_with(':') {
+        return false;
+    }
+    const NOT_STRINGS: [&str; 14] = [
+        "y",
+        "n",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "true",
+        "false",
+        "null",
+        "inf",
+        "infinity",
+        "nan",
+        "-inf",
+        "-infinity",
+    ];
+    !NOT_STRINGS
+        .iter()
+        .any(|word| value.eq_ignore_ascii_case(word))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn document(name: &str, server: &str, arg: &str, token: Option<&str>) -> Kubeconfig {
+        let user = match token {
+            Some(token) => UserEntry::token(token.to_owned()),
+            None => UserEntry::exec(Exec {
+                api_version: "client.authentication.k8s.io/v1beta1",
+                command: "kubectl",
+                args: vec!["oidc-login".to_owned(), arg.to_owned()],
+                interactive_mode: "IfAvailable",
+                provide_cluster_info: false,
+                install_hint: KUBELOGIN_INSTALL_HINT,
+            }),
+        };
+        Kubeconfig::single(
+            name,
+            &format!("{name}-oidc"),
+            server.to_owned(),
+            "LS0tLS1CRUdJTg==".to_owned(),
+            user,
+        )
+    }
+
+    proptest! {
+        /// Whatever the strings, the text is the serializer's: directly written when they are plain,
+        /// serialized otherwise.
+        #[test]
+        fn direct_text_is_the_serializers(
+            name in "[-a-zA-Z0-9._:=@+/ #'\"]{0,12}",
+            server in "(https://)?[-a-zA-Z0-9.:/]{0,20}",
+            arg in "(-|--)?[-a-zA-Z0-9._:=@+/~ ]{0,16}",
+            token in proptest::option::of("[-a-zA-Z0-9._:+/=]{0,12}"),
+        ) {
+            let doc = document(&name, &server, &arg, token.as_deref());
+            let direct = doc.to_yaml_direct();
+            prop_assert_eq!(doc.to_yaml(), doc.to_yaml_serialized());
+            if let Some(direct) = direct {
+                prop_assert_eq!(direct, doc.to_yaml_serialized());
+            }
+        }
+    }
+
+    #[test]
+    fn words_that_read_back_as_other_types_are_not_plain() {
+        for word in [
+            "true", "No", "NULL", "y", "inf", "NaN", "1.5", "0x1f", "---x", "a:", "", "-",
+        ] {
+            assert!(!is_plain(word), "{word}");
+        }
+        for word in [
+            "prod-east",
+            "https://10.0.0.1:6443",
+            "--oidc-client-id=k8s",
+            "LS0tLS1C==",
+        ] {
+            assert!(is_plain(word), "{word}");
+        }
+        // The usual documents take the direct path.
+        for token in [None, Some("eyJhbGciOiJSUzI1NiJ9.admin-token.sig")] {
+            let doc = document(
+                "prod-east",
+                "https://10.0.0.1:6443",
+                "--oidc-client-id=k8s",
+                token,
+            );
+            assert_eq!(doc.to_yaml_direct(), Some(doc.to_yaml_serialized()));
+        }
     }
 }

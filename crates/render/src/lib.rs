@@ -24,9 +24,6 @@ pub use output::{AuthKind, Rendered, ServerKind};
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-
 use document::{Exec, Kubeconfig, UserEntry};
 
 /// Bumped whenever the rendered bytes for the same input change; part of every cache key.
@@ -169,8 +166,10 @@ fn check_token(field: &'static str, token: &str) -> Result<(), RenderError> {
     Ok(())
 }
 
+/// Base64 of the bundle's canonical PEM: what kubeconfig `*-data` fields hold. (SIMD base64: with the
+/// ETag digest, encoding is most of what rendering a file with a certificate and key costs.)
 fn encode(bundle: &PemBundle) -> String {
-    BASE64.encode(bundle.to_pem().as_bytes())
+    base64_simd::STANDARD.encode_to_string(bundle.to_pem().as_bytes())
 }
 
 impl Cluster {

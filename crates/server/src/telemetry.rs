@@ -54,8 +54,9 @@ static LOG: std::sync::OnceLock<std::sync::Arc<LogBuffer>> = std::sync::OnceLock
 
 /// Log lines dropped so far because the buffer was full.
 pub fn dropped_log_lines() -> u64 {
-    LOG.get()
-        .map_or(0, |log| log.dropped.load(std::sync::atomic::Ordering::Relaxed))
+    LOG.get().map_or(0, |log| {
+        log.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    })
 }
 
 impl LogBuffer {
@@ -81,11 +82,11 @@ impl LogBuffer {
         loop {
             let closing = {
                 let Ok(state) = self.state.lock() else { return };
-                let Ok((mut state, _)) = self
-                    .wake
-                    .wait_timeout_while(state, LOG_FLUSH_INTERVAL, |s| {
-                        !s.closing && s.lines.len() < LOG_WAKE_BYTES
-                    })
+                let Ok((mut state, _)) =
+                    self.wake
+                        .wait_timeout_while(state, LOG_FLUSH_INTERVAL, |s| {
+                            !s.closing && s.lines.len() < LOG_WAKE_BYTES
+                        })
                 else {
                     return;
                 };
