@@ -151,10 +151,13 @@ pub async fn run(
         Arc::new(tokio::sync::Semaphore::new(64)),
         stopped(stop_rx.clone()),
     );
+    let shown = |address: Option<std::net::SocketAddr>| {
+        address.map_or_else(|| "off".to_owned(), |a| a.to_string())
+    };
     tracing::info!(
-        grpc = ?addresses.0,
-        rest = ?addresses.1.filter(|_| config.rest),
-        admin = ?addresses.2,
+        grpc = %shown(addresses.0),
+        rest = %shown(addresses.1.filter(|_| config.rest)),
+        admin = %shown(addresses.2),
         tls = config.tls.is_some(),
         "serving"
     );
@@ -180,7 +183,10 @@ pub async fn run(
             anyhow::bail!("a server stopped unexpectedly");
         }
     }
-    tracing::info!(delay = ?config.shutdown_delay, "shutting down: health is NOT_SERVING");
+    tracing::info!(
+        delay = %humantime::format_duration(config.shutdown_delay),
+        "shutting down: health is NOT_SERVING"
+    );
     let _ = ready_tx.send(false);
     set_health(&health, ServingStatus::NotServing).await;
     tokio::time::sleep(config.shutdown_delay).await;
@@ -413,7 +419,7 @@ async fn drain(mut tasks: Tasks, grace: std::time::Duration) -> anyhow::Result<(
     match drained {
         Ok(result) => result,
         Err(_) => {
-            tracing::warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period");
+            tracing::warn!(grace = %humantime::format_duration(grace), "in-flight calls did not finish within the shutdown grace period");
             Ok(())
         }
     }

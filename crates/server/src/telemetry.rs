@@ -19,6 +19,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
@@ -253,12 +254,18 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     let (writer, guard) = log_buffer();
     use std::io::IsTerminal as _;
     let ansi = std::io::stderr().is_terminal();
+    // Logs are events only: every event that matters carries its own fields (the audit event has the
+    // user, cluster, asset, decision, request id and digest), so the log layer neither records the
+    // fields of each call's span nor prints them again on every line. Spans exist for the exporter;
+    // without one, no layer wants them and they cost nothing.
+    let events_only = tracing_subscriber::filter::filter_fn(|metadata| metadata.is_event());
     let (text, json) = match format {
         LogFormat::Text => (
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(writer.clone()),
+                    .with_writer(writer.clone())
+                    .with_filter(events_only),
             ),
             None,
         ),
@@ -268,7 +275,10 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(writer),
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer)
+                    .with_filter(events_only),
             ),
         ),
     };

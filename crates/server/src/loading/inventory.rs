@@ -380,10 +380,10 @@ impl Inventory {
         tracing::debug!(
             files = files.len(),
             touched = touched.len(),
-            ?listed,
-            ?read,
-            ?applied,
-            total = ?started.elapsed(),
+            listed = %humantime::format_duration(listed),
+            read = %humantime::format_duration(read),
+            applied = %humantime::format_duration(applied),
+            total = %humantime::format_duration(started.elapsed()),
             "inventory change applied"
         );
         let snapshot = Snapshot {
