@@ -99,6 +99,8 @@ pub struct CacheStats {
     pub memory_hits: u64,
     pub redis_hits: u64,
     pub renders: u64,
+    /// Misses that waited for a concurrent miss of the same key instead of reading or rendering.
+    pub coalesced: u64,
     pub redis_errors: u64,
     /// Values read from Redis that failed to open or decode and were re-rendered.
     pub discarded: u64,

@@ -38,7 +38,11 @@ struct Counters {
     redis_hits: AtomicU64,
     renders: AtomicU64,
     discarded: AtomicU64,
+    coalesced: AtomicU64,
 }
+
+/// A miss in progress: its outcome once the first caller has it.
+type Flight<V> = Arc<tokio::sync::OnceCell<(Arc<V>, Tier)>>;
 
 /// The two tiers together.
 pub struct TieredCache<V: Cacheable> {
@@ -46,6 +50,8 @@ pub struct TieredCache<V: Cacheable> {
     remote: Option<Arc<Remote>>,
     ttl: Duration,
     counters: Counters,
+    /// Misses in progress, by key.
+    flights: std::sync::Mutex<std::collections::HashMap<String, Flight<V>>>,
 }
 
 impl<V: Cacheable> std::fmt::Debug for TieredCache<V> {
@@ -91,6 +97,7 @@ impl<V: Cacheable> TieredCache<V> {
                 remote,
                 ttl: config.ttl,
                 counters: Counters::default(),
+                flights: std::sync::Mutex::default(),
             }
         })
     }
@@ -121,6 +128,35 @@ impl<V: Cacheable> TieredCache<V> {
         value
     }
 
+    /// A miss: the Redis tier, else a render (stored in both tiers).
+    async fn fetch_or_render(
+        &self,
+        key: &CacheKey,
+        render: Box<dyn FnOnce() -> V + Send + '_>,
+    ) -> (Arc<V>, Tier) {
+        let from_redis = match &self.remote {
+            Some(remote) => self.read_redis(remote, key).await,
+            None => None,
+        };
+        if let Some(value) = from_redis {
+            self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
+            let value = Arc::new(value);
+            if let Some(memory) = &self.memory {
+                memory.insert(key.as_str().to_owned(), Arc::clone(&value));
+            }
+            return (value, Tier::Redis);
+        }
+        let value = Arc::new(render());
+        self.counters.renders.fetch_add(1, Ordering::Relaxed);
+        if let Some(memory) = &self.memory {
+            memory.insert(key.as_str().to_owned(), Arc::clone(&value));
+        }
+        if let Some(remote) = &self.remote {
+            self.store_in_redis(remote, key, &value);
+        }
+        (value, Tier::Render)
+    }
+
     fn store_in_redis(&self, remote: &Arc<Remote>, key: &CacheKey, value: &V) {
         if let Some(stored) = remote.sealer().seal(key.as_str(), &value.encode()) {
             remote.set_in_background(key.as_str().to_owned(), stored, self.ttl);
@@ -139,27 +175,32 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
                 self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
                 return (value, Tier::Memory);
             }
-            let from_redis = match &self.remote {
-                Some(remote) => self.read_redis(remote, key).await,
-                None => None,
+            // Single flight: concurrent misses of one key wait for the first one's Redis read or
+            // render instead of each doing their own.
+            let flight = {
+                let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(flights.entry(key.as_str().to_owned()).or_default())
             };
-            if let Some(value) = from_redis {
-                self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
-                let value = Arc::new(value);
-                if let Some(memory) = &self.memory {
-                    memory.insert(key.as_str().to_owned(), Arc::clone(&value));
+            let mut led = false;
+            let outcome = flight
+                .get_or_init(|| {
+                    led = true;
+                    self.fetch_or_render(key, render)
+                })
+                .await
+                .clone();
+            if led {
+                let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+                if flights
+                    .get(key.as_str())
+                    .is_some_and(|f| Arc::ptr_eq(f, &flight))
+                {
+                    flights.remove(key.as_str());
                 }
-                return (value, Tier::Redis);
+            } else {
+                self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
             }
-            let value = Arc::new(render());
-            self.counters.renders.fetch_add(1, Ordering::Relaxed);
-            if let Some(memory) = &self.memory {
-                memory.insert(key.as_str().to_owned(), Arc::clone(&value));
-            }
-            if let Some(remote) = &self.remote {
-                self.store_in_redis(remote, key, &value);
-            }
-            (value, Tier::Render)
+            outcome
         })
     }
 
@@ -183,6 +224,7 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
             memory_hits: self.counters.memory_hits.load(Ordering::Relaxed),
             redis_hits: self.counters.redis_hits.load(Ordering::Relaxed),
             renders: self.counters.renders.load(Ordering::Relaxed),
+            coalesced: self.counters.coalesced.load(Ordering::Relaxed),
             discarded: self.counters.discarded.load(Ordering::Relaxed),
             redis_errors: remote.errors,
             forged_invalidations: remote.forged,
@@ -278,6 +320,53 @@ mod tests {
                 Tier::Render
             );
         }
+    }
+
+    /// N concurrent misses of one key: one render, N - 1 callers served by it. (The render waits until
+    /// every caller has asked, so without single flight each would render.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_misses_of_one_key_render_once() {
+        use std::sync::atomic::AtomicUsize;
+        const CALLERS: usize = 8;
+        let cache = memory_only(0);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                let asked = Arc::clone(&asked);
+                tokio::spawn(async move {
+                    let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let render = {
+                        let asked = Arc::clone(&asked);
+                        move || {
+                            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                            while asked.load(Ordering::SeqCst) < CALLERS
+                                && std::time::Instant::now() < deadline
+                            {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            // Let the last caller reach the flight.
+                            std::thread::sleep(Duration::from_millis(100));
+                            Blob(b"once".to_vec(), false)
+                        }
+                    };
+                    cache.get_or_render(&key, Box::new(render)).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (value, _) = task.await.expect("task");
+            assert_eq!(value.0, b"once");
+        }
+        let stats = cache.stats();
+        assert_eq!((stats.renders, stats.coalesced), (1, CALLERS as u64 - 1));
+        // Nothing left in flight: the next miss renders again.
+        let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+        let (_, tier) = cache
+            .get_or_render(&key, Box::new(|| Blob(b"again".to_vec(), false)))
+            .await;
+        assert_eq!((tier, cache.stats().renders), (Tier::Render, 2));
     }
 
     #[test]

@@ -61,11 +61,13 @@ fn cache_families(cache: &CacheStats) -> Vec<Family> {
         (
             "kubeconfigd_cache_hits_total",
             "counter",
-            "Kubeconfigs served, by the tier that answered (render = rendered on this call).",
+            "Kubeconfigs served, by the tier that answered (render = rendered on this call; in_flight = \
+             served by a concurrent miss of the same file).",
             vec![
                 ("{tier=\"memory\"}".to_owned(), cache.memory_hits),
                 ("{tier=\"redis\"}".to_owned(), cache.redis_hits),
                 ("{tier=\"render\"}".to_owned(), cache.renders),
+                ("{tier=\"in_flight\"}".to_owned(), cache.coalesced),
             ],
         ),
         (
