@@ -243,10 +243,6 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
             Err(error) => export_error = Some(error),
         }
     }
-    EXPORTING.store(
-        telemetry.tracer.is_some(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
     let otel = telemetry
         .tracer
         .as_ref()
@@ -324,13 +320,11 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Whether spans are exported (set once by [`init`]); without export, the caller's trace context is not
-/// parsed on every call.
-static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 fn join_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+    // No layer records the span (nothing exports spans): nothing to join, so the caller's trace
+    // context is not parsed.
+    if span.is_disabled() {
         return;
     }
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
