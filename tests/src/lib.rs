@@ -322,6 +322,15 @@ impl Server {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
+    /// Whether a log line satisfying `line` appears within 2 s (the server writes its log off the
+    /// request path, a few milliseconds behind).
+    pub async fn logged(&self, line: impl Fn(&str) -> bool) -> bool {
+        eventually(Duration::from_secs(2), || async {
+            self.log_text().lines().any(&line)
+        })
+        .await
+    }
+
     /// `http://127.0.0.1:<grpc port>`.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)

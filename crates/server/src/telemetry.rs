@@ -49,6 +49,8 @@ pub struct LogBuffer {
 struct LogState {
     lines: Vec<u8>,
     closing: bool,
+    /// A warning or error is waiting: written at once rather than at the next interval.
+    urgent: bool,
 }
 
 static LOG: std::sync::OnceLock<std::sync::Arc<LogBuffer>> = std::sync::OnceLock::new();
@@ -61,7 +63,7 @@ pub fn dropped_log_lines() -> u64 {
 }
 
 impl LogBuffer {
-    fn append(&self, line: &[u8]) {
+    fn append(&self, line: &[u8], urgent: bool) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -72,7 +74,8 @@ impl LogBuffer {
         }
         let before = state.lines.len();
         state.lines.extend_from_slice(line);
-        if before < LOG_WAKE_BYTES && state.lines.len() >= LOG_WAKE_BYTES {
+        state.urgent |= urgent;
+        if urgent || (before < LOG_WAKE_BYTES && state.lines.len() >= LOG_WAKE_BYTES) {
             self.wake.notify_one();
         }
     }
@@ -86,12 +89,13 @@ impl LogBuffer {
                 let Ok((mut state, _)) =
                     self.wake
                         .wait_timeout_while(state, LOG_FLUSH_INTERVAL, |s| {
-                            !s.closing && s.lines.len() < LOG_WAKE_BYTES
+                            !s.closing && !s.urgent && s.lines.len() < LOG_WAKE_BYTES
                         })
                 else {
                     return;
                 };
                 std::mem::swap(&mut state.lines, &mut spare);
+                state.urgent = false;
                 state.closing
             };
             if !spare.is_empty() {
@@ -106,13 +110,17 @@ impl LogBuffer {
     }
 }
 
-/// A writer for one log line (the formatter writes each event in one call).
+/// A writer for one log line (the formatter writes each event in one call); warnings and errors wake
+/// the writer at once.
 #[derive(Debug)]
-pub struct LogLine<'a>(&'a LogBuffer);
+pub struct LogLine<'a> {
+    buffer: &'a LogBuffer,
+    urgent: bool,
+}
 
 impl std::io::Write for LogLine<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.append(buf);
+        self.buffer.append(buf, self.urgent);
         Ok(buf.len())
     }
 
@@ -129,7 +137,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     type Writer = LogLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LogLine(&self.0)
+        LogLine {
+            buffer: &self.0,
+            urgent: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        LogLine {
+            buffer: &self.0,
+            urgent: *meta.level() <= tracing::Level::WARN,
+        }
     }
 }
 

@@ -213,9 +213,11 @@ async fn references_stay_inside_the_inventory_but_secret_volumes_work() {
         // The file yields no cluster; the log names the file, the field and why.
         let log = server.log_text();
         assert!(
-            log.lines().any(|l| l.contains(&format!("{uid}.yaml"))
-                && l.contains("admin.tokenFile")
-                && l.contains(why)),
+            server
+                .logged(|l| l.contains(&format!("{uid}.yaml"))
+                    && l.contains("admin.tokenFile")
+                    && l.contains(why))
+                .await,
             "{reference}:\n{log}"
         );
         let error = admin_file(&server, uid).await.expect_err("never served");
@@ -318,7 +320,7 @@ async fn a_second_file_never_takes_over_a_served_uid() {
         admin_file(&server, TEMPLATE_UID).await.expect("served"),
         original
     );
-    assert!(server.log_text().contains("aaa-intruder.yaml"));
+    assert!(server.logged(|l| l.contains("aaa-intruder.yaml")).await);
     drop(server);
 
     // At start nobody served it before: every claimant is refused, naming the files.

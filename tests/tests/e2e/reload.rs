@@ -95,7 +95,9 @@ async fn edits_are_served_broken_edits_are_not_and_deletes_are_404() {
             .contains("https://10.9.9.9:6443")
     );
     assert!(
-        server.log_text().contains("no-oidc-direct.yaml: line "),
+        server
+            .logged(|l| l.contains("no-oidc-direct.yaml: line "))
+            .await,
         "log names file and line"
     );
 
