@@ -24,9 +24,12 @@ uid=6470a2b1c5e6f1a2b3c4d5e1
 key=demo-viewer-key
 target/release/kubeconfigd --demo --grpc-addr 127.0.0.1:50071 --rest-addr 127.0.0.1:8071 --admin-addr 127.0.0.1:8073 ${KUBECONFIGD_BENCH_FLAGS:-} >"$work/kubeconfigd.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:8073/readyz >/dev/null && break; sleep 0.1; done
+# A server left over from another run would answer on these ports instead: make sure ours is the one.
+kill -0 "${pids[0]}" 2>/dev/null || { echo "kubeconfigd exited (ports 50071/8071/8073 in use?):" >&2; cat "$work/kubeconfigd.log" >&2; exit 1; }
 curl -sf -H "ApiKey: $key" "http://127.0.0.1:8071/v1/spectroclusters/$uid/assets/kubeconfig" >"$work/body.yaml"
 target/release/bare-server --grpc-addr 127.0.0.1:50072 --rest-addr 127.0.0.1:8072 --body "$work/body.yaml" >"$work/bare.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:8072/v1/spectroclusters/$uid/assets/kubeconfig" >/dev/null && break; sleep 0.1; done
+kill -0 "${pids[1]}" 2>/dev/null || { echo "bare-server exited (ports 50072/8072 in use?)" >&2; exit 1; }
 
 echo "body: $(wc -c <"$work/body.yaml") bytes; $(nproc) cores; $rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32)"
 rate() { awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "req/s") print $i}'; }
