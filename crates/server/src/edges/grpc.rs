@@ -263,23 +263,15 @@ impl KubeconfigApi {
         let headers = metadata.clone().into_headers();
         let span = telemetry::grpc_span(method, &request_id, &headers);
         let started = std::time::Instant::now();
-        let result = async {
-            match self.core.admit() {
-                Ok(_permit) => {
-                    f(
-                        Arc::clone(&self.core),
-                        Credentials::from_headers(&headers, &request_id),
-                    )
-                    .await
-                }
-                Err(error) => Err(error),
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        let code = result
-            .as_ref()
-            .map_or_else(|e| e.kind().palette_code(), |_| "OK");
+        let result = self
+            .core
+            .admitted(f(
+                Arc::clone(&self.core),
+                Credentials::from_headers(&headers, &request_id),
+            ))
+            .instrument(span.clone())
+            .await;
+        let code = crate::error::code_of(&result);
         let status = match &result {
             Ok(_) => None,
             Err(error) => Some(status(error, &request_id)),
@@ -332,9 +324,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
             self.watchers
                 .open(Credentials::from_headers(&headers, &request_id), spec)
         });
-        let code = opened
-            .as_ref()
-            .map_or_else(|e| e.kind().palette_code(), |_| "OK");
+        let code = crate::error::code_of(&opened);
         self.core
             .metrics()
             .call("grpc", "WatchKubeconfigs", code, started.elapsed());

@@ -342,27 +342,15 @@ async fn serve(
             .await;
     }
     let timeout = state.request_timeout;
-    let result = async {
-        match core.admit() {
-            Ok(_permit) => tokio::time::timeout(timeout, core.asset(&credentials, uid, request))
+    let result = core
+        .admitted(async {
+            tokio::time::timeout(timeout, core.asset(&credentials, uid, request))
                 .await
-                .unwrap_or_else(|_| {
-                    Err(CoreError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the call did not complete within {}",
-                            humantime::format_duration(timeout)
-                        ),
-                    ))
-                }),
-            Err(error) => Err(error),
-        }
-    }
-    .instrument(span.clone())
-    .await;
-    let code = result
-        .as_ref()
-        .map_or_else(|e| e.kind().palette_code(), |_| "OK");
+                .unwrap_or_else(|_| Err(CoreError::timeout(timeout)))
+        })
+        .instrument(span.clone())
+        .await;
+    let code = crate::error::code_of(&result);
     core.metrics().call("rest", method, code, started.elapsed());
     let response = respond(result, headers, &request_id);
     span.record(

@@ -219,6 +219,15 @@ impl Core {
         })
     }
 
+    /// Runs `call` under admission ([`Core::admit`]): the one concurrency limit both edges apply.
+    pub async fn admitted<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, CoreError>>,
+    ) -> Result<T, CoreError> {
+        let _permit = self.admit()?;
+        call.await
+    }
+
     /// Refuses (as unavailable) while the first inventory load runs.
     fn in_service(&self) -> Result<(), CoreError> {
         if self.snapshot.load().loaded {

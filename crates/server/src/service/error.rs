@@ -65,7 +65,25 @@ pub struct CoreError {
     reason: Option<&'static str>,
 }
 
+/// The Palette code a call's outcome is counted under (`OK` for success).
+pub fn code_of<T>(result: &Result<T, CoreError>) -> &'static str {
+    result
+        .as_ref()
+        .map_or_else(|e| e.kind().palette_code(), |_| "OK")
+}
+
 impl CoreError {
+    /// A call that did not complete within `limit` (`--request-timeout`).
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        CoreError::new(
+            ErrorKind::Timeout,
+            format!(
+                "the call did not complete within {}",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         CoreError {
             kind,
