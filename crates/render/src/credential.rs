@@ -87,6 +87,22 @@ impl PemBundle {
         Ok(PemBundle(bytes.into()))
     }
 
+    /// One block from its label and DER (e.g. a certificate just issued).
+    pub fn from_der(label: &str, der: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(6 + label.len() + der.len());
+        match LABELS.iter().position(|known| *known == label) {
+            Some(code) => bytes.push(code as u8),
+            None => {
+                bytes.push(OTHER_LABEL);
+                bytes.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
+                bytes.extend_from_slice(&label.as_bytes()[..label.len().min(255)]);
+            }
+        }
+        bytes.extend_from_slice(&u32::try_from(der.len()).unwrap_or(u32::MAX).to_le_bytes());
+        bytes.extend_from_slice(&der[..der.len().min(u32::MAX as usize)]);
+        PemBundle(bytes.into())
+    }
+
     /// The blocks as (label, DER), in order.
     pub fn blocks(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let mut rest: &[u8] = &self.0;

@@ -73,10 +73,12 @@ pub(crate) struct UserEntry {
 }
 
 impl UserEntry {
-    pub(crate) fn certificate(certificate_data: String, key_data: String) -> Self {
+    /// A client certificate, with its key unless the holder keeps the key (an issued certificate
+    /// for a caller's own key).
+    pub(crate) fn certificate(certificate_data: String, key_data: Option<String>) -> Self {
         UserEntry {
             client_certificate_data: Some(certificate_data),
-            client_key_data: Some(key_data),
+            client_key_data: key_data,
             ..Default::default()
         }
     }
@@ -234,6 +236,11 @@ impl Kubeconfig {
         line(&mut out, "- name: ", &user.name)?;
         out.push_str("  user:\n");
         let entry = &user.user;
+        if entry.client_certificate_data.is_none() && entry.token.is_none() && entry.exec.is_none()
+        {
+            // An entry without a credential is `{}`: left to the serializer.
+            return None;
+        }
         if let Some(data) = &entry.client_certificate_data {
             line(&mut out, "    client-certificate-data: ", data)?;
         }

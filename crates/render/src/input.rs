@@ -40,6 +40,18 @@ pub enum AdminCredential {
     },
     /// A bearer token.
     Token(Sensitive),
+    /// No shared credential: each caller gets one issued for them (a minted client certificate),
+    /// rendered with [`crate::Cluster::render_with_admin`]. Rendering a file that carries the admin
+    /// credential without one gives a user entry with no credential at all, never a shared one.
+    IssuedPerCaller,
+}
+
+/// A client certificate issued for one caller, in place of the cluster's admin credential. Without a
+/// key when the caller keeps theirs (the kubeconfig then carries only the certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    pub certificate: PemBundle,
+    pub key: Option<PemBundle>,
 }
 
 /// kubelogin settings.

@@ -18,7 +18,8 @@ pub mod output;
 
 pub use credential::CredentialError;
 pub use input::{
-    AdminCredential, ClusterSpec, OidcLogin, PemBundle, ProxyEndpoint, Request, Sensitive,
+    AdminCredential, ClusterSpec, IssuedCertificate, OidcLogin, PemBundle, ProxyEndpoint, Request,
+    Sensitive,
 };
 pub use output::{AuthKind, Rendered, ServerKind};
 
@@ -66,14 +67,16 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RenderError {
     }
 }
 
-/// The admin credential, validated and pre-encoded.
+/// The admin credential, validated.
 #[derive(Clone)]
 enum Credential {
     Certificate {
         certificate: PemBundle,
-        key: PemBundle,
+        /// `None` only for a certificate issued for a key its holder keeps.
+        key: Option<PemBundle>,
     },
     Token(Sensitive),
+    IssuedPerCaller,
 }
 
 /// A cluster whose facts have been validated; rendering it cannot fail.
@@ -189,10 +192,12 @@ impl Cluster {
             token: p.token,
         });
         let admin = match spec.admin {
-            AdminCredential::ClientCertificate { certificate, key } => {
-                Credential::Certificate { certificate, key }
-            }
+            AdminCredential::ClientCertificate { certificate, key } => Credential::Certificate {
+                certificate,
+                key: Some(key),
+            },
             AdminCredential::Token(token) => Credential::Token(token),
+            AdminCredential::IssuedPerCaller => Credential::IssuedPerCaller,
         };
         Cluster {
             certificate_authority: spec.certificate_authority,
@@ -248,6 +253,7 @@ impl Cluster {
                 }
             }
             AdminCredential::Token(token) => check_token("admin.token", token.expose())?,
+            AdminCredential::IssuedPerCaller => {}
         }
         if let Some(oidc) = &spec.oidc {
             check_https_url("oidc.issuerUrl", &oidc.issuer_url)?;
@@ -298,25 +304,56 @@ impl Cluster {
 
     /// Renders one asset.
     pub fn render(&self, request: Request) -> Rendered {
+        self.render_using(request, &self.admin)
+    }
+
+    /// Whether the file for `request` carries the cluster-admin credential: the admin kubeconfig
+    /// always; the kubeconfig when there is no OIDC login and no proxy token in its place.
+    pub fn carries_admin_credential(&self, request: Request) -> bool {
         match request {
-            Request::Kubeconfig { frp } => self.render_kubeconfig(frp),
-            Request::AdminKubeconfig => self.render_admin(),
+            Request::AdminKubeconfig => true,
+            Request::Kubeconfig { frp } => {
+                self.oidc.is_none()
+                    && !self
+                        .proxy
+                        .as_ref()
+                        .is_some_and(|p| frp && p.token.is_some())
+            }
         }
     }
 
-    fn admin_user(&self) -> (UserEntry, AuthKind) {
-        match &self.admin {
+    /// Renders one asset with `admin` in place of the cluster's admin credential (which is not
+    /// used): the same bytes as [`Cluster::render`] but for the user entry, when the file carries the
+    /// admin credential at all ([`Cluster::carries_admin_credential`]).
+    pub fn render_with_admin(&self, request: Request, admin: &IssuedCertificate) -> Rendered {
+        let credential = Credential::Certificate {
+            certificate: admin.certificate.clone(),
+            key: admin.key.clone(),
+        };
+        self.render_using(request, &credential)
+    }
+
+    fn render_using(&self, request: Request, admin: &Credential) -> Rendered {
+        match request {
+            Request::Kubeconfig { frp } => self.render_kubeconfig(frp, admin),
+            Request::AdminKubeconfig => self.render_admin(admin),
+        }
+    }
+
+    fn admin_user(admin: &Credential) -> (UserEntry, AuthKind) {
+        match admin {
             Credential::Certificate { certificate, key } => (
-                UserEntry::certificate(encode(certificate), encode(key)),
+                UserEntry::certificate(encode(certificate), key.as_ref().map(encode)),
                 AuthKind::ClientCertificate,
             ),
             Credential::Token(token) => {
                 (UserEntry::token(token.expose().to_owned()), AuthKind::Token)
             }
+            Credential::IssuedPerCaller => (UserEntry::default(), AuthKind::ClientCertificate),
         }
     }
 
-    fn render_kubeconfig(&self, frp: bool) -> Rendered {
+    fn render_kubeconfig(&self, frp: bool, admin: &Credential) -> Rendered {
         let proxy = self.proxy.as_ref().filter(|_| frp);
         let (server, server_kind, ca_data) = match proxy {
             Some(p) => (
@@ -334,21 +371,23 @@ impl Cluster {
                 encode(&self.certificate_authority),
             ),
         };
-        let (user_suffix, user, auth_kind) =
+        let (user_suffix, user, auth_kind, carries_credential) =
             match (&self.oidc, proxy.and_then(|p| p.token.as_ref())) {
                 (Some(oidc), _) => (
                     "oidc",
                     UserEntry::exec(Exec::kubelogin(oidc)),
                     AuthKind::Oidc,
+                    oidc.client_secret.is_some(),
                 ),
                 (None, Some(token)) => (
                     "admin",
                     UserEntry::token(token.expose().to_owned()),
                     AuthKind::Token,
+                    true,
                 ),
                 (None, None) => {
-                    let (user, kind) = self.admin_user();
-                    ("admin", user, kind)
+                    let (user, kind) = Self::admin_user(admin);
+                    ("admin", user, kind, carries_secret(admin))
                 }
             };
         let doc = Kubeconfig::single(
@@ -358,13 +397,6 @@ impl Cluster {
             ca_data,
             user,
         );
-        let carries_credential = match auth_kind {
-            AuthKind::Oidc => self
-                .oidc
-                .as_ref()
-                .is_some_and(|o| o.client_secret.is_some()),
-            AuthKind::ClientCertificate | AuthKind::Token => true,
-        };
         Rendered::new(
             doc.to_yaml(),
             format!("{}.kubeconfig", self.name),
@@ -374,8 +406,8 @@ impl Cluster {
         )
     }
 
-    fn render_admin(&self) -> Rendered {
-        let (user, auth_kind) = self.admin_user();
+    fn render_admin(&self, admin: &Credential) -> Rendered {
+        let (user, auth_kind) = Self::admin_user(admin);
         let doc = Kubeconfig::single(
             &self.name,
             &format!("{}-admin", self.name),
@@ -388,7 +420,16 @@ impl Cluster {
             format!("admin.{}.kubeconfig", self.name),
             ServerKind::Direct,
             auth_kind,
-            true,
+            carries_secret(admin),
         )
+    }
+}
+
+/// Whether a credential in a user entry is a secret (a certificate without its key is not).
+fn carries_secret(admin: &Credential) -> bool {
+    match admin {
+        Credential::Certificate { key, .. } => key.is_some(),
+        Credential::Token(_) => true,
+        Credential::IssuedPerCaller => false,
     }
 }

@@ -345,3 +345,67 @@ fn oidc_args_follow_the_domain_format() {
         Some("prod-east-oidc@prod-east")
     );
 }
+
+/// An issued certificate replaces exactly the user entry of the files that carry the admin
+/// credential; with no key (the holder keeps theirs) the file carries only the certificate; a cluster
+/// whose admin credential is issued per caller never renders a shared one.
+#[test]
+fn an_issued_certificate_replaces_only_the_admin_user_entry() {
+    use kubeconfig_render::IssuedCertificate;
+    let issued = IssuedCertificate {
+        certificate: pem(include_str!("data/admin-ec.crt")),
+        key: Some(pem(include_str!("data/admin-ec.key"))),
+    };
+    let admin_key_b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        pem(ADMIN_KEY).to_pem(),
+    );
+    for (oidc_on, proxy_on) in [(false, false), (true, false), (false, true), (true, true)] {
+        let cluster = Cluster::new(spec(
+            oidc_on.then(|| oidc(None, &[])),
+            proxy_on.then(|| proxy(None, Some("proxy-token"))),
+        ))
+        .unwrap();
+        for request in [
+            Request::AdminKubeconfig,
+            Request::Kubeconfig { frp: true },
+            Request::Kubeconfig { frp: false },
+        ] {
+            let shared = cluster.render(request);
+            let minted = cluster.render_with_admin(request, &issued);
+            if cluster.carries_admin_credential(request) {
+                assert!(shared.yaml.contains(&admin_key_b64), "{request:?}");
+                assert!(!minted.yaml.contains(&admin_key_b64), "{request:?}");
+                let strip = |yaml: &str| {
+                    yaml.lines()
+                        .filter(|l| {
+                            !l.contains("client-certificate-data") && !l.contains("client-key-data")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                assert_eq!(strip(&shared.yaml), strip(&minted.yaml), "{request:?}");
+                assert!(minted.carries_credential);
+            } else {
+                assert_eq!(shared.yaml, minted.yaml, "{request:?}");
+            }
+        }
+    }
+    let without_key = IssuedCertificate {
+        key: None,
+        ..issued
+    };
+    let cluster = Cluster::new(spec(None, None)).unwrap();
+    let file = cluster.render_with_admin(Request::AdminKubeconfig, &without_key);
+    assert!(file.yaml.contains("client-certificate-data: "));
+    assert!(!file.yaml.contains("client-key-data"));
+    assert!(!file.carries_credential);
+
+    let mut per_caller = spec(None, None);
+    per_caller.admin = AdminCredential::IssuedPerCaller;
+    let cluster = Cluster::new(per_caller).unwrap();
+    let file = cluster.render(Request::AdminKubeconfig);
+    assert!(!file.yaml.contains("client-"), "{}", file.yaml);
+    assert!(file.yaml.contains("user: {}"), "{}", file.yaml);
+    assert!(!file.carries_credential);
+}
