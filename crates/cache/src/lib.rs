@@ -24,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use remote::RedisTarget;
+pub use remote::{RedisTarget, Remote, Sealed};
 pub use sealing::{KeyFileError, Sealer};
 pub use tiered::{CacheConfig, RedisConfig, TieredCache};
 

@@ -71,6 +71,17 @@ pub struct RemoteCounters {
 
 type Invalidate = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
+/// What reading a sealed value found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sealed {
+    Found(Vec<u8>),
+    Missing,
+    /// Bytes are stored there that did not authenticate: they are not ours.
+    Forged,
+    /// Redis is down or did not answer in time.
+    Unreachable,
+}
+
 /// The Redis tier.
 pub struct Remote {
     target: RedisTarget,
@@ -444,6 +455,89 @@ impl Remote {
             on_invalidate(clusters);
         }
         Ok(())
+    }
+
+    /// Stores `payload` sealed under `key` with an expiry, and waits for Redis to confirm: `false` when
+    /// it did not (down, timed out, or the value is too large to seal).
+    pub async fn put_sealed(self: &Arc<Self>, key: &str, payload: &[u8], ttl: Duration) -> bool {
+        let Some(sealed) = self.sealer.seal(key, payload) else {
+            return false;
+        };
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(sealed)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        )
+        .await
+        .is_some()
+    }
+
+    /// Reads a value sealed under `key`, telling a missing value from an unreachable Redis and from a
+    /// value that does not authenticate (written by someone without our keys, or moved from another key).
+    pub async fn get_sealed(self: &Arc<Self>, key: &str) -> Sealed {
+        let stored = self
+            .query::<Vec<u8>>(
+                redis::cmd("GETRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(MAX_SEALED_BYTES)
+                    .clone(),
+            )
+            .await;
+        match stored {
+            None => Sealed::Unreachable,
+            Some(bytes) if bytes.is_empty() => Sealed::Missing,
+            Some(bytes) => match sealing::open(&self.sealer, key, &bytes) {
+                Some(payload) => Sealed::Found(payload),
+                None => Sealed::Forged,
+            },
+        }
+    }
+
+    /// Adds `member` to the sorted set `set` (all scores 0, so members page in byte order).
+    pub async fn index_add(self: &Arc<Self>, set: &str, member: &str) -> bool {
+        self.query::<i64>(redis::cmd("ZADD").arg(set).arg(0).arg(member).clone())
+            .await
+            .is_some()
+    }
+
+    /// Up to `limit` members of `set` after `after` (all from the start when empty), in byte order;
+    /// `None` when Redis cannot be reached.
+    pub async fn index_after(
+        self: &Arc<Self>,
+        set: &str,
+        after: &str,
+        limit: usize,
+    ) -> Option<Vec<String>> {
+        let start = if after.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("({after}")
+        };
+        self.query::<Vec<String>>(
+            redis::cmd("ZRANGEBYLEX")
+                .arg(set)
+                .arg(start)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .clone(),
+        )
+        .await
+    }
+
+    /// Removes members from the sorted set `set`.
+    pub async fn index_remove(self: &Arc<Self>, set: &str, members: &[String]) -> bool {
+        if members.is_empty() {
+            return true;
+        }
+        self.query::<i64>(redis::cmd("ZREM").arg(set).arg(members).clone())
+            .await
+            .is_some()
     }
 
     /// Current counters.

@@ -102,6 +102,11 @@ impl<V: Cacheable> TieredCache<V> {
         })
     }
 
+    /// The Redis tier, when configured: for other sealed records kept beside the cache.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
+    }
+
     fn drop_local(&self, clusters: &[String]) {
         let Some(memory) = &self.memory else { return };
         for cluster in clusters {

@@ -16,6 +16,7 @@
 //! - [`document`]: bounded YAML parsing shared by all of the above.
 //! - [`secret`]: a string that never prints.
 
+pub mod credentials;
 pub mod decision;
 pub mod document;
 pub mod macros;
@@ -27,6 +28,7 @@ pub mod role;
 pub mod secret;
 pub mod tenant;
 
+pub use credentials::{AdminCredentialMode, CredentialSettings, MIN_LIFETIME_SECONDS};
 pub use decision::{Asset, ClusterFacts, Decision, Denial, DenyCode, decide, may_download_admin};
 pub use document::{DocumentError, MAX_DOCUMENT_BYTES};
 pub use mode::PolicyMode;

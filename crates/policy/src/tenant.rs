@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::credentials::CredentialSettings;
 use crate::document::{self, DocumentError};
 use crate::mode::PolicyMode;
 use crate::oidc::OidcSettings;
@@ -180,6 +181,8 @@ struct RawTenant {
     #[serde(default)]
     oidc: Option<OidcSettings>,
     #[serde(default)]
+    credentials: CredentialSettings,
+    #[serde(default)]
     projects: Vec<Project>,
     #[serde(default)]
     custom_roles: Vec<RawRole>,
@@ -234,6 +237,7 @@ pub struct Tenant {
     policy: PolicyMode,
     reverse_proxy: Option<ReverseProxy>,
     oidc: Option<OidcSettings>,
+    credentials: CredentialSettings,
     projects: BTreeMap<String, Project>,
     teams: BTreeMap<String, BTreeSet<String>>,
     users: BTreeMap<String, User>,
@@ -461,6 +465,9 @@ impl Tenant {
         if let Some(oidc) = &raw.oidc {
             check_oidc(oidc, &mut problems);
         }
+        for (field, message) in raw.credentials.problems() {
+            problems.add(field, message);
+        }
         let projects = problems.projects(raw.projects);
         let roles = problems.roles(raw.custom_roles);
         let teams = problems.teams(raw.teams);
@@ -474,6 +481,7 @@ impl Tenant {
             policy: raw.policy,
             reverse_proxy: raw.reverse_proxy,
             oidc: raw.oidc,
+            credentials: raw.credentials,
             projects,
             teams,
             users,
@@ -494,6 +502,11 @@ impl Tenant {
     /// The Spectro Proxy server, when configured.
     pub fn reverse_proxy(&self) -> Option<&ReverseProxy> {
         self.reverse_proxy.as_ref()
+    }
+
+    /// The admin credential settings (defaults when the file has no `credentials` section).
+    pub fn credentials(&self) -> &CredentialSettings {
+        &self.credentials
     }
 
     /// The tenant's own OIDC settings, when configured.

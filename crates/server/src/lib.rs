@@ -11,7 +11,8 @@
 //!   snapshots), [`files`] (reading files safely), [`watch`] (file watching and snapshot swaps),
 //!   [`feed`] (the per-cluster change feed), [`demo`] (the built-in demo data).
 //! - [`service`]: [`core`] (the transport-neutral pipeline), [`auth`] (API keys and JWTs), [`error`]
-//!   (its one error type), [`cached`] (rendered files in the cache), [`streams`] (watching files).
+//!   (its one error type), [`cached`] (rendered files in the cache), [`streams`] (watching files),
+//!   [`minting`] and [`ledger`] (short-lived admin credentials and their record).
 //! - [`edges`]: [`grpc`], [`rest`] and [`admin`] (probes, metrics, OpenAPI), on [`connections`]
 //!   (accepting and keeping connections within limits) and [`tls`].
 //!
@@ -27,7 +28,7 @@ pub mod telemetry;
 
 pub use edges::{admin, connections, grpc, rest, tls};
 pub use loading::{demo, feed, files, inventory, record, watch};
-pub use service::{auth, cached, core, error, streams};
+pub use service::{auth, cached, core, error, ledger, minting, streams};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,7 +85,8 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(ArcSwap::from_pointee(inventory::Snapshot::loading()));
-    let cache = cache_of(&config);
+    let (cache, ledger) = cache_of(&config);
+    let minter = Arc::new(minting::Minter::new(ledger));
     let jwt = config
         .jwt
         .as_ref()
@@ -97,6 +99,7 @@ pub async fn run(
         config.max_concurrent_requests as usize,
         Arc::clone(&cache),
         Arc::clone(&metrics),
+        minter,
     ));
     let _observers = observe(&core);
     let feed = Arc::new(feed::Feed::default());
@@ -215,12 +218,25 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
     health.set_service_status(SERVICE_NAME, status).await;
 }
 
-fn cache_of(config: &Config) -> Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>> {
-    kubeconfig_cache::TieredCache::new(kubeconfig_cache::CacheConfig {
-        memory_bytes: config.cache.memory_bytes,
-        ttl: config.cache.ttl,
-        redis: config.cache.redis.clone(),
-    })
+/// The cache of rendered files and the ledger of minted credentials: both in Redis when it is
+/// configured (the ledger then shared by every replica), else in process.
+fn cache_of(
+    config: &Config,
+) -> (
+    Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>>,
+    Arc<dyn ledger::Ledger>,
+) {
+    let cache =
+        kubeconfig_cache::TieredCache::<cached::CachedAsset>::new(kubeconfig_cache::CacheConfig {
+            memory_bytes: config.cache.memory_bytes,
+            ttl: config.cache.ttl,
+            redis: config.cache.redis.clone(),
+        });
+    let ledger: Arc<dyn ledger::Ledger> = match cache.remote() {
+        Some(remote) => Arc::new(ledger::RedisLedger::new(Arc::clone(remote))),
+        None => Arc::new(ledger::MemoryLedger::default()),
+    };
+    (cache, ledger)
 }
 
 /// Drops changed and removed clusters' cached files here and, over Redis, on every replica. (Cache

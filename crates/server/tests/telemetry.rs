@@ -48,6 +48,9 @@ fn core() -> Arc<Core> {
         16,
         cache,
         Arc::new(Metrics::default()),
+        Arc::new(kubeconfigd::minting::Minter::new(Arc::new(
+            kubeconfigd::ledger::MemoryLedger::default(),
+        ))),
     ))
 }
 
@@ -140,6 +143,7 @@ fn spans_carry_the_conventions_and_no_secrets() {
             .get_admin_kubeconfig(grpc_request(
                 pb::GetAdminKubeconfigRequest {
                     uid: PROD_EAST.to_owned(),
+                    ..Default::default()
                 },
                 "demo-admin-key",
             ))
@@ -150,6 +154,7 @@ fn spans_carry_the_conventions_and_no_secrets() {
             .get_admin_kubeconfig(grpc_request(
                 pb::GetAdminKubeconfigRequest {
                     uid: PROD_EAST.to_owned(),
+                    ..Default::default()
                 },
                 "demo-viewer-key",
             ))

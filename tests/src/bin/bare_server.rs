@@ -44,6 +44,7 @@ impl KubeconfigService for Fixed {
     ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
         Ok(Response::new(pb::GetKubeconfigResponse {
             kubeconfig: Some(kubeconfig(&self.yaml)),
+            credential: None,
         }))
     }
     async fn get_admin_kubeconfig(
@@ -52,6 +53,7 @@ impl KubeconfigService for Fixed {
     ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
         Ok(Response::new(pb::GetAdminKubeconfigResponse {
             kubeconfig: Some(kubeconfig(&self.yaml)),
+            credential: None,
         }))
     }
     async fn get_kubeconfig_access(
@@ -64,6 +66,24 @@ impl KubeconfigService for Fixed {
         &self,
         _: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+    async fn check_kubeconfig(
+        &self,
+        _: Request<pb::CheckKubeconfigRequest>,
+    ) -> Result<Response<pb::CheckKubeconfigResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+    async fn revoke_credential(
+        &self,
+        _: Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+    async fn list_issued_credentials(
+        &self,
+        _: Request<pb::ListIssuedCredentialsRequest>,
+    ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
         Err(Status::unimplemented("bare server"))
     }
 }

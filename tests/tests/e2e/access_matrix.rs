@@ -164,6 +164,7 @@ async fn grpc_and_rest_reproduce_the_table_in_every_mode() {
                         .get_admin_kubeconfig(with_key(
                             GetAdminKubeconfigRequest {
                                 uid: uid.to_owned(),
+                                ..Default::default()
                             },
                             &key,
                         ))

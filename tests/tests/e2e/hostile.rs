@@ -54,6 +54,7 @@ async fn admin_file(server: &Server, uid: &str) -> Result<String, tonic::Status>
         .get_admin_kubeconfig(with_key(
             GetAdminKubeconfigRequest {
                 uid: uid.to_owned(),
+                ..Default::default()
             },
             ADMIN,
         ))

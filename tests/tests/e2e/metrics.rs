@@ -25,6 +25,7 @@ async fn metrics_count_exactly_the_calls_made() {
         .get_admin_kubeconfig(with_key(
             GetAdminKubeconfigRequest {
                 uid: uid.to_owned(),
+                ..Default::default()
             },
             "matrix-cluster-viewer",
         ))

@@ -15,8 +15,10 @@ use std::collections::HashMap;
 use kubeconfig_policy::Asset;
 
 use crate::auth::Credentials;
-use crate::core::{AccessReport, AssetAccess, Core};
+use crate::core::{AccessReport, AssetAccess, CheckSubject, Core, CredentialStatus};
 use crate::error::{CoreError, ErrorKind};
+use crate::ledger::LedgerEntry;
+use crate::minting::{MintOptions, MintedCredential};
 use crate::streams::{WatchEvent, WatchSpec, Watchers};
 use crate::telemetry;
 use tracing::Instrument as _;
@@ -345,10 +347,16 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         let frp = message.frp.unwrap_or(true);
         self.call(&metadata, "GetKubeconfig", |core, creds| async move {
             let served = core
-                .asset(&creds, &message.uid, Request::Kubeconfig { frp })
+                .asset(
+                    &creds,
+                    &message.uid,
+                    Request::Kubeconfig { frp },
+                    &MintOptions::default(),
+                )
                 .await?;
             Ok(pb::GetKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
+                credential: served.credential.as_ref().map(issued_credential_of),
             })
         })
         .await
@@ -360,11 +368,20 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.call(&metadata, "GetAdminKubeconfig", |core, creds| async move {
+            use pb::get_admin_kubeconfig_request::ClientKey;
+            let options = MintOptions {
+                expiration_seconds: message.expiration_seconds,
+                client_key: message.client_key.map(|key| match key {
+                    ClientKey::PublicKey(pem) | ClientKey::Csr(pem) => pem,
+                }),
+                reason: message.reason,
+            };
             let served = core
-                .asset(&creds, &message.uid, Request::AdminKubeconfig)
+                .asset(&creds, &message.uid, Request::AdminKubeconfig, &options)
                 .await?;
             Ok(pb::GetAdminKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
+                credential: served.credential.as_ref().map(issued_credential_of),
             })
         })
         .await
@@ -397,5 +414,127 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
             })
         })
         .await
+    }
+
+    async fn check_kubeconfig(
+        &self,
+        request: tonic::Request<pb::CheckKubeconfigRequest>,
+    ) -> Result<Response<pb::CheckKubeconfigResponse>, Status> {
+        use pb::check_kubeconfig_request::Subject;
+        let (metadata, _, message) = request.into_parts();
+        self.call(&metadata, "CheckKubeconfig", |core, creds| async move {
+            let subject = match &message.subject {
+                Some(Subject::Kubeconfig(text)) => CheckSubject::Kubeconfig(text),
+                Some(Subject::Fingerprint(fingerprint)) => CheckSubject::Fingerprint(fingerprint),
+                None => {
+                    return Err(CoreError::bad_request(
+                        "give the kubeconfig or the certificate's fingerprint",
+                    ));
+                }
+            };
+            let check = core.check_credential(&creds, subject).await?;
+            Ok(pb::CheckKubeconfigResponse {
+                status: credential_status(check.status) as i32,
+                reason: check.reason,
+                credential: check.entry.as_ref().map(|e| ledger_entry(e, false)),
+            })
+        })
+        .await
+    }
+
+    async fn revoke_credential(
+        &self,
+        request: tonic::Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call(&metadata, "RevokeCredential", |core, creds| async move {
+            let entry = core
+                .revoke_credential(&creds, &message.serial, &message.reason)
+                .await?;
+            Ok(pb::RevokeCredentialResponse {
+                credential: Some(ledger_entry(&entry, false)),
+            })
+        })
+        .await
+    }
+
+    async fn list_issued_credentials(
+        &self,
+        request: tonic::Request<pb::ListIssuedCredentialsRequest>,
+    ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call(
+            &metadata,
+            "ListIssuedCredentials",
+            |core, creds| async move {
+                let (entries, next_page_token) = core
+                    .issued_credentials(
+                        &creds,
+                        &message.cluster_uid,
+                        message.page_size,
+                        &message.page_token,
+                    )
+                    .await?;
+                Ok(pb::ListIssuedCredentialsResponse {
+                    credentials: entries.iter().map(|e| ledger_entry(e, false)).collect(),
+                    next_page_token,
+                })
+            },
+        )
+        .await
+    }
+}
+
+fn timestamp(seconds: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+fn ledger_entry(entry: &LedgerEntry, reused: bool) -> pb::IssuedCredential {
+    pb::IssuedCredential {
+        serial: entry.serial.clone(),
+        fingerprint: entry.fingerprint.clone(),
+        cluster_uid: entry.cluster.clone(),
+        kubernetes_user: entry.kubernetes_user.clone(),
+        kubernetes_group: entry.kubernetes_group.clone(),
+        issued_to: entry.issued_to.clone(),
+        issued_at: Some(timestamp(entry.issued_at)),
+        not_before: Some(timestamp(entry.not_before)),
+        expires_at: Some(timestamp(entry.not_after)),
+        requested_seconds: i64::try_from(entry.requested_seconds).unwrap_or(i64::MAX),
+        granted_seconds: i64::try_from(entry.granted_seconds).unwrap_or(i64::MAX),
+        clamped: entry.clamped,
+        reused,
+        caller_key: entry.caller_key,
+        reason: entry.reason.clone(),
+        request_id: entry.request_id.clone(),
+        revoked: entry.revoked.is_some(),
+        revoked_at: entry.revoked.as_ref().map(|r| timestamp(r.at)),
+        revoked_by: entry
+            .revoked
+            .as_ref()
+            .map(|r| r.by.clone())
+            .unwrap_or_default(),
+        revocation_reason: entry
+            .revoked
+            .as_ref()
+            .map(|r| r.reason.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn issued_credential_of(credential: &MintedCredential) -> pb::IssuedCredential {
+    ledger_entry(&credential.entry, credential.reused)
+}
+
+fn credential_status(status: CredentialStatus) -> pb::CredentialStatus {
+    match status {
+        CredentialStatus::Current => pb::CredentialStatus::Current,
+        CredentialStatus::Stale => pb::CredentialStatus::Stale,
+        CredentialStatus::Expired => pb::CredentialStatus::Expired,
+        CredentialStatus::Revoked => pb::CredentialStatus::Revoked,
+        CredentialStatus::Unknown => pb::CredentialStatus::Unknown,
     }
 }

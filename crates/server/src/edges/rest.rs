@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::auth::Credentials;
 use crate::error::{CoreError, ErrorKind};
+use crate::minting::MintOptions;
 use crate::streams::Watchers;
 use crate::telemetry;
 use tracing::Instrument as _;
@@ -258,8 +259,8 @@ async fn kubeconfig(
     headers: HeaderMap,
 ) -> Response {
     let request = |query: &HashMap<String, String>| match query.get("frp").map(String::as_str) {
-        None | Some("true") => Ok(Request::Kubeconfig { frp: true }),
-        Some("false") => Ok(Request::Kubeconfig { frp: false }),
+        None | Some("true") => Ok((Request::Kubeconfig { frp: true }, MintOptions::default())),
+        Some("false") => Ok((Request::Kubeconfig { frp: false }, MintOptions::default())),
         Some(_) => Err(CoreError::bad_request("frp must be true or false")),
     };
     download(
@@ -285,7 +286,24 @@ async fn admin_kubeconfig(
         path,
         query,
         &headers,
-        |_| Ok(Request::AdminKubeconfig),
+        |query| {
+            let expiration_seconds = query
+                .get("expirationSeconds")
+                .map(|value| {
+                    value.parse::<i64>().map_err(|_| {
+                        CoreError::bad_request(
+                            "expirationSeconds must be a whole number of seconds",
+                        )
+                    })
+                })
+                .transpose()?;
+            let options = MintOptions {
+                expiration_seconds,
+                client_key: None,
+                reason: query.get("reason").cloned().unwrap_or_default(),
+            };
+            Ok((Request::AdminKubeconfig, options))
+        },
     )
     .await
 }
@@ -297,7 +315,7 @@ async fn download(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: &HeaderMap,
-    request: impl FnOnce(&HashMap<String, String>) -> Result<Request, CoreError>,
+    request: impl FnOnce(&HashMap<String, String>) -> Result<(Request, MintOptions), CoreError>,
 ) -> Response {
     let Some(uid) = path_uid(path) else {
         return undecodable_path();
@@ -307,17 +325,26 @@ async fn download(
     };
     let parameters = request(&query).and_then(|request| Ok((request, wait_parameter(&query)?)));
     match parameters {
-        Ok((request, wait)) => serve(state, method, route, &uid, request, headers, wait).await,
+        Ok(((request, options), wait)) => {
+            serve(
+                state,
+                (method, route),
+                &uid,
+                (request, &options),
+                headers,
+                wait,
+            )
+            .await
+        }
         Err(error) => bad_query(state, method, &error),
     }
 }
 
 async fn serve(
     state: &RestState,
-    method: &'static str,
-    route: &'static str,
+    (method, route): (&'static str, &'static str),
     uid: &str,
-    request: Request,
+    (request, options): (Request, &MintOptions),
     headers: &HeaderMap,
     wait: Option<std::time::Duration>,
 ) -> Response {
@@ -344,7 +371,7 @@ async fn serve(
     let timeout = state.request_timeout;
     let result = core
         .admitted(async {
-            tokio::time::timeout(timeout, core.asset(&credentials, uid, request))
+            tokio::time::timeout(timeout, core.asset(&credentials, uid, request, options))
                 .await
                 .unwrap_or_else(|_| Err(CoreError::timeout(timeout)))
         })
@@ -415,6 +442,26 @@ fn respond(
     response
         .headers_mut()
         .insert("x-request-id", request_id_header);
+    if let Some(credential) = &served.credential {
+        let entry = &credential.entry;
+        let expires = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.not_after),
+        )
+        .to_string();
+        for (name, value) in [
+            ("x-credential-expires", expires.as_str()),
+            ("x-credential-serial", entry.serial.as_str()),
+            ("x-credential-fingerprint", entry.fingerprint.as_str()),
+            (
+                "x-credential-lifetime-clamped",
+                if entry.clamped { "true" } else { "false" },
+            ),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
     response
 }
 

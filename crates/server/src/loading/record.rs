@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kubeconfig_policy::{OidcState, PackInput, ReverseProxy, Tenant};
+use kubeconfig_mint::Authority;
+use kubeconfig_policy::{AdminCredentialMode, OidcState, PackInput, ReverseProxy, Tenant};
 use kubeconfig_render::input::Sensitive;
 use kubeconfig_render::{
-    AdminCredential, Cluster, ClusterSpec, PemBundle, ProxyEndpoint, RenderError, Rendered, Request,
+    AdminCredential, Cluster, ClusterSpec, IssuedCertificate, PemBundle, ProxyEndpoint,
+    RenderError, Rendered, Request,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -26,7 +28,14 @@ struct RawRecord {
     certificate_authority: Option<String>,
     #[serde(default)]
     certificate_authority_file: Option<PathBuf>,
-    admin: RawAdmin,
+    /// Absent only when the cluster mints its admin credentials.
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    /// `static` or `minted`; the tenant's `credentials.adminCredential` when absent.
+    #[serde(default)]
+    admin_credential: Option<AdminCredentialMode>,
+    #[serde(default)]
+    client_ca: Option<RawClientCa>,
     kubernetes_pack: RawPack,
     #[serde(default)]
     spectro_proxy: Option<RawProxy>,
@@ -47,6 +56,25 @@ struct RawAdmin {
     token: Option<String>,
     #[serde(default)]
     token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawClientCa {
+    #[serde(default)]
+    certificate: Option<String>,
+    #[serde(default)]
+    certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    /// The Kubernetes group minted certificates carry (their O); the tenant's when absent.
+    #[serde(default)]
+    admin_group: Option<String>,
+    /// A maximum lifetime tighter than the tenant's, in seconds.
+    #[serde(default)]
+    max_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,15 +117,61 @@ pub struct Record {
     credentials: Result<Credentials, Box<RenderError>>,
     pack: Pack,
     proxy: Option<ProxyRecord>,
+    admin_credential: Option<AdminCredentialMode>,
     /// SHA-256 over the file and everything it refers to.
     content_digest: [u8; 32],
 }
 
 struct Credentials {
     certificate_authority: PemBundle,
-    admin: AdminCredential,
+    /// `None` when the file gives none (allowed only for a cluster that mints).
+    admin: Option<AdminCredential>,
+    client_ca: Option<ClientCa>,
     /// The Spectro Proxy's CA given in the record.
     proxy_certificate_authority: Option<PemBundle>,
+}
+
+/// The cluster's client CA: what minted admin credentials are signed with.
+pub struct ClientCa {
+    certificate: PemBundle,
+    key: PemBundle,
+    admin_group: Option<Arc<str>>,
+    max_lifetime_seconds: Option<u64>,
+    /// Built on first use (converting the key and signing a probe costs up to a few milliseconds,
+    /// too much for every cluster of a large fleet at load), then kept with the record.
+    authority: std::sync::OnceLock<Result<Arc<Authority>, String>>,
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("admin_group", &self.admin_group)
+            .field("max_lifetime_seconds", &self.max_lifetime_seconds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCa {
+    /// The CA ready to sign, or why it cannot (the message names the field).
+    pub fn authority(&self) -> Result<Arc<Authority>, String> {
+        self.authority
+            .get_or_init(|| {
+                let (Some((_, certificate)), Some((label, key))) =
+                    (self.certificate.blocks().next(), self.key.blocks().next())
+                else {
+                    return Err("clientCa: certificate or key is empty".to_owned());
+                };
+                Authority::new(certificate, label, key)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
+    /// The CA certificate's DER.
+    pub fn certificate_der(&self) -> &[u8] {
+        self.certificate.blocks().next().map_or(&[], |(_, der)| der)
+    }
 }
 
 struct ProxyRecord {
@@ -232,6 +306,29 @@ impl Record {
         self
     }
 
+    /// The API server's URL.
+    pub fn api_server(&self) -> &str {
+        &self.api_server
+    }
+
+    /// The cluster CA's certificates, DER, one after another (empty when they could not be read).
+    pub fn certificate_authority_der(&self) -> Vec<u8> {
+        self.credentials
+            .as_ref()
+            .map(|c| {
+                c.certificate_authority
+                    .blocks()
+                    .flat_map(|(_, der)| der.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The client CA, when the file has one.
+    pub fn client_ca(&self) -> Option<&ClientCa> {
+        self.credentials.as_ref().ok()?.client_ca.as_ref()
+    }
+
     /// SHA-256 over the cluster file and every file it refers to.
     pub fn content_digest(&self) -> &[u8; 32] {
         &self.content_digest
@@ -278,42 +375,31 @@ impl Record {
         .ok_or_else(|| {
             record_error("certificateAuthority: required (inline PEM or certificateAuthorityFile)")
         })?;
-        let a = raw.admin;
-        let certificate = inline_or_file(
-            &mut reading,
-            "admin.clientCertificate",
-            a.client_certificate,
-            a.client_certificate_file,
-        )?;
-        let key = inline_or_file(
-            &mut reading,
-            "admin.clientKey",
-            a.client_key,
-            a.client_key_file,
-        )?;
-        let token = inline_or_file(&mut reading, "admin.token", a.token, a.token_file)?;
-        let admin = match (certificate, key, token) {
-            (Some(certificate), Some(key), None) => Ok((certificate, key)),
-            (None, None, Some(token)) => Err(Sensitive::new(token.trim())),
-            (Some(_), None, None) => {
-                return Err(record_error(
-                    "admin.clientKey: required with admin.clientCertificate",
-                ));
-            }
-            (None, Some(_), None) => {
-                return Err(record_error(
-                    "admin.clientCertificate: required with admin.clientKey",
-                ));
-            }
-            (None, None, None) => {
-                return Err(record_error(
-                    "admin: needs clientCertificate + clientKey, or token",
-                ));
-            }
-            _ => {
-                return Err(record_error(
-                    "admin: give clientCertificate + clientKey, or token, not both",
-                ));
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => Some(parse_admin(&mut reading, a)?),
+        };
+        let client_ca = match raw.client_ca {
+            None => None,
+            Some(ca) => {
+                let certificate = inline_or_file(
+                    &mut reading,
+                    "clientCa.certificate",
+                    ca.certificate,
+                    ca.certificate_file,
+                )?
+                .ok_or_else(|| {
+                    record_error("clientCa.certificate: required (inline PEM or certificateFile)")
+                })?;
+                let key = inline_or_file(&mut reading, "clientCa.key", ca.key, ca.key_file)?
+                    .ok_or_else(|| {
+                        record_error("clientCa.key: required (inline PEM or keyFile)")
+                    })?;
+                if let Some(group) = &ca.admin_group {
+                    reading.digest.update(b"clientCa.adminGroup");
+                    reading.digest.update(group.as_bytes());
+                }
+                Some((certificate, key, ca.admin_group, ca.max_lifetime_seconds))
             }
         };
         let (proxy, proxy_certificate_authority) = match raw.spectro_proxy {
@@ -336,11 +422,22 @@ impl Record {
                     "CERTIFICATE",
                 )?,
                 admin: match admin {
-                    Ok((certificate, key)) => AdminCredential::ClientCertificate {
+                    None => None,
+                    Some(Ok((certificate, key))) => Some(AdminCredential::ClientCertificate {
                         certificate: pem("admin.clientCertificate", &certificate, "CERTIFICATE")?,
                         key: pem("admin.clientKey", &key, "PRIVATE KEY")?,
-                    },
-                    Err(token) => AdminCredential::Token(token),
+                    }),
+                    Some(Err(token)) => Some(AdminCredential::Token(token)),
+                },
+                client_ca: match client_ca {
+                    None => None,
+                    Some((certificate, key, admin_group, max_lifetime_seconds)) => Some(ClientCa {
+                        certificate: pem("clientCa.certificate", &certificate, "CERTIFICATE")?,
+                        key: pem("clientCa.key", &key, "PRIVATE KEY")?,
+                        admin_group: admin_group.map(Arc::from),
+                        max_lifetime_seconds,
+                        authority: std::sync::OnceLock::new(),
+                    }),
                 },
                 proxy_certificate_authority: proxy_certificate_authority
                     .map(|ca| pem("spectroProxy.certificateAuthority", &ca, "CERTIFICATE"))
@@ -358,9 +455,49 @@ impl Record {
                 values: raw.kubernetes_pack.values,
             })),
             proxy,
+            admin_credential: raw.admin_credential,
             content_digest: reading.digest.finalize().into(),
         })
     }
+}
+
+/// The static admin credential's PEM texts (certificate and key) or token.
+type RawAdminCredential = Result<(String, String), Sensitive>;
+
+fn parse_admin(reading: &mut Reading<'_>, a: RawAdmin) -> Result<RawAdminCredential, RecordError> {
+    let certificate = inline_or_file(
+        reading,
+        "admin.clientCertificate",
+        a.client_certificate,
+        a.client_certificate_file,
+    )?;
+    let key = inline_or_file(reading, "admin.clientKey", a.client_key, a.client_key_file)?;
+    let token = inline_or_file(reading, "admin.token", a.token, a.token_file)?;
+    let admin = match (certificate, key, token) {
+        (Some(certificate), Some(key), None) => Ok((certificate, key)),
+        (None, None, Some(token)) => Err(Sensitive::new(token.trim())),
+        (Some(_), None, None) => {
+            return Err(record_error(
+                "admin.clientKey: required with admin.clientCertificate",
+            ));
+        }
+        (None, Some(_), None) => {
+            return Err(record_error(
+                "admin.clientCertificate: required with admin.clientKey",
+            ));
+        }
+        (None, None, None) => {
+            return Err(record_error(
+                "admin: needs clientCertificate + clientKey, or token",
+            ));
+        }
+        _ => {
+            return Err(record_error(
+                "admin: give clientCertificate + clientKey, or token, not both",
+            ));
+        }
+    };
+    Ok(admin)
 }
 
 /// What a cluster that passed every check under its tenant adds to its record. Nothing is copied from
@@ -371,6 +508,21 @@ pub struct Ready {
     pub oidc: Arc<OidcState>,
     /// The CA of the Spectro Proxy endpoint, when it replaces the cluster's own.
     proxy_certificate_authority: Option<PemBundle>,
+    /// Set when the cluster mints its admin credentials.
+    pub minting: Option<Minting>,
+}
+
+/// How a cluster that mints its admin credentials mints them (the tenant's settings with the
+/// cluster's own where it has them).
+#[derive(Debug, Clone)]
+pub struct Minting {
+    /// The certificates' O.
+    pub group: Arc<str>,
+    /// The CN's prefix before the caller's user name.
+    pub user_prefix: Arc<str>,
+    pub default_lifetime_seconds: u64,
+    pub max_lifetime_seconds: u64,
+    pub require_reason: bool,
 }
 
 /// Whether a cluster can be served.
@@ -510,9 +662,33 @@ impl std::fmt::Debug for Renderer<'_> {
 
 impl Renderer<'_> {
     pub fn render(&self, request: Request) -> Rendered {
+        self.cluster().render(request)
+    }
+
+    /// How the cluster mints, when it does.
+    pub fn minting(&self) -> Option<(&Minting, &ClientCa)> {
+        Some((
+            self.ready.minting.as_ref()?,
+            self.credentials.client_ca.as_ref()?,
+        ))
+    }
+
+    /// Whether the file for `request` carries the admin credential (minted per caller, when the
+    /// cluster mints).
+    pub fn carries_admin_credential(&self, request: Request) -> bool {
+        self.cluster().carries_admin_credential(request)
+    }
+
+    /// The file for `request` with `issued` as its admin credential.
+    pub fn render_with_admin(&self, request: Request, issued: &IssuedCertificate) -> Rendered {
+        self.cluster().render_with_admin(request, issued)
+    }
+
+    fn cluster(&self) -> Cluster {
         let spec = spec(
             self.record,
             self.credentials,
+            self.ready.minting.is_some(),
             &self.ready.oidc,
             self.proxy.map(|(server, record)| {
                 (
@@ -522,7 +698,7 @@ impl Renderer<'_> {
                 )
             }),
         );
-        Cluster::from_validated(spec).render(request)
+        Cluster::from_validated(spec)
     }
 }
 
@@ -558,6 +734,19 @@ pub fn prepare(record: &Arc<Record>, tenant: &Tenant) -> ClusterEntry {
                 .as_bytes(),
         );
     }
+    let settings = tenant.credentials();
+    digest.update(
+        format!(
+            "credentials:{:?}:{}:{}:{}:{}:{}",
+            settings.admin_credential.map(|m| m.as_str()),
+            settings.default_lifetime_seconds,
+            settings.max_lifetime_seconds,
+            settings.user_prefix,
+            settings.admin_group,
+            settings.require_reason_for_admin,
+        )
+        .as_bytes(),
+    );
     let revision = Revision(digest.finalize().into());
     let availability = match build(record, tenant) {
         Ok(ready) => Availability::Ready(ready),
@@ -583,6 +772,16 @@ pub enum Unusable {
     UnresolvedMacro(String),
     #[error("spectroProxy.enabled: the tenant file has no reverseProxy server")]
     NoProxyServer,
+    #[error(
+        "adminCredential: minted needs clientCa (the client CA's certificate and signing key) in the cluster file"
+    )]
+    MintedWithoutClientCa,
+    #[error(
+        "admin: required when the admin credential is static (give clientCertificate + clientKey, or token; or mint with clientCa)"
+    )]
+    NoAdminCredential,
+    #[error("{0}")]
+    ClientCa(String),
     #[error("{0}")]
     Render(#[from] kubeconfig_render::RenderError),
 }
@@ -628,17 +827,86 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Ready, Unusable> {
             )
         }
     };
-    Cluster::new(spec(record, credentials, &oidc, proxy))?;
+    let settings = tenant.credentials();
+    let mode = record
+        .admin_credential
+        .or(settings.admin_credential)
+        .unwrap_or(if credentials.client_ca.is_some() {
+            AdminCredentialMode::Minted
+        } else {
+            AdminCredentialMode::Static
+        });
+    let minting = match mode {
+        AdminCredentialMode::Static => {
+            if credentials.admin.is_none() {
+                return Err(Unusable::NoAdminCredential);
+            }
+            None
+        }
+        AdminCredentialMode::Minted => {
+            let ca = credentials
+                .client_ca
+                .as_ref()
+                .ok_or(Unusable::MintedWithoutClientCa)?;
+            check_client_ca(ca)?;
+            let group = ca
+                .admin_group
+                .clone()
+                .unwrap_or_else(|| Arc::from(settings.admin_group.as_str()));
+            if group.trim().is_empty() || group.chars().any(char::is_control) {
+                return Err(Unusable::ClientCa(
+                    "clientCa.adminGroup: must not be empty or hold control characters".to_owned(),
+                ));
+            }
+            let max = ca
+                .max_lifetime_seconds
+                .map_or(settings.max_lifetime_seconds, |m| {
+                    m.min(settings.max_lifetime_seconds)
+                });
+            if max < kubeconfig_policy::MIN_LIFETIME_SECONDS {
+                return Err(Unusable::ClientCa(format!(
+                    "clientCa.maxLifetimeSeconds: must be at least {}",
+                    kubeconfig_policy::MIN_LIFETIME_SECONDS
+                )));
+            }
+            Some(Minting {
+                group,
+                user_prefix: Arc::from(settings.user_prefix.as_str()),
+                default_lifetime_seconds: settings.default_lifetime_seconds.min(max),
+                max_lifetime_seconds: max,
+                require_reason: settings.require_reason_for_admin,
+            })
+        }
+    };
+    Cluster::new(spec(record, credentials, minting.is_some(), &oidc, proxy))?;
     Ok(Ready {
         oidc,
         proxy_certificate_authority,
+        minting,
     })
+}
+
+/// The cheap checks of a client CA, done at load: one certificate, and the key belongs to it. (That
+/// the certificate is a CA whose subject can be reproduced is checked when it first signs.)
+fn check_client_ca(ca: &ClientCa) -> Result<(), Unusable> {
+    use kubeconfig_render::credential;
+    let certificate = credential::single_certificate_key(&ca.certificate)
+        .map_err(|e| Unusable::ClientCa(format!("clientCa.certificate: {e}")))?;
+    match credential::key_matches(&ca.key, &certificate) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Unusable::ClientCa(
+            "clientCa.key: the key does not belong to the certificate in clientCa.certificate"
+                .to_owned(),
+        )),
+        Err(e) => Err(Unusable::ClientCa(format!("clientCa.key: {e}"))),
+    }
 }
 
 /// The renderer's input for a record under the tenant's settings: shares every credential and name.
 fn spec(
     record: &Record,
     credentials: &Credentials,
+    minted: bool,
     oidc: &OidcState,
     proxy: Option<(&ReverseProxy, &ProxyRecord, Option<PemBundle>)>,
 ) -> ClusterSpec {
@@ -647,7 +915,11 @@ fn spec(
         uid: Arc::clone(&record.uid),
         api_server: Arc::clone(&record.api_server),
         certificate_authority: credentials.certificate_authority.clone(),
-        admin: credentials.admin.clone(),
+        // A cluster that mints never renders its shared credential, whatever the file holds.
+        admin: match (&credentials.admin, minted) {
+            (Some(admin), false) => admin.clone(),
+            _ => AdminCredential::IssuedPerCaller,
+        },
         oidc: oidc.login().map(|login| kubeconfig_render::OidcLogin {
             issuer_url: login.issuer_url.clone(),
             client_id: login.client_id.clone(),

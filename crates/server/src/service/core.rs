@@ -16,12 +16,16 @@ use crate::auth::{self, Caller, Credentials, JwtVerifier};
 use crate::cached::CachedAsset;
 use crate::error::{CoreError, ErrorKind};
 use crate::inventory::Snapshot;
+use crate::ledger::{self, LedgerEntry};
 use crate::metrics::Metrics;
+use crate::minting::{self, MintOptions, MintedCredential, Minter};
 use crate::record::{Availability, ClusterEntry, ProblemCode};
 
 /// The default and largest page sizes of `ListClusters`.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
+/// The longest reason a caller may give, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
 /// Which distinct file a request gets: it names the cache entry and decides what is rendered, so the
 /// two can never disagree (a kubeconfig asked for through the proxy of a cluster without one is the
 /// direct file, under the direct file's key).
@@ -76,10 +80,12 @@ pub const NOT_FOUND_REASON: &str = "NOT_FOUND";
 #[derive(Debug)]
 pub struct Served {
     pub rendered: Arc<CachedAsset>,
-    /// Which cache tier answered.
+    /// Which cache tier answered (`render` for a file with a freshly minted credential).
     pub tier: Tier,
     pub cluster: Arc<ClusterEntry>,
     pub user: String,
+    /// The credential minted (or reused) for the caller, when the file carries one.
+    pub credential: Option<MintedCredential>,
 }
 
 /// The decision for one asset as reported to the caller.
@@ -143,6 +149,7 @@ pub struct Core {
     permits: Arc<Semaphore>,
     cache: Arc<dyn AssetCache<CachedAsset>>,
     metrics: Arc<Metrics>,
+    minter: Arc<Minter>,
 }
 
 impl std::fmt::Debug for Core {
@@ -151,6 +158,85 @@ impl std::fmt::Debug for Core {
             .field("jwt", &self.jwt)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks a credential serial (lowercase hex) before any lookup.
+fn check_serial(serial: &str) -> Result<(), CoreError> {
+    if !serial.is_empty()
+        && serial.len() <= 64
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(CoreError::bad_request(
+            "serial must be the lowercase hex serial of a minted credential",
+        ))
+    }
+}
+
+/// The DER of the first user entry's client certificate in a kubeconfig.
+fn client_certificate_of(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        users: Vec<Named>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        user: UserFields,
+    }
+    #[derive(serde::Deserialize)]
+    struct UserFields {
+        #[serde(rename = "client-certificate-data")]
+        client_certificate_data: Option<String>,
+    }
+    let file: File =
+        serde_norway::from_str(text).map_err(|e| format!("kubeconfig: not a kubeconfig: {e}"))?;
+    let data = file
+        .users
+        .into_iter()
+        .find_map(|u| u.user.client_certificate_data)
+        .ok_or("kubeconfig: no user entry with client-certificate-data")?;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| format!("client-certificate-data: not base64: {e}"))?;
+    let pem =
+        String::from_utf8(pem).map_err(|_| "client-certificate-data: not PEM text".to_owned())?;
+    let bundle = kubeconfig_render::PemBundle::parse(&pem, "CERTIFICATE")
+        .map_err(|e| format!("client-certificate-data: {e}"))?;
+    bundle
+        .blocks()
+        .find(|(label, _)| *label == "CERTIFICATE")
+        .map(|(_, der)| der.to_vec())
+        .ok_or_else(|| "client-certificate-data: no certificate".to_owned())
+}
+
+/// What `CheckKubeconfig` is given.
+#[derive(Debug, Clone, Copy)]
+pub enum CheckSubject<'a> {
+    Kubeconfig(&'a str),
+    Fingerprint(&'a str),
+}
+
+/// What `CheckKubeconfig` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialStatus {
+    Current,
+    Stale,
+    Expired,
+    Revoked,
+    Unknown,
+}
+
+/// A check's outcome: the status, why, and the ledger's entry for those allowed to see it.
+#[derive(Debug, Clone)]
+pub struct CredentialCheck {
+    pub status: CredentialStatus,
+    pub reason: String,
+    pub entry: Option<LedgerEntry>,
 }
 
 /// Checks a cluster uid before any lookup.
@@ -182,6 +268,7 @@ impl Core {
         max_concurrent_requests: usize,
         cache: Arc<dyn AssetCache<CachedAsset>>,
         metrics: Arc<Metrics>,
+        minter: Arc<Minter>,
     ) -> Self {
         Core {
             snapshot,
@@ -189,7 +276,13 @@ impl Core {
             permits: Arc::new(Semaphore::new(max_concurrent_requests)),
             cache,
             metrics,
+            minter,
         }
+    }
+
+    /// Minting's counters and ledger.
+    pub fn minter(&self) -> &Arc<Minter> {
+        &self.minter
     }
 
     /// The service's counters.
@@ -266,34 +359,53 @@ impl Core {
         (!permissions.is_empty()).then_some(permissions)
     }
 
-    /// Serves one asset after authenticating the caller and deciding.
+    /// Serves one asset after authenticating the caller and deciding. `options` matter only for a
+    /// file that carries a credential minted for the caller.
     pub async fn asset(
         &self,
         credentials: &Credentials,
         uid: &str,
         request: Request,
+        options: &MintOptions,
     ) -> Result<Served, CoreError> {
         let span = tracing::Span::current();
         let asset = asset_of(request);
         span.record("kubeconfig.asset", asset.as_str());
         let mut user = None;
         let result = self
-            .serve_asset(credentials, uid, request, &span, &mut user)
+            .serve_asset(credentials, uid, request, options, &span, &mut user)
             .await;
         // The audit trail: one event per asset request, whatever the outcome; never the content.
         let user = user.as_deref().unwrap_or("-");
         match &result {
-            Ok(served) => tracing::info!(
-                target: "audit",
-                user,
-                cluster = uid,
-                asset = asset.as_str(),
-                allowed = true,
-                request_id = %credentials.request_id,
-                sha256 = %served.rendered.0.etag,
-                tier = served.tier.as_str(),
-                "asset served"
-            ),
+            Ok(served) => match &served.credential {
+                None => tracing::info!(
+                    target: "audit",
+                    user,
+                    cluster = uid,
+                    asset = asset.as_str(),
+                    allowed = true,
+                    request_id = %credentials.request_id,
+                    sha256 = %served.rendered.0.etag,
+                    tier = served.tier.as_str(),
+                    "asset served"
+                ),
+                Some(credential) => tracing::info!(
+                    target: "audit",
+                    user,
+                    cluster = uid,
+                    asset = asset.as_str(),
+                    allowed = true,
+                    request_id = %credentials.request_id,
+                    sha256 = %served.rendered.0.etag,
+                    tier = served.tier.as_str(),
+                    serial = %credential.entry.serial,
+                    fingerprint = %credential.entry.fingerprint,
+                    reused = credential.reused,
+                    reason = %options.reason,
+                    "asset served"
+                ),
+            },
             Err(error) => tracing::info!(
                 target: "audit",
                 user,
@@ -313,6 +425,7 @@ impl Core {
         credentials: &Credentials,
         uid: &str,
         request: Request,
+        options: &MintOptions,
         span: &tracing::Span,
         user: &mut Option<String>,
     ) -> Result<Served, CoreError> {
@@ -354,6 +467,19 @@ impl Core {
                 return Err(CoreError::forbidden(denial.code.as_str(), denial.message));
             }
         };
+        if request == Request::AdminKubeconfig
+            && snapshot.tenant.credentials().require_reason_for_admin
+            && options.reason.trim().is_empty()
+        {
+            return Err(CoreError::bad_request(
+                "reason: this tenant requires a reason for every admin kubeconfig download",
+            ));
+        }
+        if options.reason.len() > MAX_REASON_BYTES {
+            return Err(CoreError::bad_request(format!(
+                "reason: at most {MAX_REASON_BYTES} bytes"
+            )));
+        }
         let variant = Variant::of(request, cluster.proxy_enabled);
         span.record("kubeconfig.variant", variant.as_str());
         let key = CacheKey::new(uid, variant.as_str(), cluster.revision, FORMAT_VERSION);
@@ -368,6 +494,36 @@ impl Core {
                 "the cluster cannot be served right now",
             )
         })?;
+        if let Some((minting, ca)) = renderer.minting()
+            && renderer.carries_admin_credential(variant.request())
+        {
+            // Per caller: never cached as a file (the credential is kept for reuse instead).
+            let credential = self
+                .minter
+                .credential(
+                    &caller.user,
+                    cluster,
+                    minting,
+                    ca,
+                    options,
+                    &credentials.request_id,
+                )
+                .await?;
+            let rendered = renderer.render_with_admin(variant.request(), &credential.certificate);
+            let tier = if credential.reused {
+                Tier::Memory
+            } else {
+                Tier::Render
+            };
+            span.record("kubeconfig.cache_tier", tier.as_str());
+            return Ok(Served {
+                rendered: Arc::new(CachedAsset(rendered)),
+                tier,
+                cluster: Arc::clone(cluster),
+                user: caller.user,
+                credential: Some(credential),
+            });
+        }
         let (rendered, tier) = self
             .cache
             .get_or_render(
@@ -381,6 +537,7 @@ impl Core {
             tier,
             cluster: Arc::clone(cluster),
             user: caller.user,
+            credential: None,
         })
     }
 
@@ -473,8 +630,15 @@ impl Core {
         uid: &str,
         request: Request,
     ) -> Result<Served, CoreError> {
-        self.serve_asset(credentials, uid, request, &tracing::Span::none(), &mut None)
-            .await
+        self.serve_asset(
+            credentials,
+            uid,
+            request,
+            &MintOptions::default(),
+            &tracing::Span::none(),
+            &mut None,
+        )
+        .await
     }
 
     /// The uids of every cluster visible to `caller` (optionally in one project), in order. Costs
@@ -501,6 +665,221 @@ impl Core {
             .collect();
         uids.sort_unstable();
         uids
+    }
+
+    /// The caller's permissions on a cluster in service, if it can see it.
+    fn permissions_on(
+        snapshot: &Snapshot,
+        caller: &Caller,
+        uid: &str,
+    ) -> Option<(Arc<ClusterEntry>, ClusterPermissions)> {
+        let cluster = snapshot.clusters.get(uid)?;
+        let permissions = Self::visible(snapshot, caller, cluster)?;
+        Some((Arc::clone(cluster), permissions))
+    }
+
+    /// Whether the caller may see a ledger entry's details: its own user, or an admin of its cluster.
+    fn may_see_entry(snapshot: &Snapshot, caller: &Caller, entry: &LedgerEntry) -> bool {
+        entry.issued_to == caller.user
+            || Self::permissions_on(snapshot, caller, &entry.cluster)
+                .is_some_and(|(_, p)| may_download_admin(snapshot.tenant.policy(), p))
+    }
+
+    /// Whether a minted credential is still current (see `CheckKubeconfig`).
+    pub async fn check_credential(
+        &self,
+        credentials: &Credentials,
+        subject: CheckSubject<'_>,
+    ) -> Result<CredentialCheck, CoreError> {
+        self.in_service()?;
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot)?;
+        let now = ledger::unix_seconds(std::time::SystemTime::now());
+        let (fingerprint, certificate_expiry) = match subject {
+            CheckSubject::Fingerprint(fingerprint) => {
+                let fingerprint = fingerprint.trim().to_ascii_lowercase().replace(':', "");
+                if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(CoreError::bad_request(
+                        "fingerprint: expected the SHA-256 of the certificate, 64 hex characters",
+                    ));
+                }
+                (fingerprint, None)
+            }
+            CheckSubject::Kubeconfig(text) => {
+                let der = client_certificate_of(text).map_err(CoreError::bad_request)?;
+                let facts = kubeconfig_mint::inspect(&der)
+                    .map_err(|e| CoreError::bad_request(format!("client-certificate-data: {e}")))?;
+                (
+                    facts.fingerprint,
+                    Some(ledger::unix_seconds(facts.not_after)),
+                )
+            }
+        };
+        let unknown = |reason: &str| CredentialCheck {
+            status: CredentialStatus::Unknown,
+            reason: reason.to_owned(),
+            entry: None,
+        };
+        let entry = self
+            .minter
+            .ledger()
+            .by_fingerprint(&fingerprint)
+            .await
+            .map_err(|e| CoreError::new(ErrorKind::Unavailable, e.to_string()))?;
+        let Some(entry) = entry else {
+            if certificate_expiry.is_some_and(|expiry| expiry <= now) {
+                return Ok(CredentialCheck {
+                    status: CredentialStatus::Expired,
+                    reason: "the certificate has expired".to_owned(),
+                    entry: None,
+                });
+            }
+            return Ok(unknown(
+                "not a credential this service issued, or one it no longer remembers",
+            ));
+        };
+        let visible = Self::permissions_on(&snapshot, &caller, &entry.cluster);
+        if visible.is_none() && entry.issued_to != caller.user {
+            return Ok(unknown(
+                "not a credential this service issued, or one it no longer remembers",
+            ));
+        }
+        let detailed = Self::may_see_entry(&snapshot, &caller, &entry);
+        let (status, reason) = if let Some(revocation) = &entry.revoked {
+            (
+                CredentialStatus::Revoked,
+                format!("revoked by {}: {}", revocation.by, revocation.reason),
+            )
+        } else if entry.not_after <= now {
+            (
+                CredentialStatus::Expired,
+                "the certificate has expired".to_owned(),
+            )
+        } else {
+            match snapshot.clusters.get(entry.cluster.as_str()) {
+                None => (
+                    CredentialStatus::Stale,
+                    "the cluster is no longer in the inventory".to_owned(),
+                ),
+                Some(cluster) => {
+                    let current = minting::cluster_digest(cluster, cluster.record.client_ca());
+                    if current == entry.cluster_digest {
+                        (CredentialStatus::Current, String::new())
+                    } else {
+                        (
+                            CredentialStatus::Stale,
+                            "the cluster's API server, CA or client CA changed since it was issued; download a new file"
+                                .to_owned(),
+                        )
+                    }
+                }
+            }
+        };
+        Ok(CredentialCheck {
+            status,
+            reason,
+            entry: detailed.then_some(entry),
+        })
+    }
+
+    /// Revokes a minted credential (its own user or an admin of its cluster).
+    pub async fn revoke_credential(
+        &self,
+        credentials: &Credentials,
+        serial: &str,
+        reason: &str,
+    ) -> Result<LedgerEntry, CoreError> {
+        self.in_service()?;
+        check_serial(serial)?;
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(CoreError::bad_request(format!(
+                "reason: at most {MAX_REASON_BYTES} bytes"
+            )));
+        }
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot)?;
+        let ledger = self.minter.ledger();
+        let unavailable =
+            |e: ledger::LedgerError| CoreError::new(ErrorKind::Unavailable, e.to_string());
+        let not_found = || {
+            CoreError::new(
+                ErrorKind::NotFound,
+                format!("credential {serial} not found"),
+            )
+        };
+        let mut entry = ledger
+            .by_serial(serial)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(not_found)?;
+        if !Self::may_see_entry(&snapshot, &caller, &entry) {
+            return Err(not_found());
+        }
+        if entry.revoked.is_none() {
+            entry.revoked = Some(ledger::Revocation {
+                at: ledger::unix_seconds(std::time::SystemTime::now()),
+                by: caller.user.clone(),
+                reason: reason.to_owned(),
+            });
+            ledger.record(&entry).await.map_err(unavailable)?;
+            tracing::info!(
+                target: "audit",
+                user = %caller.user,
+                cluster = %entry.cluster,
+                serial = %entry.serial,
+                fingerprint = %entry.fingerprint,
+                reason,
+                request_id = %credentials.request_id,
+                "credential revoked"
+            );
+        }
+        Ok(entry)
+    }
+
+    /// One page of a cluster's unexpired minted credentials (admins of the cluster).
+    pub async fn issued_credentials(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<LedgerEntry>, String), CoreError> {
+        self.in_service()?;
+        check_uid(uid)?;
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(CoreError::bad_request("page_size must not be negative")),
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        if !page_token.is_empty() {
+            check_serial(page_token).map_err(|_| {
+                CoreError::bad_request("page_token is not a token this service issued")
+            })?;
+        }
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot)?;
+        let (_, permissions) = Self::permissions_on(&snapshot, &caller, uid)
+            .ok_or_else(|| CoreError::not_found(uid))?;
+        if !may_download_admin(snapshot.tenant.policy(), permissions) {
+            return Err(CoreError::forbidden(
+                "ADMIN_REQUIRED",
+                "listing issued credentials needs the permissions to download the admin kubeconfig",
+            ));
+        }
+        let now = ledger::unix_seconds(std::time::SystemTime::now());
+        let mut page = self
+            .minter
+            .ledger()
+            .page(uid, page_token, size + 1, now)
+            .await
+            .map_err(|e| CoreError::new(ErrorKind::Unavailable, e.to_string()))?;
+        let next = if page.len() > size {
+            page.truncate(size);
+            page.last().map(|e| e.serial.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((page, next))
     }
 
     /// The name and project of a cluster in service, if any.
@@ -620,6 +999,12 @@ mod tests {
         }
     }
 
+    fn minter() -> Arc<Minter> {
+        Arc::new(Minter::new(
+            Arc::new(crate::ledger::MemoryLedger::default()),
+        ))
+    }
+
     fn core(cache: Arc<RecordingCache>) -> Core {
         let (_, snapshot, _) = Inventory::load(Origin::Demo).unwrap();
         Core::new(
@@ -628,6 +1013,7 @@ mod tests {
             8,
             cache,
             Arc::new(Metrics::default()),
+            minter(),
         )
     }
 
@@ -685,6 +1071,7 @@ mod tests {
             8,
             Arc::new(RecordingCache::default()),
             Arc::new(Metrics::default()),
+            minter(),
         );
         let refused = core.admit().expect_err("refused while loading");
         assert_eq!(refused.kind(), ErrorKind::Unavailable);
@@ -730,7 +1117,10 @@ mod tests {
             ),
         ];
         for (credentials, uid, request, kind) in refused {
-            let error = core.asset(&credentials, uid, request).await.unwrap_err();
+            let error = core
+                .asset(&credentials, uid, request, &MintOptions::default())
+                .await
+                .unwrap_err();
             assert_eq!(error.kind(), kind, "{uid} {request:?}");
         }
         assert!(
@@ -743,6 +1133,7 @@ mod tests {
                 &key("demo-viewer-key"),
                 PROD_EAST,
                 Request::Kubeconfig { frp: false },
+                &MintOptions::default(),
             )
             .await
             .unwrap();

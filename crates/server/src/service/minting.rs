@@ -1,0 +1,296 @@
+//! Minting admin credentials for a caller: the lifetime (asked for, clamped), reuse of a credential
+//! issued earlier while more than half its lifetime remains, the mint itself, the ledger entry (before
+//! the credential is handed out: a credential the ledger does not know is never served) and the audit
+//! event. The access decision is made before, by the core; this only decides what an allowed caller
+//! receives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use kubeconfig_mint::{ClientPublicKey, KeySource, Subject, Validity};
+use kubeconfig_policy::MIN_LIFETIME_SECONDS;
+use kubeconfig_render::{IssuedCertificate, PemBundle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{CoreError, ErrorKind};
+use crate::ledger::{Ledger, LedgerEntry, unix_seconds};
+use crate::record::{ClientCa, ClusterEntry, Minting};
+
+/// What the caller asks of a minted credential.
+#[derive(Debug, Clone, Default)]
+pub struct MintOptions {
+    /// The lifetime asked for; the cluster's default when `None`.
+    pub expiration_seconds: Option<i64>,
+    /// The caller's own key (a `PUBLIC KEY` or `CERTIFICATE REQUEST` PEM block).
+    pub client_key: Option<String>,
+    /// Why the caller needs the file.
+    pub reason: String,
+}
+
+/// A credential for one caller: what goes into the file, and the ledger's record of it.
+#[derive(Debug, Clone)]
+pub struct MintedCredential {
+    pub certificate: IssuedCertificate,
+    pub entry: LedgerEntry,
+    /// Whether it was issued earlier and reused.
+    pub reused: bool,
+}
+
+/// Counters of minting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MintStats {
+    pub minted: u64,
+    pub reused: u64,
+    pub ledger_failures: u64,
+}
+
+/// Mints and reuses credentials, recording each in the ledger.
+pub struct Minter {
+    ledger: Arc<dyn Ledger>,
+    /// Concurrent requests for the same credential wait for each other (by key hash), so a burst
+    /// mints once and the rest reuse.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    minted: AtomicU64,
+    reused: AtomicU64,
+    ledger_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter")
+            .field("ledger", &self.ledger.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A credential kept for reuse (sealed when it is in Redis).
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    serial: String,
+    certificate: String,
+    key: Option<String>,
+}
+
+/// Hex SHA-256 over what a minted credential depends on in the cluster: the API server, the cluster CA
+/// and the client CA. A credential recorded with another value is stale.
+pub fn cluster_digest(cluster: &ClusterEntry, ca: Option<&ClientCa>) -> String {
+    let mut digest = Sha256::new();
+    digest.update(cluster.record.api_server().as_bytes());
+    digest.update([0]);
+    digest.update(cluster.record.certificate_authority_der());
+    digest.update([0]);
+    if let Some(ca) = ca {
+        digest.update(ca.certificate_der());
+    }
+    hex::encode(digest.finalize())
+}
+
+impl Minter {
+    pub fn new(ledger: Arc<dyn Ledger>) -> Self {
+        Minter {
+            ledger,
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            minted: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            ledger_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    pub fn stats(&self) -> MintStats {
+        MintStats {
+            minted: self.minted.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+            ledger_failures: self.ledger_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The lifetime granted for `asked` (seconds), and whether it was cut to the maximum.
+    pub fn lifetime(minting: &Minting, asked: Option<i64>) -> Result<(u64, u64, bool), CoreError> {
+        let requested = match asked {
+            None => minting.default_lifetime_seconds,
+            Some(seconds) if seconds < MIN_LIFETIME_SECONDS as i64 => {
+                return Err(CoreError::bad_request(format!(
+                    "expiration_seconds must be at least {MIN_LIFETIME_SECONDS} (got {seconds})"
+                )));
+            }
+            Some(seconds) => seconds as u64,
+        };
+        let granted = requested.min(minting.max_lifetime_seconds);
+        Ok((requested, granted, granted < requested))
+    }
+
+    /// A credential for `user` on `cluster`: reused when one issued for the same user, cluster
+    /// revision, key and lifetime has more than half its lifetime left (and is not revoked), else
+    /// minted and recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn credential(
+        &self,
+        user: &str,
+        cluster: &ClusterEntry,
+        minting: &Minting,
+        ca: &ClientCa,
+        options: &MintOptions,
+        request_id: &str,
+    ) -> Result<MintedCredential, CoreError> {
+        let (requested, granted, clamped) = Self::lifetime(minting, options.expiration_seconds)?;
+        let client_key = options
+            .client_key
+            .as_deref()
+            .map(ClientPublicKey::from_pem)
+            .transpose()
+            .map_err(|e| CoreError::bad_request(format!("public_key/csr: {e}")))?;
+        let key_kind = client_key.as_ref().map_or_else(
+            || "generated-p256".to_owned(),
+            |k| format!("spki-{}", k.digest()),
+        );
+        let reuse_key = hex::encode(Sha256::digest(
+            format!(
+                "{user}\0{}\0{}\0{key_kind}\0{granted}",
+                cluster.uid(),
+                cluster.revision
+            )
+            .as_bytes(),
+        ));
+        let stripe = usize::from(Sha256::digest(reuse_key.as_bytes())[0]) % self.stripes.len();
+        let _turn = self.stripes[stripe].lock().await;
+        let now = SystemTime::now();
+        if let Some(mut kept) = self.reusable(&reuse_key, granted, now).await {
+            kept.entry.requested_seconds = requested;
+            kept.entry.clamped = clamped;
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(kept);
+        }
+        let authority = ca.authority().map_err(|reason| {
+            tracing::error!(cluster = %cluster.uid(), %reason, "the client CA cannot sign");
+            CoreError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "cluster {} cannot mint admin credentials: {reason}",
+                    cluster.name()
+                ),
+            )
+        })?;
+        let common_name = format!("{}{user}", minting.user_prefix);
+        let issued = authority
+            .issue(
+                Subject {
+                    common_name: &common_name,
+                    organization: Some(&minting.group),
+                },
+                Validity {
+                    not_before: now - Duration::from_secs(60),
+                    not_after: now + Duration::from_secs(granted),
+                },
+                client_key
+                    .as_ref()
+                    .map_or(KeySource::Generate, KeySource::Client),
+            )
+            .map_err(|e| CoreError::bad_request(e.to_string()))?;
+        let entry = LedgerEntry {
+            serial: issued.serial.clone(),
+            fingerprint: issued.fingerprint.clone(),
+            cluster: cluster.uid().to_string(),
+            kubernetes_user: common_name,
+            kubernetes_group: minting.group.to_string(),
+            issued_to: user.to_owned(),
+            issued_at: unix_seconds(now),
+            not_before: unix_seconds(issued.not_before),
+            not_after: unix_seconds(issued.not_after),
+            requested_seconds: requested,
+            granted_seconds: granted,
+            clamped,
+            caller_key: client_key.is_some(),
+            reason: options.reason.clone(),
+            request_id: request_id.to_owned(),
+            cluster_digest: cluster_digest(cluster, Some(ca)),
+            revoked: None,
+        };
+        if let Err(error) = self.ledger.record(&entry).await {
+            self.ledger_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(cluster = %cluster.uid(), %error, "a minted credential could not be recorded; it was not served");
+            return Err(CoreError::new(
+                ErrorKind::Unavailable,
+                "the credential ledger cannot be written right now, so no credential was issued; retry shortly",
+            ));
+        }
+        let certificate = IssuedCertificate {
+            certificate: PemBundle::from_der("CERTIFICATE", &issued.certificate_der),
+            key: issued
+                .private_key
+                .as_ref()
+                .map(|key| PemBundle::from_der("PRIVATE KEY", key.pkcs8_der())),
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let kept = Kept {
+            serial: entry.serial.clone(),
+            certificate: b64.encode(&issued.certificate_der),
+            key: issued
+                .private_key
+                .as_ref()
+                .map(|k| b64.encode(k.pkcs8_der())),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&kept) {
+            self.ledger
+                .keep_reusable(&reuse_key, bytes, Duration::from_secs(granted / 2))
+                .await;
+        }
+        self.minted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            target: "audit",
+            user,
+            cluster = %cluster.uid(),
+            serial = %entry.serial,
+            fingerprint = %entry.fingerprint,
+            kubernetes_user = %entry.kubernetes_user,
+            not_after = entry.not_after,
+            granted_seconds = granted,
+            clamped,
+            caller_key = entry.caller_key,
+            reason = %entry.reason,
+            request_id,
+            "credential issued"
+        );
+        Ok(MintedCredential {
+            certificate,
+            entry,
+            reused: false,
+        })
+    }
+
+    /// A kept credential that may still be handed out: recorded, not revoked, and more than half of
+    /// `granted` left.
+    async fn reusable(&self, key: &str, granted: u64, now: SystemTime) -> Option<MintedCredential> {
+        let bytes = self.ledger.reusable(key).await?;
+        let kept: Kept = serde_json::from_slice(&bytes).ok()?;
+        let entry = self.ledger.by_serial(&kept.serial).await.ok()??;
+        let left = entry.not_after.saturating_sub(unix_seconds(now));
+        if entry.revoked.is_some() || left * 2 <= granted {
+            return None;
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let certificate_der = b64.decode(kept.certificate).ok()?;
+        // The kept certificate must be the one the ledger recorded under that serial.
+        if hex::encode(Sha256::digest(&certificate_der)) != entry.fingerprint {
+            return None;
+        }
+        let key = match kept.key {
+            Some(key) => Some(PemBundle::from_der("PRIVATE KEY", &b64.decode(key).ok()?)),
+            None => None,
+        };
+        Some(MintedCredential {
+            certificate: IssuedCertificate {
+                certificate: PemBundle::from_der("CERTIFICATE", &certificate_der),
+                key,
+            },
+            entry,
+            reused: true,
+        })
+    }
+}
