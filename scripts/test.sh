@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the Rust workspace (unit, property, golden, end-to-end) and the Python
 # client suites (grpcurl, grpcio, the Kubernetes Python loader, the README examples).
-# Installs what the tests need when it is missing: redis-server (Debian package), and a virtualenv in
+# Installs what the tests need when it is missing: redis-server, openssl and kubectl (Debian packages),
+# and a virtualenv in
 # .venv with the Python clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# kubectl signs in with minted admin kubeconfigs in the credentials suite.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]}"

@@ -26,6 +26,48 @@ header() {
   echo "# deploy/demo/generate.sh, is public, and protects nothing."
 }
 
+# prod-minted: a kubeadm-style cluster whose CA is also its client CA; the service holds the CA's key and
+# mints a short-lived client certificate per caller instead of handing out a shared admin credential.
+minted() {
+  openssl ecparam -name prime256v1 -genkey -noout -out "$work/prod-minted-ca.key"
+  openssl req -x509 -new -key "$work/prod-minted-ca.key" -days 36500 \
+    -subj "/CN=prod-minted demo cluster CA (DEMO ONLY)" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$work/prod-minted-ca.crt" 2>/dev/null
+  { header; cat <<EOF
+# A kubeadm-style cluster with OIDC configured whose admin credential is minted: the file holds the
+# client CA (here the cluster CA, as kubeadm sets it up) and its signing key, and no shared admin
+# credential. Each admin kubeconfig carries a client certificate issued for the caller (CN
+# kubeconfigd:admin:<user>, O system:masters), valid for an hour unless asked otherwise.
+uid: 6470a2b1c5e6f1a2b3c4d5e7
+name: prod-minted
+project: platform
+apiServer: https://10.40.0.10:6443
+certificateAuthority: |
+$(indent "$work/prod-minted-ca.crt")
+adminCredential: minted
+clientCa:
+  certificate: |
+$(indent "$work/prod-minted-ca.crt")
+  key: |
+$(indent "$work/prod-minted-ca.key")
+kubernetesPack:
+  name: kubernetes
+  version: "1.30.0"
+  values: |
+    kubeadmconfig:
+      apiServer:
+        extraArgs:
+          oidc-issuer-url: https://idp.demo.test/realms/platform
+          oidc-client-id: k8s-prod-minted
+      clientConfig:
+        oidc-issuer-url: https://idp.demo.test/realms/platform
+        oidc-client-id: k8s-prod-minted
+EOF
+  } > inventory/prod-minted.yaml
+}
+if [ "${1:-}" = "--minted-only" ]; then minted; echo "prod-minted regenerated"; exit 0; fi
+
 ca prod-east; admin_rsa prod-east
 { header; cat <<EOF
 # PXK cluster with OIDC properly configured and the Spectro Proxy enabled.
@@ -193,4 +235,5 @@ kubernetesPack:
         oidc-client-id: k8s-staging
 EOF
 } > inventory/broken-staging.yaml
+minted
 echo "demo inventory regenerated"

@@ -52,7 +52,7 @@ def test_every_rpc(demo, stubs):
         assert len(listed.clusters) == 2 and listed.next_page_token
         rest = client.ListClusters(pb.ListClustersRequest(page_size=10, page_token=listed.next_page_token), metadata=key("demo-admin-key"))
         names = [c.name for c in listed.clusters] + [c.name for c in rest.clusters]
-        assert sorted(names) == sorted(["prod-east", "edge-store-42", "eks-analytics", "edge-factory-7", "broken-staging"])
+        assert sorted(names) == sorted(["prod-east", "edge-store-42", "eks-analytics", "edge-factory-7", "prod-minted", "broken-staging"])
         broken = [c for c in rest.clusters if c.name == "broken-staging"][0]
         assert broken.status == pb.CLUSTER_STATUS_UNAVAILABLE and broken.problems
 

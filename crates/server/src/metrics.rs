@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kubeconfig_cache::CacheStats;
+
+use crate::minting::MintStats;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
@@ -50,6 +52,35 @@ impl Default for OtelInstruments {
 
 /// One metric family for the text exposition: name, type, help and its (labels, value) samples.
 type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+
+fn minting_families(minting: &MintStats) -> Vec<Family> {
+    vec![
+        (
+            "kubeconfigd_credentials_minted_total",
+            "counter",
+            "Admin credentials minted (a client certificate signed per caller) and recorded in the ledger.",
+            single(minting.minted),
+        ),
+        (
+            "kubeconfigd_credentials_reused_total",
+            "counter",
+            "Requests answered with a credential minted earlier for the same caller, cluster, key and lifetime (more than half its lifetime left).",
+            single(minting.reused),
+        ),
+        (
+            "kubeconfigd_credential_ledger_failures_total",
+            "counter",
+            "Minted credentials not served because the ledger could not record them.",
+            single(minting.ledger_failures),
+        ),
+        (
+            "kubeconfigd_credential_ledger_forged_total",
+            "counter",
+            "Ledger values read back from Redis that did not authenticate (not written by a replica).",
+            single(minting.forged),
+        ),
+    ]
+}
 
 fn single(value: u64) -> Vec<(String, u64)> {
     vec![(String::new(), value)]
@@ -209,12 +240,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, cache: &CacheStats) -> String {
+    pub fn render(&self, cache: &CacheStats, minting: &MintStats) -> String {
         let mut out = String::new();
         let families = [
             self.call_families(),
             cache_families(cache),
             self.service_families(),
+            minting_families(minting),
         ];
         for (name, kind, help, samples) in families.into_iter().flatten() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

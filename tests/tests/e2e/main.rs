@@ -4,6 +4,7 @@
 mod access_matrix;
 mod api_behaviour;
 mod cache;
+mod credentials;
 mod hostile;
 mod jwt;
 mod metrics;

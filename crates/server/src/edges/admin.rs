@@ -51,7 +51,10 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = state.core.metrics().render(&state.core.cache_stats());
+    let body = state
+        .core
+        .metrics()
+        .render(&state.core.cache_stats(), &state.core.minter().stats());
     (
         [(
             header::CONTENT_TYPE,

@@ -24,6 +24,10 @@ pub const CLUSTERS: &[(&str, &str)] = &[
         include_str!("../../../../deploy/demo/inventory/edge-factory-7.yaml"),
     ),
     (
+        "prod-minted.yaml",
+        include_str!("../../../../deploy/demo/inventory/prod-minted.yaml"),
+    ),
+    (
         "broken-staging.yaml",
         include_str!("../../../../deploy/demo/inventory/broken-staging.yaml"),
     ),

@@ -45,6 +45,8 @@ pub struct MintStats {
     pub minted: u64,
     pub reused: u64,
     pub ledger_failures: u64,
+    /// Ledger values read back that did not authenticate.
+    pub forged: u64,
 }
 
 /// Mints and reuses credentials, recording each in the ledger.
@@ -108,6 +110,7 @@ impl Minter {
             minted: self.minted.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
             ledger_failures: self.ledger_failures.load(Ordering::Relaxed),
+            forged: self.ledger.forged(),
         }
     }
 
