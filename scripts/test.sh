@@ -2,8 +2,7 @@
 # Runs every test of the project: the Rust workspace (unit, property, golden, end-to-end) and the Python
 # client suites (grpcurl, grpcio, the Kubernetes Python loader, the README examples).
 # Installs what the tests need when it is missing: redis-server, openssl and kubectl (Debian packages),
-# and a virtualenv in
-# .venv with the Python clients.
+# and a virtualenv in .venv with the Python clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

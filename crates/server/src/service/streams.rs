@@ -7,6 +7,10 @@
 //! a decision that now denies (`Revoked`), a cluster gone or no longer visible (`Removed`), a broken
 //! record (`Unavailable`). A credential that no longer authenticates ends the watch.
 //!
+//! A file carrying a credential minted for the caller is also evaluated again once that credential is
+//! past half its lifetime, which mints a fresh one: a watcher always holds a credential with at least
+//! half its lifetime left.
+//!
 //! Slow consumers never hold anyone up: the feed is a broadcast that never waits, each watch has a
 //! small buffer, and a watch that falls behind the feed re-evaluates everything it watches, which
 //! sends the latest state of each file once (coalescing whatever it missed).
@@ -26,6 +30,9 @@ use crate::feed::Feed;
 
 /// Events buffered per watch before it waits for its consumer.
 const BUFFER: usize = 32;
+
+/// How soon a file whose minted credential could not be renewed is tried again.
+const RENEWAL_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a watch follows.
 #[derive(Debug, Clone, Default)]
@@ -232,6 +239,7 @@ impl Watchers {
             tx,
             stop: self.stop.clone(),
             tenant: Arc::clone(&self.core.snapshot().tenant),
+            renewals: BTreeSet::new(),
         };
         tokio::spawn(watch.run(changes, generations, admission));
         Ok(rx)
@@ -277,6 +285,17 @@ struct Watch {
     stop: watch::Receiver<bool>,
     /// The tenant the last full evaluation saw: a new one may change any decision.
     tenant: Arc<kubeconfig_policy::Tenant>,
+    /// Files carrying a minted credential, by when to evaluate them again: once the credential is
+    /// past half its lifetime, so that a fresh one is sent long before the held one expires.
+    renewals: BTreeSet<(tokio::time::Instant, String, Asset)>,
+}
+
+/// Sleeps until the earliest renewal, or forever when there is none.
+async fn next_renewal(renewals: &BTreeSet<(tokio::time::Instant, String, Asset)>) {
+    match renewals.first() {
+        Some((at, _, _)) => tokio::time::sleep_until(*at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn shutting_down() -> CoreError {
@@ -328,7 +347,7 @@ impl Watch {
             loop {
                 // Every applied change bumps the generation after its feed events are published, so
                 // waking on the generation and then draining the feed sees all of them.
-                tokio::select! {
+                let renew = tokio::select! {
                     biased;
                     _ = self.stop.wait_for(|stop| *stop) => return Err(End::Error(shutting_down())),
                     () = self.tx.closed() => return Err(End::Gone),
@@ -336,7 +355,20 @@ impl Watch {
                         if result.is_err() {
                             return Err(End::Gone);
                         }
+                        false
                     }
+                    () = next_renewal(&self.renewals) => true,
+                };
+                if renew {
+                    let now = tokio::time::Instant::now();
+                    while let Some((at, uid, asset)) = self.renewals.first().cloned() {
+                        if at > now {
+                            break;
+                        }
+                        self.renewals.pop_first();
+                        self.evaluate_file(&uid, asset).await?;
+                    }
+                    continue;
                 }
                 let (uids, mut everything) = drain(&mut changes);
                 let tenant = Arc::clone(&self.core.snapshot().tenant);
@@ -420,6 +452,35 @@ impl Watch {
             && error.kind() == ErrorKind::Unauthenticated
         {
             return Err(End::Error(error.clone()));
+        }
+        let was_renewing = self
+            .renewals
+            .iter()
+            .any(|(_, u, a)| u == uid && *a == asset);
+        self.renewals.retain(|(_, u, a)| !(u == uid && *a == asset));
+        if was_renewing
+            && let Err(error) = &outcome
+            && error.kind() == ErrorKind::Unavailable
+        {
+            // Minting failed (ledger down, CA unusable): try again shortly, not only at the next
+            // change, so that the file is renewed as soon as it can be.
+            self.renewals.insert((
+                tokio::time::Instant::now() + RENEWAL_RETRY,
+                uid.to_owned(),
+                asset,
+            ));
+        }
+        if let Ok(served) = &outcome
+            && let Some(credential) = &served.credential
+        {
+            let entry = &credential.entry;
+            let now = crate::ledger::unix_seconds(std::time::SystemTime::now());
+            // Half the lifetime after issue, plus a second: reuse stops there, so the next
+            // evaluation mints afresh.
+            let half = entry.issued_at + entry.granted_seconds / 2 + 1;
+            let wait = std::time::Duration::from_secs(half.saturating_sub(now).max(1));
+            self.renewals
+                .insert((tokio::time::Instant::now() + wait, uid.to_owned(), asset));
         }
         let Some(next) = next_state(self.sent.get(&key), &outcome, explicit) else {
             return Ok(());
