@@ -127,6 +127,10 @@ pub struct Args {
     /// Calls served at once; more are refused with 429 / RESOURCE_EXHAUSTED.
     #[arg(long, env = "KUBECONFIGD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
+    /// Admin credentials minted per caller per minute on this server (a credential reused does not
+    /// count); more are refused with 429 / RESOURCE_EXHAUSTED. 0: no limit.
+    #[arg(long, env = "KUBECONFIGD_MAX_MINTS_PER_MINUTE", default_value_t = 60)]
+    pub max_mints_per_minute: u32,
     /// `WatchKubeconfigs` streams open at once on this server; more are refused with
     /// RESOURCE_EXHAUSTED (REST long-polls count as calls, not streams).
     #[arg(long, env = "KUBECONFIGD_MAX_WATCH_STREAMS", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -268,6 +272,7 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     pub request_timeout: Duration,
     pub max_concurrent_requests: u32,
+    pub max_mints_per_minute: u32,
     pub watch: crate::streams::WatchLimits,
     pub shutdown_grace: Duration,
     pub shutdown_delay: Duration,
@@ -315,6 +320,7 @@ impl Config {
             jwt_max_lifetime: _,      // jwt_of
             request_timeout,
             max_concurrent_requests,
+            max_mints_per_minute,
             max_watch_streams,
             max_watch_streams_per_caller,
             shutdown_grace,
@@ -364,6 +370,7 @@ impl Config {
             rest: !no_rest,
             request_timeout: *request_timeout,
             max_concurrent_requests: *max_concurrent_requests,
+            max_mints_per_minute: *max_mints_per_minute,
             watch: crate::streams::WatchLimits {
                 total: *max_watch_streams as usize,
                 per_caller: *max_watch_streams_per_caller as usize,

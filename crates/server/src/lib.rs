@@ -86,7 +86,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(ArcSwap::from_pointee(inventory::Snapshot::loading()));
     let (cache, ledger) = cache_of(&config);
-    let minter = Arc::new(minting::Minter::new(ledger));
+    let minter =
+        Arc::new(minting::Minter::new(ledger).with_rate_limit(config.max_mints_per_minute));
     let jwt = config
         .jwt
         .as_ref()

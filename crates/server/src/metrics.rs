@@ -74,6 +74,12 @@ fn minting_families(minting: &MintStats) -> Vec<Family> {
             single(minting.ledger_failures),
         ),
         (
+            "kubeconfigd_credential_mints_rate_limited_total",
+            "counter",
+            "Mints refused because the caller reached --max-mints-per-minute.",
+            single(minting.rate_limited),
+        ),
+        (
             "kubeconfigd_credential_ledger_forged_total",
             "counter",
             "Ledger values read back from Redis that did not authenticate (not written by a replica).",

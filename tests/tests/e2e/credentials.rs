@@ -854,3 +854,60 @@ async fn two_replicas_share_one_ledger_reuse_list_check_and_revoke() {
     .await;
     assert!(stale, "a rotated CA makes the credential stale");
 }
+
+#[tokio::test]
+async fn fresh_mints_are_limited_per_caller_and_reuse_is_not() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let mut args = fixture.args();
+    args.extend(["--max-mints-per-minute".to_owned(), "2".to_owned()]);
+    let server = Server::start(&args).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    let ask = |seconds: i64| {
+        with_key(
+            GetAdminKubeconfigRequest {
+                expiration_seconds: Some(seconds),
+                ..admin_request(MINTED_A)
+            },
+            ADMIN,
+        )
+    };
+    // The limit is per minute: a window that turns over between the calls gets a second attempt.
+    let mut limited = None;
+    for attempt in 0..2_i64 {
+        let base = 600 + attempt * 1000;
+        client.get_admin_kubeconfig(ask(base)).await.expect("first");
+        client
+            .get_admin_kubeconfig(ask(base + 100))
+            .await
+            .expect("second");
+        if let Err(status) = client.get_admin_kubeconfig(ask(base + 200)).await {
+            limited = Some(status);
+            break;
+        }
+    }
+    let limited = limited.expect("the third mint within a minute is refused");
+    assert_eq!(
+        limited.code(),
+        tonic::Code::ResourceExhausted,
+        "{limited:?}"
+    );
+    assert!(
+        limited.message().contains("per caller per minute"),
+        "{}",
+        limited.message()
+    );
+    // Reuse is not a mint: still served.
+    let reused = client.get_admin_kubeconfig(ask(600)).await.expect("reused");
+    assert!(reused.into_inner().credential.unwrap().reused);
+    // Another caller has a budget of their own.
+    client
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), "matrix-project-admin"))
+        .await
+        .expect("another caller");
+    let counted = metrics(&server).await.unwrap();
+    assert_eq!(
+        counted["kubeconfigd_credential_mints_rate_limited_total"],
+        1.0
+    );
+    assert_eq!(counted["kubeconfigd_credentials_minted_total"], 3.0);
+}

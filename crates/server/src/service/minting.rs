@@ -45,6 +45,8 @@ pub struct MintStats {
     pub minted: u64,
     pub reused: u64,
     pub ledger_failures: u64,
+    /// Mints refused by the per-caller rate limit.
+    pub rate_limited: u64,
     /// Ledger values read back that did not authenticate.
     pub forged: u64,
 }
@@ -58,6 +60,17 @@ pub struct Minter {
     minted: AtomicU64,
     reused: AtomicU64,
     ledger_failures: AtomicU64,
+    rate_limited: AtomicU64,
+    /// Mints per caller in the current minute; 0 disables the limit.
+    max_per_minute: u32,
+    recent: std::sync::Mutex<RecentMints>,
+}
+
+/// Mints per caller in the current one-minute window.
+#[derive(Debug, Default)]
+struct RecentMints {
+    window: u64,
+    counts: std::collections::HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for Minter {
@@ -98,7 +111,43 @@ impl Minter {
             minted: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             ledger_failures: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            max_per_minute: 0,
+            recent: std::sync::Mutex::default(),
         }
+    }
+
+    /// Limits fresh mints to `per_minute` per caller (0: no limit). Reuse is never limited: the limit
+    /// bounds what one caller can make the ledger and the CPU do, not how often they download.
+    pub fn with_rate_limit(mut self, per_minute: u32) -> Self {
+        self.max_per_minute = per_minute;
+        self
+    }
+
+    /// Takes one of the caller's mints of this minute, or refuses.
+    fn take_mint(&self, user: &str, now: SystemTime) -> Result<(), CoreError> {
+        if self.max_per_minute == 0 {
+            return Ok(());
+        }
+        let window = unix_seconds(now) / 60;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.window != window {
+            recent.window = window;
+            recent.counts.clear();
+        }
+        let count = recent.counts.entry(user.to_owned()).or_default();
+        if *count >= self.max_per_minute {
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(CoreError::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "at most {} admin credentials are minted per caller per minute; retry in a minute (a download within half a credential's lifetime reuses it and is not limited)",
+                    self.max_per_minute
+                ),
+            ));
+        }
+        *count += 1;
+        Ok(())
     }
 
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -110,6 +159,7 @@ impl Minter {
             minted: self.minted.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
             ledger_failures: self.ledger_failures.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
             forged: self.ledger.forged(),
         }
     }
@@ -170,6 +220,7 @@ impl Minter {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(kept);
         }
+        self.take_mint(user, now)?;
         let authority = ca.authority().map_err(|reason| {
             tracing::error!(cluster = %cluster.uid(), %reason, "the client CA cannot sign");
             CoreError::new(
