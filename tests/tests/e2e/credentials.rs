@@ -911,3 +911,76 @@ async fn fresh_mints_are_limited_per_caller_and_reuse_is_not() {
     );
     assert_eq!(counted["kubeconfigd_credentials_minted_total"], 3.0);
 }
+
+#[tokio::test]
+async fn a_watch_holding_a_revoked_credential_is_sent_a_fresh_one() {
+    use kubeconfig_proto::kubeconfig::v1::{
+        WatchKubeconfigsRequest, WatchedAsset, watch_kubeconfigs_response::Type,
+    };
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    let mut stream = client
+        .watch_kubeconfigs(with_key(
+            WatchKubeconfigsRequest {
+                cluster_uids: vec![MINTED_A.to_owned()],
+                assets: vec![WatchedAsset::AdminKubeconfig as i32],
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    async fn next(
+        stream: &mut tonic::Streaming<kubeconfig_proto::kubeconfig::v1::WatchKubeconfigsResponse>,
+    ) -> kubeconfig_proto::kubeconfig::v1::WatchKubeconfigsResponse {
+        tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event in time")
+            .expect("stream")
+            .expect("event")
+    }
+    let first = next(&mut stream).await;
+    assert_eq!(first.r#type(), Type::Upsert);
+    let held = first.kubeconfig.unwrap().yaml;
+    assert_eq!(next(&mut stream).await.r#type(), Type::Synced);
+    let checked = client
+        .check_kubeconfig(with_key(
+            CheckKubeconfigRequest {
+                subject: Some(check_kubeconfig_request::Subject::Kubeconfig(held.clone())),
+            },
+            ADMIN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let serial = checked
+        .credential
+        .expect("the admin sees the record")
+        .serial;
+    client
+        .revoke_credential(with_key(
+            RevokeCredentialRequest {
+                serial,
+                reason: "rotated".to_owned(),
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("revoked");
+    let replaced = next(&mut stream).await;
+    assert_eq!(replaced.r#type(), Type::Upsert);
+    let fresh = replaced.kubeconfig.unwrap().yaml;
+    assert_ne!(client_certificate(&fresh), client_certificate(&held));
+    assert_eq!(
+        check(
+            &server,
+            ADMIN,
+            check_kubeconfig_request::Subject::Kubeconfig(fresh)
+        )
+        .await
+        .0,
+        CredentialStatus::Current
+    );
+}

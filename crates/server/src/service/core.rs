@@ -822,6 +822,7 @@ impl Core {
                 reason: reason.to_owned(),
             });
             ledger.record(&entry).await.map_err(unavailable)?;
+            self.minter.revoked(&entry.serial);
             tracing::info!(
                 target: "audit",
                 user = %caller.user,

@@ -64,6 +64,8 @@ pub struct Minter {
     /// Mints per caller in the current minute; 0 disables the limit.
     max_per_minute: u32,
     recent: std::sync::Mutex<RecentMints>,
+    /// Serials revoked here, for the watches of this replica to replace at once.
+    revocations: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Mints per caller in the current one-minute window.
@@ -114,7 +116,19 @@ impl Minter {
             rate_limited: AtomicU64::new(0),
             max_per_minute: 0,
             recent: std::sync::Mutex::default(),
+            revocations: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Serials revoked on this replica from now on.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.revocations.subscribe()
+    }
+
+    /// Tells this replica's watches that a serial was revoked.
+    pub fn revoked(&self, serial: &str) {
+        // Nobody watching is fine.
+        let _ = self.revocations.send(serial.to_owned());
     }
 
     /// Limits fresh mints to `per_minute` per caller (0: no limit). Reuse is never limited: the limit

@@ -9,7 +9,8 @@
 //!
 //! A file carrying a credential minted for the caller is also evaluated again once that credential is
 //! past half its lifetime, which mints a fresh one: a watcher always holds a credential with at least
-//! half its lifetime left.
+//! half its lifetime left. It is also evaluated once a minute in between, which reads the ledger: a
+//! credential revoked on any replica is replaced by a fresh one within a minute.
 //!
 //! Slow consumers never hold anyone up: the feed is a broadcast that never waits, each watch has a
 //! small buffer, and a watch that falls behind the feed re-evaluates everything it watches, which
@@ -30,6 +31,9 @@ use crate::feed::Feed;
 
 /// Events buffered per watch before it waits for its consumer.
 const BUFFER: usize = 32;
+
+/// How often a file with a minted credential is evaluated again to learn of a revocation.
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How soon a file whose minted credential could not be renewed is tried again.
 const RENEWAL_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -240,6 +244,7 @@ impl Watchers {
             stop: self.stop.clone(),
             tenant: Arc::clone(&self.core.snapshot().tenant),
             renewals: BTreeSet::new(),
+            held: HashMap::new(),
         };
         tokio::spawn(watch.run(changes, generations, admission));
         Ok(rx)
@@ -288,6 +293,8 @@ struct Watch {
     /// Files carrying a minted credential, by when to evaluate them again: once the credential is
     /// past half its lifetime, so that a fresh one is sent long before the held one expires.
     renewals: BTreeSet<(tokio::time::Instant, String, Asset)>,
+    /// The serial of the minted credential in each file that carries one.
+    held: HashMap<(String, Asset), String>,
 }
 
 /// Sleeps until the earliest renewal, or forever when there is none.
@@ -338,6 +345,7 @@ impl Watch {
         mut generations: watch::Receiver<u64>,
         _admission: Admission,
     ) {
+        let mut revocations = self.core.minter().revocations();
         let result: Result<(), End> = async {
             for (key, etag) in std::mem::take(&mut self.spec.known) {
                 self.sent.insert(key, Sent::Etag(etag));
@@ -358,6 +366,20 @@ impl Watch {
                         false
                     }
                     () = next_renewal(&self.renewals) => true,
+                    Ok(serial) = revocations.recv() => {
+                        // Revoked on this replica: replace a file holding it now.
+                        let now = tokio::time::Instant::now();
+                        let files: Vec<(String, Asset)> = self
+                            .held
+                            .iter()
+                            .filter(|(_, held)| **held == serial)
+                            .map(|(key, _)| key.clone())
+                            .collect();
+                        for (uid, asset) in files {
+                            self.renewals.insert((now, uid, asset));
+                        }
+                        true
+                    }
                 };
                 if renew {
                     let now = tokio::time::Instant::now();
@@ -478,9 +500,13 @@ impl Watch {
             // Half the lifetime after issue, plus a second: reuse stops there, so the next
             // evaluation mints afresh.
             let half = entry.issued_at + entry.granted_seconds / 2 + 1;
-            let wait = std::time::Duration::from_secs(half.saturating_sub(now).max(1));
+            // At the latest a minute from now: evaluating again also reads the ledger, so a
+            // credential revoked on any replica is replaced within a minute.
+            let wait = std::time::Duration::from_secs(half.saturating_sub(now).max(1))
+                .min(REVOCATION_CHECK);
             self.renewals
                 .insert((tokio::time::Instant::now() + wait, uid.to_owned(), asset));
+            self.held.insert(key.clone(), entry.serial.clone());
         }
         let Some(next) = next_state(self.sent.get(&key), &outcome, explicit) else {
             return Ok(());
