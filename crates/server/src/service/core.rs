@@ -160,6 +160,25 @@ impl std::fmt::Debug for Core {
     }
 }
 
+/// A page size as asked (0: the default), capped at the maximum.
+fn page_size_of(page_size: i32) -> Result<usize, CoreError> {
+    match page_size {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n < 0 => Err(CoreError::bad_request("page_size must not be negative")),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Checks the length of a reason a caller gives.
+fn check_reason(reason: &str) -> Result<(), CoreError> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(CoreError::bad_request(format!(
+            "reason: at most {MAX_REASON_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a credential serial (lowercase hex) before any lookup.
 fn check_serial(serial: &str) -> Result<(), CoreError> {
     if !serial.is_empty()
@@ -475,11 +494,7 @@ impl Core {
                 "reason: this tenant requires a reason for every admin kubeconfig download",
             ));
         }
-        if options.reason.len() > MAX_REASON_BYTES {
-            return Err(CoreError::bad_request(format!(
-                "reason: at most {MAX_REASON_BYTES} bytes"
-            )));
-        }
+        check_reason(&options.reason)?;
         let variant = Variant::of(request, cluster.proxy_enabled);
         span.record("kubeconfig.variant", variant.as_str());
         let key = CacheKey::new(uid, variant.as_str(), cluster.revision, FORMAT_VERSION);
@@ -791,11 +806,7 @@ impl Core {
     ) -> Result<LedgerEntry, CoreError> {
         self.in_service()?;
         check_serial(serial)?;
-        if reason.len() > MAX_REASON_BYTES {
-            return Err(CoreError::bad_request(format!(
-                "reason: at most {MAX_REASON_BYTES} bytes"
-            )));
-        }
+        check_reason(reason)?;
         let snapshot = self.snapshot();
         let caller = self.caller(credentials, &snapshot)?;
         let ledger = self.minter.ledger();
@@ -847,11 +858,7 @@ impl Core {
     ) -> Result<(Vec<LedgerEntry>, String), CoreError> {
         self.in_service()?;
         check_uid(uid)?;
-        let size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(CoreError::bad_request("page_size must not be negative")),
-            n => (n as usize).min(MAX_PAGE_SIZE),
-        };
+        let size = page_size_of(page_size)?;
         if !page_token.is_empty() {
             check_serial(page_token).map_err(|_| {
                 CoreError::bad_request("page_token is not a token this service issued")
@@ -899,11 +906,7 @@ impl Core {
         page_size: i32,
         page_token: &str,
     ) -> Result<ClusterPage, CoreError> {
-        let size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(CoreError::bad_request("page_size must not be negative")),
-            n => (n as usize).min(MAX_PAGE_SIZE),
-        };
+        let size = page_size_of(page_size)?;
         if !page_token.is_empty() {
             check_uid(page_token).map_err(|_| {
                 CoreError::bad_request("page_token is not a token this service issued")
