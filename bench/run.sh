@@ -4,7 +4,8 @@
 #   REST GET with wrk (bench/rest-wrk.sh; package wrk).
 # Rounds are interleaved (ours, bare, ours, bare…) so that a noisy neighbour hits both alike. Loopback
 # only; every run is bounded by request count or duration.
-# Prints each run, then the medians and the ratio kubeconfigd / bare for each surface.
+# Prints each run, then the medians and the ratio kubeconfigd / bare for each surface; then both gRPC
+# servers at half the bare server's maximum rate, with their p99s and its ratio.
 #   bench/run.sh [requests=30000] [wrk duration=5s] [rounds=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,3 +56,25 @@ ratio() {
 echo "medians:"
 ratio grpc-kubeconfigd grpc-bare-tonic gRPC
 ratio rest-kubeconfigd rest-bare-axum REST
+
+# Latency under a fixed load: both servers at half of the bare server's median maximum gRPC rate
+# (h2load --rps per client, 4 clients), p99 of each and their ratio (target: kubeconfigd's p99 at most
+# 1.2x the bare server's at the same rate).
+bare_max=$(median <<<"${results[grpc-bare-tonic]}")
+rate=$(awk -v m="$bare_max" 'BEGIN {printf "%d", m / 2}')
+per_client=$(( rate / 4 ))
+paced() { # name address -> p99 in ms
+  local log="$work/paced-$1.log"
+  bench/grpc-h2load.sh "$1" "$2" "$key" "$uid" "$((rate * 5))" --rps="$per_client" >"$log"
+  awk '{for (i = 1; i < NF; i++) if ($i == "p99") print $(i + 1)}' "$log"
+}
+declare -A p99s
+for round in $(seq "$rounds"); do
+  for target in "kubeconfigd 127.0.0.1:50071" "bare-tonic 127.0.0.1:50072"; do
+    set -- $target
+    p=$(paced "$1" "$2"); echo "paced round $round at $rate/s: $1 p99 $p ms"
+    p99s[$1]+="$p "
+  done
+done
+ours=$(median <<<"${p99s[kubeconfigd]}") base=$(median <<<"${p99s[bare-tonic]}")
+awk -v o="$ours" -v b="$base" -v r="$rate" 'BEGIN {printf "gRPC at %d/s (half the bare maximum): p99 kubeconfigd %.2f ms  bare %.2f ms  ratio %.2fx\n", r, o, b, o / b}'

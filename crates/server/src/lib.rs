@@ -94,14 +94,17 @@ pub async fn run(
         .map(auth::JwtVerifier::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--jwt-public-key-file: {e}"))?;
-    let core = Arc::new(core::Core::new(
-        Arc::clone(&store),
-        jwt,
-        config.max_concurrent_requests as usize,
-        Arc::clone(&cache),
-        Arc::clone(&metrics),
-        minter,
-    ));
+    let core = Arc::new(
+        core::Core::new(
+            Arc::clone(&store),
+            jwt,
+            config.max_concurrent_requests as usize,
+            Arc::clone(&cache),
+            Arc::clone(&metrics),
+            minter,
+        )
+        .with_request_timeout(config.request_timeout),
+    );
     let _observers = observe(&core);
     let feed = Arc::new(feed::Feed::default());
     let _invalidator = spawn_invalidator(&feed, cache);
@@ -133,7 +136,7 @@ pub async fn run(
         stopped(stop_rx.clone()),
     );
     if let (true, Some(listener)) = (config.rest, listeners.rest) {
-        let router = rest::router(Arc::clone(&watchers), config.request_timeout);
+        let router = rest::router(Arc::clone(&watchers));
         spawn_http(
             &mut tasks,
             router,
@@ -444,14 +447,7 @@ async fn drain(mut tasks: Tasks, grace: std::time::Duration) -> anyhow::Result<(
 
 /// OpenTelemetry observable instruments for the cache and inventory counters (no-ops unless OTLP
 /// export is configured). They live as long as the returned handles.
-fn observe(
-    core: &Arc<core::Core>,
-) -> (
-    opentelemetry::metrics::ObservableCounter<u64>,
-    opentelemetry::metrics::ObservableCounter<u64>,
-    opentelemetry::metrics::ObservableGauge<u64>,
-    opentelemetry::metrics::ObservableCounter<u64>,
-) {
+fn observe(core: &Arc<core::Core>) -> Observers {
     use opentelemetry::KeyValue;
     let meter = opentelemetry::global::meter("kubeconfigd");
     let hits_core = Arc::clone(core);
@@ -497,7 +493,34 @@ fn observe(
             observer.observe(failed, &[KeyValue::new("result", "failed")]);
         })
         .build();
-    (hits, errors, clusters, reloads)
+    // The same call table `/metrics` reads: one definition, two exports.
+    let calls_core = Arc::clone(core);
+    let calls = meter
+        .u64_observable_counter("kubeconfigd.calls")
+        .with_description("Calls by edge, method and result code.")
+        .with_callback(move |observer| {
+            for (edge, method, code, count) in calls_core.metrics().call_counts() {
+                observer.observe(
+                    count,
+                    &[
+                        KeyValue::new("edge", edge),
+                        KeyValue::new("method", method),
+                        KeyValue::new("code", code),
+                    ],
+                );
+            }
+        })
+        .build();
+    Observers {
+        _counters: vec![hits, errors, reloads, calls],
+        _gauges: vec![clusters],
+    }
+}
+
+/// The observable instruments; observed as long as this lives.
+struct Observers {
+    _counters: Vec<opentelemetry::metrics::ObservableCounter<u64>>,
+    _gauges: Vec<opentelemetry::metrics::ObservableGauge<u64>>,
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -1,16 +1,21 @@
-//! Service counters, exported two ways: Prometheus text at `GET /metrics` on the REST address, and
+//! Service counters, exported two ways: Prometheus text at `GET /metrics` on the admin address, and
 //! OpenTelemetry instruments (a no-op unless OTLP export is configured, see `telemetry`).
+//!
+//! Recording a call takes no lock: every (edge, method) has a fixed slot of atomics (a count per result
+//! code, the latency histogram's buckets, count and sum), made at start. Both exports read those slots
+//! (the OpenTelemetry call counter is observed from them); only the OpenTelemetry latency histogram is
+//! recorded separately, since OpenTelemetry has no asynchronous histogram.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kubeconfig_cache::CacheStats;
 
 use crate::minting::MintStats;
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::Histogram;
+
+use crate::error::ErrorKind;
 
 use crate::inventory::Snapshot;
 
@@ -19,16 +24,84 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct LatencyHistogram {
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The edges calls are counted under.
+const EDGES: [&str; 2] = ["grpc", "rest"];
+
+/// The methods calls are counted under (gRPC method names; the REST downloads use theirs). A method
+/// not listed is counted as `other`.
+const METHODS: [&str; 9] = [
+    "GetKubeconfig",
+    "GetAdminKubeconfig",
+    "GetKubeconfigAccess",
+    "ListClusters",
+    "WatchKubeconfigs",
+    "CheckKubeconfig",
+    "RevokeCredential",
+    "ListIssuedCredentials",
+    "other",
+];
+
+/// The result codes: `OK` and every Palette code.
+const CODES: [&str; 1 + ErrorKind::ALL.len()] = {
+    let mut codes = ["OK"; 1 + ErrorKind::ALL.len()];
+    let mut i = 0;
+    while i < ErrorKind::ALL.len() {
+        codes[i + 1] = ErrorKind::ALL[i].palette_code();
+        i += 1;
+    }
+    codes
+};
+
+fn position(names: &[&'static str], name: &str) -> Option<usize> {
+    names.iter().position(|n| *n == name)
+}
+
+/// One (edge, method)'s counts and latency histogram: atomics only, so recording a call takes no lock.
+#[derive(Debug, Default)]
+struct CallSlot {
+    codes: [AtomicU64; CODES.len()],
+    /// Non-cumulative: the calls that fell in each bucket (the exposition sums them).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+/// Every (edge, method) slot, fixed at start.
+#[derive(Debug)]
+struct CallTable {
+    slots: Vec<CallSlot>,
+}
+
+impl Default for CallTable {
+    fn default() -> Self {
+        CallTable {
+            slots: (0..EDGES.len() * METHODS.len())
+                .map(|_| CallSlot::default())
+                .collect(),
+        }
+    }
+}
+
+impl CallTable {
+    fn slot(&self, edge: &str, method: &str) -> &CallSlot {
+        let edge = position(&EDGES, edge).unwrap_or(0);
+        let method = position(&METHODS, method).unwrap_or(METHODS.len() - 1);
+        &self.slots[edge * METHODS.len() + method]
+    }
+
+    /// (edge, method, slot) for every slot.
+    fn iter(&self) -> impl Iterator<Item = (&'static str, &'static str, &CallSlot)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| (EDGES[i / METHODS.len()], METHODS[i % METHODS.len()], slot))
+    }
 }
 
 #[derive(Debug)]
 struct OtelInstruments {
-    calls: Counter<u64>,
+    /// OpenTelemetry has no asynchronous histogram: latency is recorded into it as well as into the
+    /// call table (the text exposition's).
     latency: Histogram<f64>,
 }
 
@@ -36,10 +109,6 @@ impl Default for OtelInstruments {
     fn default() -> Self {
         let meter = opentelemetry::global::meter("kubeconfigd");
         OtelInstruments {
-            calls: meter
-                .u64_counter("kubeconfigd.calls")
-                .with_description("Calls by edge, method and result code.")
-                .build(),
             latency: meter
                 .f64_histogram("rpc.server.duration")
                 .with_unit("s")
@@ -155,15 +224,14 @@ fn cache_families(cache: &CacheStats) -> Vec<Family> {
 /// Counters and gauges of the service.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    latency: Mutex<BTreeMap<(&'static str, &'static str), LatencyHistogram>>,
+    /// Calls by (edge, method, code) and their latency: the one definition both exports read.
+    calls: CallTable,
     otel: OtelInstruments,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     files_parsed: AtomicU64,
     clusters_loaded: AtomicU64,
     clusters_unavailable: AtomicU64,
-    /// Calls by (edge, method, Palette code or "OK").
-    calls: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     watch_streams: AtomicU64,
     watch_events: AtomicU64,
 }
@@ -222,27 +290,36 @@ impl Metrics {
         code: &'static str,
         elapsed: std::time::Duration,
     ) {
-        if let Ok(mut calls) = self.calls.lock() {
-            *calls.entry((edge, method, code)).or_insert(0) += 1;
-        }
+        let slot = self.calls.slot(edge, method);
+        let code = position(&CODES, code).unwrap_or(CODES.len() - 1);
+        slot.codes[code].fetch_add(1, Ordering::Relaxed);
         let seconds = elapsed.as_secs_f64();
-        if let Ok(mut latency) = self.latency.lock() {
-            let histogram = latency.entry((edge, method)).or_default();
-            for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS) {
-                if seconds <= bound {
-                    *bucket += 1;
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        slot.count.fetch_add(1, Ordering::Relaxed);
+        slot.sum_nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.otel.latency.record(
+            seconds,
+            &[KeyValue::new("edge", edge), KeyValue::new("method", method)],
+        );
+    }
+
+    /// Calls so far by (edge, method, code), those with any: for the OpenTelemetry counter.
+    pub fn call_counts(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let mut counts = Vec::new();
+        for (edge, method, slot) in self.calls.iter() {
+            for (code, count) in CODES.iter().zip(&slot.codes) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    counts.push((edge, method, *code, count));
                 }
             }
-            histogram.count += 1;
-            histogram.sum += seconds;
         }
-        let attributes = [
-            KeyValue::new("edge", edge),
-            KeyValue::new("method", method),
-            KeyValue::new("code", code),
-        ];
-        self.otel.calls.add(1, &attributes);
-        self.otel.latency.record(seconds, &attributes[..2]);
+        counts
     }
 
     /// The Prometheus text exposition of every metric.
@@ -265,21 +342,16 @@ impl Metrics {
     }
 
     fn call_families(&self) -> Vec<Family> {
-        let calls: Vec<(String, u64)> = self
-            .calls
-            .lock()
-            .map(|calls| {
-                calls
-                    .iter()
-                    .map(|((edge, method, code), n)| {
-                        (
-                            format!("{{edge=\"{edge}\",method=\"{method}\",code=\"{code}\"}}"),
-                            *n,
-                        )
-                    })
-                    .collect()
+        let calls = self
+            .call_counts()
+            .into_iter()
+            .map(|(edge, method, code, n)| {
+                (
+                    format!("{{edge=\"{edge}\",method=\"{method}\",code=\"{code}\"}}"),
+                    n,
+                )
             })
-            .unwrap_or_default();
+            .collect();
         vec![(
             "kubeconfigd_calls_total",
             "counter",
@@ -351,17 +423,21 @@ impl Metrics {
             out,
             "# HELP {name} Call latency by edge and method.\n# TYPE {name} histogram"
         );
-        let Ok(histograms) = self.latency.lock() else {
-            return;
-        };
-        for ((edge, method), h) in histograms.iter() {
-            let labels = format!("edge=\"{edge}\",method=\"{method}\"");
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        for (edge, method, slot) in self.calls.iter() {
+            let count = slot.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
             }
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+            let labels = format!("edge=\"{edge}\",method=\"{method}\"");
+            let mut cumulative = 0;
+            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&slot.buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let sum = slot.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         }
     }
 }

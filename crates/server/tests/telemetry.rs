@@ -172,20 +172,19 @@ fn spans_carry_the_conventions_and_no_secrets() {
             .await
             .expect_err("wrong key");
         assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
-        let response =
-            kubeconfigd::rest::router(Arc::clone(&watchers), std::time::Duration::from_secs(10))
-                .oneshot(
-                    http::Request::get(format!(
-                        "/v1/spectroclusters/{}/assets/kubeconfig",
-                        "6470a2b1c5e6f1a2b3c4d5e2"
-                    ))
-                    .header("ApiKey", "demo-viewer-key")
-                    .header("traceparent", TRACEPARENT)
-                    .body(axum::body::Body::empty())
-                    .expect("request"),
-                )
-                .await
-                .expect("response");
+        let response = kubeconfigd::rest::router(Arc::clone(&watchers))
+            .oneshot(
+                http::Request::get(format!(
+                    "/v1/spectroclusters/{}/assets/kubeconfig",
+                    "6470a2b1c5e6f1a2b3c4d5e2"
+                ))
+                .header("ApiKey", "demo-viewer-key")
+                .header("traceparent", TRACEPARENT)
+                .body(axum::body::Body::empty())
+                .expect("request"),
+            )
+            .await
+            .expect("response");
         assert_eq!(response.status(), 200);
     });
     provider.force_flush().expect("flush");

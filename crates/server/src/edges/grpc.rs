@@ -264,16 +264,18 @@ impl KubeconfigApi {
         let request_id = uuid::Uuid::new_v4().to_string();
         let headers = metadata.clone().into_headers();
         let span = telemetry::grpc_span(method, &request_id, &headers);
-        let started = std::time::Instant::now();
         let result = self
             .core
-            .admitted(f(
-                Arc::clone(&self.core),
-                Credentials::from_headers(&headers, &request_id),
-            ))
+            .run(
+                "grpc",
+                method,
+                f(
+                    Arc::clone(&self.core),
+                    Credentials::from_headers(&headers, &request_id),
+                ),
+            )
             .instrument(span.clone())
             .await;
-        let code = crate::error::code_of(&result);
         let status = match &result {
             Ok(_) => None,
             Err(error) => Some(status(error, &request_id)),
@@ -282,9 +284,6 @@ impl KubeconfigApi {
             "rpc.grpc.status_code",
             status.as_ref().map_or(0, |s| i64::from(s.code() as i32)),
         );
-        self.core
-            .metrics()
-            .call("grpc", method, code, started.elapsed());
         match (result, status) {
             (Ok(message), _) => {
                 let mut response = Response::new(message);

@@ -91,11 +91,11 @@ pub const ROUTES: [&str; 4] = [
 ];
 
 /// The REST router over the core of `watchers`. Every error, including unknown paths, wrong methods,
-/// undecodable paths or queries and calls past `request_timeout`, answers with the
-/// `{code, message, ref}` body. A download with `If-None-Match` and `?wait=DURATION` is a long-poll:
+/// undecodable paths or queries and calls past the core's deadline (`--request-timeout`), answers with
+/// the `{code, message, ref}` body. A download with `If-None-Match` and `?wait=DURATION` is a long-poll:
 /// it answers as soon as the file changes or access to it ends, or 304 when the wait is over (the
-/// wait does not count against `request_timeout`; each evaluation does).
-pub fn router(watchers: Arc<Watchers>, request_timeout: std::time::Duration) -> Router {
+/// wait does not count against the deadline; the download that follows does).
+pub fn router(watchers: Arc<Watchers>) -> Router {
     Router::new()
         .route(KUBECONFIG_ROUTE, get(kubeconfig))
         .route(ADMIN_ROUTE, get(admin_kubeconfig))
@@ -103,10 +103,7 @@ pub fn router(watchers: Arc<Watchers>, request_timeout: std::time::Duration) -> 
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(RestState {
-            watchers,
-            request_timeout,
-        })
+        .with_state(RestState { watchers })
 }
 
 /// The longest `?wait=` a long-poll may ask for.
@@ -115,7 +112,6 @@ pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 #[derive(Clone)]
 struct RestState {
     watchers: Arc<Watchers>,
-    request_timeout: std::time::Duration,
 }
 
 /// `?wait=`: whole seconds up to `300s`, or whole minutes up to `5m` — exactly the values the OpenAPI
@@ -351,7 +347,6 @@ async fn serve(
     let core = state.watchers.core();
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = telemetry::rest_span(route, &request_id, headers);
-    let started = std::time::Instant::now();
     let credentials = Credentials::from_headers(headers, &request_id);
     // A long-poll first waits (outside the request timeout) until the file differs from the one
     // the client holds, then answers as any download does.
@@ -368,17 +363,14 @@ async fn serve(
             .instrument(span.clone())
             .await;
     }
-    let timeout = state.request_timeout;
     let result = core
-        .admitted(async {
-            tokio::time::timeout(timeout, core.asset(&credentials, uid, request, options))
-                .await
-                .unwrap_or_else(|_| Err(CoreError::timeout(timeout)))
-        })
+        .run(
+            "rest",
+            method,
+            core.asset(&credentials, uid, request, options),
+        )
         .instrument(span.clone())
         .await;
-    let code = crate::error::code_of(&result);
-    core.metrics().call("rest", method, code, started.elapsed());
     let response = respond(result, headers, &request_id);
     span.record(
         "http.response.status_code",

@@ -150,6 +150,8 @@ pub struct Core {
     cache: Arc<dyn AssetCache<CachedAsset>>,
     metrics: Arc<Metrics>,
     minter: Arc<Minter>,
+    /// Every call's deadline (`--request-timeout`).
+    request_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Core {
@@ -296,7 +298,41 @@ impl Core {
             cache,
             metrics,
             minter,
+            request_timeout: std::time::Duration::from_secs(10),
         }
+    }
+
+    /// Sets every call's deadline.
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The pipeline every call goes through, whatever its edge: admission (the one concurrency limit,
+    /// 429 beyond it), the deadline (`--request-timeout`), the call, and its outcome counted under
+    /// (edge, method) with its latency. The edges only translate to and from their wire format.
+    pub async fn run<T>(
+        &self,
+        edge: &'static str,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<T, CoreError>>,
+    ) -> Result<T, CoreError> {
+        let started = std::time::Instant::now();
+        let timeout = self.request_timeout;
+        let result = self
+            .admitted(async {
+                tokio::time::timeout(timeout, call)
+                    .await
+                    .unwrap_or_else(|_| Err(CoreError::timeout(timeout)))
+            })
+            .await;
+        self.metrics.call(
+            edge,
+            method,
+            crate::error::code_of(&result),
+            started.elapsed(),
+        );
+        result
     }
 
     /// Minting's counters and ledger.

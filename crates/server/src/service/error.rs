@@ -41,7 +41,7 @@ impl ErrorKind {
     ];
 
     /// The Palette error code string (docs/api.md, "Errors").
-    pub fn palette_code(self) -> &'static str {
+    pub const fn palette_code(self) -> &'static str {
         match self {
             ErrorKind::Unauthenticated => "Unauthorized",
             ErrorKind::Forbidden => "OperationForbidden",
