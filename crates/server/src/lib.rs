@@ -296,8 +296,9 @@ fn grpc_router(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let limits = &config.connections;
+    // No server-wide `.timeout()`: every API call's deadline is applied once, by `Core::run` (a second
+    // timer per call costs throughput); a client's `grpc-timeout` is still honoured by tonic.
     Ok(tonic::transport::Server::builder()
-        .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .http2_max_pending_accept_reset_streams(Some(20))
