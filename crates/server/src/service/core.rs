@@ -197,32 +197,22 @@ fn check_serial(serial: &str) -> Result<(), CoreError> {
     }
 }
 
-/// The DER of the first user entry's client certificate in a kubeconfig.
+/// The DER of the first client certificate in a kubeconfig: the value of its first
+/// `client-certificate-data:` line. A line scan rather than a YAML parse: the text comes from any
+/// caller, and a scan costs O(length) whatever the text holds (no aliases to expand, no nesting).
 fn client_certificate_of(text: &str) -> Result<Vec<u8>, String> {
     use base64::Engine as _;
-    #[derive(serde::Deserialize)]
-    struct File {
-        #[serde(default)]
-        users: Vec<Named>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Named {
-        user: UserFields,
-    }
-    #[derive(serde::Deserialize)]
-    struct UserFields {
-        #[serde(rename = "client-certificate-data")]
-        client_certificate_data: Option<String>,
-    }
-    let file: File =
-        serde_norway::from_str(text).map_err(|e| format!("kubeconfig: not a kubeconfig: {e}"))?;
-    let data = file
-        .users
-        .into_iter()
-        .find_map(|u| u.user.client_certificate_data)
+    let data = text
+        .lines()
+        .find_map(|line| {
+            line.trim_start()
+                .trim_start_matches("- ")
+                .strip_prefix("client-certificate-data:")
+        })
+        .map(|value| value.trim().trim_matches(|c| c == '"' || c == '\''))
         .ok_or("kubeconfig: no user entry with client-certificate-data")?;
     let pem = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
+        .decode(data)
         .map_err(|e| format!("client-certificate-data: not base64: {e}"))?;
     let pem =
         String::from_utf8(pem).map_err(|_| "client-certificate-data: not PEM text".to_owned())?;
@@ -1186,5 +1176,113 @@ mod tests {
                 && keys[0].contains(&revision.to_string()),
             "{keys:?}"
         );
+    }
+
+    #[test]
+    fn a_checked_kubeconfig_is_scanned_not_parsed_and_says_what_is_wrong() {
+        // A billion laughs: nine levels of nine references.
+        let mut bomb = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n".to_owned();
+        for level in 1..10 {
+            let previous = format!("*l{}", level - 1);
+            bomb.push_str(&format!(
+                "l{level}: &l{level} [{}]\n",
+                vec![previous; 9].join(", ")
+            ));
+        }
+        bomb.push_str("users: *l9\n");
+        for (text, expected) in [
+            ("users: [", "no user entry"),
+            ("users: []", "no user entry with client-certificate-data"),
+            (
+                "users:\n- name: a\n  user:\n    client-certificate-data: '%%%'\n",
+                "not base64",
+            ),
+            (bomb.as_str(), "no user entry"),
+            (&"[".repeat(100_000), "no user entry"),
+            (
+                "users:\n- name: a\n  user:\n    client-certificate-data: aGVsbG8=\n",
+                "client-certificate-data: no PEM block",
+            ),
+        ] {
+            let error = client_certificate_of(text).unwrap_err();
+            assert!(error.contains(expected), "{expected}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ledger_entry_past_its_expiry_checks_as_expired_and_a_revoked_one_as_revoked() {
+        let ledger = Arc::new(crate::ledger::MemoryLedger::default());
+        let core = Core::new(
+            Arc::new(ArcSwap::from_pointee(
+                Inventory::load(Origin::Demo).unwrap().1,
+            )),
+            None,
+            8,
+            Arc::new(RecordingCache::default()),
+            Arc::new(Metrics::default()),
+            Arc::new(Minter::new(ledger.clone())),
+        );
+        let now = ledger::unix_seconds(std::time::SystemTime::now());
+        let entry = |serial: &str, not_after: u64| LedgerEntry {
+            serial: serial.to_owned(),
+            fingerprint: serial.repeat(32),
+            cluster: "6470a2b1c5e6f1a2b3c4d5e7".to_owned(),
+            kubernetes_user: "kubeconfigd:admin:admin@demo.test".to_owned(),
+            kubernetes_group: "system:masters".to_owned(),
+            issued_to: "admin@demo.test".to_owned(),
+            issued_at: now - 7200,
+            not_before: now - 7260,
+            not_after,
+            requested_seconds: 3600,
+            granted_seconds: 3600,
+            clamped: false,
+            caller_key: false,
+            reason: String::new(),
+            request_id: "r".to_owned(),
+            cluster_digest: String::new(),
+            revoked: None,
+        };
+        use crate::ledger::Ledger as _;
+        ledger.record(&entry("aa", now - 10)).await.unwrap();
+        ledger.record(&entry("bb", now + 3600)).await.unwrap();
+        let admin = key("demo-admin-key");
+        let check = |fingerprint: String| {
+            let core = &core;
+            let admin = admin.clone();
+            async move {
+                core.check_credential(&admin, CheckSubject::Fingerprint(&fingerprint))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            check("aa".repeat(32)).await.status,
+            CredentialStatus::Expired
+        );
+        // Recorded with another cluster digest than the cluster's now: stale.
+        assert_eq!(check("bb".repeat(32)).await.status, CredentialStatus::Stale);
+        core.revoke_credential(&admin, "bb", "test").await.unwrap();
+        let revoked = check("bb".repeat(32)).await;
+        assert_eq!(revoked.status, CredentialStatus::Revoked);
+        assert!(
+            revoked.reason.contains("admin@demo.test"),
+            "{}",
+            revoked.reason
+        );
+        // Someone who cannot see the cluster learns nothing.
+        let nobody = core
+            .check_credential(
+                &key("demo-nobody-key"),
+                CheckSubject::Fingerprint(&"bb".repeat(32)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(nobody.status, CredentialStatus::Unknown);
+        assert!(nobody.entry.is_none());
+        let refused = core
+            .revoke_credential(&key("demo-viewer-key"), "bb", "")
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::NotFound);
     }
 }
