@@ -60,13 +60,32 @@ fn check(inventory: PathBuf, tenant: PathBuf) -> ExitCode {
             for failure in &report.failures {
                 println!("{failure}");
             }
+            // The server checks a client CA fully when it first mints (too slow for every cluster
+            // at load); here there is time, so a CA that cannot sign is reported now.
+            let mut unusable_cas = 0;
+            for cluster in snapshot.clusters.values() {
+                let Some(renderer) = cluster.renderer(&snapshot.tenant) else {
+                    continue;
+                };
+                if let Some((_, ca)) = renderer.minting()
+                    && let Err(reason) = ca.authority()
+                {
+                    unusable_cas += 1;
+                    println!(
+                        "{} ({}): cannot mint admin credentials: {reason}",
+                        cluster.uid(),
+                        cluster.name()
+                    );
+                }
+            }
+            let problems = report.failures.len() + unusable_cas;
             eprintln!(
                 "{} clusters, {} unavailable, {} problems",
                 snapshot.clusters.len(),
                 snapshot.unavailable_count(),
-                report.failures.len()
+                problems
             );
-            if report.failures.is_empty() {
+            if problems == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -984,3 +984,55 @@ async fn a_watch_holding_a_revoked_credential_is_sent_a_fresh_one() {
         CredentialStatus::Current
     );
 }
+
+#[tokio::test]
+async fn a_client_ca_that_cannot_sign_is_reported_by_check_and_unavailable_on_download() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let inventory = fixture.inventory();
+    // The API server stand-in's own certificate: its key matches (so the record loads), but it is
+    // not a CA.
+    std::fs::write(
+        inventory.join("minted-leaf.yaml"),
+        "uid: 00000000000000000000bb04\nname: minted-leaf\nproject: platform\n\
+         apiServer: https://127.0.0.1:6443\ncertificateAuthorityFile: a-ca.crt\n\
+         clientCa:\n  certificateFile: server.crt\n  keyFile: server.key\n\
+         kubernetesPack:\n  name: kubernetes\n  values: \"\"\n",
+    )
+    .unwrap();
+    let output = Command::new(kubeconfigd_e2e::binary().unwrap())
+        .arg("check")
+        .arg("--inventory")
+        .arg(&inventory)
+        .arg("--tenant")
+        .arg(fixture.tenant())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(!output.status.success());
+    assert!(
+        printed.contains("00000000000000000000bb04 (minted-leaf): cannot mint admin credentials: clientCa.certificate: not a CA certificate"),
+        "{printed}"
+    );
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let refused = server
+        .client()
+        .await
+        .unwrap()
+        .get_admin_kubeconfig(with_key(admin_request("00000000000000000000bb04"), ADMIN))
+        .await
+        .expect_err("unavailable");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused.message().contains("not a CA certificate"),
+        "{}",
+        refused.message()
+    );
+    // The other minting clusters are unaffected.
+    server
+        .client()
+        .await
+        .unwrap()
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), ADMIN))
+        .await
+        .expect("cluster A still mints");
+}
