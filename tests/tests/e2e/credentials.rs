@@ -1036,3 +1036,43 @@ async fn a_client_ca_that_cannot_sign_is_reported_by_check_and_unavailable_on_do
         .await
         .expect("cluster A still mints");
 }
+
+#[tokio::test]
+async fn with_redis_down_nothing_unrecorded_is_minted_and_static_files_are_still_served() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let mut redis = RedisServer::start().expect("redis-server");
+    let mut args = fixture.args();
+    args.extend(redis_flags(&redis));
+    let server = Server::start(&args).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    client
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), ADMIN))
+        .await
+        .expect("minted while Redis is up");
+    redis.kill();
+    // A credential that would need a fresh mint cannot be recorded: refused, not served unrecorded.
+    let refused = client
+        .get_admin_kubeconfig(with_key(
+            GetAdminKubeconfigRequest {
+                expiration_seconds: Some(1200),
+                ..admin_request(MINTED_A)
+            },
+            ADMIN,
+        ))
+        .await
+        .expect_err("no ledger, no credential");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("ledger"),
+        "{}",
+        refused.message()
+    );
+    // A cluster with a static admin credential does not need the ledger.
+    client
+        .get_admin_kubeconfig(with_key(admin_request("00000000000000000000aa04"), ADMIN))
+        .await
+        .expect("static admin kubeconfig still served");
+    let counted = metrics(&server).await.unwrap();
+    assert!(counted["kubeconfigd_credential_ledger_failures_total"] >= 1.0);
+    assert!(!server.log_text().contains("PRIVATE KEY"));
+}
