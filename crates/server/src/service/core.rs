@@ -423,8 +423,10 @@ impl Core {
         // The audit trail: one event per asset request, whatever the outcome; never the content.
         let user = user.as_deref().unwrap_or("-");
         match &result {
-            Ok(served) => match &served.credential {
-                None => tracing::info!(
+            Ok(served) => {
+                // Fields of a minted credential: recorded when there is one, absent otherwise.
+                let credential = served.credential.as_ref();
+                tracing::info!(
                     target: "audit",
                     user,
                     cluster = uid,
@@ -433,24 +435,13 @@ impl Core {
                     request_id = %credentials.request_id,
                     sha256 = %served.rendered.0.etag,
                     tier = served.tier.as_str(),
+                    serial = credential.map(|c| tracing::field::display(&c.entry.serial)),
+                    fingerprint = credential.map(|c| tracing::field::display(&c.entry.fingerprint)),
+                    reused = credential.map(|c| c.reused),
+                    reason = credential.map(|_| tracing::field::display(&options.reason)),
                     "asset served"
-                ),
-                Some(credential) => tracing::info!(
-                    target: "audit",
-                    user,
-                    cluster = uid,
-                    asset = asset.as_str(),
-                    allowed = true,
-                    request_id = %credentials.request_id,
-                    sha256 = %served.rendered.0.etag,
-                    tier = served.tier.as_str(),
-                    serial = %credential.entry.serial,
-                    fingerprint = %credential.entry.fingerprint,
-                    reused = credential.reused,
-                    reason = %options.reason,
-                    "asset served"
-                ),
-            },
+                )
+            }
             Err(error) => tracing::info!(
                 target: "audit",
                 user,
@@ -720,10 +711,15 @@ impl Core {
     }
 
     /// Whether the caller may see a ledger entry's details: its own user, or an admin of its cluster.
-    fn may_see_entry(snapshot: &Snapshot, caller: &Caller, entry: &LedgerEntry) -> bool {
+    /// `visible`: the caller's permissions on the entry's cluster, when it can see it.
+    fn may_see_entry(
+        snapshot: &Snapshot,
+        caller: &Caller,
+        entry: &LedgerEntry,
+        visible: Option<ClusterPermissions>,
+    ) -> bool {
         entry.issued_to == caller.user
-            || Self::permissions_on(snapshot, caller, &entry.cluster)
-                .is_some_and(|(_, p)| may_download_admin(snapshot.tenant.policy(), p))
+            || visible.is_some_and(|p| may_download_admin(snapshot.tenant.policy(), p))
     }
 
     /// Whether a minted credential is still current (see `CheckKubeconfig`).
@@ -779,13 +775,13 @@ impl Core {
                 "not a credential this service issued, or one it no longer remembers",
             ));
         };
-        let visible = Self::permissions_on(&snapshot, &caller, &entry.cluster);
+        let visible = Self::permissions_on(&snapshot, &caller, &entry.cluster).map(|(_, p)| p);
         if visible.is_none() && entry.issued_to != caller.user {
             return Ok(unknown(
                 "not a credential this service issued, or one it no longer remembers",
             ));
         }
-        let detailed = Self::may_see_entry(&snapshot, &caller, &entry);
+        let detailed = Self::may_see_entry(&snapshot, &caller, &entry, visible);
         let (status, reason) = if let Some(revocation) = &entry.revoked {
             (
                 CredentialStatus::Revoked,
@@ -849,7 +845,8 @@ impl Core {
             .await
             .map_err(unavailable)?
             .ok_or_else(not_found)?;
-        if !Self::may_see_entry(&snapshot, &caller, &entry) {
+        let visible = Self::permissions_on(&snapshot, &caller, &entry.cluster).map(|(_, p)| p);
+        if !Self::may_see_entry(&snapshot, &caller, &entry, visible) {
             return Err(not_found());
         }
         if entry.revoked.is_none() {
@@ -1223,24 +1220,8 @@ mod tests {
             Arc::new(Minter::new(ledger.clone())),
         );
         let now = ledger::unix_seconds(std::time::SystemTime::now());
-        let entry = |serial: &str, not_after: u64| LedgerEntry {
-            serial: serial.to_owned(),
-            fingerprint: serial.repeat(32),
-            cluster: "6470a2b1c5e6f1a2b3c4d5e7".to_owned(),
-            kubernetes_user: "kubeconfigd:admin:admin@demo.test".to_owned(),
-            kubernetes_group: "system:masters".to_owned(),
-            issued_to: "admin@demo.test".to_owned(),
-            issued_at: now - 7200,
-            not_before: now - 7260,
-            not_after,
-            requested_seconds: 3600,
-            granted_seconds: 3600,
-            clamped: false,
-            caller_key: false,
-            reason: String::new(),
-            request_id: "r".to_owned(),
-            cluster_digest: String::new(),
-            revoked: None,
+        let entry = |serial: &str, not_after: u64| {
+            LedgerEntry::sample(serial, "6470a2b1c5e6f1a2b3c4d5e7", not_after)
         };
         use crate::ledger::Ledger as _;
         ledger.record(&entry("aa", now - 10)).await.unwrap();

@@ -61,6 +61,30 @@ pub struct Revocation {
 }
 
 impl LedgerEntry {
+    /// An entry for tests: issued to admin@demo.test an hour before `not_after`.
+    #[cfg(test)]
+    pub(crate) fn sample(serial: &str, cluster: &str, not_after: u64) -> Self {
+        LedgerEntry {
+            serial: serial.to_owned(),
+            fingerprint: serial.repeat(64 / serial.len().max(1)),
+            cluster: cluster.to_owned(),
+            kubernetes_user: "kubeconfigd:admin:admin@demo.test".to_owned(),
+            kubernetes_group: "system:masters".to_owned(),
+            issued_to: "admin@demo.test".to_owned(),
+            issued_at: not_after.saturating_sub(3600),
+            not_before: not_after.saturating_sub(3660),
+            not_after,
+            requested_seconds: 3600,
+            granted_seconds: 3600,
+            clamped: false,
+            caller_key: false,
+            reason: String::new(),
+            request_id: "r".to_owned(),
+            cluster_digest: String::new(),
+            revoked: None,
+        }
+    }
+
     /// When the entry may be forgotten.
     fn keep_until(&self) -> u64 {
         self.not_after + KEEP_AFTER_EXPIRY.as_secs()
@@ -497,23 +521,8 @@ mod tests {
 
     fn entry(serial: &str, cluster: &str, not_after: u64) -> LedgerEntry {
         LedgerEntry {
-            serial: serial.to_owned(),
             fingerprint: format!("fp-{serial}"),
-            cluster: cluster.to_owned(),
-            kubernetes_user: "kubeconfigd:admin:ada".to_owned(),
-            kubernetes_group: "system:masters".to_owned(),
-            issued_to: "ada".to_owned(),
-            issued_at: 0,
-            not_before: 0,
-            not_after,
-            requested_seconds: 3600,
-            granted_seconds: 3600,
-            clamped: false,
-            caller_key: false,
-            reason: String::new(),
-            request_id: "r".to_owned(),
-            cluster_digest: "d".to_owned(),
-            revoked: None,
+            ..LedgerEntry::sample(serial, cluster, not_after)
         }
     }
 

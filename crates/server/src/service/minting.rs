@@ -217,15 +217,16 @@ impl Minter {
             || "generated-p256".to_owned(),
             |k| format!("spki-{}", k.digest()),
         );
-        let reuse_key = hex::encode(Sha256::digest(
+        let reuse_digest = Sha256::digest(
             format!(
                 "{user}\0{}\0{}\0{key_kind}\0{granted}",
                 cluster.uid(),
                 cluster.revision
             )
             .as_bytes(),
-        ));
-        let stripe = usize::from(Sha256::digest(reuse_key.as_bytes())[0]) % self.stripes.len();
+        );
+        let reuse_key = hex::encode(reuse_digest);
+        let stripe = usize::from(reuse_digest[0]) % self.stripes.len();
         let _turn = self.stripes[stripe].lock().await;
         let now = SystemTime::now();
         if let Some(mut kept) = self.reusable(&reuse_key, granted, now).await {
