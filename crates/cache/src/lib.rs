@@ -50,12 +50,14 @@ impl CacheKey {
         revision: impl std::fmt::Display,
         format_version: u32,
     ) -> Self {
-        CacheKey {
-            text: format!(
-                "{}{variant}:{revision}:f{format_version}",
-                cluster_prefix(cluster)
-            ),
-        }
+        use std::fmt::Write as _;
+        // One allocation of the right size (built on every cached download).
+        let mut text = String::with_capacity(PREFIX.len() + cluster.len() + variant.len() + 80);
+        let _ = write!(
+            text,
+            "{PREFIX}:{cluster}:{variant}:{revision}:f{format_version}"
+        );
+        CacheKey { text }
     }
 
     /// The key as stored.

@@ -24,6 +24,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
+mod text_line;
+pub use text_line::TextLine;
+
 /// The default service name.
 pub const SERVICE_NAME: &str = "kubeconfigd";
 
@@ -196,6 +199,20 @@ fn log_buffer() -> (LogWriter, LogGuard) {
     )
 }
 
+/// Whether calls open spans at all: only when something exports them. Logs are events only, so
+/// without an exporter a span would be built, entered and closed in the registry for no reader.
+static SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the per-call spans on or off. [`init`] turns them on when it exports spans; a test that
+/// installs its own span collector turns them on itself.
+pub fn record_spans(on: bool) {
+    SPANS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn spans_recorded() -> bool {
+    SPANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installed providers; [`Telemetry::shutdown`] flushes them.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -261,6 +278,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
             Err(error) => export_error = Some(error),
         }
     }
+    record_spans(telemetry.tracer.is_some());
     let otel = telemetry
         .tracer
         .as_ref()
@@ -271,19 +289,34 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     // Logs are events only: every event that matters carries its own fields (the audit event has the
     // user, cluster, asset, decision, request id and digest), so the log layer neither records the
     // fields of each call's span nor prints them again on every line. Spans exist for the exporter;
-    // without one, no layer wants them and they cost nothing.
+    // without one, calls do not open them ([`record_spans`]).
     let events_only = tracing_subscriber::filter::filter_fn(|metadata| metadata.is_event());
-    let (text, json) = match format {
-        LogFormat::Text => (
+    // A terminal gets the default, coloured format; anything else (a file, a pipe, a collector)
+    // gets the same layout written by [`TextLine`], which costs a fraction of it per line.
+    let (plain, coloured, json) = match format {
+        LogFormat::Text if !ansi => (
             Some(
                 tracing_subscriber::fmt::layer()
-                    .with_ansi(ansi)
+                    .with_ansi(false)
+                    .event_format(TextLine)
+                    .with_writer(writer.clone())
+                    .with_filter(events_only),
+            ),
+            None,
+            None,
+        ),
+        LogFormat::Text => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(true)
                     .with_writer(writer.clone())
                     .with_filter(events_only),
             ),
             None,
         ),
         LogFormat::Json => (
+            None,
             None,
             Some(
                 tracing_subscriber::fmt::layer()
@@ -298,7 +331,8 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     };
     if let Err(error) = tracing_subscriber::registry()
         .with(filter)
-        .with(text)
+        .with(plain)
+        .with(coloured)
         .with(json)
         .with(otel)
         .try_init()
@@ -374,6 +408,9 @@ pub fn grpc_span(
     request_id: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
+    if !spans_recorded() {
+        return tracing::Span::none();
+    }
     let span = server_span!(
         "grpc",
         request_id,
@@ -393,6 +430,9 @@ pub fn rest_span(
     request_id: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
+    if !spans_recorded() {
+        return tracing::Span::none();
+    }
     let span = server_span!(
         "rest",
         request_id,

@@ -121,6 +121,7 @@ fn spans_carry_the_conventions_and_no_secrets() {
         )
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _guard = tracing::subscriber::set_default(subscriber);
+    kubeconfigd::telemetry::record_spans(true);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -253,7 +253,7 @@ impl KubeconfigApi {
 
     async fn call<T, F, Fut>(
         &self,
-        metadata: &MetadataMap,
+        metadata: MetadataMap,
         method: &'static str,
         f: F,
     ) -> Result<Response<T>, Status>
@@ -262,7 +262,7 @@ impl KubeconfigApi {
         Fut: std::future::Future<Output = Result<T, CoreError>>,
     {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let headers = metadata.clone().into_headers();
+        let headers = metadata.into_headers();
         let span = telemetry::grpc_span(method, &request_id, &headers);
         let result = self
             .core
@@ -344,7 +344,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         let frp = message.frp.unwrap_or(true);
-        self.call(&metadata, "GetKubeconfig", |core, creds| async move {
+        self.call(metadata, "GetKubeconfig", |core, creds| async move {
             let served = core
                 .asset(
                     &creds,
@@ -366,7 +366,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::GetAdminKubeconfigRequest>,
     ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "GetAdminKubeconfig", |core, creds| async move {
+        self.call(metadata, "GetAdminKubeconfig", |core, creds| async move {
             use pb::get_admin_kubeconfig_request::ClientKey;
             let options = MintOptions {
                 expiration_seconds: message.expiration_seconds,
@@ -391,7 +391,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::GetKubeconfigAccessRequest>,
     ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "GetKubeconfigAccess", |core, creds| async move {
+        self.call(metadata, "GetKubeconfigAccess", |core, creds| async move {
             let report = core.access(&creds, &message.uid)?;
             Ok(pb::GetKubeconfigAccessResponse {
                 access: Some(cluster_access(&report)),
@@ -405,7 +405,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "ListClusters", |core, creds| async move {
+        self.call(metadata, "ListClusters", |core, creds| async move {
             let page = core.list(&creds, message.page_size, &message.page_token)?;
             Ok(pb::ListClustersResponse {
                 clusters: page.clusters.iter().map(cluster_access).collect(),
@@ -421,7 +421,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<pb::CheckKubeconfigResponse>, Status> {
         use pb::check_kubeconfig_request::Subject;
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "CheckKubeconfig", |core, creds| async move {
+        self.call(metadata, "CheckKubeconfig", |core, creds| async move {
             let subject = match &message.subject {
                 Some(Subject::Kubeconfig(text)) => CheckSubject::Kubeconfig(text),
                 Some(Subject::Fingerprint(fingerprint)) => CheckSubject::Fingerprint(fingerprint),
@@ -446,7 +446,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        self.call(&metadata, "RevokeCredential", |core, creds| async move {
+        self.call(metadata, "RevokeCredential", |core, creds| async move {
             let entry = core
                 .revoke_credential(&creds, &message.serial, &message.reason)
                 .await?;
@@ -463,7 +463,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.call(
-            &metadata,
+            metadata,
             "ListIssuedCredentials",
             |core, creds| async move {
                 let (entries, next_page_token) = core

@@ -357,11 +357,14 @@ async fn serve(
             .and_then(|v| v.to_str().ok()),
     ) && let Some(etag) = single_etag(held)
     {
-        state
-            .watchers
-            .wait_for_change(&credentials, uid, request, &etag, wait)
-            .instrument(span.clone())
-            .await;
+        // Boxed: a long-poll's state is large and only this path needs it.
+        Box::pin(
+            state
+                .watchers
+                .wait_for_change(&credentials, uid, request, &etag, wait),
+        )
+        .instrument(span.clone())
+        .await;
     }
     let result = core
         .run(
@@ -377,6 +380,15 @@ async fn serve(
         i64::from(response.status().as_u16()),
     );
     response
+}
+
+/// A served file's YAML as a response body.
+struct Yaml(Arc<crate::cached::CachedAsset>);
+
+impl AsRef<[u8]> for Yaml {
+    fn as_ref(&self) -> &[u8] {
+        self.0.0.yaml.as_bytes()
+    }
 }
 
 fn respond(
@@ -428,7 +440,8 @@ fn respond(
             (header::ETAG, etag_header),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        rendered.yaml.clone(),
+        // The body shares the cached bytes (kept alive by the response) instead of copying them.
+        axum::body::Body::from(bytes::Bytes::from_owner(Yaml(Arc::clone(&served.rendered)))),
     )
         .into_response();
     response

@@ -308,14 +308,15 @@ impl Core {
         call: impl std::future::Future<Output = Result<T, CoreError>>,
     ) -> Result<T, CoreError> {
         let started = std::time::Instant::now();
-        let timeout = self.request_timeout;
-        let result = self
-            .admitted(async {
-                tokio::time::timeout(timeout, call)
-                    .await
-                    .unwrap_or_else(|_| Err(CoreError::timeout(timeout)))
-            })
-            .await;
+        // Boxed once here: every layer around a call (admission, deadline, the edge's span) would
+        // otherwise hold its own copy of the call's state and move it on every first poll.
+        let call = Box::pin(call);
+        let result = match self.admit() {
+            Ok(_permit) => tokio::time::timeout(self.request_timeout, call)
+                .await
+                .unwrap_or_else(|_| Err(CoreError::timeout(self.request_timeout))),
+            Err(refused) => Err(refused),
+        };
         self.metrics.call(
             edge,
             method,
@@ -355,15 +356,6 @@ impl Core {
                 "too many requests in flight; retry shortly",
             )
         })
-    }
-
-    /// Runs `call` under admission ([`Core::admit`]): the one concurrency limit both edges apply.
-    pub async fn admitted<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, CoreError>>,
-    ) -> Result<T, CoreError> {
-        let _permit = self.admit()?;
-        call.await
     }
 
     /// Refuses (as unavailable) while the first inventory load runs.
@@ -530,17 +522,16 @@ impl Core {
             && renderer.carries_admin_credential(variant.request())
         {
             // Per caller: never cached as a file (the credential is kept for reuse instead).
-            let credential = self
-                .minter
-                .credential(
-                    &caller.user,
-                    cluster,
-                    minting,
-                    ca,
-                    options,
-                    &credentials.request_id,
-                )
-                .await?;
+            // Boxed: minting's state is large and only this path needs it.
+            let credential = Box::pin(self.minter.credential(
+                &caller.user,
+                cluster,
+                minting,
+                ca,
+                options,
+                &credentials.request_id,
+            ))
+            .await?;
             let rendered = renderer.render_with_admin(variant.request(), &credential.certificate);
             let tier = if credential.reused {
                 Tier::Memory
