@@ -14,6 +14,10 @@ use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_server::{
 };
 use tonic::{Request, Response, Status};
 
+/// The same allocator as kubeconfigd: the baseline differs from it only in what each call does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Fixed {
     yaml: Arc<String>,
 }

@@ -18,7 +18,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kubeconfig_policy::{ApiKeyHash, Tenant};
+use kubeconfig_policy::Tenant;
+
+use crate::auth::ApiKeys;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
@@ -39,7 +41,7 @@ pub struct Snapshot {
     /// The uids of each project's clusters.
     pub by_project: ProjectIndex,
     /// API key hashes and the user each belongs to.
-    pub api_keys: Arc<Vec<(ApiKeyHash, String)>>,
+    pub api_keys: Arc<ApiKeys>,
     /// A tenant file problem (the last good version is in service), reported with every cluster.
     pub tenant_problem: Option<String>,
     /// How many served clusters are unavailable.
@@ -58,7 +60,7 @@ impl Snapshot {
             ),
             clusters: ClusterMap::new(),
             by_project: ProjectIndex::new(),
-            api_keys: Arc::new(Vec::new()),
+            api_keys: Arc::new(ApiKeys::default()),
             tenant_problem: None,
             unavailable: 0,
             loaded: false,
@@ -227,7 +229,7 @@ pub struct Inventory {
     origin: Origin,
     tenant: Option<(Arc<Tenant>, [u8; 32])>,
     tenant_problem: Option<String>,
-    api_keys: Arc<Vec<(ApiKeyHash, String)>>,
+    api_keys: Arc<ApiKeys>,
     /// Every path and uid below is one shared allocation (`Arc`), not a copy per index.
     slots: HashMap<Arc<Path>, Slot>,
     /// Which cluster files refer to each referenced file (joined to the inventory directory).
@@ -279,7 +281,7 @@ impl Inventory {
             origin,
             tenant: None,
             tenant_problem: None,
-            api_keys: Arc::new(Vec::new()),
+            api_keys: Arc::new(ApiKeys::default()),
             slots: HashMap::new(),
             referrers: HashMap::new(),
             claims: HashMap::new(),
@@ -409,12 +411,11 @@ impl Inventory {
                 }
                 match Tenant::from_yaml(&text) {
                     Ok(tenant) => {
-                        self.api_keys = Arc::new(
+                        self.api_keys = Arc::new(ApiKeys::new(
                             tenant
                                 .users()
-                                .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.email.clone())))
-                                .collect(),
-                        );
+                                .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.email.clone()))),
+                        ));
                         self.tenant = Some((Arc::new(tenant), text_digest));
                         self.tenant_problem = None;
                         return true;

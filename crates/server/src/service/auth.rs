@@ -9,7 +9,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use kubeconfig_policy::ApiKeyHash;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::config::{JwtConfig, JwtKey};
 use crate::error::CoreError;
@@ -188,27 +187,43 @@ impl JwtVerifier {
     }
 }
 
-/// Matches a presented API key against the stored hashes, comparing every hash in constant time.
-pub fn match_api_key<'a>(key: &str, keys: &'a [(ApiKeyHash, String)]) -> Option<&'a str> {
-    let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let mut found = None;
-    for (hash, user) in keys {
-        if bool::from(hash.digest().ct_eq(&presented)) && found.is_none() {
-            found = Some(user.as_str());
+/// The tenant's API keys by their SHA-256, each with the user it belongs to.
+///
+/// A presented key is hashed and looked up: one hash and one map probe whatever the number of keys.
+/// The probe compares digests, not keys, so its timing can at most tell an attacker something about
+/// the digest of a key they already chose; it says nothing about a stored key (finding a key from its
+/// digest is a preimage search).
+#[derive(Debug, Default)]
+pub struct ApiKeys {
+    users: std::collections::HashMap<ApiKeyHash, String>,
+}
+
+impl ApiKeys {
+    /// The index of `keys`; when two users list the same key, the first keeps it.
+    pub fn new(keys: impl IntoIterator<Item = (ApiKeyHash, String)>) -> Self {
+        let mut users = std::collections::HashMap::new();
+        for (hash, user) in keys {
+            users.entry(hash).or_insert(user);
         }
+        ApiKeys { users }
     }
-    found
+
+    /// The user a presented key belongs to.
+    pub fn user_of(&self, key: &str) -> Option<&str> {
+        let presented = ApiKeyHash::from_digest(Sha256::digest(key.as_bytes()).into());
+        self.users.get(&presented).map(String::as_str)
+    }
 }
 
 /// Authenticates a caller: API key first when one is presented, else the bearer token.
 pub fn authenticate(
     credentials: &Credentials,
-    keys: &[(ApiKeyHash, String)],
+    keys: &ApiKeys,
     jwt: Option<&JwtVerifier>,
 ) -> Result<Caller, CoreError> {
     let project = credentials.project.clone().filter(|p| !p.is_empty());
     if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
-        let user = match_api_key(key, keys).ok_or_else(CoreError::unauthenticated)?;
+        let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
         return Ok(Caller {
             user: user.to_owned(),
             groups: Vec::new(),
@@ -231,15 +246,22 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
 
-    fn keys() -> Vec<(ApiKeyHash, String)> {
+    fn keys() -> ApiKeys {
         let hash = ApiKeyHash::from_digest(Sha256::digest(b"right-key").into());
-        vec![(hash, "a@x.test".to_owned())]
+        let other = ApiKeyHash::from_digest(Sha256::digest(b"other-key").into());
+        ApiKeys::new([
+            (hash, "a@x.test".to_owned()),
+            (other, "b@x.test".to_owned()),
+            (hash, "c@x.test".to_owned()),
+        ])
     }
 
     #[test]
     fn api_key_matches_only_its_hash() {
-        assert_eq!(match_api_key("right-key", &keys()), Some("a@x.test"));
-        assert_eq!(match_api_key("wrong-key", &keys()), None);
+        assert_eq!(keys().user_of("right-key"), Some("a@x.test"));
+        assert_eq!(keys().user_of("other-key"), Some("b@x.test"));
+        assert_eq!(keys().user_of("wrong-key"), None);
+        assert_eq!(keys().user_of(""), None);
         let creds = Credentials {
             api_key: Some("wrong-key".into()),
             ..Default::default()
