@@ -359,6 +359,16 @@ impl Telemetry {
     }
 }
 
+/// A new request id: a random (v4) UUID in its hyphenated form, encoded without the formatting
+/// machinery (every call makes one).
+pub fn new_request_id() -> String {
+    let mut text = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
+}
+
 /// Reads W3C trace context from HTTP headers or gRPC metadata (both are an `http::HeaderMap`).
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 

@@ -261,7 +261,7 @@ impl KubeconfigApi {
         F: FnOnce(Arc<Core>, Credentials) -> Fut,
         Fut: std::future::Future<Output = Result<T, CoreError>>,
     {
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = telemetry::new_request_id();
         let headers = metadata.into_headers();
         let span = telemetry::grpc_span(method, &request_id, &headers);
         let result = self
@@ -318,7 +318,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<Self::WatchKubeconfigsStream>, Status> {
         use tokio_stream::StreamExt as _;
         let (metadata, _, message) = request.into_parts();
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = telemetry::new_request_id();
         let headers = metadata.into_headers();
         let started = std::time::Instant::now();
         let opened = watch_spec(message).and_then(|spec| {

@@ -209,7 +209,7 @@ async fn healthz() -> &'static str {
 
 /// An error answer outside a handler (routing, extraction), with a fresh request id.
 pub fn plain_error(kind: ErrorKind, message: &str) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = telemetry::new_request_id();
     error_response(&CoreError::new(kind, message), &request_id)
 }
 
@@ -238,7 +238,7 @@ fn undecodable_path() -> Response {
 }
 
 fn bad_query(state: &RestState, method: &'static str, error: &CoreError) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = telemetry::new_request_id();
     state.watchers.core().metrics().call(
         "rest",
         method,
@@ -252,9 +252,10 @@ async fn kubeconfig(
     State(state): State<RestState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    headers: HeaderMap,
+    // Taken whole (it is the last extractor) so that its headers are borrowed, not cloned.
+    request: axum::extract::Request,
 ) -> Response {
-    let request = |query: &HashMap<String, String>| match query.get("frp").map(String::as_str) {
+    let request_of = |query: &HashMap<String, String>| match query.get("frp").map(String::as_str) {
         None | Some("true") => Ok((Request::Kubeconfig { frp: true }, MintOptions::default())),
         Some("false") => Ok((Request::Kubeconfig { frp: false }, MintOptions::default())),
         Some(_) => Err(CoreError::bad_request("frp must be true or false")),
@@ -264,8 +265,8 @@ async fn kubeconfig(
         ("GetKubeconfig", KUBECONFIG_ROUTE),
         path,
         query,
-        &headers,
-        request,
+        request.headers(),
+        request_of,
     )
     .await
 }
@@ -274,14 +275,15 @@ async fn admin_kubeconfig(
     State(state): State<RestState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    headers: HeaderMap,
+    // Taken whole (it is the last extractor) so that its headers are borrowed, not cloned.
+    request: axum::extract::Request,
 ) -> Response {
     download(
         &state,
         ("GetAdminKubeconfig", ADMIN_ROUTE),
         path,
         query,
-        &headers,
+        request.headers(),
         |query| {
             let expiration_seconds = query
                 .get("expirationSeconds")
@@ -345,7 +347,7 @@ async fn serve(
     wait: Option<std::time::Duration>,
 ) -> Response {
     let core = state.watchers.core();
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = telemetry::new_request_id();
     let span = telemetry::rest_span(route, &request_id, headers);
     let credentials = Credentials::from_headers(headers, &request_id);
     // A long-poll first waits (outside the request timeout) until the file differs from the one

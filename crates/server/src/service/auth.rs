@@ -1,5 +1,5 @@
-//! Authentication (docs/files.md, "Who the caller is"): API keys matched against stored SHA-256 hashes in constant
-//! time, or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience, expiry and not-before
+//! Authentication (docs/files.md, "Who the caller is"): API keys looked up by their SHA-256 among the
+//! stored hashes ([`ApiKeys`]), or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience, expiry and not-before
 //! checked with a small clock skew; only the configured algorithm is accepted, so `alg: none` and
 //! HS/RS confusion fail). Every failure is the same 401 with no hint which part was wrong.
 
@@ -42,16 +42,20 @@ impl Credentials {
     /// Reads `apikey`, `authorization: Bearer …` and `projectuid` from HTTP headers or gRPC metadata
     /// (header names are case-insensitive, so `ApiKey` and `apikey` are the same).
     pub fn from_headers(headers: &http::HeaderMap, request_id: &str) -> Self {
-        let text = |name: &str| {
+        // Names built once, not parsed on every lookup.
+        const API_KEY: http::HeaderName = http::HeaderName::from_static("apikey");
+        const PROJECT: http::HeaderName = http::HeaderName::from_static("projectuid");
+        let text = |name: &http::HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
         Credentials {
-            api_key: text("apikey"),
-            bearer: text("authorization").and_then(|v| Credentials::bearer_from_authorization(&v)),
-            project: text("projectuid"),
+            api_key: text(&API_KEY),
+            bearer: text(&http::header::AUTHORIZATION)
+                .and_then(|v| Credentials::bearer_from_authorization(&v)),
+            project: text(&PROJECT),
             request_id: request_id.to_owned(),
         }
     }

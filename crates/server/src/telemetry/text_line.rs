@@ -35,11 +35,7 @@ where
     ) -> fmt::Result {
         let normalized = event.normalized_metadata();
         let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        write!(
-            writer,
-            "{} ",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now())
-        )?;
+        write_timestamp(&mut writer)?;
         writer.write_str(level(*metadata.level()))?;
         writer.write_char(' ')?;
         writer.write_str(metadata.target())?;
@@ -53,6 +49,40 @@ where
         fields.result?;
         writer.write_char('\n')
     }
+}
+
+/// `2026-12-01T13:45:41.630408Z ` (RFC 3339, microseconds, UTC): the date and time of day are
+/// formatted once a second per thread, the microseconds on every line.
+fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
+    let now = std::time::SystemTime::now();
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    let (cached, mut prefix) = SECOND.get();
+    if cached != seconds {
+        let text = humantime::format_rfc3339_seconds(now).to_string();
+        if text.len() != 20 {
+            // Outside years 0000-9999: no fast path.
+            return write!(writer, "{} ", humantime::format_rfc3339_micros(now));
+        }
+        prefix.copy_from_slice(&text.as_bytes()[..19]);
+        SECOND.set((seconds, prefix));
+    }
+    let mut line = [0u8; 28];
+    line[..19].copy_from_slice(&prefix);
+    line[19] = b'.';
+    let mut micros = since_epoch.subsec_micros();
+    for at in (20..26).rev() {
+        line[at] = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    line[26] = b'Z';
+    line[27] = b' ';
+    writer.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
 }
 
 fn level(level: Level) -> &'static str {
@@ -269,7 +299,14 @@ mod tests {
         let (ours, _) = both(|| tracing::info!("x"));
         let stamp = ours.split_once(' ').unwrap().0;
         assert_eq!(stamp.len(), "2026-12-01T13:45:41.630408Z".len(), "{stamp}");
-        assert!(humantime::parse_rfc3339(stamp).is_ok(), "{stamp}");
+        let logged = humantime::parse_rfc3339(stamp).expect(stamp);
+        let off = std::time::SystemTime::now()
+            .duration_since(logged)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            off < std::time::Duration::from_secs(5),
+            "{stamp} is {off:?} off"
+        );
     }
 
     #[test]
