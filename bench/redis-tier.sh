@@ -34,6 +34,8 @@ curl -sf -H "ApiKey: demo-viewer-key" "$url" >/dev/null
 tiers=$(curl -sf http://127.0.0.1:8083/metrics | grep '^kubeconfigd_cache_hits_total')
 grep -q 'tier="redis"} [1-9]' <<<"$tiers" || { echo "the call was not served from Redis:" >&2; echo "$tiers" >&2; exit 1; }
 
+tier() { curl -sf http://127.0.0.1:8083/metrics | awk -v t="$1" -F'[{}" ]+' '$1 == "kubeconfigd_cache_hits_total" && $3 == t {print $4}'; }
+redis_before=$(tier redis) flight_before=$(tier in_flight)
 echo "value: $size bytes of kubeconfig (stored sealed); $(nproc) cores; $rounds interleaved rounds"
 ours=() theirs=()
 for round in $(seq "$rounds"); do
@@ -47,4 +49,8 @@ done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 awk -v o="$(median "${ours[@]}")" -v b="$(median "${theirs[@]}")" \
   'BEGIN {printf "medians: kubeconfigd %.0f/s, redis-benchmark GET %.0f/s, ratio %.2fx\n", o, b, o / b}'
+# Concurrent calls for the same file share one Redis read (single flight): say how the calls were
+# answered, so the figure is not read as "one Redis round trip per call".
+redis_reads=$(( $(tier redis) - redis_before )) shared=$(( $(tier in_flight) - flight_before ))
+awk -v r="$redis_reads" -v s="$shared" 'BEGIN {printf "kubeconfigd calls: %d answered by their own Redis read, %d by a concurrent read of the same value (%.0f%%)\n", r, s, 100 * s / (r + s)}'
 grep -q 'tier="render"} 1$' <(curl -sf http://127.0.0.1:8083/metrics) || echo "note: more than one render happened (Redis entries expired or were refused)" >&2
