@@ -609,10 +609,9 @@ async fn every_rest_error_has_the_json_body_and_the_admin_listener_stands_alone(
     );
 }
 
-/// A Redis stand-in that accepts commands but never answers a read: calls must still end at
-/// `--request-timeout`, on REST as on gRPC.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalling_redis_never_holds_a_call_past_the_request_timeout() {
+/// A Redis stand-in that answers every command with `+OK` except reads (`GETRANGE`), which it never
+/// answers. Returns its port.
+async fn stalling_redis() -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -650,28 +649,30 @@ async fn a_stalling_redis_never_holds_a_call_past_the_request_timeout() {
             });
         }
     });
+    port
+}
+
+/// kubeconfigd on the demo data with only the Redis tier, on `redis_port`, plus `extra` flags; returns
+/// once the cache counts Redis as up.
+async fn server_on_redis(redis_port: u16, extra: &[&str]) -> Server {
     let key = kubeconfigd_e2e::workspace_root()
         .join("tests/fixtures/cache.key")
         .display()
         .to_string();
-    let server = Server::start(
-        &[
-            "--demo",
-            "--cache-memory",
-            "0",
-            "--redis-url",
-            &format!("redis://127.0.0.1:{port}"),
-            "--cache-key-file",
-            &key,
-            "--redis-timeout",
-            "5s",
-            "--request-timeout",
-            "300ms",
-        ]
-        .map(str::to_owned),
-    )
-    .await
-    .expect("server");
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let mut args = vec![
+        "--demo",
+        "--cache-memory",
+        "0",
+        "--redis-url",
+        &redis_url,
+        "--cache-key-file",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
+        .await
+        .expect("server");
     let up = eventually(Duration::from_secs(10), || async {
         kubeconfigd_e2e::metrics(&server)
             .await
@@ -683,6 +684,18 @@ async fn a_stalling_redis_never_holds_a_call_past_the_request_timeout() {
         "the stand-in never counted as up:\n{}",
         server.log_text()
     );
+    server
+}
+
+/// Calls must end at `--request-timeout` even when Redis never answers, on REST as on gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_redis_never_holds_a_call_past_the_request_timeout() {
+    let port = stalling_redis().await;
+    let server = server_on_redis(
+        port,
+        &["--redis-timeout", "5s", "--request-timeout", "300ms"],
+    )
+    .await;
     let started = Instant::now();
     let response = reqwest::Client::new()
         .get(format!(
@@ -714,4 +727,87 @@ async fn a_stalling_redis_never_holds_a_call_past_the_request_timeout() {
         .expect_err("timed out");
     assert_ne!(status.code(), tonic::Code::Ok);
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// One admission limit for both edges: with `--max-concurrent-requests 2` and two calls held in
+/// flight (Redis never answers), a third call is refused at once with 429 on REST and
+/// RESOURCE_EXHAUSTED on gRPC, each counted; once the held calls end, calls are admitted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_concurrency_limit_both_edges_refuse_at_once() {
+    let port = stalling_redis().await;
+    let server = server_on_redis(
+        port,
+        &[
+            "--redis-timeout",
+            "10s",
+            "--request-timeout",
+            "3s",
+            "--max-concurrent-requests",
+            "2",
+        ],
+    )
+    .await;
+    let url = format!(
+        "{}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig",
+        server.rest_url()
+    );
+    let http = reqwest::Client::new();
+    let get = || http.get(&url).header("ApiKey", "demo-viewer-key").send();
+    let mut client = server.client().await.expect("client");
+    let held = [tokio::spawn(get()), tokio::spawn(get())];
+    // The held calls reach the server (loopback) long before this; each then waits on Redis for
+    // the 3 s deadline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let response = get().await.expect("REST");
+    assert_eq!(
+        response.status().as_u16(),
+        429,
+        "two calls were held:\n{}",
+        server.log_text()
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+    assert_eq!(body["code"], "TooManyRequests", "{body}");
+    let status = client
+        .get_kubeconfig(with_key(
+            GetKubeconfigRequest {
+                uid: "6470a2b1c5e6f1a2b3c4d5e1".to_owned(),
+                frp: None,
+            },
+            "demo-viewer-key",
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusals wait for nothing (the held calls end at 3 s)"
+    );
+
+    for call in held {
+        let response = call.await.expect("task").expect("REST");
+        assert_eq!(
+            response.status().as_u16(),
+            504,
+            "held calls end at the deadline"
+        );
+    }
+    let metrics = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
+    let refused = |edge: &str| {
+        metrics
+            .iter()
+            .filter(|(name, _)| {
+                name.starts_with("kubeconfigd_calls_total{")
+                    && name.contains(&format!("edge=\"{edge}\""))
+                    && name.contains("code=\"TooManyRequests\"")
+            })
+            .map(|(_, value)| *value)
+            .sum::<f64>()
+    };
+    assert!(refused("rest") >= 1.0, "{metrics:?}");
+    assert!(refused("grpc") >= 1.0, "{metrics:?}");
+    // Admitted again: the next call waits for Redis and ends at the deadline instead of a 429.
+    let response = get().await.expect("REST");
+    assert_eq!(response.status().as_u16(), 504);
 }
