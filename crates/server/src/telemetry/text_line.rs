@@ -124,6 +124,13 @@ impl Fields<'_, '_> {
         Some(false)
     }
 
+    /// A field whose text needs no quoting or escaping (numbers, booleans).
+    fn raw(&mut self, field: &Field, text: &str) {
+        if self.start(field).is_some() {
+            self.result = self.result.and_then(|()| self.out.write_str(text));
+        }
+    }
+
     fn escaped(&mut self, value: fmt::Arguments<'_>) {
         self.result = self.result.and_then(|()| {
             Escaping {
@@ -159,29 +166,15 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.start(field).is_some() {
-            self.result = self
-                .result
-                .and_then(|()| self.out.write_str(if value { "true" } else { "false" }));
-        }
+        self.raw(field, if value { "true" } else { "false" });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.start(field).is_some() {
-            let mut digits = itoa::Buffer::new();
-            self.result = self
-                .result
-                .and_then(|()| self.out.write_str(digits.format(value)));
-        }
+        self.raw(field, itoa::Buffer::new().format(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.start(field).is_some() {
-            let mut digits = itoa::Buffer::new();
-            self.result = self
-                .result
-                .and_then(|()| self.out.write_str(digits.format(value)));
-        }
+        self.raw(field, itoa::Buffer::new().format(value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
