@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kubeconfig_policy::{OidcGap, OidcSource, OidcState};
 use kubeconfig_proto::kubeconfig::v1 as pb;
 use kubeconfig_render::{AuthKind, Rendered, Request, ServerKind};
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -287,7 +287,11 @@ impl KubeconfigApi {
         match (result, status) {
             (Ok(message), _) => {
                 let mut response = Response::new(message);
-                if let Ok(value) = request_id.parse() {
+                if let Ok(mut value) = MetadataValue::try_from(request_id.as_str()) {
+                    // A value unique to this response: sent as a literal that HPACK never indexes
+                    // ("sensitive"), instead of entering the connection's header table, where it
+                    // would only evict entries worth keeping at the cost of the insertion.
+                    value.set_sensitive(true);
                     response.metadata_mut().insert("x-request-id", value);
                 }
                 Ok(response)
