@@ -428,3 +428,67 @@ async fn oversized_and_garbage_requests_get_clean_errors() {
         server.log_text()
     );
 }
+
+/// Every download answers with its request id (`x-request-id`, on gRPC as never-indexed HPACK
+/// metadata), and that id names exactly one audit line, so a caller's report can be matched to the
+/// audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_download_names_its_request_id_and_the_audit_line_carries_it() {
+    let (_f, server) = matrix().await;
+    let mut client = server.client().await.expect("client");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = client
+            .get_kubeconfig(with_key(
+                GetKubeconfigRequest {
+                    uid: OIDC_PROXY.to_owned(),
+                    frp: None,
+                },
+                "matrix-cluster-admin",
+            ))
+            .await
+            .expect("gRPC download");
+        let id = response
+            .metadata()
+            .get("x-request-id")
+            .expect("x-request-id in the gRPC response metadata")
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
+        ids.push(id);
+    }
+    let (status, headers, _) = rest(
+        &server,
+        &format!("/v1/spectroclusters/{OIDC_PROXY}/assets/kubeconfig"),
+        &[("ApiKey", "matrix-cluster-admin")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    ids.push(
+        headers
+            .get("x-request-id")
+            .expect("x-request-id in the REST response")
+            .to_str()
+            .expect("ASCII")
+            .to_owned(),
+    );
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "request ids repeat: {ids:?}");
+    for id in &ids {
+        let field = format!("request_id={id}");
+        assert!(
+            kubeconfigd_e2e::eventually(Duration::from_secs(5), || {
+                let (log, field) = (server.log_text(), field.clone());
+                async move {
+                    log.lines()
+                        .filter(|l| l.contains("audit") && l.contains(&field))
+                        .count()
+                        == 1
+                }
+            })
+            .await,
+            "no single audit line with {id}:\n{}",
+            server.log_text()
+        );
+    }
+}
