@@ -53,10 +53,12 @@ impl CacheKey {
         use std::fmt::Write as _;
         // One allocation of the right size (built on every cached download).
         let mut text = String::with_capacity(PREFIX.len() + cluster.len() + variant.len() + 80);
-        let _ = write!(
-            text,
-            "{PREFIX}:{cluster}:{variant}:{revision}:f{format_version}"
-        );
+        for piece in [PREFIX, ":", cluster, ":", variant, ":"] {
+            text.push_str(piece);
+        }
+        let _ = write!(text, "{revision}");
+        text.push_str(":f");
+        text.push_str(itoa::Buffer::new().format(format_version));
         CacheKey { text }
     }
 

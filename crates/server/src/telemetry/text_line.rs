@@ -33,27 +33,53 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let normalized = event.normalized_metadata();
-        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        write_timestamp(&mut writer)?;
-        writer.write_str(level(*metadata.level()))?;
-        writer.write_char(' ')?;
-        writer.write_str(metadata.target())?;
-        writer.write_str(": ")?;
-        let mut fields = Fields {
-            out: &mut writer,
-            first: true,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_char('\n')
+        // The line is built in a buffer of this thread, where every piece is an inlined append, and
+        // handed to the writer in one call (not a dynamically dispatched call per piece).
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                // Only if formatting a field logged an event itself: no fast path then.
+                let mut own = String::new();
+                format_line(&mut own, event)?;
+                return writer.write_str(&own);
+            };
+            line.clear();
+            let result = format_line(&mut line, event).and_then(|()| writer.write_str(&line));
+            if line.capacity() > MAX_KEPT_LINE {
+                *line = String::new();
+            }
+            result
+        })
     }
+}
+
+/// A line buffer larger than this is not kept for the next line.
+const MAX_KEPT_LINE: usize = 64 * 1024;
+
+fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
+    let normalized = event.normalized_metadata();
+    let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
+    write_timestamp(out);
+    out.push_str(level(*metadata.level()));
+    out.push(' ');
+    out.push_str(metadata.target());
+    out.push_str(": ");
+    let mut fields = Fields {
+        out,
+        first: true,
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.result?;
+    out.push('\n');
+    Ok(())
 }
 
 /// `2026-12-01T13:45:41.630408Z ` (RFC 3339, microseconds, UTC): the date and time of day are
 /// formatted once a second per thread, the microseconds on every line.
-fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
+fn write_timestamp(out: &mut String) {
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
     }
@@ -67,7 +93,8 @@ fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
         let text = humantime::format_rfc3339_seconds(now).to_string();
         if text.len() != 20 {
             // Outside years 0000-9999: no fast path.
-            return write!(writer, "{} ", humantime::format_rfc3339_micros(now));
+            let _ = write!(out, "{} ", humantime::format_rfc3339_micros(now));
+            return;
         }
         prefix.copy_from_slice(&text.as_bytes()[..19]);
         SECOND.set((seconds, prefix));
@@ -82,7 +109,8 @@ fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
     }
     line[26] = b'Z';
     line[27] = b' ';
-    writer.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
+    // Digits, ASCII punctuation and the prefix humantime wrote: always UTF-8.
+    out.push_str(std::str::from_utf8(&line).unwrap_or_default());
 }
 
 fn level(level: Level) -> &'static str {
@@ -96,13 +124,13 @@ fn level(level: Level) -> &'static str {
 }
 
 /// Writes an event's fields: the message as is, then `name=value` separated by spaces.
-struct Fields<'w, 'a> {
-    out: &'w mut Writer<'a>,
+struct Fields<'w> {
+    out: &'w mut String,
     first: bool,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
+impl Fields<'_> {
     /// Starts a field: the separating space, then `name=` unless it is the message. `None` for the
     /// fields a `log` record carries as metadata (already in the line's target).
     fn start(&mut self, field: &Field) -> Option<bool> {
@@ -111,23 +139,20 @@ impl Fields<'_, '_> {
             return None;
         }
         if !std::mem::take(&mut self.first) {
-            self.result = self.out.write_char(' ');
+            self.out.push(' ');
         }
         if name == "message" {
             return Some(true);
         }
-        let name = name.strip_prefix("r#").unwrap_or(name);
-        self.result = self
-            .result
-            .and_then(|()| self.out.write_str(name))
-            .and_then(|()| self.out.write_char('='));
+        self.out.push_str(name.strip_prefix("r#").unwrap_or(name));
+        self.out.push('=');
         Some(false)
     }
 
     /// A field whose text needs no quoting or escaping (numbers, booleans).
     fn raw(&mut self, field: &Field, text: &str) {
         if self.start(field).is_some() {
-            self.result = self.result.and_then(|()| self.out.write_str(text));
+            self.out.push_str(text);
         }
     }
 
@@ -148,17 +173,15 @@ fn plain(value: &str) -> bool {
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         match self.start(field) {
             None => {}
             Some(true) => self.escaped(format_args!("{value}")),
             Some(false) if plain(value) => {
-                self.result = self
-                    .result
-                    .and_then(|()| self.out.write_char('"'))
-                    .and_then(|()| self.out.write_str(value))
-                    .and_then(|()| self.out.write_char('"'));
+                self.out.push('"');
+                self.out.push_str(value);
+                self.out.push('"');
             }
             // Quoted and escaped exactly as the default formatter does.
             Some(false) => self.escaped(format_args!("{value:?}")),
@@ -203,11 +226,11 @@ impl Visit for Fields<'_, '_> {
 
 /// Passes text through with control characters written as escapes, so that no value can end the
 /// line it is on (or colour a terminal that shows the log).
-struct Escaping<'w, 'a> {
-    out: &'w mut Writer<'a>,
+struct Escaping<'w> {
+    out: &'w mut String,
 }
 
-impl fmt::Write for Escaping<'_, '_> {
+impl fmt::Write for Escaping<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         // Nearly every value is printable ASCII: one pass over the bytes, one write.
         if text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
@@ -226,6 +249,15 @@ impl fmt::Write for Escaping<'_, '_> {
             rest = &rest[at + control.len_utf8()..];
         }
         self.out.write_str(rest)
+    }
+
+    fn write_char(&mut self, c: char) -> fmt::Result {
+        if c.is_control() {
+            self.write_str(c.encode_utf8(&mut [0; 4]))
+        } else {
+            self.out.push(c);
+            Ok(())
+        }
     }
 }
 
