@@ -46,7 +46,9 @@ type Flight<V> = Arc<tokio::sync::OnceCell<(Arc<V>, Tier)>>;
 
 /// The two tiers together.
 pub struct TieredCache<V: Cacheable> {
-    memory: Option<moka::sync::Cache<String, Arc<V>>>,
+    /// Hashed with foldhash (seeded per process) rather than SipHash: the keys are ours (built from
+    /// a served cluster's uid and revision), and hashing one was a visible share of a cached download.
+    memory: Option<moka::sync::Cache<String, Arc<V>, foldhash::fast::RandomState>>,
     remote: Option<Arc<Remote>>,
     ttl: Duration,
     counters: Counters,
@@ -75,7 +77,7 @@ impl<V: Cacheable> TieredCache<V> {
                 })
                 .time_to_live(config.ttl)
                 .support_invalidation_closures()
-                .build()
+                .build_with_hasher(foldhash::fast::RandomState::default())
         });
         Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             let weak = weak.clone();

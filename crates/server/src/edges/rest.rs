@@ -455,9 +455,8 @@ fn respond(
         axum::body::Body::from(bytes::Bytes::from_owner(Yaml(Arc::clone(&served.rendered)))),
     )
         .into_response();
-    response
-        .headers_mut()
-        .insert("x-request-id", request_id_header);
+    const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+    response.headers_mut().insert(REQUEST_ID, request_id_header);
     if let Some(credential) = &served.credential {
         let entry = &credential.entry;
         let expires = humantime::format_rfc3339_seconds(

@@ -196,16 +196,18 @@ impl JwtVerifier {
 /// A presented key is hashed and looked up: one hash and one map probe whatever the number of keys.
 /// The probe compares digests, not keys, so its timing can at most tell an attacker something about
 /// the digest of a key they already chose; it says nothing about a stored key (finding a key from its
-/// digest is a preimage search).
+/// digest is a preimage search). The map hashes with foldhash (seeded per process), not SipHash: its
+/// keys are fixed when the tenant file loads and a lookup never inserts, so no caller can grow a
+/// bucket.
 #[derive(Debug, Default)]
 pub struct ApiKeys {
-    users: std::collections::HashMap<ApiKeyHash, String>,
+    users: std::collections::HashMap<ApiKeyHash, String, foldhash::fast::RandomState>,
 }
 
 impl ApiKeys {
     /// The index of `keys`; when two users list the same key, the first keeps it.
     pub fn new(keys: impl IntoIterator<Item = (ApiKeyHash, String)>) -> Self {
-        let mut users = std::collections::HashMap::new();
+        let mut users = std::collections::HashMap::default();
         for (hash, user) in keys {
             users.entry(hash).or_insert(user);
         }
