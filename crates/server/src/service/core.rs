@@ -316,10 +316,8 @@ impl Core {
                 // Most calls (a cache hit) are done at their first poll: they need no timer, whose
                 // setting up and tearing down was a visible share of a cached download. A call that
                 // waits is bounded from its start.
-                let first = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(call.as_mut().poll(cx))
-                })
-                .await;
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
                 match first {
                     std::task::Poll::Ready(result) => result,
                     std::task::Poll::Pending => tokio::time::timeout(
