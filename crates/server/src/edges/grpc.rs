@@ -359,7 +359,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
                 .await?;
             Ok(pb::GetKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                credential: served.credential.as_ref().map(issued_credential_of),
+                credential: served.credential.as_deref().map(issued_credential_of),
             })
         })
         .await
@@ -384,7 +384,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
                 .await?;
             Ok(pb::GetAdminKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                credential: served.credential.as_ref().map(issued_credential_of),
+                credential: served.credential.as_deref().map(issued_credential_of),
             })
         })
         .await

@@ -84,8 +84,9 @@ pub struct Served {
     pub tier: Tier,
     pub cluster: Arc<ClusterEntry>,
     pub user: String,
-    /// The credential minted (or reused) for the caller, when the file carries one.
-    pub credential: Option<MintedCredential>,
+    /// The credential minted (or reused) for the caller, when the file carries one. Boxed: it is
+    /// several times the size of the rest, and a result is moved through every layer of a call.
+    pub credential: Option<Box<MintedCredential>>,
 }
 
 /// The decision for one asset as reported to the caller.
@@ -557,7 +558,7 @@ impl Core {
                 tier,
                 cluster: Arc::clone(cluster),
                 user: caller.user,
-                credential: Some(credential),
+                credential: Some(Box::new(credential)),
             });
         }
         let (rendered, tier) = self
