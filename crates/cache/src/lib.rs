@@ -128,6 +128,12 @@ pub trait AssetCache<V: Cacheable>: Send + Sync {
         key: &'a CacheKey,
         render: Box<dyn FnOnce() -> V + Send + 'a>,
     ) -> BoxFuture<'a, (Arc<V>, Tier)>;
+    /// The in-process tier's value for `key`, counted as a hit when there is one: a cached download
+    /// then needs neither a boxed future nor a boxed render closure. A cache without an in-process
+    /// tier answers `None` and every lookup goes through [`AssetCache::get_or_render`].
+    fn cached(&self, _key: &CacheKey) -> Option<Arc<V>> {
+        None
+    }
     /// Drops the in-process entries of these clusters here, and asks other replicas to do the same.
     fn invalidate_clusters(&self, clusters: &[String]);
     /// Current counters.

@@ -178,8 +178,7 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
         render: Box<dyn FnOnce() -> V + Send + 'a>,
     ) -> BoxFuture<'a, (Arc<V>, Tier)> {
         Box::pin(async move {
-            if let Some(value) = self.memory.as_ref().and_then(|m| m.get(key.as_str())) {
-                self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(value) = self.cached(key) {
                 return (value, Tier::Memory);
             }
             // Single flight: concurrent misses of one key wait for the first one's Redis read or
@@ -209,6 +208,12 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
             }
             outcome
         })
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<Arc<V>> {
+        let value = self.memory.as_ref()?.get(key.as_str())?;
+        self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+        Some(value)
     }
 
     fn invalidate_clusters(&self, clusters: &[String]) {

@@ -452,7 +452,7 @@ fn respond(
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         // The body shares the cached bytes (kept alive by the response) instead of copying them.
-        axum::body::Body::from(bytes::Bytes::from_owner(Yaml(Arc::clone(&served.rendered)))),
+        axum::body::Body::from(bytes::Bytes::from_owner(Yaml(served.rendered))),
     )
         .into_response();
     const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");

@@ -10,7 +10,7 @@ use kubeconfig_policy::{
     may_download_admin,
 };
 use kubeconfig_render::{FORMAT_VERSION, Request};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::auth::{self, Caller, Credentials, JwtVerifier};
 use crate::cached::CachedAsset;
@@ -362,9 +362,9 @@ impl Core {
 
     /// Takes a slot among the calls served at once, or refuses with 429; refuses every call as
     /// unavailable while the first inventory load runs.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, CoreError> {
+    pub fn admit(&self) -> Result<SemaphorePermit<'_>, CoreError> {
         self.in_service()?;
-        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+        self.permits.try_acquire().map_err(|_| {
             CoreError::new(
                 ErrorKind::TooManyRequests,
                 "too many requests in flight; retry shortly",
@@ -561,13 +561,17 @@ impl Core {
                 credential: Some(Box::new(credential)),
             });
         }
-        let (rendered, tier) = self
-            .cache
-            .get_or_render(
-                &key,
-                Box::new(move || CachedAsset(renderer.render(variant.request()))),
-            )
-            .await;
+        let (rendered, tier) = match self.cache.cached(&key) {
+            Some(rendered) => (rendered, Tier::Memory),
+            None => {
+                self.cache
+                    .get_or_render(
+                        &key,
+                        Box::new(move || CachedAsset(renderer.render(variant.request()))),
+                    )
+                    .await
+            }
+        };
         span.record("kubeconfig.cache_tier", tier.as_str());
         Ok(Served {
             rendered,
