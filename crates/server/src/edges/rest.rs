@@ -420,8 +420,6 @@ fn respond(
     };
     let rendered = &served.rendered.0;
     let etag_header = header_value(&["\"", &rendered.etag, "\""], "\"\"");
-    let request_id_header =
-        HeaderValue::from_str(request_id).unwrap_or_else(|_| HeaderValue::from_static(""));
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -456,7 +454,9 @@ fn respond(
     )
         .into_response();
     const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-    response.headers_mut().insert(REQUEST_ID, request_id_header);
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     if let Some(credential) = &served.credential {
         let entry = &credential.entry;
         let expires = humantime::format_rfc3339_seconds(

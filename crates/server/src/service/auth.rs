@@ -1,7 +1,8 @@
 //! Authentication (docs/files.md, "Who the caller is"): API keys looked up by their SHA-256 among the
-//! stored hashes ([`ApiKeys`]), or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience, expiry and not-before
-//! checked with a small clock skew; only the configured algorithm is accepted, so `alg: none` and
-//! HS/RS confusion fail). Every failure is the same 401 with no hint which part was wrong.
+//! stored hashes ([`ApiKeys`]), or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience,
+//! expiry and not-before checked with a small clock skew; only the configured algorithm is accepted,
+//! so `alg: none` and HS/RS confusion fail). Every failure is the same 401 with no hint which part was
+//! wrong.
 
 use std::collections::HashSet;
 
