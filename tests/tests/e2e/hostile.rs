@@ -524,6 +524,108 @@ async fn slow_idle_and_numerous_clients_are_cut_off() {
     }
 }
 
+/// Sends one `GET /healthz` on `stream` and reads its whole answer; `false` if the connection ended
+/// or the answer is not a 200.
+async fn healthz_on(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return head.starts_with("http/1.1 200");
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_headers_are_cut_at_the_header_read_timeout_and_busy_connections_are_not() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // The idle timeout is far away: only the header-read timeout can cut these connections.
+    let server = Server::start(&[
+        "--demo".to_owned(),
+        "--idle-timeout".to_owned(),
+        "60s".to_owned(),
+        "--header-read-timeout".to_owned(),
+        "1s".to_owned(),
+    ])
+    .await
+    .expect("server");
+
+    // A client that keeps sending a header byte every 200 ms, never finishing the headers.
+    let mut trickle = tokio::net::TcpStream::connect(server.rest)
+        .await
+        .expect("connect");
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let cut = loop {
+        if started.elapsed() > Duration::from_secs(5) {
+            break None;
+        }
+        tokio::select! {
+            read = trickle.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break Some(started.elapsed()),
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if trickle.write_all(b"a").await.is_err() {
+                    break Some(started.elapsed());
+                }
+            }
+        }
+    };
+    assert!(
+        cut.is_some_and(|t| t >= Duration::from_millis(900) && t < Duration::from_secs(4)),
+        "a trickled request is cut at the header-read timeout: {cut:?}"
+    );
+
+    // One keep-alive connection used for 2.5 header-read timeouts, a request every 250 ms: every
+    // request is answered on it (each request's headers have their own deadline).
+    let mut busy = tokio::net::TcpStream::connect(server.rest)
+        .await
+        .expect("connect");
+    for round in 0..10 {
+        assert!(
+            healthz_on(&mut busy).await,
+            "request {round} on the busy connection"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A connection that had its answers and then starts another request slowly is cut too. The
+    // deadline runs from the end of the last answer (as hyper's own timer does): a keep-alive
+    // connection waiting for its next request counts as reading headers, 250 ms of it already gone.
+    busy.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let cut = closed_within(&mut busy, Duration::from_secs(4)).await;
+    assert!(
+        cut.is_some_and(|t| t >= Duration::from_millis(500)),
+        "{cut:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rest_error_has_the_json_body_and_the_admin_listener_stands_alone() {
     let server = Server::start(&["--demo".to_owned()]).await.expect("server");

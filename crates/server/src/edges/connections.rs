@@ -8,13 +8,15 @@
 //! - TLS handshakes off the accept loop, each within `--tls-handshake-timeout`, at most
 //!   `--max-tls-handshakes` at once (a connection beyond is closed at accept);
 //! - for REST, which is served here with `hyper-util` (the gRPC listener's HTTP settings are tonic's):
-//!   an HTTP/1 header-read timeout and HTTP/2 keepalive pings with a timeout, and graceful draining.
+//!   an HTTP/1 header-read timeout (`--header-read-timeout`, see [`HeaderTimer`]) and HTTP/2 keepalive
+//!   pings with a timeout, and graceful draining.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,13 +41,17 @@ pub struct Limits {
 pub type Slots = Arc<Semaphore>;
 
 /// An accepted connection: holds its slot until dropped, and fails reads once the peer has been silent
-/// for the idle timeout.
+/// for the idle timeout or, on an HTTP/1 connection given a [`HeaderTimer`], once a request's headers
+/// have taken longer than the header-read timeout.
 pub struct Guarded<IO> {
     io: IO,
     _slot: OwnedSemaphorePermit,
     idle_timeout: Duration,
     last_read: Instant,
-    idle: Pin<Box<Sleep>>,
+    /// The one timer of the connection: armed at the earliest of the idle and header deadlines (or
+    /// earlier: it is moved only when it fires, or when a header deadline comes before it).
+    timer: Pin<Box<Sleep>>,
+    headers: Option<Arc<HeaderDeadline>>,
 }
 
 impl<IO> std::fmt::Debug for Guarded<IO> {
@@ -64,23 +70,148 @@ impl<IO> Guarded<IO> {
             _slot: slot,
             idle_timeout,
             last_read: now,
-            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            headers: None,
         }
     }
 
-    /// Whether the peer has been silent too long. Reads only record the time; the timer is moved when it
-    /// fires early, so a busy connection costs no timer updates.
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.idle.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            let deadline = self.last_read + self.idle_timeout;
-            if deadline <= Instant::now() {
-                return true;
-            }
-            self.idle.as_mut().reset(deadline);
+    /// The timer to give hyper's HTTP/1 side of this connection: through it, hyper says when it
+    /// starts and stops reading a request's headers, and this connection enforces the deadline.
+    pub fn header_timer(&mut self) -> HeaderTimer {
+        let deadline = Arc::new(HeaderDeadline::new());
+        self.headers = Some(Arc::clone(&deadline));
+        HeaderTimer(deadline)
+    }
+
+    /// Why the connection must end now, if it must. Reads only record the time and hyper's header
+    /// timer only publishes a deadline; the timer is moved when it fires early or when a header
+    /// deadline comes before it — about once per header-read timeout on a busy connection, instead of
+    /// a timer registered and cancelled for every request.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        let headers = self
+            .headers
+            .as_ref()
+            .and_then(|h| h.get())
+            .map(Instant::from_std);
+        if let Some(deadline) = headers
+            && deadline < self.timer.deadline()
+        {
+            self.timer.as_mut().reset(deadline);
         }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = Instant::now();
+            if headers.is_some_and(|deadline| deadline <= now) {
+                return Some("request headers not complete within --header-read-timeout");
+            }
+            let idle = self.last_read + self.idle_timeout;
+            if idle <= now {
+                return Some("connection idle for longer than --idle-timeout");
+            }
+            self.timer
+                .as_mut()
+                .reset(headers.map_or(idle, |deadline| deadline.min(idle)));
+        }
+    }
+}
+
+/// When the HTTP/1 request headers being read on one connection must be complete: set by hyper
+/// through [`HeaderTimer`], read by [`Guarded`]. Nanoseconds after `since`, plus one; 0 while no
+/// header is being read.
+#[derive(Debug)]
+struct HeaderDeadline {
+    since: std::time::Instant,
+    at: AtomicU64,
+}
+
+impl HeaderDeadline {
+    fn new() -> Self {
+        HeaderDeadline {
+            since: std::time::Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+
+    fn encode(&self, deadline: std::time::Instant) -> u64 {
+        let nanos = deadline.saturating_duration_since(self.since).as_nanos();
+        u64::try_from(nanos)
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    // Relaxed: the deadline is written and read by the one task that serves the connection.
+    fn set(&self, deadline: std::time::Instant) -> u64 {
+        let at = self.encode(deadline);
+        self.at.store(at, Ordering::Relaxed);
+        at
+    }
+
+    fn clear(&self, at: u64) {
+        let _ = self
+            .at
+            .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<std::time::Instant> {
+        match self.at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(self.since + Duration::from_nanos(at - 1)),
+        }
+    }
+}
+
+/// hyper's HTTP/1 timer for one connection, used for the header-read timeout only: hyper creates a
+/// sleep when it starts reading a request's headers and drops it once they are parsed. Here that
+/// sleep only publishes its deadline to the connection's [`Guarded`], which fails the read past it
+/// (hyper then closes the connection, as with its own timeout). hyper's default timer registers a
+/// tokio timer for every request and cancels it a few microseconds later — two trips through the
+/// runtime's timer wheel on every keep-alive request, measurable at REST's request rate.
+#[derive(Debug, Clone)]
+pub struct HeaderTimer(Arc<HeaderDeadline>);
+
+impl hyper::rt::Timer for HeaderTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let at = self.0.set(deadline);
+        Box::pin(HeaderSleep {
+            deadline: Arc::clone(&self.0),
+            at,
+        })
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
+        match sleep.as_mut().downcast_mut_pin::<HeaderSleep>() {
+            Some(mut header) => header.at = header.deadline.set(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+/// A header-read deadline while hyper holds it. Never completes by itself: [`Guarded`] ends the
+/// connection past the deadline.
+struct HeaderSleep {
+    deadline: Arc<HeaderDeadline>,
+    at: u64,
+}
+
+impl Future for HeaderSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+impl hyper::rt::Sleep for HeaderSleep {}
+
+impl Drop for HeaderSleep {
+    fn drop(&mut self) {
+        self.deadline.clear(self.at);
     }
 }
 
@@ -99,10 +230,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle for longer than --idle-timeout",
-            ))),
+            Poll::Pending => match this.expired(cx) {
+                Some(why) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why))),
+                None => Poll::Pending,
+            },
             other => other,
         }
     }
@@ -273,7 +404,6 @@ pub async fn serve_http<IO>(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     builder
@@ -285,7 +415,7 @@ pub async fn serve_http<IO>(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
-        let (connection, _peer) = tokio::select! {
+        let (mut connection, _peer) = tokio::select! {
             next = incoming.recv() => match next {
                 Some(next) => next,
                 None => break,
@@ -293,6 +423,9 @@ pub async fn serve_http<IO>(
             () = &mut stop => break,
         };
         let service = TowerToHyperService::new(router.clone());
+        // Each connection gets its own header timer (see [`HeaderTimer`]): a clone of the builder.
+        let mut builder = builder.clone();
+        builder.http1().timer(connection.header_timer());
         let served = builder
             .serve_connection(TokioIo::new(connection), service)
             .into_owned();
