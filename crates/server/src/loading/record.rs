@@ -533,16 +533,31 @@ pub enum Availability {
     Unavailable(String),
 }
 
-/// SHA-256 over everything a cluster's rendered bytes depend on; shown as lowercase hex.
+/// SHA-256 over everything a cluster's rendered bytes depend on; shown as lowercase hex, which is
+/// encoded once here (every cached download puts it in its cache key).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Revision(pub [u8; 32]);
+pub struct Revision {
+    hex: [u8; 64],
+}
+
+impl Revision {
+    pub fn new(digest: [u8; 32]) -> Self {
+        let mut hex = [0u8; 64];
+        // 64 bytes is exactly the room 32 bytes need.
+        let _ = hex::encode_to_slice(digest, &mut hex);
+        Revision { hex }
+    }
+
+    /// The digest in lowercase hex.
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.hex).unwrap_or_default()
+    }
+}
 
 impl std::fmt::Display for Revision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Encoded in one buffer and written once: this runs on every cached download (the cache key).
-        let mut text = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut text).map_err(|_| std::fmt::Error)?;
-        f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?)
+        f.write_str(self.as_str())
     }
 }
 
@@ -750,7 +765,7 @@ pub fn prepare(record: &Arc<Record>, tenant: &Tenant) -> ClusterEntry {
         )
         .as_bytes(),
     );
-    let revision = Revision(digest.finalize().into());
+    let revision = Revision::new(digest.finalize().into());
     let availability = match build(record, tenant) {
         Ok(ready) => Availability::Ready(ready),
         Err(reason) => Availability::Unavailable(reason.to_string()),

@@ -302,42 +302,47 @@ impl Core {
     /// The pipeline every call goes through, whatever its edge: admission (the one concurrency limit,
     /// 429 beyond it), the deadline (`--request-timeout`), the call, and its outcome counted under
     /// (edge, method) with its latency. The edges only translate to and from their wire format.
-    pub async fn run<T>(
-        &self,
+    pub fn run<'a, T: 'a>(
+        &'a self,
         edge: &'static str,
         method: &'static str,
-        call: impl std::future::Future<Output = Result<T, CoreError>>,
-    ) -> Result<T, CoreError> {
+        call: impl std::future::Future<Output = Result<T, CoreError>> + 'a,
+    ) -> impl std::future::Future<Output = Result<T, CoreError>> + 'a {
         let started = std::time::Instant::now();
-        // Boxed once here: every layer around a call (admission, deadline, the edge's span) would
-        // otherwise hold its own copy of the call's state and move it on every first poll.
+        // Boxed before the pipeline's own state exists, which then holds a pointer: every layer
+        // around a call (this one, the edge's span, the edge's own future) would otherwise carry a
+        // copy of the call's state, moved whole each time a layer is built or boxed.
         let mut call = Box::pin(call);
-        let result = match self.admit() {
-            Ok(_permit) => {
-                // Most calls (a cache hit) are done at their first poll: they need no timer, whose
-                // setting up and tearing down was a visible share of a cached download. A call that
-                // waits is bounded from its start.
-                let first =
-                    std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
-                match first {
-                    std::task::Poll::Ready(result) => result,
-                    std::task::Poll::Pending => tokio::time::timeout(
-                        self.request_timeout.saturating_sub(started.elapsed()),
-                        call,
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err(CoreError::timeout(self.request_timeout))),
+        async move {
+            let result = match self.admit() {
+                Ok(_permit) => {
+                    // Most calls (a cache hit) are done at their first poll: they need no timer,
+                    // whose setting up and tearing down was a visible share of a cached download. A
+                    // call that waits is bounded from its start, by a timer boxed for the same
+                    // reason as the call (a timer is large).
+                    let first =
+                        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx)))
+                            .await;
+                    match first {
+                        std::task::Poll::Ready(result) => result,
+                        std::task::Poll::Pending => Box::pin(tokio::time::timeout(
+                            self.request_timeout.saturating_sub(started.elapsed()),
+                            call,
+                        ))
+                        .await
+                        .unwrap_or_else(|_| Err(CoreError::timeout(self.request_timeout))),
+                    }
                 }
-            }
-            Err(refused) => Err(refused),
-        };
-        self.metrics.call(
-            edge,
-            method,
-            crate::error::code_of(&result),
-            started.elapsed(),
-        );
-        result
+                Err(refused) => Err(refused),
+            };
+            self.metrics.call(
+                edge,
+                method,
+                crate::error::code_of(&result),
+                started.elapsed(),
+            );
+            result
+        }
     }
 
     /// Minting's counters and ledger.
@@ -520,7 +525,12 @@ impl Core {
         check_reason(&options.reason)?;
         let variant = Variant::of(request, cluster.proxy_enabled);
         span.record("kubeconfig.variant", variant.as_str());
-        let key = CacheKey::new(uid, variant.as_str(), cluster.revision, FORMAT_VERSION);
+        let key = CacheKey::new(
+            uid,
+            variant.as_str(),
+            cluster.revision.as_str(),
+            FORMAT_VERSION,
+        );
         let renderer = cluster.renderer(&snapshot.tenant).ok_or_else(|| {
             // An entry of a snapshot is ready under the snapshot's tenant; this is a bug if it happens.
             tracing::error!(
