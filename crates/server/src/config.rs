@@ -86,7 +86,8 @@ pub struct Args {
     /// A connection that sends nothing for this long is closed (HTTP/2 keepalive answers count as traffic).
     #[arg(long, env = "KUBECONFIGD_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// HTTP/1 request headers must arrive within this time.
+    /// HTTP/1 request headers must arrive within this time (on a keep-alive connection, counted from the
+    /// previous answer).
     #[arg(long, env = "KUBECONFIGD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
     /// HTTP/2 keepalive: a PING is sent after this much silence ...
