@@ -526,7 +526,7 @@ async fn slow_idle_and_numerous_clients_are_cut_off() {
 
 /// Sends one `GET /healthz` on `stream` and reads its whole answer; `false` if the connection ended
 /// or the answer is not a 200.
-async fn healthz_on(stream: &mut tokio::net::TcpStream) -> bool {
+pub(crate) async fn healthz_on(stream: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -189,3 +189,40 @@ async fn every_asset_request_has_its_audit_line_after_a_burst_and_a_graceful_sto
     assert_eq!(audited, REST_CALLS + GRPC_CALLS, "audit lines");
     assert!(log.contains("stopped"), "the last line is written too");
 }
+
+/// Draining reaches every REST connection: one idle between requests (keep-alive) is closed when the
+/// stop begins, so the process exits at once instead of waiting for the idle timeout (5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_rest_connection_does_not_hold_up_a_graceful_stop() {
+    use tokio::io::AsyncReadExt as _;
+    let mut server = Server::start(&["--demo", "--shutdown-delay", "100ms"].map(str::to_owned))
+        .await
+        .expect("server");
+    let mut idle = tokio::net::TcpStream::connect(server.rest)
+        .await
+        .expect("connect");
+    assert!(
+        crate::hostile::healthz_on(&mut idle).await,
+        "a first request"
+    );
+    let stopping = Instant::now();
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = server.terminate(Duration::from_secs(20));
+        (status, server)
+    });
+    // The server closes the idle connection (EOF) once draining begins.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the idle connection is closed: {closed:?}"
+    );
+    let (status, server) = exited.await.expect("join");
+    let status = status.expect("exit status");
+    assert!(status.success(), "{status}:\n{}", server.log_text());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "exited after {:?}",
+        stopping.elapsed()
+    );
+}
