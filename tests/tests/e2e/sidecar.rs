@@ -814,14 +814,22 @@ async fn a_rotated_token_file_is_used_on_the_next_connection() {
 async fn the_agent_signals_the_application_after_changes() {
     let setup = setup(&[]).await;
     let received = setup.fixture.dir.path().join("received");
+    let trapping = setup.fixture.dir.path().join("trapping");
     let mut application = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "trap 'echo hup >> {}' HUP; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
-            received.display()
+            "trap 'echo hup >> {}' HUP; touch {}; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+            received.display(),
+            trapping.display()
         ))
         .spawn()
         .expect("application");
+    // The agent may sync (and signal) within milliseconds: a HUP before the shell has set its trap
+    // would end it (HUP's default action) and no line would ever arrive.
+    assert!(
+        eventually(Duration::from_secs(10), || async { trapping.exists() }).await,
+        "the application set its trap"
+    );
     let pid = application.id().to_string();
     let _agent = Agent::start(&agent_args(
         &setup,
