@@ -815,20 +815,31 @@ async fn the_agent_signals_the_application_after_changes() {
     let setup = setup(&[]).await;
     let received = setup.fixture.dir.path().join("received");
     let trapping = setup.fixture.dir.path().join("trapping");
-    let mut application = std::process::Command::new("sh")
+    // The application: Python rather than a shell, because a non-interactive shell cannot trap a signal
+    // that was ignored when it started (as under `nohup`), and then no line would ever arrive.
+    const APPLICATION: &str = r#"
+import signal, sys, time
+received, trapping = sys.argv[1], sys.argv[2]
+def hup(*_):
+    with open(received, "a") as f:
+        f.write("hup\n")
+signal.signal(signal.SIGHUP, hup)
+open(trapping, "w").close()
+for _ in range(600):
+    time.sleep(0.05)
+"#;
+    let mut application = std::process::Command::new("python3")
         .arg("-c")
-        .arg(format!(
-            "trap 'echo hup >> {}' HUP; touch {}; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
-            received.display(),
-            trapping.display()
-        ))
+        .arg(APPLICATION)
+        .arg(&received)
+        .arg(&trapping)
         .spawn()
         .expect("application");
-    // The agent may sync (and signal) within milliseconds: a HUP before the shell has set its trap
-    // would end it (HUP's default action) and no line would ever arrive.
+    // The agent may sync (and signal) within milliseconds: a HUP before the handler is set would end
+    // the application (HUP's default action).
     assert!(
         eventually(Duration::from_secs(10), || async { trapping.exists() }).await,
-        "the application set its trap"
+        "the application set its handler"
     );
     let pid = application.id().to_string();
     let _agent = Agent::start(&agent_args(
