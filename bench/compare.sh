@@ -15,17 +15,8 @@ rounds=${2:-7}
 duration=${3:-3s}
 requests=${4:-30000}
 [ -x "$other" ] || { echo "$other is not an executable" >&2; exit 1; }
-for tool in h2load wrk curl; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install nghttp2-client wrk curl)" >&2; exit 1; }
-done
-cargo build --release -q -p kubeconfigd -p kubeconfigd-e2e --bins
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-uid=6470a2b1c5e6f1a2b3c4d5e1
-key=demo-viewer-key
+# shellcheck source=bench/common.sh
+source bench/common.sh
 # started NAME REST_PORT: waits until the server answers on its REST port; fails if it exited.
 started() {
   for _ in $(seq 100); do
@@ -43,7 +34,6 @@ target/release/bare-server --grpc-addr 127.0.0.1:50072 --rest-addr 127.0.0.1:807
 started bare 8072
 
 echo "$rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32); $(nproc) cores"
-rate() { awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "req/s") print $i}'; }
 declare -A results
 for _ in $(seq "$rounds"); do
   for target in "other 50091 8091" "this 50071 8071" "bare 50072 8072"; do
@@ -52,7 +42,6 @@ for _ in $(seq "$rounds"); do
     results[rest-$1]+="$(bench/rest-wrk.sh "$1" "127.0.0.1:$3" "$key" "$uid" "$duration" | rate) "
   done
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for surface in grpc rest; do
   o=$(median <<<"${results[$surface-other]}") t=$(median <<<"${results[$surface-this]}") b=$(median <<<"${results[$surface-bare]}")
   awk -v s="$surface" -v o="$o" -v t="$t" -v b="$b" \

@@ -12,17 +12,8 @@ cd "$(dirname "$0")/.."
 requests=${1:-30000}
 duration=${2:-5s}
 rounds=${3:-3}
-for tool in h2load wrk curl; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install nghttp2-client wrk curl)" >&2; exit 1; }
-done
-cargo build --release -q -p kubeconfigd -p kubeconfigd-e2e --bins
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-uid=6470a2b1c5e6f1a2b3c4d5e1
-key=demo-viewer-key
+# shellcheck source=bench/common.sh
+source bench/common.sh
 target/release/kubeconfigd --demo --grpc-addr 127.0.0.1:50071 --rest-addr 127.0.0.1:8071 --admin-addr 127.0.0.1:8073 ${KUBECONFIGD_BENCH_FLAGS:-} >"$work/kubeconfigd.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:8073/readyz >/dev/null && break; sleep 0.1; done
 # A server left over from another run would answer on these ports instead: make sure ours is the one.
@@ -33,7 +24,6 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:8072/v1/spectroclusters/$uid/
 kill -0 "${pids[1]}" 2>/dev/null || { echo "bare-server exited (ports 50072/8072 in use?)" >&2; exit 1; }
 
 echo "body: $(wc -c <"$work/body.yaml") bytes; $(nproc) cores; $rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32)"
-rate() { awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "req/s") print $i}'; }
 declare -A results
 for round in $(seq "$rounds"); do
   for target in "kubeconfigd 127.0.0.1:50071" "bare-tonic 127.0.0.1:50072"; do
@@ -47,7 +37,6 @@ for round in $(seq "$rounds"); do
     results[rest-$1]+="$(rate <<<"$line") "
   done
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() {
   local ours base
   ours=$(median <<<"${results[$1]}") base=$(median <<<"${results[$2]}")

@@ -1,0 +1,17 @@
+# Shared by the load scripts under bench/ (sourced, not run): checks the load tools, builds the release
+# binaries, makes a work directory removed at exit with every server started into `pids`, and defines
+# the demo cluster and key the loads use, `rate` (the req/s figure of a load script's line) and `median`
+# (of whitespace-separated numbers on stdin).
+for tool in h2load wrk curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install nghttp2-client wrk curl)" >&2; exit 1; }
+done
+cargo build --release -q -p kubeconfigd -p kubeconfigd-e2e --bins
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+uid=6470a2b1c5e6f1a2b3c4d5e1
+key=demo-viewer-key
+rate() { awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "req/s") print $i}'; }
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
