@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -412,9 +412,7 @@ pub async fn serve_http<IO>(
         .keep_alive_interval(limits.http2_keepalive_interval)
         .keep_alive_timeout(limits.http2_keepalive_timeout)
         .max_pending_accept_reset_streams(Some(20));
-    let drain = Arc::new(Drain::default());
-    // Every connection holds a sender; once the last is dropped, the receiver sees the end.
-    let (alive, mut all_ended) = mpsc::channel::<()>(1);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
         let (mut connection, _peer) = tokio::select! {
@@ -431,13 +429,7 @@ pub async fn serve_http<IO>(
         let served = builder
             .serve_connection(TokioIo::new(connection), service)
             .into_owned();
-        let served = Draining {
-            connection: Box::pin(served),
-            drain: Arc::clone(&drain),
-            registered: None,
-            shutting_down: false,
-            _alive: alive.clone(),
-        };
+        let served = graceful.watch(served);
         tokio::spawn(async move {
             if let Err(error) = served.await {
                 tracing::debug!(error = %error, "REST connection ended with an error");
@@ -445,86 +437,5 @@ pub async fn serve_http<IO>(
         });
     }
     drop(incoming);
-    drain.stop();
-    drop(alive);
-    let _ = all_ended.recv().await;
-}
-
-/// Graceful draining of the REST connections. hyper-util's `GracefulShutdown` polls a watch
-/// channel's notification on every poll of every connection, and that poll takes a mutex shared
-/// with other connections — a lock on every request, contended across the runtime's threads. Here a
-/// connection registers its waker once, checks a flag on each poll, and is woken when draining starts.
-#[derive(Debug, Default)]
-struct Drain {
-    stopping: AtomicBool,
-    next: AtomicU64,
-    wakers: std::sync::Mutex<std::collections::HashMap<u64, std::task::Waker>>,
-}
-
-impl Drain {
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    /// Wakes the registered connections once the flag is set; one registering later sees the flag.
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
-        for waker in wakers.into_values() {
-            waker.wake();
-        }
-    }
-
-    fn register(&self, waker: &std::task::Waker) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.wakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, waker.clone());
-        id
-    }
-
-    fn deregister(&self, id: u64) {
-        self.wakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-    }
-}
-
-/// A served connection that shuts down gracefully (finishing the requests in flight) once its
-/// [`Drain`] stops.
-struct Draining<C> {
-    connection: Pin<Box<C>>,
-    drain: Arc<Drain>,
-    registered: Option<u64>,
-    shutting_down: bool,
-    _alive: mpsc::Sender<()>,
-}
-
-impl<C: hyper_util::server::graceful::GracefulConnection> Future for Draining<C> {
-    type Output = C::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = &mut *self;
-        if !this.shutting_down {
-            // The task's waker is the same on every poll: registered once, it wakes this task.
-            if this.registered.is_none() && !this.drain.stopping() {
-                this.registered = Some(this.drain.register(cx.waker()));
-            }
-            if this.drain.stopping() {
-                this.shutting_down = true;
-                this.connection.as_mut().graceful_shutdown();
-            }
-        }
-        this.connection.as_mut().poll(cx)
-    }
-}
-
-impl<C> Drop for Draining<C> {
-    fn drop(&mut self) {
-        if let Some(id) = self.registered {
-            self.drain.deregister(id);
-        }
-    }
+    graceful.shutdown().await;
 }
