@@ -168,9 +168,22 @@ impl Fields<'_> {
 
 /// Whether a string prints the same in Rust's debug form (quoted) as raw between quotes.
 fn plain(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    // A fold without an early exit, which the compiler turns into a few vector instructions per 16
+    // or 32 bytes; `all` tests one byte at a time, which was a quarter of the audit line's formatting.
+    value.bytes().fold(true, |plain, b| {
+        plain & printable_ascii(b) & (b != b'"') & (b != b'\\')
+    })
+}
+
+/// Whether every byte is printable ASCII (no control character, nothing beyond ASCII).
+fn printable(text: &str) -> bool {
+    text.bytes()
+        .fold(true, |printable, b| printable & printable_ascii(b))
+}
+
+#[inline(always)]
+fn printable_ascii(b: u8) -> bool {
+    b.wrapping_sub(b' ') < b'~' - b' ' + 1
 }
 
 impl Visit for Fields<'_> {
@@ -233,7 +246,7 @@ struct Escaping<'w> {
 impl fmt::Write for Escaping<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         // Nearly every value is printable ASCII: one pass over the bytes, one write.
-        if text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        if printable(text) {
             return self.out.write_str(text);
         }
         let mut rest = text;
@@ -332,6 +345,23 @@ mod tests {
             off < std::time::Duration::from_secs(5),
             "{stamp} is {off:?} off"
         );
+    }
+
+    #[test]
+    fn the_byte_scans_agree_with_their_definitions() {
+        let every_byte: Vec<u8> = (0..=255).collect();
+        for b in every_byte {
+            let printable_by_definition = (b' '..=b'~').contains(&b);
+            assert_eq!(printable_ascii(b), printable_by_definition, "{b}");
+            if b.is_ascii() {
+                let text = format!("{:>40}{}", "padding that is plain", char::from(b));
+                assert_eq!(printable(&text), printable_by_definition, "{b}");
+                let plain_by_definition = printable_by_definition && b != b'"' && b != b'\\';
+                assert_eq!(plain(&text), plain_by_definition, "{b}");
+            }
+        }
+        assert!(!printable("caf\u{e9}") && !plain("caf\u{e9}"));
+        assert!(printable("") && plain(""));
     }
 
     #[test]
