@@ -3,7 +3,10 @@
 # other, this, bare…), so that a change is measured against the noise of this shared machine instead of
 # across runs minutes apart: gRPC GetKubeconfig with h2load (-c4 -m16) and the REST GET with wrk (-c32),
 # the demo's prod-east kubeconfig, in-process cache hits. Prints the median rate of each and its ratio to
-# the bare server.
+# the bare server; then the median CPU time (user + system, from /proc) each server spent per call
+# during those runs, and the bare server's CPU per call divided by it. The load tools share the two
+# cores with the servers, so the rate moves with whatever else runs; the CPU a server spends per call
+# moves much less, and shows what a change did to the server itself.
 #   bench/compare.sh OTHER_BINARY [rounds=7] [wrk duration=3s] [h2load requests=30000]
 # OTHER_BINARY is another build's kubeconfigd, e.g. from `git worktree add ../before <commit>` and
 # `cargo build --release` there. KUBECONFIGD_OTHER_ENV (e.g. `RUST_LOG=warn`) is put in the other
@@ -34,16 +37,28 @@ target/release/bare-server --grpc-addr 127.0.0.1:50072 --rest-addr 127.0.0.1:807
 started bare 8072
 
 echo "$rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32); $(nproc) cores"
-declare -A results
+declare -A results cpu
+declare -A pid_of=([other]=${pids[0]} [this]=${pids[1]} [bare]=${pids[2]})
 for _ in $(seq "$rounds"); do
   for target in "other 50091 8091" "this 50071 8071" "bare 50072 8072"; do
     set -- $target
-    results[grpc-$1]+="$(bench/grpc-h2load.sh "$1" "127.0.0.1:$2" "$key" "$uid" "$requests" | rate) "
-    results[rest-$1]+="$(bench/rest-wrk.sh "$1" "127.0.0.1:$3" "$key" "$uid" "$duration" | rate) "
+    pid=${pid_of[$1]}
+    before=$(cpu_ticks "$pid")
+    line=$(bench/grpc-h2load.sh "$1" "127.0.0.1:$2" "$key" "$uid" "$requests")
+    results[grpc-$1]+="$(rate <<<"$line") " cpu[grpc-$1]+="$(per_call "$pid" "$before" "$(calls <<<"$line")") "
+    before=$(cpu_ticks "$pid")
+    line=$(bench/rest-wrk.sh "$1" "127.0.0.1:$3" "$key" "$uid" "$duration")
+    results[rest-$1]+="$(rate <<<"$line") " cpu[rest-$1]+="$(per_call "$pid" "$before" "$(calls <<<"$line")") "
   done
 done
 for surface in grpc rest; do
   o=$(median <<<"${results[$surface-other]}") t=$(median <<<"${results[$surface-this]}") b=$(median <<<"${results[$surface-bare]}")
   awk -v s="$surface" -v o="$o" -v t="$t" -v b="$b" \
     'BEGIN {printf "%-4s other %7.0f/s (%.2fx)  this %7.0f/s (%.2fx)  bare %7.0f/s\n", s, o, o / b, t, t / b, b}'
+done
+echo "CPU per call (bare's divided by each):"
+for surface in grpc rest; do
+  o=$(median <<<"${cpu[$surface-other]}") t=$(median <<<"${cpu[$surface-this]}") b=$(median <<<"${cpu[$surface-bare]}")
+  awk -v s="$surface" -v o="$o" -v t="$t" -v b="$b" \
+    'BEGIN {printf "%-4s other %5.2f us (%.2fx)  this %5.2f us (%.2fx)  bare %5.2f us\n", s, o, b / o, t, b / t, b}'
 done

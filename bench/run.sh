@@ -4,8 +4,10 @@
 #   REST GET with wrk (bench/rest-wrk.sh; package wrk).
 # Rounds are interleaved (ours, bare, ours, bare…) so that a noisy neighbour hits both alike. Loopback
 # only; every run is bounded by request count or duration.
-# Prints each run, then the medians and the ratio kubeconfigd / bare for each surface; then both gRPC
-# servers at half the bare server's maximum rate, with their p99s and its ratio.
+# Prints each run, then the medians and the ratio kubeconfigd / bare for each surface, with the CPU time
+# (user + system, from /proc) each server spent per call in those runs and the bare server's divided by
+# ours (the load tools share the cores, so the rate moves with them; the CPU per call moves less); then
+# both gRPC servers at half the bare server's maximum rate, with their p99s and its ratio.
 #   bench/run.sh [requests=30000] [wrk duration=5s] [rounds=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,23 +26,27 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:8072/v1/spectroclusters/$uid/
 kill -0 "${pids[1]}" 2>/dev/null || { echo "bare-server exited (ports 50072/8072 in use?)" >&2; exit 1; }
 
 echo "body: $(wc -c <"$work/body.yaml") bytes; $(nproc) cores; $rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32)"
-declare -A results
+declare -A results cpu
 for round in $(seq "$rounds"); do
-  for target in "kubeconfigd 127.0.0.1:50071" "bare-tonic 127.0.0.1:50072"; do
+  for target in "kubeconfigd 127.0.0.1:50071 ${pids[0]}" "bare-tonic 127.0.0.1:50072 ${pids[1]}"; do
     set -- $target
+    before=$(cpu_ticks "$3")
     line=$(bench/grpc-h2load.sh "$1" "$2" "$key" "$uid" "$requests"); echo "round $round: $line"
-    results[grpc-$1]+="$(rate <<<"$line") "
+    results[grpc-$1]+="$(rate <<<"$line") " cpu[grpc-$1]+="$(per_call "$3" "$before" "$(calls <<<"$line")") "
   done
-  for target in "kubeconfigd 127.0.0.1:8071" "bare-axum 127.0.0.1:8072"; do
+  for target in "kubeconfigd 127.0.0.1:8071 ${pids[0]}" "bare-axum 127.0.0.1:8072 ${pids[1]}"; do
     set -- $target
+    before=$(cpu_ticks "$3")
     line=$(bench/rest-wrk.sh "$1" "$2" "$key" "$uid" "$duration"); echo "round $round: $line"
-    results[rest-$1]+="$(rate <<<"$line") "
+    results[rest-$1]+="$(rate <<<"$line") " cpu[rest-$1]+="$(per_call "$3" "$before" "$(calls <<<"$line")") "
   done
 done
 ratio() {
-  local ours base
+  local ours base ours_cpu base_cpu
   ours=$(median <<<"${results[$1]}") base=$(median <<<"${results[$2]}")
-  awk -v o="$ours" -v b="$base" -v n="$3" 'BEGIN {printf "%-5s kubeconfigd %9.0f/s  bare %9.0f/s  ratio %.2fx\n", n, o, b, o / b}'
+  ours_cpu=$(median <<<"${cpu[$1]}") base_cpu=$(median <<<"${cpu[$2]}")
+  awk -v o="$ours" -v b="$base" -v oc="$ours_cpu" -v bc="$base_cpu" -v n="$3" \
+    'BEGIN {printf "%-5s kubeconfigd %9.0f/s  bare %9.0f/s  ratio %.2fx   CPU per call %.2f us / %.2f us (bare/ours %.2fx)\n", n, o, b, o / b, oc, bc, bc / oc}'
 }
 echo "medians:"
 ratio grpc-kubeconfigd grpc-bare-tonic gRPC
