@@ -50,6 +50,36 @@ fn input<'a>(name: &'a str, values: &'a str) -> PackInput<'a> {
     }
 }
 
+/// Projects of the large tenant (with 10 members per team, about 0.7 MiB of the 1 MiB a tenant file
+/// may have).
+const LARGE_PROJECTS: usize = 1_500;
+
+/// A tenant of `projects` projects, each with a team of `members` members bound to Cluster Viewer
+/// and its first member bound to Cluster Admin there, plus a tenant admin: 2 × `projects` + 1
+/// bindings, `projects` teams, `projects` × `members` users.
+fn large_tenant(projects: usize, members: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::from("tenant: large\npolicy: seed\nprojects:\n");
+    for p in 0..projects {
+        let _ = writeln!(text, "  - uid: p{p}");
+    }
+    text.push_str("teams:\n");
+    for p in 0..projects {
+        let _ = writeln!(text, "  - name: team-{p}\n    members:");
+        for m in 0..members {
+            let _ = writeln!(text, "      - member-{p}-{m}@large.test");
+        }
+    }
+    text.push_str("bindings:\n  - user: admin@large.test\n    role: Tenant Admin\n");
+    for p in 0..projects {
+        let _ = writeln!(
+            text,
+            "  - team: team-{p}\n    role: Cluster Viewer\n    project: p{p}\n  - user: member-{p}-0@large.test\n    role: Cluster Admin\n    project: p{p}"
+        );
+    }
+    text
+}
+
 fn benches(c: &mut Criterion) {
     let tenant = Tenant::from_yaml(include_str!("../../../tests/fixtures/matrix/tenant.yaml"))
         .expect("tenant");
@@ -98,6 +128,39 @@ fn benches(c: &mut Criterion) {
         let principal = tenant.principal("cluster-viewer@matrix.test", []);
         b.iter(|| tenant.effective_permissions(black_box(&principal), "platform"))
     });
+    // What a call pays to know its caller's permissions (principal, then the permissions on one
+    // project), on the access-matrix tenant (2 projects, 9 users, 9 bindings) and on a large one; and
+    // what a project-by-project listing pays on the large one. The large tenant's figures should
+    // stay near the small one's: a call should cost its caller's grants, not the tenant's size.
+    let large = Tenant::from_yaml(&large_tenant(LARGE_PROJECTS, 10)).expect("large tenant");
+    let mut caller_access = c.benchmark_group("caller_access");
+    for (name, tenant, user, project) in [
+        (
+            "matrix-tenant",
+            &tenant,
+            "cluster-viewer@matrix.test",
+            "platform",
+        ),
+        ("large-tenant", &large, "member-7-3@large.test", "p7"),
+    ] {
+        caller_access.bench_function(name, |b| {
+            b.iter(|| {
+                let principal = tenant.principal(black_box(user), []);
+                tenant.effective_permissions(&principal, black_box(project))
+            })
+        });
+    }
+    caller_access.bench_function("large-tenant-every-project", |b| {
+        let projects: Vec<&str> = large.project_uids().collect();
+        b.iter(|| {
+            let principal = large.principal(black_box("member-7-3@large.test"), []);
+            projects
+                .iter()
+                .filter(|p| !large.effective_permissions(&principal, p).is_empty())
+                .count()
+        })
+    });
+    caller_access.finish();
     c.bench_function("analyze/pxk", |b| {
         b.iter(|| analyze(black_box(&input("kubernetes", PXK))))
     });

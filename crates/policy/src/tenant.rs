@@ -6,7 +6,7 @@
 //! cross-references are checked and every problem is reported with its field path, e.g.
 //! `bindings[2].role: unknown role "Cluster Boss"`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
@@ -239,9 +239,66 @@ pub struct Tenant {
     oidc: Option<OidcSettings>,
     credentials: CredentialSettings,
     projects: BTreeMap<String, Project>,
-    teams: BTreeMap<String, BTreeSet<String>>,
     users: BTreeMap<String, User>,
-    bindings: Vec<Binding>,
+    grants: Grants,
+}
+
+/// The teams and bindings of the file, indexed by who they concern: a call looks up its caller's user
+/// and teams instead of scanning every team and binding. (Scanning cost a call 55 µs on a 0.7 MiB
+/// tenant file of 1,500 projects, a thousand times what it cost on a tenant of ten bindings; and a
+/// listing, which asks once per project, 14 ms.)
+#[derive(Debug, Clone, Default)]
+struct Grants {
+    /// The file teams of each (lowercased) member, in name order.
+    teams_of: HashMap<String, Vec<String>>,
+    /// What each user's own bindings grant.
+    users: HashMap<String, Grant>,
+    /// What each team's bindings grant.
+    teams: HashMap<String, Grant>,
+}
+
+/// The bindings of one subject, merged: what they grant everywhere and in each project.
+#[derive(Debug, Clone, Default)]
+struct Grant {
+    tenant_wide: ClusterPermissions,
+    projects: HashMap<String, ClusterPermissions>,
+}
+
+impl Grant {
+    fn on(&self, project: &str) -> ClusterPermissions {
+        self.projects
+            .get(project)
+            .map_or(self.tenant_wide, |granted| self.tenant_wide.union(*granted))
+    }
+}
+
+impl Grants {
+    fn new(teams: BTreeMap<String, BTreeSet<String>>, bindings: Vec<Binding>) -> Self {
+        let mut grants = Grants::default();
+        for (team, members) in teams {
+            for member in members {
+                grants
+                    .teams_of
+                    .entry(member)
+                    .or_default()
+                    .push(team.clone());
+            }
+        }
+        for binding in bindings {
+            let grant = match binding.subject {
+                Subject::User(user) => grants.users.entry(user).or_default(),
+                Subject::Team(team) => grants.teams.entry(team).or_default(),
+            };
+            match binding.project {
+                None => grant.tenant_wide = grant.tenant_wide.union(binding.cluster),
+                Some(project) => {
+                    let granted = grant.projects.entry(project).or_default();
+                    *granted = granted.union(binding.cluster);
+                }
+            }
+        }
+        grants
+    }
 }
 
 struct Problems(Vec<FieldError>);
@@ -483,9 +540,8 @@ impl Tenant {
             oidc: raw.oidc,
             credentials: raw.credentials,
             projects,
-            teams,
             users,
-            bindings,
+            grants: Grants::new(teams, bindings),
         })
     }
 
@@ -536,29 +592,31 @@ impl Tenant {
         extra_teams: impl IntoIterator<Item = String>,
     ) -> Principal {
         let user = user.to_ascii_lowercase();
-        let file_teams = self
-            .teams
-            .iter()
-            .filter(|(_, members)| members.contains(&user))
-            .map(|(name, _)| name.clone());
-        Principal::new(&user, file_teams.chain(extra_teams))
+        let file_teams = self.grants.teams_of.get(&user).into_iter().flatten();
+        Principal {
+            teams: file_teams.cloned().chain(extra_teams).collect(),
+            user,
+        }
     }
 
     /// The union of the cluster permissions of every binding that applies to `principal` on a cluster of
-    /// `project`: tenant-scope bindings and bindings in that project.
+    /// `project`: tenant-scope bindings and bindings in that project. Costs the principal's teams, not
+    /// the tenant's bindings.
     pub fn effective_permissions(
         &self,
         principal: &Principal,
         project: &str,
     ) -> ClusterPermissions {
-        self.bindings
+        let own = self
+            .grants
+            .users
+            .get(&principal.user)
+            .map_or(ClusterPermissions::NONE, |grant| grant.on(project));
+        principal
+            .teams
             .iter()
-            .filter(|b| match &b.subject {
-                Subject::User(user) => *user == principal.user,
-                Subject::Team(team) => principal.teams.contains(team),
-            })
-            .filter(|b| b.project.as_deref().is_none_or(|p| p == project))
-            .fold(ClusterPermissions::NONE, |acc, b| acc.union(b.cluster))
+            .filter_map(|team| self.grants.teams.get(team))
+            .fold(own, |granted, grant| granted.union(grant.on(project)))
     }
 }
 

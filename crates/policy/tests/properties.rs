@@ -217,3 +217,116 @@ proptest! {
         let _ = Tenant::from_yaml(&text);
     }
 }
+
+/// A generated tenant: which users are in which team, and the bindings as (subject, role, project).
+#[derive(Debug, Clone)]
+struct GeneratedTenant {
+    /// For each team, the indexes of its members (users are `user-<i>@t.test`).
+    teams: Vec<Vec<usize>>,
+    bindings: Vec<(GeneratedSubject, kubeconfig_policy::Role, usize)>,
+}
+
+#[derive(Debug, Clone)]
+enum GeneratedSubject {
+    /// A user index and whether the file spells the address in capitals.
+    User(usize, bool),
+    Team(usize),
+}
+
+const USERS: usize = 6;
+const TEAMS: usize = 4;
+const PROJECTS: usize = 3;
+
+fn generated_tenant() -> impl Strategy<Value = GeneratedTenant> {
+    let teams = prop::collection::vec(prop::collection::vec(0..USERS, 0..4), TEAMS);
+    let subject = prop_oneof![
+        (0..USERS, any::<bool>()).prop_map(|(u, upper)| GeneratedSubject::User(u, upper)),
+        (0..TEAMS).prop_map(GeneratedSubject::Team),
+    ];
+    let binding = (
+        subject,
+        prop::sample::select(kubeconfig_policy::role::builtin_roles()),
+        0..PROJECTS,
+    );
+    (teams, prop::collection::vec(binding, 0..16))
+        .prop_map(|(teams, bindings)| GeneratedTenant { teams, bindings })
+}
+
+impl GeneratedTenant {
+    fn user(i: usize) -> String {
+        format!("user-{i}@t.test")
+    }
+
+    fn yaml(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::from("tenant: t\npolicy: seed\nprojects:\n");
+        for p in 0..PROJECTS {
+            let _ = writeln!(text, "  - uid: p{p}");
+        }
+        text.push_str("teams:\n");
+        for (t, members) in self.teams.iter().enumerate() {
+            let _ = writeln!(text, "  - name: team-{t}\n    members:");
+            for m in members {
+                let _ = writeln!(text, "      - {}", Self::user(*m).to_uppercase());
+            }
+        }
+        text.push_str("bindings: [\n");
+        for (subject, role, project) in &self.bindings {
+            let subject = match subject {
+                GeneratedSubject::User(u, false) => format!("user: {}", Self::user(*u)),
+                GeneratedSubject::User(u, true) => {
+                    format!("user: {}", Self::user(*u).to_uppercase())
+                }
+                GeneratedSubject::Team(t) => format!("team: team-{t}"),
+            };
+            let project = match role.scope() {
+                kubeconfig_policy::Scope::Project => format!(", project: p{project}"),
+                kubeconfig_policy::Scope::Tenant => String::new(),
+            };
+            let _ = writeln!(text, "  {{{subject}, role: {:?}{project}}},", role.name());
+        }
+        text.push_str("]\n");
+        text
+    }
+
+    /// The rule itself, over the generated lists: the union of the roles of every binding naming the
+    /// user (case-insensitively) or one of its teams (from the file or `groups`), tenant-wide or in
+    /// `project`.
+    fn expected(&self, user: usize, groups: &[usize], project: usize) -> ClusterPermissions {
+        let in_team = |t: usize| self.teams[t].contains(&user) || groups.contains(&t);
+        self.bindings
+            .iter()
+            .filter(|(subject, _, _)| match subject {
+                GeneratedSubject::User(u, _) => *u == user,
+                GeneratedSubject::Team(t) => in_team(*t),
+            })
+            .filter(|(_, role, p)| match role.scope() {
+                kubeconfig_policy::Scope::Project => *p == project,
+                kubeconfig_policy::Scope::Tenant => true,
+            })
+            .fold(ClusterPermissions::NONE, |granted, (_, role, _)| {
+                granted.union(role.cluster_permissions())
+            })
+    }
+}
+
+proptest! {
+    /// The indexed lookup gives what the rule says for every user, project and `groups` claim
+    /// (including a group the file does not declare).
+    #[test]
+    fn effective_permissions_follow_the_bindings(tenant in generated_tenant(), groups in prop::collection::vec(0..TEAMS, 0..3), caps in any::<bool>()) {
+        let parsed = Tenant::from_yaml(&tenant.yaml()).expect("generated tenant parses");
+        for user in 0..USERS {
+            let address = if caps { GeneratedTenant::user(user).to_uppercase() } else { GeneratedTenant::user(user) };
+            let claims = groups.iter().map(|t| format!("team-{t}")).chain(["undeclared".to_owned()]);
+            let principal = parsed.principal(&address, claims);
+            for project in 0..PROJECTS {
+                prop_assert_eq!(
+                    parsed.effective_permissions(&principal, &format!("p{project}")),
+                    tenant.expected(user, &groups, project),
+                    "user {} project p{}", user, project
+                );
+            }
+        }
+    }
+}
