@@ -1,0 +1,84 @@
+//! Benchmarks of authentication: an API key (hash and look-up, the baseline) and a JWT bearer token,
+//! ES256 and RS256, the first time it is seen (every check, signature included) and again (the
+//! verified token remembered by its digest).
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kubeconfig_policy::ApiKeyHash;
+use kubeconfigd::auth::{ApiKeys, JwtVerifier};
+use kubeconfigd::config::{JwtConfig, JwtKey};
+use sha2::{Digest, Sha256};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/jwt")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn verifier(public_key: &str) -> JwtVerifier {
+    JwtVerifier::new(&JwtConfig {
+        issuer: "https://issuer.test".to_owned(),
+        audience: "kubeconfigd".to_owned(),
+        key: JwtKey::PublicKeyPem(fixture(public_key)),
+        max_lifetime: Duration::from_secs(3600),
+    })
+    .expect("verifier")
+}
+
+fn token(algorithm: Algorithm, key: &EncodingKey) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = serde_json::json!({
+        "email": "cluster-viewer@matrix.test",
+        "groups": ["ops"],
+        "iss": "https://issuer.test",
+        "aud": "kubeconfigd",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3000,
+    });
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, key).expect("sign")
+}
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("authenticate");
+    let keys = ApiKeys::new([(
+        ApiKeyHash::from_digest(Sha256::digest(b"demo-viewer-key").into()),
+        "viewer@demo.test".to_owned(),
+    )]);
+    group.bench_function("api-key", |b| {
+        b.iter(|| keys.user_of(black_box("demo-viewer-key")))
+    });
+    let es256 = EncodingKey::from_ec_pem(&fixture("es256.key")).expect("es256 key");
+    let rs256 = EncodingKey::from_rsa_pem(&fixture("rs256.key")).expect("rs256 key");
+    for (name, public, token) in [
+        ("es256", "es256.pub", token(Algorithm::ES256, &es256)),
+        ("rs256", "rs256.pub", token(Algorithm::RS256, &rs256)),
+    ] {
+        group.bench_function(format!("bearer-{name}-first-seen"), |b| {
+            b.iter_batched(
+                || verifier(public),
+                |verifier| verifier.verify(black_box(&token)).expect("valid"),
+                BatchSize::SmallInput,
+            )
+        });
+        let remembering = verifier(public);
+        group.bench_function(format!("bearer-{name}-seen-before"), |b| {
+            b.iter(|| remembering.verify(black_box(&token)).expect("valid"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = auth;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = benches
+}
+criterion_main!(auth);
