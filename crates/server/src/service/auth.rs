@@ -137,8 +137,9 @@ pub struct JwtVerifier {
     verified: moka::sync::Cache<[u8; 32], std::sync::Arc<VerifiedToken>>,
 }
 
-/// How many verified tokens are remembered.
-const VERIFIED_TOKENS: u64 = 10_000;
+/// How many bytes of verified tokens (their user and groups, plus a fixed overhead each) are remembered:
+/// a bound in bytes, not entries, because one token may carry many groups.
+const VERIFIED_TOKEN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A token that passed every check, with the times that bound its reuse.
 #[derive(Debug)]
@@ -150,6 +151,12 @@ struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// Its share of [`VERIFIED_TOKEN_BYTES`].
+    fn weight(&self) -> u32 {
+        let text = self.user.len() + self.groups.iter().map(String::len).sum::<usize>();
+        u32::try_from(text + 128 + 24 * self.groups.len()).unwrap_or(u32::MAX)
+    }
+
     /// Whether the token is still valid at `now`, with the same skew as the first check.
     fn valid_at(&self, now: u64) -> bool {
         now.saturating_sub(CLOCK_SKEW_SECONDS) <= self.exp
@@ -194,7 +201,10 @@ impl JwtVerifier {
             key,
             validation,
             max_lifetime_seconds: config.max_lifetime.as_secs(),
-            verified: moka::sync::Cache::new(VERIFIED_TOKENS),
+            verified: moka::sync::Cache::builder()
+                .weigher(|_, token: &std::sync::Arc<VerifiedToken>| token.weight())
+                .max_capacity(VERIFIED_TOKEN_BYTES)
+                .build(),
         })
     }
 
