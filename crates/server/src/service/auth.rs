@@ -2,8 +2,10 @@
 //! stored hashes ([`ApiKeys`]), or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience,
 //! expiry and not-before checked with a small clock skew; only the configured algorithm is accepted,
 //! so `alg: none` and HS/RS confusion fail). Every failure is the same 401 with no hint which part was
-//! wrong. A verified token is remembered by its SHA-256 until it expires ([`JwtVerifier`]): checking a
-//! signature costs a call about twenty times what the rest of a cached download does.
+//! wrong. Signatures are checked with aws-lc (`jsonwebtoken`'s `aws_lc_rs` backend: 5–9× faster than
+//! its pure-Rust one here), and a verified token is remembered by its SHA-256 until it expires
+//! ([`JwtVerifier`]): even so, checking a signature costs a call several times what the rest of a
+//! cached download does.
 
 use std::collections::HashSet;
 
@@ -129,8 +131,8 @@ pub struct JwtVerifier {
     validation: Validation,
     max_lifetime_seconds: u64,
     /// Tokens that passed every check, by the SHA-256 of the token: a caller presents the same token
-    /// on every call for its lifetime, and checking its signature again (ES256 or RS256, 180–230 µs
-    /// with this build's pure-Rust crypto) cost a call far more than the rest of it. A hit is the same
+    /// on every call for its lifetime, and checking its signature again (ES256 about 50 µs, RS256
+    /// about 22 µs) costs a call more than the rest of it. A hit is the same
     /// bytes as a token that was fully verified, so only time can change the answer: its `exp` and
     /// `nbf` are checked again on every use. Only tokens that verified are kept, so a caller without
     /// a valid token cannot fill it; it is bounded all the same.
