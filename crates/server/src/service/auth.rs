@@ -218,34 +218,29 @@ impl JwtVerifier {
     /// [`JwtVerifier::verify`] at `now` for a token verified before (a token seen for the first time
     /// is checked against the system clock).
     fn verify_at(&self, token: &str, now: u64) -> Option<(String, Vec<String>)> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(known) = self.verified.get(&digest) {
-            if known.valid_at(now) {
-                return Some((known.user.clone(), known.groups.clone()));
+        let digest = token_digest(token);
+        let known = match self.verified.get(&digest) {
+            Some(known) if known.valid_at(now) => known,
+            Some(_) => {
+                self.verified.invalidate(&digest);
+                return None;
             }
-            self.verified.invalidate(&digest);
-            return None;
-        }
-        let verified = self.verify_signed(token)?;
-        let answer = (verified.user.clone(), verified.groups.clone());
-        // A `nbf` that is not a whole number (which `jsonwebtoken` judged) is not reused: nothing
-        // here would know when it starts.
-        if !verified.nbf_unreadable {
-            self.verified.insert(
-                digest,
-                std::sync::Arc::new(VerifiedToken {
-                    user: verified.user,
-                    groups: verified.groups,
-                    exp: verified.exp,
-                    nbf: verified.nbf,
-                }),
-            );
-        }
-        Some(answer)
+            None => {
+                let (verified, reusable) = self.verify_signed(token)?;
+                let verified = std::sync::Arc::new(verified);
+                if reusable {
+                    self.verified
+                        .insert(digest, std::sync::Arc::clone(&verified));
+                }
+                verified
+            }
+        };
+        Some((known.user.clone(), known.groups.clone()))
     }
 
-    /// Every check of a token, signature included.
-    fn verify_signed(&self, token: &str) -> Option<SignedToken> {
+    /// Every check of a token, signature included; with whether it may be reused (not when its `nbf`
+    /// is not a whole number, which `jsonwebtoken` judged: nothing here would know when it starts).
+    fn verify_signed(&self, token: &str) -> Option<(VerifiedToken, bool)> {
         if has_crit_header(token) {
             return None;
         }
@@ -270,23 +265,20 @@ impl JwtVerifier {
             return None;
         }
         let nbf = claims.nbf.as_ref().and_then(serde_json::Value::as_u64);
-        Some(SignedToken {
+        let reusable = claims.nbf.is_none() || nbf.is_some();
+        let verified = VerifiedToken {
             user: user.to_ascii_lowercase(),
             groups: claims.groups,
             exp: claims.exp,
             nbf,
-            nbf_unreadable: claims.nbf.is_some() && nbf.is_none(),
-        })
+        };
+        Some((verified, reusable))
     }
 }
 
-/// What a fully checked token says.
-struct SignedToken {
-    user: String,
-    groups: Vec<String>,
-    exp: u64,
-    nbf: Option<u64>,
-    nbf_unreadable: bool,
+/// The key a verified token is remembered by.
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The tenant's API keys by their SHA-256, each with the user it belongs to.
@@ -448,8 +440,7 @@ mod tests {
     }
 
     fn remembered(verifier: &JwtVerifier, token: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        verifier.verified.contains_key(&digest)
+        verifier.verified.contains_key(&token_digest(token))
     }
 
     #[test]
