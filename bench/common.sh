@@ -1,8 +1,8 @@
 # Shared by the load scripts under bench/ (sourced, not run): checks the load tools, builds the release
 # binaries, makes a work directory removed at exit with every server started into `pids`, and defines
-# the demo cluster and key the loads use, `rate` (the req/s figure of a load script's line) and `median`
-# (of whitespace-separated numbers on stdin), `cpu_ticks PID` and `per_call PID TICKS_BEFORE CALLS` (the
-# CPU time, user + system from /proc, a server spent per call since TICKS_BEFORE, in microseconds).
+# the demo cluster and key the loads use, `rate` (the req/s figure of a load script's line), `median`
+# (of whitespace-separated numbers on stdin) and `measure` (one load, its rate and the server's CPU per
+# call recorded).
 for tool in h2load wrk curl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install nghttp2-client wrk curl)" >&2; exit 1; }
 done
@@ -17,8 +17,18 @@ key=demo-viewer-key
 rate() { awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "req/s") print $i}'; }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-per_call() {
-  awk -v t="$(( $(cpu_ticks "$1") - $2 ))" -v hz="$(getconf CLK_TCK)" -v n="$3" 'BEGIN {printf "%.3f", t / hz * 1e6 / n}'
+# measure SLOT PID LOAD_SCRIPT ARGS...: runs a load script against the server PID, keeps its line in
+# `measured`, and appends its rate to results[SLOT] and the CPU time (user + system, from /proc) the
+# server spent per call, in microseconds, to cpu[SLOT]. The call count comes from the line: `(N calls)`
+# (wrk) or `(N succeeded of M)` (h2load).
+declare -A results cpu
+measure() {
+  local slot=$1 pid=$2 before calls
+  shift 2
+  before=$(cpu_ticks "$pid")
+  measured=$("$@")
+  calls=$(grep -Eo '[0-9]+ (calls|succeeded)' <<<"$measured" | grep -Eo '[0-9]+')
+  results[$slot]+="$(rate <<<"$measured") "
+  cpu[$slot]+="$(awk -v t="$(( $(cpu_ticks "$pid") - before ))" -v hz="$(getconf CLK_TCK)" -v n="$calls" \
+    'BEGIN {printf "%.3f", t / hz * 1e6 / n}') "
 }
-# The number of calls in a load script's line: `(N calls)` (wrk) or `(N succeeded of M)` (h2load).
-calls() { grep -Eo '[0-9]+ (calls|succeeded)' | grep -Eo '[0-9]+'; }

@@ -37,18 +37,11 @@ target/release/bare-server --grpc-addr 127.0.0.1:50072 --rest-addr 127.0.0.1:807
 started bare 8072
 
 echo "$rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32); $(nproc) cores"
-declare -A results cpu
-declare -A pid_of=([other]=${pids[0]} [this]=${pids[1]} [bare]=${pids[2]})
 for _ in $(seq "$rounds"); do
-  for target in "other 50091 8091" "this 50071 8071" "bare 50072 8072"; do
+  for target in "other 50091 8091 ${pids[0]}" "this 50071 8071 ${pids[1]}" "bare 50072 8072 ${pids[2]}"; do
     set -- $target
-    pid=${pid_of[$1]}
-    before=$(cpu_ticks "$pid")
-    line=$(bench/grpc-h2load.sh "$1" "127.0.0.1:$2" "$key" "$uid" "$requests")
-    results[grpc-$1]+="$(rate <<<"$line") " cpu[grpc-$1]+="$(per_call "$pid" "$before" "$(calls <<<"$line")") "
-    before=$(cpu_ticks "$pid")
-    line=$(bench/rest-wrk.sh "$1" "127.0.0.1:$3" "$key" "$uid" "$duration")
-    results[rest-$1]+="$(rate <<<"$line") " cpu[rest-$1]+="$(per_call "$pid" "$before" "$(calls <<<"$line")") "
+    measure "grpc-$1" "$4" bench/grpc-h2load.sh "$1" "127.0.0.1:$2" "$key" "$uid" "$requests"
+    measure "rest-$1" "$4" bench/rest-wrk.sh "$1" "127.0.0.1:$3" "$key" "$uid" "$duration"
   done
 done
 for surface in grpc rest; do

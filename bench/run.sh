@@ -26,19 +26,14 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:8072/v1/spectroclusters/$uid/
 kill -0 "${pids[1]}" 2>/dev/null || { echo "bare-server exited (ports 50072/8072 in use?)" >&2; exit 1; }
 
 echo "body: $(wc -c <"$work/body.yaml") bytes; $(nproc) cores; $rounds interleaved rounds of: h2load $requests requests (-c4 -m16), wrk $duration (-c32)"
-declare -A results cpu
 for round in $(seq "$rounds"); do
   for target in "kubeconfigd 127.0.0.1:50071 ${pids[0]}" "bare-tonic 127.0.0.1:50072 ${pids[1]}"; do
     set -- $target
-    before=$(cpu_ticks "$3")
-    line=$(bench/grpc-h2load.sh "$1" "$2" "$key" "$uid" "$requests"); echo "round $round: $line"
-    results[grpc-$1]+="$(rate <<<"$line") " cpu[grpc-$1]+="$(per_call "$3" "$before" "$(calls <<<"$line")") "
+    measure "grpc-$1" "$3" bench/grpc-h2load.sh "$1" "$2" "$key" "$uid" "$requests"; echo "round $round: $measured"
   done
   for target in "kubeconfigd 127.0.0.1:8071 ${pids[0]}" "bare-axum 127.0.0.1:8072 ${pids[1]}"; do
     set -- $target
-    before=$(cpu_ticks "$3")
-    line=$(bench/rest-wrk.sh "$1" "$2" "$key" "$uid" "$duration"); echo "round $round: $line"
-    results[rest-$1]+="$(rate <<<"$line") " cpu[rest-$1]+="$(per_call "$3" "$before" "$(calls <<<"$line")") "
+    measure "rest-$1" "$3" bench/rest-wrk.sh "$1" "$2" "$key" "$uid" "$duration"; echo "round $round: $measured"
   done
 done
 ratio() {
