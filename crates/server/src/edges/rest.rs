@@ -384,17 +384,6 @@ async fn serve(
     response
 }
 
-/// A header value joined from `parts` in one allocation (no formatting machinery: every download
-/// sends two), or `fallback` when the result is not a valid header value.
-fn header_value(parts: &[&str], fallback: &'static str) -> HeaderValue {
-    let mut text = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        text.extend_from_slice(part.as_bytes());
-    }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-        .unwrap_or_else(|_| HeaderValue::from_static(fallback))
-}
-
 /// A served file's YAML as a response body.
 struct Yaml(Arc<crate::cached::CachedAsset>);
 
@@ -419,7 +408,7 @@ fn respond(
         }
     };
     let rendered = &served.rendered.0;
-    let etag_header = header_value(&["\"", &rendered.etag, "\""], "\"\"");
+    let file_headers = served.rendered.http_headers();
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -428,31 +417,29 @@ fn respond(
         return (
             StatusCode::NOT_MODIFIED,
             [
-                (header::ETAG, etag_header),
+                (header::ETAG, file_headers.etag.clone()),
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
             ],
         )
             .into_response();
     }
-    let disposition = header_value(
-        &["attachment; filename=\"", &rendered.file_name, "\""],
-        "attachment",
+    let content_disposition = file_headers.content_disposition.clone();
+    let etag = file_headers.etag.clone();
+    // The body shares the cached bytes (kept alive by the response) instead of copying them.
+    let mut response = Response::new(axum::body::Body::from(bytes::Bytes::from_owner(Yaml(
+        served.rendered,
+    ))));
+    let response_headers = response.headers_mut();
+    // Room for every header below and the Content-Length added on the way out, so the map is
+    // allocated once rather than grown.
+    response_headers.reserve(12);
+    response_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
     );
-    let mut response = (
-        StatusCode::OK,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (header::CONTENT_DISPOSITION, disposition),
-            (header::ETAG, etag_header),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        // The body shares the cached bytes (kept alive by the response) instead of copying them.
-        axum::body::Body::from(bytes::Bytes::from_owner(Yaml(served.rendered))),
-    )
-        .into_response();
+    response_headers.insert(header::CONTENT_DISPOSITION, content_disposition);
+    response_headers.insert(header::ETAG, etag);
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
     if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -8,9 +8,51 @@ use kubeconfig_render::{AuthKind, Rendered, ServerKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// A rendered kubeconfig as the cache holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedAsset(pub Rendered);
+/// A rendered kubeconfig as the cache holds it, with the header values of its HTTP download made
+/// the first time it is downloaded (every later download of the same cached file shares them).
+#[derive(Debug, Clone)]
+pub struct CachedAsset(pub Rendered, std::sync::OnceLock<HttpHeaders>);
+
+/// Header values of a file's HTTP download that depend on the file alone.
+#[derive(Debug, Clone)]
+pub struct HttpHeaders {
+    /// `"<etag>"`.
+    pub etag: http::HeaderValue,
+    /// `attachment; filename="<file name>"`.
+    pub content_disposition: http::HeaderValue,
+}
+
+impl CachedAsset {
+    pub fn new(rendered: Rendered) -> Self {
+        Self(rendered, std::sync::OnceLock::new())
+    }
+
+    /// The file's ETag and Content-Disposition header values, made once per cached file.
+    pub fn http_headers(&self) -> &HttpHeaders {
+        self.1.get_or_init(|| HttpHeaders {
+            etag: header_value(&["\"", &self.0.etag, "\""], "\"\""),
+            content_disposition: header_value(
+                &["attachment; filename=\"", &self.0.file_name, "\""],
+                "attachment",
+            ),
+        })
+    }
+}
+
+/// A header value joined from `parts`, or `fallback` when the result is not a valid header value
+/// (a file name with a control character).
+fn header_value(parts: &[&str], fallback: &'static str) -> http::HeaderValue {
+    http::HeaderValue::from_str(&parts.concat())
+        .unwrap_or_else(|_| http::HeaderValue::from_static(fallback))
+}
+
+impl PartialEq for CachedAsset {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for CachedAsset {}
 
 #[derive(Serialize, Deserialize)]
 struct Envelope {
@@ -62,7 +104,7 @@ impl Cacheable for CachedAsset {
         let auth_kind = [AuthKind::Oidc, AuthKind::ClientCertificate, AuthKind::Token]
             .into_iter()
             .find(|k| auth_kind(*k) == e.auth_kind)?;
-        Some(CachedAsset(Rendered {
+        Some(CachedAsset::new(Rendered {
             yaml: e.yaml,
             file_name: e.file_name,
             server_kind,
@@ -74,7 +116,10 @@ impl Cacheable for CachedAsset {
     }
 
     fn weight(&self) -> u32 {
-        u32::try_from(self.0.yaml.len() + self.0.file_name.len() + self.0.etag.len() + 64)
+        // The header values (made on the first download) are counted too: the etag and file name
+        // again, with their fixed text.
+        let r = &self.0;
+        u32::try_from(r.yaml.len() + 2 * (r.file_name.len() + r.etag.len()) + 128)
             .unwrap_or(u32::MAX)
     }
 }
@@ -85,7 +130,7 @@ mod tests {
 
     fn sample() -> CachedAsset {
         let yaml = "apiVersion: v1\n".to_owned();
-        CachedAsset(Rendered {
+        CachedAsset::new(Rendered {
             etag: hex::encode(Sha256::digest(yaml.as_bytes())),
             yaml,
             file_name: "a.kubeconfig".to_owned(),

@@ -564,7 +564,7 @@ impl Core {
             };
             span.record("kubeconfig.cache_tier", tier.as_str());
             return Ok(Served {
-                rendered: Arc::new(CachedAsset(rendered)),
+                rendered: Arc::new(CachedAsset::new(rendered)),
                 tier,
                 cluster: Arc::clone(cluster),
                 user: caller.user,
@@ -577,7 +577,7 @@ impl Core {
                 self.cache
                     .get_or_render(
                         &key,
-                        Box::new(move || CachedAsset(renderer.render(variant.request()))),
+                        Box::new(move || CachedAsset::new(renderer.render(variant.request()))),
                     )
                     .await
             }
