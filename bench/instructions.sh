@@ -6,6 +6,7 @@
 # -m16), and the counters are dumped. Prints instructions per call and the ratio, then the functions
 # with the most instructions (inclusive) in kubeconfigd's REST run.
 #   bench/instructions.sh [calls=5000]
+# KUBECONFIGD_BENCH_FLAGS passes extra flags to kubeconfigd (e.g. `--log-format json`).
 # Notes: valgrind does not run SHA-NI, so SHA-256 (hashing the API key) counts several times what it
 # costs on a CPU that has it; `rep movsb` copies count one instruction per byte.
 set -euo pipefail
@@ -63,7 +64,7 @@ cp "$work/body.yaml" "$work/bare-body.yaml"
 
 declare -A per_call
 for surface in rest grpc; do
-  per_call[ours-$surface]=$(count ours "$surface" target/release/kubeconfigd --demo --grpc-addr 127.0.0.1:50075 --rest-addr 127.0.0.1:8075 --admin-addr 127.0.0.1:8076)
+  per_call[ours-$surface]=$(count ours "$surface" target/release/kubeconfigd --demo --grpc-addr 127.0.0.1:50075 --rest-addr 127.0.0.1:8075 --admin-addr 127.0.0.1:8076 ${KUBECONFIGD_BENCH_FLAGS:-})
   per_call[bare-$surface]=$(count bare "$surface" target/release/bare-server --grpc-addr 127.0.0.1:50075 --rest-addr 127.0.0.1:8075 --body "$work/bare-body.yaml")
 done
 echo "instructions per cached download ($calls calls each; $(wc -c <"$work/bare-body.yaml") bytes):"

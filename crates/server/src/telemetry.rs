@@ -24,7 +24,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
+mod json_line;
 mod text_line;
+pub use json_line::JsonLine;
 pub use text_line::TextLine;
 
 /// The default service name.
@@ -320,10 +322,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
             None,
             Some(
                 tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
+                    .event_format(JsonLine)
                     .with_writer(writer)
                     .with_filter(events_only),
             ),

@@ -30,29 +30,37 @@ where
     fn format_event(
         &self,
         _context: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
+        writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // The line is built in a buffer of this thread, where every piece is an inlined append, and
-        // handed to the writer in one call (not a dynamically dispatched call per piece).
-        thread_local! {
-            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-        }
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else {
-                // Only if formatting a field logged an event itself: no fast path then.
-                let mut own = String::new();
-                format_line(&mut own, event)?;
-                return writer.write_str(&own);
-            };
-            line.clear();
-            let result = format_line(&mut line, event).and_then(|()| writer.write_str(&line));
-            if line.capacity() > MAX_KEPT_LINE {
-                *line = String::new();
-            }
-            result
-        })
+        write_line(writer, |line| format_line(line, event))
     }
+}
+
+/// Builds a line with `format` in a buffer of this thread, where every piece is an inlined append,
+/// and hands it to the writer in one call (not a dynamically dispatched call per piece). Shared by
+/// the text and JSON lines.
+pub(super) fn write_line(
+    mut writer: Writer<'_>,
+    format: impl Fn(&mut String) -> fmt::Result,
+) -> fmt::Result {
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else {
+            // Only if formatting a field logged an event itself: no fast path then.
+            let mut own = String::new();
+            format(&mut own)?;
+            return writer.write_str(&own);
+        };
+        line.clear();
+        let result = format(&mut line).and_then(|()| writer.write_str(&line));
+        if line.capacity() > MAX_KEPT_LINE {
+            *line = String::new();
+        }
+        result
+    })
 }
 
 /// A line buffer larger than this is not kept for the next line.
@@ -62,6 +70,7 @@ fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
     let normalized = event.normalized_metadata();
     let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
     write_timestamp(out);
+    out.push(' ');
     out.push_str(level(*metadata.level()));
     out.push(' ');
     out.push_str(metadata.target());
@@ -77,9 +86,9 @@ fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
     Ok(())
 }
 
-/// `2026-12-01T13:45:41.630408Z ` (RFC 3339, microseconds, UTC): the date and time of day are
+/// `2026-12-01T13:45:41.630408Z` (RFC 3339, microseconds, UTC): the date and time of day are
 /// formatted once a second per thread, the microseconds on every line.
-fn write_timestamp(out: &mut String) {
+pub(super) fn write_timestamp(out: &mut String) {
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
     }
@@ -93,13 +102,13 @@ fn write_timestamp(out: &mut String) {
         let text = humantime::format_rfc3339_seconds(now).to_string();
         if text.len() != 20 {
             // Outside years 0000-9999: no fast path.
-            let _ = write!(out, "{} ", humantime::format_rfc3339_micros(now));
+            let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
             return;
         }
         prefix.copy_from_slice(&text.as_bytes()[..19]);
         SECOND.set((seconds, prefix));
     }
-    let mut line = [0u8; 28];
+    let mut line = [0u8; 27];
     line[..19].copy_from_slice(&prefix);
     line[19] = b'.';
     let mut micros = since_epoch.subsec_micros();
@@ -108,7 +117,6 @@ fn write_timestamp(out: &mut String) {
         micros /= 10;
     }
     line[26] = b'Z';
-    line[27] = b' ';
     // Digits, ASCII punctuation and the prefix humantime wrote: always UTF-8.
     out.push_str(std::str::from_utf8(&line).unwrap_or_default());
 }
@@ -166,8 +174,9 @@ impl Fields<'_> {
     }
 }
 
-/// Whether a string prints the same in Rust's debug form (quoted) as raw between quotes.
-fn plain(value: &str) -> bool {
+/// Whether a string prints the same in Rust's debug form (quoted) as raw between quotes — and, the
+/// same condition, as a JSON string.
+pub(super) fn plain(value: &str) -> bool {
     // A fold without an early exit, which the compiler turns into a few vector instructions per 16
     // or 32 bytes; `all` tests one byte at a time, which was a quarter of the audit line's formatting.
     value.bytes().fold(true, |plain, b| {
