@@ -183,43 +183,32 @@ impl fmt::Write for Escaping<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::text_line::capture::formatted_twice;
     use super::*;
     use tracing_subscriber::layer::SubscriberExt as _;
 
     /// The lines `emit` logs, formatted by [`JsonLine`] and by the library's JSON formatter as
     /// `kubeconfigd` configured it before.
     fn both(emit: impl Fn()) -> (String, String) {
-        #[derive(Clone, Default)]
-        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let ours = Sink::default();
-        let theirs = Sink::default();
-        let (a, b) = (ours.clone(), theirs.clone());
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(JsonLine)
-                    .with_writer(move || a.clone()),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(move || b.clone()),
-            );
-        tracing::subscriber::with_default(subscriber, emit);
-        let text = |sink: Sink| String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        (text(ours), text(theirs))
+        formatted_twice(
+            |ours, theirs| {
+                tracing_subscriber::registry()
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .event_format(JsonLine)
+                            .with_writer(ours),
+                    )
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(false)
+                            .with_span_list(false)
+                            .with_writer(theirs),
+                    )
+            },
+            emit,
+        )
     }
 
     /// Drops the timestamp's value (the two formatters read the clock at different instants).

@@ -283,42 +283,72 @@ impl fmt::Write for Escaping<'_> {
     }
 }
 
+/// What a test's log layers wrote: an in-memory writer, and a way to run events through two formatters.
+#[cfg(test)]
+pub(super) mod capture {
+    /// Collects every line written to it (clones share the buffer).
+    #[derive(Clone, Default)]
+    pub struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
+        type Writer = Sink;
+        fn make_writer(&'a self) -> Sink {
+            self.clone()
+        }
+    }
+
+    /// Runs `emit` under the subscriber `layers` builds from two sinks (ours, theirs) and returns
+    /// what each received.
+    pub fn formatted_twice<S>(
+        layers: impl FnOnce(Sink, Sink) -> S,
+        emit: impl Fn(),
+    ) -> (String, String)
+    where
+        S: tracing::Subscriber + Send + Sync + 'static,
+    {
+        let ours = Sink::default();
+        let theirs = Sink::default();
+        tracing::subscriber::with_default(layers(ours.clone(), theirs.clone()), emit);
+        let text = |sink: Sink| String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        (text(ours), text(theirs))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::capture::formatted_twice;
     use super::*;
     use tracing_subscriber::layer::SubscriberExt as _;
 
     /// The lines `emit` logs, formatted by [`TextLine`] and by the default formatter without colours.
     fn both(emit: impl Fn()) -> (String, String) {
-        #[derive(Clone, Default)]
-        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let ours = Sink::default();
-        let theirs = Sink::default();
-        let (a, b) = (ours.clone(), theirs.clone());
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .event_format(TextLine)
-                    .with_writer(move || a.clone()),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(move || b.clone()),
-            );
-        tracing::subscriber::with_default(subscriber, emit);
-        let text = |sink: Sink| String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        (text(ours), text(theirs))
+        formatted_twice(
+            |ours, theirs| {
+                tracing_subscriber::registry()
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(false)
+                            .event_format(TextLine)
+                            .with_writer(ours),
+                    )
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(false)
+                            .with_writer(theirs),
+                    )
+            },
+            emit,
+        )
     }
 
     /// Drops the timestamp (the two formatters read the clock at different instants).
