@@ -55,3 +55,8 @@ for surface in grpc rest; do
   awk -v s="$surface" -v o="$o" -v t="$t" -v b="$b" \
     'BEGIN {printf "%-4s other %5.2f us (%.2fx)  this %5.2f us (%.2fx)  bare %5.2f us\n", s, o, b / o, t, b / t, b}'
 done
+echo "preemptions per call (involuntary context switches of the server's threads):"
+for surface in grpc rest; do
+  o=$(median <<<"${preempted[$surface-other]}") t=$(median <<<"${preempted[$surface-this]}") b=$(median <<<"${preempted[$surface-bare]}")
+  awk -v s="$surface" -v o="$o" -v t="$t" -v b="$b" 'BEGIN {printf "%-4s other %.3f  this %.3f  bare %.3f\n", s, o, t, b}'
+done

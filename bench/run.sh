@@ -6,7 +6,8 @@
 # only; every run is bounded by request count or duration.
 # Prints each run, then the medians and the ratio kubeconfigd / bare for each surface, with the CPU time
 # (user + system, from /proc) each server spent per call in those runs and the bare server's divided by
-# ours (the load tools share the cores, so the rate moves with them; the CPU per call moves less); then
+# ours (the load tools share the cores, so the rate moves with them; the CPU per call moves less), and
+# how often each server's threads were preempted per call (see `preemptions` in bench/common.sh); then
 # both gRPC servers at half the bare server's maximum rate, with their p99s and its ratio.
 #   bench/run.sh [requests=30000] [wrk duration=5s] [rounds=3]
 set -euo pipefail
@@ -41,7 +42,8 @@ ratio() {
   ours=$(median <<<"${results[$1]}") base=$(median <<<"${results[$2]}")
   ours_cpu=$(median <<<"${cpu[$1]}") base_cpu=$(median <<<"${cpu[$2]}")
   awk -v o="$ours" -v b="$base" -v oc="$ours_cpu" -v bc="$base_cpu" -v n="$3" \
-    'BEGIN {printf "%-5s kubeconfigd %9.0f/s  bare %9.0f/s  ratio %.2fx   CPU per call %.2f us / %.2f us (bare/ours %.2fx)\n", n, o, b, o / b, oc, bc, bc / oc}'
+    -v op="$(median <<<"${preempted[$1]}")" -v bp="$(median <<<"${preempted[$2]}")" \
+    'BEGIN {printf "%-5s kubeconfigd %9.0f/s  bare %9.0f/s  ratio %.2fx   CPU per call %.2f us / %.2f us (bare/ours %.2fx)   preempted per call %.3f / %.3f\n", n, o, b, o / b, oc, bc, bc / oc, op, bp}'
 }
 echo "medians:"
 ratio grpc-kubeconfigd grpc-bare-tonic gRPC
