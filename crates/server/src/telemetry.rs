@@ -25,9 +25,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::config::LogFormat;
 
 mod json_line;
+mod log_line;
 mod text_line;
-pub use json_line::JsonLine;
-pub use text_line::TextLine;
+pub use log_line::LineFormat;
 
 /// The default service name.
 pub const SERVICE_NAME: &str = "kubeconfigd";
@@ -294,13 +294,13 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     // without one, calls do not open them ([`record_spans`]).
     let events_only = tracing_subscriber::filter::filter_fn(|metadata| metadata.is_event());
     // A terminal gets the default, coloured format; anything else (a file, a pipe, a collector)
-    // gets the same layout written by [`TextLine`], which costs a fraction of it per line.
+    // gets the same layout written by [`LineFormat::Text`], which costs a fraction of it per line.
     let (plain, coloured, json) = match format {
         LogFormat::Text if !ansi => (
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)
-                    .event_format(TextLine)
+                    .event_format(LineFormat::Text)
                     .with_writer(writer.clone())
                     .with_filter(events_only),
             ),
@@ -322,7 +322,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
             None,
             Some(
                 tracing_subscriber::fmt::layer()
-                    .event_format(JsonLine)
+                    .event_format(LineFormat::Json)
                     .with_writer(writer)
                     .with_filter(events_only),
             ),

@@ -5,40 +5,19 @@
 //! every `%display` value into a new `String` first; with an audit line per call, that made a cached
 //! download cost about a quarter more CPU in JSON than in text.
 //!
-//! Strings are escaped as `serde_json` escapes them (`"`, `\`, and control characters below U+0020),
+//! Strings that need escaping (`"`, `\`, control characters below U+0020) are escaped by `serde_json`,
 //! so no value, whatever a hostile file or header put in it, can end the line or the object.
 
 use std::fmt::{self, Write as _};
 
+use tracing::Event;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent as _;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
 
-use super::text_line::{plain, write_line, write_timestamp};
+use super::log_line::{plain, write_timestamp};
 
-/// The [`FormatEvent`] of JSON log lines.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct JsonLine;
-
-impl<S, N> FormatEvent<S, N> for JsonLine
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        _context: &FmtContext<'_, S, N>,
-        writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        write_line(writer, |line| format_line(line, event))
-    }
-}
-
-fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
+/// Writes one event as a JSON line.
+pub(super) fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
     let normalized = event.normalized_metadata();
     let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
     out.push_str("{\"timestamp\":\"");
@@ -143,29 +122,13 @@ impl Escaping<'_> {
             self.out.push_str(text);
             return;
         }
-        for c in text.chars() {
-            self.escape_char(c);
-        }
-    }
-
-    fn escape_char(&mut self, c: char) {
-        match c {
-            '"' => self.out.push_str("\\\""),
-            '\\' => self.out.push_str("\\\\"),
-            '\n' => self.out.push_str("\\n"),
-            '\r' => self.out.push_str("\\r"),
-            '\t' => self.out.push_str("\\t"),
-            '\u{8}' => self.out.push_str("\\b"),
-            '\u{c}' => self.out.push_str("\\f"),
-            c if u32::from(c) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let code = u32::from(c) as usize;
-                self.out.push_str("\\u00");
-                self.out.push(char::from(HEX[code >> 4]));
-                self.out.push(char::from(HEX[code & 0xf]));
-            }
-            c => self.out.push(c),
-        }
+        // The rare rest is escaped by serde_json itself (a string always serializes).
+        let quoted = serde_json::to_string(text).unwrap_or_default();
+        self.out.push_str(
+            quoted
+                .get(1..quoted.len().saturating_sub(1))
+                .unwrap_or_default(),
+        );
     }
 }
 
@@ -174,38 +137,25 @@ impl fmt::Write for Escaping<'_> {
         self.escape(text);
         Ok(())
     }
-
-    fn write_char(&mut self, c: char) -> fmt::Result {
-        self.escape_char(c);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::text_line::capture::formatted_twice;
-    use super::*;
-    use tracing_subscriber::layer::SubscriberExt as _;
+    use super::super::log_line::LineFormat;
+    use super::super::log_line::capture::formatted_twice;
 
-    /// The lines `emit` logs, formatted by [`JsonLine`] and by the library's JSON formatter as
+    /// The lines `emit` logs, formatted by [`LineFormat::Json`] and by the library's JSON formatter as
     /// `kubeconfigd` configured it before.
     fn both(emit: impl Fn()) -> (String, String) {
         formatted_twice(
-            |ours, theirs| {
-                tracing_subscriber::registry()
-                    .with(
-                        tracing_subscriber::fmt::layer()
-                            .event_format(JsonLine)
-                            .with_writer(ours),
-                    )
-                    .with(
-                        tracing_subscriber::fmt::layer()
-                            .json()
-                            .flatten_event(true)
-                            .with_current_span(false)
-                            .with_span_list(false)
-                            .with_writer(theirs),
-                    )
+            LineFormat::Json,
+            |sink| {
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(sink)
             },
             emit,
         )

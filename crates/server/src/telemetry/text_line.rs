@@ -12,61 +12,13 @@
 use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level};
 use tracing_log::NormalizeEvent as _;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
 
-/// The [`FormatEvent`] of plain text log lines.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TextLine;
+use super::log_line::{plain, printable, write_timestamp};
 
-impl<S, N> FormatEvent<S, N> for TextLine
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        _context: &FmtContext<'_, S, N>,
-        writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        write_line(writer, |line| format_line(line, event))
-    }
-}
-
-/// Builds a line with `format` in a buffer of this thread, where every piece is an inlined append,
-/// and hands it to the writer in one call (not a dynamically dispatched call per piece). Shared by
-/// the text and JSON lines.
-pub(super) fn write_line(
-    mut writer: Writer<'_>,
-    format: impl Fn(&mut String) -> fmt::Result,
-) -> fmt::Result {
-    thread_local! {
-        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-    }
-    LINE.with(|line| {
-        let Ok(mut line) = line.try_borrow_mut() else {
-            // Only if formatting a field logged an event itself: no fast path then.
-            let mut own = String::new();
-            format(&mut own)?;
-            return writer.write_str(&own);
-        };
-        line.clear();
-        let result = format(&mut line).and_then(|()| writer.write_str(&line));
-        if line.capacity() > MAX_KEPT_LINE {
-            *line = String::new();
-        }
-        result
-    })
-}
-
-/// A line buffer larger than this is not kept for the next line.
-const MAX_KEPT_LINE: usize = 64 * 1024;
-
-fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
+/// Writes one event as a text line.
+pub(super) fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
     let normalized = event.normalized_metadata();
     let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
     write_timestamp(out);
@@ -84,41 +36,6 @@ fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
     fields.result?;
     out.push('\n');
     Ok(())
-}
-
-/// `2026-12-01T13:45:41.630408Z` (RFC 3339, microseconds, UTC): the date and time of day are
-/// formatted once a second per thread, the microseconds on every line.
-pub(super) fn write_timestamp(out: &mut String) {
-    thread_local! {
-        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
-    }
-    let now = std::time::SystemTime::now();
-    let since_epoch = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seconds = since_epoch.as_secs();
-    let (cached, mut prefix) = SECOND.get();
-    if cached != seconds {
-        let text = humantime::format_rfc3339_seconds(now).to_string();
-        if text.len() != 20 {
-            // Outside years 0000-9999: no fast path.
-            let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
-            return;
-        }
-        prefix.copy_from_slice(&text.as_bytes()[..19]);
-        SECOND.set((seconds, prefix));
-    }
-    let mut line = [0u8; 27];
-    line[..19].copy_from_slice(&prefix);
-    line[19] = b'.';
-    let mut micros = since_epoch.subsec_micros();
-    for at in (20..26).rev() {
-        line[at] = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
-    line[26] = b'Z';
-    // Digits, ASCII punctuation and the prefix humantime wrote: always UTF-8.
-    out.push_str(std::str::from_utf8(&line).unwrap_or_default());
 }
 
 fn level(level: Level) -> &'static str {
@@ -172,27 +89,6 @@ impl Fields<'_> {
             .write_fmt(value)
         });
     }
-}
-
-/// Whether a string prints the same in Rust's debug form (quoted) as raw between quotes — and, the
-/// same condition, as a JSON string.
-pub(super) fn plain(value: &str) -> bool {
-    // A fold without an early exit, which the compiler turns into a few vector instructions per 16
-    // or 32 bytes; `all` tests one byte at a time, which was a quarter of the audit line's formatting.
-    value.bytes().fold(true, |plain, b| {
-        plain & printable_ascii(b) & (b != b'"') & (b != b'\\')
-    })
-}
-
-/// Whether every byte is printable ASCII (no control character, nothing beyond ASCII).
-fn printable(text: &str) -> bool {
-    text.bytes()
-        .fold(true, |printable, b| printable & printable_ascii(b))
-}
-
-#[inline(always)]
-fn printable_ascii(b: u8) -> bool {
-    b.wrapping_sub(b' ') < b'~' - b' ' + 1
 }
 
 impl Visit for Fields<'_> {
@@ -283,69 +179,19 @@ impl fmt::Write for Escaping<'_> {
     }
 }
 
-/// What a test's log layers wrote: an in-memory writer, and a way to run events through two formatters.
-#[cfg(test)]
-pub(super) mod capture {
-    /// Collects every line written to it (clones share the buffer).
-    #[derive(Clone, Default)]
-    pub struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
-        type Writer = Sink;
-        fn make_writer(&'a self) -> Sink {
-            self.clone()
-        }
-    }
-
-    /// Runs `emit` under the subscriber `layers` builds from two sinks (ours, theirs) and returns
-    /// what each received.
-    pub fn formatted_twice<S>(
-        layers: impl FnOnce(Sink, Sink) -> S,
-        emit: impl Fn(),
-    ) -> (String, String)
-    where
-        S: tracing::Subscriber + Send + Sync + 'static,
-    {
-        let ours = Sink::default();
-        let theirs = Sink::default();
-        tracing::subscriber::with_default(layers(ours.clone(), theirs.clone()), emit);
-        let text = |sink: Sink| String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        (text(ours), text(theirs))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::capture::formatted_twice;
-    use super::*;
-    use tracing_subscriber::layer::SubscriberExt as _;
+    use super::super::log_line::LineFormat;
+    use super::super::log_line::capture::formatted_twice;
 
-    /// The lines `emit` logs, formatted by [`TextLine`] and by the default formatter without colours.
+    /// The lines `emit` logs, formatted by [`LineFormat::Text`] and by the default formatter without colours.
     fn both(emit: impl Fn()) -> (String, String) {
         formatted_twice(
-            |ours, theirs| {
-                tracing_subscriber::registry()
-                    .with(
-                        tracing_subscriber::fmt::layer()
-                            .with_ansi(false)
-                            .event_format(TextLine)
-                            .with_writer(ours),
-                    )
-                    .with(
-                        tracing_subscriber::fmt::layer()
-                            .with_ansi(false)
-                            .with_writer(theirs),
-                    )
+            LineFormat::Text,
+            |sink| {
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(sink)
             },
             emit,
         )
@@ -384,23 +230,6 @@ mod tests {
             off < std::time::Duration::from_secs(5),
             "{stamp} is {off:?} off"
         );
-    }
-
-    #[test]
-    fn the_byte_scans_agree_with_their_definitions() {
-        let every_byte: Vec<u8> = (0..=255).collect();
-        for b in every_byte {
-            let printable_by_definition = (b' '..=b'~').contains(&b);
-            assert_eq!(printable_ascii(b), printable_by_definition, "{b}");
-            if b.is_ascii() {
-                let text = format!("{:>40}{}", "padding that is plain", char::from(b));
-                assert_eq!(printable(&text), printable_by_definition, "{b}");
-                let plain_by_definition = printable_by_definition && b != b'"' && b != b'\\';
-                assert_eq!(plain(&text), plain_by_definition, "{b}");
-            }
-        }
-        assert!(!printable("caf\u{e9}") && !plain("caf\u{e9}"));
-        assert!(printable("") && plain(""));
     }
 
     #[test]
