@@ -290,7 +290,8 @@ fn install_hint_scalar() -> Option<&'static str> {
 
 /// Whether the YAML serializer writes `value` as a plain (unquoted) scalar, decided conservatively:
 /// `false` for anything in doubt, which only costs the slower path. Plain here means: starts with a
-/// letter, or with `-` followed by more (`--flag=…`; never `---`); has only letters, digits and
+/// letter, or with `-` followed by a letter or `-` (`--flag=…`; never `---`, and never `-0` or `-1.5`,
+/// which read back as numbers); has only letters, digits and
 /// `. _ / : = @ + -`; does not end with `:`; and cannot be read back as anything but a string (a YAML
 /// 1.1 boolean or null, or a special float such as `inf`/`nan`, which start with a letter).
 pub(crate) fn is_plain(value: &str) -> bool {
@@ -302,7 +303,7 @@ pub(crate) fn is_plain(value: &str) -> bool {
         || (first == b'-'
             && bytes
                 .get(1)
-                .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'-')
             && !value.starts_with("---"));
     let chars_ok = bytes.iter().all(|b| {
         b.is_ascii_alphanumeric()
@@ -365,7 +366,9 @@ mod tests {
         fn direct_text_is_the_serializers(
             name in "[-a-zA-Z0-9._:=@+/ #'\"]{0,12}",
             server in "(https://)?[-a-zA-Z0-9.:/]{0,20}",
-            arg in "(-|--)?[-a-zA-Z0-9._:=@+/~ ]{0,16}",
+            // The second form is number-like (`-0`, `-1.5e3`, `0x1f`, `1_000`, `12:30`), so it
+            // comes up often rather than by luck.
+            arg in "(-|--)?[-a-zA-Z0-9._:=@+/~ ]{0,16}|-?[0-9.][0-9a-fxob._:e+-]{0,6}",
             token in proptest::option::of("[-a-zA-Z0-9._:+/=]{0,12}"),
         ) {
             let doc = document(&name, &server, &arg, token.as_deref());
@@ -380,7 +383,8 @@ mod tests {
     #[test]
     fn words_that_read_back_as_other_types_are_not_plain() {
         for word in [
-            "true", "No", "NULL", "y", "inf", "NaN", "1.5", "0x1f", "---x", "a:", "", "-",
+            "true", "No", "NULL", "y", "inf", "NaN", "1.5", "0x1f", "---x", "a:", "", "-", "-0",
+            "-1.5", "-0x1f", "-1e5",
         ] {
             assert!(!is_plain(word), "{word}");
         }
