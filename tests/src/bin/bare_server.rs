@@ -2,7 +2,12 @@
 //! same REST path over axum, answering every call with fixed bytes — no authentication, no policy, no
 //! rendering. Comparing kubeconfigd against it in one run shows what the service itself costs.
 //!
-//! Usage: `bare-server --grpc-addr 127.0.0.1:50061 --rest-addr 127.0.0.1:8081 --body FILE`
+//! `--busy-ns N` makes every call spin on the clock for N nanoseconds before answering: pure CPU work,
+//! no allocation, no memory traffic. `bench/busy.sh` runs such copies beside the plain one to show how
+//! much per-call work costs how much throughput on the machine at hand, which says what a rate ratio
+//! against the bare server can and cannot mean there.
+//!
+//! Usage: `bare-server --grpc-addr 127.0.0.1:50061 --rest-addr 127.0.0.1:8081 --body FILE [--busy-ns N]`
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +25,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Fixed {
     yaml: Arc<String>,
+    busy: Busy,
+}
+
+/// The per-call work `--busy-ns` asks for (none by default).
+#[derive(Clone, Copy)]
+struct Busy(std::time::Duration);
+
+impl Busy {
+    fn spin(self) {
+        if self.0.is_zero() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < self.0 {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 fn kubeconfig(yaml: &str) -> pb::Kubeconfig {
@@ -46,6 +68,7 @@ impl KubeconfigService for Fixed {
         &self,
         _: Request<pb::GetKubeconfigRequest>,
     ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
+        self.busy.spin();
         Ok(Response::new(pb::GetKubeconfigResponse {
             kubeconfig: Some(kubeconfig(&self.yaml)),
             credential: None,
@@ -106,12 +129,20 @@ async fn main() -> anyhow::Result<()> {
     let grpc: SocketAddr = flag(&args, "--grpc-addr")?.parse().context("--grpc-addr")?;
     let rest: SocketAddr = flag(&args, "--rest-addr")?.parse().context("--rest-addr")?;
     let yaml = Arc::new(std::fs::read_to_string(flag(&args, "--body")?).context("--body")?);
+    let busy = match flag(&args, "--busy-ns") {
+        Ok(ns) => Busy(std::time::Duration::from_nanos(
+            ns.parse()
+                .context("--busy-ns: a whole number of nanoseconds")?,
+        )),
+        Err(_) => Busy(std::time::Duration::ZERO),
+    };
     let body = Arc::clone(&yaml);
     let router = axum::Router::new().route(
         "/v1/spectroclusters/{uid}/assets/kubeconfig",
         axum::routing::get(move || {
             let body = Arc::clone(&body);
             async move {
+                busy.spin();
                 (
                     [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
                     body.as_str().to_owned(),
@@ -122,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(rest).await?;
     tokio::spawn(async move { axum::serve(listener, router).await });
     tonic::transport::Server::builder()
-        .add_service(KubeconfigServiceServer::new(Fixed { yaml }))
+        .add_service(KubeconfigServiceServer::new(Fixed { yaml, busy }))
         .serve(grpc)
         .await?;
     Ok(())
