@@ -1,5 +1,6 @@
 //! The end-to-end suites, in one test binary (one link instead of ten): each module starts the real
-//! `kubeconfigd` (and `kubeconfig-agent`, Redis) processes and drives them with real clients.
+//! `kubeconfigd` (and `kubeconfig-agent`, Redis) processes and drives them with real clients, except
+//! `ledger`, which drives the service's own Redis ledger against a real `redis-server`.
 
 mod access_matrix;
 mod api_behaviour;
@@ -7,6 +8,7 @@ mod cache;
 mod credentials;
 mod hostile;
 mod jwt;
+mod ledger;
 mod metrics;
 mod operator_tools;
 mod reload;

@@ -184,12 +184,7 @@ fn check_reason(reason: &str) -> Result<(), CoreError> {
 
 /// Checks a credential serial (lowercase hex) before any lookup.
 fn check_serial(serial: &str) -> Result<(), CoreError> {
-    if !serial.is_empty()
-        && serial.len() <= 64
-        && serial
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if ledger::is_serial(serial) {
         Ok(())
     } else {
         Err(CoreError::bad_request(
@@ -917,19 +912,24 @@ impl Core {
             ));
         }
         let now = ledger::unix_seconds(std::time::SystemTime::now());
-        let mut page = self
+        let ledger::LedgerPage {
+            mut entries,
+            resume_after,
+        } = self
             .minter
             .ledger()
             .page(uid, page_token, size + 1, now)
             .await
             .map_err(|e| CoreError::new(ErrorKind::Unavailable, e.to_string()))?;
-        let next = if page.len() > size {
-            page.truncate(size);
-            page.last().map(|e| e.serial.clone()).unwrap_or_default()
+        // A page that stopped at the ledger's scan bound (a run of expired credentials) is short,
+        // possibly empty, and still has a next page: only an empty token ends the listing.
+        let next = if entries.len() > size {
+            entries.truncate(size);
+            entries.last().map(|e| e.serial.clone()).unwrap_or_default()
         } else {
-            String::new()
+            resume_after.unwrap_or_default()
         };
-        Ok((page, next))
+        Ok((entries, next))
     }
 
     /// The name and project of a cluster in service, if any.

@@ -103,6 +103,36 @@ pub fn unix_seconds(time: SystemTime) -> u64 {
 #[error("the credential ledger is unavailable: {0}")]
 pub struct LedgerError(pub String);
 
+/// Whether `text` has the form of a serial this service issues: lowercase hex, 1–64 characters.
+pub fn is_serial(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// How many serials a page may examine per entry it may return (at least 16 are assumed): a cluster's
+/// index keeps expired credentials for [`KEEP_AFTER_EXPIRY`], so with short lifetimes most of it can
+/// be expired, and a page must not walk all of that.
+pub const PAGE_SCAN_FACTOR: usize = 8;
+
+/// The most serials one page examines.
+fn scan_budget(limit: usize) -> usize {
+    PAGE_SCAN_FACTOR * limit.max(16)
+}
+
+/// One page of a cluster's credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerPage {
+    /// Unexpired entries, by serial.
+    pub entries: Vec<LedgerEntry>,
+    /// Set when the page stopped at its scan bound with more of the index left and fewer than the
+    /// entries asked for: the last serial examined, after which the next page starts. Such a page
+    /// can hold fewer entries than asked for, or none.
+    pub resume_after: Option<String>,
+}
+
 /// Where minted credentials are recorded.
 pub trait Ledger: Send + Sync {
     /// Records (or replaces) an entry; completes only once it is stored.
@@ -117,14 +147,15 @@ pub trait Ledger: Send + Sync {
         &'a self,
         fingerprint: &'a str,
     ) -> BoxFuture<'a, Result<Option<LedgerEntry>, LedgerError>>;
-    /// Up to `limit` unexpired entries of a cluster with serials after `after`, by serial.
+    /// Up to `limit` unexpired entries of a cluster with serials after `after`, by serial, examining
+    /// at most [`PAGE_SCAN_FACTOR`] × max(`limit`, 16) serials (see [`LedgerPage::resume_after`]).
     fn page<'a>(
         &'a self,
         cluster: &'a str,
         after: &'a str,
         limit: usize,
         now: u64,
-    ) -> BoxFuture<'a, Result<Vec<LedgerEntry>, LedgerError>>;
+    ) -> BoxFuture<'a, Result<LedgerPage, LedgerError>>;
     /// A credential kept for reuse under `key` (encoded by the caller), if any.
     fn reusable<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<Vec<u8>>>;
     /// Keeps a credential for reuse for `ttl`.
@@ -248,23 +279,35 @@ impl Ledger for MemoryLedger {
         after: &'a str,
         limit: usize,
         now: u64,
-    ) -> BoxFuture<'a, Result<Vec<LedgerEntry>, LedgerError>> {
+    ) -> BoxFuture<'a, Result<LedgerPage, LedgerError>> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut page = LedgerPage::default();
         let Some(serials) = state.by_cluster.get(cluster) else {
-            return ready(Ok(Vec::new()));
+            return ready(Ok(page));
         };
         let start = if after.is_empty() {
             std::ops::Bound::Unbounded
         } else {
-            std::ops::Bound::Excluded(after.to_owned())
+            std::ops::Bound::Excluded(after)
         };
-        let page = serials
-            .range((start, std::ops::Bound::Unbounded))
-            .filter_map(|serial| state.entries.get(serial))
-            .filter(|entry| entry.not_after > now)
-            .take(limit)
-            .cloned()
-            .collect();
+        let mut left = scan_budget(limit);
+        let mut last: Option<&String> = None;
+        for serial in serials.range::<str, _>((start, std::ops::Bound::Unbounded)) {
+            if page.entries.len() == limit {
+                break;
+            }
+            if left == 0 {
+                page.resume_after = last.cloned();
+                break;
+            }
+            left -= 1;
+            last = Some(serial);
+            if let Some(entry) = state.entries.get(serial)
+                && entry.not_after > now
+            {
+                page.entries.push(entry.clone());
+            }
+        }
         ready(Ok(page))
     }
 
@@ -452,27 +495,36 @@ impl Ledger for RedisLedger {
         after: &'a str,
         limit: usize,
         now: u64,
-    ) -> BoxFuture<'a, Result<Vec<LedgerEntry>, LedgerError>> {
+    ) -> BoxFuture<'a, Result<LedgerPage, LedgerError>> {
         Box::pin(async move {
             let set = cluster_key(cluster);
-            let mut page = Vec::with_capacity(limit);
+            let batch = limit.max(16);
+            let mut entries = Vec::with_capacity(limit);
             let mut cursor = after.to_owned();
-            // Bounded: a page reads at most a few batches, dropping members whose entry is gone.
-            for _ in 0..8 {
+            // The last member examined that is a serial: where the next page resumes if this one
+            // stops at its bound. A member that is not a serial (not written by us) is dropped.
+            let mut last_serial: Option<String> = None;
+            // Bounded: a page reads at most `PAGE_SCAN_FACTOR` batches, dropping members whose
+            // entry is gone.
+            for _ in 0..PAGE_SCAN_FACTOR {
                 let serials = self
                     .remote
-                    .index_after(&set, &cursor, limit.max(16))
+                    .index_after(&set, &cursor, batch)
                     .await
                     .ok_or_else(|| LedgerError("Redis did not answer".to_owned()))?;
-                let exhausted = serials.len() < limit.max(16);
+                let exhausted = serials.len() < batch;
                 let mut gone = Vec::new();
                 for serial in &serials {
                     cursor.clone_from(serial);
+                    if !is_serial(serial) {
+                        gone.push(serial.clone());
+                        continue;
+                    }
                     match self.entry(serial).await? {
                         Some(entry) if entry.cluster == cluster => {
                             if entry.not_after > now {
-                                page.push(entry);
-                                if page.len() == limit {
+                                entries.push(entry);
+                                if entries.len() == limit {
                                     break;
                                 }
                             }
@@ -481,11 +533,27 @@ impl Ledger for RedisLedger {
                     }
                 }
                 self.remote.index_remove(&set, &gone).await;
-                if page.len() == limit || exhausted {
-                    break;
+                if entries.len() == limit || exhausted {
+                    return Ok(LedgerPage {
+                        entries,
+                        resume_after: None,
+                    });
+                }
+                // The whole batch was examined.
+                if let Some(serial) = serials.iter().rev().find(|s| is_serial(s)) {
+                    last_serial = Some(serial.clone());
                 }
             }
-            Ok(page)
+            match last_serial {
+                Some(serial) => Ok(LedgerPage {
+                    entries,
+                    resume_after: Some(serial),
+                }),
+                None => Err(LedgerError(format!(
+                    "the index of cluster {cluster} held only members that are not serials where \
+                     this page looked; they were removed, so asking again goes further"
+                ))),
+            }
         })
     }
 
@@ -537,8 +605,13 @@ mod tests {
                 .unwrap();
         }
         ledger.record(&entry("z", "two", now + 10)).await.unwrap();
-        let serials =
-            |page: Vec<LedgerEntry>| page.into_iter().map(|e| e.serial).collect::<Vec<_>>();
+        let serials = |page: LedgerPage| {
+            assert_eq!(page.resume_after, None, "a short index is read to its end");
+            page.entries
+                .into_iter()
+                .map(|e| e.serial)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             serials(ledger.page("one", "", 10, now).await.unwrap()),
             ["a", "c"]
@@ -566,5 +639,64 @@ mod tests {
             ledger.by_serial("b").await.unwrap().is_some(),
             "kept an hour past expiry"
         );
+    }
+
+    /// With short lifetimes most of a cluster's index can be expired credentials kept for
+    /// [`KEEP_AFTER_EXPIRY`]. A page examines a bounded number of serials; when it stops at that
+    /// bound it says where to resume, and paging on finds every unexpired credential exactly once.
+    #[tokio::test]
+    async fn pages_stop_at_their_scan_bound_and_resume_without_losing_entries() {
+        let ledger = MemoryLedger::default();
+        let now = unix_seconds(SystemTime::now());
+        // 1,000 serials: every 97th unexpired (11 of them), the rest expired but kept; and a
+        // trailing run of 300 expired ones after the last unexpired one.
+        let mut live = Vec::new();
+        for n in 0..1300_u32 {
+            let serial = format!("{n:04x}");
+            let unexpired = n < 1000 && n % 97 == 0;
+            let not_after = if unexpired { now + 600 } else { now - 60 };
+            ledger
+                .record(&entry(&serial, "one", not_after))
+                .await
+                .unwrap();
+            if unexpired {
+                live.push(serial);
+            }
+        }
+        let limit = 4;
+        let budget = scan_budget(limit);
+        let (mut found, mut after, mut pages, mut short) = (Vec::new(), String::new(), 0, 0);
+        loop {
+            let page = ledger.page("one", &after, limit, now).await.unwrap();
+            pages += 1;
+            assert!(pages < 100, "paging did not end");
+            assert!(page.entries.len() <= limit);
+            let last = page.entries.last().map(|e| e.serial.clone());
+            found.extend(page.entries.iter().map(|e| e.serial.clone()));
+            match (page.resume_after, last) {
+                (Some(resume), last) => {
+                    short += 1;
+                    assert!(
+                        page.entries.len() < limit,
+                        "a full page needs no resume point"
+                    );
+                    // The scan examined at most `budget` serials past `after`.
+                    let examined = u32::from_str_radix(&resume, 16).unwrap()
+                        - if after.is_empty() {
+                            0
+                        } else {
+                            u32::from_str_radix(&after, 16).unwrap() + 1
+                        }
+                        + 1;
+                    assert_eq!(examined as usize, budget);
+                    assert!(last.is_none_or(|last| last <= resume));
+                    after = resume;
+                }
+                (None, Some(last)) if page.entries.len() == limit => after = last,
+                (None, _) => break,
+            }
+        }
+        assert_eq!(found, live, "every unexpired credential, once, in order");
+        assert!(short >= 1300 / budget - 1, "{short} short pages");
     }
 }
