@@ -513,20 +513,21 @@ impl Ledger for RedisLedger {
                     .await
                     .ok_or_else(|| LedgerError("Redis did not answer".to_owned()))?;
                 let exhausted = serials.len() < batch;
-                let mut gone = Vec::new();
-                for serial in &serials {
-                    cursor.clone_from(serial);
-                    if !is_serial(serial) {
-                        gone.push(serial.clone());
-                        continue;
-                    }
-                    match self.entry(serial).await? {
+                if let Some(last) = serials.last() {
+                    cursor.clone_from(last);
+                }
+                let (serials, strangers): (Vec<String>, Vec<String>) =
+                    serials.into_iter().partition(|s| is_serial(s));
+                // The batch's entries are read at once: one multiplexed connection carries them,
+                // so the batch costs about one round trip rather than one per member.
+                let read =
+                    futures_util::future::join_all(serials.iter().map(|s| self.entry(s))).await;
+                let mut gone = strangers;
+                for (serial, entry) in serials.iter().zip(read) {
+                    match entry? {
                         Some(entry) if entry.cluster == cluster => {
-                            if entry.not_after > now {
+                            if entry.not_after > now && entries.len() < limit {
                                 entries.push(entry);
-                                if entries.len() == limit {
-                                    break;
-                                }
                             }
                         }
                         _ => gone.push(serial.clone()),
@@ -539,8 +540,7 @@ impl Ledger for RedisLedger {
                         resume_after: None,
                     });
                 }
-                // The whole batch was examined.
-                if let Some(serial) = serials.iter().rev().find(|s| is_serial(s)) {
+                if let Some(serial) = serials.last() {
                     last_serial = Some(serial.clone());
                 }
             }
