@@ -1,5 +1,5 @@
-//! The Redis credential ledger against a real `redis-server`, driven through the service's own
-//! `Ledger` type: a cluster's index can be mostly expired credentials (kept for an hour past
+//! The credential ledgers driven through the service's own `Ledger` type, the Redis one against a
+//! real `redis-server`: a cluster's index can be mostly expired credentials (kept for an hour past
 //! expiry), which cannot be produced through the API without waiting out real lifetimes.
 
 use std::sync::Arc;
@@ -8,32 +8,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, Result};
 use kubeconfig_cache::{CacheConfig, RedisConfig, RedisTarget, Sealer, TieredCache};
 use kubeconfigd::cached::CachedAsset;
-use kubeconfigd::ledger::{Ledger as _, LedgerEntry, PAGE_SCAN_FACTOR, RedisLedger, unix_seconds};
+use kubeconfigd::ledger::{
+    Ledger, LedgerEntry, MemoryLedger, PAGE_SCAN_FACTOR, RedisLedger, unix_seconds,
+};
 use kubeconfigd_e2e::RedisServer;
 
-fn entry(serial: &str, cluster: &str, not_after: u64) -> LedgerEntry {
-    LedgerEntry {
-        serial: serial.to_owned(),
-        fingerprint: format!("{serial:0>64}"),
-        cluster: cluster.to_owned(),
-        kubernetes_user: "kubeconfigd:admin:admin@demo.test".to_owned(),
-        kubernetes_group: "system:masters".to_owned(),
-        issued_to: "admin@demo.test".to_owned(),
-        issued_at: not_after - 600,
-        not_before: not_after - 660,
-        not_after,
-        requested_seconds: 600,
-        granted_seconds: 600,
-        clamped: false,
-        caller_key: false,
-        reason: String::new(),
-        request_id: "r".to_owned(),
-        cluster_digest: String::new(),
-        revoked: None,
-    }
-}
-
-async fn ledger(redis: &RedisServer) -> Result<RedisLedger> {
+async fn redis_ledger(redis: &RedisServer) -> Result<RedisLedger> {
     let cache = TieredCache::<CachedAsset>::new(CacheConfig {
         memory_bytes: 0,
         ttl: Duration::from_secs(60),
@@ -47,7 +27,7 @@ async fn ledger(redis: &RedisServer) -> Result<RedisLedger> {
     let remote = Arc::clone(cache.remote().context("a Redis tier")?);
     let ledger = RedisLedger::new(remote);
     // The connection comes up in the background: wait (bounded) until a write is stored.
-    let probe = entry("ffff", "probe", unix_seconds(SystemTime::now()) + 600);
+    let probe = LedgerEntry::sample("ffff", "probe", unix_seconds(SystemTime::now()) + 600);
     for _ in 0..50 {
         if ledger.record(&probe).await.is_ok() {
             return Ok(ledger);
@@ -57,36 +37,24 @@ async fn ledger(redis: &RedisServer) -> Result<RedisLedger> {
     anyhow::bail!("the Redis ledger never stored an entry")
 }
 
-/// Before, a page that found only expired credentials in its bounded scan came back short with no
-/// next token, and the listing silently ended there. Now it says where to resume, and paging on
-/// finds every unexpired credential exactly once, in order, however long the runs of expired ones.
-#[tokio::test]
-async fn paging_resumes_past_runs_of_expired_credentials() -> Result<()> {
-    let redis = RedisServer::start()?;
-    let ledger = ledger(&redis).await?;
+/// Records 1,300 credentials of cluster `one` (serials `0000`–`0513`): every 97th of the first
+/// 1,000 unexpired, all others expired but kept. Pages through them four at a time, and checks that
+/// every unexpired one comes back exactly once, in order, and that pages stopped at their scan
+/// bound and resumed rather than ending the listing.
+async fn pages_past_runs_of_expired_credentials(ledger: &dyn Ledger) -> Result<()> {
     let now = unix_seconds(SystemTime::now());
     let mut live = Vec::new();
     for n in 0..1300_u32 {
         let serial = format!("{n:04x}");
         let unexpired = n < 1000 && n % 97 == 0;
         let not_after = if unexpired { now + 600 } else { now - 60 };
-        ledger.record(&entry(&serial, "one", not_after)).await?;
+        ledger
+            .record(&LedgerEntry::sample(&serial, "one", not_after))
+            .await?;
         if unexpired {
             live.push(serial);
         }
     }
-    // Members nobody wrote through the ledger: not serials (dropped from the index when a page
-    // meets them), and a serial with no entry (dropped too).
-    redis.cli(&[
-        "ZADD",
-        "kubeconfigd:v1:credentials-of:one",
-        "0",
-        "0100-not-a-serial",
-        "0",
-        "0200ZZ",
-        "0",
-        "02ffa",
-    ])?;
     let limit = 4;
     let (mut found, mut after, mut pages, mut resumed) = (Vec::new(), String::new(), 0, 0);
     loop {
@@ -115,16 +83,54 @@ async fn paging_resumes_past_runs_of_expired_credentials() -> Result<()> {
             None => break,
         }
     }
-    assert_eq!(found, live, "every unexpired credential, once, in order");
+    assert_eq!(
+        found,
+        live,
+        "{}: every unexpired credential, once, in order",
+        ledger.kind()
+    );
     let budget = PAGE_SCAN_FACTOR * 16;
-    assert!(resumed >= 1300 / budget - 1, "only {resumed} resumed pages");
-    let members = String::from_utf8(redis.cli(&[
-        "ZRANGE",
-        "kubeconfigd:v1:credentials-of:one",
-        "0",
-        "-1",
-    ])?)?;
-    for stranger in ["0100-not-a-serial", "0200ZZ", "02ffa"] {
+    assert!(
+        resumed >= 1300 / budget - 1,
+        "{}: only {resumed} resumed pages",
+        ledger.kind()
+    );
+    Ok(())
+}
+
+/// Before, a Redis page that met only expired credentials in its bounded scan came back short with
+/// no next token, and the listing silently ended there (this test then found 2 of the 11); the
+/// in-memory ledger had no bound and walked every kept entry on every page.
+#[tokio::test]
+async fn both_ledgers_page_past_runs_of_expired_credentials() -> Result<()> {
+    pages_past_runs_of_expired_credentials(&MemoryLedger::default()).await?;
+    let redis = RedisServer::start()?;
+    pages_past_runs_of_expired_credentials(&redis_ledger(&redis).await?).await
+}
+
+/// Index members nobody wrote through the ledger (a hostile or confused Redis writer) are dropped
+/// from the index when a page meets them, and never become a page token.
+#[tokio::test]
+async fn index_members_that_are_not_credentials_are_dropped() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let ledger = redis_ledger(&redis).await?;
+    let now = unix_seconds(SystemTime::now());
+    for serial in ["0a", "0c"] {
+        ledger
+            .record(&LedgerEntry::sample(serial, "one", now + 600))
+            .await?;
+    }
+    let index = "kubeconfigd:v1:credentials-of:one";
+    let strangers = ["0a-not-a-serial", "0bZZ", "0b", "0d"];
+    for stranger in strangers {
+        redis.cli(&["ZADD", index, "0", stranger])?;
+    }
+    let page = ledger.page("one", "", 10, now).await?;
+    let serials: Vec<_> = page.entries.iter().map(|e| e.serial.as_str()).collect();
+    assert_eq!(serials, ["0a", "0c"]);
+    assert_eq!(page.resume_after, None);
+    let members = String::from_utf8(redis.cli(&["ZRANGE", index, "0", "-1"])?)?;
+    for stranger in strangers {
         assert!(
             !members.lines().any(|m| m == stranger),
             "{stranger} is still in the index"
