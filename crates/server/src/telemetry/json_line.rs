@@ -142,7 +142,7 @@ impl fmt::Write for Escaping<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::log_line::LineFormat;
-    use super::super::log_line::capture::formatted_twice;
+    use super::super::log_line::capture::{formatted_twice, ordinary_events};
 
     /// The lines `emit` logs, formatted by [`LineFormat::Json`] and by the library's JSON formatter as
     /// `kubeconfigd` configured it before.
@@ -185,9 +185,7 @@ mod tests {
     fn lines_are_the_library_json_format() {
         let every_control: String = (0_u8..0x20).chain([0x7f]).map(char::from).collect();
         let (ours, theirs) = both(|| {
-            tracing::info!(target: "audit", user = "a@x.test", allowed = true, count = 3_u64, delta = -2_i64, sha256 = %"ab12", "asset served");
-            tracing::warn!(error = %"cannot read", path = ?std::path::Path::new("/x/y.yaml"), "skipped a file");
-            tracing::error!(r#type = "quoted \"value\" with \\", "odd");
+            ordinary_events();
             tracing::info!(
                 half = 1.5_f64,
                 tiny = 1e-300_f64,

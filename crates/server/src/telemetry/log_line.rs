@@ -169,6 +169,15 @@ pub(super) mod capture {
         (text(ours), text(their_sink))
     }
 
+    /// Events both formats are checked with: an audit line with every kind of value, a warning with
+    /// a displayed and a debugged value, and an error whose field name is a keyword and whose value
+    /// has quotes and a backslash.
+    pub fn ordinary_events() {
+        tracing::info!(target: "audit", user = "a@x.test", allowed = true, count = 3_u64, delta = -2_i64, sha256 = %"ab12", "asset served");
+        tracing::warn!(error = %"cannot read", path = ?std::path::Path::new("/x/y.yaml"), "skipped a file");
+        tracing::error!(r#type = "quoted \"value\" with \\", "odd");
+    }
+
     /// The subscriber with our layer, under the other one.
     pub type Ours = tracing_subscriber::layer::Layered<
         tracing_subscriber::fmt::Layer<

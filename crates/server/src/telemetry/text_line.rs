@@ -182,7 +182,7 @@ impl fmt::Write for Escaping<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::log_line::LineFormat;
-    use super::super::log_line::capture::formatted_twice;
+    use super::super::log_line::capture::{formatted_twice, ordinary_events};
 
     /// The lines `emit` logs, formatted by [`LineFormat::Text`] and by the default formatter without colours.
     fn both(emit: impl Fn()) -> (String, String) {
@@ -205,9 +205,7 @@ mod tests {
     #[test]
     fn ordinary_lines_are_the_default_format_without_colours() {
         let (ours, theirs) = both(|| {
-            tracing::info!(target: "audit", user = "a@x.test", allowed = true, count = 3_u64, delta = -2_i64, sha256 = %"ab12", "asset served");
-            tracing::warn!(error = %"cannot read", path = ?std::path::Path::new("/x/y.yaml"), "skipped a file");
-            tracing::error!(r#type = "quoted \"value\" with \\", "odd");
+            ordinary_events();
             tracing::debug!(n = 1.5_f64, "unfiltered here");
         });
         let ours: Vec<&str> = ours.lines().map(untimed).collect();
