@@ -987,8 +987,15 @@ impl Core {
         }
         uids.sort_unstable();
         let more = uids.len() > size;
-        let mut clusters = Vec::with_capacity(size.min(uids.len()));
-        for uid in uids.into_iter().take(size) {
+        uids.truncate(size);
+        // The token is the last uid examined, not the last one reported, so a page never ends a
+        // listing early whatever it skips.
+        let next_page_token = match (more, uids.last()) {
+            (true, Some(last)) => last.to_string(),
+            _ => String::new(),
+        };
+        let mut clusters = Vec::with_capacity(uids.len());
+        for uid in uids {
             let Some(cluster) = snapshot.clusters.get(uid) else {
                 continue;
             };
@@ -998,14 +1005,6 @@ impl Core {
             };
             clusters.push(Self::report(&snapshot, cluster, *permissions));
         }
-        let next_page_token = if more {
-            clusters
-                .last()
-                .map(|r| r.cluster.uid().to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
         Ok(ClusterPage {
             clusters,
             next_page_token,
