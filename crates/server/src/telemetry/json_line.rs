@@ -144,23 +144,6 @@ mod tests {
     use super::super::log_line::LineFormat;
     use super::super::log_line::capture::{formatted_twice, ordinary_events};
 
-    /// The lines `emit` logs, formatted by [`LineFormat::Json`] and by the library's JSON formatter as
-    /// `kubeconfigd` configured it before.
-    fn both(emit: impl Fn()) -> (String, String) {
-        formatted_twice(
-            LineFormat::Json,
-            |sink| {
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(sink)
-            },
-            emit,
-        )
-    }
-
     /// Drops the timestamp's value (the two formatters read the clock at different instants).
     fn untimed(line: &str) -> String {
         let (start, rest) = line.split_once("\"timestamp\":\"").expect(line);
@@ -184,7 +167,7 @@ mod tests {
     #[test]
     fn lines_are_the_library_json_format() {
         let every_control: String = (0_u8..0x20).chain([0x7f]).map(char::from).collect();
-        let (ours, theirs) = both(|| {
+        let (ours, theirs) = formatted_twice(LineFormat::Json, || {
             ordinary_events();
             tracing::info!(
                 half = 1.5_f64,
@@ -218,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_timestamp_is_rfc3339_with_microseconds() {
-        let (ours, theirs) = both(|| tracing::info!("x"));
+        let (ours, theirs) = formatted_twice(LineFormat::Json, || tracing::info!("x"));
         let stamp = |line: &str| line[14..].split_once('"').unwrap().0.to_owned();
         assert!(ours.starts_with("{\"timestamp\":\""), "{ours}");
         assert_eq!(stamp(&ours).len(), stamp(&theirs).len(), "{ours} {theirs}");
@@ -228,7 +211,7 @@ mod tests {
     #[test]
     fn no_value_can_break_the_line_or_the_object() {
         let forged = "x\"}\n{\"timestamp\":\"2026-12-01T00:00:00.000000Z\",\"level\":\"INFO\",\"message\":\"asset served\",\"user\":\"admin\"";
-        let (ours, _) = both(|| {
+        let (ours, _) = formatted_twice(LineFormat::Json, || {
             tracing::info!(target: "audit", name = %forged, path = forged, "message with\na newline");
         });
         assert_eq!(ours.lines().count(), 1, "{ours}");

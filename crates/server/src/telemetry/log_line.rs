@@ -145,25 +145,33 @@ pub(super) mod capture {
         }
     }
 
-    /// Runs `emit` with two log layers, `ours` in `format` and the one `theirs` makes, each writing
-    /// to its own sink, and returns what each received.
-    pub fn formatted_twice<L>(
-        format: super::LineFormat,
-        theirs: impl FnOnce(Sink) -> L,
-        emit: impl Fn(),
-    ) -> (String, String)
-    where
-        L: tracing_subscriber::Layer<Ours> + Send + Sync + 'static,
-    {
+    /// Runs `emit` with two log layers, each writing to its own sink, and returns what each
+    /// received: ours in `format`, and the library formatter it replaces, configured as
+    /// `kubeconfigd` configured it before (text: the default format without colours; JSON: flattened
+    /// event fields, no spans).
+    pub fn formatted_twice(format: super::LineFormat, emit: impl Fn()) -> (String, String) {
+        use tracing_subscriber::Layer as _;
         use tracing_subscriber::layer::SubscriberExt as _;
         let (ours, their_sink) = (Sink::default(), Sink::default());
+        let library = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(their_sink.clone());
+        let theirs = match format {
+            super::LineFormat::Text => library.boxed(),
+            super::LineFormat::Json => library
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .boxed(),
+        };
         let subscriber = tracing_subscriber::registry()
             .with(
                 tracing_subscriber::fmt::layer()
                     .event_format(format)
                     .with_writer(ours.clone()),
             )
-            .with(theirs(their_sink.clone()));
+            .with(theirs);
         tracing::subscriber::with_default(subscriber, emit);
         let text = |sink: Sink| String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         (text(ours), text(their_sink))
@@ -177,17 +185,6 @@ pub(super) mod capture {
         tracing::warn!(error = %"cannot read", path = ?std::path::Path::new("/x/y.yaml"), "skipped a file");
         tracing::error!(r#type = "quoted \"value\" with \\", "odd");
     }
-
-    /// The subscriber with our layer, under the other one.
-    pub type Ours = tracing_subscriber::layer::Layered<
-        tracing_subscriber::fmt::Layer<
-            tracing_subscriber::Registry,
-            tracing_subscriber::fmt::format::DefaultFields,
-            super::LineFormat,
-            Sink,
-        >,
-        tracing_subscriber::Registry,
-    >;
 }
 
 #[cfg(test)]

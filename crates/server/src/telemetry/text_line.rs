@@ -184,19 +184,6 @@ mod tests {
     use super::super::log_line::LineFormat;
     use super::super::log_line::capture::{formatted_twice, ordinary_events};
 
-    /// The lines `emit` logs, formatted by [`LineFormat::Text`] and by the default formatter without colours.
-    fn both(emit: impl Fn()) -> (String, String) {
-        formatted_twice(
-            LineFormat::Text,
-            |sink| {
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(sink)
-            },
-            emit,
-        )
-    }
-
     /// Drops the timestamp (the two formatters read the clock at different instants).
     fn untimed(line: &str) -> &str {
         line.split_once(' ').map_or(line, |(_, rest)| rest)
@@ -204,7 +191,7 @@ mod tests {
 
     #[test]
     fn ordinary_lines_are_the_default_format_without_colours() {
-        let (ours, theirs) = both(|| {
+        let (ours, theirs) = formatted_twice(LineFormat::Text, || {
             ordinary_events();
             tracing::debug!(n = 1.5_f64, "unfiltered here");
         });
@@ -217,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_timestamp_is_rfc3339_with_microseconds() {
-        let (ours, _) = both(|| tracing::info!("x"));
+        let (ours, _) = formatted_twice(LineFormat::Text, || tracing::info!("x"));
         let stamp = ours.split_once(' ').unwrap().0;
         assert_eq!(stamp.len(), "2026-12-01T13:45:41.630408Z".len(), "{stamp}");
         let logged = humantime::parse_rfc3339(stamp).expect(stamp);
@@ -233,7 +220,7 @@ mod tests {
     #[test]
     fn no_value_can_break_the_line() {
         let forged = "x\n2026-12-01T00:00:00.000000Z  INFO audit: asset served user=\"admin\"";
-        let (ours, _) = both(|| {
+        let (ours, _) = formatted_twice(LineFormat::Text, || {
             tracing::info!(target: "audit", name = %forged, path = forged, "message with\na newline and \u{1b}[31m");
         });
         assert_eq!(ours.lines().count(), 1, "{ours}");
