@@ -112,14 +112,14 @@ pub fn is_serial(text: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// How many serials a page may examine per entry it may return (at least 16 are assumed): a cluster's
-/// index keeps expired credentials for [`KEEP_AFTER_EXPIRY`], so with short lifetimes most of it can
-/// be expired, and a page must not walk all of that.
+/// How many batches of max(limit, 16) serials a page may examine: a cluster's index keeps
+/// expired credentials for [`KEEP_AFTER_EXPIRY`], so with short lifetimes most of it can be expired,
+/// and a page must not walk all of that.
 pub const PAGE_SCAN_FACTOR: usize = 8;
 
-/// The most serials one page examines.
-fn scan_budget(limit: usize) -> usize {
-    PAGE_SCAN_FACTOR * limit.max(16)
+/// The serials a page examines at a time (the Redis ledger reads them in one round trip).
+fn page_batch(limit: usize) -> usize {
+    limit.max(16)
 }
 
 /// One page of a cluster's credentials.
@@ -290,7 +290,7 @@ impl Ledger for MemoryLedger {
         } else {
             std::ops::Bound::Excluded(after)
         };
-        let mut left = scan_budget(limit);
+        let mut left = PAGE_SCAN_FACTOR * page_batch(limit);
         let mut last: Option<&String> = None;
         for serial in serials.range::<str, _>((start, std::ops::Bound::Unbounded)) {
             if page.entries.len() == limit {
@@ -498,7 +498,7 @@ impl Ledger for RedisLedger {
     ) -> BoxFuture<'a, Result<LedgerPage, LedgerError>> {
         Box::pin(async move {
             let set = cluster_key(cluster);
-            let batch = limit.max(16);
+            let batch = page_batch(limit);
             let mut entries = Vec::with_capacity(limit);
             let mut cursor = after.to_owned();
             // The last member examined that is a serial: where the next page resumes if this one
