@@ -22,8 +22,8 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:8073/readyz >/dev/null && brea
 kill -0 "${pids[0]}" 2>/dev/null || { echo "kubeconfigd exited (ports 50071/8071/8073 in use?):" >&2; cat "$work/kubeconfigd.log" >&2; exit 1; }
 curl -sf -H "ApiKey: $key" "http://127.0.0.1:8071/v1/spectroclusters/$uid/assets/kubeconfig" >"$work/body.yaml"
 
-# Servers as "NAME GRPC_PORT REST_PORT PID"; the bare ones at 5008x / 808x.
-servers=("kubeconfigd 50071 8071 ${pids[0]}")
+# Servers as "NAME GRPC_PORT REST_PORT PID SPIN_NS" (kubeconfigd's spin: -); the bare ones at 5008x / 808x.
+servers=("kubeconfigd 50071 8071 ${pids[0]} -")
 port=0
 for ns in 0 "${busy[@]}"; do
   name=bare
@@ -32,7 +32,7 @@ for ns in 0 "${busy[@]}"; do
     --body "$work/body.yaml" --busy-ns "$ns" >"$work/$name.log" 2>&1 & pids+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((8080 + port))/v1/spectroclusters/$uid/assets/kubeconfig" >/dev/null && break; sleep 0.1; done
   kill -0 "$!" 2>/dev/null || { echo "bare-server exited (ports $((50080 + port))/$((8080 + port)) in use?)" >&2; exit 1; }
-  servers+=("$name $((50080 + port)) $((8080 + port)) $!")
+  servers+=("$name $((50080 + port)) $((8080 + port)) $! $ns")
   port=$((port + 1))
 done
 
@@ -57,8 +57,7 @@ for surface in rest grpc; do
     rate=$(median <<<"${results[$surface-$1]}")
     awk -v n="$1" -v r="$rate" -v b="$base" -v c="$(median <<<"${cpu[$surface-$1]}")" -v p="$(median <<<"${preempted[$surface-$1]}")" \
       'BEGIN {printf "  %-16s %9.0f/s  ratio %.2fx  CPU per call %6.2f us  preempted per call %.3f\n", n, r, r / b, c, p}'
-    [ "$1" = kubeconfigd ] && ours=$rate
-    [ "$1" = kubeconfigd ] || table+="$(sed -E 's/^bare(\+([0-9]+)ns)?$/\2/; s/^$/0/' <<<"$1") $rate"$'\n'
+    if [ "$5" = - ]; then ours=$rate; else table+="$5 $rate"$'\n'; fi
   done
   # Time per call (1/rate) grows in a straight line with the spin, as far as the noise lets it: fit
   # it over the bare server and its spinning copies, and read off the spin that matches kubeconfigd.
