@@ -83,13 +83,19 @@ pub struct Args {
     /// Connections open at once over the gRPC and REST listeners together; more are closed at accept.
     #[arg(long, env = "KUBECONFIGD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
-    /// A connection that sends nothing for this long is closed (HTTP/2 keepalive answers count as traffic).
-    #[arg(long, env = "KUBECONFIGD_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    /// A connection with no request or stream open for this long is closed, whatever else the peer
+    /// sends (answering HTTP/2 keepalive PINGs does not keep an idle connection open).
+    #[arg(long, env = "KUBECONFIGD_IDLE_TIMEOUT", default_value = "1m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// HTTP/1 request headers must arrive within this time (on a keep-alive connection, counted from the
-    /// previous answer).
+    /// A connection's first request must start within this time of connecting; HTTP/1 request headers
+    /// must arrive within it (on a keep-alive connection, counted from the previous answer); and a gRPC
+    /// call's request message must be complete within it of the call's headers.
     #[arg(long, env = "KUBECONFIGD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// HTTP/2 streams (calls) one connection may have open at once, advertised to clients as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS on the gRPC and REST listeners.
+    #[arg(long, env = "KUBECONFIGD_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
     /// HTTP/2 keepalive: a PING is sent after this much silence ...
     #[arg(long, env = "KUBECONFIGD_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub http2_keepalive_interval: Duration,
@@ -125,18 +131,19 @@ pub struct Args {
     /// Deadline for one call, gRPC or REST.
     #[arg(long, env = "KUBECONFIGD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Calls served at once; more are refused with 429 / RESOURCE_EXHAUSTED.
+    /// Calls served at once; more are refused with 429 / RESOURCE_EXHAUSTED. A gRPC call counts from
+    /// its headers.
     #[arg(long, env = "KUBECONFIGD_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
     /// Admin credentials minted per caller per minute on this server (a credential reused does not
     /// count); more are refused with 429 / RESOURCE_EXHAUSTED. 0: no limit.
     #[arg(long, env = "KUBECONFIGD_MAX_MINTS_PER_MINUTE", default_value_t = 60)]
     pub max_mints_per_minute: u32,
-    /// `WatchKubeconfigs` streams open at once on this server; more are refused with
-    /// RESOURCE_EXHAUSTED (REST long-polls count as calls, not streams).
+    /// `WatchKubeconfigs` streams and waiting REST long-polls open at once on this server; more are
+    /// refused with RESOURCE_EXHAUSTED / 429.
     #[arg(long, env = "KUBECONFIGD_MAX_WATCH_STREAMS", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watch_streams: u32,
-    /// `WatchKubeconfigs` streams one caller (user) may hold open at once.
+    /// `WatchKubeconfigs` streams and waiting REST long-polls one caller (user) may hold open at once.
     #[arg(long, env = "KUBECONFIGD_MAX_WATCH_STREAMS_PER_CALLER", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watch_streams_per_caller: u32,
     /// How long shutdown waits for in-flight calls before giving up.
@@ -310,6 +317,7 @@ impl Config {
             max_connections,
             idle_timeout,
             header_read_timeout,
+            max_streams_per_connection,
             http2_keepalive_interval,
             http2_keepalive_timeout,
             tls_handshake_timeout,
@@ -358,6 +366,7 @@ impl Config {
                 max_connections: *max_connections as usize,
                 idle_timeout: *idle_timeout,
                 header_read_timeout: *header_read_timeout,
+                max_streams_per_connection: *max_streams_per_connection,
                 http2_keepalive_interval: *http2_keepalive_interval,
                 http2_keepalive_timeout: *http2_keepalive_timeout,
                 tls_handshake_timeout: *tls_handshake_timeout,

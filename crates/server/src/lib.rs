@@ -26,7 +26,7 @@ pub mod metrics;
 pub mod service;
 pub mod telemetry;
 
-pub use edges::{admin, connections, grpc, rest, tls};
+pub use edges::{admin, admission, connections, grpc, rest, tls};
 pub use loading::{demo, feed, files, inventory, record, watch};
 pub use service::{auth, cached, core, error, ledger, minting, streams};
 
@@ -281,7 +281,7 @@ fn grpc_router(
     >,
     core: &Arc<core::Core>,
     watchers: &Arc<streams::Watchers>,
-) -> anyhow::Result<tonic::transport::server::Router> {
+) -> anyhow::Result<GrpcRouter> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(kubeconfig_proto::FILE_DESCRIPTOR_SET)
@@ -297,12 +297,20 @@ fn grpc_router(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let limits = &config.connections;
     // No server-wide `.timeout()`: every API call's deadline is applied once, by `Core::run` (a second
-    // timer per call costs throughput); a client's `grpc-timeout` is still honoured by tonic.
+    // timer per call costs throughput); a client's `grpc-timeout` is still honoured by tonic. What
+    // comes before the call (its request message) is bounded by the admission layer.
     Ok(tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .http2_max_pending_accept_reset_streams(Some(20))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_max_header_list_size(connections::MAX_HEADER_LIST_BYTES)
         .tcp_nodelay(true)
+        .layer(admission::AdmissionLayer::new(
+            Arc::clone(core.permits()),
+            limits.header_read_timeout,
+            Arc::clone(core.metrics()),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -314,9 +322,13 @@ async fn stopped(mut stop: signal::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
+/// The gRPC services behind the admission layer.
+type GrpcRouter =
+    tonic::transport::server::Router<tower::layer::util::Stack<admission::AdmissionLayer, tower::layer::util::Identity>>;
+
 fn spawn_grpc(
     tasks: &mut Tasks,
-    router: tonic::transport::server::Router,
+    router: GrpcRouter,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: &connections::Limits,

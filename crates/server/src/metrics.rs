@@ -234,9 +234,47 @@ pub struct Metrics {
     clusters_unavailable: AtomicU64,
     watch_streams: AtomicU64,
     watch_events: AtomicU64,
+    limits: [AtomicU64; Limit::ALL.len()],
+}
+
+/// A limit that refused or ended a call, counted when it bites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `--max-concurrent-requests`, counted from a gRPC call's HEADERS.
+    ConcurrentRequests,
+    /// A gRPC request message not complete within `--header-read-timeout` of its HEADERS.
+    RequestMessageTimeout,
+    /// `--max-watch-streams` (watches and waiting long-polls together).
+    Watches,
+    /// `--max-watch-streams-per-caller` (watches and waiting long-polls together).
+    WatchesPerCaller,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 4] = [
+        Limit::ConcurrentRequests,
+        Limit::RequestMessageTimeout,
+        Limit::Watches,
+        Limit::WatchesPerCaller,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::ConcurrentRequests => "max_concurrent_requests",
+            Limit::RequestMessageTimeout => "request_message_timeout",
+            Limit::Watches => "max_watch_streams",
+            Limit::WatchesPerCaller => "max_watch_streams_per_caller",
+        }
+    }
 }
 
 impl Metrics {
+    /// A limit refused or ended a call.
+    pub fn limit(&self, limit: Limit) {
+        self.limits[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A watch stream opened (`+1`) or ended (`-1`).
     pub fn watch_streams(&self, opened: bool) {
         if opened {
@@ -366,7 +404,7 @@ impl Metrics {
             (
                 "kubeconfigd_watch_streams",
                 "gauge",
-                "WatchKubeconfigs streams open now.",
+                "WatchKubeconfigs streams and waiting REST long-polls open now.",
                 load(&self.watch_streams),
             ),
             (
@@ -374,6 +412,31 @@ impl Metrics {
                 "counter",
                 "Events sent on WatchKubeconfigs streams (SYNCED markers included).",
                 load(&self.watch_events),
+            ),
+            (
+                "kubeconfigd_limit_hits_total",
+                "counter",
+                "Calls refused or ended by a limit, by the limit's flag.",
+                Limit::ALL
+                    .iter()
+                    .map(|limit| {
+                        (
+                            format!("{{limit=\"{}\"}}", limit.label()),
+                            self.limits[*limit as usize].load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect(),
+            ),
+            (
+                "kubeconfigd_connections_closed_total",
+                "counter",
+                "Connections closed by their limits: no request within --header-read-timeout of \
+connecting, headers not complete within it, or no request open for --idle-timeout.",
+                crate::connections::Closed::ALL
+                    .iter()
+                    .zip(crate::connections::closed_counts())
+                    .map(|(reason, n)| (format!("{{reason=\"{}\"}}", reason.label()), n))
+                    .collect(),
             ),
             (
                 "kubeconfigd_inventory_files_parsed_total",

@@ -6,6 +6,7 @@ mod access_matrix;
 mod api_behaviour;
 mod cache;
 mod credentials;
+mod frames;
 mod hostile;
 mod jwt;
 mod ledger;

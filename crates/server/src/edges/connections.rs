@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,25 +31,39 @@ pub struct Limits {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// HTTP/2 streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_tls_handshakes: usize,
 }
 
+/// The largest HTTP/2 header list (decoded names and values plus 32 bytes per field) a request may
+/// have, on every listener: bearer tokens are the largest headers we expect (a few KiB).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// Connection slots shared by the listeners.
 pub type Slots = Arc<Semaphore>;
 
-/// An accepted connection: holds its slot until dropped, and fails reads once the peer has been silent
-/// for the idle timeout or, on an HTTP/1 connection given a [`HeaderTimer`], once a request's headers
-/// have taken longer than the header-read timeout.
+/// An accepted connection: holds its slot until dropped, and fails reads (which ends it) once
+///
+/// - no request has started within the header-read timeout of the connection being ready (a peer
+///   that connects and sends nothing, or only an HTTP/2 preface and PING answers);
+/// - no request or stream has been open for the idle timeout, whatever else the peer sends (PING
+///   answers keep a connection with a stream alive, never one without);
+/// - on an HTTP/1 connection given a [`HeaderTimer`], a request's headers have taken longer than the
+///   header-read timeout.
+///
+/// Which requests are open is told by the service layer through the connection's [`Activity`].
 pub struct Guarded<IO> {
     io: IO,
     _slot: OwnedSemaphorePermit,
     idle_timeout: Duration,
-    last_read: Instant,
-    /// The one timer of the connection: armed at the earliest of the idle and header deadlines (or
-    /// earlier: it is moved only when it fires, or when a header deadline comes before it).
+    first_request_timeout: Duration,
+    activity: Arc<Activity>,
+    /// The one timer of the connection: armed at the earliest deadline that may apply (or earlier: it
+    /// is moved only when it fires, or when a header deadline comes before it).
     timer: Pin<Box<Sleep>>,
     headers: Option<Arc<HeaderDeadline>>,
 }
@@ -58,21 +72,31 @@ impl<IO> std::fmt::Debug for Guarded<IO> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
             .field("idle_timeout", &self.idle_timeout)
+            .field("activity", &self.activity)
             .finish_non_exhaustive()
     }
 }
 
 impl<IO> Guarded<IO> {
-    fn new(io: IO, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
-        let now = Instant::now();
+    fn new(io: IO, slot: OwnedSemaphorePermit, limits: &Limits) -> Self {
+        let activity = Arc::new(Activity::new());
+        let first = limits.header_read_timeout.min(limits.idle_timeout);
         Guarded {
             io,
             _slot: slot,
-            idle_timeout,
-            last_read: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            idle_timeout: limits.idle_timeout,
+            first_request_timeout: first,
+            timer: Box::pin(tokio::time::sleep_until(
+                Instant::from_std(activity.since) + first,
+            )),
+            activity,
             headers: None,
         }
+    }
+
+    /// What the service layer uses to say when requests start and end on this connection.
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
     }
 
     /// The timer to give hyper's HTTP/1 side of this connection: through it, hyper says when it
@@ -83,11 +107,11 @@ impl<IO> Guarded<IO> {
         HeaderTimer(deadline)
     }
 
-    /// Why the connection must end now, if it must. Reads only record the time and hyper's header
-    /// timer only publishes a deadline; the timer is moved when it fires early or when a header
-    /// deadline comes before it — about once per header-read timeout on a busy connection, instead of
-    /// a timer registered and cancelled for every request.
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+    /// Why the connection must end now, if it must. Reads record nothing and hyper's header timer and
+    /// the service layer only publish state; the timer is moved when it fires early or when a header
+    /// deadline comes before it — about once per timeout on a busy connection, instead of a timer
+    /// registered and cancelled for every request.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Closed> {
         let headers = self
             .headers
             .as_ref()
@@ -104,16 +128,191 @@ impl<IO> Guarded<IO> {
             }
             let now = Instant::now();
             if headers.is_some_and(|deadline| deadline <= now) {
-                return Some("request headers not complete within --header-read-timeout");
+                return Some(Closed::HeaderTimeout);
             }
-            let idle = self.last_read + self.idle_timeout;
-            if idle <= now {
-                return Some("connection idle for longer than --idle-timeout");
+            let since = Instant::from_std(self.activity.since);
+            let first = (!self.activity.started.load(Ordering::Relaxed))
+                .then_some(since + self.first_request_timeout);
+            if first.is_some_and(|deadline| deadline <= now) {
+                return Some(Closed::NoRequest);
             }
-            self.timer
-                .as_mut()
-                .reset(headers.map_or(idle, |deadline| deadline.min(idle)));
+            let idle = self
+                .activity
+                .quiet_since()
+                .map(|quiet| Instant::from_std(quiet) + self.idle_timeout);
+            if idle.is_some_and(|deadline| deadline <= now) {
+                return Some(Closed::Idle);
+            }
+            // With a request open, look again an idle timeout from now: it may have ended by then.
+            let next = [headers, first, idle]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + self.idle_timeout);
+            self.timer.as_mut().reset(next);
         }
+    }
+}
+
+/// Why a connection was closed by its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// An HTTP/1 request's headers took longer than `--header-read-timeout`.
+    HeaderTimeout,
+    /// No request started within `--header-read-timeout` of the connection being ready.
+    NoRequest,
+    /// No request or stream open for `--idle-timeout`.
+    Idle,
+}
+
+impl Closed {
+    /// Every reason, in the order of [`closed_counts`].
+    pub const ALL: [Closed; 3] = [Closed::HeaderTimeout, Closed::NoRequest, Closed::Idle];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::NoRequest => "no_request",
+            Closed::Idle => "idle",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "request headers not complete within --header-read-timeout",
+            Closed::NoRequest => "no request within --header-read-timeout of connecting",
+            Closed::Idle => "no request open for longer than --idle-timeout",
+        }
+    }
+}
+
+/// Connections closed by their limits, by [`Closed`] reason, since the process started (process-wide,
+/// like the log writer's drop counter: every listener counts here).
+static CLOSED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Connections closed by their limits so far, in the order of [`Closed::ALL`].
+pub fn closed_counts() -> [u64; 3] {
+    [0, 1, 2].map(|i| CLOSED[i].load(Ordering::Relaxed))
+}
+
+/// What is going on on one connection, as the service layer sees it: how many requests (HTTP/1) or
+/// streams (HTTP/2) are open, whether one ever started, and since when none is open. Written by the
+/// layer through [`Activity::open`], read by [`Guarded`] when its timer fires.
+#[derive(Debug)]
+pub struct Activity {
+    since: std::time::Instant,
+    started: AtomicBool,
+    open: AtomicUsize,
+    /// Nanoseconds after `since` at which the last open request ended (0: at `since`).
+    quiet_from: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            since: std::time::Instant::now(),
+            started: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            quiet_from: AtomicU64::new(0),
+        }
+    }
+
+    /// A request or stream starts; it ends when the returned guard is dropped.
+    pub fn open(self: &Arc<Self>) -> OpenRequest {
+        // Relaxed: the connection's reader only needs to see these eventually; a late view makes it
+        // look again later, never close early (the count is raised before `started` is read).
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.started.store(true, Ordering::Relaxed);
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// Since when no request has been open, or `None` while one is.
+    fn quiet_since(&self) -> Option<std::time::Instant> {
+        (self.open.load(Ordering::Relaxed) == 0).then(|| {
+            self.since + Duration::from_nanos(self.quiet_from.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// One open request or stream on a connection (see [`Activity::open`]).
+#[derive(Debug)]
+pub struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let nanos = u64::try_from(activity.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Stored before the count falls, so that a reader who sees no request open also sees when
+        // the last one ended (or a later time, which only delays the idle close).
+        activity.quiet_from.fetch_max(nanos, Ordering::Relaxed);
+        activity.open.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A response body that keeps its request counted as open on the connection until the body has
+/// been sent or dropped (a watch stream lives as long as its body).
+#[derive(Debug)]
+pub struct TrackedBody<B> {
+    inner: B,
+    _open: Option<OpenRequest>,
+}
+
+impl<B> TrackedBody<B> {
+    pub fn new(inner: B, open: Option<OpenRequest>) -> Self {
+        TrackedBody { inner, _open: open }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A tower service counting its requests as open on one connection's [`Activity`] (the REST and
+/// admin listeners build one per connection).
+#[derive(Debug, Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, Req, B> tower::Service<Req> for Tracked<S>
+where
+    S: tower::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let open = self.activity.open();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody::new(body, Some(open))))
+        })
     }
 }
 
@@ -222,16 +421,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.last_read = Instant::now();
-                }
-                Poll::Ready(Ok(()))
-            }
             Poll::Pending => match this.expired(cx) {
-                Some(why) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why))),
+                Some(why) => {
+                    CLOSED[why as usize].fetch_add(1, Ordering::Relaxed);
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why.message())))
+                }
                 None => Poll::Pending,
             },
             other => other,
@@ -269,11 +464,22 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 }
 
+/// What tonic puts in each request's extensions for a [`Guarded`] connection: the peer as tonic
+/// describes it (address, TLS certificates) and the connection's [`Activity`].
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo<T> {
+    pub peer: T,
+    pub activity: Arc<Activity>,
+}
+
 impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Guarded<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+    type ConnectInfo = ConnectionInfo<IO::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        ConnectionInfo {
+            peer: self.io.connect_info(),
+            activity: Arc::clone(&self.activity),
+        }
     }
 }
 
@@ -325,7 +531,8 @@ pub fn accept<H: Handshake>(
 ) -> mpsc::Receiver<(Guarded<H::Io>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(128);
     let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
-    let (idle_timeout, handshake_timeout) = (limits.idle_timeout, limits.tls_handshake_timeout);
+    let handshake_timeout = limits.tls_handshake_timeout;
+    let limits = limits.clone();
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -350,7 +557,7 @@ pub fn accept<H: Handshake>(
                     continue;
                 };
                 if tx
-                    .send((Guarded::new(io, slot, idle_timeout), peer))
+                    .send((Guarded::new(io, slot, &limits), peer))
                     .await
                     .is_err()
                 {
@@ -362,14 +569,14 @@ pub fn accept<H: Handshake>(
                 tracing::debug!(%peer, "connection refused: --max-tls-handshakes in progress");
                 continue;
             };
-            let (handshake, tx) = (handshake.clone(), tx.clone());
+            let (handshake, tx, limits) = (handshake.clone(), tx.clone(), limits.clone());
             tokio::spawn(async move {
                 let done =
                     tokio::time::timeout(handshake_timeout, handshake.handshake(stream)).await;
                 drop(in_progress);
                 match done {
                     Ok(Ok(io)) => {
-                        let _ = tx.send((Guarded::new(io, slot, idle_timeout), peer)).await;
+                        let _ = tx.send((Guarded::new(io, slot, &limits), peer)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -411,6 +618,8 @@ pub async fn serve_http<IO>(
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.http2_keepalive_interval)
         .keep_alive_timeout(limits.http2_keepalive_timeout)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_pending_accept_reset_streams(Some(20));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
@@ -422,7 +631,10 @@ pub async fn serve_http<IO>(
             },
             () = &mut stop => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(Tracked {
+            inner: router.clone(),
+            activity: connection.activity(),
+        });
         // Each connection gets its own header timer (see [`HeaderTimer`]): a clone of the builder.
         let mut builder = builder.clone();
         builder.http1().timer(connection.header_timer());

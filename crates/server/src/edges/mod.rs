@@ -2,6 +2,7 @@
 //! service; connection handling (limits, timeouts, TLS) is shared by all of them.
 
 pub mod admin;
+pub mod admission;
 pub mod connections;
 pub mod grpc;
 pub mod rest;

@@ -345,6 +345,12 @@ impl Core {
         &self.minter
     }
 
+    /// The slots of `--max-concurrent-requests` (the gRPC edge also holds one from a call's HEADERS
+    /// until its request message is complete).
+    pub fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
+    }
+
     /// The service's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -365,6 +371,7 @@ impl Core {
     pub fn admit(&self) -> Result<SemaphorePermit<'_>, CoreError> {
         self.in_service()?;
         self.permits.try_acquire().map_err(|_| {
+            self.metrics.limit(crate::metrics::Limit::ConcurrentRequests);
             CoreError::new(
                 ErrorKind::TooManyRequests,
                 "too many requests in flight; retry shortly",

@@ -184,7 +184,9 @@ impl Watchers {
     }
 
     fn admit(&self, user: &str) -> Result<Admission, CoreError> {
+        let metrics = self.core.metrics();
         let permit = Arc::clone(&self.total).try_acquire_owned().map_err(|_| {
+            metrics.limit(crate::metrics::Limit::Watches);
             exhausted(format!(
                 "too many watch streams on this server (limit {}); retry later",
                 self.limits.total
@@ -196,6 +198,7 @@ impl Watchers {
             .map_err(|_| CoreError::new(ErrorKind::Internal, "watch accounting failed"))?;
         let count = counts.entry(user.to_owned()).or_insert(0);
         if *count >= self.limits.per_caller {
+            metrics.limit(crate::metrics::Limit::WatchesPerCaller);
             return Err(exhausted(format!(
                 "too many watch streams for this caller (limit {}); close one first",
                 self.limits.per_caller
@@ -252,7 +255,24 @@ impl Watchers {
 
     /// Waits until what `request` of `uid` would answer differs from `etag`, or `wait` passes
     /// (the REST long-poll). Returns whether it changed; the caller then answers as for a download.
+    /// A wait counts as a watch of its caller's, under the same limits: refused (429) beyond them.
+    /// A caller who does not authenticate does not wait (the download that follows says why).
     pub async fn wait_for_change(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        request: Request,
+        etag: &str,
+        wait: std::time::Duration,
+    ) -> Result<bool, CoreError> {
+        let Ok(caller) = self.core.authenticate(credentials) else {
+            return Ok(true);
+        };
+        let _admission = self.admit(&caller.user)?;
+        Ok(self.changed_within(credentials, uid, request, etag, wait).await)
+    }
+
+    async fn changed_within(
         &self,
         credentials: &Credentials,
         uid: &str,

@@ -1,0 +1,242 @@
+//! Admission of gRPC calls from their first frame. tonic reads a call's request message before our
+//! pipeline sees the call, so without this layer a peer could open streams (a HEADERS frame each)
+//! and never send their message, each stream held with its buffers for as long as the peer liked,
+//! outside `--max-concurrent-requests` and `--request-timeout`. This layer, in front of every gRPC
+//! service (health and reflection included):
+//!
+//! - counts the call as open on its connection (see [`connections::Activity`]), until its response
+//!   body has been sent or dropped;
+//! - takes one of the `--max-concurrent-requests` slots from its HEADERS until its request message is
+//!   complete, refusing with RESOURCE_EXHAUSTED at once beyond (the pipeline then takes its own slot
+//!   for the call itself);
+//! - ends the call with DEADLINE_EXCEEDED when the request message is not complete within
+//!   `--header-read-timeout` of its HEADERS (for unary and server-streaming methods: the end of the
+//!   request stream; for the reflection service, whose requests are a stream: the first message).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes};
+use http_body::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::body::Body;
+use tonic::transport::server::TcpConnectInfo;
+
+use crate::connections::{self, ConnectionInfo, OpenRequest, TrackedBody};
+use crate::metrics::{Limit, Metrics};
+
+/// The layer (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct AdmissionLayer {
+    permits: Arc<Semaphore>,
+    message_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl AdmissionLayer {
+    /// `permits`: the pipeline's concurrency limit; `message_timeout`: from HEADERS to a complete
+    /// request message.
+    pub fn new(permits: Arc<Semaphore>, message_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        AdmissionLayer {
+            permits,
+            message_timeout,
+            metrics,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Admission<S> {
+        Admission {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`AdmissionLayer`].
+#[derive(Debug, Clone)]
+pub struct Admission<S> {
+    inner: S,
+    layer: AdmissionLayer,
+}
+
+/// The connection's activity, from the extension tonic inserts for our connections (plain or TLS).
+fn activity_of(extensions: &http::Extensions) -> Option<&Arc<connections::Activity>> {
+    extensions
+        .get::<ConnectionInfo<TcpConnectInfo>>()
+        .map(|info| &info.activity)
+        .or_else(|| {
+            extensions
+                .get::<ConnectionInfo<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>>()
+                .map(|info| &info.activity)
+        })
+}
+
+/// Whether a method's requests are a stream (then only the first message is awaited under the
+/// deadline). Only the reflection service has such methods here.
+fn streams_requests(path: &str) -> bool {
+    path.starts_with("/grpc.reflection.")
+}
+
+type Responding<F> = Pin<Box<dyn Future<Output = F> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for Admission<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<TrackedBody<Body>>;
+    type Error = S::Error;
+    type Future = Responding<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let open: Option<OpenRequest> = activity_of(request.extensions()).map(|a| a.open());
+        let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
+            self.layer.metrics.limit(Limit::ConcurrentRequests);
+            let refused = tonic::Status::resource_exhausted(
+                "too many requests in flight; retry shortly",
+            )
+            .into_http::<Body>();
+            return Box::pin(std::future::ready(Ok(
+                refused.map(|body| TrackedBody::new(body, open))
+            )));
+        };
+        let first_message_only = streams_requests(request.uri().path());
+        let request = request.map(|body| {
+            if http_body::Body::is_end_stream(&body) {
+                // Nothing to wait for (the slot is given back with the body).
+                return body;
+            }
+            Body::new(MessageDeadline {
+                inner: body,
+                deadline: Instant::now() + self.layer.message_timeout,
+                sleep: None,
+                admitted: Some(permit),
+                first_message_only,
+                prefix: Vec::new(),
+                remaining: None,
+                metrics: Arc::clone(&self.layer.metrics),
+            })
+        });
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody::new(body, open)))
+        })
+    }
+}
+
+/// A request body that holds its call's admission slot until the request message is complete, and
+/// fails once that takes longer than the deadline.
+struct MessageDeadline {
+    inner: Body,
+    deadline: Instant,
+    /// Created only when the body is not complete at once: most calls arrive in one packet.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// `None` once the message is complete (or the body failed).
+    admitted: Option<OwnedSemaphorePermit>,
+    first_message_only: bool,
+    /// The first message's 5-byte gRPC prefix, while incomplete.
+    prefix: Vec<u8>,
+    /// Bytes of the first message still to come, once its prefix is known.
+    remaining: Option<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl MessageDeadline {
+    fn complete(&mut self) {
+        self.admitted = None;
+        self.sleep = None;
+    }
+
+    /// Counts a DATA frame towards the first message (for request streams).
+    fn saw(&mut self, mut data: Bytes) {
+        if self.remaining.is_none() {
+            let take = (5 - self.prefix.len()).min(data.len());
+            self.prefix.extend_from_slice(&data[..take]);
+            data.advance(take);
+            if self.prefix.len() == 5 {
+                let length = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]);
+                self.remaining = Some(u64::from(length));
+            }
+        }
+        if let Some(remaining) = self.remaining.as_mut() {
+            *remaining = remaining.saturating_sub(data.len() as u64);
+            if *remaining == 0 {
+                self.complete();
+            }
+        }
+    }
+}
+
+impl http_body::Body for MessageDeadline {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        if this.admitted.is_none() {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.first_message_only
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.saw(data.clone());
+                } else if frame.is_trailers() {
+                    this.complete();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => {
+                this.complete();
+                Poll::Ready(other)
+            }
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        this.complete();
+                        this.metrics.limit(Limit::RequestMessageTimeout);
+                        Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                            "request message not complete within --header-read-timeout of its headers",
+                        ))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

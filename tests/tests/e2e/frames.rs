@@ -1,0 +1,397 @@
+//! Hostile peers below the client libraries: raw HTTP/2 frames and silent TCP connections against
+//! the listeners (a client library would respect the server's settings and hide the problem), and
+//! long-polls held against the watch limits.
+
+use std::time::{Duration, Instant};
+
+use kubeconfigd_e2e::{Server, eventually};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One HTTP/2 frame: 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).expect("small frame");
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&length.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK string literal, not Huffman-coded (short strings only).
+fn literal(text: &str) -> Vec<u8> {
+    let mut out = vec![u8::try_from(text.len()).expect("short") & 0x7f];
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// The header block of a gRPC call to `path` (15-byte frames in the flood were this, with
+/// HPACK indexing; here every field is a literal without indexing, so each block stands alone).
+fn grpc_headers(path: &str) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    block.push(0x04); // :path, name from the static table
+    block.extend(literal(path));
+    block.extend([0x01]); // :authority
+    block.extend(literal("localhost"));
+    block.extend([0x0f, 0x10]); // content-type (static index 31)
+    block.extend(literal("application/grpc"));
+    block.push(0x00); // te: trailers, a new name
+    block.extend(literal("te"));
+    block.extend(literal("trailers"));
+    block
+}
+
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const END_HEADERS: u8 = 0x4;
+
+/// Opens an HTTP/2 connection by hand: the preface and an empty SETTINGS frame (the server's own
+/// SETTINGS are never acknowledged, as a hostile client would not).
+async fn raw_h2(address: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&hello).await.expect("preface");
+    stream
+}
+
+/// Sends `count` HEADERS frames (new streams, no body ever) on `stream` while reading and
+/// discarding whatever the server answers. Returns when all are written or the server closed.
+async fn open_streams(mut stream: TcpStream, path: &str, count: u32) -> TcpStream {
+    let block = grpc_headers(path);
+    let (mut reader, mut writer) = stream.split();
+    let drain = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), reader.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let write = async {
+        for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+            let mut bytes = Vec::new();
+            for i in chunk {
+                bytes.extend(frame(HEADERS, END_HEADERS, 1 + 2 * i, &block));
+            }
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(drain, write);
+    stream
+}
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn args(extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--demo".to_owned()];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+async fn health_ok(server: &Server) -> bool {
+    let Ok(channel) = server.channel().await else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bodiless_grpc_streams_without_credentials_stays_within_a_few_mib() {
+    let server = Server::start(&args(&["--header-read-timeout", "2s"]))
+        .await
+        .expect("server");
+    let pid = server.pid().expect("pid");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    // 4 connections × 10,000 HEADERS frames to the health check, never a body: the 40,000
+    // streams, which took the server from 28 MiB to 542 MiB and stayed there.
+    let address = server.grpc;
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = raw_h2(address).await;
+                open_streams(stream, "/grpc.health.v1.Health/Check", 10_000).await
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for connection in flood {
+        held.push(connection.await.expect("flood task"));
+    }
+    let during = rss_kib(pid);
+    let grown_mib = during.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib <= 4 * 4,
+        "RSS grew by {grown_mib} MiB over 4 connections ({before} KiB -> {during} KiB)"
+    );
+    // The server still answers, and the streams held without a body end at the deadline.
+    assert!(health_ok(&server).await, "{}", server.log_text());
+    let ended = eventually(Duration::from_secs(6), || async {
+        kubeconfigd_e2e::metrics(&server).await.is_ok_and(|m| {
+            m.get("kubeconfigd_limit_hits_total{limit=\"request_message_timeout\"}")
+                .is_some_and(|n| *n >= 1.0)
+        })
+    })
+    .await;
+    assert!(ended, "bodiless streams end at --header-read-timeout");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_counts_a_grpc_call_from_its_headers() {
+    let server = Server::start(&args(&[
+        "--max-concurrent-requests",
+        "8",
+        "--header-read-timeout",
+        "2s",
+        "--max-streams-per-connection",
+        "16",
+    ]))
+    .await
+    .expect("server");
+    // 16 streams opened and never given their message: the 8 slots are taken from their HEADERS.
+    let stream = raw_h2(server.grpc).await;
+    let held = open_streams(stream, "/kubeconfig.v1.KubeconfigService/GetKubeconfig", 16).await;
+    let started = Instant::now();
+    let mut client = server.client().await.expect("client");
+    let call = || {
+        kubeconfigd_e2e::with_key(
+            kubeconfig_proto::kubeconfig::v1::GetKubeconfigRequest {
+                uid: "6470a2b1c5e6f1a2b3c4d5e1".to_owned(),
+                frp: None,
+            },
+            "demo-viewer-key",
+        )
+    };
+    let refused = client.get_kubeconfig(call()).await.expect_err("no slot");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    // Their deadline frees the slots.
+    let served = eventually(Duration::from_secs(6), || {
+        let mut client = client.clone();
+        async move { client.get_kubeconfig(call()).await.is_ok() }
+    })
+    .await;
+    assert!(served, "served once the held streams time out");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let metrics = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
+    assert!(
+        metrics["kubeconfigd_limit_hits_total{limit=\"max_concurrent_requests\"}"] >= 1.0,
+        "{metrics:?}"
+    );
+    drop(held);
+}
+
+/// Reads until the server closes the connection (EOF or reset); `None` if it is still open at `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Answers every PING the server sends on `stream` (and nothing else) until it closes; returns how
+/// long that took, or `None` if it is still open at `within`.
+async fn answer_pings_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+    const PING: u8 = 0x6;
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read =
+            tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await;
+        match read {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+        }
+        while pending.len() >= 9 {
+            let length = usize::from(pending[0]) << 16 | usize::from(pending[1]) << 8
+                | usize::from(pending[2]);
+            if pending.len() < 9 + length {
+                break;
+            }
+            let (kind, flags) = (pending[3], pending[4]);
+            if kind == PING && flags & 0x1 == 0 {
+                let answer = frame(PING, 0x1, 0, &pending[9..9 + length]);
+                if stream.write_all(&answer).await.is_err() {
+                    return Some(started.elapsed());
+                }
+            }
+            pending.drain(..9 + length);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_send_a_request_are_closed_whatever_pings_they_answer() {
+    let server = Server::start(&args(&[
+        "--header-read-timeout",
+        "1s",
+        "--idle-timeout",
+        "2s",
+        "--http2-keepalive-interval",
+        "300ms",
+    ]))
+    .await
+    .expect("server");
+    // A silent TCP connection: closed at the header-read timeout from accept, on every listener
+    // (the admin listener's 64 connections included), not at the idle timeout.
+    for (what, address) in [
+        ("gRPC", server.grpc),
+        ("REST", server.rest),
+        ("admin", server.admin),
+    ] {
+        let mut silent = TcpStream::connect(address).await.expect("connect");
+        let cut = closed_within(&mut silent, Duration::from_secs(5)).await;
+        assert!(
+            cut.is_some_and(|t| t >= Duration::from_millis(800) && t < Duration::from_millis(1900)),
+            "{what}: {cut:?}"
+        );
+    }
+    // An HTTP/2 connection that answers every keepalive PING and never opens a stream.
+    for (what, address) in [("gRPC", server.grpc), ("REST", server.rest)] {
+        let mut pinging = raw_h2(address).await;
+        let cut = answer_pings_until_closed(&mut pinging, Duration::from_secs(6)).await;
+        assert!(cut.is_some(), "{what}: never closed");
+    }
+    // One that made a call and then only answers PINGs: closed at the idle timeout.
+    let stream = raw_h2(server.grpc).await;
+    let mut used = open_streams(stream, "/grpc.health.v1.Health/Check", 1).await;
+    let cut = answer_pings_until_closed(&mut used, Duration::from_secs(8)).await;
+    assert!(cut.is_some(), "closed after its call ended and --idle-timeout passed");
+    // 64 silent connections no longer starve the admin listener's probes for long.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(TcpStream::connect(server.admin).await.expect("connect"));
+    }
+    let probed = eventually(Duration::from_secs(4), || async {
+        reqwest::get(format!("{}/readyz", server.admin_url()))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(probed, "the probe is answered once the silent connections are cut");
+    let metrics = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
+    assert!(
+        metrics["kubeconfigd_connections_closed_total{reason=\"no_request\"}"] >= 64.0,
+        "{metrics:?}"
+    );
+}
+
+/// A long-poll (3 s) on the kubeconfig of prod-east with the etag the caller already holds.
+async fn long_poll(server: &Server, key: &str, etag: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!(
+            "{}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig?wait=3s",
+            server.rest_url()
+        ))
+        .header("ApiKey", key)
+        .header("If-None-Match", etag)
+        .send()
+        .await
+        .expect("long-poll")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_long_polls_count_with_the_callers_watches() {
+    let server = Server::start(&args(&[
+        "--max-watch-streams-per-caller",
+        "3",
+        "--max-watch-streams",
+        "5",
+    ]))
+    .await
+    .expect("server");
+    let url = format!(
+        "{}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig",
+        server.rest_url()
+    );
+    let first = reqwest::Client::new()
+        .get(&url)
+        .header("ApiKey", "demo-viewer-key")
+        .send()
+        .await
+        .expect("download");
+    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    // Three waits for the viewer: its share.
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let (server_rest, etag) = (server.rest_url(), etag.clone());
+        waits.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!(
+                    "{server_rest}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig?wait=3s"
+                ))
+                .header("ApiKey", "demo-viewer-key")
+                .header("If-None-Match", etag)
+                .send()
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let fourth = long_poll(&server, "demo-viewer-key", &etag).await;
+    assert_eq!(fourth.status().as_u16(), 429, "the caller's fourth wait");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
+    let body: serde_json::Value =
+        serde_json::from_str(&fourth.text().await.expect("body")).expect("JSON");
+    assert_eq!(body["code"], "TooManyRequests", "{body}");
+    // Another caller still has room until the server's total (5) is reached.
+    let (rest, etag2) = (server.rest_url(), etag.clone());
+    let editor = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!(
+                "{rest}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig?wait=3s"
+            ))
+            .header("ApiKey", "demo-editor-key")
+            .header("If-None-Match", etag2)
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!editor.is_finished(), "the editor's wait is admitted");
+    let metrics = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
+    assert_eq!(metrics["kubeconfigd_watch_streams"], 4.0, "{metrics:?}");
+    assert!(
+        metrics["kubeconfigd_limit_hits_total{limit=\"max_watch_streams_per_caller\"}"] >= 1.0
+    );
+    // Waits that end (304 at the end of their 3 s) give their share back.
+    for wait in waits {
+        let answer = wait.await.expect("task").expect("wait");
+        assert_eq!(answer.status().as_u16(), 304);
+    }
+    let _ = editor.await;
+    let freed = eventually(Duration::from_secs(3), || async {
+        kubeconfigd_e2e::metrics(&server)
+            .await
+            .is_ok_and(|m| m["kubeconfigd_watch_streams"] == 0.0)
+    })
+    .await;
+    assert!(freed);
+}
