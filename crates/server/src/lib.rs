@@ -323,8 +323,9 @@ async fn stopped(mut stop: signal::Receiver<bool>) {
 }
 
 /// The gRPC services behind the admission layer.
-type GrpcRouter =
-    tonic::transport::server::Router<tower::layer::util::Stack<admission::AdmissionLayer, tower::layer::util::Identity>>;
+type GrpcRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<admission::AdmissionLayer, tower::layer::util::Identity>,
+>;
 
 fn spawn_grpc(
     tasks: &mut Tasks,

@@ -52,6 +52,14 @@ const CODES: [&str; 1 + ErrorKind::ALL.len()] = {
     codes
 };
 
+/// The method a gRPC path is counted under: the API's methods by name, anything else `other`.
+pub fn grpc_method(path: &str) -> &'static str {
+    let method = path
+        .strip_prefix("/kubeconfig.v1.KubeconfigService/")
+        .unwrap_or("other");
+    METHODS[position(&METHODS, method).unwrap_or(METHODS.len() - 1)]
+}
+
 fn position(names: &[&'static str], name: &str) -> Option<usize> {
     names.iter().position(|n| *n == name)
 }

@@ -139,8 +139,11 @@ async fn a_flood_of_bodiless_grpc_streams_without_credentials_stays_within_a_few
     for connection in flood {
         held.push(connection.await.expect("flood task"));
     }
+    // Let the server take in every frame it was sent (the held streams live 2 s).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let during = rss_kib(pid);
     let grown_mib = during.saturating_sub(before) / 1024;
+    eprintln!("RSS before the flood {before} KiB, after 40,000 streams {during} KiB");
     assert!(
         grown_mib <= 4 * 4,
         "RSS grew by {grown_mib} MiB over 4 connections ({before} KiB -> {during} KiB)"
@@ -185,7 +188,11 @@ async fn the_concurrency_limit_counts_a_grpc_call_from_its_headers() {
         )
     };
     let refused = client.get_kubeconfig(call()).await.expect_err("no slot");
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
     // Their deadline frees the slots.
     let served = eventually(Duration::from_secs(6), || {
         let mut client = client.clone();
@@ -223,15 +230,15 @@ async fn answer_pings_until_closed(stream: &mut TcpStream, within: Duration) -> 
     let mut pending = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let read =
-            tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await;
+        let read = tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await;
         match read {
             Err(_) => return None,
             Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
             Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
         }
         while pending.len() >= 9 {
-            let length = usize::from(pending[0]) << 16 | usize::from(pending[1]) << 8
+            let length = usize::from(pending[0]) << 16
+                | usize::from(pending[1]) << 8
                 | usize::from(pending[2]);
             if pending.len() < 9 + length {
                 break;
@@ -284,7 +291,10 @@ async fn connections_that_never_send_a_request_are_closed_whatever_pings_they_an
     let stream = raw_h2(server.grpc).await;
     let mut used = open_streams(stream, "/grpc.health.v1.Health/Check", 1).await;
     let cut = answer_pings_until_closed(&mut used, Duration::from_secs(8)).await;
-    assert!(cut.is_some(), "closed after its call ended and --idle-timeout passed");
+    assert!(
+        cut.is_some(),
+        "closed after its call ended and --idle-timeout passed"
+    );
     // 64 silent connections no longer starve the admin listener's probes for long.
     let mut silent = Vec::new();
     for _ in 0..64 {
@@ -296,7 +306,10 @@ async fn connections_that_never_send_a_request_are_closed_whatever_pings_they_an
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
-    assert!(probed, "the probe is answered once the silent connections are cut");
+    assert!(
+        probed,
+        "the probe is answered once the silent connections are cut"
+    );
     let metrics = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
     assert!(
         metrics["kubeconfigd_connections_closed_total{reason=\"no_request\"}"] >= 64.0,
@@ -358,7 +371,10 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
     let started = Instant::now();
     let fourth = long_poll(&server, "demo-viewer-key", &etag).await;
     assert_eq!(fourth.status().as_u16(), 429, "the caller's fourth wait");
-    assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
     let body: serde_json::Value =
         serde_json::from_str(&fourth.text().await.expect("body")).expect("JSON");
     assert_eq!(body["code"], "TooManyRequests", "{body}");
@@ -378,9 +394,7 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
     assert!(!editor.is_finished(), "the editor's wait is admitted");
     let metrics = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
     assert_eq!(metrics["kubeconfigd_watch_streams"], 4.0, "{metrics:?}");
-    assert!(
-        metrics["kubeconfigd_limit_hits_total{limit=\"max_watch_streams_per_caller\"}"] >= 1.0
-    );
+    assert!(metrics["kubeconfigd_limit_hits_total{limit=\"max_watch_streams_per_caller\"}"] >= 1.0);
     // Waits that end (304 at the end of their 3 s) give their share back.
     for wait in waits {
         let answer = wait.await.expect("task").expect("wait");

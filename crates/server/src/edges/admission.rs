@@ -103,12 +103,14 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let open: Option<OpenRequest> = activity_of(request.extensions()).map(|a| a.open());
+        let method = crate::metrics::grpc_method(request.uri().path());
         let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
-            self.layer.metrics.limit(Limit::ConcurrentRequests);
-            let refused = tonic::Status::resource_exhausted(
-                "too many requests in flight; retry shortly",
-            )
-            .into_http::<Body>();
+            let metrics = &self.layer.metrics;
+            metrics.limit(Limit::ConcurrentRequests);
+            metrics.call("grpc", method, "TooManyRequests", Duration::ZERO);
+            let refused =
+                tonic::Status::resource_exhausted("too many requests in flight; retry shortly")
+                    .into_http::<Body>();
             return Box::pin(std::future::ready(Ok(
                 refused.map(|body| TrackedBody::new(body, open))
             )));
@@ -121,7 +123,9 @@ where
             }
             Body::new(MessageDeadline {
                 inner: body,
+                method,
                 deadline: Instant::now() + self.layer.message_timeout,
+                timeout: self.layer.message_timeout,
                 sleep: None,
                 admitted: Some(permit),
                 first_message_only,
@@ -142,7 +146,10 @@ where
 /// fails once that takes longer than the deadline.
 struct MessageDeadline {
     inner: Body,
+    /// What the call is counted under when it times out.
+    method: &'static str,
     deadline: Instant,
+    timeout: Duration,
     /// Created only when the body is not complete at once: most calls arrive in one packet.
     sleep: Option<Pin<Box<Sleep>>>,
     /// `None` once the message is complete (or the body failed).
@@ -223,6 +230,8 @@ impl http_body::Body for MessageDeadline {
                     Poll::Ready(()) => {
                         this.complete();
                         this.metrics.limit(Limit::RequestMessageTimeout);
+                        this.metrics
+                            .call("grpc", this.method, "RequestTimeout", this.timeout);
                         Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
                             "request message not complete within --header-read-timeout of its headers",
                         ))))

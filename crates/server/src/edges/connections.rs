@@ -229,9 +229,8 @@ impl Activity {
 
     /// Since when no request has been open, or `None` while one is.
     fn quiet_since(&self) -> Option<std::time::Instant> {
-        (self.open.load(Ordering::Relaxed) == 0).then(|| {
-            self.since + Duration::from_nanos(self.quiet_from.load(Ordering::Relaxed))
-        })
+        (self.open.load(Ordering::Relaxed) == 0)
+            .then(|| self.since + Duration::from_nanos(self.quiet_from.load(Ordering::Relaxed)))
     }
 }
 

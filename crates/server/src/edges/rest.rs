@@ -360,13 +360,14 @@ async fn serve(
     ) && let Some(etag) = single_etag(held)
     {
         // Boxed: a long-poll's state is large and only this path needs it.
-        let waited = Box::pin(
-            state
-                .watchers
-                .wait_for_change(&credentials, uid, request, &etag, wait),
-        )
-        .instrument(span.clone())
-        .await;
+        let waited =
+            Box::pin(
+                state
+                    .watchers
+                    .wait_for_change(&credentials, uid, request, &etag, wait),
+            )
+            .instrument(span.clone())
+            .await;
         if let Err(refused) = waited {
             let result = core
                 .run("rest", method, std::future::ready(Err(refused)))

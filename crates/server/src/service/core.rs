@@ -371,7 +371,8 @@ impl Core {
     pub fn admit(&self) -> Result<SemaphorePermit<'_>, CoreError> {
         self.in_service()?;
         self.permits.try_acquire().map_err(|_| {
-            self.metrics.limit(crate::metrics::Limit::ConcurrentRequests);
+            self.metrics
+                .limit(crate::metrics::Limit::ConcurrentRequests);
             CoreError::new(
                 ErrorKind::TooManyRequests,
                 "too many requests in flight; retry shortly",

@@ -269,7 +269,9 @@ impl Watchers {
             return Ok(true);
         };
         let _admission = self.admit(&caller.user)?;
-        Ok(self.changed_within(credentials, uid, request, etag, wait).await)
+        Ok(self
+            .changed_within(credentials, uid, request, etag, wait)
+            .await)
     }
 
     async fn changed_within(
