@@ -124,7 +124,7 @@ pub async fn run(
         listeners.admin.local_addr().ok(),
     );
     let limits = config.connections.clone();
-    let slots: connections::Slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let slots = connections::Slots::new(limits.max_connections);
     let router = grpc_router(&config, health_service, &core, &watchers)?;
     spawn_grpc(
         &mut tasks,
@@ -132,7 +132,7 @@ pub async fn run(
         listeners.grpc,
         config.tls.clone(),
         &limits,
-        Arc::clone(&slots),
+        slots.clone(),
         stopped(stop_rx.clone()),
     );
     if let (true, Some(listener)) = (config.rest, listeners.rest) {
@@ -155,7 +155,7 @@ pub async fn run(
         listeners.admin,
         None,
         &limits,
-        Arc::new(tokio::sync::Semaphore::new(64)),
+        connections::Slots::new(64),
         stopped(stop_rx.clone()),
     );
     let shown = |address: Option<std::net::SocketAddr>| {

@@ -464,9 +464,13 @@ async fn slow_idle_and_numerous_clients_are_cut_off() {
     // The harness's readiness probe opened (and closed) a gRPC connection: let its slot go first, or
     // under load one of the three below could be the one refused.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut held = Vec::new();
-    for addr in [capped.grpc, capped.rest, capped.rest] {
-        held.push(TcpStream::connect(addr).await.expect("connect"));
+    // Each held connection has made a request (a connection that has not is evicted to make room
+    // for a new one: see frames.rs).
+    let mut held = vec![crate::frames::grpc_connection_with_one_call(capped.grpc).await];
+    for _ in 0..2 {
+        let mut rest = TcpStream::connect(capped.rest).await.expect("connect");
+        assert!(healthz_on(&mut rest).await);
+        held.push(rest);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut refused = TcpStream::connect(capped.rest).await.expect("connect");

@@ -43,8 +43,76 @@ pub struct Limits {
 /// have, on every listener: bearer tokens are the largest headers we expect (a few KiB).
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
-/// Connection slots shared by the listeners.
-pub type Slots = Arc<Semaphore>;
+/// Connection slots shared by listeners, and the connections holding one that have not started a
+/// request yet: when every slot is taken, a new connection evicts the oldest of those instead of being
+/// refused, so that peers who connect and send nothing cannot keep others out (each would otherwise
+/// hold its slot for the header-read timeout, again and again).
+#[derive(Debug, Clone)]
+pub struct Slots(Arc<SlotsInner>);
+
+#[derive(Debug)]
+struct SlotsInner {
+    semaphore: Arc<Semaphore>,
+    capacity: usize,
+    /// Oldest first; entries whose connection ended or started a request are pruned lazily.
+    waiting: std::sync::Mutex<std::collections::VecDeque<std::sync::Weak<Activity>>>,
+}
+
+impl Slots {
+    pub fn new(capacity: usize) -> Self {
+        Slots(Arc::new(SlotsInner {
+            semaphore: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            waiting: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }))
+    }
+
+    /// A free slot now, or one freed by evicting the oldest connection that has not started a
+    /// request (waiting a moment for it to close); `None` when every connection is serving requests.
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(&self.0.semaphore).try_acquire_owned() {
+            return Some(slot);
+        }
+        if !self.evict_one() {
+            return None;
+        }
+        tokio::time::timeout(
+            Duration::from_millis(250),
+            Arc::clone(&self.0.semaphore).acquire_owned(),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
+    fn evict_one(&self) -> bool {
+        let Ok(mut waiting) = self.0.waiting.lock() else {
+            return false;
+        };
+        while let Some(entry) = waiting.pop_front() {
+            if let Some(activity) = entry.upgrade()
+                && activity.evict()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn register(&self, activity: &Arc<Activity>) {
+        let Ok(mut waiting) = self.0.waiting.lock() else {
+            return;
+        };
+        if waiting.len() >= 2 * self.0.capacity {
+            waiting.retain(|entry| {
+                entry
+                    .upgrade()
+                    .is_some_and(|a| !a.started.load(Ordering::Relaxed))
+            });
+        }
+        waiting.push_back(Arc::downgrade(activity));
+    }
+}
 
 /// An accepted connection: holds its slot until dropped, and fails reads (which ends it) once
 ///
@@ -78,8 +146,9 @@ impl<IO> std::fmt::Debug for Guarded<IO> {
 }
 
 impl<IO> Guarded<IO> {
-    fn new(io: IO, slot: OwnedSemaphorePermit, limits: &Limits) -> Self {
+    fn new(io: IO, slot: OwnedSemaphorePermit, limits: &Limits, slots: &Slots) -> Self {
         let activity = Arc::new(Activity::new());
+        slots.register(&activity);
         let first = limits.header_read_timeout.min(limits.idle_timeout);
         Guarded {
             io,
@@ -122,6 +191,13 @@ impl<IO> Guarded<IO> {
         {
             self.timer.as_mut().reset(deadline);
         }
+        if !self.activity.started.load(Ordering::Relaxed) {
+            // Set before the flag is read: an eviction after this read wakes this waker.
+            self.activity.wake_on_eviction(cx.waker());
+            if self.activity.evicted.load(Ordering::Acquire) {
+                return Some(Closed::Evicted);
+            }
+        }
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return None;
@@ -163,11 +239,18 @@ pub enum Closed {
     NoRequest,
     /// No request or stream open for `--idle-timeout`.
     Idle,
+    /// Every slot was taken and this connection, the oldest without a request, made room for a new one.
+    Evicted,
 }
 
 impl Closed {
     /// Every reason, in the order of [`closed_counts`].
-    pub const ALL: [Closed; 3] = [Closed::HeaderTimeout, Closed::NoRequest, Closed::Idle];
+    pub const ALL: [Closed; 4] = [
+        Closed::HeaderTimeout,
+        Closed::NoRequest,
+        Closed::Idle,
+        Closed::Evicted,
+    ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -175,6 +258,7 @@ impl Closed {
             Closed::HeaderTimeout => "header_timeout",
             Closed::NoRequest => "no_request",
             Closed::Idle => "idle",
+            Closed::Evicted => "evicted",
         }
     }
 
@@ -183,17 +267,20 @@ impl Closed {
             Closed::HeaderTimeout => "request headers not complete within --header-read-timeout",
             Closed::NoRequest => "no request within --header-read-timeout of connecting",
             Closed::Idle => "no request open for longer than --idle-timeout",
+            Closed::Evicted => {
+                "every connection slot taken: the oldest connection without a request makes room"
+            }
         }
     }
 }
 
 /// Connections closed by their limits, by [`Closed`] reason, since the process started (process-wide,
 /// like the log writer's drop counter: every listener counts here).
-static CLOSED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static CLOSED: [AtomicU64; Closed::ALL.len()] = [const { AtomicU64::new(0) }; Closed::ALL.len()];
 
 /// Connections closed by their limits so far, in the order of [`Closed::ALL`].
-pub fn closed_counts() -> [u64; 3] {
-    [0, 1, 2].map(|i| CLOSED[i].load(Ordering::Relaxed))
+pub fn closed_counts() -> [u64; Closed::ALL.len()] {
+    std::array::from_fn(|i| CLOSED[i].load(Ordering::Relaxed))
 }
 
 /// What is going on on one connection, as the service layer sees it: how many requests (HTTP/1) or
@@ -206,6 +293,10 @@ pub struct Activity {
     open: AtomicUsize,
     /// Nanoseconds after `since` at which the last open request ended (0: at `since`).
     quiet_from: AtomicU64,
+    /// Set when the connection is evicted to make room (only before its first request).
+    evicted: AtomicBool,
+    /// The connection's reader, to wake on eviction (kept only until the first request).
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Activity {
@@ -215,6 +306,29 @@ impl Activity {
             started: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             quiet_from: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            reader: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Marks the connection evicted, if it has not started a request, and wakes its reader.
+    fn evict(&self) -> bool {
+        if self.started.load(Ordering::Relaxed) || self.evicted.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Ok(mut reader) = self.reader.lock()
+            && let Some(waker) = reader.take()
+        {
+            waker.wake();
+        }
+        true
+    }
+
+    fn wake_on_eviction(&self, waker: &std::task::Waker) {
+        if let Ok(mut reader) = self.reader.lock()
+            && !reader.as_ref().is_some_and(|w| w.will_wake(waker))
+        {
+            *reader = Some(waker.clone());
         }
     }
 
@@ -546,8 +660,8 @@ pub fn accept<H: Handshake>(
                 },
                 () = tx.closed() => return,
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::debug!(%peer, "connection refused: --max-connections reached");
+            let Some(slot) = slots.acquire().await else {
+                tracing::debug!(%peer, "connection refused: every connection slot is serving requests");
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -556,7 +670,7 @@ pub fn accept<H: Handshake>(
                     continue;
                 };
                 if tx
-                    .send((Guarded::new(io, slot, &limits), peer))
+                    .send((Guarded::new(io, slot, &limits, &slots), peer))
                     .await
                     .is_err()
                 {
@@ -568,14 +682,17 @@ pub fn accept<H: Handshake>(
                 tracing::debug!(%peer, "connection refused: --max-tls-handshakes in progress");
                 continue;
             };
-            let (handshake, tx, limits) = (handshake.clone(), tx.clone(), limits.clone());
+            let (handshake, tx, limits, slots) =
+                (handshake.clone(), tx.clone(), limits.clone(), slots.clone());
             tokio::spawn(async move {
                 let done =
                     tokio::time::timeout(handshake_timeout, handshake.handshake(stream)).await;
                 drop(in_progress);
                 match done {
                     Ok(Ok(io)) => {
-                        let _ = tx.send((Guarded::new(io, slot, &limits), peer)).await;
+                        let _ = tx
+                            .send((Guarded::new(io, slot, &limits, &slots), peer))
+                            .await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
