@@ -367,6 +367,7 @@ impl Config {
                 idle_timeout: *idle_timeout,
                 header_read_timeout: *header_read_timeout,
                 max_streams_per_connection: *max_streams_per_connection,
+                stall_timeout: *request_timeout + *header_read_timeout,
                 http2_keepalive_interval: *http2_keepalive_interval,
                 http2_keepalive_timeout: *http2_keepalive_timeout,
                 tls_handshake_timeout: *tls_handshake_timeout,

@@ -288,8 +288,17 @@ fn grpc_router(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().context("reflection v1")?;
-    let reflection_v1alpha = reflection().build_v1alpha().context("reflection v1alpha")?;
+    // Their requests are as small as the API's: tonic's default limit (4 MiB) would let a peer
+    // without credentials make us buffer that much per stream.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .context("reflection v1")?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("reflection v1alpha")?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
     let api = KubeconfigServiceServer::new(grpc::KubeconfigApi::new(
         Arc::clone(core),
         Arc::clone(watchers),
@@ -305,6 +314,8 @@ fn grpc_router(
         .http2_max_pending_accept_reset_streams(Some(20))
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_max_header_list_size(connections::MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(connections::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(connections::CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
         .layer(admission::AdmissionLayer::new(
             Arc::clone(core.permits()),

@@ -256,14 +256,17 @@ pub enum Limit {
     Watches,
     /// `--max-watch-streams-per-caller` (watches and waiting long-polls together).
     WatchesPerCaller,
+    /// Health watches and reflection streams, per connection and in all.
+    AnonymousStreams,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 5] = [
         Limit::ConcurrentRequests,
         Limit::RequestMessageTimeout,
         Limit::Watches,
         Limit::WatchesPerCaller,
+        Limit::AnonymousStreams,
     ];
 
     /// The metric label.
@@ -273,6 +276,7 @@ impl Limit {
             Limit::RequestMessageTimeout => "request_message_timeout",
             Limit::Watches => "max_watch_streams",
             Limit::WatchesPerCaller => "max_watch_streams_per_caller",
+            Limit::AnonymousStreams => "anonymous_streams",
         }
     }
 }

@@ -464,23 +464,53 @@ async fn slow_idle_and_numerous_clients_are_cut_off() {
     // The harness's readiness probe opened (and closed) a gRPC connection: let its slot go first, or
     // under load one of the three below could be the one refused.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Each held connection has made a request (a connection that has not is evicted to make room
-    // for a new one: see frames.rs).
-    let mut held = vec![crate::frames::grpc_connection_with_one_call(capped.grpc).await];
+    // Each held connection serves a long-lived stream: a gRPC watch and two REST long-polls (a
+    // connection that has not started a request, is idle, or stalls is evicted to make room for a new
+    // one instead: see frames.rs).
+    let mut client = capped.client().await.expect("client");
+    let watch = client
+        .watch_kubeconfigs(with_key(
+            kubeconfig_proto::kubeconfig::v1::WatchKubeconfigsRequest::default(),
+            "demo-viewer-key",
+        ))
+        .await
+        .expect("watch");
+    let url = format!(
+        "{}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig",
+        capped.rest_url()
+    );
+    let etag = reqwest::Client::new()
+        .get(&url)
+        .header("ApiKey", "demo-viewer-key")
+        .send()
+        .await
+        .expect("download")
+        .headers()["etag"]
+        .to_str()
+        .expect("etag")
+        .to_owned();
+    let mut held = Vec::new();
     for _ in 0..2 {
-        let mut rest = TcpStream::connect(capped.rest).await.expect("connect");
-        assert!(healthz_on(&mut rest).await);
-        held.push(rest);
+        let (url, etag) = (url.clone(), etag.clone());
+        held.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("{url}?wait=30s"))
+                .header("ApiKey", "demo-viewer-key")
+                .header("If-None-Match", etag)
+                .send()
+                .await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut refused = TcpStream::connect(capped.rest).await.expect("connect");
+    let cut = closed_within(&mut refused, Duration::from_secs(3)).await;
     assert!(
-        closed_within(&mut refused, Duration::from_secs(3))
-            .await
-            .is_some(),
-        "the fourth connection is closed at once"
+        cut.is_some(),
+        "the fourth connection is closed at once: {:?}",
+        kubeconfigd_e2e::metrics(&capped).await
     );
-    held.pop();
+    drop(watch);
+    drop(client);
     let freed = eventually(Duration::from_secs(2), || async {
         reqwest::Client::new()
             .get(format!("{}/healthz", capped.rest_url()))
@@ -519,10 +549,16 @@ async fn slow_idle_and_numerous_clients_are_cut_off() {
         stalled.push(TcpStream::connect(secured.rest).await.expect("connect"));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut third = TcpStream::connect(secured.rest).await.expect("connect");
-    let cut = closed_within(&mut third, Duration::from_millis(700)).await;
-    assert!(cut.is_some(), "a third handshake is refused at once");
-    for stream in &mut stalled {
+    // A third handshake makes room by ending the oldest one in progress (a peer that connects and
+    // sends nothing would otherwise hold its handshake slot for the whole timeout).
+    let third = TcpStream::connect(secured.rest).await.expect("connect");
+    let cut = closed_within(&mut stalled[0], Duration::from_millis(700)).await;
+    assert!(
+        cut.is_some(),
+        "the oldest handshake in progress is ended at once"
+    );
+    let mut rest = vec![stalled.remove(1), third];
+    for stream in &mut rest {
         let cut = closed_within(stream, Duration::from_secs(3)).await;
         assert!(cut.is_some(), "an unfinished handshake is cut");
     }

@@ -11,7 +11,12 @@
 //!   for the call itself);
 //! - ends the call with DEADLINE_EXCEEDED when the request message is not complete within
 //!   `--header-read-timeout` of its HEADERS (for unary and server-streaming methods: the end of the
-//!   request stream; for the reflection service, whose requests are a stream: the first message).
+//!   request stream; for the reflection service, whose requests are a stream: the first message);
+//! - when no slot is free, ends the call that has waited longest for its message (RESOURCE_EXHAUSTED)
+//!   to make room, so that bodiless streams cannot keep every slot for the whole deadline;
+//! - marks the long-lived streams (watches, health watches, reflection) on the connection, and holds
+//!   the streams any peer may open without credentials (health watches, reflection) to
+//!   [`ANONYMOUS_STREAMS_PER_CONNECTION`] per connection and [`ANONYMOUS_STREAMS`] in all.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,15 +31,69 @@ use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
+
+use futures_util::task::AtomicWaker;
+
 use crate::connections::{self, ConnectionInfo, OpenRequest, TrackedBody};
+
+/// Health watches and reflection streams one connection may hold open at once (grpcurl uses one).
+pub const ANONYMOUS_STREAMS_PER_CONNECTION: usize = 4;
+/// Health watches and reflection streams the server holds open at once.
+pub const ANONYMOUS_STREAMS: usize = 256;
+
+/// A call waiting for its request message, which may be ended to make room for another.
+#[derive(Debug, Default)]
+struct Waiting {
+    ended: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// The calls waiting for their request message, oldest first (entries of calls no longer waiting
+/// are dead and pruned lazily).
+#[derive(Debug, Default)]
+struct WaitingCalls(Mutex<VecDeque<Weak<Waiting>>>);
+
+impl WaitingCalls {
+    fn push(&self, waiting: &Arc<Waiting>, bound: usize) {
+        if let Ok(mut calls) = self.0.lock() {
+            if calls.len() >= bound {
+                calls.retain(|entry| entry.strong_count() > 0);
+            }
+            calls.push_back(Arc::downgrade(waiting));
+        }
+    }
+
+    /// Ends the call that has waited longest; `false` if none waits.
+    fn end_oldest(&self) -> bool {
+        let Ok(mut calls) = self.0.lock() else {
+            return false;
+        };
+        while let Some(entry) = calls.pop_front() {
+            if let Some(waiting) = entry.upgrade()
+                && !waiting.ended.swap(true, Ordering::AcqRel)
+            {
+                waiting.waker.wake();
+                return true;
+            }
+        }
+        false
+    }
+}
 use crate::metrics::{Limit, Metrics};
 
 /// The layer (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
+    /// How many `permits` there are (bounds the waiting list).
+    capacity: usize,
     message_timeout: Duration,
     metrics: Arc<Metrics>,
+    waiting: Arc<WaitingCalls>,
+    anonymous: Arc<AtomicUsize>,
 }
 
 impl AdmissionLayer {
@@ -42,9 +101,12 @@ impl AdmissionLayer {
     /// request message.
     pub fn new(permits: Arc<Semaphore>, message_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         AdmissionLayer {
+            capacity: permits.available_permits(),
             permits,
             message_timeout,
             metrics,
+            waiting: Arc::default(),
+            anonymous: Arc::default(),
         }
     }
 }
@@ -85,11 +147,33 @@ fn streams_requests(path: &str) -> bool {
     path.starts_with("/grpc.reflection.")
 }
 
+/// Whether a method answers with a stream that lasts (not expected to end on its own).
+fn long_lived(path: &str) -> bool {
+    path == "/kubeconfig.v1.KubeconfigService/WatchKubeconfigs" || anonymous_stream(path)
+}
+
+/// Whether a method is a long-lived stream any peer may open without credentials.
+fn anonymous_stream(path: &str) -> bool {
+    path == "/grpc.health.v1.Health/Watch" || streams_requests(path)
+}
+
+fn refused<B: Default>(
+    open: Option<OpenRequest>,
+    message: &'static str,
+) -> http::Response<TrackedBody<B>> {
+    tonic::Status::resource_exhausted(message)
+        .into_http::<B>()
+        .map(|body| TrackedBody::new(body, open))
+}
+
 type Responding<F> = Pin<Box<dyn Future<Output = F> + Send>>;
 
 impl<S> tower::Service<http::Request<Body>> for Admission<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -102,41 +186,86 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let open: Option<OpenRequest> = activity_of(request.extensions()).map(|a| a.open());
-        let method = crate::metrics::grpc_method(request.uri().path());
-        let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
-            let metrics = &self.layer.metrics;
-            metrics.limit(Limit::ConcurrentRequests);
-            metrics.call("grpc", method, "TooManyRequests", Duration::ZERO);
-            let refused =
-                tonic::Status::resource_exhausted("too many requests in flight; retry shortly")
-                    .into_http::<Body>();
-            return Box::pin(std::future::ready(Ok(
-                refused.map(|body| TrackedBody::new(body, open))
-            )));
-        };
-        let first_message_only = streams_requests(request.uri().path());
-        let request = request.map(|body| {
-            if http_body::Body::is_end_stream(&body) {
-                // Nothing to wait for (the slot is given back with the body).
-                return body;
+        let path = request.uri().path();
+        let method = crate::metrics::grpc_method(path);
+        let (first_message_only, long_lived, anonymous) = (
+            streams_requests(path),
+            long_lived(path),
+            anonymous_stream(path),
+        );
+        let mut open: Option<OpenRequest> = activity_of(request.extensions()).map(|a| a.open());
+        if let Some(open) = open.as_mut() {
+            if long_lived {
+                open.long_lived();
             }
-            Body::new(MessageDeadline {
-                inner: body,
-                method,
-                deadline: Instant::now() + self.layer.message_timeout,
-                timeout: self.layer.message_timeout,
-                sleep: None,
-                admitted: Some(permit),
-                first_message_only,
-                prefix: Vec::new(),
-                remaining: None,
-                metrics: Arc::clone(&self.layer.metrics),
+            if anonymous
+                && !open.anonymous_stream(
+                    ANONYMOUS_STREAMS_PER_CONNECTION,
+                    &self.layer.anonymous,
+                    ANONYMOUS_STREAMS,
+                )
+            {
+                self.layer.metrics.limit(Limit::AnonymousStreams);
+                return Box::pin(std::future::ready(Ok(refused(
+                    None,
+                    "too many health watches and reflection streams; close one first",
+                ))));
+            }
+        }
+        let layer = self.layer.clone();
+        let admitted = Arc::clone(&layer.permits).try_acquire_owned();
+        let admit = move |request: http::Request<Body>, permit: OwnedSemaphorePermit| {
+            request.map(|body| {
+                if http_body::Body::is_end_stream(&body) {
+                    // Nothing to wait for (the slot is given back with the body).
+                    return body;
+                }
+                let waiting = Arc::new(Waiting::default());
+                layer.waiting.push(&waiting, 2 * layer.capacity);
+                Body::new(MessageDeadline {
+                    inner: body,
+                    method,
+                    deadline: Instant::now() + layer.message_timeout,
+                    timeout: layer.message_timeout,
+                    sleep: None,
+                    admitted: Some((permit, waiting)),
+                    first_message_only,
+                    prefix: Vec::new(),
+                    remaining: None,
+                    metrics: Arc::clone(&layer.metrics),
+                })
             })
-        });
-        let response = self.inner.call(request);
+        };
+        if let Ok(permit) = admitted {
+            let response = self.inner.call(admit(request, permit));
+            return Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| TrackedBody::new(body, open)))
+            });
+        }
+        // No slot: end the call that has waited longest for its message, and take its slot.
+        let mut inner = self.inner.clone();
+        let layer = self.layer.clone();
         Box::pin(async move {
-            let response = response.await?;
+            let permit = if layer.waiting.end_oldest() {
+                tokio::time::timeout(
+                    Duration::from_millis(100),
+                    Arc::clone(&layer.permits).acquire_owned(),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+            } else {
+                None
+            };
+            let Some(permit) = permit else {
+                layer.metrics.limit(Limit::ConcurrentRequests);
+                layer
+                    .metrics
+                    .call("grpc", method, "TooManyRequests", Duration::ZERO);
+                return Ok(refused(open, "too many requests in flight; retry shortly"));
+            };
+            let response = inner.call(admit(request, permit)).await?;
             Ok(response.map(|body| TrackedBody::new(body, open)))
         })
     }
@@ -152,8 +281,9 @@ struct MessageDeadline {
     timeout: Duration,
     /// Created only when the body is not complete at once: most calls arrive in one packet.
     sleep: Option<Pin<Box<Sleep>>>,
-    /// `None` once the message is complete (or the body failed).
-    admitted: Option<OwnedSemaphorePermit>,
+    /// The slot and the entry in the waiting list, `None` once the message is complete (or the body
+    /// failed).
+    admitted: Option<(OwnedSemaphorePermit, Arc<Waiting>)>,
     first_message_only: bool,
     /// The first message's 5-byte gRPC prefix, while incomplete.
     prefix: Vec<u8>,
@@ -221,6 +351,16 @@ impl http_body::Body for MessageDeadline {
                 Poll::Ready(other)
             }
             Poll::Pending => {
+                if let Some((_, waiting)) = &this.admitted {
+                    waiting.waker.register(cx.waker());
+                    if waiting.ended.load(Ordering::Acquire) {
+                        this.complete();
+                        this.metrics.limit(Limit::ConcurrentRequests);
+                        return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                            "ended to make room: request message not complete while every slot was taken",
+                        ))));
+                    }
+                }
                 let deadline = this.deadline;
                 let sleep = this
                     .sleep

@@ -33,6 +33,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// HTTP/2 streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_streams_per_connection: u32,
+    /// A connection with a request open (not a long-lived stream) on which no request has started or
+    /// ended for this long is closed: its peer does not read its answers.
+    pub stall_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
     pub tls_handshake_timeout: Duration,
@@ -43,10 +46,18 @@ pub struct Limits {
 /// have, on every listener: bearer tokens are the largest headers we expect (a few KiB).
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
-/// Connection slots shared by listeners, and the connections holding one that have not started a
-/// request yet: when every slot is taken, a new connection evicts the oldest of those instead of being
-/// refused, so that peers who connect and send nothing cannot keep others out (each would otherwise
-/// hold its slot for the header-read timeout, again and again).
+/// How much request data one HTTP/2 stream, and one connection, may have in flight to us (the
+/// flow-control windows we grant): requests are at most 16 KiB, so a peer cannot make us buffer more.
+pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
+
+/// Connection slots shared by listeners, and the connections holding them: when every slot is
+/// taken, a new connection evicts the one that has done nothing useful for longest instead of being
+/// refused — not started a request since it connected, idle since its last request, or its requests
+/// without progress (see [`Activity::unproductive_for`]; a connection holding only long-lived streams,
+/// such as watches, is never evicted). Peers that
+/// connect and send nothing, make one request and go quiet, or stop reading their answers therefore
+/// cannot keep others out; each would otherwise hold its slot until its own deadline, again and again.
 #[derive(Debug, Clone)]
 pub struct Slots(Arc<SlotsInner>);
 
@@ -54,8 +65,8 @@ pub struct Slots(Arc<SlotsInner>);
 struct SlotsInner {
     semaphore: Arc<Semaphore>,
     capacity: usize,
-    /// Oldest first; entries whose connection ended or started a request are pruned lazily.
-    waiting: std::sync::Mutex<std::collections::VecDeque<std::sync::Weak<Activity>>>,
+    /// Oldest first; entries whose connection ended are pruned lazily.
+    connections: std::sync::Mutex<std::collections::VecDeque<std::sync::Weak<Activity>>>,
 }
 
 impl Slots {
@@ -63,54 +74,55 @@ impl Slots {
         Slots(Arc::new(SlotsInner {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
-            waiting: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            connections: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }))
     }
 
-    /// A free slot now, or one freed by evicting the oldest connection that has not started a
-    /// request (waiting a moment for it to close); `None` when every connection is serving requests.
+    /// A free slot now, or one freed by evicting a connection (waiting a moment for it to close);
+    /// `None` when every connection is serving long-lived streams or making progress.
     async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         if let Ok(slot) = Arc::clone(&self.0.semaphore).try_acquire_owned() {
             return Some(slot);
         }
         if !self.evict_one() {
+            closed(Closed::Refused);
             return None;
         }
-        tokio::time::timeout(
+        let slot = tokio::time::timeout(
             Duration::from_millis(250),
             Arc::clone(&self.0.semaphore).acquire_owned(),
         )
         .await
-        .ok()?
         .ok()
+        .and_then(Result::ok);
+        if slot.is_none() {
+            closed(Closed::Refused);
+        }
+        slot
     }
 
     fn evict_one(&self) -> bool {
-        let Ok(mut waiting) = self.0.waiting.lock() else {
+        let Ok(mut connections) = self.0.connections.lock() else {
             return false;
         };
-        while let Some(entry) = waiting.pop_front() {
-            if let Some(activity) = entry.upgrade()
-                && activity.evict()
-            {
-                return true;
-            }
-        }
-        false
+        connections.retain(|entry| entry.strong_count() > 0);
+        let now = std::time::Instant::now();
+        let victim = connections
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter_map(|activity| Some((activity.unproductive_for(now)?, activity)))
+            .max_by_key(|(unproductive, _)| *unproductive);
+        victim.is_some_and(|(_, activity)| activity.evict())
     }
 
     fn register(&self, activity: &Arc<Activity>) {
-        let Ok(mut waiting) = self.0.waiting.lock() else {
+        let Ok(mut connections) = self.0.connections.lock() else {
             return;
         };
-        if waiting.len() >= 2 * self.0.capacity {
-            waiting.retain(|entry| {
-                entry
-                    .upgrade()
-                    .is_some_and(|a| !a.started.load(Ordering::Relaxed))
-            });
+        if connections.len() >= 2 * self.0.capacity {
+            connections.retain(|entry| entry.strong_count() > 0);
         }
-        waiting.push_back(Arc::downgrade(activity));
+        connections.push_back(Arc::downgrade(activity));
     }
 }
 
@@ -129,6 +141,7 @@ pub struct Guarded<IO> {
     _slot: OwnedSemaphorePermit,
     idle_timeout: Duration,
     first_request_timeout: Duration,
+    stall_timeout: Duration,
     activity: Arc<Activity>,
     /// The one timer of the connection: armed at the earliest deadline that may apply (or earlier: it
     /// is moved only when it fires, or when a header deadline comes before it).
@@ -155,6 +168,7 @@ impl<IO> Guarded<IO> {
             _slot: slot,
             idle_timeout: limits.idle_timeout,
             first_request_timeout: first,
+            stall_timeout: limits.stall_timeout,
             timer: Box::pin(tokio::time::sleep_until(
                 Instant::from_std(activity.since) + first,
             )),
@@ -191,12 +205,10 @@ impl<IO> Guarded<IO> {
         {
             self.timer.as_mut().reset(deadline);
         }
-        if !self.activity.started.load(Ordering::Relaxed) {
-            // Set before the flag is read: an eviction after this read wakes this waker.
-            self.activity.wake_on_eviction(cx.waker());
-            if self.activity.evicted.load(Ordering::Acquire) {
-                return Some(Closed::Evicted);
-            }
+        // Registered before the flag is read: an eviction after this read wakes this waker.
+        self.activity.reader.register(cx.waker());
+        if self.activity.evicted.load(Ordering::Acquire) {
+            return Some(Closed::Evicted);
         }
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
@@ -219,8 +231,17 @@ impl<IO> Guarded<IO> {
             if idle.is_some_and(|deadline| deadline <= now) {
                 return Some(Closed::Idle);
             }
-            // With a request open, look again an idle timeout from now: it may have ended by then.
-            let next = [headers, first, idle]
+            let stalled = self
+                .activity
+                .serving_bounded()
+                .then(|| Instant::from_std(self.activity.progress()) + self.stall_timeout);
+            if stalled.is_some_and(|deadline| deadline <= now) {
+                return Some(Closed::Stalled);
+            }
+            // Look again an idle timeout from now at the latest: a request open now may have ended
+            // by then (so an idle connection is closed between one and two idle timeouts after its
+            // last request, without a wake-up for every request that ends).
+            let next = [headers, first, idle, stalled, Some(now + self.idle_timeout)]
                 .into_iter()
                 .flatten()
                 .min()
@@ -239,17 +260,27 @@ pub enum Closed {
     NoRequest,
     /// No request or stream open for `--idle-timeout`.
     Idle,
-    /// Every slot was taken and this connection, the oldest without a request, made room for a new one.
+    /// Every slot was taken and this connection made room for a new one.
     Evicted,
+    /// A request open without progress (none started or ended) for the stall timeout: the peer does
+    /// not read its answers.
+    Stalled,
+    /// Refused at accept: every slot taken and none could be freed.
+    Refused,
+    /// A TLS handshake that failed, timed out, or was evicted to make room for a new one.
+    Handshake,
 }
 
 impl Closed {
     /// Every reason, in the order of [`closed_counts`].
-    pub const ALL: [Closed; 4] = [
+    pub const ALL: [Closed; 7] = [
         Closed::HeaderTimeout,
         Closed::NoRequest,
         Closed::Idle,
         Closed::Evicted,
+        Closed::Stalled,
+        Closed::Refused,
+        Closed::Handshake,
     ];
 
     /// The metric label.
@@ -259,6 +290,9 @@ impl Closed {
             Closed::NoRequest => "no_request",
             Closed::Idle => "idle",
             Closed::Evicted => "evicted",
+            Closed::Stalled => "stalled",
+            Closed::Refused => "refused",
+            Closed::Handshake => "tls_handshake",
         }
     }
 
@@ -268,8 +302,10 @@ impl Closed {
             Closed::NoRequest => "no request within --header-read-timeout of connecting",
             Closed::Idle => "no request open for longer than --idle-timeout",
             Closed::Evicted => {
-                "every connection slot taken: the oldest connection without a request makes room"
+                "every connection slot taken: this connection makes room for a new one"
             }
+            Closed::Stalled => "a request open without progress for the stall timeout",
+            Closed::Refused | Closed::Handshake => "closed by a connection limit",
         }
     }
 }
@@ -277,6 +313,10 @@ impl Closed {
 /// Connections closed by their limits, by [`Closed`] reason, since the process started (process-wide,
 /// like the log writer's drop counter: every listener counts here).
 static CLOSED: [AtomicU64; Closed::ALL.len()] = [const { AtomicU64::new(0) }; Closed::ALL.len()];
+
+fn closed(why: Closed) {
+    CLOSED[why as usize].fetch_add(1, Ordering::Relaxed);
+}
 
 /// Connections closed by their limits so far, in the order of [`Closed::ALL`].
 pub fn closed_counts() -> [u64; Closed::ALL.len()] {
@@ -293,10 +333,17 @@ pub struct Activity {
     open: AtomicUsize,
     /// Nanoseconds after `since` at which the last open request ended (0: at `since`).
     quiet_from: AtomicU64,
-    /// Set when the connection is evicted to make room (only before its first request).
+    /// Open requests that are long-lived streams (watches, long-polls, health watches, reflection):
+    /// they are not expected to progress, and a connection holding only these is never evicted.
+    long_lived: AtomicUsize,
+    /// Nanoseconds after `since` at which a request last started or ended.
+    progress_at: AtomicU64,
+    /// Streams open that any peer may hold without credentials (health watches, reflection).
+    anonymous_streams: AtomicUsize,
+    /// Set when the connection is evicted to make room.
     evicted: AtomicBool,
-    /// The connection's reader, to wake on eviction (kept only until the first request).
-    reader: std::sync::Mutex<Option<std::task::Waker>>,
+    /// The connection's reader or writer, to wake on eviction.
+    reader: futures_util::task::AtomicWaker,
 }
 
 impl Activity {
@@ -306,39 +353,74 @@ impl Activity {
             started: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             quiet_from: AtomicU64::new(0),
+            long_lived: AtomicUsize::new(0),
+            anonymous_streams: AtomicUsize::new(0),
+            progress_at: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
-            reader: std::sync::Mutex::new(None),
+            reader: futures_util::task::AtomicWaker::new(),
         }
     }
 
-    /// Marks the connection evicted, if it has not started a request, and wakes its reader.
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// When a request last started or ended.
+    fn progress(&self) -> std::time::Instant {
+        self.since + Duration::from_nanos(self.progress_at.load(Ordering::Relaxed))
+    }
+
+    /// Whether a request that should finish on its own (not a long-lived stream) is open.
+    fn serving_bounded(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > self.long_lived.load(Ordering::Relaxed)
+    }
+
+    /// How long this connection has done nothing useful, when a slot is needed (the longest is
+    /// evicted), or `None` when it must not be evicted: since it connected when it has not started a
+    /// request, since its last request ended when it is idle, since its requests last progressed when
+    /// they have not for a second (its peer not reading); never while it serves only long-lived
+    /// streams or its requests progress.
+    fn unproductive_for(&self, now: std::time::Instant) -> Option<Duration> {
+        if self.evicted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = if !self.started.load(Ordering::Relaxed) {
+            self.since
+        } else if let Some(quiet) = self.quiet_since() {
+            quiet
+        } else if self.serving_bounded() {
+            let progress = self.progress();
+            if now.saturating_duration_since(progress) < Duration::from_secs(1) {
+                return None;
+            }
+            progress
+        } else {
+            return None;
+        };
+        Some(now.saturating_duration_since(since))
+    }
+
+    /// Marks the connection evicted and wakes it.
     fn evict(&self) -> bool {
-        if self.started.load(Ordering::Relaxed) || self.evicted.swap(true, Ordering::AcqRel) {
+        if self.evicted.swap(true, Ordering::AcqRel) {
             return false;
         }
-        if let Ok(mut reader) = self.reader.lock()
-            && let Some(waker) = reader.take()
-        {
-            waker.wake();
-        }
+        self.reader.wake();
         true
-    }
-
-    fn wake_on_eviction(&self, waker: &std::task::Waker) {
-        if let Ok(mut reader) = self.reader.lock()
-            && !reader.as_ref().is_some_and(|w| w.will_wake(waker))
-        {
-            *reader = Some(waker.clone());
-        }
     }
 
     /// A request or stream starts; it ends when the returned guard is dropped.
     pub fn open(self: &Arc<Self>) -> OpenRequest {
         // Relaxed: the connection's reader only needs to see these eventually; a late view makes it
         // look again later, never close early (the count is raised before `started` is read).
+        self.progress_at.fetch_max(self.nanos(), Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         self.started.store(true, Ordering::Relaxed);
-        OpenRequest(Arc::clone(self))
+        OpenRequest {
+            activity: Arc::clone(self),
+            long_lived: false,
+            anonymous: None,
+        }
     }
 
     /// Since when no request has been open, or `None` while one is.
@@ -350,12 +432,59 @@ impl Activity {
 
 /// One open request or stream on a connection (see [`Activity::open`]).
 #[derive(Debug)]
-pub struct OpenRequest(Arc<Activity>);
+pub struct OpenRequest {
+    activity: Arc<Activity>,
+    long_lived: bool,
+    /// The server-wide count this request is counted in, when it is an anonymous stream.
+    anonymous: Option<Arc<AtomicUsize>>,
+}
+
+impl OpenRequest {
+    /// Counts the request as a stream any peer may hold without credentials, if the connection has
+    /// fewer than `per_connection` of them and the server fewer than `total_limit` (counted in
+    /// `total`); `false` (and nothing counted) otherwise.
+    pub fn anonymous_stream(
+        &mut self,
+        per_connection: usize,
+        total: &Arc<AtomicUsize>,
+        total_limit: usize,
+    ) -> bool {
+        let counter = &self.activity.anonymous_streams;
+        if counter.fetch_add(1, Ordering::Relaxed) >= per_connection {
+            counter.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        if total.fetch_add(1, Ordering::Relaxed) >= total_limit {
+            total.fetch_sub(1, Ordering::Relaxed);
+            counter.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.anonymous = Some(Arc::clone(total));
+        true
+    }
+
+    /// Marks the request as a long-lived stream: it holds its connection without progress by design,
+    /// so it neither stalls the connection nor makes it a victim for eviction.
+    pub fn long_lived(&mut self) {
+        if !self.long_lived {
+            self.long_lived = true;
+            self.activity.long_lived.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let activity = &self.0;
-        let nanos = u64::try_from(activity.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let activity = &self.activity;
+        if self.long_lived {
+            activity.long_lived.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(total) = &self.anonymous {
+            total.fetch_sub(1, Ordering::Relaxed);
+            activity.anonymous_streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        let nanos = activity.nanos();
+        activity.progress_at.fetch_max(nanos, Ordering::Relaxed);
         // Stored before the count falls, so that a reader who sees no request open also sees when
         // the last one ended (or a later time, which only delays the idle close).
         activity.quiet_from.fetch_max(nanos, Ordering::Relaxed);
@@ -405,9 +534,18 @@ pub struct Tracked<S> {
     activity: Arc<Activity>,
 }
 
-impl<S, Req, B> tower::Service<Req> for Tracked<S>
+/// Whether a REST request is a long-poll (`If-None-Match` and `?wait=`): a long-lived request.
+fn is_long_poll<B>(request: &http::Request<B>) -> bool {
+    request.headers().contains_key(http::header::IF_NONE_MATCH)
+        && request
+            .uri()
+            .query()
+            .is_some_and(|query| query.split('&').any(|pair| pair.starts_with("wait=")))
+}
+
+impl<S, ReqBody, B> tower::Service<http::Request<ReqBody>> for Tracked<S>
 where
-    S: tower::Service<Req, Response = http::Response<B>>,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<B>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -419,8 +557,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
-        let open = self.activity.open();
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let mut open = self.activity.open();
+        if is_long_poll(&request) {
+            open.long_lived();
+        }
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -537,7 +678,28 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Pending => match this.expired(cx) {
                 Some(why) => {
-                    CLOSED[why as usize].fetch_add(1, Ordering::Relaxed);
+                    closed(why);
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why.message())))
+                }
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl<IO> Guarded<IO> {
+    /// A write that cannot go on (the peer does not read) is where a connection whose reads stopped
+    /// is checked: the connection's deadlines apply to it as to a pending read.
+    fn check_pending_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        done: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match done {
+            Poll::Pending => match self.expired(cx) {
+                Some(why) => {
+                    closed(why);
                     Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why.message())))
                 }
                 None => Poll::Pending,
@@ -553,7 +715,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let done = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.check_pending_write(cx, done)
     }
 
     fn poll_write_vectored(
@@ -561,7 +724,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let done = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.check_pending_write(cx, done)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -569,7 +733,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let done = Pin::new(&mut self.io).poll_flush(cx);
+        self.check_pending_write(cx, done)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -645,6 +810,8 @@ pub fn accept<H: Handshake>(
     let (tx, rx) = mpsc::channel(128);
     let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
     let handshake_timeout = limits.tls_handshake_timeout;
+    let max_handshakes = limits.max_tls_handshakes;
+    let mut in_flight = std::collections::VecDeque::new();
     let limits = limits.clone();
     tokio::spawn(async move {
         loop {
@@ -678,13 +845,40 @@ pub fn accept<H: Handshake>(
                 }
                 continue;
             }
-            let Ok(in_progress) = Arc::clone(&handshakes).try_acquire_owned() else {
+            // Every handshake slot taken: the oldest handshake in progress makes room (a peer that
+            // connects and sends nothing would otherwise hold its slot for the whole timeout).
+            let in_progress = match Arc::clone(&handshakes).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    in_flight.retain(
+                        |(_, task): &(std::time::Instant, tokio::task::AbortHandle)| {
+                            !task.is_finished()
+                        },
+                    );
+                    match in_flight.pop_front() {
+                        Some((_, oldest)) => {
+                            oldest.abort();
+                            closed(Closed::Handshake);
+                            tokio::time::timeout(
+                                Duration::from_millis(100),
+                                Arc::clone(&handshakes).acquire_owned(),
+                            )
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                        }
+                        None => None,
+                    }
+                }
+            };
+            let Some(in_progress) = in_progress else {
                 tracing::debug!(%peer, "connection refused: --max-tls-handshakes in progress");
+                closed(Closed::Refused);
                 continue;
             };
             let (handshake, tx, limits, slots) =
                 (handshake.clone(), tx.clone(), limits.clone(), slots.clone());
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let done =
                     tokio::time::timeout(handshake_timeout, handshake.handshake(stream)).await;
                 drop(in_progress);
@@ -694,10 +888,20 @@ pub fn accept<H: Handshake>(
                             .send((Guarded::new(io, slot, &limits, &slots), peer))
                             .await;
                     }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(error)) => {
+                        closed(Closed::Handshake);
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        closed(Closed::Handshake);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
                 }
             });
+            if in_flight.len() >= 2 * max_handshakes {
+                in_flight.retain(|(_, task)| !task.is_finished());
+            }
+            in_flight.push_back((std::time::Instant::now(), task.abort_handle()));
         }
     });
     rx
@@ -736,6 +940,8 @@ pub async fn serve_http<IO>(
         .keep_alive_timeout(limits.http2_keepalive_timeout)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_pending_accept_reset_streams(Some(20));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
