@@ -45,8 +45,11 @@ fn grpc_headers(path: &str) -> Vec<u8> {
     block
 }
 
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
 /// Opens an HTTP/2 connection by hand: the preface and an empty SETTINGS frame (the server's own
@@ -97,11 +100,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-/// A gRPC connection that has made one (bodiless) call, so it counts as serving requests.
-pub(crate) async fn grpc_connection_with_one_call(address: std::net::SocketAddr) -> TcpStream {
-    open_streams(raw_h2(address).await, "/grpc.health.v1.Health/Check", 1).await
 }
 
 fn args(extra: &[&str]) -> Vec<String> {
@@ -237,7 +235,6 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Durat
 /// Answers every PING the server sends on `stream` (and nothing else) until it closes; returns how
 /// long that took, or `None` if it is still open at `within`.
 async fn answer_pings_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
-    const PING: u8 = 0x6;
     let started = Instant::now();
     let mut pending = Vec::new();
     let mut buf = [0u8; 4096];
@@ -439,4 +436,166 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
     })
     .await;
     assert!(freed);
+}
+
+/// The value of one counter of the server's metrics (0 when absent).
+async fn counter(server: &Server, name: &str) -> f64 {
+    kubeconfigd_e2e::metrics(server)
+        .await
+        .ok()
+        .and_then(|m| m.get(name).copied())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_pings_and_never_reads_is_still_cut_at_its_deadline() {
+    let server = Server::start(&args(&["--header-read-timeout", "1s"]))
+        .await
+        .expect("server");
+    // A small receive buffer, never read: the server's PING answers back up and its writes stall,
+    // so it stops reading from this connection too.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stream = socket.connect(server.grpc).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&hello).await.expect("preface");
+    let pings: Vec<u8> = (0..20_000u64)
+        .flat_map(|i| frame(PING, 0, 0, &i.to_be_bytes()))
+        .collect();
+    let flood = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(500), stream.write_all(&pings)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return true,
+                Err(_) => {}
+            }
+        }
+        false
+    });
+    let cut = eventually(Duration::from_secs(5), || async {
+        counter(
+            &server,
+            "kubeconfigd_connections_closed_total{reason=\"no_request\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(
+        cut,
+        "the connection is cut at --header-read-timeout though its writes stall"
+    );
+    assert!(
+        flood.await.expect("flood"),
+        "the server closed the connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_refuse_large_messages_at_once() {
+    let server = Server::start(&args(&[])).await.expect("server");
+    for path in [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ] {
+        let mut stream = raw_h2(server.grpc).await;
+        let mut call = frame(HEADERS, END_HEADERS, 1, &grpc_headers(path));
+        // A message announced at 4 MiB - 1 (tonic's default limit) of which 8 KiB are sent.
+        let mut data = vec![0u8];
+        data.extend_from_slice(&(4 * 1024 * 1024 - 1u32).to_be_bytes());
+        data.resize(8 * 1024, b'x');
+        call.extend(frame(DATA, 0, 1, &data));
+        stream.write_all(&call).await.expect("call");
+        // The answer (HEADERS with END_STREAM on stream 1) comes at once, not at the 10 s deadline.
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        let answered = loop {
+            let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+            let Ok(Ok(n)) = read else { break false };
+            if n == 0 {
+                break false;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            let mut answered = false;
+            while pending.len() >= 9 {
+                let length = usize::from(pending[0]) << 16
+                    | usize::from(pending[1]) << 8
+                    | usize::from(pending[2]);
+                if pending.len() < 9 + length {
+                    break;
+                }
+                let id = u32::from_be_bytes([pending[5], pending[6], pending[7], pending[8]]);
+                answered |= pending[3] == HEADERS && pending[4] & END_STREAM != 0 && id == 1;
+                pending.drain(..9 + length);
+            }
+            if answered {
+                break true;
+            }
+        };
+        assert!(answered, "{path}: no answer");
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_grants_no_window_for_its_answer_is_cut_once_it_stalls() {
+    let server = Server::start(&args(&[
+        "--request-timeout",
+        "1s",
+        "--header-read-timeout",
+        "1s",
+    ]))
+    .await
+    .expect("server");
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server can never send the answer's DATA.
+    let mut stream = TcpStream::connect(server.grpc).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    hello.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &grpc_headers("/grpc.health.v1.Health/Check"),
+    ));
+    hello.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    stream.write_all(&hello).await.expect("call");
+    // Cut after --request-timeout + --header-read-timeout without progress (reading all along).
+    let cut = closed_within(&mut stream, Duration::from_secs(6)).await;
+    assert!(
+        cut.is_some_and(|t| t >= Duration::from_millis(1500)),
+        "{cut:?}"
+    );
+    assert!(
+        counter(
+            &server,
+            "kubeconfigd_connections_closed_total{reason=\"stalled\"}"
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_streams_are_capped_per_connection() {
+    let server = Server::start(&args(&[])).await.expect("server");
+    // Five reflection streams on one connection: the fifth is refused.
+    let stream = raw_h2(server.grpc).await;
+    let held = open_streams(
+        stream,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        5,
+    )
+    .await;
+    assert!(
+        counter(
+            &server,
+            "kubeconfigd_limit_hits_total{limit=\"anonymous_streams\"}"
+        )
+        .await
+            >= 1.0
+    );
+    drop(held);
 }
