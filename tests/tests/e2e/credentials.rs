@@ -1076,3 +1076,58 @@ async fn with_redis_down_nothing_unrecorded_is_minted_and_static_files_are_still
     assert!(counted["kubeconfigd_credential_ledger_failures_total"] >= 1.0);
     assert!(!server.log_text().contains("PRIVATE KEY"));
 }
+
+/// The caller's `reason` is one quoted, escaped value in the audit lines it appears in: spaces,
+/// quotes and line or paragraph separators cannot forge other fields of the caller's own line.
+#[tokio::test]
+async fn a_reason_cannot_forge_fields_of_its_audit_lines() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let forged = "x user=\"kate@t.test\" serial=0000 request_id=forged\u{2028}fingerprint=f\u{2029}allowed=false";
+    server
+        .client()
+        .await
+        .unwrap()
+        .get_admin_kubeconfig(with_key(
+            GetAdminKubeconfigRequest {
+                reason: forged.to_owned(),
+                ..admin_request(MINTED_A)
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("minted");
+    let expected = r#"reason="x user=\"kate@t.test\" serial=0000 request_id=forged\u{2028}fingerprint=f\u{2029}allowed=false""#;
+    for message in ["asset served", "credential issued"] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                server
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains(" INFO audit: ") && l.contains(message))
+            })
+            .await,
+            "no {message} line:\n{}",
+            server.log_text()
+        );
+        let log = server.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains(" INFO audit: ") && l.contains(message))
+            .unwrap();
+        assert!(line.contains(expected), "{message}: {line}");
+        // Outside the one quoted reason, each field appears once.
+        let others = line.replace(expected, "");
+        for field in ["user=", "serial=", "request_id=", "fingerprint="] {
+            assert_eq!(
+                others.matches(&format!(" {field}")).count(),
+                1,
+                "{message} has one {field}: {line}"
+            );
+        }
+        assert!(
+            !line.contains('\u{2028}') && !line.contains('\u{2029}'),
+            "{line}"
+        );
+    }
+}

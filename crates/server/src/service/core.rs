@@ -444,7 +444,9 @@ impl Core {
                     serial = credential.map(|c| tracing::field::display(&c.entry.serial)),
                     fingerprint = credential.map(|c| tracing::field::display(&c.entry.fingerprint)),
                     reused = credential.map(|c| c.reused),
-                    reason = credential.map(|_| tracing::field::display(&options.reason)),
+                    // The caller's own text: a quoted, escaped string, never a bare display value
+                    // (whose spaces and quotes could forge the fields that follow it).
+                    reason = credential.map(|_| options.reason.as_str()),
                     "asset served"
                 )
             }
@@ -873,7 +875,7 @@ impl Core {
             self.minter.revoked(&entry.serial);
             tracing::info!(
                 target: "audit",
-                user = %caller.user,
+                user = caller.user.as_str(),
                 cluster = %entry.cluster,
                 serial = %entry.serial,
                 fingerprint = %entry.fingerprint,

@@ -317,12 +317,12 @@ impl Minter {
             cluster = %cluster.uid(),
             serial = %entry.serial,
             fingerprint = %entry.fingerprint,
-            kubernetes_user = %entry.kubernetes_user,
+            kubernetes_user = entry.kubernetes_user.as_str(),
             not_after = entry.not_after,
             granted_seconds = granted,
             clamped,
             caller_key = entry.caller_key,
-            reason = %entry.reason,
+            reason = entry.reason.as_str(),
             request_id,
             "credential issued"
         );

@@ -516,7 +516,7 @@ impl Watch {
             (Sent::Etag(etag), Ok(served)) => {
                 tracing::info!(
                     target: "audit",
-                    user = %served.user,
+                    user = served.user.as_str(),
                     cluster = uid,
                     asset = asset.as_str(),
                     allowed = true,
@@ -539,7 +539,7 @@ impl Watch {
                     asset = asset.as_str(),
                     allowed = false,
                     request_id = %self.credentials.request_id,
-                    reason = %reason,
+                    reason = reason.as_str(),
                     via = "watch",
                     "asset refused"
                 );
