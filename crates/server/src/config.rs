@@ -119,7 +119,8 @@ pub struct Args {
     /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer tokens.
     #[arg(long, env = "KUBECONFIGD_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
-    /// Longest lifetime a bearer token may have (`exp - iat`, or `exp - now` without `iat`).
+    /// Longest a bearer token may still be used, measured from now (`exp - now`, whatever its `iat`
+    /// says); an `iat` in the future or after `exp` is refused.
     #[arg(long, env = "KUBECONFIGD_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
     pub jwt_max_lifetime: Duration,
     /// Deadline for one call, gRPC or REST.
