@@ -234,6 +234,7 @@ pub struct Metrics {
     clusters_unavailable: AtomicU64,
     watch_streams: AtomicU64,
     watch_events: AtomicU64,
+    watch_known_etags_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -249,6 +250,13 @@ impl Metrics {
     /// One event sent on a watch stream.
     pub fn watch_event(&self) {
         self.watch_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One watch refused because of its `known_etags` (a key that names no cluster uid, an overlong
+    /// etag, or more than `--max-watch-known-etags`).
+    pub fn watch_known_etags_refused(&self) {
+        self.watch_known_etags_refused
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one reload.
@@ -374,6 +382,12 @@ impl Metrics {
                 "counter",
                 "Events sent on WatchKubeconfigs streams (SYNCED markers included).",
                 load(&self.watch_events),
+            ),
+            (
+                "kubeconfigd_watch_known_etags_refused_total",
+                "counter",
+                "WatchKubeconfigs requests refused for their known_etags (a key that is not <cluster uid>/<asset>, an etag over 128 bytes, or more than --max-watch-known-etags).",
+                load(&self.watch_known_etags_refused),
             ),
             (
                 "kubeconfigd_inventory_files_parsed_total",

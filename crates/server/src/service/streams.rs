@@ -102,11 +102,48 @@ enum Sent {
     Removed,
 }
 
-/// Limits on watches: in all, and per caller.
+/// Limits on watches: in all, and per caller; and how many `known_etags` one may give.
 #[derive(Debug, Clone, Copy)]
 pub struct WatchLimits {
     pub total: usize,
     pub per_caller: usize,
+    pub known_etags: usize,
+}
+
+/// The longest etag a watch may say it holds, in bytes (ours are 64 hex characters, quoted).
+pub const MAX_KNOWN_ETAG_BYTES: usize = 128;
+
+/// Checks a watch's `known_etags` as `cluster_uids` are checked: every key names a cluster by a valid
+/// uid, every etag is short, and there are at most `limit` of them. Nothing a caller sends is
+/// evaluated or echoed back before this passes.
+fn check_known_etags(
+    known: &HashMap<(String, Asset), String>,
+    limit: usize,
+) -> Result<(), CoreError> {
+    if known.len() > limit {
+        return Err(CoreError::bad_request(format!(
+            "known_etags: at most {limit} entries (got {})",
+            known.len()
+        )));
+    }
+    for ((uid, asset), etag) in known {
+        if !kubeconfig_render::is_valid_uid(uid) {
+            return Err(CoreError::bad_request(format!(
+                "known_etags: key {:?} must name a cluster uid ([a-z0-9-]{{1,64}})",
+                format!("{uid}/{}", asset.as_str())
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            )));
+        }
+        if etag.len() > MAX_KNOWN_ETAG_BYTES {
+            return Err(CoreError::bad_request(format!(
+                "known_etags: the etag of {uid}/{} is longer than {MAX_KNOWN_ETAG_BYTES} bytes",
+                asset.as_str()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Opens watches and keeps their count.
@@ -221,6 +258,10 @@ impl Watchers {
     ) -> Result<mpsc::Receiver<Result<WatchEvent, CoreError>>, CoreError> {
         for uid in &spec.uids {
             check_uid(uid)?;
+        }
+        if let Err(refused) = check_known_etags(&spec.known, self.limits.known_etags) {
+            self.core.metrics().watch_known_etags_refused();
+            return Err(refused);
         }
         if spec.assets.is_empty() {
             spec.assets.push(Asset::Kubeconfig);
