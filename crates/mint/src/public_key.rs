@@ -84,9 +84,17 @@ impl ClientPublicKey {
         const P384: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.3.132.0.34");
         let kind = match info.algorithm.oid {
             RSA => {
+                use rsa::pkcs1::der::Decode as _;
                 use rsa::traits::PublicKeyParts;
-                let key = rsa::RsaPublicKey::from_public_key_der(der)
+                // Not `RsaPublicKey::from_public_key_der`: it refuses moduli above 4096 bits.
+                let parts = rsa::pkcs1::RsaPublicKey::from_der(info.subject_public_key.raw_bytes())
                     .map_err(|e| refuse(format!("not a valid RSA public key: {e}")))?;
+                let key = rsa::RsaPublicKey::new_with_max_size(
+                    rsa::BigUint::from_bytes_be(parts.modulus.as_bytes()),
+                    rsa::BigUint::from_bytes_be(parts.public_exponent.as_bytes()),
+                    8192,
+                )
+                .map_err(|e| refuse(format!("not a valid RSA public key: {e}")))?;
                 let bits = key.n().bits();
                 if !(2048..=8192).contains(&bits) {
                     return Err(refuse(format!(
