@@ -446,10 +446,10 @@ fn respond(
     }
     if let Some(credential) = &served.credential {
         let entry = &credential.entry;
-        let expires = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.not_after),
-        )
-        .to_string();
+        let expires = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(entry.not_after))
+            .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+            .unwrap_or_default();
         for (name, value) in [
             ("x-credential-expires", expires.as_str()),
             ("x-credential-serial", entry.serial.as_str()),

@@ -87,7 +87,7 @@ impl LedgerEntry {
 
     /// When the entry may be forgotten.
     fn keep_until(&self) -> u64 {
-        self.not_after + KEEP_AFTER_EXPIRY.as_secs()
+        self.not_after.saturating_add(KEEP_AFTER_EXPIRY.as_secs())
     }
 }
 
@@ -332,7 +332,10 @@ impl Ledger for MemoryLedger {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.forget_expired(unix_seconds(SystemTime::now()));
         if state.reusable.len() < MAX_REUSABLE || state.reusable.contains_key(key) {
-            let until = std::time::Instant::now() + ttl;
+            // A lifetime the clock cannot represent is not kept (it is only reuse).
+            let Some(until) = std::time::Instant::now().checked_add(ttl) else {
+                return ready(());
+            };
             state.reusable.insert(key.to_owned(), (value, until));
             state
                 .reusable_expiry

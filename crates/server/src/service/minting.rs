@@ -247,6 +247,16 @@ impl Minter {
             )
         })?;
         let common_name = format!("{}{user}", minting.user_prefix);
+        // Checked: the lifetime is bounded when the tenant file loads, but an expiry past what the
+        // clock can represent must be a refusal, never a panic.
+        let not_after = now
+            .checked_add(Duration::from_secs(granted))
+            .ok_or_else(|| {
+                CoreError::bad_request(format!(
+                    "a lifetime of {granted} seconds ends past what a certificate can say"
+                ))
+            })?;
+        let not_before = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         let issued = authority
             .issue(
                 Subject {
@@ -254,8 +264,8 @@ impl Minter {
                     organization: Some(&minting.group),
                 },
                 Validity {
-                    not_before: now - Duration::from_secs(60),
-                    not_after: now + Duration::from_secs(granted),
+                    not_before,
+                    not_after,
                 },
                 client_key
                     .as_ref()

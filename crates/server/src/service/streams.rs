@@ -540,7 +540,10 @@ impl Watch {
             let now = crate::ledger::unix_seconds(std::time::SystemTime::now());
             // Half the lifetime after issue, plus a second: reuse stops there, so the next
             // evaluation mints afresh.
-            let half = entry.issued_at + entry.granted_seconds / 2 + 1;
+            let half = entry
+                .issued_at
+                .saturating_add(entry.granted_seconds / 2)
+                .saturating_add(1);
             // At the latest a minute from now: evaluating again also reads the ledger, so a
             // credential revoked on any replica is replaced within a minute.
             let wait = std::time::Duration::from_secs(half.saturating_sub(now).max(1))
