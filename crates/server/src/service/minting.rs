@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use kubeconfig_mint::{ClientPublicKey, KeySource, Subject, Validity};
@@ -61,18 +61,50 @@ pub struct Minter {
     reused: AtomicU64,
     ledger_failures: AtomicU64,
     rate_limited: AtomicU64,
-    /// Mints per caller in the current minute; 0 disables the limit.
+    /// Mints per caller in any sixty seconds; 0 disables the limit.
     max_per_minute: u32,
     recent: std::sync::Mutex<RecentMints>,
     /// Serials revoked here, for the watches of this replica to replace at once.
     revocations: tokio::sync::broadcast::Sender<String>,
 }
 
-/// Mints per caller in the current one-minute window.
+/// The window of the per-caller mint limit.
+const MINT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The times of each caller's mints in the last [`MINT_WINDOW`]: a sliding window, so that no sixty
+/// seconds ever see more than the limit (a fixed window per calendar minute lets twice the limit
+/// through across a minute boundary). A caller's record holds at most `limit` instants; callers with
+/// nothing left in the window are dropped whenever the map has doubled since it was last swept, so
+/// the memory follows the callers of the last minute.
 #[derive(Debug, Default)]
 struct RecentMints {
-    window: u64,
-    counts: std::collections::HashMap<String, u32>,
+    callers: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
+    sweep_at: usize,
+}
+
+impl RecentMints {
+    /// Takes one of `user`'s `limit` mints in the window ending at `now`, or says how long until one
+    /// is free.
+    fn take(&mut self, user: &str, limit: u32, now: Instant) -> Result<(), Duration> {
+        let limit = limit as usize;
+        let window_start = now.checked_sub(MINT_WINDOW);
+        let expired = |at: &Instant| window_start.is_some_and(|start| *at <= start);
+        if self.callers.len() >= self.sweep_at {
+            self.callers
+                .retain(|_, times| times.back().is_some_and(|at| !expired(at)));
+            self.sweep_at = (self.callers.len() * 2).max(1024);
+        }
+        let times = self.callers.entry(user.to_owned()).or_default();
+        while times.front().is_some_and(expired) {
+            times.pop_front();
+        }
+        if times.len() >= limit {
+            let oldest = times.front().copied().unwrap_or(now);
+            return Err((oldest + MINT_WINDOW).saturating_duration_since(now));
+        }
+        times.push_back(now);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Minter {
@@ -138,30 +170,25 @@ impl Minter {
         self
     }
 
-    /// Takes one of the caller's mints of this minute, or refuses.
-    fn take_mint(&self, user: &str, now: SystemTime) -> Result<(), CoreError> {
+    /// Takes one of the caller's mints of the last sixty seconds, or refuses.
+    fn take_mint(&self, user: &str, now: Instant) -> Result<(), CoreError> {
         if self.max_per_minute == 0 {
             return Ok(());
         }
-        let window = unix_seconds(now) / 60;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.window != window {
-            recent.window = window;
-            recent.counts.clear();
-        }
-        let count = recent.counts.entry(user.to_owned()).or_default();
-        if *count >= self.max_per_minute {
-            self.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(CoreError::new(
-                ErrorKind::TooManyRequests,
-                format!(
-                    "at most {} admin credentials are minted per caller per minute; retry in a minute (a download within half a credential's lifetime reuses it and is not limited)",
-                    self.max_per_minute
-                ),
-            ));
-        }
-        *count += 1;
-        Ok(())
+        recent
+            .take(user, self.max_per_minute, now)
+            .map_err(|wait| {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                CoreError::new(
+                    ErrorKind::TooManyRequests,
+                    format!(
+                        "at most {} admin credentials are minted per caller per minute (in any sixty seconds); retry in {} s (a download within half a credential's lifetime reuses it and is not limited)",
+                        self.max_per_minute,
+                        wait.as_secs().max(1)
+                    ),
+                )
+            })
     }
 
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -235,7 +262,7 @@ impl Minter {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(kept);
         }
-        self.take_mint(user, now)?;
+        self.take_mint(user, Instant::now())?;
         let authority = ca.authority().map_err(|reason| {
             tracing::error!(cluster = %cluster.uid(), %reason, "the client CA cannot sign");
             CoreError::new(
@@ -371,5 +398,68 @@ impl Minter {
             entry,
             reused: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mint_limit_holds_across_a_minute_boundary() {
+        let minter =
+            Minter::new(Arc::new(crate::ledger::MemoryLedger::default())).with_rate_limit(2);
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        // Two at the end of one minute, then the next minute starts.
+        assert!(minter.take_mint("a", at(58)).is_ok());
+        assert!(minter.take_mint("a", at(59)).is_ok());
+        assert!(
+            minter.take_mint("a", at(61)).is_err(),
+            "three in three seconds"
+        );
+        assert!(
+            minter.take_mint("a", at(117)).is_err(),
+            "three within a minute"
+        );
+        assert!(
+            minter.take_mint("b", at(61)).is_ok(),
+            "each caller has a budget"
+        );
+        // Each mint frees its place a minute after it was taken.
+        assert!(minter.take_mint("a", at(118)).is_ok());
+        assert!(minter.take_mint("a", at(118)).is_err());
+        assert!(minter.take_mint("a", at(119)).is_ok());
+        assert!(minter.take_mint("a", at(120)).is_err());
+        assert_eq!(minter.stats().rate_limited, 4);
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_next_mint_is_free() {
+        let mut recent = RecentMints::default();
+        let start = Instant::now();
+        assert_eq!(recent.take("a", 1, start), Ok(()));
+        assert_eq!(
+            recent.take("a", 1, start + Duration::from_secs(45)),
+            Err(Duration::from_secs(15))
+        );
+    }
+
+    #[test]
+    fn callers_with_nothing_in_the_window_are_forgotten() {
+        let mut recent = RecentMints::default();
+        let start = Instant::now();
+        for n in 0..2000 {
+            recent.take(&format!("u{n}"), 5, start).expect("first mint");
+        }
+        let later = start + Duration::from_secs(61);
+        for n in 0..2000 {
+            recent.take(&format!("v{n}"), 5, later).expect("first mint");
+        }
+        assert!(
+            recent.callers.len() < 3000,
+            "the callers of a minute ago were swept: {}",
+            recent.callers.len()
+        );
     }
 }
