@@ -54,6 +54,10 @@ pub struct CredentialSettings {
     /// Refuse admin kubeconfig downloads that give no reason.
     #[serde(default)]
     pub require_reason_for_admin: bool,
+    /// Certify a bare `public_key` a caller sends. Off by default: a bare key proves nothing about
+    /// who holds its private key, so only a CSR (signed with the key) is certified.
+    #[serde(default)]
+    pub allow_bare_public_keys: bool,
 }
 
 fn default_lifetime() -> u64 {
@@ -81,6 +85,7 @@ impl Default for CredentialSettings {
             user_prefix: user_prefix(),
             admin_group: admin_group(),
             require_reason_for_admin: false,
+            allow_bare_public_keys: false,
         }
     }
 }

@@ -453,7 +453,8 @@ async fn lifetimes_are_clamped_keys_can_stay_with_the_caller_and_bad_requests_sa
     );
     assert!(response.text().await.unwrap().starts_with("apiVersion: v1"));
 
-    // The caller's key (public key, then a CSR): no private key in the file, the certificate holds
+    // The caller's key, by a CSR (a bare public key needs the tenant's consent: see
+    // a_bare_public_key_needs_the_tenants_consent): no private key in the file, the certificate holds
     // exactly the key sent.
     openssl(
         &dir,
@@ -485,12 +486,9 @@ async fn lifetimes_are_clamped_keys_can_stay_with_the_caller_and_bad_requests_sa
         ],
     );
     let public_key = std::fs::read_to_string(dir.join("mine.pub")).unwrap();
-    for key in [
-        get_admin_kubeconfig_request::ClientKey::PublicKey(public_key.clone()),
-        get_admin_kubeconfig_request::ClientKey::Csr(
-            std::fs::read_to_string(dir.join("mine.csr")).unwrap(),
-        ),
-    ] {
+    for key in [get_admin_kubeconfig_request::ClientKey::Csr(
+        std::fs::read_to_string(dir.join("mine.csr")).unwrap(),
+    )] {
         let response = client
             .get_admin_kubeconfig(with_key(
                 GetAdminKubeconfigRequest {
@@ -1130,4 +1128,67 @@ async fn a_reason_cannot_forge_fields_of_its_audit_lines() {
             "{line}"
         );
     }
+}
+
+/// A bare public key proves nothing about who holds its private key: a tenant must allow it
+/// (`credentials.allowBarePublicKeys`); otherwise only a CSR, whose signature proves possession, is
+/// certified.
+#[tokio::test]
+async fn a_bare_public_key_needs_the_tenants_consent() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let dir = fixture.inventory();
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    openssl(
+        &dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "bare.sec1",
+        ],
+    );
+    openssl(
+        &dir,
+        &["pkey", "-in", "bare.sec1", "-pubout", "-out", "bare.pub"],
+    );
+    let public_key = std::fs::read_to_string(dir.join("bare.pub")).unwrap();
+    let ask = |client_key: String| {
+        with_key(
+            GetAdminKubeconfigRequest {
+                client_key: Some(get_admin_kubeconfig_request::ClientKey::PublicKey(
+                    client_key,
+                )),
+                ..admin_request(MINTED_A)
+            },
+            ADMIN,
+        )
+    };
+    let refused = client
+        .get_admin_kubeconfig(ask(public_key.clone()))
+        .await
+        .expect_err("a bare key is refused by default");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("csr") && refused.message().contains("allowBarePublicKeys"),
+        "{}",
+        refused.message()
+    );
+    let tenant = fixture.tenant();
+    let text = std::fs::read_to_string(&tenant).unwrap();
+    std::fs::write(
+        &tenant,
+        format!("{text}\ncredentials:\n  allowBarePublicKeys: true\n"),
+    )
+    .unwrap();
+    let accepted = eventually(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        let request = ask(public_key.clone());
+        async move { client.get_admin_kubeconfig(request).await.is_ok() }
+    })
+    .await;
+    assert!(accepted, "a tenant that allows bare keys certifies them");
 }

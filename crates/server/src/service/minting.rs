@@ -240,6 +240,14 @@ impl Minter {
             .map(ClientPublicKey::from_pem)
             .transpose()
             .map_err(|e| CoreError::bad_request(format!("public_key/csr: {e}")))?;
+        if client_key
+            .as_ref()
+            .is_some_and(|key| !key.possession_proven() && !minting.allow_bare_public_keys)
+        {
+            return Err(CoreError::bad_request(
+                "public_key: a bare public key proves nothing about who holds its private key; send a csr (a CERTIFICATE REQUEST signed with the key) instead (this tenant does not set credentials.allowBarePublicKeys)",
+            ));
+        }
         let key_kind = client_key.as_ref().map_or_else(
             || "generated-p256".to_owned(),
             |k| format!("spki-{}", k.digest()),
