@@ -1192,3 +1192,39 @@ async fn a_bare_public_key_needs_the_tenants_consent() {
     .await;
     assert!(accepted, "a tenant that allows bare keys certifies them");
 }
+
+/// A REST long-poll of a minted admin kubeconfig (`If-None-Match` + `?wait=`) with
+/// `?expirationSeconds` waits on the file the caller holds — the credential issued for that lifetime —
+/// and mints nothing while it waits.
+#[tokio::test]
+async fn a_minted_long_poll_waits_with_the_callers_lifetime_and_mints_nothing() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let url = format!(
+        "{}/v1/spectroclusters/{MINTED_A}/assets/adminkubeconfig?expirationSeconds=1200",
+        server.rest_url()
+    );
+    let http = reqwest::Client::new();
+    let first = http.get(&url).header("apikey", ADMIN).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let polled = http
+        .get(format!("{url}&wait=2s"))
+        .header("apikey", ADMIN)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(polled.status(), 304, "the file held is still current");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the long-poll waited: {:?}",
+        started.elapsed()
+    );
+    let counted = metrics(&server).await.unwrap();
+    assert_eq!(
+        counted["kubeconfigd_credentials_minted_total"], 1.0,
+        "only the credential the caller received was minted"
+    );
+}

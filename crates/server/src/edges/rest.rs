@@ -360,11 +360,13 @@ async fn serve(
     ) && let Some(etag) = single_etag(held)
     {
         // Boxed: a long-poll's state is large and only this path needs it.
-        Box::pin(
-            state
-                .watchers
-                .wait_for_change(&credentials, uid, request, &etag, wait),
-        )
+        Box::pin(state.watchers.wait_for_change(
+            &credentials,
+            uid,
+            (request, options),
+            &etag,
+            wait,
+        ))
         .instrument(span.clone())
         .await;
     }

@@ -64,6 +64,13 @@ impl Variant {
     }
 }
 
+/// Whether evaluating a file with a minted credential may mint one, or only reuse a kept one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Issue {
+    MintOrReuse,
+    ReuseOnly,
+}
+
 /// The file a request asks for, as the policy names it.
 fn asset_of(request: Request) -> Asset {
     match request {
@@ -424,7 +431,14 @@ impl Core {
         span.record("kubeconfig.asset", asset.as_str());
         let mut user = None;
         let result = self
-            .serve_asset(credentials, uid, request, options, &span, &mut user)
+            .serve_asset(
+                credentials,
+                uid,
+                request,
+                (options, Issue::MintOrReuse),
+                &span,
+                &mut user,
+            )
             .await;
         // The audit trail: one event per asset request, whatever the outcome; never the content.
         let user = user.as_deref().unwrap_or("-");
@@ -469,7 +483,7 @@ impl Core {
         credentials: &Credentials,
         uid: &str,
         request: Request,
-        options: &MintOptions,
+        (options, issue): (&MintOptions, Issue),
         span: &tracing::Span,
         user: &mut Option<String>,
     ) -> Result<Served, CoreError> {
@@ -545,12 +559,12 @@ impl Core {
             // Per caller: never cached as a file (the credential is kept for reuse instead).
             // Boxed: minting's state is large and only this path needs it.
             let credential = Box::pin(self.minter.credential(
-                &caller.user,
+                (&caller.user, &caller.groups),
                 cluster,
-                minting,
-                ca,
+                (minting, ca),
                 options,
                 &credentials.request_id,
+                issue == Issue::MintOrReuse,
             ))
             .await?;
             let rendered = renderer.render_with_admin(variant.request(), &credential.certificate);
@@ -682,11 +696,40 @@ impl Core {
             credentials,
             uid,
             request,
-            &MintOptions::default(),
+            (&MintOptions::default(), Issue::MintOrReuse),
             &tracing::Span::none(),
             &mut None,
         )
         .await
+    }
+
+    /// Whether the file a caller holds (`etag`, downloaded with `options`) is still what
+    /// [`Core::asset`] would answer: for the REST long-poll. It evaluates with the caller's own
+    /// options, and a file with a minted credential is only compared with a credential kept for
+    /// reuse, never minted (the download that follows the wait mints, once, for the caller).
+    /// Anything but the same file (another file, a refusal, no credential to reuse) is a change.
+    pub async fn held_file_changed(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        request: Request,
+        options: &MintOptions,
+        etag: &str,
+    ) -> bool {
+        match self
+            .serve_asset(
+                credentials,
+                uid,
+                request,
+                (options, Issue::ReuseOnly),
+                &tracing::Span::none(),
+                &mut None,
+            )
+            .await
+        {
+            Ok(served) => served.rendered.0.etag != etag,
+            Err(_) => true,
+        }
     }
 
     /// The uids of every cluster visible to `caller` (optionally in one project), in order. Costs

@@ -220,18 +220,18 @@ impl Minter {
         Ok((requested, granted, granted < requested))
     }
 
-    /// A credential for `user` on `cluster`: reused when one issued for the same user, cluster
-    /// revision, key and lifetime has more than half its lifetime left (and is not revoked), else
-    /// minted and recorded.
-    #[allow(clippy::too_many_arguments)]
+    /// A credential for `user` (with the groups of their token) on `cluster`: reused when one issued
+    /// for the same user, cluster revision, key and lifetime has more than half its lifetime left
+    /// (and is not revoked), else minted and recorded — unless `may_mint` is false, when there is
+    /// then none (UNAVAILABLE: nothing to reuse).
     pub async fn credential(
         &self,
-        user: &str,
+        (user, groups): (&str, &[String]),
         cluster: &ClusterEntry,
-        minting: &Minting,
-        ca: &ClientCa,
+        (minting, ca): (&Minting, &ClientCa),
         options: &MintOptions,
         request_id: &str,
+        may_mint: bool,
     ) -> Result<MintedCredential, CoreError> {
         let (requested, granted, clamped) = Self::lifetime(minting, options.expiration_seconds)?;
         let client_key = options
@@ -267,8 +267,17 @@ impl Minter {
         if let Some(mut kept) = self.reusable(&reuse_key, granted, now).await {
             kept.entry.requested_seconds = requested;
             kept.entry.clamped = clamped;
-            self.reused.fetch_add(1, Ordering::Relaxed);
+            if may_mint {
+                // A long-poll looking whether the held file is still current serves nothing.
+                self.reused.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(kept);
+        }
+        if !may_mint {
+            return Err(CoreError::new(
+                ErrorKind::Unavailable,
+                "no credential kept for reuse",
+            ));
         }
         self.take_mint(user, Instant::now())?;
         let authority = ca.authority().map_err(|reason| {
@@ -314,6 +323,7 @@ impl Minter {
             kubernetes_user: common_name,
             kubernetes_group: minting.group.to_string(),
             issued_to: user.to_owned(),
+            issued_groups: groups.to_vec(),
             issued_at: unix_seconds(now),
             not_before: unix_seconds(issued.not_before),
             not_after: unix_seconds(issued.not_after),

@@ -293,11 +293,12 @@ impl Watchers {
 
     /// Waits until what `request` of `uid` would answer differs from `etag`, or `wait` passes
     /// (the REST long-poll). Returns whether it changed; the caller then answers as for a download.
+    /// It evaluates with the caller's `options` (a minted file's lifetime and key), and never mints.
     pub async fn wait_for_change(
         &self,
         credentials: &Credentials,
         uid: &str,
-        request: Request,
+        (request, options): (Request, &crate::minting::MintOptions),
         etag: &str,
         wait: std::time::Duration,
     ) -> bool {
@@ -305,11 +306,11 @@ impl Watchers {
         let mut stop = self.stop.clone();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let changed = match self.core.evaluate(credentials, uid, request).await {
-                Ok(served) => served.rendered.0.etag != etag,
-                // A refusal of any kind is an answer the caller should have at once.
-                Err(_) => true,
-            };
+            // A refusal of any kind is an answer the caller should have at once.
+            let changed = self
+                .core
+                .held_file_changed(credentials, uid, request, options, etag)
+                .await;
             if changed {
                 return true;
             }
