@@ -1130,6 +1130,127 @@ async fn a_reason_cannot_forge_fields_of_its_audit_lines() {
     }
 }
 
+/// A REST long-poll of a minted admin kubeconfig (`If-None-Match` + `?wait=`) with
+/// `?expirationSeconds` waits on the file the caller holds — the credential issued for that lifetime —
+/// and mints nothing while it waits.
+#[tokio::test]
+async fn a_minted_long_poll_waits_with_the_callers_lifetime_and_mints_nothing() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let url = format!(
+        "{}/v1/spectroclusters/{MINTED_A}/assets/adminkubeconfig?expirationSeconds=1200",
+        server.rest_url()
+    );
+    let http = reqwest::Client::new();
+    let first = http.get(&url).header("apikey", ADMIN).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let polled = http
+        .get(format!("{url}&wait=2s"))
+        .header("apikey", ADMIN)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(polled.status(), 304, "the file held is still current");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the long-poll waited: {:?}",
+        started.elapsed()
+    );
+    let counted = metrics(&server).await.unwrap();
+    assert_eq!(
+        counted["kubeconfigd_credentials_minted_total"], 1.0,
+        "only the credential the caller received was minted"
+    );
+}
+
+/// `CheckKubeconfig` names who revoked a credential and why only to its holder and the cluster's
+/// admins; a caller who can merely see the cluster gets the status with a stable code.
+#[tokio::test]
+async fn who_revoked_and_why_is_shown_only_to_the_holder_and_the_clusters_admins() {
+    use check_kubeconfig_request::Subject;
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    let credential = client
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), ADMIN))
+        .await
+        .expect("minted")
+        .into_inner()
+        .credential
+        .unwrap();
+    client
+        .revoke_credential(with_key(
+            RevokeCredentialRequest {
+                serial: credential.serial.clone(),
+                reason: "laptop stolen from the car of kate".to_owned(),
+            },
+            "matrix-project-admin",
+        ))
+        .await
+        .expect("revoked");
+    let subject = || Subject::Fingerprint(credential.fingerprint.clone());
+    for key in [ADMIN, "matrix-project-admin"] {
+        let (status, reason) = check(&server, key, subject()).await;
+        assert_eq!(status, CredentialStatus::Revoked);
+        assert!(
+            reason.contains("project-admin@matrix.test") && reason.contains("laptop stolen"),
+            "{key}: {reason}"
+        );
+    }
+    let (status, reason) = check(&server, VIEWER, subject()).await;
+    assert_eq!(status, CredentialStatus::Revoked);
+    assert!(reason.contains("CREDENTIAL_REVOKED"), "{reason}");
+    assert!(
+        !reason.contains("project-admin") && !reason.contains("laptop"),
+        "a viewer sees neither who nor why: {reason}"
+    );
+}
+
+/// A certificate whose holder may no longer download the cluster's admin kubeconfig checks `STALE`,
+/// with the reason.
+#[tokio::test]
+async fn a_credential_whose_holder_lost_admin_access_checks_stale() {
+    use check_kubeconfig_request::Subject;
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    let credential = client
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), ADMIN))
+        .await
+        .expect("minted")
+        .into_inner()
+        .credential
+        .unwrap();
+    let subject = || Subject::Fingerprint(credential.fingerprint.clone());
+    assert_eq!(
+        check(&server, ADMIN, subject()).await.0,
+        CredentialStatus::Current
+    );
+    // The holder becomes a viewer of the project.
+    let tenant = fixture.tenant();
+    let text = std::fs::read_to_string(&tenant).unwrap();
+    let demoted = text.replacen(
+        "  - user: cluster-admin@matrix.test\n    role: Cluster Admin\n",
+        "  - user: cluster-admin@matrix.test\n    role: Cluster Viewer\n",
+        1,
+    );
+    assert_ne!(demoted, text);
+    std::fs::write(&tenant, demoted).unwrap();
+    let stale = eventually(Duration::from_secs(10), || async {
+        check(&server, "matrix-project-admin", subject()).await.0 == CredentialStatus::Stale
+    })
+    .await;
+    assert!(stale, "the holder's lost access makes the credential stale");
+    let (_, reason) = check(&server, "matrix-project-admin", subject()).await;
+    assert!(reason.contains("may no longer"), "{reason}");
+    let (status, reason) = check(&server, ADMIN, subject()).await;
+    assert_eq!(status, CredentialStatus::Stale, "the holder is told too");
+    assert!(reason.contains("may no longer"), "{reason}");
+}
+
 /// A bare public key proves nothing about who holds its private key: a tenant must allow it
 /// (`credentials.allowBarePublicKeys`); otherwise only a CSR, whose signature proves possession, is
 /// certified.
@@ -1191,40 +1312,4 @@ async fn a_bare_public_key_needs_the_tenants_consent() {
     })
     .await;
     assert!(accepted, "a tenant that allows bare keys certifies them");
-}
-
-/// A REST long-poll of a minted admin kubeconfig (`If-None-Match` + `?wait=`) with
-/// `?expirationSeconds` waits on the file the caller holds — the credential issued for that lifetime —
-/// and mints nothing while it waits.
-#[tokio::test]
-async fn a_minted_long_poll_waits_with_the_callers_lifetime_and_mints_nothing() {
-    let fixture = minted_fixture(free_port().unwrap());
-    let server = Server::start(&fixture.args()).await.expect("server");
-    let url = format!(
-        "{}/v1/spectroclusters/{MINTED_A}/assets/adminkubeconfig?expirationSeconds=1200",
-        server.rest_url()
-    );
-    let http = reqwest::Client::new();
-    let first = http.get(&url).header("apikey", ADMIN).send().await.unwrap();
-    assert_eq!(first.status(), 200);
-    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
-    let started = std::time::Instant::now();
-    let polled = http
-        .get(format!("{url}&wait=2s"))
-        .header("apikey", ADMIN)
-        .header("If-None-Match", &etag)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(polled.status(), 304, "the file held is still current");
-    assert!(
-        started.elapsed() >= Duration::from_millis(1500),
-        "the long-poll waited: {:?}",
-        started.elapsed()
-    );
-    let counted = metrics(&server).await.unwrap();
-    assert_eq!(
-        counted["kubeconfigd_credentials_minted_total"], 1.0,
-        "only the credential the caller received was minted"
-    );
 }

@@ -83,6 +83,14 @@ fn asset_of(request: Request) -> Asset {
 /// deny reason codes of the policy.
 pub const NOT_FOUND_REASON: &str = "NOT_FOUND";
 
+/// The code `CheckKubeconfig` gives for a revoked credential to a caller who may not see who revoked
+/// it and why.
+pub const REVOKED_CODE: &str = "CREDENTIAL_REVOKED";
+
+/// The code in `CheckKubeconfig`'s reason for a credential whose holder may no longer download the
+/// cluster's admin kubeconfig.
+pub const HOLDER_ACCESS_ENDED_CODE: &str = "HOLDER_ACCESS_ENDED";
+
 /// A served asset.
 #[derive(Debug)]
 pub struct Served {
@@ -781,6 +789,41 @@ impl Core {
             || visible.is_some_and(|p| may_download_admin(snapshot.tenant.policy(), p))
     }
 
+    /// Whether the holder of a credential (its user, with the groups of the token it was issued
+    /// under) may still receive a minted credential of `cluster`: its admin kubeconfig, or a
+    /// kubeconfig that carries the admin credential.
+    fn holder_still_allowed(
+        snapshot: &Snapshot,
+        cluster: &ClusterEntry,
+        entry: &LedgerEntry,
+    ) -> bool {
+        let holder = Caller {
+            user: entry.issued_to.clone(),
+            groups: entry.issued_groups.clone(),
+            project: None,
+        };
+        let Some(permissions) = Self::visible(snapshot, &holder, cluster) else {
+            return false;
+        };
+        let policy = snapshot.tenant.policy();
+        let Availability::Ready(ready) = &cluster.availability else {
+            return may_download_admin(policy, permissions);
+        };
+        let facts = ClusterFacts {
+            name: cluster.name(),
+            oidc: &ready.oidc,
+            proxy_enabled: cluster.proxy_enabled,
+        };
+        let allowed = |asset| matches!(decide(policy, permissions, &facts, asset), Decision::Allow);
+        allowed(Asset::AdminKubeconfig)
+            || (allowed(Asset::Kubeconfig)
+                && cluster.renderer(&snapshot.tenant).is_some_and(|renderer| {
+                    [true, false]
+                        .into_iter()
+                        .any(|frp| renderer.carries_admin_credential(Request::Kubeconfig { frp }))
+                }))
+    }
+
     /// Whether a minted credential is still current (see `CheckKubeconfig`).
     pub async fn check_credential(
         &self,
@@ -842,10 +885,16 @@ impl Core {
         }
         let detailed = Self::may_see_entry(&snapshot, &caller, &entry, visible);
         let (status, reason) = if let Some(revocation) = &entry.revoked {
-            (
-                CredentialStatus::Revoked,
-                format!("revoked by {}: {}", revocation.by, revocation.reason),
-            )
+            // Who revoked it and their words only to those who may see the entry (its holder and
+            // the cluster's admins); a stable code to anyone else who can see the cluster.
+            let reason = if detailed {
+                format!("revoked by {}: {}", revocation.by, revocation.reason)
+            } else {
+                format!(
+                    "revoked ({REVOKED_CODE}); its holder and the cluster's administrators can see by whom and why"
+                )
+            };
+            (CredentialStatus::Revoked, reason)
         } else if entry.not_after <= now {
             (
                 CredentialStatus::Expired,
@@ -859,14 +908,28 @@ impl Core {
                 ),
                 Some(cluster) => {
                     let current = minting::cluster_digest(cluster, cluster.record.client_ca());
-                    if current == entry.cluster_digest {
-                        (CredentialStatus::Current, String::new())
-                    } else {
+                    if current != entry.cluster_digest {
                         (
                             CredentialStatus::Stale,
                             "the cluster's API server, CA or client CA changed since it was issued; download a new file"
                                 .to_owned(),
                         )
+                    } else if !Self::holder_still_allowed(&snapshot, cluster, &entry) {
+                        // It keeps working against the cluster until it expires (Kubernetes has no
+                        // revocation): say so, so that tooling drops it and an admin can revoke it.
+                        let reason = if detailed {
+                            format!(
+                                "its holder {} may no longer download this cluster's admin kubeconfig ({HOLDER_ACCESS_ENDED_CODE}); it still works against the cluster until it expires: revoke it, or rotate the client CA",
+                                entry.issued_to
+                            )
+                        } else {
+                            format!(
+                                "its holder may no longer download this cluster's admin kubeconfig ({HOLDER_ACCESS_ENDED_CODE})"
+                            )
+                        };
+                        (CredentialStatus::Stale, reason)
+                    } else {
+                        (CredentialStatus::Current, String::new())
                     }
                 }
             }
