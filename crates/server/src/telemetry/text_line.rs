@@ -237,4 +237,15 @@ mod tests {
             "{ours}"
         );
     }
+
+    #[test]
+    fn line_and_paragraph_separators_are_escaped() {
+        let (ours, _) = formatted_twice(LineFormat::Text, || {
+            tracing::info!(target: "audit", shown = %"a\u{2028}b", quoted = "c\u{2029}d", "m\u{2028}n");
+        });
+        assert!(!ours.contains(['\u{2028}', '\u{2029}']), "{ours}");
+        assert!(ours.contains("m\\u{2028}n"), "{ours}");
+        assert!(ours.contains("shown=a\\u{2028}b"), "{ours}");
+        assert!(ours.contains("quoted=\"c\\u{2029}d\""), "{ours}");
+    }
 }
