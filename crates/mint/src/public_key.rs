@@ -2,6 +2,10 @@
 //! whose signature must verify: it proves the caller holds the private key). Only the key is taken from
 //! a request; its subject and extensions are ignored, since the service decides who a certificate
 //! names. Accepted: EC P-256, EC P-384 (points on the curve), RSA with 2048 to 8192 bits.
+//!
+//! A bare `PUBLIC KEY` proves nothing about who holds its private key: anyone can send anyone's public
+//! key. [`ClientPublicKey::possession_proven`] says which of the two it was, so that the service can
+//! require a request (it does unless the tenant allows bare keys).
 
 use rcgen::SubjectPublicKeyInfo;
 use sha2::{Digest, Sha256};
@@ -25,6 +29,8 @@ pub struct ClientPublicKey {
     spki_der: Vec<u8>,
     rcgen: SubjectPublicKeyInfo,
     kind: String,
+    /// Whether a request signed with the private key came with it.
+    possession_proven: bool,
 }
 
 impl std::fmt::Debug for ClientPublicKey {
@@ -68,7 +74,10 @@ impl ClientPublicKey {
         request
             .verify_signature()
             .map_err(|_| refuse("the certificate request's signature does not verify"))?;
-        Ok(key)
+        Ok(ClientPublicKey {
+            possession_proven: true,
+            ..key
+        })
     }
 
     /// A SubjectPublicKeyInfo (DER).
@@ -84,9 +93,17 @@ impl ClientPublicKey {
         const P384: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.3.132.0.34");
         let kind = match info.algorithm.oid {
             RSA => {
+                use rsa::pkcs1::der::Decode as _;
                 use rsa::traits::PublicKeyParts;
-                let key = rsa::RsaPublicKey::from_public_key_der(der)
+                // Not `RsaPublicKey::from_public_key_der`: it refuses moduli above 4096 bits.
+                let parts = rsa::pkcs1::RsaPublicKey::from_der(info.subject_public_key.raw_bytes())
                     .map_err(|e| refuse(format!("not a valid RSA public key: {e}")))?;
+                let key = rsa::RsaPublicKey::new_with_max_size(
+                    rsa::BigUint::from_bytes_be(parts.modulus.as_bytes()),
+                    rsa::BigUint::from_bytes_be(parts.public_exponent.as_bytes()),
+                    8192,
+                )
+                .map_err(|e| refuse(format!("not a valid RSA public key: {e}")))?;
                 let bits = key.n().bits();
                 if !(2048..=8192).contains(&bits) {
                     return Err(refuse(format!(
@@ -122,12 +139,19 @@ impl ClientPublicKey {
             spki_der: der.to_vec(),
             rcgen,
             kind,
+            possession_proven: false,
         })
     }
 
     /// The key as SubjectPublicKeyInfo DER.
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
+    }
+
+    /// Whether the key came in a certificate request whose signature verified (proof that the
+    /// sender holds the private key), not as a bare public key.
+    pub fn possession_proven(&self) -> bool {
+        self.possession_proven
     }
 
     /// e.g. `ECDSA P-256`, `RSA-2048`.

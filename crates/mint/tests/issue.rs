@@ -95,6 +95,9 @@ fn a_callers_key_or_request_is_certified_as_sent() {
         include_str!("data/byo-p256.csr"),
         include_str!("data/byo-rsa.pub"),
         include_str!("data/byo-rsa.csr"),
+        // The largest size accepted, by key and by request.
+        include_str!("data/byo-rsa8192.pub"),
+        include_str!("data/byo-rsa8192.csr"),
     ] {
         let key = ClientPublicKey::from_pem(file).unwrap();
         let issued = authority

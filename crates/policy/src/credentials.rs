@@ -26,6 +26,11 @@ impl AdminCredentialMode {
 /// `expirationSeconds`).
 pub const MIN_LIFETIME_SECONDS: u64 = 600;
 
+/// The longest lifetime a tenant may allow, in seconds (365 days). A client certificate of a
+/// cluster-admin lives until it expires (Kubernetes cannot revoke it), and a bound keeps every
+/// expiry well inside what clocks and certificates can represent.
+pub const MAX_LIFETIME_SECONDS: u64 = 365 * 86_400;
+
 /// The `credentials` section of the tenant file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -49,6 +54,10 @@ pub struct CredentialSettings {
     /// Refuse admin kubeconfig downloads that give no reason.
     #[serde(default)]
     pub require_reason_for_admin: bool,
+    /// Certify a bare `public_key` a caller sends. Off by default: a bare key proves nothing about
+    /// who holds its private key, so only a CSR (signed with the key) is certified.
+    #[serde(default)]
+    pub allow_bare_public_keys: bool,
 }
 
 fn default_lifetime() -> u64 {
@@ -76,6 +85,7 @@ impl Default for CredentialSettings {
             user_prefix: user_prefix(),
             admin_group: admin_group(),
             require_reason_for_admin: false,
+            allow_bare_public_keys: false,
         }
     }
 }
@@ -84,21 +94,22 @@ impl CredentialSettings {
     /// Every problem with the settings, as (field, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if self.max_lifetime_seconds < MIN_LIFETIME_SECONDS {
+        if !(MIN_LIFETIME_SECONDS..=MAX_LIFETIME_SECONDS).contains(&self.max_lifetime_seconds) {
             problems.push((
                 "credentials.maxLifetimeSeconds",
-                format!("must be at least {MIN_LIFETIME_SECONDS}"),
-            ));
-        }
-        if !(MIN_LIFETIME_SECONDS..=self.max_lifetime_seconds.max(MIN_LIFETIME_SECONDS))
-            .contains(&self.default_lifetime_seconds)
-        {
-            problems.push((
-                "credentials.defaultLifetimeSeconds",
                 format!(
-                    "must be between {MIN_LIFETIME_SECONDS} and maxLifetimeSeconds ({})",
+                    "must be at least {MIN_LIFETIME_SECONDS} and at most {MAX_LIFETIME_SECONDS} (365 days), got {}",
                     self.max_lifetime_seconds
                 ),
+            ));
+        }
+        let max = self
+            .max_lifetime_seconds
+            .clamp(MIN_LIFETIME_SECONDS, MAX_LIFETIME_SECONDS);
+        if !(MIN_LIFETIME_SECONDS..=max).contains(&self.default_lifetime_seconds) {
+            problems.push((
+                "credentials.defaultLifetimeSeconds",
+                format!("must be between {MIN_LIFETIME_SECONDS} and maxLifetimeSeconds ({max})"),
             ));
         }
         if self.user_prefix.chars().any(char::is_control) || self.user_prefix.len() > 64 {

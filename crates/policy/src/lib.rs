@@ -28,7 +28,9 @@ pub mod role;
 pub mod secret;
 pub mod tenant;
 
-pub use credentials::{AdminCredentialMode, CredentialSettings, MIN_LIFETIME_SECONDS};
+pub use credentials::{
+    AdminCredentialMode, CredentialSettings, MAX_LIFETIME_SECONDS, MIN_LIFETIME_SECONDS,
+};
 pub use decision::{Asset, ClusterFacts, Decision, Denial, DenyCode, decide, may_download_admin};
 pub use document::{DocumentError, MAX_DOCUMENT_BYTES};
 pub use mode::PolicyMode;

@@ -167,3 +167,25 @@ fn custom_role_may_not_shadow_a_builtin() {
         "{e}"
     );
 }
+
+#[test]
+fn a_credential_lifetime_beyond_a_year_is_refused_naming_the_field() {
+    for huge in ["18446744073709551615", "31536001"] {
+        let e = errors(&format!(
+            "{BASE}credentials:\n  maxLifetimeSeconds: {huge}\n"
+        ));
+        assert!(
+            e.contains("credentials.maxLifetimeSeconds") && e.contains("at most 31536000"),
+            "{e}"
+        );
+    }
+    let e = errors(&format!(
+        "{BASE}credentials:\n  maxLifetimeSeconds: 31536000\n  defaultLifetimeSeconds: 18446744073709551615\n"
+    ));
+    assert!(e.contains("credentials.defaultLifetimeSeconds"), "{e}");
+    let tenant = Tenant::from_yaml(&format!(
+        "{BASE}credentials:\n  maxLifetimeSeconds: 31536000\n"
+    ))
+    .expect("a year is accepted");
+    assert_eq!(tenant.credentials().max_lifetime_seconds, 31_536_000);
+}

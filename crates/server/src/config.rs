@@ -125,7 +125,8 @@ pub struct Args {
     /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer tokens.
     #[arg(long, env = "KUBECONFIGD_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
-    /// Longest lifetime a bearer token may have (`exp - iat`, or `exp - now` without `iat`).
+    /// Longest a bearer token may still be used, measured from now (`exp - now`, whatever its `iat`
+    /// says); an `iat` in the future or after `exp` is refused.
     #[arg(long, env = "KUBECONFIGD_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
     pub jwt_max_lifetime: Duration,
     /// Deadline for one call, gRPC or REST.
@@ -146,6 +147,10 @@ pub struct Args {
     /// `WatchKubeconfigs` streams and waiting REST long-polls one caller (user) may hold open at once.
     #[arg(long, env = "KUBECONFIGD_MAX_WATCH_STREAMS_PER_CALLER", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watch_streams_per_caller: u32,
+    /// `known_etags` entries one `WatchKubeconfigs` request may give; more are refused with
+    /// INVALID_ARGUMENT.
+    #[arg(long, env = "KUBECONFIGD_MAX_WATCH_KNOWN_ETAGS", default_value_t = 20000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watch_known_etags: u32,
     /// How long shutdown waits for in-flight calls before giving up.
     #[arg(long, env = "KUBECONFIGD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -332,6 +337,7 @@ impl Config {
             max_mints_per_minute,
             max_watch_streams,
             max_watch_streams_per_caller,
+            max_watch_known_etags,
             shutdown_grace,
             shutdown_delay,
             tls_cert_file: _, // tls_of
@@ -385,6 +391,7 @@ impl Config {
             watch: crate::streams::WatchLimits {
                 total: *max_watch_streams as usize,
                 per_caller: *max_watch_streams_per_caller as usize,
+                known_etags: *max_watch_known_etags as usize,
             },
             shutdown_grace: *shutdown_grace,
             shutdown_delay: *shutdown_delay,

@@ -242,6 +242,7 @@ pub struct Metrics {
     clusters_unavailable: AtomicU64,
     watch_streams: AtomicU64,
     watch_events: AtomicU64,
+    watch_known_etags_refused: AtomicU64,
     limits: [AtomicU64; Limit::ALL.len()],
 }
 
@@ -299,6 +300,13 @@ impl Metrics {
     /// One event sent on a watch stream.
     pub fn watch_event(&self) {
         self.watch_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One watch refused because of its `known_etags` (a key that names no cluster uid, an overlong
+    /// etag, or more than `--max-watch-known-etags`).
+    pub fn watch_known_etags_refused(&self) {
+        self.watch_known_etags_refused
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one reload.
@@ -426,6 +434,12 @@ impl Metrics {
                 load(&self.watch_events),
             ),
             (
+                "kubeconfigd_watch_known_etags_refused_total",
+                "counter",
+                "WatchKubeconfigs requests refused for their known_etags (a key that is not <cluster uid>/<asset>, an etag over 128 bytes, or more than --max-watch-known-etags).",
+                load(&self.watch_known_etags_refused),
+            ),
+            (
                 "kubeconfigd_limit_hits_total",
                 "counter",
                 "Calls refused or ended by a limit, by the limit's flag.",
@@ -442,8 +456,10 @@ impl Metrics {
             (
                 "kubeconfigd_connections_closed_total",
                 "counter",
-                "Connections closed by their limits: no request within --header-read-timeout of \
-connecting, headers not complete within it, or no request open for --idle-timeout.",
+                "Connections closed or refused by their limits, by reason: no_request (none within \
+--header-read-timeout of connecting), header_timeout, idle (no request open for --idle-timeout), \
+evicted (to make room), stalled (a request without progress: the peer does not read), refused (at \
+accept, no slot could be freed), tls_handshake (failed, timed out or made room).",
                 crate::connections::Closed::ALL
                     .iter()
                     .zip(crate::connections::closed_counts())

@@ -134,6 +134,7 @@ fn spans_carry_the_conventions_and_no_secrets() {
         kubeconfigd::streams::WatchLimits {
             total: 8,
             per_caller: 8,
+            known_etags: 16,
         },
         tokio::sync::watch::channel(false).1,
     ));

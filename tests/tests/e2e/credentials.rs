@@ -453,7 +453,8 @@ async fn lifetimes_are_clamped_keys_can_stay_with_the_caller_and_bad_requests_sa
     );
     assert!(response.text().await.unwrap().starts_with("apiVersion: v1"));
 
-    // The caller's key (public key, then a CSR): no private key in the file, the certificate holds
+    // The caller's key, by a CSR (a bare public key needs the tenant's consent: see
+    // a_bare_public_key_needs_the_tenants_consent): no private key in the file, the certificate holds
     // exactly the key sent.
     openssl(
         &dir,
@@ -485,12 +486,9 @@ async fn lifetimes_are_clamped_keys_can_stay_with_the_caller_and_bad_requests_sa
         ],
     );
     let public_key = std::fs::read_to_string(dir.join("mine.pub")).unwrap();
-    for key in [
-        get_admin_kubeconfig_request::ClientKey::PublicKey(public_key.clone()),
-        get_admin_kubeconfig_request::ClientKey::Csr(
-            std::fs::read_to_string(dir.join("mine.csr")).unwrap(),
-        ),
-    ] {
+    for key in [get_admin_kubeconfig_request::ClientKey::Csr(
+        std::fs::read_to_string(dir.join("mine.csr")).unwrap(),
+    )] {
         let response = client
             .get_admin_kubeconfig(with_key(
                 GetAdminKubeconfigRequest {
@@ -1075,4 +1073,243 @@ async fn with_redis_down_nothing_unrecorded_is_minted_and_static_files_are_still
     let counted = metrics(&server).await.unwrap();
     assert!(counted["kubeconfigd_credential_ledger_failures_total"] >= 1.0);
     assert!(!server.log_text().contains("PRIVATE KEY"));
+}
+
+/// The caller's `reason` is one quoted, escaped value in the audit lines it appears in: spaces,
+/// quotes and line or paragraph separators cannot forge other fields of the caller's own line.
+#[tokio::test]
+async fn a_reason_cannot_forge_fields_of_its_audit_lines() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let forged = "x user=\"kate@t.test\" serial=0000 request_id=forged\u{2028}fingerprint=f\u{2029}allowed=false";
+    server
+        .client()
+        .await
+        .unwrap()
+        .get_admin_kubeconfig(with_key(
+            GetAdminKubeconfigRequest {
+                reason: forged.to_owned(),
+                ..admin_request(MINTED_A)
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("minted");
+    let expected = r#"reason="x user=\"kate@t.test\" serial=0000 request_id=forged\u{2028}fingerprint=f\u{2029}allowed=false""#;
+    for message in ["asset served", "credential issued"] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                server
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains(" INFO audit: ") && l.contains(message))
+            })
+            .await,
+            "no {message} line:\n{}",
+            server.log_text()
+        );
+        let log = server.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains(" INFO audit: ") && l.contains(message))
+            .unwrap();
+        assert!(line.contains(expected), "{message}: {line}");
+        // Outside the one quoted reason, each field appears once.
+        let others = line.replace(expected, "");
+        for field in ["user=", "serial=", "request_id=", "fingerprint="] {
+            assert_eq!(
+                others.matches(&format!(" {field}")).count(),
+                1,
+                "{message} has one {field}: {line}"
+            );
+        }
+        assert!(
+            !line.contains('\u{2028}') && !line.contains('\u{2029}'),
+            "{line}"
+        );
+    }
+}
+
+/// A REST long-poll of a minted admin kubeconfig (`If-None-Match` + `?wait=`) with
+/// `?expirationSeconds` waits on the file the caller holds — the credential issued for that lifetime —
+/// and mints nothing while it waits.
+#[tokio::test]
+async fn a_minted_long_poll_waits_with_the_callers_lifetime_and_mints_nothing() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let url = format!(
+        "{}/v1/spectroclusters/{MINTED_A}/assets/adminkubeconfig?expirationSeconds=1200",
+        server.rest_url()
+    );
+    let http = reqwest::Client::new();
+    let first = http.get(&url).header("apikey", ADMIN).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let polled = http
+        .get(format!("{url}&wait=2s"))
+        .header("apikey", ADMIN)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(polled.status(), 304, "the file held is still current");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the long-poll waited: {:?}",
+        started.elapsed()
+    );
+    let counted = metrics(&server).await.unwrap();
+    assert_eq!(
+        counted["kubeconfigd_credentials_minted_total"], 1.0,
+        "only the credential the caller received was minted"
+    );
+}
+
+/// `CheckKubeconfig` names who revoked a credential and why only to its holder and the cluster's
+/// admins; a caller who can merely see the cluster gets the status with a stable code.
+#[tokio::test]
+async fn who_revoked_and_why_is_shown_only_to_the_holder_and_the_clusters_admins() {
+    use check_kubeconfig_request::Subject;
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    let credential = client
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), ADMIN))
+        .await
+        .expect("minted")
+        .into_inner()
+        .credential
+        .unwrap();
+    client
+        .revoke_credential(with_key(
+            RevokeCredentialRequest {
+                serial: credential.serial.clone(),
+                reason: "laptop stolen from the car of kate".to_owned(),
+            },
+            "matrix-project-admin",
+        ))
+        .await
+        .expect("revoked");
+    let subject = || Subject::Fingerprint(credential.fingerprint.clone());
+    for key in [ADMIN, "matrix-project-admin"] {
+        let (status, reason) = check(&server, key, subject()).await;
+        assert_eq!(status, CredentialStatus::Revoked);
+        assert!(
+            reason.contains("project-admin@matrix.test") && reason.contains("laptop stolen"),
+            "{key}: {reason}"
+        );
+    }
+    let (status, reason) = check(&server, VIEWER, subject()).await;
+    assert_eq!(status, CredentialStatus::Revoked);
+    assert!(reason.contains("CREDENTIAL_REVOKED"), "{reason}");
+    assert!(
+        !reason.contains("project-admin") && !reason.contains("laptop"),
+        "a viewer sees neither who nor why: {reason}"
+    );
+}
+
+/// A certificate whose holder may no longer download the cluster's admin kubeconfig checks `STALE`,
+/// with the reason.
+#[tokio::test]
+async fn a_credential_whose_holder_lost_admin_access_checks_stale() {
+    use check_kubeconfig_request::Subject;
+    let fixture = minted_fixture(free_port().unwrap());
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    let credential = client
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), ADMIN))
+        .await
+        .expect("minted")
+        .into_inner()
+        .credential
+        .unwrap();
+    let subject = || Subject::Fingerprint(credential.fingerprint.clone());
+    assert_eq!(
+        check(&server, ADMIN, subject()).await.0,
+        CredentialStatus::Current
+    );
+    // The holder becomes a viewer of the project.
+    let tenant = fixture.tenant();
+    let text = std::fs::read_to_string(&tenant).unwrap();
+    let demoted = text.replacen(
+        "  - user: cluster-admin@matrix.test\n    role: Cluster Admin\n",
+        "  - user: cluster-admin@matrix.test\n    role: Cluster Viewer\n",
+        1,
+    );
+    assert_ne!(demoted, text);
+    std::fs::write(&tenant, demoted).unwrap();
+    let stale = eventually(Duration::from_secs(10), || async {
+        check(&server, "matrix-project-admin", subject()).await.0 == CredentialStatus::Stale
+    })
+    .await;
+    assert!(stale, "the holder's lost access makes the credential stale");
+    let (_, reason) = check(&server, "matrix-project-admin", subject()).await;
+    assert!(reason.contains("may no longer"), "{reason}");
+    let (status, reason) = check(&server, ADMIN, subject()).await;
+    assert_eq!(status, CredentialStatus::Stale, "the holder is told too");
+    assert!(reason.contains("may no longer"), "{reason}");
+}
+
+/// A bare public key proves nothing about who holds its private key: a tenant must allow it
+/// (`credentials.allowBarePublicKeys`); otherwise only a CSR, whose signature proves possession, is
+/// certified.
+#[tokio::test]
+async fn a_bare_public_key_needs_the_tenants_consent() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let dir = fixture.inventory();
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    openssl(
+        &dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "bare.sec1",
+        ],
+    );
+    openssl(
+        &dir,
+        &["pkey", "-in", "bare.sec1", "-pubout", "-out", "bare.pub"],
+    );
+    let public_key = std::fs::read_to_string(dir.join("bare.pub")).unwrap();
+    let ask = |client_key: String| {
+        with_key(
+            GetAdminKubeconfigRequest {
+                client_key: Some(get_admin_kubeconfig_request::ClientKey::PublicKey(
+                    client_key,
+                )),
+                ..admin_request(MINTED_A)
+            },
+            ADMIN,
+        )
+    };
+    let refused = client
+        .get_admin_kubeconfig(ask(public_key.clone()))
+        .await
+        .expect_err("a bare key is refused by default");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("csr") && refused.message().contains("allowBarePublicKeys"),
+        "{}",
+        refused.message()
+    );
+    let tenant = fixture.tenant();
+    let text = std::fs::read_to_string(&tenant).unwrap();
+    std::fs::write(
+        &tenant,
+        format!("{text}\ncredentials:\n  allowBarePublicKeys: true\n"),
+    )
+    .unwrap();
+    let accepted = eventually(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        let request = ask(public_key.clone());
+        async move { client.get_admin_kubeconfig(request).await.is_ok() }
+    })
+    .await;
+    assert!(accepted, "a tenant that allows bare keys certifies them");
 }

@@ -353,3 +353,44 @@ async fn unverified_look_alike_long_lived_and_crit_tokens_are_refused() {
         "unknown crit"
     );
 }
+
+/// `--jwt-max-lifetime` bounds how long a token can still be used from now, whatever its `iat` says:
+/// a ten-year token that claims to have been issued half an hour before it expires is refused, and so
+/// are tokens issued after they expire or in the future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_lifetime_is_measured_from_now_not_from_iat() {
+    let (_fixture, server) = start("--jwt-hs256-secret-file", "hs256.secret").await;
+    let secret = std::fs::read(jwt_file("hs256.secret")).expect("secret");
+    let key = EncodingKey::from_secret(secret.trim_ascii());
+    let sign_claims = |overrides| sign(Algorithm::HS256, &key, &claims(overrides));
+    let unauthenticated = (tonic::Code::Unauthenticated, 401);
+    let ten_years = now() + 10 * 365 * 86400;
+    for (what, token) in [
+        (
+            "ten years, iat half an hour before exp",
+            sign_claims(json!({"iat": ten_years - 1800, "exp": ten_years})),
+        ),
+        (
+            "two days, iat after exp",
+            sign_claims(json!({"iat": now() + 3 * 86400, "exp": now() + 2 * 86400})),
+        ),
+        (
+            "iat an hour in the future",
+            sign_claims(json!({"iat": now() + 3600, "exp": now() + 7200})),
+        ),
+    ] {
+        // Twice: a refused token must not become acceptable through the verified-token cache.
+        for attempt in 0..2 {
+            assert_eq!(
+                status_of(&server, &token).await,
+                unauthenticated,
+                "{what} (attempt {attempt})"
+            );
+        }
+    }
+    // Within the skew a future `iat` is a clock difference, not a forgery.
+    assert_eq!(
+        status_of(&server, &sign_claims(json!({"iat": now() + 5}))).await,
+        (tonic::Code::Ok, 200)
+    );
+}

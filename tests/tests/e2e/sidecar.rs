@@ -876,3 +876,82 @@ for _ in range(600):
     let _ = application.kill();
     let _ = application.wait();
 }
+
+/// `known_etags` keys name clusters as `cluster_uids` do: a key whose uid breaks the uid rule, an
+/// overlong etag, or more keys than `--max-watch-known-etags` is refused with INVALID_ARGUMENT naming
+/// the field, before anything is evaluated or echoed back.
+#[tokio::test]
+async fn known_etags_are_validated_like_cluster_uids() {
+    let setup = setup(&[]).await;
+    let request = |known: &[(String, String)]| pb::WatchKubeconfigsRequest {
+        known_etags: known.iter().cloned().collect(),
+        ..Default::default()
+    };
+    for key in [
+        "<script>alert(1)</script>/kubeconfig",
+        "../../etc/passwd/kubeconfig",
+        "UPPER/kubeconfig",
+        "/kubeconfig",
+        &format!("{}/kubeconfig", "a".repeat(65)),
+    ] {
+        let refused = open_watch(
+            &setup.server,
+            ADMIN_KEY,
+            request(&[(key.to_owned(), "e".to_owned())]),
+        )
+        .await
+        .expect_err(key);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{key}");
+        assert!(
+            refused.message().starts_with("known_etags"),
+            "{key}: {}",
+            refused.message()
+        );
+    }
+    let long_etag = [(format!("{NO_OIDC_DIRECT}/kubeconfig"), "e".repeat(1000))];
+    let refused = open_watch(&setup.server, ADMIN_KEY, request(&long_etag))
+        .await
+        .expect_err("an overlong etag");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("known_etags"),
+        "{}",
+        refused.message()
+    );
+}
+
+/// At most `--max-watch-known-etags` entries: at the bound a watch opens, one more is refused (and
+/// counted).
+#[tokio::test]
+async fn known_etags_are_bounded_in_number() {
+    let setup = setup(&["--max-watch-known-etags", "4"]).await;
+    let request = |known: &[(String, String)]| pb::WatchKubeconfigsRequest {
+        known_etags: known.iter().cloned().collect(),
+        ..Default::default()
+    };
+    let keys: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            (
+                format!("00000000000000000000ff0{i}/kubeconfig"),
+                "e".to_owned(),
+            )
+        })
+        .collect();
+    let mut stream = open_watch(&setup.server, ADMIN_KEY, request(&keys[..4]))
+        .await
+        .expect("four known etags");
+    until_synced(&mut stream).await;
+    let refused = open_watch(&setup.server, ADMIN_KEY, request(&keys))
+        .await
+        .expect_err("five known etags");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("known_etags"),
+        "{}",
+        refused.message()
+    );
+    let metrics = kubeconfigd_e2e::metrics(&setup.server)
+        .await
+        .expect("metrics");
+    assert_eq!(metrics["kubeconfigd_watch_known_etags_refused_total"], 1.0);
+}

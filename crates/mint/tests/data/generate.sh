@@ -19,3 +19,8 @@ openssl genrsa -out byo-rsa.key 2048 2>/dev/null
 openssl pkey -in byo-rsa.key -pubout -out byo-rsa.pub
 openssl req -new -key byo-rsa.key -subj "/CN=ignored" -out byo-rsa.csr
 openssl genrsa 1024 2>/dev/null | openssl pkey -pubout -out weak-rsa1024.pub
+# The largest RSA key accepted (8192 bits): only its public key and CSR are kept.
+openssl genrsa -out byo-rsa8192.key 8192 2>/dev/null
+openssl pkey -in byo-rsa8192.key -pubout -out byo-rsa8192.pub
+openssl req -new -key byo-rsa8192.key -subj "/CN=ignored" -out byo-rsa8192.csr
+rm byo-rsa8192.key

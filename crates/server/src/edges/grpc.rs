@@ -165,6 +165,7 @@ fn watch_spec(message: pb::WatchKubeconfigsRequest) -> Result<WatchSpec, CoreErr
             Some((uid.to_owned(), asset))
         });
         let Some(parsed) = parsed else {
+            let key: String = key.chars().take(80).collect();
             return Err(CoreError::bad_request(format!(
                 "known_etags: key {key:?} must be <cluster uid>/kubeconfig or <cluster uid>/admin-kubeconfig"
             )));

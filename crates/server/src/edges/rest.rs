@@ -360,14 +360,15 @@ async fn serve(
     ) && let Some(etag) = single_etag(held)
     {
         // Boxed: a long-poll's state is large and only this path needs it.
-        let waited =
-            Box::pin(
-                state
-                    .watchers
-                    .wait_for_change(&credentials, uid, request, &etag, wait),
-            )
-            .instrument(span.clone())
-            .await;
+        let waited = Box::pin(state.watchers.wait_for_change(
+            &credentials,
+            uid,
+            (request, options),
+            &etag,
+            wait,
+        ))
+        .instrument(span.clone())
+        .await;
         if let Err(refused) = waited {
             let result = core
                 .run("rest", method, std::future::ready(Err(refused)))
@@ -454,10 +455,10 @@ fn respond(
     }
     if let Some(credential) = &served.credential {
         let entry = &credential.entry;
-        let expires = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.not_after),
-        )
-        .to_string();
+        let expires = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(entry.not_after))
+            .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+            .unwrap_or_default();
         for (name, value) in [
             ("x-credential-expires", expires.as_str()),
             ("x-credential-serial", entry.serial.as_str()),

@@ -523,6 +523,8 @@ pub struct Minting {
     pub default_lifetime_seconds: u64,
     pub max_lifetime_seconds: u64,
     pub require_reason: bool,
+    /// Whether a bare public key (no proof of possession) is certified.
+    pub allow_bare_public_keys: bool,
 }
 
 /// Whether a cluster can be served.
@@ -893,6 +895,7 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Ready, Unusable> {
                 default_lifetime_seconds: settings.default_lifetime_seconds.min(max),
                 max_lifetime_seconds: max,
                 require_reason: settings.require_reason_for_admin,
+                allow_bare_public_keys: settings.allow_bare_public_keys,
             })
         }
     };

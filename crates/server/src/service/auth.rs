@@ -2,7 +2,9 @@
 //! stored hashes ([`ApiKeys`]), or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience,
 //! expiry and not-before checked with a small clock skew; only the configured algorithm is accepted,
 //! so `alg: none` and HS/RS confusion fail). Every failure is the same 401 with no hint which part was
-//! wrong. Signatures are checked with aws-lc (`jsonwebtoken`'s `aws_lc_rs` backend: 5–9× faster than
+//! wrong. `--jwt-max-lifetime` bounds how long a token can still be used, measured from now (`exp -
+//! now`), whatever its `iat` claims; an `iat` in the future (beyond the skew) or after `exp` is refused.
+//! Signatures are checked with aws-lc (`jsonwebtoken`'s `aws_lc_rs` backend: 5–9× faster than
 //! its pure-Rust one here), and a verified token is remembered by its SHA-256 until it expires
 //! ([`JwtVerifier`]): even so, checking a signature costs a call several times what the rest of a
 //! cached download does.
@@ -17,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{JwtConfig, JwtKey};
 use crate::error::CoreError;
 
-/// Allowed clock skew for `exp` and `nbf`, in seconds.
+/// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
 pub const CLOCK_SKEW_SECONDS: u64 = 30;
 
 /// What the caller presented. `Debug` never prints the key or token.
@@ -134,7 +136,8 @@ pub struct JwtVerifier {
     /// on every call for its lifetime, and checking its signature again (ES256 about 50 µs, RS256
     /// about 22 µs) costs a call more than the rest of it. A hit is the same
     /// bytes as a token that was fully verified, so only time can change the answer: its `exp` and
-    /// `nbf` are checked again on every use. Only tokens that verified are kept, so a caller without
+    /// `nbf` are checked again on every use, and so is the lifetime left (`exp - now`, which only
+    /// shrinks unless the clock steps back). Only tokens that verified are kept, so a caller without
     /// a valid token cannot fill it; it is bounded all the same.
     verified: moka::sync::Cache<[u8; 32], std::sync::Arc<VerifiedToken>>,
 }
@@ -150,6 +153,17 @@ struct VerifiedToken {
     groups: Vec<String>,
     exp: u64,
     nbf: Option<u64>,
+    iat: Option<u64>,
+}
+
+/// Whether a token expiring at `exp` (issued at `iat`, when it says) may be used at `now` under a
+/// maximum lifetime of `max_lifetime` seconds: what is left of it (`exp - now`) must be within the
+/// maximum, whatever `iat` claims (an issuer could otherwise mint a ten-year token dated half an hour
+/// before it expires); an `iat` after `exp`, or in the future beyond the clock skew, is refused.
+fn lifetime_allowed(exp: u64, iat: Option<u64>, now: u64, max_lifetime: u64) -> bool {
+    let iat_plausible =
+        iat.is_none_or(|iat| iat <= exp && iat <= now.saturating_add(CLOCK_SKEW_SECONDS));
+    iat_plausible && exp.saturating_sub(now) <= max_lifetime.saturating_add(CLOCK_SKEW_SECONDS)
 }
 
 impl VerifiedToken {
@@ -159,12 +173,14 @@ impl VerifiedToken {
         u32::try_from(text + 128 + 24 * self.groups.len()).unwrap_or(u32::MAX)
     }
 
-    /// Whether the token is still valid at `now`, with the same skew as the first check.
-    fn valid_at(&self, now: u64) -> bool {
+    /// Whether the token is still valid at `now`, with the same skew as the first check, and may not
+    /// be used for longer than `max_lifetime` seconds from now.
+    fn valid_at(&self, now: u64, max_lifetime: u64) -> bool {
         now.saturating_sub(CLOCK_SKEW_SECONDS) <= self.exp
             && self
                 .nbf
                 .is_none_or(|nbf| nbf <= now.saturating_add(CLOCK_SKEW_SECONDS))
+            && lifetime_allowed(self.exp, self.iat, now, max_lifetime)
     }
 }
 
@@ -220,13 +236,13 @@ impl JwtVerifier {
     fn verify_at(&self, token: &str, now: u64) -> Option<(String, Vec<String>)> {
         let digest = token_digest(token);
         let known = match self.verified.get(&digest) {
-            Some(known) if known.valid_at(now) => known,
+            Some(known) if known.valid_at(now, self.max_lifetime_seconds) => known,
             Some(_) => {
                 self.verified.invalidate(&digest);
                 return None;
             }
             None => {
-                let (verified, reusable) = self.verify_signed(token)?;
+                let (verified, reusable) = self.verify_signed(token, now_seconds())?;
                 let verified = std::sync::Arc::new(verified);
                 if reusable {
                     self.verified
@@ -240,19 +256,15 @@ impl JwtVerifier {
 
     /// Every check of a token, signature included; with whether it may be reused (not when its `nbf`
     /// is not a whole number, which `jsonwebtoken` judged: nothing here would know when it starts).
-    fn verify_signed(&self, token: &str) -> Option<(VerifiedToken, bool)> {
+    fn verify_signed(&self, token: &str, now: u64) -> Option<(VerifiedToken, bool)> {
         if has_crit_header(token) {
             return None;
         }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .ok()?
             .claims;
-        // A token valid for longer than allowed is refused, whether it says when it was issued or not.
-        let lifetime = match claims.iat {
-            Some(iat) => claims.exp.saturating_sub(iat),
-            None => claims.exp.saturating_sub(now_seconds()),
-        };
-        if lifetime > self.max_lifetime_seconds.saturating_add(CLOCK_SKEW_SECONDS) {
+        // A token usable for longer than allowed from now is refused, whatever its `iat` says.
+        if !lifetime_allowed(claims.exp, claims.iat, now, self.max_lifetime_seconds) {
             return None;
         }
         let unverified = matches!(&claims.email_verified, Some(serde_json::Value::Bool(false)))
@@ -271,6 +283,7 @@ impl JwtVerifier {
             groups: claims.groups,
             exp: claims.exp,
             nbf,
+            iat: claims.iat,
         };
         Some((verified, reusable))
     }
@@ -509,9 +522,61 @@ mod tests {
             token(now, serde_json::json!({ "aud": "someone-else" })),
             // Valid for two hours against a one-hour limit.
             token(now, serde_json::json!({ "iat": now, "exp": now + 7200 })),
+            // Ten years, dated half an hour before they end.
+            token(
+                now,
+                serde_json::json!({ "iat": now + 315_360_000 - 1800, "exp": now + 315_360_000 }),
+            ),
+            // Issued after it expires, and issued in the future.
+            token(
+                now,
+                serde_json::json!({ "iat": now + 900, "exp": now + 600 }),
+            ),
+            token(
+                now,
+                serde_json::json!({ "iat": now + 300, "exp": now + 1200 }),
+            ),
         ] {
             assert_eq!(verifier.verify_at(&refused, now), None);
             assert!(!remembered(&verifier, &refused));
         }
+    }
+
+    #[test]
+    fn a_remembered_token_is_held_to_the_lifetime_limit_from_now() {
+        let verifier = verifier();
+        let now = now_seconds();
+        let token = token(now, serde_json::json!({ "exp": now + 3000 }));
+        assert!(verifier.verify_at(&token, now).is_some());
+        assert!(remembered(&verifier, &token));
+        // Seen again from a clock an hour behind (stepped back): more than the limit left, refused.
+        assert_eq!(verifier.verify_at(&token, now - 3600), None);
+        assert!(!remembered(&verifier, &token));
+    }
+
+    #[test]
+    fn the_lifetime_is_measured_from_now() {
+        let max = 3600;
+        let now = 1_800_000_000;
+        assert!(lifetime_allowed(now + 3600, Some(now - 10), now, max));
+        assert!(lifetime_allowed(now + 3600, None, now, max));
+        assert!(!lifetime_allowed(now + 7200, Some(now + 7000), now, max));
+        assert!(
+            !lifetime_allowed(now + 600, Some(now + 700), now, max),
+            "iat after exp"
+        );
+        assert!(lifetime_allowed(
+            now + 600,
+            Some(now + CLOCK_SKEW_SECONDS),
+            now,
+            max
+        ));
+        assert!(!lifetime_allowed(
+            now + 600,
+            Some(now + CLOCK_SKEW_SECONDS + 1),
+            now,
+            max
+        ));
+        assert!(lifetime_allowed(u64::MAX, None, u64::MAX, max));
     }
 }

@@ -64,6 +64,13 @@ impl Variant {
     }
 }
 
+/// Whether evaluating a file with a minted credential may mint one, or only reuse a kept one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Issue {
+    MintOrReuse,
+    ReuseOnly,
+}
+
 /// The file a request asks for, as the policy names it.
 fn asset_of(request: Request) -> Asset {
     match request {
@@ -75,6 +82,14 @@ fn asset_of(request: Request) -> Asset {
 /// The reason given for a file of a cluster the caller cannot see (or that does not exist), beside the
 /// deny reason codes of the policy.
 pub const NOT_FOUND_REASON: &str = "NOT_FOUND";
+
+/// The code `CheckKubeconfig` gives for a revoked credential to a caller who may not see who revoked
+/// it and why.
+pub const REVOKED_CODE: &str = "CREDENTIAL_REVOKED";
+
+/// The code in `CheckKubeconfig`'s reason for a credential whose holder may no longer download the
+/// cluster's admin kubeconfig.
+pub const HOLDER_ACCESS_ENDED_CODE: &str = "HOLDER_ACCESS_ENDED";
 
 /// A served asset.
 #[derive(Debug)]
@@ -432,7 +447,14 @@ impl Core {
         span.record("kubeconfig.asset", asset.as_str());
         let mut user = None;
         let result = self
-            .serve_asset(credentials, uid, request, options, &span, &mut user)
+            .serve_asset(
+                credentials,
+                uid,
+                request,
+                (options, Issue::MintOrReuse),
+                &span,
+                &mut user,
+            )
             .await;
         // The audit trail: one event per asset request, whatever the outcome; never the content.
         let user = user.as_deref().unwrap_or("-");
@@ -452,7 +474,9 @@ impl Core {
                     serial = credential.map(|c| tracing::field::display(&c.entry.serial)),
                     fingerprint = credential.map(|c| tracing::field::display(&c.entry.fingerprint)),
                     reused = credential.map(|c| c.reused),
-                    reason = credential.map(|_| tracing::field::display(&options.reason)),
+                    // The caller's own text: a quoted, escaped string, never a bare display value
+                    // (whose spaces and quotes could forge the fields that follow it).
+                    reason = credential.map(|_| options.reason.as_str()),
                     "asset served"
                 )
             }
@@ -475,7 +499,7 @@ impl Core {
         credentials: &Credentials,
         uid: &str,
         request: Request,
-        options: &MintOptions,
+        (options, issue): (&MintOptions, Issue),
         span: &tracing::Span,
         user: &mut Option<String>,
     ) -> Result<Served, CoreError> {
@@ -551,12 +575,12 @@ impl Core {
             // Per caller: never cached as a file (the credential is kept for reuse instead).
             // Boxed: minting's state is large and only this path needs it.
             let credential = Box::pin(self.minter.credential(
-                &caller.user,
+                (&caller.user, &caller.groups),
                 cluster,
-                minting,
-                ca,
+                (minting, ca),
                 options,
                 &credentials.request_id,
+                issue == Issue::MintOrReuse,
             ))
             .await?;
             let rendered = renderer.render_with_admin(variant.request(), &credential.certificate);
@@ -688,11 +712,40 @@ impl Core {
             credentials,
             uid,
             request,
-            &MintOptions::default(),
+            (&MintOptions::default(), Issue::MintOrReuse),
             &tracing::Span::none(),
             &mut None,
         )
         .await
+    }
+
+    /// Whether the file a caller holds (`etag`, downloaded with `options`) is still what
+    /// [`Core::asset`] would answer: for the REST long-poll. It evaluates with the caller's own
+    /// options, and a file with a minted credential is only compared with a credential kept for
+    /// reuse, never minted (the download that follows the wait mints, once, for the caller).
+    /// Anything but the same file (another file, a refusal, no credential to reuse) is a change.
+    pub async fn held_file_changed(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+        request: Request,
+        options: &MintOptions,
+        etag: &str,
+    ) -> bool {
+        match self
+            .serve_asset(
+                credentials,
+                uid,
+                request,
+                (options, Issue::ReuseOnly),
+                &tracing::Span::none(),
+                &mut None,
+            )
+            .await
+        {
+            Ok(served) => served.rendered.0.etag != etag,
+            Err(_) => true,
+        }
     }
 
     /// The uids of every cluster visible to `caller` (optionally in one project), in order. Costs
@@ -742,6 +795,41 @@ impl Core {
     ) -> bool {
         entry.issued_to == caller.user
             || visible.is_some_and(|p| may_download_admin(snapshot.tenant.policy(), p))
+    }
+
+    /// Whether the holder of a credential (its user, with the groups of the token it was issued
+    /// under) may still receive a minted credential of `cluster`: its admin kubeconfig, or a
+    /// kubeconfig that carries the admin credential.
+    fn holder_still_allowed(
+        snapshot: &Snapshot,
+        cluster: &ClusterEntry,
+        entry: &LedgerEntry,
+    ) -> bool {
+        let holder = Caller {
+            user: entry.issued_to.clone(),
+            groups: entry.issued_groups.clone(),
+            project: None,
+        };
+        let Some(permissions) = Self::visible(snapshot, &holder, cluster) else {
+            return false;
+        };
+        let policy = snapshot.tenant.policy();
+        let Availability::Ready(ready) = &cluster.availability else {
+            return may_download_admin(policy, permissions);
+        };
+        let facts = ClusterFacts {
+            name: cluster.name(),
+            oidc: &ready.oidc,
+            proxy_enabled: cluster.proxy_enabled,
+        };
+        let allowed = |asset| matches!(decide(policy, permissions, &facts, asset), Decision::Allow);
+        allowed(Asset::AdminKubeconfig)
+            || (allowed(Asset::Kubeconfig)
+                && cluster.renderer(&snapshot.tenant).is_some_and(|renderer| {
+                    [true, false]
+                        .into_iter()
+                        .any(|frp| renderer.carries_admin_credential(Request::Kubeconfig { frp }))
+                }))
     }
 
     /// Whether a minted credential is still current (see `CheckKubeconfig`).
@@ -805,10 +893,16 @@ impl Core {
         }
         let detailed = Self::may_see_entry(&snapshot, &caller, &entry, visible);
         let (status, reason) = if let Some(revocation) = &entry.revoked {
-            (
-                CredentialStatus::Revoked,
-                format!("revoked by {}: {}", revocation.by, revocation.reason),
-            )
+            // Who revoked it and their words only to those who may see the entry (its holder and
+            // the cluster's admins); a stable code to anyone else who can see the cluster.
+            let reason = if detailed {
+                format!("revoked by {}: {}", revocation.by, revocation.reason)
+            } else {
+                format!(
+                    "revoked ({REVOKED_CODE}); its holder and the cluster's administrators can see by whom and why"
+                )
+            };
+            (CredentialStatus::Revoked, reason)
         } else if entry.not_after <= now {
             (
                 CredentialStatus::Expired,
@@ -822,14 +916,28 @@ impl Core {
                 ),
                 Some(cluster) => {
                     let current = minting::cluster_digest(cluster, cluster.record.client_ca());
-                    if current == entry.cluster_digest {
-                        (CredentialStatus::Current, String::new())
-                    } else {
+                    if current != entry.cluster_digest {
                         (
                             CredentialStatus::Stale,
                             "the cluster's API server, CA or client CA changed since it was issued; download a new file"
                                 .to_owned(),
                         )
+                    } else if !Self::holder_still_allowed(&snapshot, cluster, &entry) {
+                        // It keeps working against the cluster until it expires (Kubernetes has no
+                        // revocation): say so, so that tooling drops it and an admin can revoke it.
+                        let reason = if detailed {
+                            format!(
+                                "its holder {} may no longer download this cluster's admin kubeconfig ({HOLDER_ACCESS_ENDED_CODE}); it still works against the cluster until it expires: revoke it, or rotate the client CA",
+                                entry.issued_to
+                            )
+                        } else {
+                            format!(
+                                "its holder may no longer download this cluster's admin kubeconfig ({HOLDER_ACCESS_ENDED_CODE})"
+                            )
+                        };
+                        (CredentialStatus::Stale, reason)
+                    } else {
+                        (CredentialStatus::Current, String::new())
                     }
                 }
             }
@@ -881,7 +989,7 @@ impl Core {
             self.minter.revoked(&entry.serial);
             tracing::info!(
                 target: "audit",
-                user = %caller.user,
+                user = caller.user.as_str(),
                 cluster = %entry.cluster,
                 serial = %entry.serial,
                 fingerprint = %entry.fingerprint,

@@ -35,6 +35,10 @@ pub struct LedgerEntry {
     pub kubernetes_group: String,
     /// The caller it was issued to.
     pub issued_to: String,
+    /// The groups of the caller's token when it was issued (none with an API key): with
+    /// `issued_to`, whose access a check evaluates again (a holder who lost it holds a stale file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issued_groups: Vec<String>,
     /// Unix seconds.
     pub issued_at: u64,
     pub not_before: u64,
@@ -71,6 +75,7 @@ impl LedgerEntry {
             kubernetes_user: "kubeconfigd:admin:admin@demo.test".to_owned(),
             kubernetes_group: "system:masters".to_owned(),
             issued_to: "admin@demo.test".to_owned(),
+            issued_groups: Vec::new(),
             issued_at: not_after.saturating_sub(3600),
             not_before: not_after.saturating_sub(3660),
             not_after,
@@ -87,7 +92,7 @@ impl LedgerEntry {
 
     /// When the entry may be forgotten.
     fn keep_until(&self) -> u64 {
-        self.not_after + KEEP_AFTER_EXPIRY.as_secs()
+        self.not_after.saturating_add(KEEP_AFTER_EXPIRY.as_secs())
     }
 }
 
@@ -332,7 +337,10 @@ impl Ledger for MemoryLedger {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.forget_expired(unix_seconds(SystemTime::now()));
         if state.reusable.len() < MAX_REUSABLE || state.reusable.contains_key(key) {
-            let until = std::time::Instant::now() + ttl;
+            // A lifetime the clock cannot represent is not kept (it is only reuse).
+            let Some(until) = std::time::Instant::now().checked_add(ttl) else {
+                return ready(());
+            };
             state.reusable.insert(key.to_owned(), (value, until));
             state
                 .reusable_expiry

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use kubeconfig_mint::{ClientPublicKey, KeySource, Subject, Validity};
@@ -61,18 +61,50 @@ pub struct Minter {
     reused: AtomicU64,
     ledger_failures: AtomicU64,
     rate_limited: AtomicU64,
-    /// Mints per caller in the current minute; 0 disables the limit.
+    /// Mints per caller in any sixty seconds; 0 disables the limit.
     max_per_minute: u32,
     recent: std::sync::Mutex<RecentMints>,
     /// Serials revoked here, for the watches of this replica to replace at once.
     revocations: tokio::sync::broadcast::Sender<String>,
 }
 
-/// Mints per caller in the current one-minute window.
+/// The window of the per-caller mint limit.
+const MINT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The times of each caller's mints in the last [`MINT_WINDOW`]: a sliding window, so that no sixty
+/// seconds ever see more than the limit (a fixed window per calendar minute lets twice the limit
+/// through across a minute boundary). A caller's record holds at most `limit` instants; callers with
+/// nothing left in the window are dropped whenever the map has doubled since it was last swept, so
+/// the memory follows the callers of the last minute.
 #[derive(Debug, Default)]
 struct RecentMints {
-    window: u64,
-    counts: std::collections::HashMap<String, u32>,
+    callers: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
+    sweep_at: usize,
+}
+
+impl RecentMints {
+    /// Takes one of `user`'s `limit` mints in the window ending at `now`, or says how long until one
+    /// is free.
+    fn take(&mut self, user: &str, limit: u32, now: Instant) -> Result<(), Duration> {
+        let limit = limit as usize;
+        let window_start = now.checked_sub(MINT_WINDOW);
+        let expired = |at: &Instant| window_start.is_some_and(|start| *at <= start);
+        if self.callers.len() >= self.sweep_at {
+            self.callers
+                .retain(|_, times| times.back().is_some_and(|at| !expired(at)));
+            self.sweep_at = (self.callers.len() * 2).max(1024);
+        }
+        let times = self.callers.entry(user.to_owned()).or_default();
+        while times.front().is_some_and(expired) {
+            times.pop_front();
+        }
+        if times.len() >= limit {
+            let oldest = times.front().copied().unwrap_or(now);
+            return Err((oldest + MINT_WINDOW).saturating_duration_since(now));
+        }
+        times.push_back(now);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Minter {
@@ -138,30 +170,25 @@ impl Minter {
         self
     }
 
-    /// Takes one of the caller's mints of this minute, or refuses.
-    fn take_mint(&self, user: &str, now: SystemTime) -> Result<(), CoreError> {
+    /// Takes one of the caller's mints of the last sixty seconds, or refuses.
+    fn take_mint(&self, user: &str, now: Instant) -> Result<(), CoreError> {
         if self.max_per_minute == 0 {
             return Ok(());
         }
-        let window = unix_seconds(now) / 60;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.window != window {
-            recent.window = window;
-            recent.counts.clear();
-        }
-        let count = recent.counts.entry(user.to_owned()).or_default();
-        if *count >= self.max_per_minute {
-            self.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(CoreError::new(
-                ErrorKind::TooManyRequests,
-                format!(
-                    "at most {} admin credentials are minted per caller per minute; retry in a minute (a download within half a credential's lifetime reuses it and is not limited)",
-                    self.max_per_minute
-                ),
-            ));
-        }
-        *count += 1;
-        Ok(())
+        recent
+            .take(user, self.max_per_minute, now)
+            .map_err(|wait| {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                CoreError::new(
+                    ErrorKind::TooManyRequests,
+                    format!(
+                        "at most {} admin credentials are minted per caller per minute (in any sixty seconds); retry in {} s (a download within half a credential's lifetime reuses it and is not limited)",
+                        self.max_per_minute,
+                        wait.as_secs().max(1)
+                    ),
+                )
+            })
     }
 
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -193,18 +220,18 @@ impl Minter {
         Ok((requested, granted, granted < requested))
     }
 
-    /// A credential for `user` on `cluster`: reused when one issued for the same user, cluster
-    /// revision, key and lifetime has more than half its lifetime left (and is not revoked), else
-    /// minted and recorded.
-    #[allow(clippy::too_many_arguments)]
+    /// A credential for `user` (with the groups of their token) on `cluster`: reused when one issued
+    /// for the same user, cluster revision, key and lifetime has more than half its lifetime left
+    /// (and is not revoked), else minted and recorded — unless `may_mint` is false, when there is
+    /// then none (UNAVAILABLE: nothing to reuse).
     pub async fn credential(
         &self,
-        user: &str,
+        (user, groups): (&str, &[String]),
         cluster: &ClusterEntry,
-        minting: &Minting,
-        ca: &ClientCa,
+        (minting, ca): (&Minting, &ClientCa),
         options: &MintOptions,
         request_id: &str,
+        may_mint: bool,
     ) -> Result<MintedCredential, CoreError> {
         let (requested, granted, clamped) = Self::lifetime(minting, options.expiration_seconds)?;
         let client_key = options
@@ -213,6 +240,14 @@ impl Minter {
             .map(ClientPublicKey::from_pem)
             .transpose()
             .map_err(|e| CoreError::bad_request(format!("public_key/csr: {e}")))?;
+        if client_key
+            .as_ref()
+            .is_some_and(|key| !key.possession_proven() && !minting.allow_bare_public_keys)
+        {
+            return Err(CoreError::bad_request(
+                "public_key: a bare public key proves nothing about who holds its private key; send a csr (a CERTIFICATE REQUEST signed with the key) instead (this tenant does not set credentials.allowBarePublicKeys)",
+            ));
+        }
         let key_kind = client_key.as_ref().map_or_else(
             || "generated-p256".to_owned(),
             |k| format!("spki-{}", k.digest()),
@@ -232,10 +267,19 @@ impl Minter {
         if let Some(mut kept) = self.reusable(&reuse_key, granted, now).await {
             kept.entry.requested_seconds = requested;
             kept.entry.clamped = clamped;
-            self.reused.fetch_add(1, Ordering::Relaxed);
+            if may_mint {
+                // A long-poll looking whether the held file is still current serves nothing.
+                self.reused.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(kept);
         }
-        self.take_mint(user, now)?;
+        if !may_mint {
+            return Err(CoreError::new(
+                ErrorKind::Unavailable,
+                "no credential kept for reuse",
+            ));
+        }
+        self.take_mint(user, Instant::now())?;
         let authority = ca.authority().map_err(|reason| {
             tracing::error!(cluster = %cluster.uid(), %reason, "the client CA cannot sign");
             CoreError::new(
@@ -247,6 +291,16 @@ impl Minter {
             )
         })?;
         let common_name = format!("{}{user}", minting.user_prefix);
+        // Checked: the lifetime is bounded when the tenant file loads, but an expiry past what the
+        // clock can represent must be a refusal, never a panic.
+        let not_after = now
+            .checked_add(Duration::from_secs(granted))
+            .ok_or_else(|| {
+                CoreError::bad_request(format!(
+                    "a lifetime of {granted} seconds ends past what a certificate can say"
+                ))
+            })?;
+        let not_before = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         let issued = authority
             .issue(
                 Subject {
@@ -254,8 +308,8 @@ impl Minter {
                     organization: Some(&minting.group),
                 },
                 Validity {
-                    not_before: now - Duration::from_secs(60),
-                    not_after: now + Duration::from_secs(granted),
+                    not_before,
+                    not_after,
                 },
                 client_key
                     .as_ref()
@@ -269,6 +323,7 @@ impl Minter {
             kubernetes_user: common_name,
             kubernetes_group: minting.group.to_string(),
             issued_to: user.to_owned(),
+            issued_groups: groups.to_vec(),
             issued_at: unix_seconds(now),
             not_before: unix_seconds(issued.not_before),
             not_after: unix_seconds(issued.not_after),
@@ -317,12 +372,12 @@ impl Minter {
             cluster = %cluster.uid(),
             serial = %entry.serial,
             fingerprint = %entry.fingerprint,
-            kubernetes_user = %entry.kubernetes_user,
+            kubernetes_user = entry.kubernetes_user.as_str(),
             not_after = entry.not_after,
             granted_seconds = granted,
             clamped,
             caller_key = entry.caller_key,
-            reason = %entry.reason,
+            reason = entry.reason.as_str(),
             request_id,
             "credential issued"
         );
@@ -361,5 +416,68 @@ impl Minter {
             entry,
             reused: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mint_limit_holds_across_a_minute_boundary() {
+        let minter =
+            Minter::new(Arc::new(crate::ledger::MemoryLedger::default())).with_rate_limit(2);
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        // Two at the end of one minute, then the next minute starts.
+        assert!(minter.take_mint("a", at(58)).is_ok());
+        assert!(minter.take_mint("a", at(59)).is_ok());
+        assert!(
+            minter.take_mint("a", at(61)).is_err(),
+            "three in three seconds"
+        );
+        assert!(
+            minter.take_mint("a", at(117)).is_err(),
+            "three within a minute"
+        );
+        assert!(
+            minter.take_mint("b", at(61)).is_ok(),
+            "each caller has a budget"
+        );
+        // Each mint frees its place a minute after it was taken.
+        assert!(minter.take_mint("a", at(118)).is_ok());
+        assert!(minter.take_mint("a", at(118)).is_err());
+        assert!(minter.take_mint("a", at(119)).is_ok());
+        assert!(minter.take_mint("a", at(120)).is_err());
+        assert_eq!(minter.stats().rate_limited, 4);
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_next_mint_is_free() {
+        let mut recent = RecentMints::default();
+        let start = Instant::now();
+        assert_eq!(recent.take("a", 1, start), Ok(()));
+        assert_eq!(
+            recent.take("a", 1, start + Duration::from_secs(45)),
+            Err(Duration::from_secs(15))
+        );
+    }
+
+    #[test]
+    fn callers_with_nothing_in_the_window_are_forgotten() {
+        let mut recent = RecentMints::default();
+        let start = Instant::now();
+        for n in 0..2000 {
+            recent.take(&format!("u{n}"), 5, start).expect("first mint");
+        }
+        let later = start + Duration::from_secs(61);
+        for n in 0..2000 {
+            recent.take(&format!("v{n}"), 5, later).expect("first mint");
+        }
+        assert!(
+            recent.callers.len() < 3000,
+            "the callers of a minute ago were swept: {}",
+            recent.callers.len()
+        );
     }
 }

@@ -102,11 +102,48 @@ enum Sent {
     Removed,
 }
 
-/// Limits on watches: in all, and per caller.
+/// Limits on watches: in all, and per caller; and how many `known_etags` one may give.
 #[derive(Debug, Clone, Copy)]
 pub struct WatchLimits {
     pub total: usize,
     pub per_caller: usize,
+    pub known_etags: usize,
+}
+
+/// The longest etag a watch may say it holds, in bytes (ours are 64 hex characters, quoted).
+pub const MAX_KNOWN_ETAG_BYTES: usize = 128;
+
+/// Checks a watch's `known_etags` as `cluster_uids` are checked: every key names a cluster by a valid
+/// uid, every etag is short, and there are at most `limit` of them. Nothing a caller sends is
+/// evaluated or echoed back before this passes.
+fn check_known_etags(
+    known: &HashMap<(String, Asset), String>,
+    limit: usize,
+) -> Result<(), CoreError> {
+    if known.len() > limit {
+        return Err(CoreError::bad_request(format!(
+            "known_etags: at most {limit} entries (got {})",
+            known.len()
+        )));
+    }
+    for ((uid, asset), etag) in known {
+        if !kubeconfig_render::is_valid_uid(uid) {
+            return Err(CoreError::bad_request(format!(
+                "known_etags: key {:?} must name a cluster uid ([a-z0-9-]{{1,64}})",
+                format!("{uid}/{}", asset.as_str())
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            )));
+        }
+        if etag.len() > MAX_KNOWN_ETAG_BYTES {
+            return Err(CoreError::bad_request(format!(
+                "known_etags: the etag of {uid}/{} is longer than {MAX_KNOWN_ETAG_BYTES} bytes",
+                asset.as_str()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Opens watches and keeps their count.
@@ -225,6 +262,10 @@ impl Watchers {
         for uid in &spec.uids {
             check_uid(uid)?;
         }
+        if let Err(refused) = check_known_etags(&spec.known, self.limits.known_etags) {
+            self.core.metrics().watch_known_etags_refused();
+            return Err(refused);
+        }
         if spec.assets.is_empty() {
             spec.assets.push(Asset::Kubeconfig);
         }
@@ -257,11 +298,12 @@ impl Watchers {
     /// (the REST long-poll). Returns whether it changed; the caller then answers as for a download.
     /// A wait counts as a watch of its caller's, under the same limits: refused (429) beyond them.
     /// A caller who does not authenticate does not wait (the download that follows says why).
+    /// It evaluates with the caller's `options` (a minted file's lifetime and key), and never mints.
     pub async fn wait_for_change(
         &self,
         credentials: &Credentials,
         uid: &str,
-        request: Request,
+        (request, options): (Request, &crate::minting::MintOptions),
         etag: &str,
         wait: std::time::Duration,
     ) -> Result<bool, CoreError> {
@@ -270,7 +312,7 @@ impl Watchers {
         };
         let _admission = self.admit(&caller.user)?;
         Ok(self
-            .changed_within(credentials, uid, request, etag, wait)
+            .changed_within(credentials, uid, (request, options), etag, wait)
             .await)
     }
 
@@ -278,7 +320,7 @@ impl Watchers {
         &self,
         credentials: &Credentials,
         uid: &str,
-        request: Request,
+        (request, options): (Request, &crate::minting::MintOptions),
         etag: &str,
         wait: std::time::Duration,
     ) -> bool {
@@ -286,11 +328,11 @@ impl Watchers {
         let mut stop = self.stop.clone();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let changed = match self.core.evaluate(credentials, uid, request).await {
-                Ok(served) => served.rendered.0.etag != etag,
-                // A refusal of any kind is an answer the caller should have at once.
-                Err(_) => true,
-            };
+            // A refusal of any kind is an answer the caller should have at once.
+            let changed = self
+                .core
+                .held_file_changed(credentials, uid, request, options, etag)
+                .await;
             if changed {
                 return true;
             }
@@ -521,7 +563,10 @@ impl Watch {
             let now = crate::ledger::unix_seconds(std::time::SystemTime::now());
             // Half the lifetime after issue, plus a second: reuse stops there, so the next
             // evaluation mints afresh.
-            let half = entry.issued_at + entry.granted_seconds / 2 + 1;
+            let half = entry
+                .issued_at
+                .saturating_add(entry.granted_seconds / 2)
+                .saturating_add(1);
             // At the latest a minute from now: evaluating again also reads the ledger, so a
             // credential revoked on any replica is replaced within a minute.
             let wait = std::time::Duration::from_secs(half.saturating_sub(now).max(1))
@@ -538,7 +583,7 @@ impl Watch {
             (Sent::Etag(etag), Ok(served)) => {
                 tracing::info!(
                     target: "audit",
-                    user = %served.user,
+                    user = served.user.as_str(),
                     cluster = uid,
                     asset = asset.as_str(),
                     allowed = true,
@@ -561,7 +606,7 @@ impl Watch {
                     asset = asset.as_str(),
                     allowed = false,
                     request_id = %self.credentials.request_id,
-                    reason = %reason,
+                    reason = reason.as_str(),
                     via = "watch",
                     "asset refused"
                 );

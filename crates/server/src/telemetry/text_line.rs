@@ -6,7 +6,7 @@
 //! instructions).
 //!
 //! One difference on purpose: every value is written with control characters escaped (`\n`, `\r`,
-//! `\t`, `\u{1b}`…), including `%display` values and the message, which the default formatter writes
+//! `\t`, `\u{1b}`…, and U+2028 and U+2029), including `%display` values and the message, which the default formatter writes
 //! raw. A value that came from a hostile file or header therefore cannot start a forged log line.
 
 use std::fmt::{self, Write as _};
@@ -142,6 +142,12 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// Whether a character is written as an escape: control characters, and the line and paragraph
+/// separators (U+2028, U+2029), which some log viewers and JavaScript-based tools take for line ends.
+fn escaped_char(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
 /// Passes text through with control characters written as escapes, so that no value can end the
 /// line it is on (or colour a terminal that shows the log).
 struct Escaping<'w> {
@@ -155,7 +161,7 @@ impl fmt::Write for Escaping<'_> {
             return self.out.write_str(text);
         }
         let mut rest = text;
-        while let Some(at) = rest.find(|c: char| c.is_control()) {
+        while let Some(at) = rest.find(escaped_char) {
             self.out.write_str(&rest[..at])?;
             let control = rest[at..].chars().next().unwrap_or('\0');
             match control {
@@ -170,7 +176,7 @@ impl fmt::Write for Escaping<'_> {
     }
 
     fn write_char(&mut self, c: char) -> fmt::Result {
-        if c.is_control() {
+        if escaped_char(c) {
             self.write_str(c.encode_utf8(&mut [0; 4]))
         } else {
             self.out.push(c);
@@ -230,5 +236,16 @@ mod tests {
             ours.contains("message with\\na newline and \\u{1b}[31m"),
             "{ours}"
         );
+    }
+
+    #[test]
+    fn line_and_paragraph_separators_are_escaped() {
+        let (ours, _) = formatted_twice(LineFormat::Text, || {
+            tracing::info!(target: "audit", shown = %"a\u{2028}b", quoted = "c\u{2029}d", "m\u{2028}n");
+        });
+        assert!(!ours.contains(['\u{2028}', '\u{2029}']), "{ours}");
+        assert!(ours.contains("m\\u{2028}n"), "{ours}");
+        assert!(ours.contains("shown=a\\u{2028}b"), "{ours}");
+        assert!(ours.contains("quoted=\"c\\u{2029}d\""), "{ours}");
     }
 }
