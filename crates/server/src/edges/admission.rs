@@ -220,15 +220,15 @@ where
                     // Nothing to wait for (the slot is given back with the body).
                     return body;
                 }
-                let waiting = Arc::new(Waiting::default());
-                layer.waiting.push(&waiting, 2 * layer.capacity);
                 Body::new(MessageDeadline {
                     inner: body,
                     method,
                     deadline: Instant::now() + layer.message_timeout,
                     timeout: layer.message_timeout,
                     sleep: None,
-                    admitted: Some((permit, waiting)),
+                    admitted: Some(permit),
+                    waiting: None,
+                    calls: (Arc::clone(&layer.waiting), 2 * layer.capacity),
                     first_message_only,
                     prefix: Vec::new(),
                     remaining: None,
@@ -281,9 +281,13 @@ struct MessageDeadline {
     timeout: Duration,
     /// Created only when the body is not complete at once: most calls arrive in one packet.
     sleep: Option<Pin<Box<Sleep>>>,
-    /// The slot and the entry in the waiting list, `None` once the message is complete (or the body
-    /// failed).
-    admitted: Option<(OwnedSemaphorePermit, Arc<Waiting>)>,
+    /// The slot, `None` once the message is complete (or the body failed).
+    admitted: Option<OwnedSemaphorePermit>,
+    /// The entry in the list of calls waiting for their message: made only when the message is not
+    /// there at the first poll (most calls arrive in one packet).
+    waiting: Option<Arc<Waiting>>,
+    /// That list, and how long it may grow before it is pruned.
+    calls: (Arc<WaitingCalls>, usize),
     first_message_only: bool,
     /// The first message's 5-byte gRPC prefix, while incomplete.
     prefix: Vec<u8>,
@@ -295,6 +299,7 @@ struct MessageDeadline {
 impl MessageDeadline {
     fn complete(&mut self) {
         self.admitted = None;
+        self.waiting = None;
         self.sleep = None;
     }
 
@@ -351,15 +356,18 @@ impl http_body::Body for MessageDeadline {
                 Poll::Ready(other)
             }
             Poll::Pending => {
-                if let Some((_, waiting)) = &this.admitted {
-                    waiting.waker.register(cx.waker());
-                    if waiting.ended.load(Ordering::Acquire) {
-                        this.complete();
-                        this.metrics.limit(Limit::ConcurrentRequests);
-                        return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                            "ended to make room: request message not complete while every slot was taken",
-                        ))));
-                    }
+                let waiting = this.waiting.get_or_insert_with(|| {
+                    let waiting = Arc::new(Waiting::default());
+                    this.calls.0.push(&waiting, this.calls.1);
+                    waiting
+                });
+                waiting.waker.register(cx.waker());
+                if waiting.ended.load(Ordering::Acquire) {
+                    this.complete();
+                    this.metrics.limit(Limit::ConcurrentRequests);
+                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                        "ended to make room: request message not complete while every slot was taken",
+                    ))));
                 }
                 let deadline = this.deadline;
                 let sleep = this
