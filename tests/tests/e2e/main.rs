@@ -7,6 +7,7 @@ mod api_behaviour;
 mod cache;
 mod credentials;
 mod hostile;
+mod hostile_server;
 mod jwt;
 mod ledger;
 mod metrics;
