@@ -22,6 +22,8 @@ type Events =
 /// Answers every watch with the scripted events, then keeps the stream open.
 struct Scripted {
     events: Vec<pb::WatchKubeconfigsResponse>,
+    /// After the scripted events: a new version of this cluster's file, without pause, forever.
+    endless: Option<String>,
     /// The `apikey` values the watches carried.
     keys: Arc<Mutex<Vec<String>>>,
 }
@@ -47,9 +49,23 @@ impl KubeconfigService for Scripted {
         {
             self.keys.lock().expect("keys").push(key.to_owned());
         }
-        let events = tokio_stream::iter(self.events.clone().into_iter().map(Ok))
-            .chain(tokio_stream::pending());
-        Ok(Response::new(Box::pin(events)))
+        let events = tokio_stream::iter(self.events.clone().into_iter().map(Ok));
+        let Some(uid) = self.endless.clone() else {
+            return Ok(Response::new(Box::pin(
+                events.chain(tokio_stream::pending()),
+            )));
+        };
+        let versions = tokio_stream::iter((0u64..).map(move |i| {
+            let mut yaml = kubeconfig(&uid);
+            yaml.push_str(&format!("# version {i}\n"));
+            Ok(upsert(
+                &uid,
+                pb::WatchedAsset::Kubeconfig,
+                "endless.kubeconfig",
+                yaml,
+            ))
+        }));
+        Ok(Response::new(Box::pin(events.chain(versions))))
     }
     async fn get_kubeconfig(
         &self,
@@ -103,12 +119,20 @@ struct FakeServer {
 
 impl FakeServer {
     async fn start(events: Vec<pb::WatchKubeconfigsResponse>) -> FakeServer {
+        FakeServer::start_with(events, None).await
+    }
+
+    async fn start_with(
+        events: Vec<pb::WatchKubeconfigsResponse>,
+        endless: Option<String>,
+    ) -> FakeServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = Scripted {
             events,
+            endless,
             keys: Arc::default(),
         };
         let task = tokio::spawn(async move {
@@ -401,4 +425,24 @@ async fn a_file_count_limit_refuses_the_files_past_it() {
         .await,
         2.0
     );
+}
+
+/// A server that never pauses between events: the agent still writes (a batch is bounded in events
+/// and time) instead of collecting events for as long as they keep coming.
+#[tokio::test]
+async fn an_endless_stream_of_events_is_written_in_bounded_batches() {
+    let paths = paths();
+    let server = FakeServer::start_with(vec![synced()], Some("aa01".to_owned())).await;
+    let health = format!("127.0.0.1:{}", free_port().expect("port"));
+    let agent = agent(&server, &paths, &health, &["--all"]);
+    let file = paths.out.join("endless.kubeconfig");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read_to_string(&file).is_ok_and(|t| t.contains("# version"))
+        })
+        .await,
+        "{}",
+        agent.log_text()
+    );
+    assert!(metric(&health, "kubeconfig_agent_batches_cut_total").await >= 1.0);
 }
