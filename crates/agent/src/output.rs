@@ -280,19 +280,26 @@ impl Output {
     ) -> (Applied, Names) {
         let mut applied = Applied::default();
         let names = file_names(files);
+        // A file that could not be removed stays in the names returned, so the next apply tries again.
+        let mut kept = Names::new();
         if let Some(dir) = &self.out_dir {
             let current: BTreeSet<&String> = names.values().collect();
-            for name in previous_names.values() {
+            for (key, name) in previous_names {
                 if !current.contains(name) {
                     let path = dir.join(name);
                     match std::fs::remove_file(&path) {
                         Ok(()) => applied.removed.push(path),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => applied.failed.push(Failure {
-                            key: None,
-                            path,
-                            error: format!("cannot remove: {e}"),
-                        }),
+                        Err(e) => {
+                            if !names.contains_key(key) {
+                                kept.insert(key.clone(), name.clone());
+                            }
+                            applied.failed.push(Failure {
+                                key: None,
+                                path,
+                                error: format!("cannot remove: {e}"),
+                            });
+                        }
                     }
                 }
             }
@@ -331,6 +338,8 @@ impl Output {
                 }),
             }
         }
+        let mut names = names;
+        names.extend(kept);
         (applied, names)
     }
 }
@@ -452,6 +461,31 @@ mod tests {
         on_disk.sort();
         assert_eq!(on_disk.len(), 2, "{on_disk:?}");
         assert!(on_disk.iter().all(|n| n.len() <= 255));
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_removed_is_removed_at_the_next_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = Output {
+            out_dir: Some(dir.path().to_owned()),
+            merged: None,
+        };
+        let mut files = Files::new();
+        files.insert(("u1".into(), Asset::Kubeconfig), held("east"));
+        let dirty = files.keys().cloned().collect();
+        let (_, names) = output.apply(&files, &dirty, &Names::new());
+        // The file is replaced by something unlink cannot remove, then access ends.
+        let path = dir.path().join("east.kubeconfig");
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::create_dir(&path).expect("dir");
+        let (applied, names) = output.apply(&Files::new(), &BTreeSet::new(), &names);
+        assert_eq!(applied.failed.len(), 1, "{applied:?}");
+        std::fs::remove_dir(&path).expect("rmdir");
+        std::fs::write(&path, "stale").expect("stale");
+        let (applied, names) = output.apply(&Files::new(), &BTreeSet::new(), &names);
+        assert!(applied.failed.is_empty(), "{applied:?}");
+        assert_eq!(applied.removed.as_slice(), std::slice::from_ref(&path));
+        assert!(names.is_empty() && !path.exists());
     }
 
     #[test]
