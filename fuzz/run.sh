@@ -10,7 +10,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(cluster_record pack_analysis tenant_file credentials)
+  targets=(cluster_record pack_analysis tenant_file credentials agent_messages)
 fi
 
 # rustc's stable flags for libFuzzer's coverage feedback (what cargo-fuzz passes, minus sanitizers,

@@ -3,11 +3,8 @@
 //! one file per cluster (`--out-dir`) and/or one merged kubeconfig (`--merged`), atomically and only
 //! when bytes change; deletes a file when access is revoked or the cluster is removed; tells the
 //! application (`--on-change`, `--signal-pid`); and keeps its files while the server is away,
-//! reconnecting with jittered exponential backoff. Every flag has an environment fallback.
-
-mod health;
-mod output;
-mod session;
+//! reconnecting with jittered exponential backoff. Every flag has an environment fallback. This file
+//! is the command line only; the agent itself is the `kubeconfig_agent` library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +15,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::output::{Asset, Output};
-use crate::session::{CredentialFile, Settings};
+use kubeconfig_agent::holdings::Limits;
+use kubeconfig_agent::output::{Asset, Output};
+use kubeconfig_agent::{health, session};
+use session::{CredentialFile, Settings};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,13 +31,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// A size such as `1MiB`, `512KiB` or `1048576`.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text.parse()?;
+    usize::try_from(size.as_u64()).map_err(|e| e.to_string())
+}
+
 /// Keeps kubeconfig files fresh from kubeconfigd.
 #[derive(Debug, Parser)]
 #[command(name = "kubeconfig-agent", version)]
 struct Args {
-    /// kubeconfigd's gRPC address, `http://host:port` or `https://host:port`.
+    /// kubeconfigd's gRPC address, `https://host:port`, or `http://host:port` for a loopback address
+    /// (another host over plain http needs --allow-insecure).
     #[arg(long, env = "KUBECONFIG_AGENT_SERVER")]
     server: String,
+    /// Send the credential over plain http to a non-loopback server (anyone on the path can read it).
+    #[arg(long, env = "KUBECONFIG_AGENT_ALLOW_INSECURE")]
+    allow_insecure: bool,
     /// CA bundle (PEM) that signed the server's certificate (https only; default: the system roots
     /// are not used, so give this for https).
     #[arg(long, env = "KUBECONFIG_AGENT_CA_FILE")]
@@ -125,6 +134,15 @@ struct Args {
     /// Keep a file when access to it is revoked or its cluster removed (default: delete it).
     #[arg(long, env = "KUBECONFIG_AGENT_KEEP_ON_REVOKE")]
     keep_on_revoke: bool,
+    /// The largest file accepted from the server (larger ones are refused and counted).
+    #[arg(long, env = "KUBECONFIG_AGENT_MAX_FILE_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    max_file_size: usize,
+    /// The most files held at once (more are refused and counted).
+    #[arg(long, env = "KUBECONFIG_AGENT_MAX_FILES", default_value_t = 10_000)]
+    max_files: usize,
+    /// The most bytes held at once, all files together (more are refused and counted).
+    #[arg(long, env = "KUBECONFIG_AGENT_MAX_TOTAL_SIZE", default_value = "256MiB", value_parser = parse_size)]
+    max_total_size: usize,
     /// Address for /healthz, /readyz (ready after the first full sync) and /metrics.
     #[arg(long, env = "KUBECONFIG_AGENT_HEALTH_ADDR")]
     health_addr: Option<SocketAddr>,
@@ -152,6 +170,7 @@ fn settings(args: &Args) -> Result<Settings, String> {
             Some((pid, signal))
         }
     };
+    let plaintext_remote = session::check_server(&args.server, args.allow_insecure)?;
     Ok(Settings {
         server: args.server.clone(),
         ca_file: args.ca_file.clone(),
@@ -176,6 +195,12 @@ fn settings(args: &Args) -> Result<Settings, String> {
         on_change: args.on_change.clone(),
         signal,
         keep_on_revoke: args.keep_on_revoke,
+        limits: Limits {
+            max_file_size: args.max_file_size,
+            max_files: args.max_files,
+            max_total_size: args.max_total_size,
+        },
+        plaintext_remote,
     })
 }
 
@@ -256,5 +281,77 @@ fn main() -> ExitCode {
             eprintln!("kubeconfig-agent: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(server: &str, extra: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec![
+            "kubeconfig-agent",
+            "--server",
+            server,
+            "--api-key-file",
+            "key",
+            "--all",
+            "--out-dir",
+            "out",
+        ];
+        argv.extend(extra);
+        settings(&Args::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn the_credential_goes_over_plain_http_only_to_loopback_unless_allowed() {
+        for server in [
+            "http://127.0.0.1:50051",
+            "http://127.9.9.9:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+            "https://kubeconfigd:50051",
+        ] {
+            assert!(parsed(server, &[]).is_ok(), "{server}");
+        }
+        for server in [
+            "http://kubeconfigd:50051",
+            "http://10.0.0.1:50051",
+            "http://[fd00::1]:50051",
+            "http://localhost.example:50051",
+        ] {
+            let refused = parsed(server, &[]).err().unwrap_or_default();
+            assert!(
+                refused.contains("--allow-insecure"),
+                "{server}: {refused:?}"
+            );
+            assert!(parsed(server, &["--allow-insecure"]).is_ok(), "{server}");
+        }
+    }
+
+    #[test]
+    fn limits_have_defaults_and_take_sizes() {
+        let settings = parsed("http://127.0.0.1:1", &[]).expect("defaults");
+        assert_eq!(settings.limits, Limits::default());
+        let settings = parsed(
+            "http://127.0.0.1:1",
+            &[
+                "--max-file-size",
+                "64KiB",
+                "--max-files",
+                "3",
+                "--max-total-size",
+                "1MiB",
+            ],
+        )
+        .expect("limits");
+        assert_eq!(
+            settings.limits,
+            Limits {
+                max_file_size: 64 << 10,
+                max_files: 3,
+                max_total_size: 1 << 20,
+            }
+        );
     }
 }

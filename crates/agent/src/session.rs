@@ -1,8 +1,11 @@
 //! The watch session: connect to kubeconfigd, open `WatchKubeconfigs` with the etags already held,
 //! apply events to disk in batches, tell the application, and reconnect with jittered exponential
-//! backoff whenever the stream ends — keeping every file meanwhile.
+//! backoff whenever the stream ends — keeping every file meanwhile. A batch is bounded in events and
+//! time, files that could not be written are retried, and the credential goes in plaintext only to a
+//! loopback address unless `--allow-insecure` says otherwise.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,11 +13,11 @@ use std::time::Duration;
 
 use kubeconfig_proto::kubeconfig::v1 as pb;
 use pb::kubeconfig_service_client::KubeconfigServiceClient;
-use pb::watch_kubeconfigs_response::Type;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::health::Stats;
-use crate::output::{Asset, Files, Held, Output};
+use crate::holdings::{Holdings, Limits};
+use crate::output::{Asset, Key, Names, Output};
 
 /// How the agent authenticates: a file re-read at every connection (projected service-account
 /// tokens rotate).
@@ -40,6 +43,41 @@ pub struct Settings {
     pub on_change: Option<String>,
     pub signal: Option<(i32, nix::sys::signal::Signal)>,
     pub keep_on_revoke: bool,
+    pub limits: Limits,
+    /// Whether the credential goes in plaintext to a non-loopback server (`--allow-insecure`).
+    pub plaintext_remote: bool,
+}
+
+/// Whether `server` may be given the credential: `https://` always; `http://` only to a loopback
+/// address (`localhost`, 127.0.0.0/8, `::1`) unless `allow_insecure`. Returns whether the credential
+/// will travel in plaintext to another host.
+pub fn check_server(server: &str, allow_insecure: bool) -> Result<bool, String> {
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|e| format!("--server {server:?}: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("--server {server:?}: no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(false),
+        Some("http") => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = bare.eq_ignore_ascii_case("localhost")
+                || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(false)
+            } else if allow_insecure {
+                Ok(true)
+            } else {
+                Err(format!(
+                    "--server {server}: the credential would travel in plaintext to {host}, which is not a loopback address; use https:// (with --ca-file), or accept the risk with --allow-insecure (KUBECONFIG_AGENT_ALLOW_INSECURE=true)"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "--server {server:?}: the scheme must be http:// or https://"
+        )),
+    }
 }
 
 /// The first backoff after a failure, and the most.
@@ -47,6 +85,14 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Events that arrive within this of each other are applied (and announced) together.
 const BATCH_WINDOW: Duration = Duration::from_millis(25);
+/// A batch is written once it holds this many events or has been collected this long, however fast
+/// more arrive.
+const BATCH_MAX_EVENTS: usize = 1024;
+const BATCH_MAX_TIME: Duration = Duration::from_secs(1);
+/// How often files that could not be written are tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(2);
+/// The largest message accepted from the server, beyond a file's own size.
+const MESSAGE_OVERHEAD: usize = 64 << 10;
 
 /// Why a session ended.
 enum Ended {
@@ -59,13 +105,27 @@ enum Ended {
 }
 
 struct State {
-    files: Files,
+    holdings: Holdings,
     /// The file name of each held file, as last written.
-    names: crate::output::Names,
-    /// Files received since the last write.
-    dirty: BTreeSet<(String, Asset)>,
-    /// What the server said about files it did not send (`--once` reports these).
-    problems: BTreeMap<(String, Asset), String>,
+    names: Names,
+    /// Files (or the merged file) whose last write failed, and why.
+    write_failures: BTreeMap<String, String>,
+    /// Whether the files have been put on disk at least once.
+    flushed: bool,
+}
+
+impl State {
+    /// Each file wanted but not on disk as it should be, and why.
+    fn failing(&self) -> Vec<String> {
+        let refused = self.holdings.refused.iter().map(|((uid, asset), why)| {
+            format!("cluster {uid} ({}): refused: {why}", asset.as_str())
+        });
+        let failed = self
+            .write_failures
+            .iter()
+            .map(|(what, why)| format!("{what}: {why}"));
+        refused.chain(failed).collect()
+    }
 }
 
 fn read_secret(path: &PathBuf, what: &str) -> Result<String, String> {
@@ -119,6 +179,7 @@ fn request(
     settings: &Settings,
     state: &State,
 ) -> Result<tonic::Request<pb::WatchKubeconfigsRequest>, String> {
+    let state = &state.holdings;
     let message = pb::WatchKubeconfigsRequest {
         cluster_uids: settings.clusters.clone(),
         project_uid: settings.project.clone().unwrap_or_default(),
@@ -176,11 +237,22 @@ pub async fn run(settings: Settings, stats: Arc<Stats>) -> Result<(), String> {
     {
         crate::output::remove_leftovers(parent);
     }
+    stats
+        .plaintext_credential
+        .store(settings.plaintext_remote, Ordering::Relaxed);
+    if settings.plaintext_remote {
+        tracing::warn!(server = %settings.server, "--allow-insecure: the credential travels in plaintext to a non-loopback server");
+    }
     let mut state = State {
-        files: Files::new(),
-        names: BTreeMap::new(),
-        dirty: BTreeSet::new(),
-        problems: BTreeMap::new(),
+        holdings: Holdings::new(
+            &settings.clusters,
+            &settings.assets,
+            settings.limits,
+            settings.keep_on_revoke,
+        ),
+        names: Names::new(),
+        write_failures: BTreeMap::new(),
+        flushed: false,
     };
     let deadline = settings
         .once
@@ -221,7 +293,13 @@ async fn session(
         Ok(channel) => channel,
         Err(message) => return Ended::Retry(message),
     };
-    let mut client = KubeconfigServiceClient::new(channel);
+    let mut client = KubeconfigServiceClient::new(channel).max_decoding_message_size(
+        settings
+            .limits
+            .max_file_size
+            .saturating_add(MESSAGE_OVERHEAD)
+            .max(4 << 20),
+    );
     let mut stream = match client.watch_kubeconfigs(request).await {
         Ok(response) => response.into_inner(),
         Err(status) if settings.once.is_some() && permanent(status.code()) => {
@@ -242,51 +320,59 @@ async fn session(
     };
     stats.connected.store(true, Ordering::Relaxed);
     stats.connects.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(server = %settings.server, held = state.files.len(), "watching");
-    let mut synced = false;
-    let mut pending_changes = false;
+    tracing::info!(server = %settings.server, held = state.holdings.files.len(), "watching");
+    // Nothing is written until this stream's initial state is complete.
+    state.holdings.synced = false;
     loop {
-        // One batch: the first event whenever it comes, then whatever follows within the window.
-        let mut batch = Vec::new();
-        match stream.message().await {
-            Ok(Some(event)) => batch.push(event),
-            Ok(None) => return Ended::Retry("the server ended the stream".to_owned()),
-            Err(status) => return ended_by(settings, &status),
-        }
-        // A status at the end of a batch: apply what arrived first, then end as it says.
+        // One batch: the first event whenever it comes (while files are failing, no later than the
+        // next retry), then whatever follows within the window, up to the batch's bounds.
+        let first = if state.write_failures.is_empty() {
+            Ok(stream.message().await)
+        } else {
+            tokio::time::timeout(RETRY_FAILED, stream.message()).await
+        };
         let mut ended = None;
-        loop {
-            match tokio::time::timeout(BATCH_WINDOW, stream.message()).await {
-                Err(_) | Ok(Ok(None)) => break,
-                Ok(Ok(Some(event))) => batch.push(event),
-                Ok(Err(status)) => {
-                    ended = Some(status);
-                    break;
+        match first {
+            Err(_) => {}
+            Ok(Ok(Some(event))) => {
+                state.holdings.apply(event, stats);
+                let started = tokio::time::Instant::now();
+                let mut events = 1;
+                loop {
+                    if events >= BATCH_MAX_EVENTS || started.elapsed() >= BATCH_MAX_TIME {
+                        stats.batches_cut.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    match tokio::time::timeout(BATCH_WINDOW, stream.message()).await {
+                        Err(_) | Ok(Ok(None)) => break,
+                        Ok(Ok(Some(event))) => {
+                            state.holdings.apply(event, stats);
+                            events += 1;
+                        }
+                        // A status at the end of a batch: apply what arrived first, then end.
+                        Ok(Err(status)) => {
+                            ended = Some(status);
+                            break;
+                        }
+                    }
                 }
             }
+            Ok(Ok(None)) => return Ended::Retry("the server ended the stream".to_owned()),
+            Ok(Err(status)) => return ended_by(settings, &status),
         }
-        let was_synced = synced;
-        apply_events(
-            settings,
-            state,
-            stats,
-            batch,
-            &mut synced,
-            &mut pending_changes,
-        );
-        if synced && let Err(message) = flush(settings, state, stats, &mut pending_changes).await {
-            if settings.once.is_some() {
-                return Ended::Fatal(message);
-            }
-            tracing::error!(error = %message, "cannot write the files");
+        let synced = state.holdings.synced;
+        if synced {
+            flush(settings, state, stats).await;
         }
-        if synced && !was_synced {
-            *backoff = BACKOFF_FIRST;
+        if synced && !stats.synced.load(Ordering::Relaxed) {
             stats.synced.store(true, Ordering::Relaxed);
-            tracing::info!(files = state.files.len(), "synced");
-            if settings.once.is_some() {
-                return once_result(settings, state);
-            }
+            tracing::info!(files = state.holdings.files.len(), "synced");
+        }
+        if synced && settings.once.is_some() {
+            return once_result(settings, state);
+        }
+        if synced {
+            *backoff = BACKOFF_FIRST;
         }
         if let Some(status) = ended {
             return ended_by(settings, &status);
@@ -306,9 +392,12 @@ fn once_result(settings: &Settings, state: &State) -> Ended {
     let mut failures = Vec::new();
     for uid in &settings.clusters {
         for asset in &settings.assets {
-            let key = (uid.clone(), *asset);
-            if !state.files.contains_key(&key) {
+            let key: Key = (uid.clone(), *asset);
+            if !state.holdings.files.contains_key(&key)
+                && !state.holdings.refused.contains_key(&key)
+            {
                 let why = state
+                    .holdings
                     .problems
                     .get(&key)
                     .cloned()
@@ -317,6 +406,7 @@ fn once_result(settings: &Settings, state: &State) -> Ended {
             }
         }
     }
+    failures.extend(state.failing());
     if failures.is_empty() {
         Ended::Done
     } else {
@@ -324,82 +414,44 @@ fn once_result(settings: &Settings, state: &State) -> Ended {
     }
 }
 
-fn apply_events(
-    settings: &Settings,
-    state: &mut State,
-    stats: &Stats,
-    events: Vec<pb::WatchKubeconfigsResponse>,
-    synced: &mut bool,
-    changed: &mut bool,
-) {
-    for event in events {
-        stats.events.fetch_add(1, Ordering::Relaxed);
-        let asset = match event.asset() {
-            pb::WatchedAsset::AdminKubeconfig => Asset::AdminKubeconfig,
-            _ => Asset::Kubeconfig,
-        };
-        let key = (event.cluster_uid.clone(), asset);
-        match event.r#type() {
-            Type::Synced => *synced = true,
-            Type::Upsert => {
-                let Some(kubeconfig) = event.kubeconfig else {
-                    continue;
-                };
-                state.problems.remove(&key);
-                let held = Held {
-                    cluster_name: event.cluster_name,
-                    file_name: kubeconfig.file_name,
-                    etag: kubeconfig.etag,
-                    yaml: kubeconfig.yaml,
-                };
-                if state.files.get(&key) != Some(&held) {
-                    tracing::info!(cluster = %key.0, asset = asset.as_str(), file = %held.file_name, "file changed");
-                    state.dirty.insert(key.clone());
-                    state.files.insert(key, held);
-                    *changed = true;
-                }
-            }
-            Type::Revoked | Type::Removed => {
-                tracing::warn!(cluster = %key.0, asset = asset.as_str(), reason = %event.reason, message = %event.message, "access ended");
-                state
-                    .problems
-                    .insert(key.clone(), format!("{}: {}", event.reason, event.message));
-                if !settings.keep_on_revoke && state.files.remove(&key).is_some() {
-                    *changed = true;
-                }
-            }
-            Type::Unavailable => {
-                tracing::warn!(cluster = %key.0, asset = asset.as_str(), message = %event.message, "cluster unavailable; keeping its file");
-                state
-                    .problems
-                    .insert(key, format!("{}: {}", event.reason, event.message));
-            }
-            Type::Unspecified => {}
-        }
+/// Puts the held files on disk and tells the application, when anything changed or a file is to be
+/// tried again. A file that cannot be written is logged, counted, listed by `/readyz` and retried; it
+/// holds up no other.
+async fn flush(settings: &Settings, state: &mut State, stats: &Stats) {
+    if state.flushed && !state.holdings.changed && state.write_failures.is_empty() {
+        stats.set_failing(state.failing());
+        return;
     }
-}
-
-/// Puts the held files on disk and tells the application, when anything changed.
-async fn flush(
-    settings: &Settings,
-    state: &mut State,
-    stats: &Stats,
-    pending: &mut bool,
-) -> Result<(), String> {
-    if !*pending && !state.names.is_empty() {
-        return Ok(());
-    }
-    // Small writes of this agent's own files: done in place, without copying what is held.
+    let holdings = &mut state.holdings;
     let (applied, names) = settings
         .output
-        .apply(&state.files, &state.dirty, &state.names)
-        .map_err(|e| format!("writing files: {e}"))?;
-    *pending = false;
-    state.dirty.clear();
+        .apply(&holdings.files, &holdings.dirty, &state.names);
+    holdings.changed = false;
+    holdings.dirty.clear();
+    state.flushed = true;
     state.names = names;
+    state.write_failures.clear();
+    for failure in &applied.failed {
+        stats.write_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(path = %failure.path.display(), error = %failure.error, "cannot write the file; will retry");
+        if let Some(key) = &failure.key {
+            // Written again at the next flush, even if its bytes do not change.
+            state.holdings.dirty.insert(key.clone());
+        }
+        let what = match &failure.key {
+            Some((uid, asset)) => format!(
+                "{} (cluster {uid}, {})",
+                failure.path.display(),
+                asset.as_str()
+            ),
+            None => failure.path.display().to_string(),
+        };
+        state.write_failures.insert(what, failure.error.clone());
+    }
+    stats.set_failing(state.failing());
     stats
         .files_held
-        .store(state.files.len() as u64, Ordering::Relaxed);
+        .store(state.holdings.files.len() as u64, Ordering::Relaxed);
     stats
         .files_written
         .fetch_add(applied.written.len() as u64, Ordering::Relaxed);
@@ -407,7 +459,7 @@ async fn flush(
         .files_removed
         .fetch_add(applied.removed.len() as u64, Ordering::Relaxed);
     if applied.is_empty() {
-        return Ok(());
+        return;
     }
     for path in &applied.written {
         tracing::info!(path = %path.display(), "written");
@@ -416,7 +468,6 @@ async fn flush(
         tracing::info!(path = %path.display(), "removed");
     }
     notify(settings, stats, &applied).await;
-    Ok(())
 }
 
 async fn notify(settings: &Settings, stats: &Stats, applied: &crate::output::Applied) {

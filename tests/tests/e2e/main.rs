@@ -8,6 +8,7 @@ mod cache;
 mod credentials;
 mod frames;
 mod hostile;
+mod hostile_server;
 mod jwt;
 mod ledger;
 mod metrics;

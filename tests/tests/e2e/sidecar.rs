@@ -955,3 +955,143 @@ async fn known_etags_are_bounded_in_number() {
         .expect("metrics");
     assert_eq!(metrics["kubeconfigd_watch_known_etags_refused_total"], 1.0);
 }
+
+async fn readyz(health: &str) -> (u16, String) {
+    match reqwest::get(format!("http://{health}/readyz")).await {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// A FIFO planted where the agent's file goes: the agent must neither block on it (a blocked agent
+/// answers no probe and ignores SIGTERM) nor read it, and replaces it with the file.
+#[tokio::test]
+async fn a_fifo_planted_in_the_out_dir_neither_blocks_the_agent_nor_survives() {
+    let setup = setup(&[]).await;
+    std::fs::create_dir_all(&setup.out).expect("out");
+    let planted = setup.out.join("no-oidc-direct.kubeconfig");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&planted)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let health = format!("127.0.0.1:{}", free_port().expect("port"));
+    let mut agent =
+        Agent::start(&agent_args(&setup, &["--all", "--health-addr", &health])).expect("agent");
+    // Bounded probes: a blocked agent accepts the connection and never answers.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            tokio::time::timeout(Duration::from_secs(1), ready(&health))
+                .await
+                .unwrap_or(false)
+        })
+        .await,
+        "{}",
+        agent.log_text()
+    );
+    let meta = std::fs::symlink_metadata(&planted).expect("meta");
+    assert!(meta.is_file(), "the FIFO was replaced by the file");
+    assert!(read(&planted).contains("https://10.0.0.4:6443"));
+    let pid = agent.pid().expect("pid");
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    let status = agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits on SIGTERM");
+    assert!(status.success());
+}
+
+/// The server accepts cluster names of up to 253 characters, longer than a file name may be once
+/// the agent's affixes are added: the agent shortens the name and writes every file.
+#[tokio::test]
+async fn a_253_character_cluster_name_is_written_beside_the_others() {
+    let setup = setup(&[]).await;
+    let long = format!("l{}", "o".repeat(251)) + "g";
+    assert_eq!(long.len(), 253);
+    edit(
+        &setup.fixture.inventory().join("no-oidc-direct.yaml"),
+        "name: no-oidc-direct",
+        &format!("name: {long}"),
+    );
+    // The server has the new name before the agent starts.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let Ok(mut client) = setup.server.client().await else {
+                return false;
+            };
+            client
+                .get_kubeconfig(kubeconfigd_e2e::with_key(
+                    pb::GetKubeconfigRequest {
+                        uid: NO_OIDC_DIRECT.to_owned(),
+                        ..Default::default()
+                    },
+                    ADMIN_KEY,
+                ))
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner()
+                        .kubeconfig
+                        .is_some_and(|k| k.file_name.starts_with("looo"))
+                })
+        })
+        .await
+    );
+    let mut agent = Agent::start(&agent_args(&setup, &["--once", "--all"])).expect("agent");
+    let status = agent.wait_exit(Duration::from_secs(20)).expect("exit");
+    assert!(status.success(), "{}", agent.log_text());
+    let names: Vec<String> = std::fs::read_dir(&setup.out)
+        .expect("out")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let shortened = names
+        .iter()
+        .find(|n| n.starts_with("looo"))
+        .expect("the long-named cluster's file");
+    assert!(shortened.len() <= 242, "{shortened}");
+    kube::config::Kubeconfig::from_yaml(&read(&setup.out.join(shortened))).expect("loadable");
+}
+
+/// A file the agent cannot write (here a directory is in its place) fails alone: the others are
+/// written, /readyz and the metrics say which one failed, and it is written once it can be.
+#[tokio::test]
+async fn one_file_that_cannot_be_written_blocks_no_other_and_shows_on_readyz() {
+    let setup = setup(&[]).await;
+    let obstacle = setup.out.join("no-oidc-direct.kubeconfig");
+    std::fs::create_dir_all(obstacle.join("occupied")).expect("obstacle");
+    let health = format!("127.0.0.1:{}", free_port().expect("port"));
+    let agent =
+        Agent::start(&agent_args(&setup, &["--all", "--health-addr", &health])).expect("agent");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            metric(&health, "kubeconfig_agent_synced").await == 1.0
+        })
+        .await,
+        "{}",
+        agent.log_text()
+    );
+    assert!(read(&setup.out.join("oidc-direct.kubeconfig")).contains("kind: Config"));
+    assert_eq!(files_in(&setup.out), 4);
+    let (status, body) = readyz(&health).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no-oidc-direct.kubeconfig"), "{body}");
+    assert_eq!(metric(&health, "kubeconfig_agent_files_failing").await, 1.0);
+    assert!(metric(&health, "kubeconfig_agent_write_failures_total").await >= 1.0);
+    // The obstacle goes: the file is written at the next retry, and the agent is ready.
+    std::fs::remove_dir_all(&obstacle).expect("rm");
+    assert!(
+        eventually(Duration::from_secs(15), || ready(&health)).await,
+        "{}",
+        agent.log_text()
+    );
+    assert!(read(&obstacle).contains("https://10.0.0.4:6443"));
+    assert_eq!(metric(&health, "kubeconfig_agent_files_failing").await, 0.0);
+}
