@@ -124,7 +124,7 @@ pub async fn run(
         listeners.admin.local_addr().ok(),
     );
     let limits = config.connections.clone();
-    let slots = connections::Slots::new(limits.max_connections);
+    let slots = connections::Slots::new(limits.max_connections, limits.header_read_timeout);
     let router = grpc_router(&config, health_service, &core, &watchers)?;
     spawn_grpc(
         &mut tasks,
@@ -155,7 +155,7 @@ pub async fn run(
         listeners.admin,
         None,
         &limits,
-        connections::Slots::new(64),
+        connections::Slots::new(64, limits.header_read_timeout),
         stopped(stop_rx.clone()),
     );
     let shown = |address: Option<std::net::SocketAddr>| {

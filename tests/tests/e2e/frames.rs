@@ -599,3 +599,33 @@ async fn anonymous_streams_are_capped_per_connection() {
     );
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_only_looks_like_a_long_poll_does_not_protect_its_connection() {
+    let server = Server::start(&args(&[
+        "--request-timeout",
+        "1s",
+        "--header-read-timeout",
+        "1s",
+    ]))
+    .await
+    .expect("server");
+    // `If-None-Match` and `?wait=` on a path that does not long-poll, without credentials, and a
+    // zero window so that the answer never goes out: the connection is still cut for its stall.
+    let mut block = vec![0x82, 0x86, 0x04]; // GET, http, :path
+    block.extend(literal("/healthz?wait=30s"));
+    block.push(0x01);
+    block.extend(literal("localhost"));
+    block.extend([0x0f, 0x1a]); // if-none-match (static index 41)
+    block.extend(literal("\"x\""));
+    let mut stream = TcpStream::connect(server.rest).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    hello.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    stream.write_all(&hello).await.expect("request");
+    let cut = closed_within(&mut stream, Duration::from_secs(6)).await;
+    assert!(
+        cut.is_some(),
+        "held by a request that only looks like a long-poll"
+    );
+}

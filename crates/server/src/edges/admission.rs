@@ -41,14 +41,44 @@ use crate::connections::{self, ConnectionInfo, OpenRequest, TrackedBody};
 
 /// Health watches and reflection streams one connection may hold open at once (grpcurl uses one).
 pub const ANONYMOUS_STREAMS_PER_CONNECTION: usize = 4;
-/// Health watches and reflection streams the server holds open at once.
+/// Health watches the server holds open at once, and reflection streams (each kind its own budget,
+/// so that one cannot keep the other from everyone).
 pub const ANONYMOUS_STREAMS: usize = 256;
 
 /// A call waiting for its request message, which may be ended to make room for another.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Waiting {
     ended: AtomicBool,
     waker: AtomicWaker,
+    /// The call's connection, whose count of waiting calls this one is in.
+    connection: Option<Arc<connections::Activity>>,
+}
+
+impl Waiting {
+    fn new(connection: Option<Arc<connections::Activity>>) -> Self {
+        if let Some(connection) = &connection {
+            connection.waiting_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        Waiting {
+            ended: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            connection,
+        }
+    }
+
+    fn connection_waiting(&self) -> usize {
+        self.connection
+            .as_ref()
+            .map_or(0, |c| c.waiting_calls.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            connection.waiting_calls.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The calls waiting for their request message, oldest first (entries of calls no longer waiting
@@ -66,20 +96,27 @@ impl WaitingCalls {
         }
     }
 
-    /// Ends the call that has waited longest; `false` if none waits.
-    fn end_oldest(&self) -> bool {
+    /// Ends a waiting call: the oldest of the connection with the most calls waiting (so that a peer
+    /// opening many bodiless calls ends its own, not another client's slow one); `false` if none
+    /// waits.
+    fn end_one(&self) -> bool {
         let Ok(mut calls) = self.0.lock() else {
             return false;
         };
-        while let Some(entry) = calls.pop_front() {
-            if let Some(waiting) = entry.upgrade()
-                && !waiting.ended.swap(true, Ordering::AcqRel)
-            {
-                waiting.waker.wake();
-                return true;
-            }
-        }
-        false
+        calls.retain(|entry| entry.strong_count() > 0);
+        let victim = calls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, entry)| Some((i, entry.upgrade()?)))
+            .filter(|(_, waiting)| !waiting.ended.load(Ordering::Relaxed))
+            .max_by_key(|(i, waiting)| (waiting.connection_waiting(), std::cmp::Reverse(*i)));
+        let Some((i, waiting)) = victim else {
+            return false;
+        };
+        calls.remove(i);
+        waiting.ended.store(true, Ordering::Release);
+        waiting.waker.wake();
+        true
     }
 }
 use crate::metrics::{Limit, Metrics};
@@ -93,7 +130,8 @@ pub struct AdmissionLayer {
     message_timeout: Duration,
     metrics: Arc<Metrics>,
     waiting: Arc<WaitingCalls>,
-    anonymous: Arc<AtomicUsize>,
+    /// Health watches and reflection streams open, each kind on its own.
+    anonymous: [Arc<AtomicUsize>; 2],
 }
 
 impl AdmissionLayer {
@@ -106,7 +144,7 @@ impl AdmissionLayer {
             message_timeout,
             metrics,
             waiting: Arc::default(),
-            anonymous: Arc::default(),
+            anonymous: [Arc::default(), Arc::default()],
         }
     }
 }
@@ -193,15 +231,18 @@ where
             long_lived(path),
             anonymous_stream(path),
         );
-        let mut open: Option<OpenRequest> = activity_of(request.extensions()).map(|a| a.open());
+        let connection = activity_of(request.extensions()).cloned();
+        let mut open: Option<OpenRequest> = connection.as_ref().map(|a| a.open());
         if let Some(open) = open.as_mut() {
-            if long_lived {
+            if anonymous {
                 open.long_lived();
+            } else if long_lived {
+                open.protected();
             }
             if anonymous
                 && !open.anonymous_stream(
                     ANONYMOUS_STREAMS_PER_CONNECTION,
-                    &self.layer.anonymous,
+                    &self.layer.anonymous[usize::from(first_message_only)],
                     ANONYMOUS_STREAMS,
                 )
             {
@@ -228,6 +269,7 @@ where
                     sleep: None,
                     admitted: Some(permit),
                     waiting: None,
+                    connection: connection.clone(),
                     calls: (Arc::clone(&layer.waiting), 2 * layer.capacity),
                     first_message_only,
                     prefix: Vec::new(),
@@ -247,7 +289,7 @@ where
         let mut inner = self.inner.clone();
         let layer = self.layer.clone();
         Box::pin(async move {
-            let permit = if layer.waiting.end_oldest() {
+            let permit = if layer.waiting.end_one() {
                 tokio::time::timeout(
                     Duration::from_millis(100),
                     Arc::clone(&layer.permits).acquire_owned(),
@@ -286,6 +328,8 @@ struct MessageDeadline {
     /// The entry in the list of calls waiting for their message: made only when the message is not
     /// there at the first poll (most calls arrive in one packet).
     waiting: Option<Arc<Waiting>>,
+    /// The call's connection (moved into `waiting` when that is made).
+    connection: Option<Arc<connections::Activity>>,
     /// That list, and how long it may grow before it is pruned.
     calls: (Arc<WaitingCalls>, usize),
     first_message_only: bool,
@@ -357,7 +401,7 @@ impl http_body::Body for MessageDeadline {
             }
             Poll::Pending => {
                 let waiting = this.waiting.get_or_insert_with(|| {
-                    let waiting = Arc::new(Waiting::default());
+                    let waiting = Arc::new(Waiting::new(this.connection.take()));
                     this.calls.0.push(&waiting, this.calls.1);
                     waiting
                 });

@@ -52,10 +52,9 @@ pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
 
 /// Connection slots shared by listeners, and the connections holding them: when every slot is
-/// taken, a new connection evicts the one that has done nothing useful for longest instead of being
-/// refused — not started a request since it connected, idle since its last request, or its requests
-/// without progress (see [`Activity::unproductive_for`]; a connection holding only long-lived streams,
-/// such as watches, is never evicted). Peers that
+/// taken, a new connection evicts one instead of being refused — idle, not started, stalled or
+/// holding only anonymous streams, in that order (see [`Activity::eviction_rank`]; a connection
+/// holding a watch or a waiting long-poll is never evicted). Peers that
 /// connect and send nothing, make one request and go quiet, or stop reading their answers therefore
 /// cannot keep others out; each would otherwise hold its slot until its own deadline, again and again.
 #[derive(Debug, Clone)]
@@ -65,15 +64,18 @@ pub struct Slots(Arc<SlotsInner>);
 struct SlotsInner {
     semaphore: Arc<Semaphore>,
     capacity: usize,
+    /// How long a connection's requests must have made no progress before it may be evicted.
+    stalled_after: Duration,
     /// Oldest first; entries whose connection ended are pruned lazily.
     connections: std::sync::Mutex<std::collections::VecDeque<std::sync::Weak<Activity>>>,
 }
 
 impl Slots {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, stalled_after: Duration) -> Self {
         Slots(Arc::new(SlotsInner {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
+            stalled_after,
             connections: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }))
     }
@@ -107,11 +109,12 @@ impl Slots {
         };
         connections.retain(|entry| entry.strong_count() > 0);
         let now = std::time::Instant::now();
+        let stalled_after = self.0.stalled_after;
         let victim = connections
             .iter()
             .filter_map(std::sync::Weak::upgrade)
-            .filter_map(|activity| Some((activity.unproductive_for(now)?, activity)))
-            .max_by_key(|(unproductive, _)| *unproductive);
+            .filter_map(|activity| Some((activity.eviction_rank(now, stalled_after)?, activity)))
+            .min_by_key(|(rank, _)| *rank);
         victim.is_some_and(|(_, activity)| activity.evict())
     }
 
@@ -338,8 +341,13 @@ pub struct Activity {
     long_lived: AtomicUsize,
     /// Nanoseconds after `since` at which a request last started or ended.
     progress_at: AtomicU64,
+    /// Long-lived streams of authenticated callers (watches, waiting long-polls): a connection with
+    /// one is never evicted. The others (health watches, reflection) do not protect it.
+    protected: AtomicUsize,
     /// Streams open that any peer may hold without credentials (health watches, reflection).
     anonymous_streams: AtomicUsize,
+    /// gRPC calls on this connection waiting for their request message.
+    pub waiting_calls: AtomicUsize,
     /// Set when the connection is evicted to make room.
     evicted: AtomicBool,
     /// The connection's reader or writer, to wake on eviction.
@@ -354,7 +362,9 @@ impl Activity {
             open: AtomicUsize::new(0),
             quiet_from: AtomicU64::new(0),
             long_lived: AtomicUsize::new(0),
+            protected: AtomicUsize::new(0),
             anonymous_streams: AtomicUsize::new(0),
+            waiting_calls: AtomicUsize::new(0),
             progress_at: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             reader: futures_util::task::AtomicWaker::new(),
@@ -375,29 +385,34 @@ impl Activity {
         self.open.load(Ordering::Relaxed) > self.long_lived.load(Ordering::Relaxed)
     }
 
-    /// How long this connection has done nothing useful, when a slot is needed (the longest is
-    /// evicted), or `None` when it must not be evicted: since it connected when it has not started a
-    /// request, since its last request ended when it is idle, since its requests last progressed when
-    /// they have not for a second (its peer not reading); never while it serves only long-lived
-    /// streams or its requests progress.
-    fn unproductive_for(&self, now: std::time::Instant) -> Option<Duration> {
-        if self.evicted.load(Ordering::Relaxed) {
+    /// Where this connection stands among the victims when a slot is needed (the lowest is
+    /// evicted), or `None` when it must not be evicted: first connections idle longest (no request
+    /// open), then connections that have not started a request, oldest first, then connections whose
+    /// requests have made no progress for `stalled_after` (their peer not reading), then connections
+    /// holding only anonymous streams (health watches, reflection); never one holding a watch or a
+    /// waiting long-poll, or whose requests progress.
+    fn eviction_rank(
+        &self,
+        now: std::time::Instant,
+        stalled_after: Duration,
+    ) -> Option<(u8, std::cmp::Reverse<Duration>)> {
+        if self.evicted.load(Ordering::Relaxed) || self.protected.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        let since = if !self.started.load(Ordering::Relaxed) {
-            self.since
-        } else if let Some(quiet) = self.quiet_since() {
-            quiet
-        } else if self.serving_bounded() {
-            let progress = self.progress();
-            if now.saturating_duration_since(progress) < Duration::from_secs(1) {
-                return None;
-            }
-            progress
-        } else {
-            return None;
-        };
-        Some(now.saturating_duration_since(since))
+        let unproductive =
+            |since: std::time::Instant| std::cmp::Reverse(now.saturating_duration_since(since));
+        if !self.started.load(Ordering::Relaxed) {
+            return Some((1, unproductive(self.since)));
+        }
+        if let Some(quiet) = self.quiet_since() {
+            return Some((0, unproductive(quiet)));
+        }
+        let progress = self.progress();
+        if self.serving_bounded() {
+            return (now.saturating_duration_since(progress) >= stalled_after)
+                .then(|| (2, unproductive(progress)));
+        }
+        Some((3, unproductive(progress)))
     }
 
     /// Marks the connection evicted and wakes it.
@@ -419,6 +434,7 @@ impl Activity {
         OpenRequest {
             activity: Arc::clone(self),
             long_lived: false,
+            protected: false,
             anonymous: None,
         }
     }
@@ -435,6 +451,7 @@ impl Activity {
 pub struct OpenRequest {
     activity: Arc<Activity>,
     long_lived: bool,
+    protected: bool,
     /// The server-wide count this request is counted in, when it is an anonymous stream.
     anonymous: Option<Arc<AtomicUsize>>,
 }
@@ -471,6 +488,16 @@ impl OpenRequest {
             self.activity.long_lived.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Marks the request as a long-lived stream of an authenticated caller (a watch): its connection
+    /// is never evicted while it is open.
+    pub fn protected(&mut self) {
+        self.long_lived();
+        if !self.protected {
+            self.protected = true;
+            self.activity.protected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for OpenRequest {
@@ -478,6 +505,9 @@ impl Drop for OpenRequest {
         let activity = &self.activity;
         if self.long_lived {
             activity.long_lived.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.protected {
+            activity.protected.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(total) = &self.anonymous {
             total.fetch_sub(1, Ordering::Relaxed);
@@ -534,7 +564,22 @@ pub struct Tracked<S> {
     activity: Arc<Activity>,
 }
 
-/// Whether a REST request is a long-poll (`If-None-Match` and `?wait=`): a long-lived request.
+/// Given to a REST request that may be a long-poll: the handler holds it while the caller, once
+/// authenticated and admitted, waits, so that the connection counts as serving a watch only then (a
+/// request's headers alone prove nothing).
+#[derive(Debug, Clone)]
+pub struct LongPoll(Arc<Activity>);
+
+impl LongPoll {
+    /// The connection serves a watch until the returned guard is dropped.
+    pub fn hold(&self) -> OpenRequest {
+        let mut held = self.0.open();
+        held.protected();
+        held
+    }
+}
+
+/// Whether a REST request may be a long-poll (`If-None-Match` and `?wait=`).
 fn is_long_poll<B>(request: &http::Request<B>) -> bool {
     request.headers().contains_key(http::header::IF_NONE_MATCH)
         && request
@@ -557,10 +602,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let mut open = self.activity.open();
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let open = self.activity.open();
         if is_long_poll(&request) {
-            open.long_lived();
+            request
+                .extensions_mut()
+                .insert(LongPoll(Arc::clone(&self.activity)));
         }
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -265,7 +265,7 @@ async fn kubeconfig(
         ("GetKubeconfig", KUBECONFIG_ROUTE),
         path,
         query,
-        request.headers(),
+        (request.headers(), long_poll_of(&request)),
         request_of,
     )
     .await
@@ -283,7 +283,7 @@ async fn admin_kubeconfig(
         ("GetAdminKubeconfig", ADMIN_ROUTE),
         path,
         query,
-        request.headers(),
+        (request.headers(), long_poll_of(&request)),
         |query| {
             let expiration_seconds = query
                 .get("expirationSeconds")
@@ -306,13 +306,21 @@ async fn admin_kubeconfig(
     .await
 }
 
+/// The connection's long-poll marker, on a request that may be a long-poll.
+fn long_poll_of(request: &axum::extract::Request) -> Option<crate::connections::LongPoll> {
+    request
+        .extensions()
+        .get::<crate::connections::LongPoll>()
+        .cloned()
+}
+
 /// A download: the path and query decoded (`request` reads the asset's own parameters), then served.
 async fn download(
     state: &RestState,
     (method, route): (&'static str, &'static str),
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    headers: &HeaderMap,
+    (headers, long_poll): (&HeaderMap, Option<crate::connections::LongPoll>),
     request: impl FnOnce(&HashMap<String, String>) -> Result<(Request, MintOptions), CoreError>,
 ) -> Response {
     let Some(uid) = path_uid(path) else {
@@ -330,7 +338,7 @@ async fn download(
                 &uid,
                 (request, &options),
                 headers,
-                wait,
+                (wait, long_poll.as_ref()),
             )
             .await
         }
@@ -344,7 +352,10 @@ async fn serve(
     uid: &str,
     (request, options): (Request, &MintOptions),
     headers: &HeaderMap,
-    wait: Option<std::time::Duration>,
+    (wait, long_poll): (
+        Option<std::time::Duration>,
+        Option<&crate::connections::LongPoll>,
+    ),
 ) -> Response {
     let core = state.watchers.core();
     let request_id = telemetry::new_request_id();
@@ -359,6 +370,11 @@ async fn serve(
             .and_then(|v| v.to_str().ok()),
     ) && let Some(etag) = single_etag(held)
     {
+        // While an authenticated caller waits, its connection serves a watch (never evicted, never
+        // closed for want of progress); the caller's watch limits bound how many it holds.
+        let _watching = long_poll
+            .filter(|_| core.authenticate(&credentials).is_ok())
+            .map(crate::connections::LongPoll::hold);
         // Boxed: a long-poll's state is large and only this path needs it.
         let waited = Box::pin(state.watchers.wait_for_change(
             &credentials,
