@@ -5,6 +5,8 @@
 use std::time::{Duration, Instant};
 
 use kubeconfigd_e2e::{Server, eventually};
+
+use crate::hostile::closed_within;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -219,19 +221,6 @@ async fn a_bodiless_grpc_call_ends_at_the_message_deadline() {
     drop(held);
 }
 
-/// Reads until the server closes the connection (EOF or reset); `None` if it is still open at `within`.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// Answers every PING the server sends on `stream` (and nothing else) until it closes; returns how
 /// long that took, or `None` if it is still open at `within`.
 async fn answer_pings_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
@@ -345,13 +334,15 @@ async fn peers_that_never_send_a_request_cannot_starve_the_probes_or_the_api() {
     );
 }
 
+/// The kubeconfig of prod-east on `rest_url`.
+fn prod_east_url(rest_url: &str) -> String {
+    format!("{rest_url}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig")
+}
+
 /// A long-poll (3 s) on the kubeconfig of prod-east with the etag the caller already holds.
-async fn long_poll(server: &Server, key: &str, etag: &str) -> reqwest::Response {
+async fn long_poll(rest_url: String, key: &'static str, etag: String) -> reqwest::Response {
     reqwest::Client::new()
-        .get(format!(
-            "{}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig?wait=3s",
-            server.rest_url()
-        ))
+        .get(format!("{}?wait=3s", prod_east_url(&rest_url)))
         .header("ApiKey", key)
         .header("If-None-Match", etag)
         .send()
@@ -369,35 +360,26 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
     ]))
     .await
     .expect("server");
-    let url = format!(
-        "{}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig",
-        server.rest_url()
-    );
     let first = reqwest::Client::new()
-        .get(&url)
+        .get(prod_east_url(&server.rest_url()))
         .header("ApiKey", "demo-viewer-key")
         .send()
         .await
         .expect("download");
     let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
     // Three waits for the viewer: its share.
-    let mut waits = Vec::new();
-    for _ in 0..3 {
-        let (server_rest, etag) = (server.rest_url(), etag.clone());
-        waits.push(tokio::spawn(async move {
-            reqwest::Client::new()
-                .get(format!(
-                    "{server_rest}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig?wait=3s"
-                ))
-                .header("ApiKey", "demo-viewer-key")
-                .header("If-None-Match", etag)
-                .send()
-                .await
-        }));
-    }
+    let waits: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(long_poll(
+                server.rest_url(),
+                "demo-viewer-key",
+                etag.clone(),
+            ))
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let fourth = long_poll(&server, "demo-viewer-key", &etag).await;
+    let fourth = long_poll(server.rest_url(), "demo-viewer-key", etag.clone()).await;
     assert_eq!(fourth.status().as_u16(), 429, "the caller's fourth wait");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -407,17 +389,7 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
         serde_json::from_str(&fourth.text().await.expect("body")).expect("JSON");
     assert_eq!(body["code"], "TooManyRequests", "{body}");
     // Another caller still has room until the server's total (5) is reached.
-    let (rest, etag2) = (server.rest_url(), etag.clone());
-    let editor = tokio::spawn(async move {
-        reqwest::Client::new()
-            .get(format!(
-                "{rest}/v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig?wait=3s"
-            ))
-            .header("ApiKey", "demo-editor-key")
-            .header("If-None-Match", etag2)
-            .send()
-            .await
-    });
+    let editor = tokio::spawn(long_poll(server.rest_url(), "demo-editor-key", etag));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!editor.is_finished(), "the editor's wait is admitted");
     let metrics = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
@@ -425,7 +397,7 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
     assert!(metrics["kubeconfigd_limit_hits_total{limit=\"max_watch_streams_per_caller\"}"] >= 1.0);
     // Waits that end (304 at the end of their 3 s) give their share back.
     for wait in waits {
-        let answer = wait.await.expect("task").expect("wait");
+        let answer = wait.await.expect("task");
         assert_eq!(answer.status().as_u16(), 304);
     }
     let _ = editor.await;

@@ -394,7 +394,10 @@ async fn problem_details_only_for_those_who_may_download_the_admin_kubeconfig() 
 }
 
 /// Reads until the server closes the connection (EOF or reset); `None` if it is still open at `within`.
-async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Option<Duration> {
     use tokio::io::AsyncReadExt as _;
     let started = Instant::now();
     let mut buf = [0u8; 4096];

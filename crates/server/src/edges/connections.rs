@@ -722,23 +722,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Pending => match this.expired(cx) {
-                Some(why) => {
-                    closed(why);
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why.message())))
-                }
-                None => Poll::Pending,
-            },
-            other => other,
-        }
+        let done = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.check_pending(cx, done)
     }
 }
 
 impl<IO> Guarded<IO> {
-    /// A write that cannot go on (the peer does not read) is where a connection whose reads stopped
-    /// is checked: the connection's deadlines apply to it as to a pending read.
-    fn check_pending_write<T>(
+    /// A read or write that cannot go on is where the connection's deadlines are checked (a write
+    /// too: a peer that does not read can stop the connection from reading), ending it past one.
+    fn check_pending<T>(
         &mut self,
         cx: &mut Context<'_>,
         done: Poll<io::Result<T>>,
@@ -763,7 +755,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let done = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.check_pending_write(cx, done)
+        self.check_pending(cx, done)
     }
 
     fn poll_write_vectored(
@@ -772,7 +764,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let done = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.check_pending_write(cx, done)
+        self.check_pending(cx, done)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -781,7 +773,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let done = Pin::new(&mut self.io).poll_flush(cx);
-        self.check_pending_write(cx, done)
+        self.check_pending(cx, done)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
