@@ -94,10 +94,11 @@ pub async fn run(
         .map(auth::JwtVerifier::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--jwt-public-key-file: {e}"))?;
+    let issuers = Arc::new(auth::Issuers::new(jwt));
     let core = Arc::new(
         core::Core::new(
             Arc::clone(&store),
-            jwt,
+            issuers,
             config.max_concurrent_requests as usize,
             Arc::clone(&cache),
             Arc::clone(&metrics),

@@ -44,7 +44,7 @@ fn core() -> Arc<Core> {
         });
     Arc::new(Core::new(
         Arc::new(ArcSwap::from_pointee(snapshot)),
-        None,
+        Arc::default(),
         16,
         cache,
         Arc::new(Metrics::default()),

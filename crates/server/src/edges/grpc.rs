@@ -326,10 +326,14 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         let request_id = telemetry::new_request_id();
         let headers = metadata.into_headers();
         let started = std::time::Instant::now();
-        let opened = watch_spec(message).and_then(|spec| {
-            self.watchers
-                .open(Credentials::from_headers(&headers, &request_id), spec)
-        });
+        let opened = match watch_spec(message) {
+            Ok(spec) => {
+                self.watchers
+                    .open(Credentials::from_headers(&headers, &request_id), spec)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         let code = crate::error::code_of(&opened);
         self.core
             .metrics()
@@ -397,7 +401,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.call(metadata, "GetKubeconfigAccess", |core, creds| async move {
-            let report = core.access(&creds, &message.uid)?;
+            let report = core.access(&creds, &message.uid).await?;
             Ok(pb::GetKubeconfigAccessResponse {
                 access: Some(cluster_access(&report)),
             })
@@ -411,7 +415,9 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.call(metadata, "ListClusters", |core, creds| async move {
-            let page = core.list(&creds, message.page_size, &message.page_token)?;
+            let page = core
+                .list(&creds, message.page_size, &message.page_token)
+                .await?;
             Ok(pb::ListClustersResponse {
                 clusters: page.clusters.iter().map(cluster_access).collect(),
                 next_page_token: page.next_page_token,

@@ -372,8 +372,9 @@ async fn serve(
     {
         // While an authenticated caller waits, its connection serves a watch (never evicted, never
         // closed for want of progress); the caller's watch limits bound how many it holds.
+        let authenticated = core.authenticate(&credentials).await.is_ok();
         let _watching = long_poll
-            .filter(|_| core.authenticate(&credentials).is_ok())
+            .filter(|_| authenticated)
             .map(crate::connections::LongPoll::hold);
         // Boxed: a long-poll's state is large and only this path needs it.
         let waited = Box::pin(state.watchers.wait_for_change(

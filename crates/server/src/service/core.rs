@@ -12,7 +12,7 @@ use kubeconfig_policy::{
 use kubeconfig_render::{FORMAT_VERSION, Request};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::auth::{self, Caller, Credentials, JwtVerifier};
+use crate::auth::{self, Caller, Credentials, Issuers};
 use crate::cached::CachedAsset;
 use crate::error::{CoreError, ErrorKind};
 use crate::inventory::Snapshot;
@@ -161,7 +161,7 @@ pub struct ClusterPage {
 /// The service core.
 pub struct Core {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    jwt: Option<JwtVerifier>,
+    issuers: Arc<Issuers>,
     permits: Arc<Semaphore>,
     cache: Arc<dyn AssetCache<CachedAsset>>,
     metrics: Arc<Metrics>,
@@ -173,7 +173,7 @@ pub struct Core {
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("jwt", &self.jwt)
+            .field("issuers", &self.issuers)
             .finish_non_exhaustive()
     }
 }
@@ -286,7 +286,7 @@ fn unavailable_message(cluster: &ClusterEntry, reason: &str, detailed: bool) -> 
 impl Core {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
-        jwt: Option<JwtVerifier>,
+        issuers: Arc<Issuers>,
         max_concurrent_requests: usize,
         cache: Arc<dyn AssetCache<CachedAsset>>,
         metrics: Arc<Metrics>,
@@ -294,7 +294,7 @@ impl Core {
     ) -> Self {
         Core {
             snapshot,
-            jwt,
+            issuers,
             permits: Arc::new(Semaphore::new(max_concurrent_requests)),
             cache,
             metrics,
@@ -407,8 +407,12 @@ impl Core {
         }
     }
 
-    fn caller(&self, credentials: &Credentials, snapshot: &Snapshot) -> Result<Caller, CoreError> {
-        auth::authenticate(credentials, &snapshot.api_keys, self.jwt.as_ref())
+    async fn caller(
+        &self,
+        credentials: &Credentials,
+        snapshot: &Snapshot,
+    ) -> Result<Caller, CoreError> {
+        auth::authenticate(credentials, &snapshot.api_keys, &self.issuers).await
     }
 
     /// The caller's cluster permissions, or `None` when the cluster is invisible to it.
@@ -507,7 +511,7 @@ impl Core {
         check_uid(uid)?;
         span.record("kubeconfig.cluster_uid", uid);
         let snapshot = self.snapshot();
-        let caller = self.caller(credentials, &snapshot)?;
+        let caller = self.caller(credentials, &snapshot).await?;
         span.record("enduser.id", caller.user.as_str());
         *user = Some(caller.user.clone());
         let not_found = || {
@@ -680,10 +684,14 @@ impl Core {
     }
 
     /// Explains the caller's access to one cluster.
-    pub fn access(&self, credentials: &Credentials, uid: &str) -> Result<AccessReport, CoreError> {
+    pub async fn access(
+        &self,
+        credentials: &Credentials,
+        uid: &str,
+    ) -> Result<AccessReport, CoreError> {
         check_uid(uid)?;
         let snapshot = self.snapshot();
-        let caller = self.caller(credentials, &snapshot)?;
+        let caller = self.caller(credentials, &snapshot).await?;
         let cluster = snapshot
             .clusters
             .get(uid)
@@ -695,9 +703,9 @@ impl Core {
 
     /// Authenticates a caller against the snapshot in service (for calls that outlive one request,
     /// such as watch streams, which authenticate again at every change).
-    pub fn authenticate(&self, credentials: &Credentials) -> Result<Caller, CoreError> {
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Caller, CoreError> {
         self.in_service()?;
-        self.caller(credentials, &self.snapshot())
+        self.caller(credentials, &self.snapshot()).await
     }
 
     /// What [`Core::asset`] would answer now, without an audit event: for watchers that re-evaluate
@@ -809,6 +817,7 @@ impl Core {
             user: entry.issued_to.clone(),
             groups: entry.issued_groups.clone(),
             project: None,
+            proofs: Vec::new(),
         };
         let Some(permissions) = Self::visible(snapshot, &holder, cluster) else {
             return false;
@@ -840,7 +849,7 @@ impl Core {
     ) -> Result<CredentialCheck, CoreError> {
         self.in_service()?;
         let snapshot = self.snapshot();
-        let caller = self.caller(credentials, &snapshot)?;
+        let caller = self.caller(credentials, &snapshot).await?;
         let now = ledger::unix_seconds(std::time::SystemTime::now());
         let (fingerprint, certificate_expiry) = match subject {
             CheckSubject::Fingerprint(fingerprint) => {
@@ -960,7 +969,7 @@ impl Core {
         check_serial(serial)?;
         check_reason(reason)?;
         let snapshot = self.snapshot();
-        let caller = self.caller(credentials, &snapshot)?;
+        let caller = self.caller(credentials, &snapshot).await?;
         let ledger = self.minter.ledger();
         let unavailable =
             |e: ledger::LedgerError| CoreError::new(ErrorKind::Unavailable, e.to_string());
@@ -1018,7 +1027,7 @@ impl Core {
             })?;
         }
         let snapshot = self.snapshot();
-        let caller = self.caller(credentials, &snapshot)?;
+        let caller = self.caller(credentials, &snapshot).await?;
         let (_, permissions) = Self::permissions_on(&snapshot, &caller, uid)
             .ok_or_else(|| CoreError::not_found(uid))?;
         if !may_download_admin(snapshot.tenant.policy(), permissions) {
@@ -1058,7 +1067,7 @@ impl Core {
     }
 
     /// Lists the clusters visible to the caller, ordered by uid. The page token is the last uid served.
-    pub fn list(
+    pub async fn list(
         &self,
         credentials: &Credentials,
         page_size: i32,
@@ -1071,7 +1080,7 @@ impl Core {
             })?;
         }
         let snapshot = self.snapshot();
-        let caller = self.caller(credentials, &snapshot)?;
+        let caller = self.caller(credentials, &snapshot).await?;
         let start = if page_token.is_empty() {
             std::ops::Bound::Unbounded
         } else {
@@ -1170,7 +1179,7 @@ mod tests {
         let (_, snapshot, _) = Inventory::load(Origin::Demo).unwrap();
         Core::new(
             Arc::new(ArcSwap::from_pointee(snapshot)),
-            None,
+            Arc::default(),
             8,
             cache,
             Arc::new(Metrics::default()),
@@ -1228,7 +1237,7 @@ mod tests {
         let store = Arc::new(ArcSwap::from_pointee(Snapshot::loading()));
         let core = Core::new(
             Arc::clone(&store),
-            None,
+            Arc::default(),
             8,
             Arc::new(RecordingCache::default()),
             Arc::new(Metrics::default()),
@@ -1347,7 +1356,7 @@ mod tests {
             Arc::new(ArcSwap::from_pointee(
                 Inventory::load(Origin::Demo).unwrap().1,
             )),
-            None,
+            Arc::default(),
             8,
             Arc::new(RecordingCache::default()),
             Arc::new(Metrics::default()),

@@ -254,7 +254,7 @@ impl Watchers {
     /// Opens a watch: checks the request, the credential and the limits now, then streams events
     /// (the initial state, `Synced`, then changes). The stream ends with an error item when the
     /// credential stops authenticating or the server shuts down.
-    pub fn open(
+    pub async fn open(
         &self,
         credentials: Credentials,
         mut spec: WatchSpec,
@@ -273,7 +273,7 @@ impl Watchers {
         spec.assets.dedup();
         spec.uids.sort_unstable();
         spec.uids.dedup();
-        let caller = self.core.authenticate(&credentials)?;
+        let caller = self.core.authenticate(&credentials).await?;
         let admission = self.admit(&caller.user)?;
         // Subscribed before the initial state is computed, so that no change falls in between.
         let changes = self.feed.subscribe();
@@ -307,7 +307,7 @@ impl Watchers {
         etag: &str,
         wait: std::time::Duration,
     ) -> Result<bool, CoreError> {
-        let Ok(caller) = self.core.authenticate(credentials) else {
+        let Ok(caller) = self.core.authenticate(credentials).await else {
             return Ok(true);
         };
         let _admission = self.admit(&caller.user)?;
@@ -494,6 +494,7 @@ impl Watch {
             let caller = self
                 .core
                 .authenticate(&self.credentials)
+                .await
                 .map_err(End::Error)?;
             self.core
                 .visible_uids(&caller, self.spec.project.as_deref())

@@ -1,8 +1,6 @@
-//! Authentication (docs/files.md, "Who the caller is"): API keys looked up by their SHA-256 among the
-//! stored hashes ([`ApiKeys`]), or JWT bearer tokens verified with `jsonwebtoken` (issuer, audience,
-//! expiry and not-before checked with a small clock skew; only the configured algorithm is accepted,
-//! so `alg: none` and HS/RS confusion fail). Every failure is the same 401 with no hint which part was
-//! wrong. `--jwt-max-lifetime` bounds how long a token can still be used, measured from now (`exp -
+//! Bearer tokens: JWTs verified with `jsonwebtoken` against the configured issuers ([`Issuers`]):
+//! issuer, audience, expiry and not-before checked with a small clock skew; only the key's algorithm
+//! is accepted, so `alg: none` and HS/RS confusion fail. `--jwt-max-lifetime` bounds how long a token can still be used, measured from now (`exp -
 //! now`), whatever its `iat` claims; an `iat` in the future (beyond the skew) or after `exp` is refused.
 //! Signatures are checked with aws-lc (`jsonwebtoken`'s `aws_lc_rs` backend: 5–9× faster than
 //! its pure-Rust one here), and a verified token is remembered by its SHA-256 until it expires
@@ -12,78 +10,14 @@
 use std::collections::HashSet;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use kubeconfig_policy::ApiKeyHash;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::{Identity, Method, Proof, now_seconds};
 use crate::config::{JwtConfig, JwtKey};
-use crate::error::CoreError;
 
 /// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
 pub const CLOCK_SKEW_SECONDS: u64 = 30;
-
-/// What the caller presented. `Debug` never prints the key or token.
-#[derive(Default, Clone)]
-pub struct Credentials {
-    pub api_key: Option<String>,
-    pub bearer: Option<String>,
-    /// `ProjectUid` / `projectuid`: narrows the call to one project.
-    pub project: Option<String>,
-    /// The call's request id (for the audit trail).
-    pub request_id: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
-            .field("project", &self.project)
-            .field("request_id", &self.request_id)
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// Reads `apikey`, `authorization: Bearer …` and `projectuid` from HTTP headers or gRPC metadata
-    /// (header names are case-insensitive, so `ApiKey` and `apikey` are the same).
-    pub fn from_headers(headers: &http::HeaderMap, request_id: &str) -> Self {
-        // Names built once, not parsed on every lookup.
-        const API_KEY: http::HeaderName = http::HeaderName::from_static("apikey");
-        const PROJECT: http::HeaderName = http::HeaderName::from_static("projectuid");
-        let text = |name: &http::HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        Credentials {
-            api_key: text(&API_KEY),
-            bearer: text(&http::header::AUTHORIZATION)
-                .and_then(|v| Credentials::bearer_from_authorization(&v)),
-            project: text(&PROJECT),
-            request_id: request_id.to_owned(),
-        }
-    }
-
-    /// Reads an `Authorization` header value; anything but `Bearer <token>` counts as no token.
-    pub fn bearer_from_authorization(value: &str) -> Option<String> {
-        let (scheme, token) = value.trim().split_once(' ')?;
-        (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
-            .then(|| token.trim().to_owned())
-    }
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// Lowercased user id (e-mail).
-    pub user: String,
-    /// Teams from the token's `groups` claim (file teams are added by the tenant).
-    pub groups: Vec<String>,
-    /// The project the call is narrowed to, if any.
-    pub project: Option<String>,
-}
 
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -120,15 +54,9 @@ fn has_crit_header(token: &str) -> bool {
     }
 }
 
-fn now_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Verifies bearer tokens.
 pub struct JwtVerifier {
+    issuer: String,
     key: DecodingKey,
     validation: Validation,
     max_lifetime_seconds: u64,
@@ -216,6 +144,7 @@ impl JwtVerifier {
         validation.required_spec_claims =
             HashSet::from(["exp".to_owned(), "iss".to_owned(), "aud".to_owned()]);
         Ok(JwtVerifier {
+            issuer: config.issuer.clone(),
             key,
             validation,
             max_lifetime_seconds: config.max_lifetime.as_secs(),
@@ -227,13 +156,13 @@ impl JwtVerifier {
     }
 
     /// The (lowercased) user and the groups of a valid token, or `None`.
-    pub fn verify(&self, token: &str) -> Option<(String, Vec<String>)> {
+    pub fn verify(&self, token: &str) -> Option<Identity> {
         self.verify_at(token, now_seconds())
     }
 
     /// [`JwtVerifier::verify`] at `now` for a token verified before (a token seen for the first time
     /// is checked against the system clock).
-    fn verify_at(&self, token: &str, now: u64) -> Option<(String, Vec<String>)> {
+    fn verify_at(&self, token: &str, now: u64) -> Option<Identity> {
         let digest = token_digest(token);
         let known = match self.verified.get(&digest) {
             Some(known) if known.valid_at(now, self.max_lifetime_seconds) => known,
@@ -251,7 +180,16 @@ impl JwtVerifier {
                 verified
             }
         };
-        Some((known.user.clone(), known.groups.clone()))
+        Some(Identity {
+            user: known.user.clone(),
+            groups: known.groups.clone(),
+            proof: Proof {
+                method: Method::Token {
+                    issuer: self.issuer.clone(),
+                },
+                expires_at: Some(known.exp),
+            },
+        })
     }
 
     /// Every check of a token, signature included; with whether it may be reused (not when its `nbf`
@@ -289,135 +227,33 @@ impl JwtVerifier {
     }
 }
 
+/// Every issuer whose tokens are accepted.
+#[derive(Debug, Default)]
+pub struct Issuers {
+    legacy: Option<JwtVerifier>,
+}
+
+impl Issuers {
+    /// The issuers of `--jwt-*`, when given.
+    pub fn new(legacy: Option<JwtVerifier>) -> Self {
+        Issuers { legacy }
+    }
+
+    /// Who a valid token names, or `None`.
+    pub async fn verify(&self, token: &str) -> Option<Identity> {
+        self.legacy.as_ref()?.verify(token)
+    }
+}
+
 /// The key a verified token is remembered by.
 fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The tenant's API keys by their SHA-256, each with the user it belongs to.
-///
-/// A presented key is hashed and looked up: one hash and one map probe whatever the number of keys.
-/// The probe compares digests, not keys, so its timing can at most tell an attacker something about
-/// the digest of a key they already chose; it says nothing about a stored key (finding a key from its
-/// digest is a preimage search). The map hashes with foldhash (seeded per process), not SipHash: its
-/// keys are fixed when the tenant file loads and a lookup never inserts, so no caller can grow a
-/// bucket.
-#[derive(Debug, Default)]
-pub struct ApiKeys {
-    users: std::collections::HashMap<ApiKeyHash, String, foldhash::fast::RandomState>,
-}
-
-impl ApiKeys {
-    /// The index of `keys`; when two users list the same key, the first keeps it.
-    pub fn new(keys: impl IntoIterator<Item = (ApiKeyHash, String)>) -> Self {
-        let mut users = std::collections::HashMap::default();
-        for (hash, user) in keys {
-            users.entry(hash).or_insert(user);
-        }
-        ApiKeys { users }
-    }
-
-    /// The user a presented key belongs to.
-    pub fn user_of(&self, key: &str) -> Option<&str> {
-        let presented = ApiKeyHash::from_digest(Sha256::digest(key.as_bytes()).into());
-        self.users.get(&presented).map(String::as_str)
-    }
-}
-
-/// Authenticates a caller: API key first when one is presented, else the bearer token.
-pub fn authenticate(
-    credentials: &Credentials,
-    keys: &ApiKeys,
-    jwt: Option<&JwtVerifier>,
-) -> Result<Caller, CoreError> {
-    let project = credentials.project.clone().filter(|p| !p.is_empty());
-    if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
-        let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
-        return Ok(Caller {
-            user: user.to_owned(),
-            groups: Vec::new(),
-            project,
-        });
-    }
-    if let (Some(token), Some(jwt)) = (credentials.bearer.as_deref(), jwt) {
-        let (user, groups) = jwt.verify(token).ok_or_else(CoreError::unauthenticated)?;
-        return Ok(Caller {
-            user,
-            groups,
-            project,
-        });
-    }
-    Err(CoreError::unauthenticated())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
-
-    fn keys() -> ApiKeys {
-        let hash = ApiKeyHash::from_digest(Sha256::digest(b"right-key").into());
-        let other = ApiKeyHash::from_digest(Sha256::digest(b"other-key").into());
-        ApiKeys::new([
-            (hash, "a@x.test".to_owned()),
-            (other, "b@x.test".to_owned()),
-            (hash, "c@x.test".to_owned()),
-        ])
-    }
-
-    #[test]
-    fn api_key_matches_only_its_hash() {
-        assert_eq!(keys().user_of("right-key"), Some("a@x.test"));
-        assert_eq!(keys().user_of("other-key"), Some("b@x.test"));
-        assert_eq!(keys().user_of("wrong-key"), None);
-        assert_eq!(keys().user_of(""), None);
-        let creds = Credentials {
-            api_key: Some("wrong-key".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            authenticate(&creds, &keys(), None).unwrap_err(),
-            CoreError::unauthenticated()
-        );
-    }
-
-    #[test]
-    fn bearer_parsing_and_debug_redaction() {
-        assert_eq!(
-            Credentials::bearer_from_authorization("Bearer abc"),
-            Some("abc".to_owned())
-        );
-        assert_eq!(Credentials::bearer_from_authorization("Basic abc"), None);
-        let creds = Credentials {
-            api_key: Some("secret-key".into()),
-            bearer: Some("tok".into()),
-            ..Default::default()
-        };
-        let debug = format!("{creds:?}");
-        assert!(
-            !debug.contains("secret-key") && !debug.contains("tok\""),
-            "{debug}"
-        );
-    }
-
-    #[test]
-    fn no_credentials_is_unauthenticated() {
-        let kind = |creds: &Credentials| {
-            authenticate(creds, &keys(), None)
-                .expect_err("refused")
-                .kind()
-        };
-        assert_eq!(kind(&Credentials::default()), ErrorKind::Unauthenticated);
-        let creds = Credentials {
-            bearer: Some("x.y.z".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            kind(&creds),
-            ErrorKind::Unauthenticated,
-            "a token without a verifier is refused"
-        );
-    }
+    use crate::config::{JwtConfig, JwtKey};
 
     const SECRET: &[u8] = b"a test secret of thirty-two bytes!";
 
@@ -462,11 +298,12 @@ mod tests {
         let now = now_seconds();
         let token = token(now, serde_json::json!({ "nbf": now - 10 }));
         let caller = Some(("kate@x.test".to_owned(), vec!["ops".to_owned()]));
-        assert_eq!(verifier.verify_at(&token, now), caller);
+        let who = |identity: Option<Identity>| identity.map(|i| (i.user, i.groups));
+        assert_eq!(who(verifier.verify_at(&token, now)), caller);
         assert!(remembered(&verifier, &token));
         // Reused (the clock passed here is not the one the signature check would read)...
         let last_second = now + 600 + CLOCK_SKEW_SECONDS;
-        assert_eq!(verifier.verify_at(&token, last_second), caller);
+        assert_eq!(who(verifier.verify_at(&token, last_second)), caller);
         // ...until it expires, with the same skew as the first check; then forgotten.
         assert_eq!(verifier.verify_at(&token, last_second + 1), None);
         assert!(!remembered(&verifier, &token));

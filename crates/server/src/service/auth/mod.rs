@@ -1,0 +1,373 @@
+//! Authentication (docs/identity.md): who the caller is, from up to three credentials — an API key
+//! looked up by its SHA-256 among the tenant's hashes ([`ApiKeys`]), a JWT bearer token verified
+//! against a configured issuer ([`tokens`]), and a client certificate verified by the TLS handshake
+//! ([`certificates`]). Every credential presented must verify, and when several are presented they
+//! must name the same user, or the call is refused: one is never silently preferred to another.
+//! Every failure is the same 401 with no hint which part was wrong.
+
+pub mod certificates;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use kubeconfig_policy::ApiKeyHash;
+use sha2::{Digest, Sha256};
+
+pub use certificates::PeerCertificate;
+pub use tokens::{CLOCK_SKEW_SECONDS, Issuers, JwtVerifier};
+
+use crate::error::CoreError;
+
+/// What the caller presented. `Debug` never prints the key or token.
+#[derive(Default, Clone)]
+pub struct Credentials {
+    pub api_key: Option<String>,
+    pub bearer: Option<String>,
+    /// The client certificate the connection's TLS handshake verified, if any.
+    pub certificate: Option<Arc<PeerCertificate>>,
+    /// `ProjectUid` / `projectuid`: narrows the call to one project.
+    pub project: Option<String>,
+    /// The call's request id (for the audit trail).
+    pub request_id: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("certificate", &self.certificate)
+            .field("project", &self.project)
+            .field("request_id", &self.request_id)
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads `apikey`, `authorization: Bearer …` and `projectuid` from HTTP headers or gRPC metadata
+    /// (header names are case-insensitive, so `ApiKey` and `apikey` are the same).
+    pub fn from_headers(headers: &http::HeaderMap, request_id: &str) -> Self {
+        // Names built once, not parsed on every lookup.
+        const API_KEY: http::HeaderName = http::HeaderName::from_static("apikey");
+        const PROJECT: http::HeaderName = http::HeaderName::from_static("projectuid");
+        let text = |name: &http::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Credentials {
+            api_key: text(&API_KEY),
+            bearer: text(&http::header::AUTHORIZATION)
+                .and_then(|v| Credentials::bearer_from_authorization(&v)),
+            certificate: None,
+            project: text(&PROJECT),
+            request_id: request_id.to_owned(),
+        }
+    }
+
+    /// The same credentials with the connection's verified client certificate.
+    #[must_use]
+    pub fn with_certificate(mut self, certificate: Option<Arc<PeerCertificate>>) -> Self {
+        self.certificate = certificate;
+        self
+    }
+
+    /// Reads an `Authorization` header value; anything but `Bearer <token>` counts as no token.
+    pub fn bearer_from_authorization(value: &str) -> Option<String> {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+            .then(|| token.trim().to_owned())
+    }
+}
+
+/// How a credential proved who the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// An API key from the tenant file.
+    ApiKey,
+    /// A bearer token signed by this issuer (its `iss`).
+    Token { issuer: String },
+    /// A client certificate, by its serial number (hex) and issuer's subject.
+    Certificate { serial: String, issuer: String },
+}
+
+/// One verified credential of a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    pub method: Method,
+    /// When it stops being valid (seconds since the epoch); `None` for an API key.
+    pub expires_at: Option<u64>,
+}
+
+/// Who a verified token or certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name: an e-mail, a Kubernetes user such as `system:serviceaccount:ns:name`, or a
+    /// SPIFFE ID (already prefixed as the issuer's claim mapping says).
+    pub user: String,
+    /// Groups (teams) the credential asserts.
+    pub groups: Vec<String>,
+    pub proof: Proof,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The user name (e-mails lowercased).
+    pub user: String,
+    /// Teams from the credentials (file teams are added by the tenant).
+    pub groups: Vec<String>,
+    /// The project the call is narrowed to, if any.
+    pub project: Option<String>,
+    /// Every credential that proved the caller, in the order API key, token, certificate.
+    pub proofs: Vec<Proof>,
+}
+
+impl Caller {
+    /// When the first of the caller's credentials expires (seconds since the epoch), if any does:
+    /// a stream opened with them ends then.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.proofs.iter().filter_map(|p| p.expires_at).min()
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The tenant's API keys by their SHA-256, each with the user it belongs to.
+///
+/// A presented key is hashed and looked up: one hash and one map probe whatever the number of keys.
+/// The probe compares digests, not keys, so its timing can at most tell an attacker something about
+/// the digest of a key they already chose; it says nothing about a stored key (finding a key from its
+/// digest is a preimage search). The map hashes with foldhash (seeded per process), not SipHash: its
+/// keys are fixed when the tenant file loads and a lookup never inserts, so no caller can grow a
+/// bucket.
+#[derive(Debug, Default)]
+pub struct ApiKeys {
+    users: std::collections::HashMap<ApiKeyHash, String, foldhash::fast::RandomState>,
+}
+
+impl ApiKeys {
+    /// The index of `keys`; when two users list the same key, the first keeps it.
+    pub fn new(keys: impl IntoIterator<Item = (ApiKeyHash, String)>) -> Self {
+        let mut users = std::collections::HashMap::default();
+        for (hash, user) in keys {
+            users.entry(hash).or_insert(user);
+        }
+        ApiKeys { users }
+    }
+
+    /// The user a presented key belongs to.
+    pub fn user_of(&self, key: &str) -> Option<&str> {
+        let presented = ApiKeyHash::from_digest(Sha256::digest(key.as_bytes()).into());
+        self.users.get(&presented).map(String::as_str)
+    }
+}
+
+/// Authenticates a caller from every credential it presented: each must verify, and all must name
+/// the same user (groups are the union of what each asserts; the earliest expiry bounds the call).
+pub async fn authenticate(
+    credentials: &Credentials,
+    keys: &ApiKeys,
+    issuers: &Issuers,
+) -> Result<Caller, CoreError> {
+    let now = now_seconds();
+    let mut identities: Vec<Identity> = Vec::with_capacity(1);
+    if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
+        let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
+        identities.push(Identity {
+            user: user.to_owned(),
+            groups: Vec::new(),
+            proof: Proof {
+                method: Method::ApiKey,
+                expires_at: None,
+            },
+        });
+    }
+    if let Some(token) = credentials.bearer.as_deref() {
+        let identity = issuers
+            .verify(token)
+            .await
+            .ok_or_else(CoreError::unauthenticated)?;
+        identities.push(identity);
+    }
+    if let Some(certificate) = &credentials.certificate {
+        identities.push(
+            certificate
+                .identity_at(now)
+                .ok_or_else(CoreError::unauthenticated)?,
+        );
+    }
+    let project = credentials.project.clone().filter(|p| !p.is_empty());
+    caller_of(identities, project)
+}
+
+/// The caller the verified identities agree on, or 401 when there is none or they disagree.
+fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Caller, CoreError> {
+    let mut identities = identities.into_iter();
+    let first = identities.next().ok_or_else(CoreError::unauthenticated)?;
+    let mut caller = Caller {
+        user: first.user,
+        groups: first.groups,
+        project,
+        proofs: vec![first.proof],
+    };
+    for identity in identities {
+        if identity.user != caller.user {
+            tracing::debug!("refused: the credentials presented name different users");
+            return Err(CoreError::unauthenticated());
+        }
+        for group in identity.groups {
+            if !caller.groups.contains(&group) {
+                caller.groups.push(group);
+            }
+        }
+        caller.proofs.push(identity.proof);
+    }
+    Ok(caller)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn keys() -> ApiKeys {
+        let hash = ApiKeyHash::from_digest(Sha256::digest(b"right-key").into());
+        let other = ApiKeyHash::from_digest(Sha256::digest(b"other-key").into());
+        ApiKeys::new([
+            (hash, "a@x.test".to_owned()),
+            (other, "b@x.test".to_owned()),
+            (hash, "c@x.test".to_owned()),
+        ])
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn api_key_matches_only_its_hash() {
+        assert_eq!(keys().user_of("right-key"), Some("a@x.test"));
+        assert_eq!(keys().user_of("other-key"), Some("b@x.test"));
+        assert_eq!(keys().user_of("wrong-key"), None);
+        assert_eq!(keys().user_of(""), None);
+        let creds = Credentials {
+            api_key: Some("wrong-key".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            block_on(authenticate(&creds, &keys(), &Issuers::default())).unwrap_err(),
+            CoreError::unauthenticated()
+        );
+    }
+
+    #[test]
+    fn bearer_parsing_and_debug_redaction() {
+        assert_eq!(
+            Credentials::bearer_from_authorization("Bearer abc"),
+            Some("abc".to_owned())
+        );
+        assert_eq!(Credentials::bearer_from_authorization("Basic abc"), None);
+        let creds = Credentials {
+            api_key: Some("secret-key".into()),
+            bearer: Some("tok".into()),
+            ..Default::default()
+        };
+        let debug = format!("{creds:?}");
+        assert!(
+            !debug.contains("secret-key") && !debug.contains("tok\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn no_credentials_is_unauthenticated() {
+        let kind = |creds: &Credentials| {
+            block_on(authenticate(creds, &keys(), &Issuers::default()))
+                .expect_err("refused")
+                .kind()
+        };
+        assert_eq!(kind(&Credentials::default()), ErrorKind::Unauthenticated);
+        let creds = Credentials {
+            bearer: Some("x.y.z".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            kind(&creds),
+            ErrorKind::Unauthenticated,
+            "a token without a verifier is refused"
+        );
+        let creds = Credentials {
+            api_key: Some("right-key".into()),
+            bearer: Some("x.y.z".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            kind(&creds),
+            ErrorKind::Unauthenticated,
+            "a good key does not excuse a bad token"
+        );
+    }
+
+    fn identity(user: &str, groups: &[&str], method: Method, expires_at: Option<u64>) -> Identity {
+        Identity {
+            user: user.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            proof: Proof { method, expires_at },
+        }
+    }
+
+    #[test]
+    fn several_credentials_must_name_one_user() {
+        let key = identity("a@x.test", &[], Method::ApiKey, None);
+        let token = identity(
+            "a@x.test",
+            &["ops"],
+            Method::Token {
+                issuer: "https://issuer.test".into(),
+            },
+            Some(2000),
+        );
+        let certificate = identity(
+            "a@x.test",
+            &["ops", "dev"],
+            Method::Certificate {
+                serial: "01".into(),
+                issuer: "CN=ca".into(),
+            },
+            Some(1000),
+        );
+        let caller = caller_of(vec![key.clone(), token, certificate], None).expect("agree");
+        assert_eq!(caller.groups, ["ops", "dev"]);
+        assert_eq!(caller.proofs.len(), 3);
+        assert_eq!(caller.expires_at(), Some(1000));
+        let other = identity(
+            "b@x.test",
+            &[],
+            Method::Certificate {
+                serial: "02".into(),
+                issuer: "CN=ca".into(),
+            },
+            Some(1000),
+        );
+        assert_eq!(
+            caller_of(vec![key, other], None).unwrap_err(),
+            CoreError::unauthenticated()
+        );
+        assert_eq!(
+            caller_of(Vec::new(), None).unwrap_err(),
+            CoreError::unauthenticated()
+        );
+    }
+}
