@@ -27,7 +27,7 @@ pub mod service;
 pub mod telemetry;
 
 pub use edges::{admin, admission, connections, grpc, rest, tls};
-pub use loading::{demo, feed, files, inventory, record, watch};
+pub use loading::{demo, feed, files, inventory, record, reloading, watch};
 pub use service::{auth, cached, core, error, ledger, minting, streams};
 
 use std::future::Future;
