@@ -220,3 +220,30 @@ fn openssl_verifies_an_issued_certificate_against_the_ca_when_installed() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A user name is one attribute of the subject whatever it contains: `,`, `=`, `+` and quotes are
+/// characters of the CN, not separators that could add an `O=system:masters` of the caller's choosing.
+#[test]
+fn a_user_name_with_dn_syntax_stays_one_common_name() {
+    let authority = Authority::from_pem(CA_P256.0, CA_P256.1).unwrap();
+    let hostile = "kubeconfigd:admin:spiffe://acme.test/a,O=system:masters+CN=x\"=y";
+    let issued = authority
+        .issue(
+            Subject {
+                common_name: hostile,
+                organization: None,
+            },
+            hour(),
+            KeySource::Generate,
+        )
+        .unwrap();
+    let (_, parsed) = X509Certificate::from_der(&issued.certificate_der).unwrap();
+    let cn: Vec<_> = parsed
+        .subject()
+        .iter_common_name()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(cn, [hostile]);
+    assert_eq!(parsed.subject().iter_organization().count(), 0);
+    assert_eq!(parsed.subject().iter_attributes().count(), 1);
+}

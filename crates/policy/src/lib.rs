@@ -41,5 +41,5 @@ pub use role::{Role, RoleCatalog, Scope};
 pub use secret::Secret;
 pub use tenant::{
     ApiKeyHash, Binding, FieldError, Principal, Project, ReverseProxy, Subject, Tenant,
-    TenantError, User,
+    TenantError, User, canonical_user, user_name_problem,
 };

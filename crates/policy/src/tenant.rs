@@ -86,11 +86,39 @@ impl TryFrom<String> for ApiKeyHash {
     }
 }
 
+/// The form in which a user name is stored and compared: an e-mail address (a name without `:`) is
+/// compared case-insensitively, so it is lowercased (ASCII only: Unicode folding would map look-alikes
+/// such as the Kelvin sign onto `k`); any other name — a Kubernetes user such as
+/// `system:serviceaccount:payments:deployer`, a SPIFFE ID — is compared exactly, as Kubernetes and
+/// SPIFFE compare them (a SPIFFE path is case-sensitive).
+pub fn canonical_user(name: &str) -> String {
+    if name.contains(':') {
+        name.to_owned()
+    } else {
+        name.to_ascii_lowercase()
+    }
+}
+
+/// Why `name` cannot be a user name, if it cannot: it must be printable ASCII without spaces, at most
+/// 256 bytes, so that it reads the same in a log line, an audit record and a certificate subject.
+pub fn user_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > 256 {
+        Some("is longer than 256 bytes")
+    } else if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("must be printable ASCII without spaces or control characters")
+    } else {
+        None
+    }
+}
+
 /// A user of the tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
-    /// Lowercased e-mail address; the user's identity.
-    pub email: String,
+    /// The user's name in [`canonical_user`] form: a lowercased e-mail address (`email:`), or a
+    /// user name such as a service account or SPIFFE ID (`username:`).
+    pub name: String,
     /// Hashes of the user's API keys.
     pub api_keys: Vec<ApiKeyHash>,
 }
@@ -119,10 +147,10 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// A principal from a user id (e-mail) and team names; the user id is compared case-insensitively.
+    /// A principal from a user name and team names; the name is compared in [`canonical_user`] form.
     pub fn new(user: &str, teams: impl IntoIterator<Item = String>) -> Self {
         Principal {
-            user: user.to_ascii_lowercase(),
+            user: canonical_user(user),
             teams: teams.into_iter().collect(),
         }
     }
@@ -213,7 +241,10 @@ struct RawTeam {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawUser {
-    email: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
     #[serde(default)]
     api_keys: Vec<ApiKeyHash>,
 }
@@ -380,12 +411,7 @@ impl Problems {
                     self.add(format!("teams[{i}].name"), duplicate)
                 }
                 std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(
-                        team.members
-                            .iter()
-                            .map(|m| m.to_ascii_lowercase())
-                            .collect(),
-                    );
+                    slot.insert(team.members.iter().map(|m| canonical_user(m)).collect());
                 }
             }
         }
@@ -396,17 +422,47 @@ impl Problems {
         let mut users = BTreeMap::new();
         let mut key_owner: BTreeMap<ApiKeyHash, String> = BTreeMap::new();
         for (i, user) in raw.into_iter().enumerate() {
-            let email = user.email.trim().to_ascii_lowercase();
-            if email.is_empty() || !email.contains('@') {
-                self.add(
-                    format!("users[{i}].email"),
-                    format!("{:?} is not an e-mail address", user.email),
-                );
-                continue;
-            }
+            let (field, name) = match (&user.email, &user.username) {
+                (Some(email), None) => {
+                    let email = email.trim().to_ascii_lowercase();
+                    if email.is_empty() || !email.contains('@') || email.contains(':') {
+                        self.add(
+                            format!("users[{i}].email"),
+                            format!(
+                                "{:?} is not an e-mail address",
+                                user.email.unwrap_or_default()
+                            ),
+                        );
+                        continue;
+                    }
+                    ("email", email)
+                }
+                (None, Some(username)) => {
+                    if let Some(problem) = user_name_problem(username) {
+                        self.add(
+                            format!("users[{i}].username"),
+                            format!("{username:?} {problem}"),
+                        );
+                        continue;
+                    }
+                    ("username", canonical_user(username))
+                }
+                (Some(_), Some(_)) => {
+                    self.add(
+                        format!("users[{i}]"),
+                        "has both `email` and `username`; a user has one name",
+                    );
+                    continue;
+                }
+                (None, None) => {
+                    self.add(format!("users[{i}]"), "needs an `email` or a `username`");
+                    continue;
+                }
+            };
+            let email = name;
             if users.contains_key(&email) {
                 self.add(
-                    format!("users[{i}].email"),
+                    format!("users[{i}].{field}"),
                     format!("duplicate user {email:?}"),
                 );
                 continue;
@@ -422,7 +478,7 @@ impl Problems {
             users.insert(
                 email.clone(),
                 User {
-                    email,
+                    name: email,
                     api_keys: user.api_keys,
                 },
             );
@@ -442,7 +498,7 @@ impl Problems {
             let at = |field: &str| format!("bindings[{i}].{field}");
             let subject = match (binding.user, binding.team) {
                 (Some(user), None) if !user.trim().is_empty() => {
-                    Subject::User(user.trim().to_ascii_lowercase())
+                    Subject::User(canonical_user(user.trim()))
                 }
                 (None, Some(team)) => {
                     if !teams.contains_key(&team) {
@@ -596,7 +652,7 @@ impl Tenant {
         user: &str,
         extra_teams: impl IntoIterator<Item = String>,
     ) -> Principal {
-        let user = user.to_ascii_lowercase();
+        let user = canonical_user(user);
         let file_teams = self.grants.teams_of.get(&user).into_iter().flatten();
         Principal {
             teams: file_teams.cloned().chain(extra_teams).collect(),

@@ -189,3 +189,45 @@ fn a_credential_lifetime_beyond_a_year_is_refused_naming_the_field() {
     .expect("a year is accepted");
     assert_eq!(tenant.credentials().max_lifetime_seconds, 31_536_000);
 }
+
+#[test]
+fn a_user_may_be_named_by_a_username_instead_of_an_email() {
+    let yaml = format!(
+        "{BASE}users:\n  - username: system:serviceaccount:payments:deployer\n  - username: spiffe://acme.test/ns/payments/sa/Deployer\n  - email: Ada@X.test\nbindings:\n  - user: system:serviceaccount:payments:deployer\n    role: Cluster Admin\n    project: platform\n  - user: spiffe://acme.test/ns/payments/sa/Deployer\n    role: Cluster Viewer\n    project: platform\n"
+    );
+    let tenant = Tenant::from_yaml(&yaml).expect("loads");
+    let names: Vec<&str> = tenant.users().map(|u| u.name.as_str()).collect();
+    assert!(names.contains(&"ada@x.test"), "{names:?}");
+    assert!(
+        names.contains(&"spiffe://acme.test/ns/payments/sa/Deployer"),
+        "a name with `:` keeps its case: {names:?}"
+    );
+    let allowed = |user: &str| {
+        !tenant
+            .effective_permissions(&tenant.principal(user, []), "platform")
+            .is_empty()
+    };
+    assert!(allowed("system:serviceaccount:payments:deployer"));
+    assert!(allowed("spiffe://acme.test/ns/payments/sa/Deployer"));
+    assert!(
+        !allowed("spiffe://acme.test/ns/payments/sa/deployer"),
+        "a SPIFFE path is compared exactly"
+    );
+    assert!(!allowed("system:serviceaccount:payments:other"));
+}
+
+#[test]
+fn a_username_must_be_printable_and_a_user_has_one_name() {
+    let e = errors(&format!(
+        "{BASE}users:\n  - username: \"evil\\nuser\"\n  - username: \"a b\"\n  - email: a@x.test\n    username: a\n  - apiKeys: []\n  - email: \"system:x@y\"\n"
+    ));
+    for expected in [
+        "users[0].username: \"evil\\nuser\" must be printable ASCII without spaces or control characters",
+        "users[1].username: \"a b\" must be printable ASCII",
+        "users[2]: has both `email` and `username`",
+        "users[3]: needs an `email` or a `username`",
+        "users[4].email: \"system:x@y\" is not an e-mail address",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in {e}");
+    }
+}

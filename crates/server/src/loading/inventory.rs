@@ -414,7 +414,7 @@ impl Inventory {
                         self.api_keys = Arc::new(ApiKeys::new(
                             tenant
                                 .users()
-                                .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.email.clone()))),
+                                .flat_map(|u| u.api_keys.iter().map(|k| (*k, u.name.clone()))),
                         ));
                         self.tenant = Some((Arc::new(tenant), text_digest));
                         self.tenant_problem = None;

@@ -208,10 +208,20 @@ pub async fn authenticate(
     caller_of(identities, project)
 }
 
-/// The caller the verified identities agree on, or 401 when there is none or they disagree.
+/// The caller the verified identities agree on, or 401 when there is none, they disagree, or a name
+/// is not one a user can have (control characters, spaces, non-ASCII: see
+/// [`kubeconfig_policy::user_name_problem`]). Names are compared in their canonical form (e-mails
+/// lowercased, other names exactly).
 fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Caller, CoreError> {
-    let mut identities = identities.into_iter();
-    let first = identities.next().ok_or_else(CoreError::unauthenticated)?;
+    let mut identities = identities.into_iter().map(|mut identity| {
+        if kubeconfig_policy::user_name_problem(&identity.user).is_some() {
+            tracing::debug!("refused: a credential names a user no tenant file can list");
+            return Err(CoreError::unauthenticated());
+        }
+        identity.user = kubeconfig_policy::canonical_user(&identity.user);
+        Ok(identity)
+    });
+    let first = identities.next().ok_or_else(CoreError::unauthenticated)??;
     let mut caller = Caller {
         user: first.user,
         groups: first.groups,
@@ -219,6 +229,7 @@ fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Calle
         proofs: vec![first.proof],
     };
     for identity in identities {
+        let identity = identity?;
         if identity.user != caller.user {
             tracing::debug!("refused: the credentials presented name different users");
             return Err(CoreError::unauthenticated());
@@ -369,5 +380,36 @@ mod tests {
             caller_of(Vec::new(), None).unwrap_err(),
             CoreError::unauthenticated()
         );
+    }
+
+    #[test]
+    fn names_are_compared_canonically_and_unprintable_ones_refused() {
+        let token = |user: &str| {
+            identity(
+                user,
+                &[],
+                Method::Token {
+                    issuer: "https://issuer.test".into(),
+                },
+                Some(2000),
+            )
+        };
+        let key = identity("ada@x.test", &[], Method::ApiKey, None);
+        assert_eq!(
+            caller_of(vec![key.clone(), token("Ada@X.test")], None)
+                .expect("one user")
+                .user,
+            "ada@x.test"
+        );
+        let account = caller_of(vec![token("system:serviceaccount:Payments:deployer")], None)
+            .expect("a service account");
+        assert_eq!(account.user, "system:serviceaccount:Payments:deployer");
+        for bad in ["evil\nuser", "a b", "k\u{212a}@x.test", ""] {
+            assert_eq!(
+                caller_of(vec![token(bad)], None).unwrap_err(),
+                CoreError::unauthenticated(),
+                "{bad:?}"
+            );
+        }
     }
 }
