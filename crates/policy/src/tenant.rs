@@ -154,6 +154,11 @@ impl Principal {
             teams: teams.into_iter().collect(),
         }
     }
+
+    /// The teams it counts as a member of, in order.
+    pub fn teams(&self) -> impl Iterator<Item = &str> {
+        self.teams.iter().map(String::as_str)
+    }
 }
 
 /// One problem in the tenant file, with the path of the field it concerns.

@@ -113,6 +113,12 @@ impl KubeconfigService for Fixed {
     ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
         Err(Status::unimplemented("bare server"))
     }
+    async fn who_am_i(
+        &self,
+        _: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
 }
 
 fn flag(args: &[String], name: &str) -> anyhow::Result<String> {

@@ -109,6 +109,12 @@ impl KubeconfigService for Scripted {
     ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
         unimplemented()
     }
+    async fn who_am_i(
+        &self,
+        _: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// The fake server on a loopback port; stopped on drop.

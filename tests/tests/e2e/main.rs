@@ -9,6 +9,7 @@ mod credentials;
 mod frames;
 mod hostile;
 mod hostile_server;
+mod identity;
 mod jwt;
 mod ledger;
 mod metrics;

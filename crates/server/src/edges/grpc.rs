@@ -493,6 +493,53 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         )
         .await
     }
+
+    async fn who_am_i(
+        &self,
+        request: tonic::Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let (metadata, _, _) = request.into_parts();
+        self.call(metadata, "WhoAmI", |core, creds| async move {
+            Ok(whoami_message(&core.whoami(&creds).await?))
+        })
+        .await
+    }
+}
+
+/// The `WhoAmI` answer.
+fn whoami_message(whoami: &crate::core::Whoami) -> pb::WhoAmIResponse {
+    use crate::auth::Method;
+    let caller = &whoami.caller;
+    let credentials = caller
+        .proofs
+        .iter()
+        .map(|proof| {
+            let (kind, issuer, serial) = match &proof.method {
+                Method::ApiKey => (pb::CredentialKind::ApiKey, "", ""),
+                Method::Token { issuer } => (pb::CredentialKind::Token, issuer.as_str(), ""),
+                Method::Certificate { serial, issuer } => (
+                    pb::CredentialKind::ClientCertificate,
+                    issuer.as_str(),
+                    serial.as_str(),
+                ),
+            };
+            pb::CallerCredential {
+                kind: kind.into(),
+                issuer: issuer.to_owned(),
+                serial: serial.to_owned(),
+                expires_at: proof.expires_at.map(timestamp),
+            }
+        })
+        .collect();
+    pb::WhoAmIResponse {
+        user: caller.user.clone(),
+        groups: caller.groups.clone(),
+        teams: whoami.teams.clone(),
+        credentials,
+        expires_at: caller.expires_at().map(timestamp),
+        visible_clusters: i32::try_from(whoami.visible_clusters).unwrap_or(i32::MAX),
+        project_uid: caller.project.clone().unwrap_or_default(),
+    }
 }
 
 fn timestamp(seconds: u64) -> prost_types::Timestamp {

@@ -82,11 +82,14 @@ fn matches_etag(if_none_match: &str, etag: &str) -> bool {
 const KUBECONFIG_ROUTE: &str = "/v1/spectroclusters/{uid}/assets/kubeconfig";
 const ADMIN_ROUTE: &str = "/v1/spectroclusters/{uid}/assets/adminkubeconfig";
 
+const WHOAMI_ROUTE: &str = "/v1/whoami";
+
 /// The REST paths, as routed (the OpenAPI document lists the same; a test keeps them equal).
-pub const ROUTES: [&str; 4] = [
+pub const ROUTES: [&str; 5] = [
     KUBECONFIG_ROUTE,
     ADMIN_ROUTE,
     "/v1/spectroclusters/{uid}/assets/adminKubeconfig",
+    WHOAMI_ROUTE,
     "/healthz",
 ];
 
@@ -100,6 +103,7 @@ pub fn router(watchers: Arc<Watchers>) -> Router {
         .route(KUBECONFIG_ROUTE, get(kubeconfig))
         .route(ADMIN_ROUTE, get(admin_kubeconfig))
         .route(ROUTES[2], get(admin_kubeconfig))
+        .route(WHOAMI_ROUTE, get(whoami))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -304,6 +308,103 @@ async fn admin_kubeconfig(
         },
     )
     .await
+}
+
+/// `WhoAmI` as JSON, with the field names and value forms of the gRPC answer's JSON mapping
+/// (camelCase, enum names, RFC 3339 times) so that grpcurl and curl print the same thing.
+async fn whoami(State(state): State<RestState>, request: axum::extract::Request) -> Response {
+    let core = state.watchers.core();
+    let request_id = telemetry::new_request_id();
+    let span = telemetry::rest_span(WHOAMI_ROUTE, &request_id, request.headers());
+    let credentials = credentials_of(&request, &request_id);
+    let result = core
+        .run("rest", "WhoAmI", core.whoami(&credentials))
+        .instrument(span)
+        .await;
+    match result {
+        Ok(whoami) => {
+            let mut response = axum::Json(WhoamiBody::of(&whoami)).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(error) => error_response(&error, &request_id),
+    }
+}
+
+/// The credentials of a REST request: its headers and its connection's client certificate.
+fn credentials_of(request: &axum::extract::Request, request_id: &str) -> Credentials {
+    Credentials::from_headers(request.headers(), request_id)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WhoamiBody<'a> {
+    user: &'a str,
+    groups: &'a [String],
+    teams: &'a [String],
+    credentials: Vec<CallerCredentialBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    visible_clusters: usize,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    project_uid: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallerCredentialBody<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    issuer: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    serial: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+fn rfc3339(seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+    )
+    .to_string()
+}
+
+impl<'a> WhoamiBody<'a> {
+    fn of(whoami: &'a crate::core::Whoami) -> Self {
+        use crate::auth::Method;
+        let caller = &whoami.caller;
+        WhoamiBody {
+            user: &caller.user,
+            groups: &caller.groups,
+            teams: &whoami.teams,
+            credentials: caller
+                .proofs
+                .iter()
+                .map(|proof| {
+                    let (kind, issuer, serial) = match &proof.method {
+                        Method::ApiKey => ("CREDENTIAL_KIND_API_KEY", "", ""),
+                        Method::Token { issuer } => ("CREDENTIAL_KIND_TOKEN", issuer.as_str(), ""),
+                        Method::Certificate { serial, issuer } => (
+                            "CREDENTIAL_KIND_CLIENT_CERTIFICATE",
+                            issuer.as_str(),
+                            serial.as_str(),
+                        ),
+                    };
+                    CallerCredentialBody {
+                        kind,
+                        issuer,
+                        serial,
+                        expires_at: proof.expires_at.map(rfc3339),
+                    }
+                })
+                .collect(),
+            expires_at: caller.expires_at().map(rfc3339),
+            visible_clusters: whoami.visible_clusters,
+            project_uid: caller.project.as_deref().unwrap_or_default(),
+        }
+    }
 }
 
 /// The connection's long-poll marker, on a request that may be a long-poll.

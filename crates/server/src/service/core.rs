@@ -158,6 +158,16 @@ pub struct ClusterPage {
     pub next_page_token: String,
 }
 
+/// Who the server takes a caller to be (`WhoAmI`).
+#[derive(Debug)]
+pub struct Whoami {
+    pub caller: Caller,
+    /// The teams the caller counts as a member of: the tenant file's and its credentials' groups.
+    pub teams: Vec<String>,
+    /// How many clusters it can see (in its `projectuid` project, when given).
+    pub visible_clusters: usize,
+}
+
 /// The service core.
 pub struct Core {
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -706,6 +716,25 @@ impl Core {
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Caller, CoreError> {
         self.in_service()?;
         self.caller(credentials, &self.snapshot()).await
+    }
+
+    /// Who the caller is, as every other call sees it: for debugging credentials.
+    pub async fn whoami(&self, credentials: &Credentials) -> Result<Whoami, CoreError> {
+        self.in_service()?;
+        let snapshot = self.snapshot();
+        let caller = self.caller(credentials, &snapshot).await?;
+        let teams = snapshot
+            .tenant
+            .principal(&caller.user, caller.groups.iter().cloned())
+            .teams()
+            .map(str::to_owned)
+            .collect();
+        let visible_clusters = self.visible_uids(&caller, None).len();
+        Ok(Whoami {
+            caller,
+            teams,
+            visible_clusters,
+        })
     }
 
     /// What [`Core::asset`] would answer now, without an audit event: for watchers that re-evaluate

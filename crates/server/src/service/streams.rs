@@ -289,6 +289,7 @@ impl Watchers {
             tenant: Arc::clone(&self.core.snapshot().tenant),
             renewals: BTreeSet::new(),
             held: HashMap::new(),
+            expires: expiry_instant(caller.expires_at()),
         };
         tokio::spawn(watch.run(changes, generations, admission));
         Ok(rx)
@@ -311,9 +312,20 @@ impl Watchers {
             return Ok(true);
         };
         let _admission = self.admit(&caller.user)?;
-        Ok(self
+        // A wait ends when the credential does: the caller then hears 401 and signs in again, as a
+        // watch stream's would.
+        let wait_ends = tokio::time::Instant::now() + wait;
+        let expires = expiry_instant(caller.expires_at()).filter(|at| *at < wait_ends);
+        let wait = expires.map_or(wait, |at| {
+            at.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let changed = self
             .changed_within(credentials, uid, (request, options), etag, wait)
-            .await)
+            .await;
+        if !changed && expires.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            return Err(credential_expired());
+        }
+        Ok(changed)
     }
 
     async fn changed_within(
@@ -359,6 +371,33 @@ struct Watch {
     renewals: BTreeSet<(tokio::time::Instant, String, Asset)>,
     /// The serial of the minted credential in each file that carries one.
     held: HashMap<(String, Asset), String>,
+    /// When the first of the credentials the stream was opened with expires: it ends then.
+    expires: Option<tokio::time::Instant>,
+}
+
+/// The instant a credential expiring at `expires_at` (seconds since the epoch) stops being valid.
+fn expiry_instant(expires_at: Option<u64>) -> Option<tokio::time::Instant> {
+    let expires_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at?);
+    let left = expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a stream or long-poll ended at its credential's expiry.
+fn credential_expired() -> CoreError {
+    CoreError::new(
+        ErrorKind::Unauthenticated,
+        "the credential this call was made with expired; call again with a fresh one",
+    )
 }
 
 /// Sleeps until the earliest renewal, or forever when there is none.
@@ -423,6 +462,7 @@ impl Watch {
                     biased;
                     _ = self.stop.wait_for(|stop| *stop) => return Err(End::Error(shutting_down())),
                     () = self.tx.closed() => return Err(End::Gone),
+                    () = until(self.expires) => return Err(End::Error(credential_expired())),
                     result = generations.changed() => {
                         if result.is_err() {
                             return Err(End::Gone);
