@@ -220,14 +220,25 @@ impl Renewal {
             .map_or(self.next_check, |at| at.min(self.next_check))
     }
 
-    /// Re-reads the files when due. Returns why the watch should reconnect: the files hold a new,
-    /// usable credential. An unreadable or already expired one is logged once and not used; the
+    /// Re-reads the files when due. Returns why the watch should reconnect: the files hold a new
+    /// credential, and `usable` accepts it (e.g. the TLS settings can be built from a new certificate
+    /// and key). An unreadable, unusable or already expired one is logged once and not used; the
     /// current watch goes on with the credential it opened with.
-    pub fn check(&mut self, sources: &Sources) -> Option<String> {
-        self.check_at(sources, Instant::now(), SystemTime::now())
+    pub fn check(
+        &mut self,
+        sources: &Sources,
+        usable: impl Fn(&Presented) -> Result<(), String>,
+    ) -> Option<String> {
+        self.check_at(sources, usable, Instant::now(), SystemTime::now())
     }
 
-    fn check_at(&mut self, sources: &Sources, now: Instant, wall: SystemTime) -> Option<String> {
+    fn check_at(
+        &mut self,
+        sources: &Sources,
+        usable: impl Fn(&Presented) -> Result<(), String>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Option<String> {
         let renewing = self.renew_at.is_some_and(|at| at <= now);
         if now < self.next_check && !renewing {
             return None;
@@ -247,17 +258,20 @@ impl Renewal {
             Ok(fresh) if fresh.expires.is_some_and(|at| at <= wall) => {
                 format!("{} holds an expired token", sources.flags())
             }
-            Ok(_) => {
-                let why = if renewing {
-                    "the token in hand is about to expire"
-                } else {
-                    "changed"
-                };
-                return Some(format!(
-                    "{} {why}: reconnecting with the new credential",
-                    sources.flags()
-                ));
-            }
+            Ok(fresh) => match usable(&fresh) {
+                Err(message) => message,
+                Ok(()) => {
+                    let why = if renewing {
+                        "the token in hand is about to expire"
+                    } else {
+                        "changed"
+                    };
+                    return Some(format!(
+                        "{} {why}: reconnecting with the new credential",
+                        sources.flags()
+                    ));
+                }
+            },
             Err(message) => message,
         };
         if self.complained.as_ref() != Some(&problem) {
@@ -386,6 +400,7 @@ mod tests {
         let start = Instant::now();
         let mono = |at: u64| start + Duration::from_secs(at - epoch);
         let expiring = |at: u64| jwt(&format!(r#"{{"exp":{at}}}"#));
+        let ok = |_: &Presented| Ok(());
         let renewal_at = |check_every: u64| {
             let presented = read(&sources).expect("read");
             Renewal::new_at(
@@ -402,12 +417,12 @@ mod tests {
         assert_eq!(renewal.wake(), mono(epoch + 80));
         write(&token, &expiring(epoch + 700));
         assert_eq!(
-            renewal.check_at(&sources, mono(epoch + 79), wall(epoch + 79)),
+            renewal.check_at(&sources, ok, mono(epoch + 79), wall(epoch + 79)),
             None,
             "not yet due"
         );
         let reason = renewal
-            .check_at(&sources, mono(epoch + 80), wall(epoch + 80))
+            .check_at(&sources, ok, mono(epoch + 80), wall(epoch + 80))
             .expect("due, and the file holds a new token");
         assert!(reason.contains("--token-file"), "{reason}");
         assert!(!reason.contains("Bearer"), "{reason}");
@@ -417,7 +432,7 @@ mod tests {
         let mut renewal = renewal_at(3600);
         assert_eq!(renewal.wake(), mono(epoch + 8));
         assert_eq!(
-            renewal.check_at(&sources, mono(epoch + 8), wall(epoch + 8)),
+            renewal.check_at(&sources, ok, mono(epoch + 8), wall(epoch + 8)),
             None
         );
         assert_eq!(renewal.wake(), mono(epoch + 8 + 3600));
@@ -429,25 +444,32 @@ mod tests {
         assert_eq!(renewal.wake(), mono(epoch + 5));
         write(&token, "");
         assert_eq!(
-            renewal.check_at(&sources, mono(epoch + 5), wall(epoch + 5)),
+            renewal.check_at(&sources, ok, mono(epoch + 5), wall(epoch + 5)),
             None
         );
         assert_eq!(renewal.wake(), mono(epoch + 10));
         write(&token, &expiring(epoch + 9));
         assert_eq!(
-            renewal.check_at(&sources, mono(epoch + 10), wall(epoch + 10)),
+            renewal.check_at(&sources, ok, mono(epoch + 10), wall(epoch + 10)),
             None,
             "an expired token is not used"
         );
+        write(&token, "refused-token");
+        let refuse = |_: &Presented| Err("unusable".to_owned());
+        assert_eq!(
+            renewal.check_at(&sources, refuse, mono(epoch + 15), wall(epoch + 15)),
+            None,
+            "an unusable credential is not used"
+        );
         write(&token, "opaque-token-2");
         assert_eq!(
-            renewal.check_at(&sources, mono(epoch + 12), wall(epoch + 12)),
+            renewal.check_at(&sources, ok, mono(epoch + 17), wall(epoch + 17)),
             None,
             "not before the next check"
         );
         assert!(
             renewal
-                .check_at(&sources, mono(epoch + 15), wall(epoch + 15))
+                .check_at(&sources, ok, mono(epoch + 20), wall(epoch + 20))
                 .is_some()
         );
     }

@@ -363,10 +363,11 @@ async fn session(
             Err(_) => {
                 // A renewal waits for no batch: the held files stay, and the new stream resumes
                 // from their etags.
-                if let Some(reason) = renewal
-                    .as_mut()
-                    .and_then(|r| r.check(&settings.credentials))
-                {
+                if let Some(reason) = renewal.as_mut().and_then(|r| {
+                    r.check(&settings.credentials, |fresh| {
+                        endpoint(settings, fresh).map(drop)
+                    })
+                }) {
                     return Ended::Renew(reason);
                 }
             }
