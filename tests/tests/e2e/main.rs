@@ -16,3 +16,4 @@ mod operator_tools;
 mod reload;
 mod shutdown;
 mod sidecar;
+mod sidecar_credentials;
