@@ -282,9 +282,10 @@ impl Renewal {
     }
 }
 
-/// Whether the credential files now hold something other than `fingerprint` (and readable).
-pub fn changed(sources: &Sources, fingerprint: &[u8; 32]) -> bool {
-    read(sources).is_ok_and(|fresh| &fresh.fingerprint != fingerprint)
+/// Whether the credential files are readable and hold something other than `fingerprint` (`None`:
+/// nothing was read before).
+pub fn changed(sources: &Sources, fingerprint: Option<&[u8; 32]>) -> bool {
+    read(sources).is_ok_and(|fresh| Some(&fresh.fingerprint) != fingerprint)
 }
 
 #[cfg(test)]
@@ -375,15 +376,18 @@ mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000))
         );
         assert!(!format!("{presented:?}").contains("Bearer"));
-        assert!(!changed(&sources, &presented.fingerprint));
+        assert!(!changed(&sources, Some(&presented.fingerprint)));
         write(&token, "another\n");
-        assert!(changed(&sources, &presented.fingerprint));
+        assert!(changed(&sources, Some(&presented.fingerprint)));
         write(&token, "\n");
         assert!(read(&sources).is_err(), "an empty file is no credential");
+        assert!(!changed(&sources, None));
         assert!(
-            !changed(&sources, &presented.fingerprint),
+            !changed(&sources, Some(&presented.fingerprint)),
             "an unreadable file is no change to act on"
         );
+        write(&token, "readable again\n");
+        assert!(changed(&sources, None), "readable at last");
     }
 
     #[test]

@@ -270,17 +270,15 @@ pub async fn run(settings: Settings, stats: Arc<Stats>) -> Result<(), String> {
     }
 }
 
-/// Sleeps for `pause`, or less when the credential files change meanwhile: a credential refused as
-/// expired or revoked is retried as soon as a new one is on disk, not after the backoff.
+/// Sleeps for `pause`, or less when the credential files change meanwhile (or, when they could not be
+/// read, become readable): a credential refused as expired or revoked is retried as soon as a new one
+/// is on disk, not after the backoff.
 async fn pause_unless_renewed(settings: &Settings, fingerprint: Option<[u8; 32]>, pause: Duration) {
     let until = tokio::time::Instant::now() + pause;
-    let Some(fingerprint) = fingerprint else {
-        return tokio::time::sleep_until(until).await;
-    };
     let step = settings.credential_check.min(Duration::from_secs(1));
     while tokio::time::Instant::now() < until {
         tokio::time::sleep_until(until.min(tokio::time::Instant::now() + step)).await;
-        if crate::credentials::changed(&settings.credentials, &fingerprint) {
+        if crate::credentials::changed(&settings.credentials, fingerprint.as_ref()) {
             tracing::info!(files = %settings.credentials.flags(), "the credential changed; reconnecting now");
             return;
         }
