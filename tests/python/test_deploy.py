@@ -94,7 +94,7 @@ def test_the_readability_check_catches_a_secret_the_user_cannot_read():
 
 def test_the_agent_accepts_every_manifest_flag():
     """Runs the real kubeconfig-agent with each manifest's arguments: flag errors exit 2 (clap); a
-    missing key file at start-up is a later, different failure."""
+    missing credential file at start-up is a later, different failure."""
     agent = ROOT / "target" / "debug" / "kubeconfig-agent"
     assert agent.is_file(), "build the workspace first (cargo build --workspace --bins)"
     checked = 0
@@ -106,6 +106,6 @@ def test_the_agent_accepts_every_manifest_flag():
                 result = subprocess.run([str(agent), *args, "--once", "--once-timeout=1ms"],
                                         capture_output=True, text=True, timeout=30)
                 assert result.returncode == 1, f"{path.name}/{name}: {result.stderr}"
-                assert "api-key-file" in result.stderr, result.stderr
+                assert "token-file" in result.stderr or "api-key-file" in result.stderr, result.stderr
                 checked += 1
     assert checked == 2

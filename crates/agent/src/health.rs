@@ -21,6 +21,8 @@ pub struct Stats {
     pub synced: AtomicBool,
     pub connected: AtomicBool,
     pub connects: AtomicU64,
+    /// Reconnections made to present a renewed credential.
+    pub renewals: AtomicU64,
     pub events: AtomicU64,
     pub files_written: AtomicU64,
     pub files_removed: AtomicU64,
@@ -54,7 +56,7 @@ impl Stats {
     fn render(&self) -> String {
         let mut out = String::new();
         let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, u64); 12] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "kubeconfig_agent_synced",
                 "gauge",
@@ -72,6 +74,12 @@ impl Stats {
                 "counter",
                 "Watch streams opened",
                 self.connects.load(Ordering::Relaxed),
+            ),
+            (
+                "kubeconfig_agent_credential_renewals_total",
+                "counter",
+                "Reconnections made to present a renewed credential (a changed file, or a token about to expire)",
+                self.renewals.load(Ordering::Relaxed),
             ),
             (
                 "kubeconfig_agent_events_total",

@@ -3,7 +3,10 @@
 //! one file per cluster (`--out-dir`) and/or one merged kubeconfig (`--merged`), atomically and only
 //! when bytes change; deletes a file when access is revoked or the cluster is removed; tells the
 //! application (`--on-change`, `--signal-pid`); and keeps its files while the server is away,
-//! reconnecting with jittered exponential backoff. Every flag has an environment fallback. This file
+//! reconnecting with jittered exponential backoff. It authenticates with a token file (a projected
+//! service-account token), an API key file, a client certificate, or a certificate with one of the
+//! others, and reconnects with the new credential when the files are rewritten or the token in hand
+//! nears its expiry. Every flag has an environment fallback. This file
 //! is the command line only; the agent itself is the `kubeconfig_agent` library.
 
 use std::net::SocketAddr;
@@ -15,10 +18,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use kubeconfig_agent::credentials::{CredentialFile, Sources};
 use kubeconfig_agent::holdings::Limits;
 use kubeconfig_agent::output::{Asset, Output};
 use kubeconfig_agent::{health, session};
-use session::{CredentialFile, Settings};
+use session::Settings;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,32 +56,38 @@ struct Args {
     /// are not used, so give this for https).
     #[arg(long, env = "KUBECONFIG_AGENT_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; needs --client-key-file.
+    /// Client certificate (PEM, with its chain) for mutual TLS over https://; needs --key-file. A
+    /// credential on its own, or with --token-file or --api-key-file. Re-read when it changes.
     #[arg(
         long,
-        env = "KUBECONFIG_AGENT_CLIENT_CERT_FILE",
-        requires = "client_key_file"
+        alias = "client-cert-file",
+        env = "KUBECONFIG_AGENT_CERT_FILE",
+        requires = "key_file"
     )]
-    client_cert_file: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
+    cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
     #[arg(
         long,
-        env = "KUBECONFIG_AGENT_CLIENT_KEY_FILE",
-        requires = "client_cert_file"
+        alias = "client-key-file",
+        env = "KUBECONFIG_AGENT_KEY_FILE",
+        requires = "cert_file"
     )]
-    client_key_file: Option<PathBuf>,
-    /// File holding the API key (re-read at every connection).
+    key_file: Option<PathBuf>,
+    /// File holding the API key (re-read at every connection, and when it changes).
     #[arg(
         long,
         env = "KUBECONFIG_AGENT_API_KEY_FILE",
-        conflicts_with = "token_file",
-        required_unless_present = "token_file"
+        conflicts_with = "token_file"
     )]
     api_key_file: Option<PathBuf>,
-    /// File holding a bearer token, e.g. a projected service-account token (re-read at every
-    /// connection, so rotation is picked up).
+    /// File holding a bearer token, e.g. a projected service-account token. Re-read at every
+    /// connection, when it changes (the watch reconnects with the new token) and shortly before a
+    /// JWT's `exp`.
     #[arg(long, env = "KUBECONFIG_AGENT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// How often the credential files are checked for a change while watching.
+    #[arg(long, env = "KUBECONFIG_AGENT_CREDENTIAL_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    credential_check_interval: Duration,
     /// A cluster uid to keep (repeatable).
     #[arg(
         long = "cluster",
@@ -152,11 +162,32 @@ struct Args {
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
-    let credential = match (&args.api_key_file, &args.token_file) {
-        (Some(path), None) => CredentialFile::ApiKey(path.clone()),
-        (None, Some(path)) => CredentialFile::Token(path.clone()),
-        _ => return Err("give --api-key-file or --token-file".to_owned()),
+    let secret = match (&args.api_key_file, &args.token_file) {
+        (Some(path), None) => Some(CredentialFile::ApiKey(path.clone())),
+        (None, Some(path)) => Some(CredentialFile::Token(path.clone())),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err("give --api-key-file or --token-file, not both".to_owned());
+        }
     };
+    let certificate = args.cert_file.clone().zip(args.key_file.clone());
+    if secret.is_none() && certificate.is_none() {
+        return Err(
+            "give a credential: --token-file, --api-key-file, or --cert-file with --key-file"
+                .to_owned(),
+        );
+    }
+    if certificate.is_some() && !args.server.starts_with("https://") {
+        return Err(format!(
+            "--cert-file needs an https:// --server (a client certificate is presented over TLS only), not {}",
+            args.server
+        ));
+    }
+    if args.credential_check_interval < Duration::from_millis(100)
+        || args.credential_check_interval > Duration::from_secs(86_400)
+    {
+        return Err("--credential-check-interval: between 100ms and 24h".to_owned());
+    }
     let signal = match args.signal_pid {
         None => None,
         Some(pid) => {
@@ -174,11 +205,11 @@ fn settings(args: &Args) -> Result<Settings, String> {
     Ok(Settings {
         server: args.server.clone(),
         ca_file: args.ca_file.clone(),
-        client_certificate: args
-            .client_cert_file
-            .clone()
-            .zip(args.client_key_file.clone()),
-        credential,
+        credentials: Sources {
+            secret,
+            certificate,
+        },
+        credential_check: args.credential_check_interval,
         clusters: args.clusters.clone(),
         project: args.project.clone(),
         assets: vec![if args.admin {
@@ -353,5 +384,56 @@ mod tests {
                 max_total_size: 1 << 20,
             }
         );
+    }
+
+    fn credentials(extra: &[&str]) -> Result<Sources, String> {
+        let mut argv = vec![
+            "kubeconfig-agent",
+            "--server",
+            "https://kubeconfigd:50051",
+            "--all",
+            "--out-dir",
+            "out",
+        ];
+        argv.extend(extra);
+        Ok(settings(&Args::try_parse_from(argv).map_err(|e| e.to_string())?)?.credentials)
+    }
+
+    #[test]
+    fn a_certificate_is_a_credential_alone_or_with_a_token_or_key() {
+        let cert = ["--cert-file", "tls.crt", "--key-file", "tls.key"];
+        let alone = credentials(&cert).expect("a certificate alone");
+        assert!(alone.secret.is_none() && alone.certificate.is_some());
+        let with_token =
+            credentials(&[&cert[..], &["--token-file", "token"]].concat()).expect("with a token");
+        assert!(matches!(with_token.secret, Some(CredentialFile::Token(_))));
+        assert!(with_token.certificate.is_some());
+        let with_key = credentials(&[&cert[..], &["--api-key-file", "key"]].concat())
+            .expect("with an API key");
+        assert!(matches!(with_key.secret, Some(CredentialFile::ApiKey(_))));
+        let old_names = credentials(&["--client-cert-file", "a", "--client-key-file", "b"])
+            .expect("the former flag names");
+        assert!(old_names.certificate.is_some());
+
+        let none = credentials(&[]).err().unwrap_or_default();
+        assert!(none.contains("give a credential"), "{none}");
+        assert!(credentials(&["--token-file", "t", "--api-key-file", "k"]).is_err());
+        assert!(credentials(&["--cert-file", "tls.crt"]).is_err(), "no key");
+        let plain = parsed("http://127.0.0.1:1", &cert)
+            .err()
+            .unwrap_or_default();
+        assert!(plain.contains("https://"), "{plain}");
+    }
+
+    #[test]
+    fn the_credential_check_interval_has_a_default_and_bounds() {
+        let settings = parsed("http://127.0.0.1:1", &[]).expect("defaults");
+        assert_eq!(settings.credential_check, Duration::from_secs(5));
+        for bad in ["0s", "10ms", "2days"] {
+            assert!(
+                parsed("http://127.0.0.1:1", &["--credential-check-interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! apply events to disk in batches, tell the application, and reconnect with jittered exponential
 //! backoff whenever the stream ends — keeping every file meanwhile. A batch is bounded in events and
 //! time, files that could not be written are retried, and the credential goes in plaintext only to a
-//! loopback address unless `--allow-insecure` says otherwise.
+//! loopback address unless `--allow-insecure` says otherwise. When the credential files change, or
+//! the token in hand nears its expiry ([`crate::credentials`]), the watch reconnects at once with the
+//! new credential; the etags it holds make the server send only what changed, so no file is rewritten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -15,25 +17,22 @@ use kubeconfig_proto::kubeconfig::v1 as pb;
 use pb::kubeconfig_service_client::KubeconfigServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub use crate::credentials::CredentialFile;
+use crate::credentials::{Presented, Renewal, Sources};
 use crate::health::Stats;
 use crate::holdings::{Holdings, Limits};
 use crate::output::{Asset, Key, Names, Output};
-
-/// How the agent authenticates: a file re-read at every connection (projected service-account
-/// tokens rotate).
-#[derive(Debug, Clone)]
-pub enum CredentialFile {
-    ApiKey(PathBuf),
-    Token(PathBuf),
-}
 
 /// Everything a session needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub server: String,
     pub ca_file: Option<PathBuf>,
-    pub client_certificate: Option<(PathBuf, PathBuf)>,
-    pub credential: CredentialFile,
+    /// The credential files: a token or API key, a client certificate, or a certificate and one of
+    /// the others.
+    pub credentials: Sources,
+    /// How often the credential files are checked for a change while watching.
+    pub credential_check: Duration,
     pub clusters: Vec<String>,
     pub project: Option<String>,
     pub assets: Vec<Asset>,
@@ -98,6 +97,8 @@ const MESSAGE_OVERHEAD: usize = 64 << 10;
 enum Ended {
     /// Reconnect after a pause.
     Retry(String),
+    /// Reconnect at once with a renewed credential.
+    Renew(String),
     /// Stop with this message (`--once`, or a problem no retry fixes).
     Fatal(String),
     /// `--once` is done.
@@ -112,6 +113,8 @@ struct State {
     write_failures: BTreeMap<String, String>,
     /// Whether the files have been put on disk at least once.
     flushed: bool,
+    /// What the last connection presented (to wake from a backoff when the files change).
+    fingerprint: Option<[u8; 32]>,
 }
 
 impl State {
@@ -128,17 +131,9 @@ impl State {
     }
 }
 
-fn read_secret(path: &PathBuf, what: &str) -> Result<String, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    let value = text.trim().to_owned();
-    if value.is_empty() {
-        return Err(format!("{what} {} is empty", path.display()));
-    }
-    Ok(value)
-}
-
-async fn channel(settings: &Settings) -> Result<Channel, String> {
+/// The endpoint for `settings.server`, with TLS (the CA, and the client certificate presented) for
+/// `https://`.
+pub fn endpoint(settings: &Settings, presented: &Presented) -> Result<Endpoint, String> {
     let mut endpoint = Endpoint::from_shared(settings.server.clone())
         .map_err(|e| format!("--server {}: {e}", settings.server))?
         .connect_timeout(Duration::from_secs(5))
@@ -151,18 +146,18 @@ async fn channel(settings: &Settings) -> Result<Channel, String> {
             let pem = std::fs::read(ca).map_err(|e| format!("--ca-file {}: {e}", ca.display()))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
-        if let Some((cert, key)) = &settings.client_certificate {
-            let cert = std::fs::read(cert)
-                .map_err(|e| format!("--client-cert-file {}: {e}", cert.display()))?;
-            let key = std::fs::read(key)
-                .map_err(|e| format!("--client-key-file {}: {e}", key.display()))?;
+        if let Some((cert, key)) = &presented.identity {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         endpoint = endpoint
             .tls_config(tls)
             .map_err(|e| format!("TLS settings: {e}"))?;
     }
-    endpoint
+    Ok(endpoint)
+}
+
+async fn channel(settings: &Settings, presented: &Presented) -> Result<Channel, String> {
+    endpoint(settings, presented)?
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", settings.server))
@@ -178,7 +173,8 @@ fn proto_asset(asset: Asset) -> pb::WatchedAsset {
 fn request(
     settings: &Settings,
     state: &State,
-) -> Result<tonic::Request<pb::WatchKubeconfigsRequest>, String> {
+    presented: &Presented,
+) -> tonic::Request<pb::WatchKubeconfigsRequest> {
     let state = &state.holdings;
     let message = pb::WatchKubeconfigsRequest {
         cluster_uids: settings.clusters.clone(),
@@ -196,18 +192,8 @@ fn request(
             .collect::<HashMap<_, _>>(),
     };
     let mut request = tonic::Request::new(message);
-    let (header, value) = match &settings.credential {
-        CredentialFile::ApiKey(path) => ("apikey", read_secret(path, "--api-key-file")?),
-        CredentialFile::Token(path) => (
-            "authorization",
-            format!("Bearer {}", read_secret(path, "--token-file")?),
-        ),
-    };
-    let value = value
-        .parse()
-        .map_err(|_| format!("the {header} credential is not a valid header value"))?;
-    request.metadata_mut().insert(header, value);
-    Ok(request)
+    presented.authorize(request.metadata_mut());
+    request
 }
 
 /// Whether a refusal will not go away by retrying the same request (the credential file may still
@@ -253,6 +239,7 @@ pub async fn run(settings: Settings, stats: Arc<Stats>) -> Result<(), String> {
         names: Names::new(),
         write_failures: BTreeMap::new(),
         flushed: false,
+        fingerprint: None,
     };
     let deadline = settings
         .once
@@ -265,6 +252,11 @@ pub async fn run(settings: Settings, stats: Arc<Stats>) -> Result<(), String> {
             Ended::Done => return Ok(()),
             Ended::Fatal(message) => return Err(message),
             Ended::Retry(reason) => reason,
+            Ended::Renew(reason) => {
+                stats.renewals.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(reason = %reason, "reconnecting; keeping the files held");
+                continue;
+            }
         };
         let pause = backoff.mul_f64(0.5 + fastrand::f64());
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -274,7 +266,22 @@ pub async fn run(settings: Settings, stats: Arc<Stats>) -> Result<(), String> {
             return Err(format!("gave up: {reason}"));
         }
         tracing::warn!(reason = %reason, retry_in = %humantime::format_duration(Duration::from_millis(pause.as_millis() as u64)), "watch interrupted; keeping the files held");
-        tokio::time::sleep(pause).await;
+        pause_unless_renewed(&settings, state.fingerprint, pause).await;
+    }
+}
+
+/// Sleeps for `pause`, or less when the credential files change meanwhile (or, when they could not be
+/// read, become readable): a credential refused as expired or revoked is retried as soon as a new one
+/// is on disk, not after the backoff.
+async fn pause_unless_renewed(settings: &Settings, fingerprint: Option<[u8; 32]>, pause: Duration) {
+    let until = tokio::time::Instant::now() + pause;
+    let step = settings.credential_check.min(Duration::from_secs(1));
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep_until(until.min(tokio::time::Instant::now() + step)).await;
+        if crate::credentials::changed(&settings.credentials, fingerprint.as_ref()) {
+            tracing::info!(files = %settings.credentials.flags(), "the credential changed; reconnecting now");
+            return;
+        }
     }
 }
 
@@ -284,12 +291,14 @@ async fn session(
     stats: &Stats,
     backoff: &mut Duration,
 ) -> Ended {
-    let request = match request(settings, state) {
-        Ok(request) => request,
+    let presented = match crate::credentials::read(&settings.credentials) {
+        Ok(presented) => presented,
         Err(message) if settings.once.is_some() => return Ended::Fatal(message),
         Err(message) => return Ended::Retry(message),
     };
-    let channel = match channel(settings).await {
+    state.fingerprint = Some(presented.fingerprint);
+    let request = request(settings, state, &presented);
+    let channel = match channel(settings, &presented).await {
         Ok(channel) => channel,
         Err(message) => return Ended::Retry(message),
     };
@@ -320,20 +329,46 @@ async fn session(
     };
     stats.connected.store(true, Ordering::Relaxed);
     stats.connects.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(server = %settings.server, held = state.holdings.files.len(), "watching");
+    let expires_in = presented.expires.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        humantime::format_duration(Duration::from_secs(left.as_secs())).to_string()
+    });
+    tracing::info!(server = %settings.server, held = state.holdings.files.len(), token_expires_in = expires_in.as_deref(), "watching");
+    // `--once` ends long before any credential is renewed.
+    let mut renewal = settings
+        .once
+        .is_none()
+        .then(|| Renewal::new(&presented, settings.credential_check));
     // Nothing is written until this stream's initial state is complete.
     state.holdings.synced = false;
     loop {
         // One batch: the first event whenever it comes (while files are failing, no later than the
-        // next retry), then whatever follows within the window, up to the batch's bounds.
-        let first = if state.write_failures.is_empty() {
-            Ok(stream.message().await)
-        } else {
-            tokio::time::timeout(RETRY_FAILED, stream.message()).await
+        // next retry; no later than the next look at the credential files), then whatever follows
+        // within the window, up to the batch's bounds.
+        let mut wake = renewal.as_ref().map(Renewal::wake);
+        if !state.write_failures.is_empty() {
+            let retry = tokio::time::Instant::now() + RETRY_FAILED;
+            wake = Some(wake.map_or(retry, |at| at.min(retry)));
+        }
+        let first = match wake {
+            None => Ok(stream.message().await),
+            Some(at) => tokio::time::timeout_at(at, stream.message()).await,
         };
         let mut ended = None;
         match first {
-            Err(_) => {}
+            Err(_) => {
+                // A renewal waits for no batch: the held files stay, and the new stream resumes
+                // from their etags.
+                if let Some(reason) = renewal.as_mut().and_then(|r| {
+                    r.check(&settings.credentials, |fresh| {
+                        endpoint(settings, fresh).map(drop)
+                    })
+                }) {
+                    return Ended::Renew(reason);
+                }
+            }
             Ok(Ok(Some(event))) => {
                 state.holdings.apply(event, stats);
                 let started = tokio::time::Instant::now();
@@ -381,6 +416,15 @@ async fn session(
 }
 
 fn ended_by(settings: &Settings, status: &tonic::Status) -> Ended {
+    if settings.once.is_none() && status.code() == tonic::Code::Unauthenticated {
+        // An expired or revoked credential: the next attempt reads the files again, and the backoff
+        // is cut short as soon as they change.
+        tracing::warn!(
+            status = %describe(status),
+            files = %settings.credentials.flags(),
+            "the server no longer accepts the credential; re-reading it and reconnecting"
+        );
+    }
     if settings.once.is_some() && permanent(status.code()) {
         Ended::Fatal(format!("the watch ended: {}", describe(status)))
     } else {
@@ -502,5 +546,93 @@ async fn notify(settings: &Settings, stats: &Stats, applied: &crate::output::App
         && let Err(error) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
     {
         tracing::warn!(pid, %signal, %error, "cannot signal the application");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{CredentialFile, Sources};
+
+    fn settings(server: &str, credentials: Sources, ca_file: Option<PathBuf>) -> Settings {
+        Settings {
+            server: server.to_owned(),
+            ca_file,
+            credentials,
+            credential_check: Duration::from_secs(5),
+            clusters: Vec::new(),
+            project: None,
+            assets: vec![Asset::Kubeconfig],
+            frp: true,
+            output: Output {
+                out_dir: None,
+                merged: None,
+            },
+            once: None,
+            on_change: None,
+            signal: None,
+            keep_on_revoke: false,
+            limits: Limits::default(),
+            plaintext_remote: false,
+        }
+    }
+
+    #[test]
+    fn the_tls_settings_present_the_client_certificate_read_from_the_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pair = rcgen::generate_simple_self_signed(vec!["workload.example".to_owned()])
+            .expect("certificate");
+        let (cert, key, ca) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("ca.crt"),
+        );
+        std::fs::write(&cert, pair.cert.pem()).expect("cert");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).expect("key");
+        std::fs::write(&ca, pair.cert.pem()).expect("ca");
+        let sources = Sources {
+            secret: None,
+            certificate: Some((cert.clone(), key.clone())),
+        };
+        let presented = crate::credentials::read(&sources).expect("read");
+        let (read_cert, read_key) = presented.identity.clone().expect("an identity");
+        assert_eq!(read_cert, pair.cert.pem().into_bytes());
+        assert_eq!(read_key, pair.signing_key.serialize_pem().into_bytes());
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        presented.authorize(&mut metadata);
+        assert!(metadata.is_empty(), "a certificate alone sends no header");
+        let settings = settings("https://kubeconfigd:50051", sources.clone(), Some(ca));
+        assert!(endpoint(&settings, &presented).is_ok());
+
+        // A key that does not parse is refused when the TLS settings are built, naming no secret.
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("key");
+        let broken = crate::credentials::read(&sources).expect("read");
+        assert_ne!(
+            broken.fingerprint, presented.fingerprint,
+            "a new key is a change"
+        );
+        let refused = endpoint(&settings, &broken).expect_err("a broken key");
+        assert!(refused.contains("TLS settings"), "{refused}");
+
+        // With a token too, both are presented.
+        let token = dir.path().join("token");
+        std::fs::write(&token, "opaque\n").expect("token");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).expect("key");
+        let both = Sources {
+            secret: Some(CredentialFile::Token(token)),
+            certificate: Some((cert, key)),
+        };
+        let presented = crate::credentials::read(&both).expect("read");
+        assert!(presented.identity.is_some());
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        presented.authorize(&mut metadata);
+        assert_eq!(
+            metadata.get("authorization").and_then(|v| v.to_str().ok()),
+            Some("Bearer opaque")
+        );
     }
 }

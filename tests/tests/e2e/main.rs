@@ -17,3 +17,4 @@ mod operator_tools;
 mod reload;
 mod shutdown;
 mod sidecar;
+mod sidecar_credentials;

@@ -22,7 +22,7 @@ fn write_file(path: &Path, text: &str) {
     std::fs::rename(&temporary, path).expect("rename");
 }
 
-fn edit(path: &Path, from: &str, to: &str) {
+pub(crate) fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).expect("read");
     assert!(text.contains(from), "{} has no {from:?}", path.display());
     write_file(path, &text.replacen(from, to, 1));
@@ -64,7 +64,7 @@ fn agent_args(setup: &Setup, extra: &[&str]) -> Vec<String> {
     args
 }
 
-async fn metric(health: &str, name: &str) -> f64 {
+pub(crate) async fn metric(health: &str, name: &str) -> f64 {
     let Ok(response) = reqwest::get(format!("http://{health}/metrics")).await else {
         return -1.0;
     };
@@ -76,7 +76,7 @@ async fn metric(health: &str, name: &str) -> f64 {
 }
 
 /// Whether the agent reaches its `connects`-th connection, and is connected, within `timeout`.
-async fn connected(health: &str, connects: f64, timeout: Duration) -> bool {
+pub(crate) async fn connected(health: &str, connects: f64, timeout: Duration) -> bool {
     eventually(timeout, || async {
         metric(health, "kubeconfig_agent_connects_total").await >= connects
             && metric(health, "kubeconfig_agent_connected").await == 1.0
@@ -84,18 +84,18 @@ async fn connected(health: &str, connects: f64, timeout: Duration) -> bool {
     .await
 }
 
-async fn ready(health: &str) -> bool {
+pub(crate) async fn ready(health: &str) -> bool {
     reqwest::get(format!("http://{health}/readyz"))
         .await
         .is_ok_and(|r| r.status().is_success())
 }
 
 /// Files in the agent's output directory (-1 when it cannot be read).
-fn files_in(dir: &Path) -> isize {
+pub(crate) fn files_in(dir: &Path) -> isize {
     std::fs::read_dir(dir).map_or(-1, |d| d.count() as isize)
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
