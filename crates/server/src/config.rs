@@ -687,6 +687,24 @@ mod tests {
     }
 
     #[test]
+    fn client_certificate_flags_need_tls_and_a_ca() {
+        let args = parse(&["--demo", "--client-ca-file", "/nonexistent/ca.crt"]).expect("parses");
+        let err = Config::from_args(&args).unwrap_err();
+        assert_eq!(err.flag, "--client-ca-file");
+        assert!(err.message.contains("--tls-cert-file"), "{}", err.message);
+        let args = parse(&["--demo", "--require-client-cert"]).expect("parses");
+        assert_eq!(
+            Config::from_args(&args).unwrap_err().flag,
+            "--require-client-cert"
+        );
+        let args = parse(&["--demo", "--client-crl-file", "/nonexistent/ca.crl"]).expect("parses");
+        assert_eq!(
+            Config::from_args(&args).unwrap_err().flag,
+            "--client-crl-file"
+        );
+    }
+
+    #[test]
     fn short_hs256_secret_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("secret");
