@@ -12,6 +12,7 @@ mod hostile_server;
 mod jwt;
 mod ledger;
 mod metrics;
+mod mtls;
 mod operator_tools;
 mod reload;
 mod shutdown;
