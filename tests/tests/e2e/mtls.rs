@@ -254,6 +254,14 @@ enum Outcome {
 
 /// `ListClusters` with the tonic client, presenting `client`'s certificate and `key`, if given.
 async fn grpc_list(server: &Server, pki: &Pki, client: Option<&str>, key: Option<&str>) -> Outcome {
+    match grpc_channel(server, pki, client).await {
+        Ok(channel) => list_on(channel, key).await,
+        Err(error) => Outcome::Failed(error),
+    }
+}
+
+/// A TLS channel to the gRPC listener, presenting `client`'s certificate if given.
+async fn grpc_channel(server: &Server, pki: &Pki, client: Option<&str>) -> Result<Channel, String> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(pki.text("ca.crt")))
         .domain_name("localhost");
@@ -271,10 +279,11 @@ async fn grpc_list(server: &Server, pki: &Pki, client: Option<&str>, key: Option
         .timeout(Duration::from_secs(5))
         .connect()
         .await;
-    let channel = match channel {
-        Ok(channel) => channel,
-        Err(error) => return Outcome::Failed(format!("{error:?}")),
-    };
+    channel.map_err(|error| format!("{error:?}"))
+}
+
+/// `ListClusters` on `channel`, with `key` if given.
+async fn list_on(channel: Channel, key: Option<&str>) -> Outcome {
     let mut request = tonic::Request::new(ListClustersRequest::default());
     if let Some(key) = key {
         request
@@ -747,4 +756,40 @@ async fn a_revoked_certificate_is_refused_once_the_crl_lists_it() {
         grpc_list(&server, &pki, Some("viewer"), None).await,
         Outcome::Listed(4)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stops_authenticating_when_its_certificate_expires() {
+    let pki = Pki::new();
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 8;
+    let end = Command::new("date")
+        .args(["-u", "-d", &format!("@{expiry}"), "+%Y%m%d%H%M%SZ"])
+        .output()
+        .expect("date");
+    let end = String::from_utf8_lossy(&end.stdout).trim().to_owned();
+    pki.request("brief", &format!("/CN={VIEWER}"));
+    pki.ca_sign(
+        "brief",
+        "ca",
+        &format!("-startdate 20200101000000Z -enddate {end}"),
+    );
+    bundle(&pki, &["ca"]);
+    let volume = SecretVolume::new(&pki, "server");
+    let fixture = fixture();
+    let server = start(&fixture, &pki, &volume.dir, &[]).await;
+    let channel = grpc_channel(&server, &pki, Some("brief"))
+        .await
+        .expect("connects while valid");
+    assert_eq!(list_on(channel.clone(), None).await, Outcome::Listed(4));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    tokio::time::sleep(Duration::from_secs(expiry.saturating_sub(now) + 2)).await;
+    // The same connection (a new one would fail its handshake, not answer 401).
+    assert_eq!(list_on(channel, None).await, Outcome::Unauthenticated);
 }
