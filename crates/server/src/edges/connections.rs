@@ -811,14 +811,20 @@ pub struct ConnectionInfo<T> {
     pub certificate: Option<Arc<PeerCertificate>>,
 }
 
-/// The client certificate of a gRPC call's connection (only TLS connections have one).
-pub fn grpc_certificate(extensions: &tonic::Extensions) -> Option<Arc<PeerCertificate>> {
-    extensions
+/// A gRPC request's metadata with the client certificate of its connection (only TLS connections
+/// have one), and its message.
+pub fn grpc_parts<T>(request: tonic::Request<T>) -> (GrpcMetadata, T) {
+    let (metadata, extensions, message) = request.into_parts();
+    let certificate = extensions
         .get::<ConnectionInfo<
             tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>,
         >>()
-        .and_then(|info| info.certificate.clone())
+        .and_then(|info| info.certificate.clone());
+    ((metadata, certificate), message)
 }
+
+/// What [`grpc_parts`] gives besides the message.
+pub type GrpcMetadata = (tonic::metadata::MetadataMap, Option<Arc<PeerCertificate>>);
 
 /// Put on each REST request of a connection whose TLS handshake verified a client certificate.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kubeconfig_policy::{OidcGap, OidcSource, OidcState};
 use kubeconfig_proto::kubeconfig::v1 as pb;
 use kubeconfig_render::{AuthKind, Rendered, Request, ServerKind};
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -254,7 +254,7 @@ impl KubeconfigApi {
 
     async fn call<T, F, Fut>(
         &self,
-        (metadata, extensions): (MetadataMap, &tonic::Extensions),
+        (metadata, certificate): crate::connections::GrpcMetadata,
         method: &'static str,
         f: F,
     ) -> Result<Response<T>, Status>
@@ -272,8 +272,7 @@ impl KubeconfigApi {
                 method,
                 f(
                     Arc::clone(&self.core),
-                    Credentials::from_headers(&headers, &request_id)
-                        .with_certificate(crate::connections::grpc_certificate(extensions)),
+                    Credentials::from_headers(&headers, &request_id).with_certificate(certificate),
                 ),
             )
             .instrument(span.clone())
@@ -323,7 +322,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::WatchKubeconfigsRequest>,
     ) -> Result<Response<Self::WatchKubeconfigsStream>, Status> {
         use tokio_stream::StreamExt as _;
-        let (metadata, extensions, message) = request.into_parts();
+        let ((metadata, certificate), message) = crate::connections::grpc_parts(request);
         let request_id = telemetry::new_request_id();
         let headers = metadata.into_headers();
         let started = std::time::Instant::now();
@@ -332,7 +331,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
                 self.watchers
                     .open(
                         Credentials::from_headers(&headers, &request_id)
-                            .with_certificate(crate::connections::grpc_certificate(&extensions)),
+                            .with_certificate(certificate),
                         spec,
                     )
                     .await
@@ -356,26 +355,22 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetKubeconfigRequest>,
     ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
-        let (metadata, extensions, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         let frp = message.frp.unwrap_or(true);
-        self.call(
-            (metadata, &extensions),
-            "GetKubeconfig",
-            |core, creds| async move {
-                let served = core
-                    .asset(
-                        &creds,
-                        &message.uid,
-                        Request::Kubeconfig { frp },
-                        &MintOptions::default(),
-                    )
-                    .await?;
-                Ok(pb::GetKubeconfigResponse {
-                    kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                    credential: served.credential.as_deref().map(issued_credential_of),
-                })
-            },
-        )
+        self.call(metadata, "GetKubeconfig", |core, creds| async move {
+            let served = core
+                .asset(
+                    &creds,
+                    &message.uid,
+                    Request::Kubeconfig { frp },
+                    &MintOptions::default(),
+                )
+                .await?;
+            Ok(pb::GetKubeconfigResponse {
+                kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
+                credential: served.credential.as_deref().map(issued_credential_of),
+            })
+        })
         .await
     }
 
@@ -383,28 +378,24 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetAdminKubeconfigRequest>,
     ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
-        let (metadata, extensions, message) = request.into_parts();
-        self.call(
-            (metadata, &extensions),
-            "GetAdminKubeconfig",
-            |core, creds| async move {
-                use pb::get_admin_kubeconfig_request::ClientKey;
-                let options = MintOptions {
-                    expiration_seconds: message.expiration_seconds,
-                    client_key: message.client_key.map(|key| match key {
-                        ClientKey::PublicKey(pem) | ClientKey::Csr(pem) => pem,
-                    }),
-                    reason: message.reason,
-                };
-                let served = core
-                    .asset(&creds, &message.uid, Request::AdminKubeconfig, &options)
-                    .await?;
-                Ok(pb::GetAdminKubeconfigResponse {
-                    kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                    credential: served.credential.as_deref().map(issued_credential_of),
-                })
-            },
-        )
+        let (metadata, message) = crate::connections::grpc_parts(request);
+        self.call(metadata, "GetAdminKubeconfig", |core, creds| async move {
+            use pb::get_admin_kubeconfig_request::ClientKey;
+            let options = MintOptions {
+                expiration_seconds: message.expiration_seconds,
+                client_key: message.client_key.map(|key| match key {
+                    ClientKey::PublicKey(pem) | ClientKey::Csr(pem) => pem,
+                }),
+                reason: message.reason,
+            };
+            let served = core
+                .asset(&creds, &message.uid, Request::AdminKubeconfig, &options)
+                .await?;
+            Ok(pb::GetAdminKubeconfigResponse {
+                kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
+                credential: served.credential.as_deref().map(issued_credential_of),
+            })
+        })
         .await
     }
 
@@ -412,17 +403,13 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetKubeconfigAccessRequest>,
     ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
-        let (metadata, extensions, message) = request.into_parts();
-        self.call(
-            (metadata, &extensions),
-            "GetKubeconfigAccess",
-            |core, creds| async move {
-                let report = core.access(&creds, &message.uid).await?;
-                Ok(pb::GetKubeconfigAccessResponse {
-                    access: Some(cluster_access(&report)),
-                })
-            },
-        )
+        let (metadata, message) = crate::connections::grpc_parts(request);
+        self.call(metadata, "GetKubeconfigAccess", |core, creds| async move {
+            let report = core.access(&creds, &message.uid).await?;
+            Ok(pb::GetKubeconfigAccessResponse {
+                access: Some(cluster_access(&report)),
+            })
+        })
         .await
     }
 
@@ -430,20 +417,16 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
-        let (metadata, extensions, message) = request.into_parts();
-        self.call(
-            (metadata, &extensions),
-            "ListClusters",
-            |core, creds| async move {
-                let page = core
-                    .list(&creds, message.page_size, &message.page_token)
-                    .await?;
-                Ok(pb::ListClustersResponse {
-                    clusters: page.clusters.iter().map(cluster_access).collect(),
-                    next_page_token: page.next_page_token,
-                })
-            },
-        )
+        let (metadata, message) = crate::connections::grpc_parts(request);
+        self.call(metadata, "ListClusters", |core, creds| async move {
+            let page = core
+                .list(&creds, message.page_size, &message.page_token)
+                .await?;
+            Ok(pb::ListClustersResponse {
+                clusters: page.clusters.iter().map(cluster_access).collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
         .await
     }
 
@@ -452,30 +435,24 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::CheckKubeconfigRequest>,
     ) -> Result<Response<pb::CheckKubeconfigResponse>, Status> {
         use pb::check_kubeconfig_request::Subject;
-        let (metadata, extensions, message) = request.into_parts();
-        self.call(
-            (metadata, &extensions),
-            "CheckKubeconfig",
-            |core, creds| async move {
-                let subject = match &message.subject {
-                    Some(Subject::Kubeconfig(text)) => CheckSubject::Kubeconfig(text),
-                    Some(Subject::Fingerprint(fingerprint)) => {
-                        CheckSubject::Fingerprint(fingerprint)
-                    }
-                    None => {
-                        return Err(CoreError::bad_request(
-                            "give the kubeconfig or the certificate's fingerprint",
-                        ));
-                    }
-                };
-                let check = core.check_credential(&creds, subject).await?;
-                Ok(pb::CheckKubeconfigResponse {
-                    status: credential_status(check.status) as i32,
-                    reason: check.reason,
-                    credential: check.entry.as_ref().map(|e| ledger_entry(e, false)),
-                })
-            },
-        )
+        let (metadata, message) = crate::connections::grpc_parts(request);
+        self.call(metadata, "CheckKubeconfig", |core, creds| async move {
+            let subject = match &message.subject {
+                Some(Subject::Kubeconfig(text)) => CheckSubject::Kubeconfig(text),
+                Some(Subject::Fingerprint(fingerprint)) => CheckSubject::Fingerprint(fingerprint),
+                None => {
+                    return Err(CoreError::bad_request(
+                        "give the kubeconfig or the certificate's fingerprint",
+                    ));
+                }
+            };
+            let check = core.check_credential(&creds, subject).await?;
+            Ok(pb::CheckKubeconfigResponse {
+                status: credential_status(check.status) as i32,
+                reason: check.reason,
+                credential: check.entry.as_ref().map(|e| ledger_entry(e, false)),
+            })
+        })
         .await
     }
 
@@ -483,19 +460,15 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
-        let (metadata, extensions, message) = request.into_parts();
-        self.call(
-            (metadata, &extensions),
-            "RevokeCredential",
-            |core, creds| async move {
-                let entry = core
-                    .revoke_credential(&creds, &message.serial, &message.reason)
-                    .await?;
-                Ok(pb::RevokeCredentialResponse {
-                    credential: Some(ledger_entry(&entry, false)),
-                })
-            },
-        )
+        let (metadata, message) = crate::connections::grpc_parts(request);
+        self.call(metadata, "RevokeCredential", |core, creds| async move {
+            let entry = core
+                .revoke_credential(&creds, &message.serial, &message.reason)
+                .await?;
+            Ok(pb::RevokeCredentialResponse {
+                credential: Some(ledger_entry(&entry, false)),
+            })
+        })
         .await
     }
 
@@ -503,9 +476,9 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::ListIssuedCredentialsRequest>,
     ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
-        let (metadata, extensions, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         self.call(
-            (metadata, &extensions),
+            metadata,
             "ListIssuedCredentials",
             |core, creds| async move {
                 let (entries, next_page_token) = core
