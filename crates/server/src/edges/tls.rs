@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use crate::reloading::{self, Reloading};
@@ -62,14 +62,7 @@ impl ServerTls {
             message,
         })?;
         let key = Arc::new(ArcSwap::from_pointee(key));
-        let config = server_config(&files, &key).map_err(|message| TlsError {
-            flag: if message.starts_with("CRL ") {
-                "--client-crl-file"
-            } else {
-                "--client-ca-file"
-            },
-            message,
-        })?;
+        let config = server_config(&files, &key)?;
         Ok(ServerTls {
             files: Arc::new(files),
             key,
@@ -112,7 +105,7 @@ impl ServerTls {
                 "client CA bundle and CRLs",
                 paths,
                 Arc::clone(&self.config),
-                move || server_config(&files, &key),
+                move || server_config(&files, &key).map_err(|e| e.message),
                 |_| {},
             ));
         }
@@ -164,13 +157,13 @@ fn certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// The CRLs of a file: PEM blocks, or one DER CRL.
 fn crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("CRL {}: {e}", file.display()))?;
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     if bytes.trim_ascii_start().starts_with(b"-----") {
         let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("CRL {}: {e}", file.display()))?;
+            .map_err(|e| format!("{}: {e}", file.display()))?;
         if crls.is_empty() {
-            return Err(format!("CRL {}: no PEM X509 CRL block", file.display()));
+            return Err(format!("{}: no PEM X509 CRL block", file.display()));
         }
         Ok(crls)
     } else {
@@ -183,28 +176,39 @@ fn crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Strin
 fn server_config(
     files: &TlsFiles,
     key: &Arc<ArcSwap<CertifiedKey>>,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsError> {
+    let ca_error = |message: String| TlsError {
+        flag: "--client-ca-file",
+        message,
+    };
+    let crl_error = |message: String| TlsError {
+        flag: "--client-crl-file",
+        message,
+    };
     let resolver = Arc::new(Rotating(Arc::clone(key)));
     let builder = rustls::ServerConfig::builder();
     let mut config = match &files.client_ca {
         None => builder.with_no_client_auth().with_cert_resolver(resolver),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for certificate in certificates(ca)? {
+            for certificate in certificates(ca).map_err(ca_error)? {
                 roots
                     .add(certificate)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                    .map_err(|e| ca_error(format!("{}: {e}", ca.display())))?;
             }
             let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
             if let Some(crl) = &files.client_crl {
-                verifier = verifier.with_crls(crls(crl)?);
+                verifier = verifier.with_crls(crls(crl).map_err(crl_error)?);
             }
             if !files.require_client_cert {
                 verifier = verifier.allow_unauthenticated();
             }
-            let verifier = verifier
-                .build()
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            let verifier = verifier.build().map_err(|e| match (e, &files.client_crl) {
+                (VerifierBuilderError::InvalidCrl(e), Some(crl)) => {
+                    crl_error(format!("{}: not a valid CRL ({e:?})", crl.display()))
+                }
+                (e, _) => ca_error(format!("{}: {e}", ca.display())),
+            })?;
             builder
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(resolver)

@@ -1,7 +1,7 @@
 //! Client certificates: the identity in a certificate that the TLS handshake verified against
 //! `--client-ca-file`. A URI SAN `spiffe://trust-domain/path` names the user by that SPIFFE ID;
-//! otherwise the subject's CN is the user and its O entries are the groups (kube-apiserver's
-//! convention). The certificate is read once per connection, right after the handshake; each call
+//! otherwise the subject's CN is the user (lowercased, as a token's) and its O entries are the groups
+//! (kube-apiserver's convention). The certificate is read once per connection, right after the handshake; each call
 //! only checks that it has not expired since, so a long-lived connection stops authenticating when
 //! its certificate does.
 
@@ -150,7 +150,9 @@ fn identity_from(
         return Ok((id.to_owned(), Vec::new()));
     }
     let mut names = names.into_iter();
-    let user = names.next().ok_or(Refusal::NoName)?;
+    // Folded as a token's user is (ASCII only, so no look-alike folds onto another name). A SPIFFE
+    // ID is not: its path is case-sensitive.
+    let user = names.next().ok_or(Refusal::NoName)?.to_ascii_lowercase();
     if names.next().is_some() {
         return Err(Refusal::SeveralNames);
     }
@@ -233,11 +235,11 @@ mod tests {
     fn cn_is_the_user_and_each_o_a_group() {
         let (user, groups) = identity_from(
             &["https://not-spiffe.test/x"],
-            strings(&["alice@acme.test"]),
+            strings(&["Alice@ACME.test"]),
             strings(&["payments", "ops", "payments"]),
         )
         .expect("identity");
-        assert_eq!(user, "alice@acme.test");
+        assert_eq!(user, "alice@acme.test", "folded as a token's user is");
         assert_eq!(groups, ["payments", "ops"]);
         assert_eq!(
             identity_from(&[], Vec::new(), strings(&["ops"])),
