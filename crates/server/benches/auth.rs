@@ -1,6 +1,7 @@
 //! Benchmarks of authentication: an API key (hash and look-up, the baseline) and a JWT bearer token,
 //! ES256 and RS256, the first time it is seen (every check, signature included) and again (the
-//! verified token remembered by its digest).
+//! verified token remembered by its digest), and a client certificate: read once per connection (the
+//! parse after the handshake) and checked on every call (its expiry, then its identity cloned).
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,8 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubeconfig_policy::ApiKeyHash;
-use kubeconfigd::auth::{ApiKeys, JwtVerifier};
+use kubeconfigd::auth::{ApiKeys, JwtVerifier, PeerCertificate};
 use kubeconfigd::config::{JwtConfig, JwtKey};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use sha2::{Digest, Sha256};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -77,6 +80,34 @@ fn benches(c: &mut Criterion) {
             b.iter(|| remembering.verify(black_box(&token)).expect("valid"))
         });
     }
+    // The handshake's certificate parsing is not included: rustls verifies it either way. The
+    // fixture is a server certificate; reading a client one (a CN, or one URI SAN) costs the same.
+    let der = CertificateDer::from_pem_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/tls/server.crt"),
+        )
+        .expect("certificate"),
+    )
+    .expect("PEM certificate");
+    group.bench_function("client-certificate-per-connection-parse", |b| {
+        b.iter(|| PeerCertificate::from_der(black_box(der.as_ref())).expect("parses"))
+    });
+    let certificate = std::sync::Arc::new(PeerCertificate {
+        user: "spiffe://acme.test/ns/payments/sa/deployer".to_owned(),
+        groups: Vec::new(),
+        serial: "5e01".to_owned(),
+        issuer: "CN=ca".to_owned(),
+        not_after: u64::MAX,
+    });
+    let now = kubeconfigd::auth::now_seconds();
+    group.bench_function("client-certificate-per-call", |b| {
+        b.iter(|| {
+            black_box(&certificate)
+                .identity_at(black_box(now))
+                .expect("valid")
+        })
+    });
     group.finish();
 }
 

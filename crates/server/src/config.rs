@@ -174,6 +174,19 @@ pub struct Args {
         requires = "tls_cert_file"
     )]
     pub tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs that issue client certificates: the gRPC and REST listeners then ask
+    /// for one (optional unless --require-client-cert) and a verified one authenticates its caller.
+    /// Needs TLS. Re-read when it changes.
+    #[arg(long, env = "KUBECONFIGD_CLIENT_CA_FILE", value_name = "FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// CRLs (PEM, or one DER CRL) of the client CAs; a revoked client certificate fails the
+    /// handshake. Needs --client-ca-file. Re-read when it changes.
+    #[arg(long, env = "KUBECONFIGD_CLIENT_CRL_FILE", value_name = "FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Refuse, at the TLS handshake, connections without a client certificate from
+    /// --client-ca-file.
+    #[arg(long, env = "KUBECONFIGD_REQUIRE_CLIENT_CERT")]
+    pub require_client_cert: bool,
     /// Size of the in-process cache of rendered kubeconfigs (e.g. 64MiB, 512KiB); 0 disables it.
     #[arg(long, env = "KUBECONFIGD_CACHE_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
     pub cache_memory: u64,
@@ -275,8 +288,8 @@ fn check_redis_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
 /// Validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// TLS for both listeners, when configured.
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// TLS for the gRPC and REST listeners, when configured.
+    pub tls: Option<crate::tls::ServerTls>,
     /// How connections are accepted and kept.
     pub connections: crate::connections::Limits,
     pub cache: CacheSettings,
@@ -340,8 +353,11 @@ impl Config {
             max_watch_known_etags,
             shutdown_grace,
             shutdown_delay,
-            tls_cert_file: _, // tls_of
-            tls_key_file: _,  // tls_of
+            tls_cert_file: _,       // tls_of
+            tls_key_file: _,        // tls_of
+            client_ca_file: _,      // tls_of
+            client_crl_file: _,     // tls_of
+            require_client_cert: _, // tls_of
             cache_memory,
             cache_ttl,
             redis_url: _,      // redis_of
@@ -487,14 +503,40 @@ fn jwt_of(args: &Args) -> Result<Option<JwtConfig>, ConfigError> {
     }))
 }
 
-/// TLS for the listeners, when a certificate and key are given.
-fn tls_of(args: &Args) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
-    match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => crate::tls::server_config(cert, key)
-            .map(Some)
-            .map_err(|e| config_error("--tls-cert-file", e)),
-        _ => Ok(None),
+/// TLS for the listeners, when a certificate and key are given, with client certificates when a
+/// client CA bundle is.
+fn tls_of(args: &Args) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+    if args.client_crl_file.is_some() && args.client_ca_file.is_none() {
+        return Err(config_error(
+            "--client-crl-file",
+            "needs --client-ca-file (the CAs whose revocations it lists)",
+        ));
     }
+    if args.require_client_cert && args.client_ca_file.is_none() {
+        return Err(config_error(
+            "--require-client-cert",
+            "needs --client-ca-file (the CAs client certificates are verified against)",
+        ));
+    }
+    let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
+        if args.client_ca_file.is_some() {
+            return Err(config_error(
+                "--client-ca-file",
+                "needs TLS (--tls-cert-file and --tls-key-file): client certificates are only \
+                 presented in a TLS handshake",
+            ));
+        }
+        return Ok(None);
+    };
+    crate::tls::ServerTls::load(crate::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.client_ca_file.clone(),
+        client_crl: args.client_crl_file.clone(),
+        require_client_cert: args.require_client_cert,
+    })
+    .map(Some)
+    .map_err(|e| config_error(e.flag, e.message))
 }
 
 /// The Redis tier: a target, its CA, and the key that seals every value (required with Redis). A
@@ -641,6 +683,24 @@ mod tests {
         assert!(
             !err.message.contains("not-hex"),
             "the key file's content is never echoed"
+        );
+    }
+
+    #[test]
+    fn client_certificate_flags_need_tls_and_a_ca() {
+        let args = parse(&["--demo", "--client-ca-file", "/nonexistent/ca.crt"]).expect("parses");
+        let err = Config::from_args(&args).unwrap_err();
+        assert_eq!(err.flag, "--client-ca-file");
+        assert!(err.message.contains("--tls-cert-file"), "{}", err.message);
+        let args = parse(&["--demo", "--require-client-cert"]).expect("parses");
+        assert_eq!(
+            Config::from_args(&args).unwrap_err().flag,
+            "--require-client-cert"
+        );
+        let args = parse(&["--demo", "--client-crl-file", "/nonexistent/ca.crl"]).expect("parses");
+        assert_eq!(
+            Config::from_args(&args).unwrap_err().flag,
+            "--client-crl-file"
         );
     }
 

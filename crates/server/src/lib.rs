@@ -107,6 +107,8 @@ pub async fn run(
         .with_request_timeout(config.request_timeout),
     );
     let _observers = observe(&core);
+    // Certificates, keys, the client CA bundle and CRLs are re-read as they change.
+    let _tls_reloading = config.tls.as_ref().map(tls::ServerTls::watch);
     let feed = Arc::new(feed::Feed::default());
     let _invalidator = spawn_invalidator(&feed, cache);
 
@@ -131,7 +133,7 @@ pub async fn run(
         &mut tasks,
         router,
         listeners.grpc,
-        config.tls.clone(),
+        config.tls.as_ref().map(tls::ServerTls::current),
         &limits,
         slots.clone(),
         stopped(stop_rx.clone()),
@@ -142,7 +144,7 @@ pub async fn run(
             &mut tasks,
             router,
             listener,
-            config.tls.clone(),
+            config.tls.as_ref().map(tls::ServerTls::current),
             &limits,
             slots,
             stopped(stop_rx.clone()),
@@ -167,6 +169,10 @@ pub async fn run(
         rest = %shown(addresses.1.filter(|_| config.rest)),
         admin = %shown(addresses.2),
         tls = config.tls.is_some(),
+        client_certificates = config
+            .tls
+            .as_ref()
+            .is_some_and(tls::ServerTls::client_certificates),
         "serving"
     );
 
@@ -343,7 +349,7 @@ fn spawn_grpc(
     tasks: &mut Tasks,
     router: GrpcRouter,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     limits: &connections::Limits,
     slots: connections::Slots,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -366,7 +372,7 @@ fn spawn_grpc(
         Some(tls) => {
             let incoming = connections::stream(connections::accept(
                 listener,
-                connections::Tls(tokio_rustls::TlsAcceptor::from(tls)),
+                connections::Tls(tls),
                 limits,
                 slots,
             ));
@@ -384,7 +390,7 @@ fn spawn_http(
     tasks: &mut Tasks,
     router: axum::Router,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     limits: &connections::Limits,
     slots: connections::Slots,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -399,12 +405,7 @@ fn spawn_http(
             });
         }
         Some(tls) => {
-            let incoming = connections::accept(
-                listener,
-                connections::Tls(tokio_rustls::TlsAcceptor::from(tls)),
-                &limits,
-                slots,
-            );
+            let incoming = connections::accept(listener, connections::Tls(tls), &limits, slots);
             tasks.spawn(async move {
                 connections::serve_http(incoming, router, &limits, stop).await;
                 anyhow::Ok(())

@@ -13,6 +13,7 @@ mod identity;
 mod jwt;
 mod ledger;
 mod metrics;
+mod mtls;
 mod operator_tools;
 mod reload;
 mod shutdown;

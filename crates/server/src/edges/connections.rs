@@ -10,6 +10,10 @@
 //! - for REST, which is served here with `hyper-util` (the gRPC listener's HTTP settings are tonic's):
 //!   an HTTP/1 header-read timeout (`--header-read-timeout`, see [`HeaderTimer`]) and HTTP/2 keepalive
 //!   pings with a timeout, and graceful draining.
+//!
+//! A TLS connection's verified client certificate is read once, after its handshake, and rides with
+//! the connection: to gRPC calls in tonic's connect info ([`ConnectionInfo::certificate`]), to REST
+//! requests as a [`ClientCertificate`] extension.
 
 use std::future::Future;
 use std::io;
@@ -24,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
+
+use crate::auth::PeerCertificate;
 
 /// How connections are accepted and kept.
 #[derive(Debug, Clone)]
@@ -150,6 +156,8 @@ pub struct Guarded<IO> {
     /// is moved only when it fires, or when a header deadline comes before it).
     timer: Pin<Box<Sleep>>,
     headers: Option<Arc<HeaderDeadline>>,
+    /// The client certificate its TLS handshake verified.
+    certificate: Option<Arc<PeerCertificate>>,
 }
 
 impl<IO> std::fmt::Debug for Guarded<IO> {
@@ -177,7 +185,13 @@ impl<IO> Guarded<IO> {
             )),
             activity,
             headers: None,
+            certificate: None,
         }
+    }
+
+    /// The client certificate the connection's TLS handshake verified, if any.
+    pub fn certificate(&self) -> Option<Arc<PeerCertificate>> {
+        self.certificate.clone()
     }
 
     /// What the service layer uses to say when requests start and end on this connection.
@@ -562,6 +576,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    certificate: Option<Arc<PeerCertificate>>,
 }
 
 /// Given to a REST request that may be a long-poll: the handler holds it while the caller, once
@@ -604,6 +619,11 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let open = self.activity.open();
+        if let Some(certificate) = &self.certificate {
+            request
+                .extensions_mut()
+                .insert(ClientCertificate(Arc::clone(certificate)));
+        }
         if is_long_poll(&request) {
             request
                 .extensions_mut()
@@ -782,11 +802,40 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 }
 
 /// What tonic puts in each request's extensions for a [`Guarded`] connection: the peer as tonic
-/// describes it (address, TLS certificates) and the connection's [`Activity`].
+/// describes it (address, TLS certificates), the connection's [`Activity`] and the identity its
+/// verified client certificate names.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo<T> {
     pub peer: T,
     pub activity: Arc<Activity>,
+    pub certificate: Option<Arc<PeerCertificate>>,
+}
+
+/// A gRPC request's metadata with the client certificate of its connection (only TLS connections
+/// have one), and its message.
+pub fn grpc_parts<T>(request: tonic::Request<T>) -> (GrpcMetadata, T) {
+    let (metadata, extensions, message) = request.into_parts();
+    let certificate = extensions
+        .get::<ConnectionInfo<
+            tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>,
+        >>()
+        .and_then(|info| info.certificate.clone());
+    ((metadata, certificate), message)
+}
+
+/// What [`grpc_parts`] gives besides the message.
+pub type GrpcMetadata = (tonic::metadata::MetadataMap, Option<Arc<PeerCertificate>>);
+
+/// Put on each REST request of a connection whose TLS handshake verified a client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<PeerCertificate>);
+
+/// The client certificate of a REST request's connection.
+pub fn rest_certificate<B>(request: &http::Request<B>) -> Option<Arc<PeerCertificate>> {
+    request
+        .extensions()
+        .get::<ClientCertificate>()
+        .map(|certificate| Arc::clone(&certificate.0))
 }
 
 impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Guarded<IO> {
@@ -796,6 +845,7 @@ impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connecte
         ConnectionInfo {
             peer: self.io.connect_info(),
             activity: Arc::clone(&self.activity),
+            certificate: self.certificate.clone(),
         }
     }
 }
@@ -806,6 +856,10 @@ pub trait Handshake: Clone + Send + Sync + 'static {
     /// Whether the handshake does real work (then it is bounded in time and in number).
     const BOUNDED: bool;
     fn handshake(&self, stream: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    /// The client certificate a finished handshake verified, read (once) into what it names.
+    fn certificate(_: &Self::Io) -> Option<Arc<PeerCertificate>> {
+        None
+    }
 }
 
 /// Plain TCP.
@@ -820,9 +874,9 @@ impl Handshake for Plain {
     }
 }
 
-/// TLS (rustls).
+/// TLS (rustls), with the configuration in service when the handshake starts (see [`crate::tls`]).
 #[derive(Clone)]
-pub struct Tls(pub tokio_rustls::TlsAcceptor);
+pub struct Tls(pub Arc<arc_swap::ArcSwap<rustls::ServerConfig>>);
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -834,7 +888,38 @@ impl Handshake for Tls {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
     const BOUNDED: bool = true;
     async fn handshake(&self, stream: TcpStream) -> io::Result<Self::Io> {
-        self.0.accept(stream).await
+        tokio_rustls::TlsAcceptor::from(self.0.load_full())
+            .accept(stream)
+            .await
+    }
+
+    fn certificate(io: &Self::Io) -> Option<Arc<PeerCertificate>> {
+        let leaf = io.get_ref().1.peer_certificates()?.first()?;
+        match PeerCertificate::from_der(leaf) {
+            Ok((certificate, refusal)) => {
+                if let Some(refusal) = refusal {
+                    tracing::info!(
+                        serial = %certificate.serial,
+                        issuer = %certificate.issuer,
+                        %refusal,
+                        "client certificate names no usable identity: the connection's calls are refused"
+                    );
+                }
+                Some(Arc::new(certificate))
+            }
+            Err(error) => {
+                // The handshake verified it, so it parses; were it not to, it must not count as
+                // no certificate at all.
+                tracing::warn!(%error, "client certificate unreadable: the connection's calls are refused");
+                Some(Arc::new(PeerCertificate {
+                    user: String::new(),
+                    groups: Vec::new(),
+                    serial: String::new(),
+                    issuer: String::new(),
+                    not_after: 0,
+                }))
+            }
+        }
     }
 }
 
@@ -923,9 +1008,10 @@ pub fn accept<H: Handshake>(
                 drop(in_progress);
                 match done {
                     Ok(Ok(io)) => {
-                        let _ = tx
-                            .send((Guarded::new(io, slot, &limits, &slots), peer))
-                            .await;
+                        let certificate = H::certificate(&io);
+                        let mut connection = Guarded::new(io, slot, &limits, &slots);
+                        connection.certificate = certificate;
+                        let _ = tx.send((connection, peer)).await;
                     }
                     Ok(Err(error)) => {
                         closed(Closed::Handshake);
@@ -995,6 +1081,7 @@ pub async fn serve_http<IO>(
         let service = TowerToHyperService::new(Tracked {
             inner: router.clone(),
             activity: connection.activity(),
+            certificate: connection.certificate(),
         });
         // Each connection gets its own header timer (see [`HeaderTimer`]): a clone of the builder.
         let mut builder = builder.clone();

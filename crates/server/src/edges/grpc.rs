@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kubeconfig_policy::{OidcGap, OidcSource, OidcState};
 use kubeconfig_proto::kubeconfig::v1 as pb;
 use kubeconfig_render::{AuthKind, Rendered, Request, ServerKind};
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -254,7 +254,7 @@ impl KubeconfigApi {
 
     async fn call<T, F, Fut>(
         &self,
-        metadata: MetadataMap,
+        (metadata, certificate): crate::connections::GrpcMetadata,
         method: &'static str,
         f: F,
     ) -> Result<Response<T>, Status>
@@ -272,7 +272,7 @@ impl KubeconfigApi {
                 method,
                 f(
                     Arc::clone(&self.core),
-                    Credentials::from_headers(&headers, &request_id),
+                    Credentials::from_headers(&headers, &request_id).with_certificate(certificate),
                 ),
             )
             .instrument(span.clone())
@@ -322,14 +322,18 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::WatchKubeconfigsRequest>,
     ) -> Result<Response<Self::WatchKubeconfigsStream>, Status> {
         use tokio_stream::StreamExt as _;
-        let (metadata, _, message) = request.into_parts();
+        let ((metadata, certificate), message) = crate::connections::grpc_parts(request);
         let request_id = telemetry::new_request_id();
         let headers = metadata.into_headers();
         let started = std::time::Instant::now();
         let opened = match watch_spec(message) {
             Ok(spec) => {
                 self.watchers
-                    .open(Credentials::from_headers(&headers, &request_id), spec)
+                    .open(
+                        Credentials::from_headers(&headers, &request_id)
+                            .with_certificate(certificate),
+                        spec,
+                    )
                     .await
             }
             Err(error) => Err(error),
@@ -351,7 +355,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetKubeconfigRequest>,
     ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         let frp = message.frp.unwrap_or(true);
         self.call(metadata, "GetKubeconfig", |core, creds| async move {
             let served = core
@@ -374,7 +378,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetAdminKubeconfigRequest>,
     ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         self.call(metadata, "GetAdminKubeconfig", |core, creds| async move {
             use pb::get_admin_kubeconfig_request::ClientKey;
             let options = MintOptions {
@@ -399,7 +403,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetKubeconfigAccessRequest>,
     ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         self.call(metadata, "GetKubeconfigAccess", |core, creds| async move {
             let report = core.access(&creds, &message.uid).await?;
             Ok(pb::GetKubeconfigAccessResponse {
@@ -413,7 +417,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         self.call(metadata, "ListClusters", |core, creds| async move {
             let page = core
                 .list(&creds, message.page_size, &message.page_token)
@@ -431,7 +435,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::CheckKubeconfigRequest>,
     ) -> Result<Response<pb::CheckKubeconfigResponse>, Status> {
         use pb::check_kubeconfig_request::Subject;
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         self.call(metadata, "CheckKubeconfig", |core, creds| async move {
             let subject = match &message.subject {
                 Some(Subject::Kubeconfig(text)) => CheckSubject::Kubeconfig(text),
@@ -456,7 +460,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         self.call(metadata, "RevokeCredential", |core, creds| async move {
             let entry = core
                 .revoke_credential(&creds, &message.serial, &message.reason)
@@ -472,7 +476,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::ListIssuedCredentialsRequest>,
     ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, message) = crate::connections::grpc_parts(request);
         self.call(
             metadata,
             "ListIssuedCredentials",

@@ -13,7 +13,7 @@ use axum::routing::get;
 use kubeconfig_render::Request;
 use serde::Serialize;
 
-use crate::auth::Credentials;
+use crate::auth::{Credentials, PeerCertificate};
 use crate::error::{CoreError, ErrorKind};
 use crate::minting::MintOptions;
 use crate::streams::Watchers;
@@ -269,7 +269,11 @@ async fn kubeconfig(
         ("GetKubeconfig", KUBECONFIG_ROUTE),
         path,
         query,
-        (request.headers(), long_poll_of(&request)),
+        (
+            request.headers(),
+            long_poll_of(&request),
+            crate::connections::rest_certificate(&request),
+        ),
         request_of,
     )
     .await
@@ -287,7 +291,11 @@ async fn admin_kubeconfig(
         ("GetAdminKubeconfig", ADMIN_ROUTE),
         path,
         query,
-        (request.headers(), long_poll_of(&request)),
+        (
+            request.headers(),
+            long_poll_of(&request),
+            crate::connections::rest_certificate(&request),
+        ),
         |query| {
             let expiration_seconds = query
                 .get("expirationSeconds")
@@ -421,7 +429,11 @@ async fn download(
     (method, route): (&'static str, &'static str),
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    (headers, long_poll): (&HeaderMap, Option<crate::connections::LongPoll>),
+    (headers, long_poll, certificate): (
+        &HeaderMap,
+        Option<crate::connections::LongPoll>,
+        Option<Arc<PeerCertificate>>,
+    ),
     request: impl FnOnce(&HashMap<String, String>) -> Result<(Request, MintOptions), CoreError>,
 ) -> Response {
     let Some(uid) = path_uid(path) else {
@@ -438,7 +450,7 @@ async fn download(
                 (method, route),
                 &uid,
                 (request, &options),
-                headers,
+                (headers, certificate),
                 (wait, long_poll.as_ref()),
             )
             .await
@@ -452,7 +464,7 @@ async fn serve(
     (method, route): (&'static str, &'static str),
     uid: &str,
     (request, options): (Request, &MintOptions),
-    headers: &HeaderMap,
+    (headers, certificate): (&HeaderMap, Option<Arc<PeerCertificate>>),
     (wait, long_poll): (
         Option<std::time::Duration>,
         Option<&crate::connections::LongPoll>,
@@ -461,7 +473,7 @@ async fn serve(
     let core = state.watchers.core();
     let request_id = telemetry::new_request_id();
     let span = telemetry::rest_span(route, &request_id, headers);
-    let credentials = Credentials::from_headers(headers, &request_id);
+    let credentials = Credentials::from_headers(headers, &request_id).with_certificate(certificate);
     // A long-poll first waits (outside the request timeout) until the file differs from the one
     // the client holds, then answers as any download does.
     if let (Some(wait), Some(held)) = (

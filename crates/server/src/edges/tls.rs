@@ -1,39 +1,219 @@
-//! The TLS server configuration (rustls with the ring provider) for both listeners, when
-//! `--tls-cert-file` and `--tls-key-file` are given. Handshakes are done by [`crate::connections`],
-//! bounded in time and number.
+//! The TLS server configuration (rustls with the ring provider) of the gRPC and REST listeners, when
+//! `--tls-cert-file` and `--tls-key-file` are given, and with `--client-ca-file` the client
+//! certificates they ask for. Every file is re-read when it changes (see [`crate::reloading`]), so
+//! that certificates rotate without a restart: the server certificate is chosen per handshake from the
+//! last good pair, and the client verifier is part of a configuration that each handshake takes anew.
+//! A connection keeps what it was established with; a bad new file keeps the old material and says
+//! why. Handshakes are done by [`crate::connections`], bounded in time and number.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 
-/// Reads a PEM certificate chain and private key into a server configuration. The error names what
-/// is wrong, never the key's content.
-pub fn server_config(
-    cert_file: &Path,
-    key_file: &Path,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no PEM certificate", cert_file.display()));
+use crate::reloading::{self, Reloading};
+
+/// The files TLS is configured from.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle client certificates are verified against; none: no client certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+    /// CRLs (PEM or DER) of the client CAs.
+    pub client_crl: Option<PathBuf>,
+    /// Whether a connection without a client certificate is refused at the handshake.
+    pub require_client_cert: bool,
+}
+
+/// The TLS configuration in service, shared by the API listeners and replaced as files change.
+#[derive(Clone)]
+pub struct ServerTls {
+    files: Arc<TlsFiles>,
+    key: Arc<ArcSwap<CertifiedKey>>,
+    config: Arc<ArcSwap<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
+}
+
+/// Which flag a start-up problem is about.
+#[derive(Debug)]
+pub struct TlsError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl ServerTls {
+    /// Reads every file once (a problem names its flag and the file, never a key's content).
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = certified_key(&files.cert, &files.key).map_err(|message| TlsError {
+            flag: "--tls-cert-file",
+            message,
+        })?;
+        let key = Arc::new(ArcSwap::from_pointee(key));
+        let config = server_config(&files, &key)?;
+        Ok(ServerTls {
+            files: Arc::new(files),
+            key,
+            config: Arc::new(ArcSwap::from_pointee(config)),
+        })
+    }
+
+    /// The configuration each handshake takes.
+    pub fn current(&self) -> Arc<ArcSwap<rustls::ServerConfig>> {
+        Arc::clone(&self.config)
+    }
+
+    /// Whether client certificates are asked for.
+    pub fn client_certificates(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    /// Starts re-reading the files when they change (in the runtime; dropping the result stops it).
+    pub fn watch(&self) -> Vec<Reloading> {
+        let files = Arc::clone(&self.files);
+        let mut watching = vec![reloading::spawn(
+            "TLS certificate and key",
+            vec![files.cert.clone(), files.key.clone()],
+            Arc::clone(&self.key),
+            {
+                let files = Arc::clone(&files);
+                move || certified_key(&files.cert, &files.key)
+            },
+            |key| {
+                if let Some(serial) = key.cert.first().and_then(|leaf| serial_of(leaf)) {
+                    tracing::info!(serial, "serving a new TLS certificate to new connections");
+                }
+            },
+        )];
+        if let Some(ca) = &files.client_ca {
+            let mut paths = vec![ca.clone()];
+            paths.extend(files.client_crl.clone());
+            let key = Arc::clone(&self.key);
+            watching.push(reloading::spawn(
+                "client CA bundle and CRLs",
+                paths,
+                Arc::clone(&self.config),
+                move || server_config(&files, &key).map_err(|e| e.message),
+                |_| {},
+            ));
+        }
+        watching
+    }
+}
+
+/// The serial number of a certificate, lowercase hex (for the log).
+fn serial_of(certificate: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(format!("{:x}", parsed.serial))
+}
+
+/// The server certificate of every handshake: the last good pair read.
+#[derive(Debug)]
+struct Rotating(Arc<ArcSwap<CertifiedKey>>);
+
+impl ResolvesServerCert for Rotating {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Reads a PEM certificate chain and the private key it must match.
+fn certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+    let chain = certificates(cert_file)?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| format!("{}: not a PEM private key ({e})", key_file.display()))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "{} does not fit {}: {e}",
-                key_file.display(),
-                cert_file.display()
-            )
-        })?;
+    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider()).map_err(|e| {
+        format!(
+            "{} does not fit {}: {e}",
+            key_file.display(),
+            cert_file.display()
+        )
+    })
+}
+
+/// Every certificate of a PEM file (at least one).
+fn certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no PEM certificate", file.display()));
+    }
+    Ok(chain)
+}
+
+/// The CRLs of a file: PEM blocks, or one DER CRL.
+fn crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if bytes.trim_ascii_start().starts_with(b"-----") {
+        let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        if crls.is_empty() {
+            return Err(format!("{}: no PEM X509 CRL block", file.display()));
+        }
+        Ok(crls)
+    } else {
+        Ok(vec![CertificateRevocationListDer::from(bytes)])
+    }
+}
+
+/// The configuration of the API listeners: the rotating server certificate, and the client
+/// verifier when `--client-ca-file` is given.
+fn server_config(
+    files: &TlsFiles,
+    key: &Arc<ArcSwap<CertifiedKey>>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let ca_error = |message: String| TlsError {
+        flag: "--client-ca-file",
+        message,
+    };
+    let crl_error = |message: String| TlsError {
+        flag: "--client-crl-file",
+        message,
+    };
+    let resolver = Arc::new(Rotating(Arc::clone(key)));
+    let builder = rustls::ServerConfig::builder();
+    let mut config = match &files.client_ca {
+        None => builder.with_no_client_auth().with_cert_resolver(resolver),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in certificates(ca).map_err(ca_error)? {
+                roots
+                    .add(certificate)
+                    .map_err(|e| ca_error(format!("{}: {e}", ca.display())))?;
+            }
+            let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            if let Some(crl) = &files.client_crl {
+                verifier = verifier.with_crls(crls(crl).map_err(crl_error)?);
+            }
+            if !files.require_client_cert {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().map_err(|e| match (e, &files.client_crl) {
+                (VerifierBuilderError::InvalidCrl(e), Some(crl)) => {
+                    crl_error(format!("{}: not a valid CRL ({e:?})", crl.display()))
+                }
+                (e, _) => ca_error(format!("{}: {e}", ca.display())),
+            })?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(resolver)
+        }
+    };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }
