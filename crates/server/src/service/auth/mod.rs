@@ -6,6 +6,9 @@
 //! Every failure is the same 401 with no hint which part was wrong.
 
 pub mod certificates;
+pub mod configuration;
+pub mod issuers;
+pub mod jwks;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -14,7 +17,8 @@ use kubeconfig_policy::ApiKeyHash;
 use sha2::{Digest, Sha256};
 
 pub use certificates::PeerCertificate;
-pub use tokens::{CLOCK_SKEW_SECONDS, Issuers, JwtVerifier};
+pub use issuers::{Background, Issuers, TokenSettings};
+pub use tokens::{CLOCK_SKEW_SECONDS, JwtVerifier};
 
 use crate::error::CoreError;
 
