@@ -43,17 +43,17 @@ pub struct AuthenticationConfiguration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtAuthenticator {
+    #[serde(deserialize_with = "issuer")]
     pub issuer: Issuer,
     pub claim_mappings: ClaimMappings,
     #[serde(default)]
     pub claim_validation_rules: Vec<ClaimValidationRule>,
-    #[serde(default)]
-    user_validation_rules: Option<Cel>,
+    #[serde(default, deserialize_with = "refuse_user_validation_rules")]
+    user_validation_rules: Option<()>,
 }
 
 /// Where tokens come from and where their keys are found.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(try_from = "RawIssuer")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Issuer {
     /// The exact `iss` of its tokens (https).
     pub url: String,
@@ -97,8 +97,8 @@ struct RawIssuer {
     jwks: Option<serde_json::Value>,
     #[serde(default)]
     jwks_file: Option<PathBuf>,
-    #[serde(default)]
-    egress_selector_type: Option<Unsupported>,
+    #[serde(default, deserialize_with = "refuse_egress_selector_type")]
+    egress_selector_type: Option<()>,
 }
 
 #[derive(Deserialize)]
@@ -113,7 +113,7 @@ impl TryFrom<RawIssuer> for Issuer {
         let _ = raw.egress_selector_type;
         if raw.audiences.len() > 1 && raw.audience_match_policy.is_none() {
             return Err(
-                "audienceMatchPolicy: must be MatchAny when there are several audiences (as in Kubernetes)"
+                "issuer.audienceMatchPolicy: must be MatchAny when there are several audiences (as in Kubernetes)"
                     .to_owned(),
             );
         }
@@ -134,7 +134,7 @@ impl TryFrom<RawIssuer> for Issuer {
                 KeySource::File(file)
             }
             _ => {
-                return Err("set at most one of discoveryURL, jwks and jwksFile (certificateAuthority only goes with discovery)".to_owned());
+                return Err("issuer: set at most one of discoveryURL, jwks and jwksFile (certificateAuthority only goes with discovery)".to_owned());
             }
         };
         Ok(Issuer {
@@ -149,18 +149,18 @@ impl TryFrom<RawIssuer> for Issuer {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimMappings {
+    #[serde(deserialize_with = "username")]
     pub username: PrefixedClaim,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "groups")]
     pub groups: Option<PrefixedClaim>,
-    #[serde(default)]
-    uid: Option<Unsupported>,
-    #[serde(default)]
-    extra: Option<Unsupported>,
+    #[serde(default, deserialize_with = "refuse_uid")]
+    uid: Option<()>,
+    #[serde(default, deserialize_with = "refuse_extra")]
+    extra: Option<()>,
 }
 
 /// A claim and the prefix put before its value.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(try_from = "RawPrefixedClaim")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PrefixedClaim {
     pub claim: String,
     pub prefix: String,
@@ -173,26 +173,60 @@ struct RawPrefixedClaim {
     claim: Option<String>,
     #[serde(default)]
     prefix: Option<String>,
-    #[serde(default)]
-    expression: Option<Cel>,
+    #[serde(default, deserialize_with = "refuse_expression")]
+    expression: Option<()>,
 }
 
-impl TryFrom<RawPrefixedClaim> for PrefixedClaim {
-    type Error = String;
-
-    fn try_from(raw: RawPrefixedClaim) -> Result<Self, String> {
-        let _ = raw.expression;
-        let claim = raw
+impl RawPrefixedClaim {
+    fn check(self, field: &str) -> Result<PrefixedClaim, String> {
+        let _ = self.expression;
+        let claim = self
             .claim
             .filter(|c| !c.is_empty())
-            .ok_or("claim: is required")?;
+            .ok_or_else(|| format!("{field}.claim: is required"))?;
         // As in Kubernetes: the prefix must be written out, even when empty, so that names from two
         // issuers cannot collide by accident.
-        let prefix = raw.prefix.ok_or(
-            "prefix: is required when claim is set; use \"\" for no prefix (as in Kubernetes)",
-        )?;
+        let prefix = self.prefix.ok_or_else(|| {
+            format!("{field}.prefix: is required when claim is set; use \"\" for no prefix (as in Kubernetes)")
+        })?;
         Ok(PrefixedClaim { claim, prefix })
     }
+}
+
+fn issuer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Issuer, D::Error> {
+    Issuer::try_from(RawIssuer::deserialize(deserializer)?).map_err(D::Error::custom)
+}
+
+fn username<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PrefixedClaim, D::Error> {
+    RawPrefixedClaim::deserialize(deserializer)?
+        .check("username")
+        .map_err(D::Error::custom)
+}
+
+fn groups<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PrefixedClaim>, D::Error> {
+    RawPrefixedClaim::deserialize(deserializer)?
+        .check("groups")
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// Functions that refuse a field of kube's format kubeconfigd does not implement, naming it.
+macro_rules! refuse {
+    ($($function:ident: $field:literal => $why:literal,)*) => {$(
+        fn $function<'de, D: Deserializer<'de>>(_: D) -> Result<Option<()>, D::Error> {
+            Err(D::Error::custom(concat!($field, ": ", $why)))
+        }
+    )*};
+}
+
+refuse! {
+    refuse_expression: "expression" => "CEL expressions are not supported by kubeconfigd; use claim, prefix and requiredValue",
+    refuse_message: "message" => "goes with a CEL expression, which kubeconfigd does not support",
+    refuse_user_validation_rules: "userValidationRules" => "CEL expressions are not supported by kubeconfigd",
+    refuse_uid: "uid" => "is not supported by kubeconfigd",
+    refuse_extra: "extra" => "is not supported by kubeconfigd",
+    refuse_egress_selector_type: "egressSelectorType" => "is not supported by kubeconfigd",
+    refuse_anonymous: "anonymous" => "is not supported by kubeconfigd",
 }
 
 /// A claim that must hold exactly this string.
@@ -201,32 +235,10 @@ impl TryFrom<RawPrefixedClaim> for PrefixedClaim {
 pub struct ClaimValidationRule {
     pub claim: String,
     pub required_value: String,
-    #[serde(default)]
-    expression: Option<Cel>,
-    #[serde(default)]
-    message: Option<Cel>,
-}
-
-/// A CEL field: refused when present.
-#[derive(Debug, Clone, PartialEq)]
-struct Cel;
-
-impl<'de> Deserialize<'de> for Cel {
-    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(D::Error::custom(
-            "CEL expressions are not supported by kubeconfigd; use claim, prefix and requiredValue",
-        ))
-    }
-}
-
-/// A field of kube's format that kubeconfigd does not implement: refused when present.
-#[derive(Debug, Clone, PartialEq)]
-struct Unsupported;
-
-impl<'de> Deserialize<'de> for Unsupported {
-    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(D::Error::custom("is not supported by kubeconfigd"))
-    }
+    #[serde(default, deserialize_with = "refuse_expression")]
+    expression: Option<()>,
+    #[serde(default, deserialize_with = "refuse_message")]
+    message: Option<()>,
 }
 
 /// An issuer or discovery URL: https only, as in Kubernetes (a token's issuer is an identity, and its
@@ -255,23 +267,25 @@ fn check_https_url(url: &str) -> Result<(), String> {
 
 fn https_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let url = String::deserialize(deserializer)?;
-    check_https_url(&url).map_err(D::Error::custom)?;
+    check_https_url(&url).map_err(|e| D::Error::custom(format!("url: {e}")))?;
     Ok(url)
 }
 
 fn optional_https_url<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {
-    https_url(deserializer).map(Some)
+    let url = String::deserialize(deserializer)?;
+    check_https_url(&url).map_err(|e| D::Error::custom(format!("discoveryURL: {e}")))?;
+    Ok(Some(url))
 }
 
 fn audiences<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     let audiences = Vec::<String>::deserialize(deserializer)?;
     if audiences.is_empty() {
-        return Err(D::Error::custom("must not be empty"));
+        return Err(D::Error::custom("audiences: must not be empty"));
     }
     if audiences.iter().any(String::is_empty) {
-        return Err(D::Error::custom("an audience must not be empty"));
+        return Err(D::Error::custom("audiences: an audience must not be empty"));
     }
     Ok(audiences)
 }
@@ -280,7 +294,8 @@ fn certificate_authority<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {
     let pem = String::deserialize(deserializer)?;
-    super::jwks::root_store(Some(&pem)).map_err(D::Error::custom)?;
+    super::jwks::root_store(Some(&pem))
+        .map_err(|e| D::Error::custom(format!("certificateAuthority: {e}")))?;
     Ok(Some(pem))
 }
 
@@ -289,7 +304,7 @@ fn inline_jwks<'de, D: Deserializer<'de>>(
 ) -> Result<Option<serde_json::Value>, D::Error> {
     let jwks = serde_json::Value::deserialize(deserializer)?;
     let bytes = serde_json::to_vec(&jwks).map_err(D::Error::custom)?;
-    super::jwks::parse(&bytes).map_err(D::Error::custom)?;
+    super::jwks::parse(&bytes).map_err(|e| D::Error::custom(format!("jwks: {e}")))?;
     Ok(Some(jwks))
 }
 
@@ -300,8 +315,8 @@ struct RawFile {
     kind: String,
     #[serde(default)]
     jwt: Vec<JwtAuthenticator>,
-    #[serde(default)]
-    anonymous: Option<Unsupported>,
+    #[serde(default, deserialize_with = "refuse_anonymous")]
+    anonymous: Option<()>,
 }
 
 impl AuthenticationConfiguration {
@@ -341,14 +356,7 @@ impl AuthenticationConfiguration {
             ));
         }
         let raw: RawFile = serde_norway::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            // The parser's message already ends with "at line L column C": keep the field path and
-            // what is wrong, the line goes in front.
-            let message = e.to_string();
-            let message = message
-                .rsplit_once(" at line ")
-                .map_or(message.as_str(), |(m, _)| m)
-                .to_owned();
+            let (line, message) = located(text, &e);
             error(line, message)
         })?;
         if !API_VERSIONS.contains(&raw.api_version.as_str()) {
@@ -384,6 +392,45 @@ impl AuthenticationConfiguration {
         }
         Ok(AuthenticationConfiguration { jwt: raw.jwt })
     }
+}
+
+/// The field path, what is wrong and the line of a parser error. A check of ours names its field
+/// after the path the parser gives (that of the enclosing mapping, where the parser also puts the
+/// line): `jwt[1].issuer: audiences: must not be empty` becomes `jwt[1].issuer.audiences: must not be
+/// empty`, with the line of the first `audiences:` from the mapping's line on (for a nested field,
+/// of its first part).
+fn located(text: &str, error: &serde_norway::Error) -> (Option<usize>, String) {
+    let mut line = error.location().map(|l| l.line());
+    let message = error.to_string();
+    // The parser's message ends with "at line L column C": the line goes in front instead.
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m);
+    let is_field = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']' | '_'))
+    };
+    let mut parts = message.splitn(3, ": ");
+    let (path, field, rest) = (parts.next(), parts.next(), parts.next());
+    let message = match (path, field, rest) {
+        (Some(path), Some(field), Some(rest)) if is_field(path) && is_field(field) => {
+            // `username.prefix` missing: the line of `username:`.
+            let key = field.split('.').next().unwrap_or(field);
+            let from = line.unwrap_or(1);
+            if let Some(found) = text
+                .lines()
+                .enumerate()
+                .skip(from.saturating_sub(1))
+                .find(|(_, l)| l.contains(&format!("{key}:")))
+            {
+                line = Some(found.0 + 1);
+            }
+            format!("{path}.{field}: {rest}")
+        }
+        _ => message.to_owned(),
+    };
+    (line, message)
 }
 
 /// The 1-based line of the `skip + 1`-th line that contains `needle`.
@@ -448,11 +495,11 @@ jwt:
     #[test]
     fn errors_name_the_file_the_line_and_the_field() {
         let error = refused(&GOOD.replace("audiences: [a, b]", "audiences: []"));
-        assert_eq!(error.line, Some(15), "{error}");
+        assert_eq!(error.line, Some(14), "{error}");
         assert!(
             error
                 .to_string()
-                .starts_with("auth.yaml:15: jwt[1].issuer.audiences: must not be empty"),
+                .starts_with("auth.yaml:14: jwt[1].issuer.audiences: must not be empty"),
             "{error}"
         );
         let error = refused(&GOOD.replace("url: https://issuer.two.test", "url: http://two.test"));
@@ -460,7 +507,7 @@ jwt:
             error.message.contains("jwt[1].issuer.url: ") && error.message.contains("https://"),
             "{error}"
         );
-        assert_eq!(error.line, Some(14), "{error}");
+        assert_eq!(error.line, Some(13), "{error}");
         let error = refused(&GOOD.replace("audienceMatchPolicy", "audienceMatchPolizy"));
         assert!(
             error.message.contains("jwt[1].issuer")
@@ -475,7 +522,7 @@ jwt:
         assert!(
             error
                 .message
-                .starts_with("jwt[0].claimMappings.username: prefix: is required"),
+                .starts_with("jwt[0].claimMappings.username.prefix: is required"),
             "{error}"
         );
         assert_eq!(error.line, Some(8), "{error}");
@@ -483,7 +530,7 @@ jwt:
         assert_eq!(error.line, Some(1));
         assert!(error.message.starts_with("apiVersion:"), "{error}");
         let error = refused(&GOOD.replace("issuer.two.test", "issuer.one.test"));
-        assert_eq!(error.line, Some(14), "{error}");
+        assert_eq!(error.line, Some(13), "{error}");
         assert!(error.message.starts_with("jwt[1].issuer.url:"), "{error}");
         let error = refused(&GOOD.replace(r#""kty": "OKP""#, r#""kty": "oct""#));
         assert!(error.message.starts_with("jwt[1].issuer.jwks:"), "{error}");
