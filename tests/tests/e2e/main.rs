@@ -9,6 +9,7 @@ mod credentials;
 mod frames;
 mod hostile;
 mod hostile_server;
+mod issuers;
 mod jwt;
 mod ledger;
 mod metrics;
