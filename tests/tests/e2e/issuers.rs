@@ -592,3 +592,80 @@ where
     }
     outputs
 }
+
+/// Writes `text` to `path` by rename, as an editor or a ConfigMap volume does.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_stops_the_start_and_a_bad_edit_keeps_the_last_good_one() {
+    let key = SigningKey::ec("ec-1");
+    let one = TestIssuer::start(&[&key]).await;
+    let two = TestIssuer::start(&[&key]).await;
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("authentication.yaml");
+    let file = |entries: &[String]| {
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n{}",
+            entries.join("")
+        )
+    };
+    let mut args = fixture.args();
+    args.extend([
+        "--authentication-config".to_owned(),
+        path.display().to_string(),
+    ]);
+
+    // At start, a mistake is an exit naming the flag, the file, the line and the field.
+    let bad = file(&[one.entry("")]).replace(&format!("audiences: [{AUDIENCE}]"), "audiences: []");
+    std::fs::write(&path, &bad).expect("write");
+    let error = format!("{:#}", Server::start(&args).await.expect_err("refused"));
+    assert!(
+        error.contains(&format!(
+            "--authentication-config: {}:6: jwt[0].issuer.audiences: must not be empty",
+            path.display()
+        )),
+        "{error}"
+    );
+
+    std::fs::write(&path, file(&[one.entry("")])).expect("write");
+    let server = Server::start(&args).await.expect("server");
+    assert_eq!(code_of(&server, &key.sign(&one.url)).await, tonic::Code::Ok);
+    assert_eq!(
+        code_of(&server, &key.sign(&two.url)).await,
+        tonic::Code::Unauthenticated
+    );
+
+    // A bad edit (a CEL rule) is logged and changes nothing.
+    let cel = "    claimValidationRules:\n      - {expression: 'claims.tenant == \"matrix\"'}\n";
+    replace_file(&path, &file(&[one.entry(""), two.entry(cel)]));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            server
+                .log_text()
+                .contains("CEL expressions are not supported")
+        })
+        .await,
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(code_of(&server, &key.sign(&one.url)).await, tonic::Code::Ok);
+    assert_eq!(
+        code_of(&server, &key.sign(&two.url)).await,
+        tonic::Code::Unauthenticated
+    );
+
+    // A good edit adds the second issuer without a restart.
+    replace_file(&path, &file(&[one.entry(""), two.entry("")]));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            code_of(&server, &key.sign(&two.url)).await == tonic::Code::Ok
+        })
+        .await
+    );
+    assert_eq!(code_of(&server, &key.sign(&one.url)).await, tonic::Code::Ok);
+}
