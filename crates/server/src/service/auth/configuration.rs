@@ -534,7 +534,6 @@ jwt:
         assert!(error.message.starts_with("jwt[1].issuer.url:"), "{error}");
         let error = refused(&GOOD.replace(r#""kty": "OKP""#, r#""kty": "oct""#));
         assert!(error.message.starts_with("jwt[1].issuer.jwks:"), "{error}");
-        assert!(error.message.starts_with("jwt[1].issuer.jwks:"), "{error}");
     }
 
     #[test]
