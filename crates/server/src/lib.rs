@@ -100,7 +100,16 @@ pub async fn run(
             config.tokens,
             config.authentication.as_ref().map(|(_, c)| c),
         )
-        .map_err(|e| anyhow::anyhow!("--authentication-config: {e}"))?,
+        .map_err(|e| {
+            let file = config
+                .authentication
+                .as_ref()
+                .map(|(path, _)| path.display());
+            anyhow::anyhow!(
+                "--authentication-config: {}: {e}",
+                file.map(|f| f.to_string()).unwrap_or_default()
+            )
+        })?,
     );
     let _issuers_background =
         issuers.spawn(config.authentication.as_ref().map(|(path, _)| path.clone()));

@@ -293,10 +293,14 @@ impl Table {
                 .filter(|old| old.keys.source == entry.issuer.keys)
             {
                 Some(old) => Arc::clone(&old.keys),
-                None => Arc::new(
-                    Keys::new(url, &entry.issuer.keys)
-                        .map_err(|e| format!("jwt[{i}].issuer: {e}"))?,
-                ),
+                None => Arc::new(Keys::new(url, &entry.issuer.keys).map_err(|e| {
+                    let field = match entry.issuer.keys {
+                        KeySource::File(_) => "jwksFile",
+                        KeySource::Inline(_) => "jwks",
+                        KeySource::Discovery { .. } => "certificateAuthority",
+                    };
+                    format!("jwt[{i}].issuer.{field}: {e}")
+                })?),
             };
             issuers.push(Arc::new(Issuer {
                 config: entry.clone(),
