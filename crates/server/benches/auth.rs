@@ -1,7 +1,9 @@
 //! Benchmarks of authentication: an API key (hash and look-up, the baseline) and a JWT bearer token,
 //! ES256 and RS256, the first time it is seen (every check, signature included) and again (the
-//! verified token remembered by its digest), and a client certificate: read once per connection (the
-//! parse after the handshake) and checked on every call (its expiry, then its identity cloned).
+//! verified token remembered by its digest) — through the `--jwt-*` verifier, and through
+//! [`Issuers::verify`] for an `--authentication-config` issuer (keys from an inline JWKS), with
+//! EdDSA as well — and a client certificate: read once per connection (the parse after the
+//! handshake) and checked on every call (its expiry, then its identity cloned).
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubeconfig_policy::ApiKeyHash;
-use kubeconfigd::auth::{ApiKeys, JwtVerifier, PeerCertificate};
+use kubeconfigd::auth::configuration::AuthenticationConfiguration;
+use kubeconfigd::auth::{ApiKeys, Issuers, JwtVerifier, PeerCertificate, TokenSettings};
 use kubeconfigd::config::{JwtConfig, JwtKey};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -32,7 +35,33 @@ fn verifier(public_key: &str) -> JwtVerifier {
     .expect("verifier")
 }
 
+/// The issuers of a configuration with one inline key of each type (RS256, ES256, EdDSA).
+fn issuers() -> Issuers {
+    let rsa = EncodingKey::from_rsa_pem(&fixture("rs256.key")).expect("rs256 key");
+    let ec = EncodingKey::from_ec_pem(&fixture("es256.key")).expect("es256 key");
+    let jwk = |key: &EncodingKey, alg: Algorithm, kid: &str| {
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, alg).expect("jwk");
+        jwk.common.key_id = Some(kid.to_owned());
+        serde_json::to_value(jwk).expect("json")
+    };
+    let x = String::from_utf8(fixture("ed25519.x")).expect("utf8");
+    let keys = serde_json::json!({"keys": [
+        jwk(&rsa, Algorithm::RS256, "rs256"),
+        jwk(&ec, Algorithm::ES256, "es256"),
+        {"kty": "OKP", "crv": "Ed25519", "kid": "eddsa", "x": x.trim()},
+    ]});
+    let text = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n  - issuer:\n      url: https://issuer.test\n      audiences: [kubeconfigd]\n      jwks: {keys}\n    claimMappings:\n      username: {{claim: email, prefix: \"\"}}\n      groups: {{claim: groups, prefix: \"\"}}\n"
+    );
+    let config = AuthenticationConfiguration::parse(&text, "bench.yaml").expect("configuration");
+    Issuers::configured(None, TokenSettings::default(), Some(&config)).expect("issuers")
+}
+
 fn token(algorithm: Algorithm, key: &EncodingKey) -> String {
+    token_with_kid(algorithm, key, None)
+}
+
+fn token_with_kid(algorithm: Algorithm, key: &EncodingKey, kid: Option<&str>) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -46,7 +75,9 @@ fn token(algorithm: Algorithm, key: &EncodingKey) -> String {
         "nbf": now,
         "exp": now + 3000,
     });
-    jsonwebtoken::encode(&Header::new(algorithm), &claims, key).expect("sign")
+    let mut header = Header::new(algorithm);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
 }
 
 fn benches(c: &mut Criterion) {
@@ -78,6 +109,37 @@ fn benches(c: &mut Criterion) {
         let remembering = verifier(public);
         group.bench_function(format!("bearer-{name}-seen-before"), |b| {
             b.iter(|| remembering.verify(black_box(&token)).expect("valid"))
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let ed = EncodingKey::from_ed_pem(&fixture("ed25519.key")).expect("ed25519 key");
+    for (name, algorithm, key) in [
+        ("rs256", Algorithm::RS256, &rs256),
+        ("es256", Algorithm::ES256, &es256),
+        ("eddsa", Algorithm::EdDSA, &ed),
+    ] {
+        let token = token_with_kid(algorithm, key, Some(name));
+        group.bench_function(format!("issuers-{name}-first-seen"), |b| {
+            b.iter_batched(
+                issuers,
+                |issuers| {
+                    let caller = runtime
+                        .block_on(issuers.verify(black_box(&token)))
+                        .expect("valid");
+                    (issuers, caller)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        let remembering = issuers();
+        group.bench_function(format!("issuers-{name}-seen-before"), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(remembering.verify(black_box(&token)))
+                    .expect("valid")
+            })
         });
     }
     // The handshake's certificate parsing is not included: rustls verifies it either way. The

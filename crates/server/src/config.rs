@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kubeconfig_cache::{RedisConfig, RedisTarget, Sealer};
 
+use crate::auth::TokenSettings;
+use crate::auth::configuration::AuthenticationConfiguration;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -129,6 +132,19 @@ pub struct Args {
     /// says); an `iat` in the future or after `exp` is refused.
     #[arg(long, env = "KUBECONFIGD_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
     pub jwt_max_lifetime: Duration,
+    /// Trusted token issuers: a kube-apiserver `AuthenticationConfiguration` file (`jwt:` entries;
+    /// CEL expressions are not supported), plus `issuer.jwks` / `issuer.jwksFile` for issuers that
+    /// cannot be reached. Re-read when it changes (a bad edit keeps the last good version).
+    #[arg(long, env = "KUBECONFIGD_AUTHENTICATION_CONFIG", value_name = "FILE")]
+    pub authentication_config: Option<PathBuf>,
+    /// How often the key sets of `--authentication-config` issuers are fetched again (a failed fetch
+    /// keeps the last good keys).
+    #[arg(long, env = "KUBECONFIGD_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub jwks_refresh_interval: Duration,
+    /// A token naming a key its issuer's set lacks fetches the set again at once, but at most once
+    /// per this interval per issuer (tokens that come in between are refused at once).
+    #[arg(long, env = "KUBECONFIGD_JWKS_MIN_REFRESH_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    pub jwks_min_refresh_interval: Duration,
     /// Deadline for one call, gRPC or REST.
     #[arg(long, env = "KUBECONFIGD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -296,6 +312,10 @@ pub struct Config {
     pub source: Source,
     pub rest: bool,
     pub jwt: Option<JwtConfig>,
+    /// The `--authentication-config` file and what it held at start.
+    pub authentication: Option<(PathBuf, AuthenticationConfiguration)>,
+    /// Settings of every token issuer.
+    pub tokens: TokenSettings,
     pub request_timeout: Duration,
     pub max_concurrent_requests: u32,
     pub max_mints_per_minute: u32,
@@ -345,6 +365,9 @@ impl Config {
             jwt_hs256_secret_file: _, // jwt_of
             jwt_public_key_file: _,   // jwt_of
             jwt_max_lifetime: _,      // jwt_of
+            authentication_config: _, // authentication_of
+            jwks_refresh_interval,
+            jwks_min_refresh_interval,
             request_timeout,
             max_concurrent_requests,
             max_mints_per_minute,
@@ -375,14 +398,29 @@ impl Config {
             ("--http2-keepalive-timeout", http2_keepalive_timeout),
             ("--tls-handshake-timeout", tls_handshake_timeout),
             ("--request-timeout", request_timeout),
+            ("--jwks-refresh-interval", jwks_refresh_interval),
+            ("--jwks-min-refresh-interval", jwks_min_refresh_interval),
         ] {
             if value.is_zero() {
                 return Err(config_error(flag, "must be longer than 0s"));
             }
         }
+        if jwks_min_refresh_interval > jwks_refresh_interval {
+            return Err(config_error(
+                "--jwks-min-refresh-interval",
+                "must not be longer than --jwks-refresh-interval",
+            ));
+        }
+        let jwt = jwt_of(args)?;
         Ok(Config {
             source: source_of(args)?,
-            jwt: jwt_of(args)?,
+            authentication: authentication_of(args, jwt.as_ref())?,
+            jwt,
+            tokens: TokenSettings {
+                max_lifetime: args.jwt_max_lifetime,
+                refresh_interval: *jwks_refresh_interval,
+                min_refresh_interval: *jwks_min_refresh_interval,
+            },
             tls: tls_of(args)?,
             connections: crate::connections::Limits {
                 max_connections: *max_connections as usize,
@@ -501,6 +539,32 @@ fn jwt_of(args: &Args) -> Result<Option<JwtConfig>, ConfigError> {
         key,
         max_lifetime: args.jwt_max_lifetime,
     }))
+}
+
+/// The `--authentication-config` file, read and checked (an issuer may not also be `--jwt-issuer`).
+fn authentication_of(
+    args: &Args,
+    jwt: Option<&JwtConfig>,
+) -> Result<Option<(PathBuf, AuthenticationConfiguration)>, ConfigError> {
+    const FLAG: &str = "--authentication-config";
+    let Some(path) = &args.authentication_config else {
+        return Ok(None);
+    };
+    let config =
+        AuthenticationConfiguration::load(path).map_err(|e| config_error(FLAG, e.to_string()))?;
+    if let Some(jwt) = jwt
+        && let Some(i) = config.jwt.iter().position(|e| e.issuer.url == jwt.issuer)
+    {
+        return Err(config_error(
+            FLAG,
+            format!(
+                "{}: jwt[{i}].issuer.url: {} is also --jwt-issuer; configure it in one place",
+                path.display(),
+                jwt.issuer
+            ),
+        ));
+    }
+    Ok(Some((path.clone(), config)))
 }
 
 /// TLS for the listeners, when a certificate and key are given, with client certificates when a

@@ -94,11 +94,29 @@ pub async fn run(
         .map(auth::JwtVerifier::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--jwt-public-key-file: {e}"))?;
-    let issuers = Arc::new(auth::Issuers::new(jwt));
+    let issuers = Arc::new(
+        auth::Issuers::configured(
+            jwt,
+            config.tokens,
+            config.authentication.as_ref().map(|(_, c)| c),
+        )
+        .map_err(|e| {
+            let file = config
+                .authentication
+                .as_ref()
+                .map(|(path, _)| path.display());
+            anyhow::anyhow!(
+                "--authentication-config: {}: {e}",
+                file.map(|f| f.to_string()).unwrap_or_default()
+            )
+        })?,
+    );
+    let _issuers_background =
+        issuers.spawn(config.authentication.as_ref().map(|(path, _)| path.clone()));
     let core = Arc::new(
         core::Core::new(
             Arc::clone(&store),
-            issuers,
+            Arc::clone(&issuers),
             config.max_concurrent_requests as usize,
             Arc::clone(&cache),
             Arc::clone(&metrics),

@@ -1,5 +1,6 @@
 //! The admin listener (`--admin-addr`, plain HTTP): liveness (`/healthz`), readiness (`/readyz`: ready
-//! once the inventory is loaded, not ready once shutdown begins), Prometheus metrics (`/metrics`) and the
+//! once the inventory is loaded, not ready once shutdown begins; its text names token issuers never
+//! reached), Prometheus metrics (`/metrics`) and the
 //! REST shim's OpenAPI 3 description (`/openapi.json`). It exists with or without `--no-rest`, so
 //! probes and scraping never depend on the REST shim, and it keeps metrics off the public port.
 
@@ -44,17 +45,21 @@ pub fn router(core: Arc<Core>, ready: watch::Receiver<bool>) -> Router {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     if *state.ready.borrow() {
-        (StatusCode::OK, "ready\n").into_response()
+        // Still ready with an issuer never reached: everything but its tokens is served. Said here
+        // so that whoever looks at the probe sees it.
+        let detail = state.core.issuers().readiness_detail();
+        (StatusCode::OK, format!("ready\n{detail}")).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = state
+    let mut body = state
         .core
         .metrics()
         .render(&state.core.cache_stats(), &state.core.minter().stats());
+    state.core.issuers().render_metrics(&mut body);
     (
         [(
             header::CONTENT_TYPE,

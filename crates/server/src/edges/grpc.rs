@@ -502,7 +502,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let (metadata, _, _) = request.into_parts();
+        let (metadata, _) = crate::connections::grpc_parts(request);
         self.call(metadata, "WhoAmI", |core, creds| async move {
             Ok(whoami_message(&core.whoami(&creds).await?))
         })

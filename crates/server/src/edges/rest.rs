@@ -344,6 +344,7 @@ async fn whoami(State(state): State<RestState>, request: axum::extract::Request)
 /// The credentials of a REST request: its headers and its connection's client certificate.
 fn credentials_of(request: &axum::extract::Request, request_id: &str) -> Credentials {
     Credentials::from_headers(request.headers(), request_id)
+        .with_certificate(crate::connections::rest_certificate(request))
 }
 
 #[derive(Serialize)]

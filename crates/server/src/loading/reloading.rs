@@ -19,14 +19,15 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// What identifies one version of a file: replacing, rewriting or re-linking it changes this.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
+pub struct Stamp {
     device: u64,
     inode: u64,
     length: u64,
     modified: Option<SystemTime>,
 }
 
-fn stamp_of(path: &std::path::Path) -> Option<Stamp> {
+/// The stamp of `path` now (following symlinks), or `None` when it cannot be read.
+pub fn stamp_of(path: &std::path::Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt as _;
     let metadata = std::fs::metadata(path).ok()?;
     Some(Stamp {

@@ -376,6 +376,11 @@ impl Core {
         &self.permits
     }
 
+    /// The token issuers (for `/readyz` and `/metrics`).
+    pub fn issuers(&self) -> &Arc<Issuers> {
+        &self.issuers
+    }
+
     /// The service's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -150,9 +150,9 @@ fn identity_from(
         return Ok((id.to_owned(), Vec::new()));
     }
     let mut names = names.into_iter();
-    // Folded as a token's user is (ASCII only, so no look-alike folds onto another name). A SPIFFE
-    // ID is not: its path is case-sensitive.
-    let user = names.next().ok_or(Refusal::NoName)?.to_ascii_lowercase();
+    // Folded as every user name is (an e-mail lowercased as ASCII, so no look-alike folds onto
+    // another name; a name with `:` kept exactly).
+    let user = kubeconfig_policy::canonical_user(&names.next().ok_or(Refusal::NoName)?);
     if names.next().is_some() {
         return Err(Refusal::SeveralNames);
     }

@@ -1,11 +1,14 @@
 //! Authentication (docs/identity.md): who the caller is, from up to three credentials — an API key
 //! looked up by its SHA-256 among the tenant's hashes ([`ApiKeys`]), a JWT bearer token verified
-//! against a configured issuer ([`tokens`]), and a client certificate verified by the TLS handshake
-//! ([`certificates`]). Every credential presented must verify, and when several are presented they
+//! against the issuer its `iss` names ([`issuers`]: `--authentication-config` and `--jwt-*`), and a
+//! client certificate verified by the TLS handshake ([`certificates`]). Every credential presented must verify, and when several are presented they
 //! must name the same user, or the call is refused: one is never silently preferred to another.
 //! Every failure is the same 401 with no hint which part was wrong.
 
 pub mod certificates;
+pub mod configuration;
+pub mod issuers;
+pub mod jwks;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -14,7 +17,8 @@ use kubeconfig_policy::ApiKeyHash;
 use sha2::{Digest, Sha256};
 
 pub use certificates::PeerCertificate;
-pub use tokens::{CLOCK_SKEW_SECONDS, Issuers, JwtVerifier};
+pub use issuers::{Background, Issuers, TokenSettings};
+pub use tokens::{CLOCK_SKEW_SECONDS, JwtVerifier};
 
 use crate::error::CoreError;
 

@@ -1,4 +1,5 @@
-//! Bearer tokens: JWTs verified with `jsonwebtoken` against the configured issuers ([`Issuers`]):
+//! Bearer tokens of the `--jwt-*` issuer: JWTs verified with `jsonwebtoken` against its one key
+//! (the issuers of `--authentication-config` are in [`super::issuers`], which shares these checks):
 //! issuer, audience, expiry and not-before checked with a small clock skew; only the key's algorithm
 //! is accepted, so `alg: none` and HS/RS confusion fail. `--jwt-max-lifetime` bounds how long a token can still be used, measured from now (`exp -
 //! now`), whatever its `iat` claims; an `iat` in the future (beyond the skew) or after `exp` is refused.
@@ -40,7 +41,7 @@ struct Claims {
 
 /// Whether the token's JOSE header names critical extensions. We implement none, so RFC 7515
 /// section 4.1.11 requires refusing any token that has them (even an empty list is malformed).
-fn has_crit_header(token: &str) -> bool {
+pub(super) fn has_crit_header(token: &str) -> bool {
     use base64::Engine as _;
     let Some(header) = token.split('.').next() else {
         return true;
@@ -88,7 +89,7 @@ struct VerifiedToken {
 /// maximum lifetime of `max_lifetime` seconds: what is left of it (`exp - now`) must be within the
 /// maximum, whatever `iat` claims (an issuer could otherwise mint a ten-year token dated half an hour
 /// before it expires); an `iat` after `exp`, or in the future beyond the clock skew, is refused.
-fn lifetime_allowed(exp: u64, iat: Option<u64>, now: u64, max_lifetime: u64) -> bool {
+pub(super) fn lifetime_allowed(exp: u64, iat: Option<u64>, now: u64, max_lifetime: u64) -> bool {
     let iat_plausible =
         iat.is_none_or(|iat| iat <= exp && iat <= now.saturating_add(CLOCK_SKEW_SECONDS));
     iat_plausible && exp.saturating_sub(now) <= max_lifetime.saturating_add(CLOCK_SKEW_SECONDS)
@@ -155,6 +156,11 @@ impl JwtVerifier {
         })
     }
 
+    /// The `iss` its tokens must have (`--jwt-issuer`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// The (lowercased) user and the groups of a valid token, or `None`.
     pub fn verify(&self, token: &str) -> Option<Identity> {
         self.verify_at(token, now_seconds())
@@ -217,7 +223,7 @@ impl JwtVerifier {
         let nbf = claims.nbf.as_ref().and_then(serde_json::Value::as_u64);
         let reusable = claims.nbf.is_none() || nbf.is_some();
         let verified = VerifiedToken {
-            user: user.to_ascii_lowercase(),
+            user: kubeconfig_policy::canonical_user(&user),
             groups: claims.groups,
             exp: claims.exp,
             nbf,
@@ -227,26 +233,8 @@ impl JwtVerifier {
     }
 }
 
-/// Every issuer whose tokens are accepted.
-#[derive(Debug, Default)]
-pub struct Issuers {
-    legacy: Option<JwtVerifier>,
-}
-
-impl Issuers {
-    /// The issuers of `--jwt-*`, when given.
-    pub fn new(legacy: Option<JwtVerifier>) -> Self {
-        Issuers { legacy }
-    }
-
-    /// Who a valid token names, or `None`.
-    pub async fn verify(&self, token: &str) -> Option<Identity> {
-        self.legacy.as_ref()?.verify(token)
-    }
-}
-
 /// The key a verified token is remembered by.
-fn token_digest(token: &str) -> [u8; 32] {
+pub(super) fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
