@@ -182,14 +182,18 @@ fn replace(from: &Path, to: &Path) {
     std::fs::rename(&next, to).expect("rename");
 }
 
-/// The matrix fixture with a team binding for `cert-team` (the O of `teamed`).
+/// The matrix fixture with a team binding for `cert-team` (the O of `teamed`) and a user named by
+/// `SPIFFE_ID` (`username:`) bound as a project viewer.
 fn fixture() -> Fixture {
     let fixture = Fixture::matrix("seed").expect("fixture");
-    let mut tenant = std::fs::read_to_string(fixture.tenant()).expect("tenant");
-    tenant.push_str(
+    let mut tenant = std::fs::read_to_string(fixture.tenant())
+        .expect("tenant")
+        .replacen("users:\n", &format!("users:\n  - username: {SPIFFE_ID}\n"), 1);
+    tenant.push_str(&format!(
         "  - team: cert-team\n    role: Cluster Viewer\n    project: platform\n\
-         teams:\n  - name: cert-team\n    members: []\n",
-    );
+         \x20 - user: {SPIFFE_ID}\n    role: Cluster Viewer\n    project: platform\n\
+         teams:\n  - name: cert-team\n    members: []\n"
+    ));
     std::fs::write(fixture.tenant(), tenant).expect("write");
     fixture
 }
@@ -363,6 +367,11 @@ fn grpcurl_binary() -> PathBuf {
 
 /// `grpcurl` `ListClusters` with `client`'s certificate: (success, what it printed).
 fn grpcurl(server: &Server, pki: &Pki, client: &str) -> (bool, String) {
+    grpcurl_call(server, pki, client, "ListClusters")
+}
+
+/// `grpcurl` calling `method` of the service with `client`'s certificate: (success, what it printed).
+fn grpcurl_call(server: &Server, pki: &Pki, client: &str, method: &str) -> (bool, String) {
     let output = Command::new(grpcurl_binary())
         .arg("-cacert")
         .arg(pki.path("ca.crt"))
@@ -372,7 +381,7 @@ fn grpcurl(server: &Server, pki: &Pki, client: &str) -> (bool, String) {
         .arg(pki.path(&format!("{client}.key")))
         .args(["-authority", "localhost", "-max-time", "10", "-d", "{}"])
         .arg(server.grpc.to_string())
-        .arg("kubeconfig.v1.KubeconfigService/ListClusters")
+        .arg(format!("kubeconfig.v1.KubeconfigService/{method}"))
         .stdin(Stdio::null())
         .output()
         .expect("grpcurl is required for these tests (scripts/test.sh installs it)");
@@ -491,11 +500,11 @@ async fn certificate_identities_authenticate_on_grpc_and_rest() {
     );
 }
 
-/// The SPIFFE principal authenticates: the tenant does not bind it yet (tenant `users` entries by
-/// `username:` come separately), so it lists no cluster and gets 404, never 401. Extend this test
-/// with a binding for `SPIFFE_ID` once the tenant file can name it.
+/// The SPIFFE principal is the tenant user named by `username: <SPIFFE ID>`: it sees what that
+/// user's binding allows, `WhoAmI` names it and its certificate, and an API key of another user next
+/// to it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spiffe_principal_authenticates_awaiting_a_tenant_binding() {
+async fn a_spiffe_principal_gets_what_its_username_binding_allows() {
     let pki = Pki::new();
     bundle(&pki, &["ca"]);
     let volume = SecretVolume::new(&pki, "server");
@@ -503,11 +512,23 @@ async fn spiffe_principal_authenticates_awaiting_a_tenant_binding() {
     let server = start(&fixture, &pki, &volume.dir, &[]).await;
     assert_eq!(
         grpc_list(&server, &pki, Some("spiffe"), None).await,
-        Outcome::Listed(0)
+        Outcome::Listed(4)
     );
     let (ok, printed) = grpcurl(&server, &pki, "spiffe");
     assert!(ok, "grpcurl with the SPIFFE certificate: {printed}");
-    assert_eq!(curl(&server, &pki, Some("spiffe"), None), Ok(404));
+    assert_eq!(curl(&server, &pki, Some("spiffe"), None), Ok(200));
+    let (ok, printed) = grpcurl_call(&server, &pki, "spiffe", "WhoAmI");
+    assert!(ok, "WhoAmI: {printed}");
+    let whoami: serde_json::Value = serde_json::from_str(&printed).expect("JSON");
+    assert_eq!(whoami["user"], SPIFFE_ID, "{printed}");
+    let credential = &whoami["credentials"][0];
+    assert_eq!(credential["kind"], "CREDENTIAL_KIND_CLIENT_CERTIFICATE");
+    assert!(
+        credential["serial"].as_str().is_some_and(|s| !s.is_empty()),
+        "{printed}"
+    );
+    assert!(credential["expiresAt"].is_string(), "{printed}");
+    assert_eq!(whoami["visibleClusters"], 4, "{printed}");
     // Its SPIFFE ID is not the viewer: the viewer's key next to it is refused.
     assert_eq!(
         grpc_list(&server, &pki, Some("spiffe"), Some(VIEWER_KEY)).await,
