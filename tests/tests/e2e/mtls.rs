@@ -188,7 +188,11 @@ fn fixture() -> Fixture {
     let fixture = Fixture::matrix("seed").expect("fixture");
     let mut tenant = std::fs::read_to_string(fixture.tenant())
         .expect("tenant")
-        .replacen("users:\n", &format!("users:\n  - username: {SPIFFE_ID}\n"), 1);
+        .replacen(
+            "users:\n",
+            &format!("users:\n  - username: {SPIFFE_ID}\n"),
+            1,
+        );
     tenant.push_str(&format!(
         "  - team: cert-team\n    role: Cluster Viewer\n    project: platform\n\
          \x20 - user: {SPIFFE_ID}\n    role: Cluster Viewer\n    project: platform\n\
