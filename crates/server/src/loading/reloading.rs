@@ -4,8 +4,8 @@
 //! Each file is checked by `stat` every [`POLL`] (following symlinks, so a Kubernetes Secret or
 //! ConfigMap volume's `..data` swap counts, as does an editor's rename and cert-manager's or
 //! spiffe-helper's rewrite). When any of a group's files changed, the group is read again as a whole
-//! by its `load` function; a load that fails keeps the value in service and says why (once per
-//! change, not once per poll). A handful of `stat`s a second costs nothing next to the inventory
+//! by its `load` function, on the blocking pool; a load that fails keeps the value in service and says
+//! why (once per change, not once per poll). A handful of `stat`s a second costs nothing next to the inventory
 //! watch, and unlike inotify it cannot miss a swap of a directory it does not watch.
 
 use std::path::PathBuf;
@@ -48,9 +48,22 @@ impl Drop for Reloading {
     }
 }
 
+/// A load in flight, with the stamps of the files it reads.
+type Pending<T> = (
+    tokio::task::JoinHandle<Result<T, String>>,
+    Vec<Option<Stamp>>,
+);
+
+/// A load that has run this long is reported (once): its group is not re-read until it ends.
+const SLOW_LOAD: Duration = Duration::from_secs(10);
+
 /// Watches `paths` and, whenever one of them changes, calls `load` and puts what it returns in
 /// `current` (a failed load leaves `current` as it was and is logged with `what` and its error).
 /// `on_reload` runs after each successful swap (to count it, or to act on the new value).
+///
+/// `load` runs on the blocking pool, never on a runtime worker: a file that takes long to parse (a
+/// deeply nested document) or to read (a FIFO put in place of a file) delays only its own group's
+/// next version, never a call. One load per group runs at a time.
 pub fn spawn<T, L, R>(
     what: &'static str,
     paths: Vec<PathBuf>,
@@ -60,34 +73,62 @@ pub fn spawn<T, L, R>(
 ) -> Reloading
 where
     T: Send + Sync + 'static,
-    L: Fn() -> Result<T, String> + Send + 'static,
+    L: Fn() -> Result<T, String> + Send + Sync + 'static,
     R: Fn(&Arc<T>) + Send + 'static,
 {
     let mut stamps: Vec<Option<Stamp>> = paths.iter().map(|p| stamp_of(p)).collect();
+    let load = Arc::new(load);
     Reloading(tokio::spawn(async move {
         let mut failed_at: Option<Vec<Option<Stamp>>> = None;
+        let mut pending: Option<Pending<T>> = None;
+        let mut started = tokio::time::Instant::now();
+        let mut reported_slow = false;
         let mut interval = tokio::time::interval(POLL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
+            if let Some((handle, _)) = &pending
+                && !handle.is_finished()
+            {
+                if !reported_slow && started.elapsed() >= SLOW_LOAD {
+                    reported_slow = true;
+                    tracing::warn!(
+                        what,
+                        "reading the new version has taken over 10 s (a FIFO or a stalled file \
+                         system?); the version in service stays until it ends"
+                    );
+                }
+                continue;
+            }
+            if let Some((handle, at)) = pending.take() {
+                match handle.await {
+                    Ok(Ok(value)) => {
+                        let value = Arc::new(value);
+                        current.store(Arc::clone(&value));
+                        on_reload(&value);
+                        tracing::info!(what, "reloaded");
+                        stamps = at;
+                        failed_at = None;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(what, %error, "reload failed; keeping the version in service");
+                        failed_at = Some(at);
+                    }
+                    Err(error) => {
+                        tracing::error!(what, %error, "reload panicked; keeping the version in service");
+                        failed_at = Some(at);
+                    }
+                }
+                continue;
+            }
             let now: Vec<Option<Stamp>> = paths.iter().map(|p| stamp_of(p)).collect();
             if now == stamps || failed_at.as_ref() == Some(&now) {
                 continue;
             }
-            match load() {
-                Ok(value) => {
-                    let value = Arc::new(value);
-                    current.store(Arc::clone(&value));
-                    on_reload(&value);
-                    tracing::info!(what, "reloaded");
-                    stamps = now;
-                    failed_at = None;
-                }
-                Err(error) => {
-                    tracing::warn!(what, %error, "reload failed; keeping the version in service");
-                    failed_at = Some(now);
-                }
-            }
+            let load = Arc::clone(&load);
+            started = tokio::time::Instant::now();
+            reported_slow = false;
+            pending = Some((tokio::task::spawn_blocking(move || load()), now));
         }
     }))
 }
@@ -143,5 +184,43 @@ mod tests {
         std::fs::write(&next, "3").expect("write");
         std::fs::rename(&next, &path).expect("rename");
         assert!(settled(3).await, "a good file after a bad one is loaded");
+    }
+
+    /// A load that takes long (a deeply nested file, a FIFO) runs beside the runtime, not on it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_load_never_holds_the_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("value");
+        std::fs::write(&path, "1").expect("write");
+        let current = Arc::new(ArcSwap::from_pointee(1_u32));
+        let slow = || {
+            std::thread::sleep(Duration::from_secs(4));
+            Ok(2_u32)
+        };
+        let _reloading = spawn(
+            "value",
+            vec![path.clone()],
+            Arc::clone(&current),
+            slow,
+            |_| {},
+        );
+        std::fs::write(&path, "22").expect("write");
+        // The load starts within a poll or two; meanwhile this single-threaded runtime keeps
+        // running timers on time.
+        tokio::time::sleep(POLL * 2).await;
+        let started = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the runtime was held for {:?}",
+            started.elapsed()
+        );
+        for _ in 0..100 {
+            if **current.load() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the slow load's value never arrived");
     }
 }

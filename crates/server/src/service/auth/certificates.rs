@@ -80,6 +80,8 @@ pub enum Refusal {
     BadCharacters,
     /// The extensions do not parse.
     Malformed,
+    /// A subject CN that is a SPIFFE ID: SPIFFE identities come only from the URI SAN.
+    SpiffeCommonName,
 }
 
 impl std::fmt::Display for Refusal {
@@ -91,6 +93,9 @@ impl std::fmt::Display for Refusal {
             Refusal::SeveralNames => "it has several subject CNs",
             Refusal::BadCharacters => "a name or group has control or non-ASCII characters",
             Refusal::Malformed => "its extensions do not parse",
+            Refusal::SpiffeCommonName => {
+                "its subject CN is a SPIFFE ID; a SPIFFE ID is read only from the URI SAN"
+            }
         })
     }
 }
@@ -155,6 +160,12 @@ fn identity_from(
     let user = kubeconfig_policy::canonical_user(&names.next().ok_or(Refusal::NoName)?);
     if names.next().is_some() {
         return Err(Refusal::SeveralNames);
+    }
+    if user
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
+    {
+        return Err(Refusal::SpiffeCommonName);
     }
     let mut groups: Vec<String> = Vec::with_capacity(organizations.len());
     for group in organizations {
@@ -249,6 +260,16 @@ mod tests {
             identity_from(&[], strings(&["a", "b"]), Vec::new()),
             Err(Refusal::SeveralNames)
         );
+        for spiffe in [
+            "spiffe://acme.test/ns/prod/sa/admin",
+            "SPIFFE://acme.test/x",
+        ] {
+            assert_eq!(
+                identity_from(&[], strings(&[spiffe]), Vec::new()),
+                Err(Refusal::SpiffeCommonName),
+                "a SPIFFE ID comes only from the URI SAN"
+            );
+        }
     }
 
     #[test]

@@ -524,34 +524,33 @@ impl Issuers {
         Some(identity_of(&verified))
     }
 
-    /// A token names a key the issuer's set lacks: fetch again, unless a fetch happened less than
-    /// `--jwks-min-refresh-interval` ago (then return at once); wait for a fetch already in flight.
+    /// A token names a key the issuer's set lacks: fetch again and wait for it, unless a fetch
+    /// happened less than `--jwks-min-refresh-interval` ago or is in flight (then return at once).
     async fn refresh_for_unknown_key(&self, keys: &Arc<Keys>) {
         if !keys.refreshable() {
             return;
         }
-        match Arc::clone(&keys.gate).try_lock_owned() {
-            Ok(guard) => {
-                let recent = keys
-                    .state()
-                    .last_attempt
-                    .is_some_and(|at| at.elapsed() < self.settings.min_refresh_interval);
-                if recent {
-                    return;
-                }
-                let fetching = {
-                    let keys = Arc::clone(keys);
-                    let verified = self.verified.clone();
-                    tokio::spawn(async move {
-                        keys.refresh(&verified).await;
-                        drop(guard);
-                    })
-                };
-                let _ = tokio::time::timeout(FETCH_WAIT, fetching).await;
+        // When someone else's fetch is in flight, refuse at once rather than wait for it, so that
+        // tokens naming made-up keys cannot hold request slots while an issuer is slow or
+        // down (only the caller that started the fetch waits; a client with a genuinely new
+        // key retries and is served once the keys are in).
+        if let Ok(guard) = Arc::clone(&keys.gate).try_lock_owned() {
+            let recent = keys
+                .state()
+                .last_attempt
+                .is_some_and(|at| at.elapsed() < self.settings.min_refresh_interval);
+            if recent {
+                return;
             }
-            Err(_) => {
-                let _ = tokio::time::timeout(FETCH_WAIT, keys.gate.lock()).await;
-            }
+            let fetching = {
+                let keys = Arc::clone(keys);
+                let verified = self.verified.clone();
+                tokio::spawn(async move {
+                    keys.refresh(&verified).await;
+                    drop(guard);
+                })
+            };
+            let _ = tokio::time::timeout(FETCH_WAIT, fetching).await;
         }
     }
 
@@ -713,6 +712,11 @@ fn map_claims(
             .get("email_verified")
             .is_some_and(|v| v != &Value::Bool(true))
     {
+        return None;
+    }
+    // An `email` claim names an e-mail user or no one: a value with `:` or without `@` could name a
+    // service account or SPIFFE user through an identity provider that lets people set their address.
+    if username.claim == "email" && (value.contains(':') || !value.contains('@')) {
         return None;
     }
     let user = format!("{}{value}", username.prefix);

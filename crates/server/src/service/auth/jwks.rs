@@ -222,11 +222,21 @@ pub async fn fetch(
         };
         let discovery: Discovery = serde_json::from_slice(&document)
             .map_err(|e| fail(discovery_url, format!("not a discovery document: {e}")))?;
-        if discovery.issuer.as_deref().is_some_and(|i| i != issuer) {
-            return Err(fail(
-                discovery_url,
-                "the document names another issuer".to_owned(),
-            ));
+        // OpenID discovery requires `issuer`, equal to the issuer's URL (as kube-apiserver does).
+        match discovery.issuer.as_deref() {
+            Some(named) if named == issuer => {}
+            Some(_) => {
+                return Err(fail(
+                    discovery_url,
+                    "the document names another issuer".to_owned(),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    discovery_url,
+                    "the document names no issuer".to_owned(),
+                ));
+            }
         }
         let jwks = get(&discovery.jwks_uri, tls).await?;
         parse(&jwks).map_err(|e| fail(&discovery.jwks_uri, e.to_string()))

@@ -218,6 +218,17 @@ async fn an_email_names_the_caller_only_when_verified() {
         None
     );
     assert_eq!(verify(json!({})).await, None, "no email claim");
+    for not_an_email in [
+        "system:serviceaccount:prod:deployer",
+        "spiffe://acme.test/ns/prod/sa/admin",
+        "deployer",
+    ] {
+        assert_eq!(
+            verify(json!({"email": not_an_email})).await,
+            None,
+            "an email claim names e-mail users only: {not_an_email}"
+        );
+    }
 }
 
 #[tokio::test]
