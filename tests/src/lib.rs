@@ -133,6 +133,20 @@ fn wait_child(mut child: Child, timeout: Duration) -> anyhow::Result<Option<Exit
 }
 
 /// A free loopback port (bound, read, released).
+/// The grpcurl to run: `$GRPCURL`, else one on `PATH`, else the one `scripts/test.sh` installs in
+/// the virtualenv.
+pub fn grpcurl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("grpcurl"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| workspace_root().join(".venv/bin/grpcurl"))
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

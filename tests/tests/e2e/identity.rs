@@ -2,7 +2,6 @@
 //! disagree refused, and a watch stream or REST long-poll ending with UNAUTHENTICATED when the token it
 //! was opened with expires.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,23 +68,9 @@ async fn start() -> (Fixture, Server) {
     (fixture, server)
 }
 
-/// The grpcurl that `scripts/test.sh` installs in the virtualenv, or one on `PATH`.
-fn grpcurl() -> PathBuf {
-    let venv = workspace_root().join(".venv/bin/grpcurl");
-    if venv.exists() {
-        return venv;
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join("grpcurl"))
-        .find(|candidate| candidate.exists())
-        .expect("grpcurl is installed by scripts/test.sh")
-}
-
 /// `WhoAmI` through grpcurl with `headers`: its JSON answer, or the error text.
 fn grpcurl_whoami(server: &Server, headers: &[String]) -> Result<serde_json::Value, String> {
-    let mut command = Command::new(grpcurl());
+    let mut command = Command::new(kubeconfigd_e2e::grpcurl_binary());
     command.arg("-plaintext");
     for header in headers {
         command.args(["-H", header]);

@@ -355,20 +355,6 @@ fn curl(server: &Server, pki: &Pki, client: Option<&str>, key: Option<&str>) -> 
     }
 }
 
-/// The `grpcurl` binary: `GRPCURL`, then `PATH`, then the workspace's `.venv/bin`.
-fn grpcurl_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("GRPCURL") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("grpcurl"))
-            .find(|candidate| candidate.is_file())
-    });
-    let venv = kubeconfigd_e2e::workspace_root().join(".venv/bin/grpcurl");
-    on_path.unwrap_or(venv)
-}
-
 /// `grpcurl` `ListClusters` with `client`'s certificate: (success, what it printed).
 fn grpcurl(server: &Server, pki: &Pki, client: &str) -> (bool, String) {
     grpcurl_call(server, pki, client, "ListClusters")
@@ -376,7 +362,7 @@ fn grpcurl(server: &Server, pki: &Pki, client: &str) -> (bool, String) {
 
 /// `grpcurl` calling `method` of the service with `client`'s certificate: (success, what it printed).
 fn grpcurl_call(server: &Server, pki: &Pki, client: &str, method: &str) -> (bool, String) {
-    let output = Command::new(grpcurl_binary())
+    let output = Command::new(kubeconfigd_e2e::grpcurl_binary())
         .arg("-cacert")
         .arg(pki.path("ca.crt"))
         .arg("-cert")

@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 
 use super::configuration::{AuthenticationConfiguration, JwtAuthenticator, KeySource};
 use super::jwks::{self, KeySet};
-use super::tokens::{JwtVerifier, has_crit_header, lifetime_allowed, token_digest};
+use super::tokens::{JwtVerifier, has_crit_header, lifetime_allowed, still_valid, token_digest};
 use super::{CLOCK_SKEW_SECONDS, Identity, Method, Proof, now_seconds};
 use crate::reloading;
 
@@ -330,11 +330,7 @@ impl Verified {
     }
 
     fn valid_at(&self, now: u64, max_lifetime: u64) -> bool {
-        now.saturating_sub(CLOCK_SKEW_SECONDS) <= self.exp
-            && self
-                .nbf
-                .is_none_or(|nbf| nbf <= now.saturating_add(CLOCK_SKEW_SECONDS))
-            && lifetime_allowed(self.exp, self.iat, now, max_lifetime)
+        still_valid((self.exp, self.nbf, self.iat), now, max_lifetime)
     }
 }
 

@@ -102,15 +102,21 @@ impl VerifiedToken {
         u32::try_from(text + 128 + 24 * self.groups.len()).unwrap_or(u32::MAX)
     }
 
-    /// Whether the token is still valid at `now`, with the same skew as the first check, and may not
-    /// be used for longer than `max_lifetime` seconds from now.
     fn valid_at(&self, now: u64, max_lifetime: u64) -> bool {
-        now.saturating_sub(CLOCK_SKEW_SECONDS) <= self.exp
-            && self
-                .nbf
-                .is_none_or(|nbf| nbf <= now.saturating_add(CLOCK_SKEW_SECONDS))
-            && lifetime_allowed(self.exp, self.iat, now, max_lifetime)
+        still_valid((self.exp, self.nbf, self.iat), now, max_lifetime)
     }
+}
+
+/// Whether a remembered token (its `exp`, `nbf` and `iat`) is still valid at `now`, with the same
+/// skew as the first check, and may not be used for longer than `max_lifetime` seconds from now.
+pub(super) fn still_valid(
+    (exp, nbf, iat): (u64, Option<u64>, Option<u64>),
+    now: u64,
+    max_lifetime: u64,
+) -> bool {
+    now.saturating_sub(CLOCK_SKEW_SECONDS) <= exp
+        && nbf.is_none_or(|nbf| nbf <= now.saturating_add(CLOCK_SKEW_SECONDS))
+        && lifetime_allowed(exp, iat, now, max_lifetime)
 }
 
 impl std::fmt::Debug for JwtVerifier {
