@@ -12,7 +12,9 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubeconfig_policy::ApiKeyHash;
 use kubeconfigd::auth::configuration::AuthenticationConfiguration;
-use kubeconfigd::auth::{ApiKeys, Issuers, JwtVerifier, PeerCertificate, TokenSettings};
+use kubeconfigd::auth::{
+    ApiKeys, Credentials, Issuers, JwtVerifier, PeerCertificate, TokenSettings, authenticate,
+};
 use kubeconfigd::config::{JwtConfig, JwtKey};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -156,10 +158,10 @@ fn benches(c: &mut Criterion) {
         b.iter(|| PeerCertificate::from_der(black_box(der.as_ref())).expect("parses"))
     });
     let certificate = std::sync::Arc::new(PeerCertificate {
-        user: "spiffe://acme.test/ns/payments/sa/deployer".to_owned(),
-        groups: Vec::new(),
-        serial: "5e01".to_owned(),
-        issuer: "CN=ca".to_owned(),
+        user: "spiffe://acme.test/ns/payments/sa/deployer".into(),
+        groups: std::sync::Arc::from([]),
+        serial: "5e01".into(),
+        issuer: "CN=ca".into(),
         not_after: u64::MAX,
     });
     let now = kubeconfigd::auth::now_seconds();
@@ -167,6 +169,64 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             black_box(&certificate)
                 .identity_at(black_box(now))
+                .expect("valid")
+        })
+    });
+    group.finish();
+    whole_calls(c, &keys, &runtime, &certificate);
+}
+
+/// The whole of [`authenticate`] as a call runs it — the credential checked, then the caller built
+/// from it — for an API key (the baseline), a remembered token of each algorithm, and a client
+/// certificate: what a call pays for each way in.
+fn whole_calls(
+    c: &mut Criterion,
+    keys: &ApiKeys,
+    runtime: &tokio::runtime::Runtime,
+    certificate: &std::sync::Arc<PeerCertificate>,
+) {
+    let mut group = c.benchmark_group("call");
+    let api_key = Credentials {
+        api_key: Some("demo-viewer-key".to_owned()),
+        ..Credentials::default()
+    };
+    let issuers = issuers();
+    group.bench_function("api-key", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(authenticate(black_box(&api_key), keys, &issuers))
+                .expect("valid")
+        })
+    });
+    let rs256 = EncodingKey::from_rsa_pem(&fixture("rs256.key")).expect("rs256 key");
+    let es256 = EncodingKey::from_ec_pem(&fixture("es256.key")).expect("es256 key");
+    let ed = EncodingKey::from_ed_pem(&fixture("ed25519.key")).expect("ed25519 key");
+    for (name, algorithm, key) in [
+        ("rs256", Algorithm::RS256, &rs256),
+        ("es256", Algorithm::ES256, &es256),
+        ("eddsa", Algorithm::EdDSA, &ed),
+    ] {
+        let bearer = Credentials {
+            bearer: Some(token_with_kid(algorithm, key, Some(name))),
+            ..Credentials::default()
+        };
+        runtime
+            .block_on(authenticate(&bearer, keys, &issuers))
+            .expect("valid");
+        group.bench_function(format!("token-{name}-seen-before"), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(authenticate(black_box(&bearer), keys, &issuers))
+                    .expect("valid")
+            })
+        });
+    }
+    let certified =
+        Credentials::default().with_certificate(Some(std::sync::Arc::clone(certificate)));
+    group.bench_function("client-certificate", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(authenticate(black_box(&certified), keys, &issuers))
                 .expect("valid")
         })
     });

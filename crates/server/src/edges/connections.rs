@@ -912,10 +912,10 @@ impl Handshake for Tls {
                 // no certificate at all.
                 tracing::warn!(%error, "client certificate unreadable: the connection's calls are refused");
                 Some(Arc::new(PeerCertificate {
-                    user: String::new(),
-                    groups: Vec::new(),
-                    serial: String::new(),
-                    issuer: String::new(),
+                    user: Arc::from(""),
+                    groups: Arc::from([]),
+                    serial: Arc::from(""),
+                    issuer: Arc::from(""),
                     not_after: 0,
                 }))
             }

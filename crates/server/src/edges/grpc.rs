@@ -520,12 +520,10 @@ fn whoami_message(whoami: &crate::core::Whoami) -> pb::WhoAmIResponse {
         .map(|proof| {
             let (kind, issuer, serial) = match &proof.method {
                 Method::ApiKey => (pb::CredentialKind::ApiKey, "", ""),
-                Method::Token { issuer } => (pb::CredentialKind::Token, issuer.as_str(), ""),
-                Method::Certificate { serial, issuer } => (
-                    pb::CredentialKind::ClientCertificate,
-                    issuer.as_str(),
-                    serial.as_str(),
-                ),
+                Method::Token { issuer } => (pb::CredentialKind::Token, &**issuer, ""),
+                Method::Certificate { serial, issuer } => {
+                    (pb::CredentialKind::ClientCertificate, &**issuer, &**serial)
+                }
             };
             pb::CallerCredential {
                 kind: kind.into(),
@@ -537,7 +535,7 @@ fn whoami_message(whoami: &crate::core::Whoami) -> pb::WhoAmIResponse {
         .collect();
     pb::WhoAmIResponse {
         user: caller.user.clone(),
-        groups: caller.groups.clone(),
+        groups: caller.groups.to_vec(),
         teams: whoami.teams.clone(),
         credentials,
         expires_at: caller.expires_at().map(timestamp),

@@ -394,12 +394,10 @@ impl<'a> WhoamiBody<'a> {
                 .map(|proof| {
                     let (kind, issuer, serial) = match &proof.method {
                         Method::ApiKey => ("CREDENTIAL_KIND_API_KEY", "", ""),
-                        Method::Token { issuer } => ("CREDENTIAL_KIND_TOKEN", issuer.as_str(), ""),
-                        Method::Certificate { serial, issuer } => (
-                            "CREDENTIAL_KIND_CLIENT_CERTIFICATE",
-                            issuer.as_str(),
-                            serial.as_str(),
-                        ),
+                        Method::Token { issuer } => ("CREDENTIAL_KIND_TOKEN", &**issuer, ""),
+                        Method::Certificate { serial, issuer } => {
+                            ("CREDENTIAL_KIND_CLIENT_CERTIFICATE", &**issuer, &**serial)
+                        }
                     };
                     CallerCredentialBody {
                         kind,

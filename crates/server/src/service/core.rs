@@ -849,7 +849,7 @@ impl Core {
     ) -> bool {
         let holder = Caller {
             user: entry.issued_to.clone(),
-            groups: entry.issued_groups.clone(),
+            groups: entry.issued_groups.clone().into(),
             project: None,
             proofs: Vec::new(),
         };

@@ -5,6 +5,8 @@
 //! only checks that it has not expired since, so a long-lived connection stops authenticating when
 //! its certificate does.
 
+use std::sync::Arc;
+
 use super::{Identity, Method, Proof};
 
 /// What a verified client certificate says. Read once per connection, at the handshake.
@@ -13,12 +15,12 @@ pub struct PeerCertificate {
     /// The user it names; empty when it names none that can be used (no CN and no SPIFFE ID, a
     /// malformed SPIFFE ID, several URI SANs next to one, or names with control or non-ASCII
     /// characters): such a certificate never authenticates, whatever else the call presents.
-    pub user: String,
-    pub groups: Vec<String>,
+    pub user: Arc<str>,
+    pub groups: Arc<[String]>,
     /// Serial number, lowercase hex.
-    pub serial: String,
+    pub serial: Arc<str>,
     /// The issuer's subject, as text.
-    pub issuer: String,
+    pub issuer: Arc<str>,
     /// `notAfter`, seconds since the epoch.
     pub not_after: u64,
 }
@@ -27,12 +29,12 @@ impl PeerCertificate {
     /// The identity it proves at `now`, or `None` once it has expired (or when it names no one).
     pub fn identity_at(&self, now: u64) -> Option<Identity> {
         (now <= self.not_after && !self.user.is_empty()).then(|| Identity {
-            user: self.user.clone(),
-            groups: self.groups.clone(),
+            user: Arc::clone(&self.user),
+            groups: Arc::clone(&self.groups),
             proof: Proof {
                 method: Method::Certificate {
-                    serial: self.serial.clone(),
-                    issuer: self.issuer.clone(),
+                    serial: Arc::clone(&self.serial),
+                    issuer: Arc::clone(&self.issuer),
                 },
                 expires_at: Some(self.not_after),
             },
@@ -54,10 +56,10 @@ impl PeerCertificate {
         };
         Ok((
             PeerCertificate {
-                user,
-                groups,
-                serial,
-                issuer,
+                user: user.into(),
+                groups: groups.into(),
+                serial: serial.into(),
+                issuer: issuer.into(),
                 not_after,
             },
             refusal,
@@ -331,7 +333,7 @@ mod tests {
     fn a_certificate_naming_no_one_or_expired_never_authenticates() {
         let certificate = PeerCertificate {
             user: "alice@acme.test".into(),
-            groups: strings(&["ops"]),
+            groups: strings(&["ops"]).into(),
             serial: "1f".into(),
             issuer: "CN=ca".into(),
             not_after: 1000,
@@ -339,11 +341,11 @@ mod tests {
         let identity = certificate
             .identity_at(1000)
             .expect("valid until not_after");
-        assert_eq!(identity.groups, ["ops"]);
+        assert_eq!(*identity.groups, ["ops"]);
         assert_eq!(identity.proof.expires_at, Some(1000));
         assert!(certificate.identity_at(1001).is_none(), "expired");
         let nameless = PeerCertificate {
-            user: String::new(),
+            user: Arc::from(""),
             ..certificate
         };
         assert!(nameless.identity_at(0).is_none());

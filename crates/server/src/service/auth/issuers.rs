@@ -11,7 +11,7 @@
 //! tokens; it is said in `/readyz`'s text (the server stays ready: everything else is served), in the
 //! log and in the metrics.
 //!
-//! A verified token is remembered by its SHA-256 (as [`super::tokens`] does) together with the entry
+//! A verified token is remembered by its bytes ([`super::remembered`]) together with the entry
 //! and the key that verified it: when the configuration is reloaded, or the key leaves the issuer's
 //! set, the remembered answer is no longer used (and the cache entries of a removed key are dropped).
 
@@ -28,7 +28,8 @@ use serde_json::{Map, Value};
 
 use super::configuration::{AuthenticationConfiguration, JwtAuthenticator, KeySource};
 use super::jwks::{self, KeySet};
-use super::tokens::{JwtVerifier, has_crit_header, lifetime_allowed, still_valid, token_digest};
+use super::remembered::{Recalled, Remembered, Weighed};
+use super::tokens::{JwtVerifier, has_crit_header, lifetime_allowed, still_valid};
 use super::{CLOCK_SKEW_SECONDS, Identity, Method, Proof, now_seconds};
 use crate::reloading;
 
@@ -194,9 +195,9 @@ impl Keys {
                 if !removed.is_empty() {
                     tracing::info!(issuer = %self.issuer, removed = removed.len(), "issuer keys removed; tokens they verified are refused");
                     let issuer = self.issuer.clone();
-                    let _ = verified.invalidate_entries_if(move |_, token| {
-                        token.issuer.config.issuer.url == issuer
-                            && removed.contains(&token.key_serial)
+                    verified.retain(|token| {
+                        token.issuer.config.issuer.url != issuer
+                            || !removed.contains(&token.key_serial)
                     });
                 }
             }
@@ -259,6 +260,8 @@ fn read_jwks_file(path: &std::path::Path) -> Result<Vec<jsonwebtoken::jwk::Jwk>,
 #[derive(Debug)]
 struct Issuer {
     config: JwtAuthenticator,
+    /// `config.issuer.url`, shared with every identity it proves.
+    url: Arc<str>,
     keys: Arc<Keys>,
 }
 
@@ -303,6 +306,7 @@ impl Table {
                 })?),
             };
             issuers.push(Arc::new(Issuer {
+                url: Arc::from(entry.issuer.url.as_str()),
                 config: entry.clone(),
                 keys,
             }));
@@ -316,25 +320,27 @@ impl Table {
 struct Verified {
     issuer: Arc<Issuer>,
     key_serial: u64,
-    user: String,
-    groups: Vec<String>,
+    user: Arc<str>,
+    groups: Arc<[String]>,
     exp: u64,
     nbf: Option<u64>,
     iat: Option<u64>,
 }
 
-impl Verified {
-    fn weight(&self) -> u32 {
+impl Weighed for Verified {
+    fn weight(&self) -> u64 {
         let text = self.user.len() + self.groups.iter().map(String::len).sum::<usize>();
-        u32::try_from(text + 160 + 24 * self.groups.len()).unwrap_or(u32::MAX)
+        (text + 160 + 24 * self.groups.len()) as u64
     }
+}
 
+impl Verified {
     fn valid_at(&self, now: u64, max_lifetime: u64) -> bool {
         still_valid((self.exp, self.nbf, self.iat), now, max_lifetime)
     }
 }
 
-type VerifiedCache = moka::sync::Cache<[u8; 32], Arc<Verified>>;
+type VerifiedCache = Remembered<Verified>;
 
 /// Every issuer whose tokens are accepted.
 pub struct Issuers {
@@ -379,11 +385,7 @@ impl Issuers {
             legacy,
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
             settings: TokenSettings::default(),
-            verified: moka::sync::Cache::builder()
-                .weigher(|_, token: &Arc<Verified>| token.weight())
-                .max_capacity(VERIFIED_TOKEN_BYTES)
-                .support_invalidation_closures()
-                .build(),
+            verified: Remembered::new(VERIFIED_TOKEN_BYTES),
         }
     }
 
@@ -467,25 +469,43 @@ impl Issuers {
         }
     }
 
+    /// What is known of `token` at `now` without checking a signature: who it names, when it was
+    /// verified (by a configured issuer or the `--jwt-*` one) and is still valid — its entry still
+    /// configured, its key still in the issuer's set.
+    pub fn recall(&self, token: &str, now: u64) -> Recalled {
+        let Some(known) = self.verified.get(token) else {
+            return match &self.legacy {
+                Some(legacy) => legacy.recall(token, now),
+                None => Recalled::Unknown,
+            };
+        };
+        let current = self
+            .table
+            .load()
+            .issuers
+            .iter()
+            .any(|i| Arc::ptr_eq(i, &known.issuer))
+            && known.issuer.keys.current.load().holds(known.key_serial);
+        if current && known.valid_at(now, self.settings.max_lifetime.as_secs()) {
+            return Recalled::Known(identity_of(&known));
+        }
+        self.verified.forget(token);
+        if current {
+            // Expired, or beyond the lifetime allowed from now: nothing to check again.
+            Recalled::Refused
+        } else {
+            // Its entry was reloaded or its key replaced: the token may verify anew.
+            Recalled::Unknown
+        }
+    }
+
     /// Who a valid token names, or `None`.
     pub async fn verify(&self, token: &str) -> Option<Identity> {
-        let digest = token_digest(token);
-        let now = now_seconds();
         let max_lifetime = self.settings.max_lifetime.as_secs();
-        if let Some(known) = self.verified.get(&digest) {
-            let table = self.table.load();
-            let current = table
-                .get(&known.issuer.config.issuer.url)
-                .is_some_and(|i| Arc::ptr_eq(i, &known.issuer))
-                && known.issuer.keys.current.load().holds(known.key_serial);
-            if current && known.valid_at(now, max_lifetime) {
-                return Some(identity_of(&known));
-            }
-            self.verified.invalidate(&digest);
-            if current {
-                // Expired, or beyond the lifetime allowed from now: nothing to check again.
-                return None;
-            }
+        match self.recall(token, now_seconds()) {
+            Recalled::Known(identity) => return Some(identity),
+            Recalled::Refused => return None,
+            Recalled::Unknown => {}
         }
         // A remembered token is the same bytes as one that passed this check.
         if has_crit_header(token) {
@@ -515,7 +535,7 @@ impl Issuers {
             .find_map(|key| check(&issuer, key, header.alg, token, now_seconds(), max_lifetime))?;
         let verified = Arc::new(verified);
         if reusable {
-            self.verified.insert(digest, Arc::clone(&verified));
+            self.verified.insert(token, Arc::clone(&verified));
         }
         Some(identity_of(&verified))
     }
@@ -612,11 +632,11 @@ fn label(value: &str) -> String {
 
 fn identity_of(verified: &Verified) -> Identity {
     Identity {
-        user: verified.user.clone(),
-        groups: verified.groups.clone(),
+        user: Arc::clone(&verified.user),
+        groups: Arc::clone(&verified.groups),
         proof: Proof {
             method: Method::Token {
-                issuer: verified.issuer.config.issuer.url.clone(),
+                issuer: Arc::clone(&verified.issuer.url),
             },
             expires_at: Some(verified.exp),
         },
@@ -676,8 +696,8 @@ fn check(
         Verified {
             issuer: Arc::clone(issuer),
             key_serial: key.serial,
-            user,
-            groups,
+            user: user.into(),
+            groups: groups.into(),
             exp,
             nbf,
             iat,

@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod configuration;
 pub mod issuers;
 pub mod jwks;
+mod remembered;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub use certificates::PeerCertificate;
 pub use issuers::{Background, Issuers, TokenSettings};
+pub use remembered::Recalled;
 pub use tokens::{CLOCK_SKEW_SECONDS, JwtVerifier};
 
 use crate::error::CoreError;
@@ -91,9 +93,9 @@ pub enum Method {
     /// An API key from the tenant file.
     ApiKey,
     /// A bearer token signed by this issuer (its `iss`).
-    Token { issuer: String },
+    Token { issuer: Arc<str> },
     /// A client certificate, by its serial number (hex) and issuer's subject.
-    Certificate { serial: String, issuer: String },
+    Certificate { serial: Arc<str>, issuer: Arc<str> },
 }
 
 /// One verified credential of a caller.
@@ -104,14 +106,15 @@ pub struct Proof {
     pub expires_at: Option<u64>,
 }
 
-/// Who a verified token or certificate says its holder is.
+/// Who a verified credential says its holder is. Shared, not copied, from what remembers it (a
+/// verified token, a connection's certificate, the tenant's keys): a call clones pointers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The user name: an e-mail, a Kubernetes user such as `system:serviceaccount:ns:name`, or a
     /// SPIFFE ID (already prefixed as the issuer's claim mapping says).
-    pub user: String,
+    pub user: Arc<str>,
     /// Groups (teams) the credential asserts.
-    pub groups: Vec<String>,
+    pub groups: Arc<[String]>,
     pub proof: Proof,
 }
 
@@ -121,7 +124,7 @@ pub struct Caller {
     /// The user name (e-mails lowercased).
     pub user: String,
     /// Teams from the credentials (file teams are added by the tenant).
-    pub groups: Vec<String>,
+    pub groups: Arc<[String]>,
     /// The project the call is narrowed to, if any.
     pub project: Option<String>,
     /// Every credential that proved the caller, in the order API key, token, certificate.
@@ -154,7 +157,7 @@ pub fn now_seconds() -> u64 {
 /// bucket.
 #[derive(Debug, Default)]
 pub struct ApiKeys {
-    users: std::collections::HashMap<ApiKeyHash, String, foldhash::fast::RandomState>,
+    users: std::collections::HashMap<ApiKeyHash, Arc<str>, foldhash::fast::RandomState>,
 }
 
 impl ApiKeys {
@@ -162,15 +165,15 @@ impl ApiKeys {
     pub fn new(keys: impl IntoIterator<Item = (ApiKeyHash, String)>) -> Self {
         let mut users = std::collections::HashMap::default();
         for (hash, user) in keys {
-            users.entry(hash).or_insert(user);
+            users.entry(hash).or_insert_with(|| Arc::from(user));
         }
         ApiKeys { users }
     }
 
     /// The user a presented key belongs to.
-    pub fn user_of(&self, key: &str) -> Option<&str> {
+    pub fn user_of(&self, key: &str) -> Option<&Arc<str>> {
         let presented = ApiKeyHash::from_digest(Sha256::digest(key.as_bytes()).into());
-        self.users.get(&presented).map(String::as_str)
+        self.users.get(&presented)
     }
 }
 
@@ -186,8 +189,8 @@ pub async fn authenticate(
     if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
         let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
         identities.push(Identity {
-            user: user.to_owned(),
-            groups: Vec::new(),
+            user: Arc::clone(user),
+            groups: Arc::from([]),
             proof: Proof {
                 method: Method::ApiKey,
                 expires_at: None,
@@ -195,11 +198,14 @@ pub async fn authenticate(
         });
     }
     if let Some(token) = credentials.bearer.as_deref() {
-        let identity = issuers
-            .verify(token)
-            .await
-            .ok_or_else(CoreError::unauthenticated)?;
-        identities.push(identity);
+        let identity = match issuers.recall(token, now) {
+            Recalled::Known(identity) => Some(identity),
+            Recalled::Refused => None,
+            // Boxed: the first sight of a token (a signature check, perhaps a key fetch) is rare,
+            // and its future would otherwise enlarge every call's.
+            Recalled::Unknown => Box::pin(issuers.verify(token)).await,
+        };
+        identities.push(identity.ok_or_else(CoreError::unauthenticated)?);
     }
     if let Some(certificate) = &credentials.certificate {
         identities.push(
@@ -217,31 +223,34 @@ pub async fn authenticate(
 /// [`kubeconfig_policy::user_name_problem`]). Names are compared in their canonical form (e-mails
 /// lowercased, other names exactly).
 fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Caller, CoreError> {
-    let mut identities = identities.into_iter().map(|mut identity| {
+    let mut identities = identities.into_iter().map(|identity| {
         if kubeconfig_policy::user_name_problem(&identity.user).is_some() {
             tracing::debug!("refused: a credential names a user no tenant file can list");
             return Err(CoreError::unauthenticated());
         }
-        identity.user = kubeconfig_policy::canonical_user(&identity.user);
-        Ok(identity)
+        Ok((kubeconfig_policy::canonical_user(&identity.user), identity))
     });
-    let first = identities.next().ok_or_else(CoreError::unauthenticated)??;
+    let (user, first) = identities.next().ok_or_else(CoreError::unauthenticated)??;
     let mut caller = Caller {
-        user: first.user,
+        user,
         groups: first.groups,
         project,
         proofs: vec![first.proof],
     };
     for identity in identities {
-        let identity = identity?;
-        if identity.user != caller.user {
+        let (user, identity) = identity?;
+        if user != caller.user {
             tracing::debug!("refused: the credentials presented name different users");
             return Err(CoreError::unauthenticated());
         }
-        for group in identity.groups {
-            if !caller.groups.contains(&group) {
-                caller.groups.push(group);
+        if identity.groups.iter().any(|g| !caller.groups.contains(g)) {
+            let mut groups = caller.groups.to_vec();
+            for group in identity.groups.iter() {
+                if !groups.contains(group) {
+                    groups.push(group.clone());
+                }
             }
+            caller.groups = groups.into();
         }
         caller.proofs.push(identity.proof);
     }
@@ -273,8 +282,8 @@ mod tests {
 
     #[test]
     fn api_key_matches_only_its_hash() {
-        assert_eq!(keys().user_of("right-key"), Some("a@x.test"));
-        assert_eq!(keys().user_of("other-key"), Some("b@x.test"));
+        assert_eq!(keys().user_of("right-key").map(|u| &**u), Some("a@x.test"));
+        assert_eq!(keys().user_of("other-key").map(|u| &**u), Some("b@x.test"));
         assert_eq!(keys().user_of("wrong-key"), None);
         assert_eq!(keys().user_of(""), None);
         let creds = Credentials {
@@ -337,7 +346,7 @@ mod tests {
 
     fn identity(user: &str, groups: &[&str], method: Method, expires_at: Option<u64>) -> Identity {
         Identity {
-            user: user.to_owned(),
+            user: user.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             proof: Proof { method, expires_at },
         }
@@ -364,7 +373,7 @@ mod tests {
             Some(1000),
         );
         let caller = caller_of(vec![key.clone(), token, certificate], None).expect("agree");
-        assert_eq!(caller.groups, ["ops", "dev"]);
+        assert_eq!(*caller.groups, ["ops", "dev"]);
         assert_eq!(caller.proofs.len(), 3);
         assert_eq!(caller.expires_at(), Some(1000));
         let other = identity(

@@ -4,16 +4,17 @@
 //! is accepted, so `alg: none` and HS/RS confusion fail. `--jwt-max-lifetime` bounds how long a token can still be used, measured from now (`exp -
 //! now`), whatever its `iat` claims; an `iat` in the future (beyond the skew) or after `exp` is refused.
 //! Signatures are checked with aws-lc (`jsonwebtoken`'s `aws_lc_rs` backend: 5–9× faster than
-//! its pure-Rust one here), and a verified token is remembered by its SHA-256 until it expires
-//! ([`JwtVerifier`]): even so, checking a signature costs a call several times what the rest of a
+//! its pure-Rust one here), and a verified token is remembered by its bytes until it expires
+//! ([`super::remembered`]): even so, checking a signature costs a call several times what the rest of a
 //! cached download does.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use super::remembered::{Recalled, Remembered, Weighed};
 use super::{Identity, Method, Proof, now_seconds};
 use crate::config::{JwtConfig, JwtKey};
 
@@ -57,18 +58,15 @@ pub(super) fn has_crit_header(token: &str) -> bool {
 
 /// Verifies bearer tokens.
 pub struct JwtVerifier {
-    issuer: String,
+    issuer: Arc<str>,
     key: DecodingKey,
     validation: Validation,
     max_lifetime_seconds: u64,
-    /// Tokens that passed every check, by the SHA-256 of the token: a caller presents the same token
-    /// on every call for its lifetime, and checking its signature again (ES256 about 50 µs, RS256
-    /// about 22 µs) costs a call more than the rest of it. A hit is the same
-    /// bytes as a token that was fully verified, so only time can change the answer: its `exp` and
-    /// `nbf` are checked again on every use, and so is the lifetime left (`exp - now`, which only
-    /// shrinks unless the clock steps back). Only tokens that verified are kept, so a caller without
-    /// a valid token cannot fill it; it is bounded all the same.
-    verified: moka::sync::Cache<[u8; 32], std::sync::Arc<VerifiedToken>>,
+    /// Tokens that passed every check ([`Remembered`]). A hit is the same bytes as a token that was
+    /// fully verified, so only time can change the answer: its `exp` and `nbf` are checked again on
+    /// every use, and so is the lifetime left (`exp - now`, which only shrinks unless the clock steps
+    /// back).
+    verified: Remembered<VerifiedToken>,
 }
 
 /// How many bytes of verified tokens (their user and groups, plus a fixed overhead each) are remembered:
@@ -78,8 +76,8 @@ const VERIFIED_TOKEN_BYTES: u64 = 16 * 1024 * 1024;
 /// A token that passed every check, with the times that bound its reuse.
 #[derive(Debug)]
 struct VerifiedToken {
-    user: String,
-    groups: Vec<String>,
+    user: Arc<str>,
+    groups: Arc<[String]>,
     exp: u64,
     nbf: Option<u64>,
     iat: Option<u64>,
@@ -95,13 +93,14 @@ pub(super) fn lifetime_allowed(exp: u64, iat: Option<u64>, now: u64, max_lifetim
     iat_plausible && exp.saturating_sub(now) <= max_lifetime.saturating_add(CLOCK_SKEW_SECONDS)
 }
 
-impl VerifiedToken {
-    /// Its share of [`VERIFIED_TOKEN_BYTES`].
-    fn weight(&self) -> u32 {
+impl Weighed for VerifiedToken {
+    fn weight(&self) -> u64 {
         let text = self.user.len() + self.groups.iter().map(String::len).sum::<usize>();
-        u32::try_from(text + 128 + 24 * self.groups.len()).unwrap_or(u32::MAX)
+        (text + 128 + 24 * self.groups.len()) as u64
     }
+}
 
+impl VerifiedToken {
     fn valid_at(&self, now: u64, max_lifetime: u64) -> bool {
         still_valid((self.exp, self.nbf, self.iat), now, max_lifetime)
     }
@@ -151,14 +150,11 @@ impl JwtVerifier {
         validation.required_spec_claims =
             HashSet::from(["exp".to_owned(), "iss".to_owned(), "aud".to_owned()]);
         Ok(JwtVerifier {
-            issuer: config.issuer.clone(),
+            issuer: Arc::from(config.issuer.as_str()),
             key,
             validation,
             max_lifetime_seconds: config.max_lifetime.as_secs(),
-            verified: moka::sync::Cache::builder()
-                .weigher(|_, token: &std::sync::Arc<VerifiedToken>| token.weight())
-                .max_capacity(VERIFIED_TOKEN_BYTES)
-                .build(),
+            verified: Remembered::new(VERIFIED_TOKEN_BYTES),
         })
     }
 
@@ -172,36 +168,49 @@ impl JwtVerifier {
         self.verify_at(token, now_seconds())
     }
 
+    /// What is known of `token` at `now` without checking its signature: who it names, if it was
+    /// verified and is still valid.
+    pub fn recall(&self, token: &str, now: u64) -> Recalled {
+        match self.verified.get(token) {
+            Some(known) if known.valid_at(now, self.max_lifetime_seconds) => {
+                Recalled::Known(self.identity(&known))
+            }
+            Some(_) => {
+                self.verified.forget(token);
+                Recalled::Refused
+            }
+            None => Recalled::Unknown,
+        }
+    }
+
     /// [`JwtVerifier::verify`] at `now` for a token verified before (a token seen for the first time
     /// is checked against the system clock).
     fn verify_at(&self, token: &str, now: u64) -> Option<Identity> {
-        let digest = token_digest(token);
-        let known = match self.verified.get(&digest) {
-            Some(known) if known.valid_at(now, self.max_lifetime_seconds) => known,
-            Some(_) => {
-                self.verified.invalidate(&digest);
-                return None;
-            }
-            None => {
+        match self.recall(token, now) {
+            Recalled::Known(identity) => Some(identity),
+            Recalled::Refused => None,
+            Recalled::Unknown => {
                 let (verified, reusable) = self.verify_signed(token, now_seconds())?;
-                let verified = std::sync::Arc::new(verified);
+                let verified = Arc::new(verified);
                 if reusable {
-                    self.verified
-                        .insert(digest, std::sync::Arc::clone(&verified));
+                    self.verified.insert(token, Arc::clone(&verified));
                 }
-                verified
+                Some(self.identity(&verified))
             }
-        };
-        Some(Identity {
-            user: known.user.clone(),
-            groups: known.groups.clone(),
+        }
+    }
+
+    fn identity(&self, verified: &VerifiedToken) -> Identity {
+        Identity {
+            user: Arc::clone(&verified.user),
+            groups: Arc::clone(&verified.groups),
             proof: Proof {
                 method: Method::Token {
-                    issuer: self.issuer.clone(),
+                    issuer: Arc::clone(&self.issuer),
                 },
-                expires_at: Some(known.exp),
+                expires_at: Some(verified.exp),
             },
-        })
+        }
     }
 
     /// Every check of a token, signature included; with whether it may be reused (not when its `nbf`
@@ -229,19 +238,14 @@ impl JwtVerifier {
         let nbf = claims.nbf.as_ref().and_then(serde_json::Value::as_u64);
         let reusable = claims.nbf.is_none() || nbf.is_some();
         let verified = VerifiedToken {
-            user: kubeconfig_policy::canonical_user(&user),
-            groups: claims.groups,
+            user: kubeconfig_policy::canonical_user(&user).into(),
+            groups: claims.groups.into(),
             exp: claims.exp,
             nbf,
             iat: claims.iat,
         };
         Some((verified, reusable))
     }
-}
-
-/// The key a verified token is remembered by.
-pub(super) fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -283,7 +287,7 @@ mod tests {
     }
 
     fn remembered(verifier: &JwtVerifier, token: &str) -> bool {
-        verifier.verified.contains_key(&token_digest(token))
+        verifier.verified.contains(token)
     }
 
     #[test]
@@ -292,7 +296,8 @@ mod tests {
         let now = now_seconds();
         let token = token(now, serde_json::json!({ "nbf": now - 10 }));
         let caller = Some(("kate@x.test".to_owned(), vec!["ops".to_owned()]));
-        let who = |identity: Option<Identity>| identity.map(|i| (i.user, i.groups));
+        let who =
+            |identity: Option<Identity>| identity.map(|i| (i.user.to_string(), i.groups.to_vec()));
         assert_eq!(who(verifier.verify_at(&token, now)), caller);
         assert!(remembered(&verifier, &token));
         // Reused (the clock passed here is not the one the signature check would read)...

@@ -100,14 +100,9 @@ async fn each_key_type_verifies_its_algorithm_and_maps_the_claims() {
     ] {
         let token = sign(alg, Some(kid), json!({}));
         let identity = issuers.verify(&token).await.expect("verified");
-        assert_eq!(identity.user, "system:serviceaccount:ci:deployer");
-        assert_eq!(identity.groups, ["one:ops", "one:dev"]);
-        assert_eq!(
-            identity.proof.method,
-            Method::Token {
-                issuer: URL.to_owned()
-            }
-        );
+        assert_eq!(&*identity.user, "system:serviceaccount:ci:deployer");
+        assert_eq!(*identity.groups, ["one:ops", "one:dev"]);
+        assert_eq!(identity.proof.method, Method::Token { issuer: URL.into() });
         // Without a `kid`, the keys of the right type are tried.
         assert!(issuers.verify(&sign(alg, None, json!({}))).await.is_some());
     }
@@ -185,7 +180,7 @@ async fn issuer_audience_rules_and_claims_are_checked() {
     );
     // A group claim may be one string.
     let identity = verify(json!({"groups": "ops"})).await.expect("verified");
-    assert_eq!(identity.groups, ["one:ops"]);
+    assert_eq!(*identity.groups, ["one:ops"]);
 }
 
 #[tokio::test]
@@ -249,14 +244,13 @@ async fn a_remembered_token_is_refused_once_its_key_leaves_the_set() {
     let other = sign(Algorithm::EdDSA, Some("ed"), json!({}));
     assert!(issuers.verify(&token).await.is_some());
     assert!(issuers.verify(&other).await.is_some());
-    assert!(issuers.verified.contains_key(&token_digest(&token)));
+    assert!(issuers.verified.contains(&token));
     // The issuer drops the key: the remembered token goes, the other key's stays.
     write(&[jwk(Algorithm::EdDSA, "ed")]);
     let keys = Arc::clone(&issuers.table.load().issuers[0].keys);
     keys.refresh(&issuers.verified).await;
-    issuers.verified.run_pending_tasks();
-    assert!(!issuers.verified.contains_key(&token_digest(&token)));
-    assert!(issuers.verified.contains_key(&token_digest(&other)));
+    assert!(!issuers.verified.contains(&token));
+    assert!(issuers.verified.contains(&other));
     assert_eq!(issuers.verify(&token).await, None);
     assert!(issuers.verify(&other).await.is_some());
 }
