@@ -163,6 +163,7 @@ fn benches(c: &mut Criterion) {
         serial: "5e01".into(),
         issuer: "CN=ca".into(),
         not_after: u64::MAX,
+        rechecked: None,
     });
     let now = kubeconfigd::auth::now_seconds();
     group.bench_function("client-certificate-per-call", |b| {

@@ -151,7 +151,7 @@ pub async fn run(
         &mut tasks,
         router,
         listeners.grpc,
-        config.tls.as_ref().map(tls::ServerTls::current),
+        config.tls.as_ref().map(tls::ServerTls::handshake),
         &limits,
         slots.clone(),
         stopped(stop_rx.clone()),
@@ -162,7 +162,7 @@ pub async fn run(
             &mut tasks,
             router,
             listener,
-            config.tls.as_ref().map(tls::ServerTls::current),
+            config.tls.as_ref().map(tls::ServerTls::handshake),
             &limits,
             slots,
             stopped(stop_rx.clone()),
@@ -367,7 +367,7 @@ fn spawn_grpc(
     tasks: &mut Tasks,
     router: GrpcRouter,
     listener: TcpListener,
-    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    tls: Option<connections::Tls>,
     limits: &connections::Limits,
     slots: connections::Slots,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -390,7 +390,7 @@ fn spawn_grpc(
         Some(tls) => {
             let incoming = connections::stream(connections::accept(
                 listener,
-                connections::Tls(tls),
+                tls,
                 limits,
                 slots,
             ));
@@ -408,7 +408,7 @@ fn spawn_http(
     tasks: &mut Tasks,
     router: axum::Router,
     listener: TcpListener,
-    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    tls: Option<connections::Tls>,
     limits: &connections::Limits,
     slots: connections::Slots,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -423,7 +423,7 @@ fn spawn_http(
             });
         }
         Some(tls) => {
-            let incoming = connections::accept(listener, connections::Tls(tls), &limits, slots);
+            let incoming = connections::accept(listener, tls, &limits, slots);
             tasks.spawn(async move {
                 connections::serve_http(incoming, router, &limits, stop).await;
                 anyhow::Ok(())

@@ -1,8 +1,10 @@
 //! Client certificates and certificate rotation, end to end: certificates made with the real `openssl`
 //! CLI in a temporary directory, presented by `curl`, `grpcurl` and the tonic client, to the real
 //! server. What a verified certificate names authenticates its caller on gRPC and REST; a certificate
-//! from another CA, an expired one, or none where one is required never does; and the client CA
-//! bundle and the server certificate are replaced on disk without a restart.
+//! from another CA, an expired one, or none where one is required never does; the client CA bundle,
+//! its CRLs and the server certificate are replaced on disk without a restart; and a certificate
+//! revoked, or whose CA leaves the bundle, stops authenticating on connections already open (a watch
+//! stream open with it ends).
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kubeconfig_proto::kubeconfig::v1::ListClustersRequest;
+use kubeconfig_proto::kubeconfig::v1::{ListClustersRequest, WatchKubeconfigsRequest};
 use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_client::KubeconfigServiceClient;
 use kubeconfigd_e2e::{Fixture, Server, eventually};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -690,6 +692,22 @@ async fn certificates_rotate_without_a_restart() {
         grpc_list(&server, &pki, Some("next"), None).await,
         Outcome::Listed(4)
     );
+    // The CA removed from the bundle: a connection open with one of its certificates is refused at
+    // its next call; the other CA's certificates still work.
+    let held = grpc_channel(&server, &pki, Some("next"))
+        .await
+        .expect("connects");
+    assert_eq!(list_on(held.clone(), None).await, Outcome::Listed(4));
+    bundle(&pki, &["ca"]);
+    let cut = eventually(Duration::from_secs(5), || async {
+        list_on(held.clone(), None).await == Outcome::Unauthenticated
+    })
+    .await;
+    assert!(cut, "the removed CA's connection is refused:\n{}", server.log_text());
+    assert_eq!(
+        grpc_list(&server, &pki, Some("viewer"), None).await,
+        Outcome::Listed(4)
+    );
 
     // The server certificate: a Secret volume's `..data` swap is served to the next connection,
     // and a connection made before it keeps working.
@@ -745,6 +763,23 @@ async fn a_revoked_certificate_is_refused_once_the_crl_lists_it() {
         grpc_list(&server, &pki, Some("doomed"), None).await,
         Outcome::Listed(4)
     );
+    // A connection and a watch stream opened before the revocation.
+    let held = grpc_channel(&server, &pki, Some("doomed"))
+        .await
+        .expect("connects");
+    assert_eq!(list_on(held.clone(), None).await, Outcome::Listed(4));
+    let mut watch = KubeconfigServiceClient::new(held.clone())
+        .watch_kubeconfigs(WatchKubeconfigsRequest {
+            cluster_uids: vec![UID.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    assert!(
+        matches!(watch.message().await, Ok(Some(_))),
+        "the watch sends its first event"
+    );
     // Revoked, and the CRL replaced on disk: new connections refuse it.
     pki.revoke("doomed", "ca");
     pki.crl("ca", "next.crl");
@@ -762,6 +797,24 @@ async fn a_revoked_certificate_is_refused_once_the_crl_lists_it() {
         server.log_text()
     );
     assert!(curl(&server, &pki, Some("doomed"), Some(VIEWER_KEY)).is_err());
+    // The connection made before it is refused at its next call, and the stream has ended.
+    assert_eq!(list_on(held, None).await, Outcome::Unauthenticated);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        ended,
+        Ok(Some(tonic::Code::Unauthenticated)),
+        "{}",
+        server.log_text()
+    );
     // Certificates the CRL does not list still work.
     assert_eq!(
         grpc_list(&server, &pki, Some("viewer"), None).await,

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 
-use crate::auth::PeerCertificate;
+use crate::auth::{ClientTrust, PeerCertificate, Rechecked};
 
 /// How connections are accepted and kept.
 #[derive(Debug, Clone)]
@@ -855,11 +855,11 @@ pub trait Handshake: Clone + Send + Sync + 'static {
     type Io: Send + 'static;
     /// Whether the handshake does real work (then it is bounded in time and in number).
     const BOUNDED: bool;
-    fn handshake(&self, stream: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
-    /// The client certificate a finished handshake verified, read (once) into what it names.
-    fn certificate(_: &Self::Io) -> Option<Arc<PeerCertificate>> {
-        None
-    }
+    /// The handshake, with the client certificate it verified, read (once) into what it names.
+    fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> impl Future<Output = io::Result<(Self::Io, Option<Arc<PeerCertificate>>)>> + Send;
 }
 
 /// Plain TCP.
@@ -869,14 +869,22 @@ pub struct Plain;
 impl Handshake for Plain {
     type Io = TcpStream;
     const BOUNDED: bool = false;
-    async fn handshake(&self, stream: TcpStream) -> io::Result<TcpStream> {
-        Ok(stream)
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> io::Result<(TcpStream, Option<Arc<PeerCertificate>>)> {
+        Ok((stream, None))
     }
 }
 
-/// TLS (rustls), with the configuration in service when the handshake starts (see [`crate::tls`]).
+/// TLS (rustls), with the configuration in service when the handshake starts (see [`crate::tls`]),
+/// and the client-certificate trust a connection's certificate is checked against again after a
+/// reload.
 #[derive(Clone)]
-pub struct Tls(pub Arc<arc_swap::ArcSwap<rustls::ServerConfig>>);
+pub struct Tls {
+    pub config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    pub trust: Option<Arc<ClientTrust>>,
+}
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -887,16 +895,38 @@ impl std::fmt::Debug for Tls {
 impl Handshake for Tls {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
     const BOUNDED: bool = true;
-    async fn handshake(&self, stream: TcpStream) -> io::Result<Self::Io> {
-        tokio_rustls::TlsAcceptor::from(self.0.load_full())
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> io::Result<(Self::Io, Option<Arc<PeerCertificate>>)> {
+        // Read before the configuration is taken: the certificate is then verified by this
+        // generation's verifier or a later one, and checked again at the first call after a reload.
+        let generation = self.trust.as_ref().map(|trust| trust.generation());
+        let io = tokio_rustls::TlsAcceptor::from(self.config.load_full())
             .accept(stream)
-            .await
+            .await?;
+        let certificate = self.certificate(&io, generation);
+        Ok((io, certificate))
     }
+}
 
-    fn certificate(io: &Self::Io) -> Option<Arc<PeerCertificate>> {
-        let leaf = io.get_ref().1.peer_certificates()?.first()?;
+impl Tls {
+    fn certificate(
+        &self,
+        io: &tokio_rustls::server::TlsStream<TcpStream>,
+        generation: Option<u64>,
+    ) -> Option<Arc<PeerCertificate>> {
+        let chain = io.get_ref().1.peer_certificates()?;
+        let leaf = chain.first()?;
         match PeerCertificate::from_der(leaf) {
-            Ok((certificate, refusal)) => {
+            Ok((mut certificate, refusal)) => {
+                if let (Some(trust), Some(generation)) = (&self.trust, generation) {
+                    certificate.rechecked = Some(Rechecked::new(
+                        Arc::clone(trust),
+                        chain.iter().map(|c| c.clone().into_owned()).collect(),
+                        generation,
+                    ));
+                }
                 if let Some(refusal) = refusal {
                     tracing::info!(
                         serial = %certificate.serial,
@@ -917,6 +947,7 @@ impl Handshake for Tls {
                     serial: Arc::from(""),
                     issuer: Arc::from(""),
                     not_after: 0,
+                    rechecked: None,
                 }))
             }
         }
@@ -957,7 +988,7 @@ pub fn accept<H: Handshake>(
             };
             let _ = stream.set_nodelay(true);
             if !H::BOUNDED {
-                let Ok(io) = handshake.handshake(stream).await else {
+                let Ok((io, _)) = handshake.handshake(stream).await else {
                     continue;
                 };
                 if tx
@@ -1007,8 +1038,7 @@ pub fn accept<H: Handshake>(
                     tokio::time::timeout(handshake_timeout, handshake.handshake(stream)).await;
                 drop(in_progress);
                 match done {
-                    Ok(Ok(io)) => {
-                        let certificate = H::certificate(&io);
+                    Ok(Ok((io, certificate))) => {
                         let mut connection = Guarded::new(io, slot, &limits, &slots);
                         connection.certificate = certificate;
                         let _ = tx.send((connection, peer)).await;

@@ -3,8 +3,9 @@
 //! certificates they ask for. Every file is re-read when it changes (see [`crate::reloading`]), so
 //! that certificates rotate without a restart: the server certificate is chosen per handshake from the
 //! last good pair, and the client verifier is part of a configuration that each handshake takes anew.
-//! A connection keeps what it was established with; a bad new file keeps the old material and says
-//! why. Handshakes are done by [`crate::connections`], bounded in time and number.
+//! A connection keeps the certificate it was established with, but its client certificate is checked
+//! again against a new CA bundle or CRL at its next call ([`crate::auth::ClientTrust`]); a bad new
+//! file keeps the old material and says why. Handshakes are done by [`crate::connections`], bounded in time and number.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +13,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
+use crate::auth::ClientTrust;
+use crate::connections::Tls;
 use crate::reloading::{self, Reloading};
 
 /// The files TLS is configured from.
@@ -36,6 +40,15 @@ pub struct ServerTls {
     files: Arc<TlsFiles>,
     key: Arc<ArcSwap<CertifiedKey>>,
     config: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// The client verifier in service, when `--client-ca-file` is given.
+    trust: Option<Arc<ClientTrust>>,
+}
+
+/// A handshake configuration and the client verifier in it (built together, put in service
+/// together).
+struct Built {
+    config: Arc<rustls::ServerConfig>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -62,17 +75,21 @@ impl ServerTls {
             message,
         })?;
         let key = Arc::new(ArcSwap::from_pointee(key));
-        let config = server_config(&files, &key)?;
+        let built = server_config(&files, &key)?;
         Ok(ServerTls {
             files: Arc::new(files),
             key,
-            config: Arc::new(ArcSwap::from_pointee(config)),
+            config: Arc::new(ArcSwap::new(built.config)),
+            trust: built.verifier.map(ClientTrust::new),
         })
     }
 
-    /// The configuration each handshake takes.
-    pub fn current(&self) -> Arc<ArcSwap<rustls::ServerConfig>> {
-        Arc::clone(&self.config)
+    /// What each handshake takes: the configuration in service, and the client trust.
+    pub fn handshake(&self) -> Tls {
+        Tls {
+            config: Arc::clone(&self.config),
+            trust: self.trust.clone(),
+        }
     }
 
     /// Whether client certificates are asked for.
@@ -101,12 +118,27 @@ impl ServerTls {
             let mut paths = vec![ca.clone()];
             paths.extend(files.client_crl.clone());
             let key = Arc::clone(&self.key);
+            let config = Arc::clone(&self.config);
+            let trust = self.trust.clone();
             watching.push(reloading::spawn(
                 "client CA bundle and CRLs",
                 paths,
-                Arc::clone(&self.config),
+                Arc::new(ArcSwap::from_pointee(Built {
+                    config: self.config.load_full(),
+                    verifier: None,
+                })),
                 move || server_config(&files, &key).map_err(|e| e.message),
-                |_| {},
+                move |built| {
+                    // The configuration first, then the trust: a handshake that read the trust's
+                    // generation before taking the configuration is never credited with a newer one.
+                    config.store(Arc::clone(&built.config));
+                    if let (Some(trust), Some(verifier)) = (&trust, &built.verifier) {
+                        trust.install(Arc::clone(verifier));
+                    }
+                    tracing::info!(
+                        "client CA bundle and CRLs reloaded: open connections' certificates are checked again at their next call"
+                    );
+                },
             ));
         }
         watching
@@ -173,10 +205,7 @@ fn crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Strin
 
 /// The configuration of the API listeners: the rotating server certificate, and the client
 /// verifier when `--client-ca-file` is given.
-fn server_config(
-    files: &TlsFiles,
-    key: &Arc<ArcSwap<CertifiedKey>>,
-) -> Result<rustls::ServerConfig, TlsError> {
+fn server_config(files: &TlsFiles, key: &Arc<ArcSwap<CertifiedKey>>) -> Result<Built, TlsError> {
     let ca_error = |message: String| TlsError {
         flag: "--client-ca-file",
         message,
@@ -187,8 +216,8 @@ fn server_config(
     };
     let resolver = Arc::new(Rotating(Arc::clone(key)));
     let builder = rustls::ServerConfig::builder();
-    let mut config = match &files.client_ca {
-        None => builder.with_no_client_auth().with_cert_resolver(resolver),
+    let (mut config, verifier) = match &files.client_ca {
+        None => (builder.with_no_client_auth().with_cert_resolver(resolver), None),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for certificate in certificates(ca).map_err(ca_error)? {
@@ -209,11 +238,15 @@ fn server_config(
                 }
                 (e, _) => ca_error(format!("{}: {e}", ca.display())),
             })?;
-            builder
-                .with_client_cert_verifier(verifier)
-                .with_cert_resolver(resolver)
+            let config = builder
+                .with_client_cert_verifier(Arc::clone(&verifier))
+                .with_cert_resolver(resolver);
+            (config, Some(verifier))
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Built {
+        config: Arc::new(config),
+        verifier,
+    })
 }

@@ -275,6 +275,7 @@ impl Watchers {
         spec.uids.dedup();
         let caller = self.core.authenticate(&credentials).await?;
         let admission = self.admit(&caller.user)?;
+        let credentials_certificate = credentials.certificate.clone();
         // Subscribed before the initial state is computed, so that no change falls in between.
         let changes = self.feed.subscribe();
         let generations = self.feed.generations();
@@ -290,6 +291,7 @@ impl Watchers {
             renewals: BTreeSet::new(),
             held: HashMap::new(),
             expires: expiry_instant(caller.expires_at()),
+            distrusted: distrusted(credentials_certificate),
         };
         tokio::spawn(watch.run(changes, generations, admission));
         Ok(rx)
@@ -319,9 +321,10 @@ impl Watchers {
         let wait = expires.map_or(wait, |at| {
             at.saturating_duration_since(tokio::time::Instant::now())
         });
-        let changed = self
-            .changed_within(credentials, uid, (request, options), etag, wait)
-            .await;
+        let changed = tokio::select! {
+            changed = self.changed_within(credentials, uid, (request, options), etag, wait) => changed,
+            () = distrusted(credentials.certificate.clone()) => return Err(certificate_distrusted()),
+        };
         if !changed && expires.is_some_and(|at| tokio::time::Instant::now() >= at) {
             return Err(credential_expired());
         }
@@ -373,6 +376,28 @@ struct Watch {
     held: HashMap<(String, Asset), String>,
     /// When the first of the credentials the stream was opened with expires: it ends then.
     expires: Option<tokio::time::Instant>,
+    /// Resolves when the client certificate it was opened with is no longer trusted: it ends then.
+    distrusted: Distrusted,
+}
+
+/// A wait for a certificate to lose its trust (never, without one).
+type Distrusted = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+
+fn distrusted(certificate: Option<Arc<crate::auth::PeerCertificate>>) -> Distrusted {
+    Box::pin(async move {
+        match certificate {
+            Some(certificate) => certificate.distrusted().await,
+            None => std::future::pending().await,
+        }
+    })
+}
+
+/// Why a stream or long-poll ended when its client certificate lost its trust.
+fn certificate_distrusted() -> CoreError {
+    CoreError::new(
+        ErrorKind::Unauthenticated,
+        "the client certificate this call was made with is no longer trusted (revoked, or its CA removed)",
+    )
 }
 
 /// The instant a credential expiring at `expires_at` (seconds since the epoch) stops being valid.
@@ -463,6 +488,7 @@ impl Watch {
                     _ = self.stop.wait_for(|stop| *stop) => return Err(End::Error(shutting_down())),
                     () = self.tx.closed() => return Err(End::Gone),
                     () = until(self.expires) => return Err(End::Error(credential_expired())),
+                    () = &mut self.distrusted => return Err(End::Error(certificate_distrusted())),
                     result = generations.changed() => {
                         if result.is_err() {
                             return Err(End::Gone);

@@ -1,16 +1,131 @@
 //! Client certificates: the identity in a certificate that the TLS handshake verified against
 //! `--client-ca-file`. A URI SAN `spiffe://trust-domain/path` names the user by that SPIFFE ID;
 //! otherwise the subject's CN is the user (lowercased, as a token's) and its O entries are the groups
-//! (kube-apiserver's convention). The certificate is read once per connection, right after the handshake; each call
-//! only checks that it has not expired since, so a long-lived connection stops authenticating when
-//! its certificate does.
+//! (kube-apiserver's convention). The certificate is read once per connection, right after the
+//! handshake; each call checks that it has not expired since, so a long-lived connection stops
+//! authenticating when its certificate does.
+//!
+//! Trust can also end before expiry: a CRL that now lists the certificate, or a CA bundle without
+//! its issuer. The verifier in service is kept in a [`ClientTrust`] with a generation that every
+//! reload of the CA bundle or CRLs bumps; a connection's certificate remembers the generation it was
+//! last verified at, and the first call after a reload verifies its chain again with the new
+//! verifier (once per connection and reload; other calls compare two integers). A certificate that
+//! fails is refused from then on, and streams open with it end ([`PeerCertificate::distrusted`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 
 use super::{Identity, Method, Proof};
 
+/// The client-certificate verifier in service, replaced when `--client-ca-file` or
+/// `--client-crl-file` changes, with a count of the replacements.
+pub struct ClientTrust {
+    verifier: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    generation: AtomicU64,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for ClientTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTrust")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The mark of a certificate that failed a check: refused from then on.
+const DISTRUSTED: u64 = u64::MAX;
+
+impl ClientTrust {
+    pub fn new(verifier: Arc<dyn ClientCertVerifier>) -> Arc<Self> {
+        Arc::new(ClientTrust {
+            verifier: ArcSwap::from_pointee(verifier),
+            generation: AtomicU64::new(0),
+            changes: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// How many times the verifier was replaced. Read it before taking the TLS configuration for a
+    /// handshake: a certificate verified then is current for this generation or an older one, never
+    /// a newer one.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts `verifier` in service (after the handshake configuration built with it), and tells every
+    /// stream open with a certificate to check it again.
+    pub fn install(&self, verifier: Arc<dyn ClientCertVerifier>) {
+        self.verifier.store(Arc::new(verifier));
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.changes.send_replace(generation);
+    }
+
+    /// Whether the verifier in service accepts `chain` (leaf first) now.
+    fn accepts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.verifier
+            .load()
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// How a connection's certificate is checked again when the trust changes.
+#[derive(Debug)]
+pub struct Rechecked {
+    trust: Arc<ClientTrust>,
+    /// The chain the peer presented, leaf first.
+    chain: Vec<CertificateDer<'static>>,
+    /// The generation it was last verified at, or [`DISTRUSTED`].
+    verified_at: AtomicU64,
+}
+
+impl Rechecked {
+    /// `chain` as a handshake verified it at generation `generation` of `trust` (or later).
+    pub fn new(
+        trust: Arc<ClientTrust>,
+        chain: Vec<CertificateDer<'static>>,
+        generation: u64,
+    ) -> Self {
+        Rechecked {
+            trust,
+            chain,
+            verified_at: AtomicU64::new(generation),
+        }
+    }
+
+    /// Whether the trust in service still accepts it: verified again after a reload, once.
+    fn holds(&self) -> bool {
+        let current = self.trust.generation();
+        let verified_at = self.verified_at.load(Ordering::Acquire);
+        if verified_at == current {
+            return true;
+        }
+        if verified_at == DISTRUSTED {
+            return false;
+        }
+        let accepted = self.trust.accepts(&self.chain);
+        self.verified_at.store(
+            if accepted { current } else { DISTRUSTED },
+            Ordering::Release,
+        );
+        if !accepted {
+            tracing::info!(
+                "a connection's client certificate is no longer trusted (revoked, or its CA removed): its calls are refused"
+            );
+        }
+        accepted
+    }
+}
+
 /// What a verified client certificate says. Read once per connection, at the handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct PeerCertificate {
     /// The user it names; empty when it names none that can be used (no CN and no SPIFFE ID, a
     /// malformed SPIFFE ID, several URI SANs next to one, or names with control or non-ASCII
@@ -23,12 +138,17 @@ pub struct PeerCertificate {
     pub issuer: Arc<str>,
     /// `notAfter`, seconds since the epoch.
     pub not_after: u64,
+    /// The trust it is checked against again when the CA bundle or CRLs change; `None` when nothing
+    /// can change it (a certificate that names no one, a test's).
+    pub rechecked: Option<Rechecked>,
 }
 
 impl PeerCertificate {
-    /// The identity it proves at `now`, or `None` once it has expired (or when it names no one).
+    /// The identity it proves at `now`, or `None` once it has expired, is no longer trusted, or
+    /// when it names no one.
     pub fn identity_at(&self, now: u64) -> Option<Identity> {
-        (now <= self.not_after && !self.user.is_empty()).then(|| Identity {
+        let trusted = self.rechecked.as_ref().is_none_or(Rechecked::holds);
+        (now <= self.not_after && !self.user.is_empty() && trusted).then(|| Identity {
             user: Arc::clone(&self.user),
             groups: Arc::clone(&self.groups),
             proof: Proof {
@@ -39,6 +159,24 @@ impl PeerCertificate {
                 expires_at: Some(self.not_after),
             },
         })
+    }
+
+    /// Resolves once the certificate is no longer trusted (a reload of the CA bundle or CRLs that
+    /// refuses its chain); never, when nothing can change that. A stream opened with it ends then.
+    pub async fn distrusted(&self) {
+        let Some(rechecked) = &self.rechecked else {
+            return std::future::pending().await;
+        };
+        // Subscribed before the check, so that a reload in between is not missed.
+        let mut changes = rechecked.trust.changes.subscribe();
+        loop {
+            if !rechecked.holds() {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Reads a verified leaf certificate (DER). `Err` only when it does not parse at all (the
@@ -61,6 +199,7 @@ impl PeerCertificate {
                 serial: serial.into(),
                 issuer: issuer.into(),
                 not_after,
+                rechecked: None,
             },
             refusal,
         ))
@@ -337,6 +476,7 @@ mod tests {
             serial: "1f".into(),
             issuer: "CN=ca".into(),
             not_after: 1000,
+            rechecked: None,
         };
         let identity = certificate
             .identity_at(1000)

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use kubeconfig_policy::ApiKeyHash;
 use sha2::{Digest, Sha256};
 
-pub use certificates::PeerCertificate;
+pub use certificates::{ClientTrust, PeerCertificate, Rechecked};
 pub use issuers::{Background, Issuers, TokenSettings};
 pub use remembered::Recalled;
 pub use tokens::{CLOCK_SKEW_SECONDS, JwtVerifier};
