@@ -388,12 +388,7 @@ fn spawn_grpc(
             });
         }
         Some(tls) => {
-            let incoming = connections::stream(connections::accept(
-                listener,
-                tls,
-                limits,
-                slots,
-            ));
+            let incoming = connections::stream(connections::accept(listener, tls, limits, slots));
             tasks.spawn(async move {
                 router
                     .serve_with_incoming_shutdown(incoming, stop)

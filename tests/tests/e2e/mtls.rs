@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kubeconfig_proto::kubeconfig::v1::{ListClustersRequest, WatchKubeconfigsRequest};
 use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_client::KubeconfigServiceClient;
+use kubeconfig_proto::kubeconfig::v1::{ListClustersRequest, WatchKubeconfigsRequest};
 use kubeconfigd_e2e::{Fixture, Server, eventually};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -703,7 +703,11 @@ async fn certificates_rotate_without_a_restart() {
         list_on(held.clone(), None).await == Outcome::Unauthenticated
     })
     .await;
-    assert!(cut, "the removed CA's connection is refused:\n{}", server.log_text());
+    assert!(
+        cut,
+        "the removed CA's connection is refused:\n{}",
+        server.log_text()
+    );
     assert_eq!(
         grpc_list(&server, &pki, Some("viewer"), None).await,
         Outcome::Listed(4)

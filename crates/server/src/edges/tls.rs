@@ -217,7 +217,10 @@ fn server_config(files: &TlsFiles, key: &Arc<ArcSwap<CertifiedKey>>) -> Result<B
     let resolver = Arc::new(Rotating(Arc::clone(key)));
     let builder = rustls::ServerConfig::builder();
     let (mut config, verifier) = match &files.client_ca {
-        None => (builder.with_no_client_auth().with_cert_resolver(resolver), None),
+        None => (
+            builder.with_no_client_auth().with_cert_resolver(resolver),
+            None,
+        ),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for certificate in certificates(ca).map_err(ca_error)? {
