@@ -54,10 +54,14 @@ impl DocumentError {
 }
 
 fn check_size(text: &str) -> Result<(), DocumentError> {
-    if text.len() > MAX_DOCUMENT_BYTES {
+    check_size_within(text, MAX_DOCUMENT_BYTES)
+}
+
+fn check_size_within(text: &str, limit: usize) -> Result<(), DocumentError> {
+    if text.len() > limit {
         return Err(DocumentError::TooLarge {
             size: text.len(),
-            limit: MAX_DOCUMENT_BYTES,
+            limit,
         });
     }
     check_flow_depth(text)
@@ -126,6 +130,13 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, DocumentError> {
 /// Parses a document into an untyped YAML value, within the size and alias budgets.
 pub fn parse_value(text: &str) -> Result<serde_norway::Value, DocumentError> {
     parse(text)
+}
+
+/// Parses a document of at most `limit` bytes (not [`MAX_DOCUMENT_BYTES`]: a list of many
+/// kubeconfigs may be larger than one file of the inventory) within the same alias and depth budgets.
+pub fn parse_within<T: DeserializeOwned>(text: &str, limit: usize) -> Result<T, DocumentError> {
+    check_size_within(text, limit)?;
+    serde_norway::from_str(text).map_err(|e| DocumentError::from_yaml(&e))
 }
 
 #[cfg(test)]

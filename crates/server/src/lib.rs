@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod edges;
+pub mod import;
 pub mod loading;
 pub mod metrics;
 pub mod service;

@@ -1,6 +1,7 @@
 //! The `kubeconfigd` binary: parse flags, install logging, bind, run until SIGTERM/SIGINT. Two operator
 //! tools share it: `kubeconfigd check` validates a tenant file and inventory exactly as the server loads
-//! them, and `kubeconfigd hash-key` prints the tenant-file line for an API key.
+//! them, `kubeconfigd hash-key` prints the tenant-file line for an API key, and `kubeconfigd import`
+//! writes cluster files from existing admin kubeconfigs.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -48,6 +49,134 @@ enum Command {
     },
     /// Reads an API key on standard input and prints its `sha256:` line for a user's `apiKeys`.
     HashKey,
+    /// Writes a cluster file into the inventory for each cluster of existing admin kubeconfigs
+    /// (kubeadm's admin.conf, k3s.yaml, Cluster API kubeconfig Secrets, token kubeconfigs). Re-running
+    /// it updates the files it wrote and leaves unchanged ones untouched. Exits 0 when every cluster
+    /// was imported, 1 when some were skipped (each with its reason), 2 when an input or flag is
+    /// wrong (then nothing is written).
+    Import(Box<ImportArgs>),
+}
+
+/// Which admin credential imported clusters hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AdminCredentialArg {
+    /// The source's own (client certificate or token).
+    Static,
+    /// One minted per caller, signed by `--mint-ca-cert` / `--mint-ca-key`.
+    Minted,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    /// The inventory directory the cluster files are written to.
+    #[arg(long, env = "KUBECONFIGD_INVENTORY", value_name = "DIR")]
+    inventory: PathBuf,
+    /// The tenant file: every project must be one of its projects, and files are checked against it.
+    #[arg(long, env = "KUBECONFIGD_TENANT", value_name = "FILE")]
+    tenant: Option<PathBuf>,
+    /// A kubeconfig file (`-`: standard input); every context is a cluster. Repeatable.
+    #[arg(long = "kubeconfig", value_name = "FILE")]
+    kubeconfigs: Vec<PathBuf>,
+    /// Import only this context of the kubeconfigs. Repeatable.
+    #[arg(long = "context", value_name = "NAME")]
+    contexts: Vec<String>,
+    /// Cluster API kubeconfig Secrets, as `kubectl get secrets -A -l cluster.x-k8s.io/cluster-name
+    /// -o yaml` prints them (YAML or JSON, a List or one Secret). Repeatable.
+    #[arg(long = "capi-secrets", value_name = "FILE")]
+    capi_secrets: Vec<PathBuf>,
+    /// The project every imported cluster belongs to.
+    #[arg(
+        long,
+        value_name = "UID",
+        required_unless_present = "project_from_namespace"
+    )]
+    project: Option<String>,
+    /// A Cluster API cluster's project is its namespace (other clusters take `--project`).
+    #[arg(long)]
+    project_from_namespace: bool,
+    /// The cluster's name, when importing exactly one (default: the context name, or the Cluster API
+    /// cluster name).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// The Kubernetes pack values (YAML) every imported cluster gets: what decides whether OIDC is
+    /// configured. Without it the clusters have no OIDC settings and only their admin kubeconfig is
+    /// served.
+    #[arg(long, value_name = "FILE")]
+    pack_values: Option<PathBuf>,
+    /// The pack name written with the values.
+    #[arg(long, value_name = "NAME", default_value = "kubernetes")]
+    pack_name: String,
+    /// The clusters are reached through the Spectro Proxy (the tenant file names its server).
+    #[arg(long)]
+    proxy: bool,
+    /// `static` hands out the source's credential; `minted` mints one per caller with the client CA
+    /// of `--mint-ca-cert` and `--mint-ca-key` (the only way to serve an exec-plugin cluster).
+    #[arg(long, value_enum, default_value = "static")]
+    admin_credential: AdminCredentialArg,
+    /// The client CA certificate minted admin credentials are signed with (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_if_eq("admin_credential", "minted")
+    )]
+    mint_ca_cert: Option<PathBuf>,
+    /// The client CA's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_if_eq("admin_credential", "minted")
+    )]
+    mint_ca_key: Option<PathBuf>,
+    /// Copy files the kubeconfig refers to (keys, token files) into the cluster file when they are
+    /// outside the inventory (by default such a cluster is skipped: the server reads only files
+    /// inside the inventory).
+    #[arg(long)]
+    inline_references: bool,
+    /// Print what would change, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace cluster files of the same uid that an import did not write.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `kubeconfigd import`: the summary on standard output; exit 0, 1 (some skipped) or 2.
+fn import(args: Box<ImportArgs>) -> ExitCode {
+    let args = *args;
+    let options = kubeconfigd::import::Options {
+        inventory: args.inventory,
+        tenant: args.tenant,
+        kubeconfigs: args.kubeconfigs,
+        contexts: args.contexts,
+        capi_secrets: args.capi_secrets,
+        project: args.project,
+        project_from_namespace: args.project_from_namespace,
+        name: args.name,
+        pack_values: args.pack_values,
+        pack_name: args.pack_name,
+        proxy: args.proxy,
+        mint_with: match (args.admin_credential, args.mint_ca_cert, args.mint_ca_key) {
+            (AdminCredentialArg::Minted, Some(certificate), Some(key)) => Some((certificate, key)),
+            _ => None,
+        },
+        inline_references: args.inline_references,
+        dry_run: args.dry_run,
+        force: args.force,
+    };
+    match kubeconfigd::import::run(&options) {
+        Ok(summary) => {
+            println!("{summary}");
+            if summary.skipped() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("kubeconfigd import: {error}; nothing was written");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `kubeconfigd check`: every problem on standard output, one per line; a summary on standard error.
@@ -122,6 +251,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { inventory, tenant }) => return check(inventory, tenant),
         Some(Command::HashKey) => return hash_key(),
+        Some(Command::Import(args)) => return import(args),
         None => {}
     }
     let args = cli.serve;
