@@ -10,6 +10,7 @@ mod frames;
 mod hostile;
 mod hostile_server;
 mod identity;
+mod import;
 mod issuers;
 mod jwt;
 mod ledger;
