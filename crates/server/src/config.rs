@@ -56,7 +56,7 @@ pub struct Args {
         long,
         env = "KUBECONFIGD_INVENTORY",
         value_name = "DIR",
-        required_unless_present = "demo"
+        required_unless_present_any = ["demo", "demo_dir"]
     )]
     pub inventory: Option<PathBuf>,
     /// The tenant file (projects, roles, users, bindings, proxy and OIDC settings); watched for changes.
@@ -64,25 +64,29 @@ pub struct Args {
         long,
         env = "KUBECONFIGD_TENANT",
         value_name = "FILE",
-        required_unless_present = "demo"
+        required_unless_present_any = ["demo", "demo_dir"]
     )]
     pub tenant: Option<PathBuf>,
     /// Serve the built-in demo tenant and inventory (ignores --inventory and --tenant).
     #[arg(long, env = "KUBECONFIGD_DEMO", conflicts_with_all = ["inventory", "tenant"])]
     pub demo: bool,
-    /// gRPC listen address.
-    #[arg(long, env = "KUBECONFIGD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
-    pub grpc_addr: SocketAddr,
-    /// REST listen address.
-    #[arg(long, env = "KUBECONFIGD_REST_ADDR", default_value = "0.0.0.0:8080")]
-    pub rest_addr: SocketAddr,
+    /// The demo as files to edit: writes the demo's tenant file and cluster files into DIR (those
+    /// missing; an edited file is kept) and serves them from there, watched like any inventory.
+    #[arg(long, env = "KUBECONFIGD_DEMO_DIR", value_name = "DIR", conflicts_with_all = ["inventory", "tenant", "demo"])]
+    pub demo_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 0.0.0.0:50051; 127.0.0.1:50051 with --demo].
+    #[arg(long, env = "KUBECONFIGD_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// REST listen address [default: 0.0.0.0:8080; 127.0.0.1:8080 with --demo].
+    #[arg(long, env = "KUBECONFIGD_REST_ADDR")]
+    pub rest_addr: Option<SocketAddr>,
     /// Do not serve the REST shim.
     #[arg(long, env = "KUBECONFIGD_NO_REST")]
     pub no_rest: bool,
     /// Admin listen address (plain HTTP): /healthz, /readyz, /metrics and /openapi.json. Served with or
-    /// without --no-rest.
-    #[arg(long, env = "KUBECONFIGD_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
-    pub admin_addr: SocketAddr,
+    /// without --no-rest. [default: 0.0.0.0:8081; 127.0.0.1:8081 with --demo]
+    #[arg(long, env = "KUBECONFIGD_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
     /// Connections open at once over the gRPC and REST listeners together; more are closed at accept.
     #[arg(long, env = "KUBECONFIGD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -348,6 +352,7 @@ impl Config {
             inventory: _,  // source_of
             tenant: _,     // source_of
             demo: _,       // source_of
+            demo_dir: _,   // source_of
             grpc_addr: _,  // bound by the binary
             rest_addr: _,  // bound by the binary
             admin_addr: _, // bound by the binary
@@ -458,6 +463,10 @@ fn source_of(args: &Args) -> Result<Source, ConfigError> {
     if args.demo {
         return Ok(Source::Demo);
     }
+    if let Some(dir) = &args.demo_dir {
+        return demo_files(dir)
+            .map_err(|e| config_error("--demo-dir", format!("{}: {e}", dir.display())));
+    }
     let inventory = args
         .inventory
         .clone()
@@ -477,6 +486,31 @@ fn source_of(args: &Args) -> Result<Source, ConfigError> {
             "--tenant",
             format!("{} is not a file", tenant.display()),
         ));
+    }
+    Ok(Source::Files { inventory, tenant })
+}
+
+/// Writes the built-in demo into `dir` (`tenant.yaml`, `inventory/*.yaml`), keeping files already
+/// there, and serves it from there.
+fn demo_files(dir: &std::path::Path) -> std::io::Result<Source> {
+    let inventory = dir.join("inventory");
+    std::fs::create_dir_all(&inventory)?;
+    let tenant = dir.join("tenant.yaml");
+    let files = std::iter::once((tenant.clone(), crate::demo::TENANT)).chain(
+        crate::demo::CLUSTERS
+            .iter()
+            .map(|(name, text)| (inventory.join(name), *text)),
+    );
+    for (path, text) in files {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => std::io::Write::write_all(&mut file, text.as_bytes())?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(Source::Files { inventory, tenant })
 }
@@ -656,6 +690,31 @@ fn redis_of(args: &Args) -> Result<Option<RedisConfig>, ConfigError> {
     }))
 }
 
+impl Args {
+    /// Where a listener binds when its flag is not given: every interface, or only loopback for the
+    /// demo (its API keys are published).
+    fn default_addr(&self, port: u16) -> SocketAddr {
+        let host = if self.demo || self.demo_dir.is_some() {
+            std::net::Ipv4Addr::LOCALHOST
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED
+        };
+        SocketAddr::from((host, port))
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr.unwrap_or_else(|| self.default_addr(50051))
+    }
+
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.rest_addr.unwrap_or_else(|| self.default_addr(8080))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr.unwrap_or_else(|| self.default_addr(8081))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,11 +726,40 @@ mod tests {
     #[test]
     fn demo_needs_no_paths_and_has_defaults() {
         let args = parse(&["--demo"]).expect("parses");
-        assert_eq!(args.grpc_addr.to_string(), "0.0.0.0:50051");
-        assert_eq!(args.rest_addr.to_string(), "0.0.0.0:8080");
+        // The demo's keys are public: it listens on loopback unless told otherwise.
+        assert_eq!(args.grpc_addr().to_string(), "127.0.0.1:50051");
+        assert_eq!(args.rest_addr().to_string(), "127.0.0.1:8080");
+        assert_eq!(args.admin_addr().to_string(), "127.0.0.1:8081");
+        let served = parse(&["--tenant", "t", "--inventory", "i"]).expect("parses");
+        assert_eq!(served.grpc_addr().to_string(), "0.0.0.0:50051");
+        let told = parse(&["--demo", "--grpc-addr", "0.0.0.0:50051"]).expect("parses");
+        assert_eq!(told.grpc_addr().to_string(), "0.0.0.0:50051");
         let config = Config::from_args(&args).expect("valid");
         assert!(matches!(config.source, Source::Demo));
         assert!(config.rest && config.jwt.is_none());
+    }
+
+    #[test]
+    fn demo_dir_writes_the_demo_once_and_serves_it_from_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = parse(&["--demo-dir", &dir.path().display().to_string()]).expect("parses");
+        assert_eq!(args.rest_addr().to_string(), "127.0.0.1:8080");
+        let config = Config::from_args(&args).expect("valid");
+        let Source::Files { inventory, tenant } = &config.source else {
+            panic!("served from files");
+        };
+        assert_eq!(
+            std::fs::read_dir(inventory).expect("inventory").count(),
+            crate::demo::CLUSTERS.len()
+        );
+        std::fs::write(tenant, "edited").expect("edit");
+        Config::from_args(&args).expect("valid again");
+        assert_eq!(
+            std::fs::read_to_string(tenant).expect("read"),
+            "edited",
+            "an edit is kept"
+        );
+        assert!(parse(&["--demo-dir", "x", "--demo"]).is_err());
     }
 
     #[test]

@@ -446,6 +446,11 @@ fn put_in_service(
         tenant = snapshot.tenant.name(),
         "inventory loaded"
     );
+    if matches!(origin, Origin::Demo) {
+        tracing::info!(
+            "demo: broken-staging is broken on purpose (its admin certificate does not match its key), to show how a bad cluster file is reported; the other clusters are served"
+        );
+    }
     metrics.loaded(&snapshot);
     metrics.parsed(report.parsed);
     metrics.reload(report.failures.is_empty());

@@ -275,21 +275,21 @@ fn main() -> ExitCode {
     // Dropped when main returns, after its last log line: flushes every queued line.
     let (telemetry, _log) = runtime.block_on(async { telemetry::init(args.log_format) });
     let result = runtime.block_on(async {
-        let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+        let grpc = tokio::net::TcpListener::bind(args.grpc_addr())
             .await
-            .map_err(|e| anyhow::anyhow!("--grpc-addr {}: {e}", args.grpc_addr))?;
+            .map_err(|e| anyhow::anyhow!("--grpc-addr {}: {e}", args.grpc_addr()))?;
         let rest = if config.rest {
             Some(
-                tokio::net::TcpListener::bind(args.rest_addr)
+                tokio::net::TcpListener::bind(args.rest_addr())
                     .await
-                    .map_err(|e| anyhow::anyhow!("--rest-addr {}: {e}", args.rest_addr))?,
+                    .map_err(|e| anyhow::anyhow!("--rest-addr {}: {e}", args.rest_addr()))?,
             )
         } else {
             None
         };
-        let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        let admin = tokio::net::TcpListener::bind(args.admin_addr())
             .await
-            .map_err(|e| anyhow::anyhow!("--admin-addr {}: {e}", args.admin_addr))?;
+            .map_err(|e| anyhow::anyhow!("--admin-addr {}: {e}", args.admin_addr()))?;
         run(config, Listeners { grpc, rest, admin }, shutdown_signal()).await
     });
     // Flush spans and metrics while the runtime (which carries the exporter's connection) still runs.

@@ -34,22 +34,22 @@ fn the_example_deployment_uses_flags_that_parse() {
         .map(|p| p["containerPort"].as_u64().expect("port"))
         .collect();
     assert!(
-        ports.contains(&u64::from(parsed.grpc_addr.port())),
+        ports.contains(&u64::from(parsed.grpc_addr().port())),
         "gRPC port exposed"
     );
     assert!(
-        ports.contains(&u64::from(parsed.rest_addr.port())),
+        ports.contains(&u64::from(parsed.rest_addr().port())),
         "REST port exposed"
     );
     assert!(
-        ports.contains(&u64::from(parsed.admin_addr.port())),
+        ports.contains(&u64::from(parsed.admin_addr().port())),
         "admin port exposed"
     );
     let admin_port_name = container["ports"]
         .as_sequence()
         .expect("ports")
         .iter()
-        .find(|p| p["containerPort"].as_u64() == Some(u64::from(parsed.admin_addr.port())))
+        .find(|p| p["containerPort"].as_u64() == Some(u64::from(parsed.admin_addr().port())))
         .and_then(|p| p["name"].as_str())
         .expect("the admin port has a name");
     for (probe, path) in [

@@ -315,7 +315,8 @@ impl Inventory {
     fn tenant_path(&self) -> PathBuf {
         match &self.origin {
             Origin::Files { tenant, .. } => tenant.clone(),
-            Origin::Demo => PathBuf::from("demo/tenant.yaml"),
+            // The built-in copies of these files are at these paths in a checkout.
+            Origin::Demo => PathBuf::from("deploy/demo/tenant.yaml"),
         }
     }
 
@@ -486,7 +487,7 @@ impl Inventory {
         match &self.origin {
             Origin::Demo => demo::CLUSTERS
                 .iter()
-                .map(|(name, _)| Arc::from(Path::new(&format!("demo/inventory/{name}"))))
+                .map(|(name, _)| Arc::from(Path::new(&format!("deploy/demo/inventory/{name}"))))
                 .collect(),
             Origin::Files { inventory, .. } => match std::fs::read_dir(inventory) {
                 Ok(entries) => {
