@@ -45,8 +45,17 @@ impl DocumentError {
 
     fn from_yaml(error: &serde_norway::Error) -> Self {
         let location = error.location();
+        let mut message = error.to_string();
+        // The location is kept in its own fields (callers print `line N:` before the message); the
+        // parser's own ` at line N column M` suffix would say it twice.
+        if let Some(l) = &location {
+            let suffix = format!(" at line {} column {}", l.line(), l.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_owned();
+            }
+        }
         DocumentError::Invalid {
-            message: error.to_string(),
+            message,
             line: location.as_ref().map(|l| l.line()),
             column: location.as_ref().map(|l| l.column()),
         }

@@ -185,9 +185,23 @@ fn check(inventory: PathBuf, tenant: PathBuf) -> ExitCode {
         println!("{}: not a directory", inventory.display());
         return ExitCode::FAILURE;
     }
-    match Inventory::load(Origin::Files { inventory, tenant }) {
+    match Inventory::load(Origin::Files {
+        inventory: inventory.clone(),
+        tenant,
+    }) {
         Err(error) => {
+            // The tenant file is unusable; the cluster files are still read, so that one problem
+            // does not hide the others (their projects and pack settings need the tenant).
             println!("{error}");
+            let mut problems = 1;
+            for (path, problem) in cluster_file_problems(&inventory) {
+                problems += 1;
+                println!("{}: {problem}", path.display());
+            }
+            eprintln!(
+                "{}; cluster files read without the tenant file (projects and pack settings not checked)",
+                count(problems, "problem")
+            );
             ExitCode::FAILURE
         }
         Ok((_, snapshot, report)) => {
@@ -214,10 +228,10 @@ fn check(inventory: PathBuf, tenant: PathBuf) -> ExitCode {
             }
             let problems = report.failures.len() + unusable_cas;
             eprintln!(
-                "{} clusters, {} unavailable, {} problems",
-                snapshot.clusters.len(),
+                "{}, {} unavailable, {}",
+                count(snapshot.clusters.len(), "cluster"),
                 snapshot.unavailable_count(),
-                problems
+                count(problems, "problem")
             );
             if problems == 0 {
                 ExitCode::SUCCESS
@@ -226,6 +240,45 @@ fn check(inventory: PathBuf, tenant: PathBuf) -> ExitCode {
             }
         }
     }
+}
+
+/// `1 problem`, `2 problems`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// The cluster files of `inventory` that do not parse, with why (line and field), read as the server
+/// reads them but without a tenant file.
+fn cluster_file_problems(inventory: &std::path::Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(inventory) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let problem = match kubeconfigd::files::read_text(&path, 1024 * 1024) {
+                Err(e) => e.to_string(),
+                Ok(text) => match kubeconfigd::record::Record::parse(&text, Some(inventory)) {
+                    Ok(_) => return None,
+                    Err(e) => match e.line {
+                        Some(line) => format!("line {line}: {e}"),
+                        None => e.to_string(),
+                    },
+                },
+            };
+            Some((path, problem))
+        })
+        .collect()
 }
 
 /// `kubeconfigd hash-key`: the key is the input without surrounding whitespace.
