@@ -268,18 +268,32 @@ impl Holdings {
                 }
             }
             Type::Revoked | Type::Removed => {
-                tracing::warn!(cluster = %key.0, asset = asset.as_str(), reason = %event.reason, message = %event.message, "access ended");
+                let problem = format!("{}: {}", event.reason, event.message);
+                let repeated = self.problems.get(&key) == Some(&problem);
+                if self.files.contains_key(&key) {
+                    tracing::warn!(cluster = %key.0, asset = asset.as_str(), reason = %event.reason, message = %event.message, "access ended");
+                } else if !repeated {
+                    // Never held: with `--all` most such clusters were simply never granted. Said
+                    // once (not again at every reconnect); louder for a cluster asked for by name.
+                    let asked = self.wanted.as_ref().is_some_and(|w| w.contains(&key.0));
+                    if asked {
+                        tracing::warn!(cluster = %key.0, asset = asset.as_str(), reason = %event.reason, message = %event.message, "not available to this caller");
+                    } else {
+                        tracing::info!(cluster = %key.0, asset = asset.as_str(), reason = %event.reason, "not available to this caller");
+                    }
+                }
                 self.refused.remove(&key);
-                self.problems
-                    .insert(key.clone(), format!("{}: {}", event.reason, event.message));
+                self.problems.insert(key.clone(), problem);
                 if !self.keep_on_revoke && self.remove(&key) {
                     self.changed = true;
                 }
             }
             Type::Unavailable => {
-                tracing::warn!(cluster = %key.0, asset = asset.as_str(), message = %event.message, "cluster unavailable; keeping its file");
-                self.problems
-                    .insert(key, format!("{}: {}", event.reason, event.message));
+                let problem = format!("{}: {}", event.reason, event.message);
+                if self.problems.get(&key) != Some(&problem) {
+                    tracing::warn!(cluster = %key.0, asset = asset.as_str(), message = %event.message, "cluster unavailable; keeping its file");
+                }
+                self.problems.insert(key, problem);
             }
             Type::Synced | Type::Unspecified => {}
         }

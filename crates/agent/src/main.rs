@@ -44,6 +44,9 @@ fn parse_size(text: &str) -> Result<usize, String> {
 /// Keeps kubeconfig files fresh from kubeconfigd.
 #[derive(Debug, Parser)]
 #[command(name = "kubeconfig-agent", version)]
+// Groups, so that a missing choice is reported with its alternatives (`<--cluster <CLUSTERS>|--all>`).
+#[command(group(clap::ArgGroup::new("which").args(["clusters", "all"]).required(true)))]
+#[command(group(clap::ArgGroup::new("destination").args(["out_dir", "merged"]).required(true).multiple(true)))]
 struct Args {
     /// kubeconfigd's gRPC address, `https://host:port`, or `http://host:port` for a loopback address
     /// (another host over plain http needs --allow-insecure).
@@ -93,8 +96,7 @@ struct Args {
         long = "cluster",
         env = "KUBECONFIG_AGENT_CLUSTERS",
         value_delimiter = ',',
-        conflicts_with = "all",
-        required_unless_present = "all"
+        conflicts_with = "all"
     )]
     clusters: Vec<String>,
     /// Every cluster visible to the credential instead of named ones.
@@ -110,11 +112,7 @@ struct Args {
     #[arg(long, env = "KUBECONFIG_AGENT_DIRECT")]
     direct: bool,
     /// Directory for one file per cluster (`<cluster name>.kubeconfig`, mode 0600).
-    #[arg(
-        long,
-        env = "KUBECONFIG_AGENT_OUT_DIR",
-        required_unless_present = "merged"
-    )]
+    #[arg(long, env = "KUBECONFIG_AGENT_OUT_DIR")]
     out_dir: Option<PathBuf>,
     /// One kubeconfig with a context per cluster.
     #[arg(long, env = "KUBECONFIG_AGENT_MERGED")]
@@ -308,8 +306,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!(error = %message, "stopped");
-            eprintln!("kubeconfig-agent: {message}");
+            // Said once: as a log line where logs are JSON (for the collector), else as plain text.
+            if matches!(args.log_format, LogFormat::Json) {
+                tracing::error!(error = %message, "stopped");
+            } else {
+                eprintln!("kubeconfig-agent: {message}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -160,7 +160,17 @@ async fn channel(settings: &Settings, presented: &Presented) -> Result<Channel, 
     endpoint(settings, presented)?
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", settings.server))
+        .map_err(|e| format!("cannot connect to {}: {}", settings.server, root_cause(&e)))
+}
+
+/// What went wrong at the bottom of an error's chain (`Connection refused (os error 111)`, not
+/// tonic's `transport error`).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 fn proto_asset(asset: Asset) -> pb::WatchedAsset {
@@ -214,6 +224,16 @@ fn describe(status: &tonic::Status) -> String {
 
 /// Runs until `--once` is done (Ok) or fails (Err with the message to print), or forever.
 pub async fn run(settings: Settings, stats: Arc<Stats>) -> Result<(), String> {
+    // The merged file's directory is made like `--out-dir` (as kubectl makes ~/.kube).
+    if let Some(dir) = settings
+        .output
+        .merged
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--merged {}: {e}", dir.display()))?;
+    }
     if let Some(dir) = &settings.output.out_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("--out-dir {}: {e}", dir.display()))?;
         crate::output::remove_leftovers(dir);
