@@ -861,3 +861,94 @@ async fn a_connection_stops_authenticating_when_its_certificate_expires() {
     // The same connection (a new one would fail its handshake, not answer 401).
     assert_eq!(list_on(channel, None).await, Outcome::Unauthenticated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_bundle_too_big_for_a_certificate_request_is_refused_not_served() {
+    let pki = Pki::new();
+    // Seventy CAs with names of about a kilobyte (over 60,000 bytes together), and a bundle
+    // repeating the good CA 4,000 times (deduplicated, it names one CA).
+    let mut huge = String::new();
+    for n in 0..70 {
+        let subject: String = (0..15)
+            .map(|i| format!("/OU={}{n:02}{i:02}", "x".repeat(56)))
+            .collect();
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "huge.key",
+            "-out",
+            "huge-one.crt",
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+        ]);
+        huge.push_str(&pki.text("huge-one.crt"));
+    }
+    std::fs::write(pki.path("huge.crt"), huge).expect("write");
+    std::fs::write(pki.path("repeated.crt"), pki.text("ca.crt").repeat(4000)).expect("write");
+    let volume = SecretVolume::new(&pki, "server");
+    let fixture = fixture();
+
+    // At start: refused, naming the flag.
+    bundle(&pki, &["huge", "ca"]);
+    let mut args = fixture.args();
+    for (flag, path) in [
+        ("--tls-cert-file", volume.dir.join("tls.crt")),
+        ("--tls-key-file", volume.dir.join("tls.key")),
+        ("--client-ca-file", pki.path("bundle.crt")),
+    ] {
+        args.push(flag.to_owned());
+        args.push(path.display().to_string());
+    }
+    // Bounded: a server that started anyway would otherwise never return.
+    let output = Command::new("timeout")
+        .arg("20")
+        .arg(kubeconfigd_e2e::binary().expect("binary"))
+        .args(&args)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--rest-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("--client-ca-file") && said.contains("certificate request"),
+        "{said}"
+    );
+
+    // A repeated CA is named once: served.
+    replace(&pki.path("repeated.crt"), &pki.path("bundle.crt"));
+    let server = start(&fixture, &pki, &volume.dir, &[]).await;
+    assert_eq!(
+        grpc_list(&server, &pki, Some("viewer"), None).await,
+        Outcome::Listed(4)
+    );
+    // On reload: the last good bundle stays, and handshakes go on.
+    bundle(&pki, &["huge", "ca"]);
+    assert!(
+        server
+            .logged(|line| line.contains("client CA bundle") && line.contains("reload failed"))
+            .await,
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(
+        grpc_list(&server, &pki, Some("viewer"), None).await,
+        Outcome::Listed(4)
+    );
+    assert_eq!(curl(&server, &pki, Some("viewer"), None), Ok(200));
+}

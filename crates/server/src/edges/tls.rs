@@ -203,6 +203,10 @@ fn crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Strin
     }
 }
 
+/// The most bytes of CA names a client CA bundle may add up to (each subject's DER and its 2-byte
+/// length): under the 65,535 a certificate request can carry, leaving room for its other fields.
+const MAX_CA_NAMES_BYTES: usize = 60_000;
+
 /// The configuration of the API listeners: the rotating server certificate, and the client
 /// verifier when `--client-ca-file` is given.
 fn server_config(files: &TlsFiles, key: &Arc<ArcSwap<CertifiedKey>>) -> Result<Built, TlsError> {
@@ -223,10 +227,26 @@ fn server_config(files: &TlsFiles, key: &Arc<ArcSwap<CertifiedKey>>) -> Result<B
         ),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
+            let mut seen = std::collections::HashSet::new();
             for certificate in certificates(ca).map_err(ca_error)? {
+                // A CA listed twice would be named twice in every certificate request.
+                if !seen.insert(certificate.as_ref().to_vec()) {
+                    continue;
+                }
                 roots
                     .add(certificate)
                     .map_err(|e| ca_error(format!("{}: {e}", ca.display())))?;
+            }
+            // Every handshake's certificate request names each CA; the message holds at most 64 KiB,
+            // and rustls panics building a larger one. Refused here, a bundle that big fails the
+            // start (or the reload, keeping the last good bundle) instead of every handshake.
+            let names: usize = roots.subjects().iter().map(|s| s.as_ref().len() + 2).sum();
+            if names > MAX_CA_NAMES_BYTES {
+                return Err(ca_error(format!(
+                    "{}: the names of its {} CAs take {names} bytes; a TLS certificate request carries at most {MAX_CA_NAMES_BYTES} (trust fewer CAs, or a common root)",
+                    ca.display(),
+                    roots.len()
+                )));
             }
             let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
             if let Some(crl) = &files.client_crl {
