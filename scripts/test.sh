@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the Rust workspace (unit, property, golden, end-to-end) and the Python
 # client suites (grpcurl, grpcio, the Kubernetes Python loader, the README examples).
-# Installs what the tests need when it is missing: redis-server, openssl and kubectl (Debian packages),
+# Installs what the tests need when it is missing: redis-server, openssl, jq and kubectl (Debian packages),
 # and a virtualenv in .venv with the Python clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The README examples pipe through jq.
+command -v jq >/dev/null 2>&1 || missing+=(jq)
 # kubectl signs in with minted admin kubeconfigs in the credentials suite.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 if ((${#missing[@]})); then
