@@ -31,9 +31,24 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 export PATH="$PWD/.venv/bin:$PATH"
 
+# Every count of passed and failed tests, summed into one line at the end (also when a step fails).
+log=$(mktemp)
+summary() {
+  local status=$?
+  local passed failed
+  passed=$(grep -Eho '[0-9]+ passed' "$log" | awk '{n += $1} END {print n + 0}')
+  failed=$(grep -Eho '[0-9]+ failed' "$log" | awk '{n += $1} END {print n + 0}')
+  echo "scripts/test.sh: $passed passed, $failed failed$([ "$status" = 0 ] || echo " (stopped: exit $status)")"
+  rm -f "$log"
+}
+trap summary EXIT
+
+# Everything is compiled by one command with one feature resolution (the whole workspace), so the
+# steps below reuse it instead of compiling again for a different selection of packages.
+cargo test --workspace --no-run
 cargo build --workspace --bins
-cargo test --workspace --exclude kubeconfigd-e2e
+cargo test --workspace --exclude kubeconfigd-e2e 2>&1 | tee -a "$log"
 # The end-to-end suites are one binary; run one test at a time, so that the timing assertions (a change
-# reaches a file within 1 s, …) never measure another suite's load. About 45 s.
-cargo test -p kubeconfigd-e2e -- --test-threads=1
-.venv/bin/python -m pytest -q tests/python
+# reaches a file within 1 s, …) never measure another suite's load. About five minutes.
+cargo test --workspace --test e2e -- --test-threads=1 2>&1 | tee -a "$log"
+.venv/bin/python -m pytest -q tests/python 2>&1 | tee -a "$log"

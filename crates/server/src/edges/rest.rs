@@ -41,12 +41,24 @@ pub fn error_response(error: &CoreError, request_id: &str) -> Response {
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    let message = rest_names(error.message());
     let body = ErrorBody {
         code: error.kind().palette_code(),
-        message: error.message(),
+        message: &message,
         reference: request_id,
     };
-    let mut response = (status, axum::Json(body)).into_response();
+    // One JSON object and a newline, so that `curl` output ends its line.
+    let mut text = serde_json::to_vec(&body).unwrap_or_default();
+    text.push(b'\n');
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response();
     if let Some(reason) = error.reason() {
         response
             .headers_mut()
@@ -59,6 +71,19 @@ pub fn error_response(error: &CoreError, request_id: &str) -> Response {
         );
     }
     response
+}
+
+/// A core message with the request fields it names spelled as this edge's parameters
+/// (`expiration_seconds` is the query parameter `expirationSeconds` here).
+fn rest_names(message: &str) -> std::borrow::Cow<'_, str> {
+    const NAMES: &[(&str, &str)] = &[("expiration_seconds", "expirationSeconds")];
+    let mut message = std::borrow::Cow::Borrowed(message);
+    for (grpc, rest) in NAMES {
+        if message.contains(grpc) {
+            message = std::borrow::Cow::Owned(message.replace(grpc, rest));
+        }
+    }
+    message
 }
 
 /// The one etag of an `If-None-Match` header (a long-poll waits on one file version).
