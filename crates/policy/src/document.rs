@@ -148,9 +148,109 @@ pub fn parse_within<T: DeserializeOwned>(text: &str, limit: usize) -> Result<T, 
     serde_norway::from_str(text).map_err(|e| DocumentError::from_yaml(&e))
 }
 
+/// The 1-based line of a field path such as `bindings[2].user` or `oidc.clientId` in a block-style
+/// YAML document: the line of its key, or of the sequence item an index names; `None` when the path is
+/// not found. Used to put a line on problems found after parsing (the parser's own errors carry one).
+/// A flow collection (`[a, b]`, `{a: b}`) gives the line of the key that holds it.
+pub fn line_of(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let blank = |line: &str| {
+        let t = line.trim_start();
+        t.is_empty() || t.starts_with('#') || t.starts_with("---")
+    };
+    // The lines [start, end) hold the mapping being searched; `start` may be a `- ` item line.
+    let (mut start, mut end) = (0, lines.len());
+    let mut found = None;
+    for segment in path.split('.') {
+        let (key, indexes) = match segment.find('[') {
+            Some(at) => (&segment[..at], &segment[at..]),
+            None => (segment, ""),
+        };
+        // The key, at the first indentation of the range (an item's first key follows its `- `).
+        let mut level = None;
+        let mut at = None;
+        for (i, line) in lines.iter().enumerate().take(end).skip(start) {
+            if blank(line) {
+                continue;
+            }
+            let mut content = line.trim_start();
+            let mut column = indent(line);
+            if i == start && content.starts_with("- ") {
+                content = &content[2..];
+                column += 2;
+            }
+            let level = *level.get_or_insert(column);
+            if column < level {
+                break;
+            }
+            if column == level
+                && content
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            {
+                at = Some((i, column));
+                break;
+            }
+        }
+        let (line, column) = at?;
+        found = Some(line);
+        // The key's value: the lines after it indented deeper (or, for a sequence, at the same
+        // indentation and starting with `- `).
+        let value_end = (line + 1..end)
+            .find(|&i| {
+                !blank(lines[i])
+                    && (indent(lines[i]) < column
+                        || (indent(lines[i]) == column && !lines[i].trim_start().starts_with("- ")))
+            })
+            .unwrap_or(end);
+        (start, end) = (line + 1, value_end);
+        for index in indexes
+            .split(['[', ']'])
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<usize>)
+        {
+            let index = index.ok()?;
+            let items: Vec<usize> = (start..end)
+                .filter(|&i| lines[i].trim_start().starts_with("- ") || lines[i].trim() == "-")
+                .collect();
+            let item_indent = items.first().map(|&i| indent(lines[i]))?;
+            let items: Vec<usize> = items
+                .into_iter()
+                .filter(|&i| indent(lines[i]) == item_indent)
+                .collect();
+            let item = *items.get(index)?;
+            let next = items.get(index + 1).copied().unwrap_or(end);
+            found = Some(item);
+            (start, end) = (item, next);
+        }
+    }
+    found.map(|line| line + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_path_names_its_line() {
+        let text = "tenant: acme\n# a comment\nprojects:\n  - uid: platform\n    name: Platform\n  - uid: edge\n    name: Edge\nbindings:\n- user: a@x.test\n  role: Viewer\n- team: ops\n  role: Admin\n  project: edge\noidc:\n  issuerUrl: https://x\n  scopes: [a, b]\n";
+        assert_eq!(line_of(text, "tenant"), Some(1));
+        assert_eq!(line_of(text, "projects[1].name"), Some(7));
+        assert_eq!(line_of(text, "projects[1]"), Some(6));
+        assert_eq!(line_of(text, "bindings[1].project"), Some(13));
+        assert_eq!(line_of(text, "bindings[0].user"), Some(9));
+        assert_eq!(line_of(text, "oidc.scopes"), Some(16));
+        assert_eq!(
+            line_of(text, "oidc.scopes[1]"),
+            None,
+            "a flow sequence has no item lines"
+        );
+        assert_eq!(line_of(text, "projects[5].uid"), None);
+        assert_eq!(line_of(text, "users[0].email"), None);
+        // A nested key of the same name is not taken for the top-level one.
+        assert_eq!(line_of("a:\n  name: x\nname: y\n", "name"), Some(3));
+    }
 
     #[test]
     fn oversized_document_is_rejected_before_parsing() {

@@ -166,10 +166,15 @@ impl Principal {
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// The 1-based line of the field in the file, when it can be found.
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
         write!(f, "{}: {}", self.field, self.message)
     }
 }
@@ -349,6 +354,7 @@ impl Problems {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
+            line: None,
         });
     }
 }
@@ -597,7 +603,11 @@ impl Tenant {
         let users = problems.users(raw.users);
         let bindings = problems.bindings(raw.bindings, &roles, &teams, &projects);
         if !problems.0.is_empty() {
-            return Err(TenantError::Fields(problems.0));
+            let mut errors = problems.0;
+            for error in &mut errors {
+                error.line = document::line_of(text, &error.field);
+            }
+            return Err(TenantError::Fields(errors));
         }
         Ok(Tenant {
             name: raw.tenant,

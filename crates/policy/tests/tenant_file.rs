@@ -59,7 +59,8 @@ fn unknown_role_in_a_binding() {
     let e = errors(&format!(
         "{BASE}bindings:\n  - user: a@x.test\n    role: Cluster Boss\n    project: platform\n"
     ));
-    assert_eq!(e, "bindings[0].role: unknown role \"Cluster Boss\"");
+    // The line of the field, found in the text after parsing.
+    assert_eq!(e, "line 6: bindings[0].role: unknown role \"Cluster Boss\"");
 }
 
 #[test]

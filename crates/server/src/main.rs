@@ -352,8 +352,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "kubeconfigd failed");
-            eprintln!("kubeconfigd: {error:#}");
+            // Said once: as a log line where logs are JSON (for the collector), else as plain text.
+            if matches!(args.log_format, kubeconfigd::config::LogFormat::Json) {
+                tracing::error!(error = format!("{error:#}"), "kubeconfigd failed");
+            } else {
+                eprintln!("kubeconfigd: {error:#}");
+            }
             ExitCode::FAILURE
         }
     }
