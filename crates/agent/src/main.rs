@@ -239,6 +239,7 @@ fn init_logging(format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Text => tracing_subscriber::fmt()
+            .fmt_fields(kubeconfig_logline::Fields)
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_ansi(ansi)

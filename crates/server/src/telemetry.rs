@@ -312,6 +312,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(true)
+                    .fmt_fields(kubeconfig_logline::Fields)
                     .with_writer(writer.clone())
                     .with_filter(events_only),
             ),
