@@ -43,12 +43,13 @@ summary() {
 }
 trap summary EXIT
 
-# Everything is compiled by one command with one feature resolution (the whole workspace), so the
-# steps below reuse it instead of compiling again for a different selection of packages.
+# Every test target is compiled by one command with one feature resolution (the whole workspace), and
+# run by one command with the same selection, so nothing is compiled again in between; the binaries
+# the end-to-end suites start are built once more without the test-only features.
 cargo test --workspace --no-run
 cargo build --workspace --bins
-cargo test --workspace --exclude kubeconfigd-e2e 2>&1 | tee -a "$log"
-# The end-to-end suites are one binary; run one test at a time, so that the timing assertions (a change
-# reaches a file within 1 s, …) never measure another suite's load. About five minutes.
-cargo test --workspace --test e2e -- --test-threads=1 2>&1 | tee -a "$log"
+# One test at a time, so that the end-to-end suites' timing assertions (a change reaches a file within
+# 1 s, …) never measure another test's load; the unit suites take seconds either way. About five
+# minutes in all.
+cargo test --workspace -- --test-threads=1 2>&1 | tee -a "$log"
 .venv/bin/python -m pytest -q tests/python 2>&1 | tee -a "$log"
