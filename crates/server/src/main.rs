@@ -67,6 +67,8 @@ enum AdminCredentialArg {
 }
 
 #[derive(Debug, clap::Args)]
+// A group, so that a missing project is reported with its alternative.
+#[command(group(clap::ArgGroup::new("projects").args(["project", "project_from_namespace"]).required(true).multiple(true)))]
 struct ImportArgs {
     /// The inventory directory the cluster files are written to.
     #[arg(long, env = "KUBECONFIGD_INVENTORY", value_name = "DIR")]
@@ -85,11 +87,7 @@ struct ImportArgs {
     #[arg(long = "capi-secrets", value_name = "FILE")]
     capi_secrets: Vec<PathBuf>,
     /// The project every imported cluster belongs to.
-    #[arg(
-        long,
-        value_name = "UID",
-        required_unless_present = "project_from_namespace"
-    )]
+    #[arg(long, value_name = "UID")]
     project: Option<String>,
     /// A Cluster API cluster's project is its namespace (other clusters take `--project`).
     #[arg(long)]
