@@ -125,11 +125,11 @@ struct ImportArgs {
         required_if_eq("admin_credential", "minted")
     )]
     mint_ca_key: Option<PathBuf>,
-    /// Copy files the kubeconfig refers to (keys, token files) into the cluster file when they are
-    /// outside the inventory (by default such a cluster is skipped: the server reads only files
-    /// inside the inventory).
-    #[arg(long)]
-    inline_references: bool,
+    /// Copy files a kubeconfig refers to (keys, token files) into the cluster file when they are under
+    /// this directory (repeatable). Other references outside the inventory make the cluster skipped:
+    /// the server reads only files inside the inventory, and a kubeconfig can name any file.
+    #[arg(long, value_name = "DIR")]
+    inline_from: Vec<PathBuf>,
     /// Print what would change, and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -157,7 +157,7 @@ fn import(args: Box<ImportArgs>) -> ExitCode {
             (AdminCredentialArg::Minted, Some(certificate), Some(key)) => Some((certificate, key)),
             _ => None,
         },
-        inline_references: args.inline_references,
+        inline_from: args.inline_from,
         dry_run: args.dry_run,
         force: args.force,
     };

@@ -369,10 +369,13 @@ async fn imported_clusters_are_served_with_the_sources_server_ca_and_credential(
             b64(capi_kubeconfig(pki, name).as_bytes())
         )
     };
+    // Cluster API labels a cluster's other Secrets too (its CAs, etcd, keys): listed first here, as
+    // kubectl sorts them, they are left aside.
+    let sibling = "- apiVersion: v1\n  kind: Secret\n  metadata:\n    name: alpha-ca\n    namespace: team-a\n    labels:\n      cluster.x-k8s.io/cluster-name: alpha\n  data:\n    tls.crt: eA==\n";
     let secrets = w.write(
         "secrets.yaml",
         &format!(
-            "apiVersion: v1\nkind: List\nitems:\n{}{}",
+            "apiVersion: v1\nkind: List\nitems:\n{sibling}{}{}",
             secret("team-a", "alpha", "capi-a"),
             secret("team-b", "beta", "capi-b")
         ),
@@ -408,6 +411,11 @@ async fn imported_clusters_are_served_with_the_sources_server_ca_and_credential(
     let capi = w.import(&["--project-from-namespace", "--capi-secrets", &s(&secrets)]);
     assert_eq!(capi.status.code(), Some(0), "{}", text(&capi));
     assert_eq!(listed(&capi, "added").len(), 2, "{}", text(&capi));
+    assert!(
+        text(&capi).contains("1 other Secrets left aside"),
+        "{}",
+        text(&capi)
+    );
 
     // Every file is private and loads as the server loads it.
     for entry in std::fs::read_dir(w.inventory()).unwrap().flatten() {
@@ -511,6 +519,16 @@ async fn imported_clusters_are_served_with_the_sources_server_ca_and_credential(
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert_eq!(listed(&again, "unchanged").len(), 3, "{}", text(&again));
     assert_eq!(w.snapshot(), before);
+    // The same source under another file name is the same cluster file.
+    std::fs::copy(&admin_conf, w.path("copy-of-admin.conf")).unwrap();
+    let renamed = w.import(&[
+        "--project",
+        "platform",
+        "--kubeconfig",
+        &s(&w.path("copy-of-admin.conf")),
+    ]);
+    assert_eq!(listed(&renamed, "unchanged").len(), 1, "{}", text(&renamed));
+    assert_eq!(w.snapshot(), before);
     // A changed source rewrites its file only.
     std::fs::write(
         &token_yaml,
@@ -548,7 +566,6 @@ async fn imported_clusters_are_served_with_the_sources_server_ca_and_credential(
         &s(&w.path("two-ca.crt")),
         "--mint-ca-key",
         &s(&w.path("two-ca.key")),
-        "--inline-references",
     ]);
     assert_eq!(minted.status.code(), Some(0), "{}", text(&minted));
     assert!(
@@ -663,6 +680,60 @@ fn hostile_inputs_are_refused_and_write_nothing() {
         "--force",
     ]);
     assert_eq!(listed(&forced, "changed"), [uid], "{}", text(&forced));
+    // A Secret whose kubeconfig cannot be read is that cluster's problem, not the file's.
+    let bad_secret = w.write(
+        "bad-secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gamma-kubeconfig\n  namespace: team-a\n  labels:\n    cluster.x-k8s.io/cluster-name: gamma\ndata:\n  value: '%%% not base64'\n",
+    );
+    let skipped = w.import(&[
+        "--project",
+        "platform",
+        "--capi-secrets",
+        &bad_secret.display().to_string(),
+    ]);
+    assert_eq!(skipped.status.code(), Some(1), "{}", text(&skipped));
+    assert!(
+        text(&skipped).contains("data.value: not base64"),
+        "{}",
+        text(&skipped)
+    );
+    // A context that cannot be served does not hide another for the same API server; a file outside
+    // the inventory is read only from an --inline-from directory.
+    std::fs::write(w.path("token.txt"), "a-token\n").unwrap();
+    let mixed = w.write(
+        "mixed.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: m\n  cluster:\n    server: https://mixed.example.test:6443\n    certificate-authority-data: {}\nusers:\n- name: pw\n  user: {{username: admin, password: secret}}\n- name: tok\n  user: {{tokenFile: token.txt}}\ncontexts:\n- name: pw\n  context: {{cluster: m, user: pw}}\n- name: tok\n  context: {{cluster: m, user: tok}}\n",
+            b64(&w.read("x-ca.crt"))
+        ),
+    );
+    let refused = w.import(&[
+        "--project",
+        "platform",
+        "--kubeconfig",
+        &mixed.display().to_string(),
+        "--dry-run",
+    ]);
+    assert!(
+        text(&refused).contains("--inline-from"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).contains("context pw: the same cluster as"),
+        "{}",
+        text(&refused)
+    );
+    let inlined = w.import(&[
+        "--project",
+        "platform",
+        "--kubeconfig",
+        &mixed.display().to_string(),
+        "--dry-run",
+        "--inline-from",
+        &w.dir.path().display().to_string(),
+    ]);
+    assert_eq!(listed(&inlined, "added").len(), 1, "{}", text(&inlined));
     // A project the tenant lacks stops the import.
     let unknown = w.import(&[
         "--project",

@@ -49,7 +49,9 @@ pub struct Options {
     /// `--admin-credential minted`: every cluster mints admin credentials with this client CA
     /// (certificate, key) instead of handing out the source's credential.
     pub mint_with: Option<(PathBuf, PathBuf)>,
-    pub inline_references: bool,
+    /// Directories whose files a kubeconfig may refer to and have copied into the cluster file
+    /// (`--inline-from`): a hostile kubeconfig can name any file, so only these are read.
+    pub inline_from: Vec<PathBuf>,
     pub dry_run: bool,
     pub force: bool,
 }
@@ -80,6 +82,8 @@ pub struct Summary {
     pub lines: Vec<Line>,
     /// Whether the files were written without pack values (so without OIDC).
     pub without_oidc: bool,
+    /// Cluster API Secrets that are not a cluster's `<cluster>-kubeconfig` (its CAs and keys).
+    pub secrets_aside: usize,
     pub dry_run: bool,
 }
 
@@ -131,6 +135,13 @@ impl std::fmt::Display for Summary {
                 ""
             }
         )?;
+        if self.secrets_aside > 0 {
+            write!(
+                f,
+                "\n{} other Secrets left aside (only a cluster's <cluster>-kubeconfig Secret holds its kubeconfig)",
+                self.secrets_aside
+            )?;
+        }
         if self.without_oidc && written + self.count(&Outcome::Unchanged) > 0 {
             write!(
                 f,
@@ -176,9 +187,12 @@ pub fn run(options: &Options) -> Result<Summary, ImportError> {
         let text = sources::read_input(path)?;
         found.extend(sources::from_kubeconfig(path, &text, &options.contexts)?);
     }
+    let mut aside = 0;
     for path in &options.capi_secrets {
         let text = sources::read_input(path)?;
-        found.extend(sources::from_capi_secrets(path, &text)?);
+        let (clusters, others) = sources::from_capi_secrets(path, &text)?;
+        found.extend(clusters);
+        aside += others;
     }
     for context in &options.contexts {
         if !found
@@ -217,7 +231,16 @@ pub fn run(options: &Options) -> Result<Summary, ImportError> {
         )
     });
     let claimed = claimed_uids(&inventory);
+    let inline_from: Vec<PathBuf> = options
+        .inline_from
+        .iter()
+        .map(|dir| {
+            dir.canonicalize()
+                .map_err(|e| usage(format!("--inline-from {}: {e}", dir.display())))
+        })
+        .collect::<Result<_, _>>()?;
     let mut summary = Summary {
+        secrets_aside: aside,
         without_oidc: options.pack_values.is_none(),
         dry_run: options.dry_run,
         ..Summary::default()
@@ -243,7 +266,7 @@ pub fn run(options: &Options) -> Result<Summary, ImportError> {
                 options.proxy,
                 mint_with.as_ref(),
                 &inventory,
-                options.inline_references,
+                &inline_from,
             )?;
             validate(&text, &inventory, &tenant)?;
             let outcome = match std::fs::read_to_string(&file) {
@@ -432,13 +455,15 @@ struct ProxyFile {
 }
 
 /// Where a cluster file takes one of its materials from: inline text, or a path relative to the
-/// inventory. A reference outside the inventory is inlined with `--inline-references`, else refused
-/// (the server reads only files inside the inventory).
+/// inventory. A reference outside the inventory is copied in when it is under one of `inline_from`
+/// (or is `given` by the operator's own flags), else refused: the server reads only files inside the
+/// inventory, and a kubeconfig from elsewhere can name any file.
 fn place(
     field: &str,
     material: &Material,
     inventory: &Path,
-    inline_references: bool,
+    inline_from: &[PathBuf],
+    given: bool,
 ) -> Result<(Option<String>, Option<String>), String> {
     match material {
         Material::Inline(text) => Ok((Some(text.clone()), None)),
@@ -449,9 +474,9 @@ fn place(
             if let Ok(relative) = resolved.strip_prefix(inventory) {
                 return Ok((None, Some(relative.to_string_lossy().into_owned())));
             }
-            if !inline_references {
+            if !given && !inline_from.iter().any(|dir| resolved.starts_with(dir)) {
                 return Err(format!(
-                    "{field} refers to {}, outside the inventory: copy it into {} and refer to it there, or pass --inline-references to copy its content into the cluster file",
+                    "{field} refers to {}, outside the inventory: copy it into {}, or pass --inline-from with its directory to copy its content into the cluster file",
                     path.display(),
                     inventory.display()
                 ));
@@ -473,19 +498,20 @@ fn render(
     proxy: bool,
     mint_with: Option<&(Material, Material)>,
     inventory: &Path,
-    inline_references: bool,
+    inline_from: &[PathBuf],
 ) -> Result<String, String> {
     let (certificate_authority, certificate_authority_file) = place(
         "the CA",
         &cluster.certificate_authority,
         inventory,
-        inline_references,
+        inline_from,
+        false,
     )?;
     let (admin, admin_credential, client_ca) = match mint_with {
         Some((certificate, key)) => {
             let (certificate, certificate_file) =
-                place("--mint-ca-cert", certificate, inventory, inline_references)?;
-            let (key, key_file) = place("--mint-ca-key", key, inventory, inline_references)?;
+                place("--mint-ca-cert", certificate, inventory, inline_from, true)?;
+            let (key, key_file) = place("--mint-ca-key", key, inventory, inline_from, true)?;
             let ca = ClientCaFile {
                 certificate,
                 certificate_file,
@@ -501,10 +527,11 @@ fn render(
                         "the client certificate",
                         &certificate,
                         inventory,
-                        inline_references,
+                        inline_from,
+                        false,
                     )?;
                     let (client_key, client_key_file) =
-                        place("the client key", &key, inventory, inline_references)?;
+                        place("the client key", &key, inventory, inline_from, false)?;
                     AdminFile {
                         client_certificate,
                         client_certificate_file,
@@ -515,7 +542,7 @@ fn render(
                 }
                 AdminSource::Token(token) => {
                     let (token, token_file) =
-                        place("the token file", &token, inventory, inline_references)?;
+                        place("the token file", &token, inventory, inline_from, false)?;
                     AdminFile {
                         token,
                         token_file,
@@ -543,9 +570,11 @@ fn render(
         spectro_proxy: proxy.then_some(ProxyFile { enabled: true }),
     };
     let body = serde_norway::to_string(&file).map_err(|e| format!("cannot write YAML: {e}"))?;
+    // The source named without its file's path, so that the same cluster read from a file of another
+    // name (a temporary copy) is the same file.
     Ok(format!(
         "{MARKER} Re-running it replaces this file; remove this line to keep edits.\n# From: {}\n{body}",
-        found.origin.replace('\n', " ")
+        found.source.replace('\n', " ")
     ))
 }
 

@@ -60,6 +60,8 @@ pub enum AdminSource {
 pub struct Found {
     /// Where it came from, for the summary: `FILE, context NAME` or `FILE, Secret NS/NAME`.
     pub origin: String,
+    /// The same without the file: `context NAME`, `Secret NS/NAME` (written into the cluster file).
+    pub source: String,
     pub uid: String,
     pub name: String,
     /// The Cluster API namespace, when it came from a Secret (`--project-from-namespace`).
@@ -161,7 +163,8 @@ pub fn from_kubeconfig(path: &Path, text: &str, only: &[String]) -> Result<Vec<F
         if !only.is_empty() && !only.contains(&context.name) {
             continue;
         }
-        let origin = format!("{source_name}, context {}", context.name);
+        let source = format!("context {}", context.name);
+        let origin = format!("{source_name}, {source}");
         let name = cluster_name(&context.name).map_err(|m| input_error(&origin, m))?;
         let cluster = cluster_of(&config, &context.name, &base);
         let uid = match &cluster {
@@ -170,6 +173,7 @@ pub fn from_kubeconfig(path: &Path, text: &str, only: &[String]) -> Result<Vec<F
         };
         found.push(Found {
             origin,
+            source,
             uid,
             name,
             namespace: None,
@@ -180,9 +184,13 @@ pub fn from_kubeconfig(path: &Path, text: &str, only: &[String]) -> Result<Vec<F
 }
 
 /// The clusters of a file of Cluster API kubeconfig Secrets: a `List` (or `SecretList`) of them,
-/// or one Secret. The name is the cluster-name label; the uid comes from it and the namespace, so a
-/// cluster keeps its uid across imports whatever else changes.
-pub fn from_capi_secrets(path: &Path, text: &str) -> Result<Vec<Found>, InputError> {
+/// or one Secret, with how many Secrets were left aside. Cluster API labels every Secret of a cluster
+/// (its CAs, etcd, service-account keys) with the cluster name; only `<cluster>-kubeconfig` holds the
+/// admin kubeconfig, so the others are left aside, not reported as problems. The name is the
+/// cluster-name label; the uid comes from it and the namespace, so a cluster keeps its uid across
+/// imports whatever else changes. A Secret whose kubeconfig cannot be read is that cluster's problem
+/// (skipped with the reason), not the file's.
+pub fn from_capi_secrets(path: &Path, text: &str) -> Result<(Vec<Found>, usize), InputError> {
     let source_name = path.display().to_string();
     let value: serde_norway::Value =
         kubeconfig_policy::document::parse_within(text, MAX_INPUT_BYTES as usize).map_err(|e| {
@@ -208,6 +216,7 @@ pub fn from_capi_secrets(path: &Path, text: &str) -> Result<Vec<Found>, InputErr
         }
     };
     let mut found = Vec::new();
+    let mut aside = 0;
     for (i, item) in items.into_iter().enumerate() {
         let text_of = |path: &[&str]| -> Option<String> {
             let mut v = item;
@@ -224,70 +233,62 @@ pub fn from_capi_secrets(path: &Path, text: &str) -> Result<Vec<Found>, InputErr
         }
         let secret = text_of(&["metadata", "name"]).unwrap_or_default();
         let namespace = text_of(&["metadata", "namespace"]).unwrap_or_else(|| "default".to_owned());
-        let origin = format!("{source_name}, Secret {namespace}/{secret}");
         let Some(label) = text_of(&["metadata", "labels", CAPI_CLUSTER_LABEL]) else {
-            found.push(Found {
-                origin,
-                uid: uid_of(&["capi-secret", &namespace, &secret]),
-                name: secret.clone(),
-                namespace: Some(namespace),
-                cluster: Err(format!(
-                    "no {CAPI_CLUSTER_LABEL} label: not a Cluster API kubeconfig Secret"
-                )),
-            });
+            aside += 1;
             continue;
         };
+        if secret != format!("{label}-kubeconfig") {
+            aside += 1;
+            continue;
+        }
+        let source = format!("Secret {namespace}/{secret}");
+        let origin = format!("{source_name}, {source}");
         let name = cluster_name(&label).map_err(|m| input_error(&origin, m))?;
         let uid = uid_of(&["capi", &namespace, &label]);
-        let cluster = match text_of(&["data", "value"]) {
-            None => Err("no data.value (Cluster API keeps the kubeconfig there)".to_owned()),
-            Some(encoded) => {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|_| input_error(&origin, "data.value: not base64"))?;
-                if decoded.len() > MAX_EMBEDDED_BYTES {
-                    return Err(input_error(
-                        &origin,
-                        format!("data.value: larger than {MAX_EMBEDDED_BYTES} bytes"),
-                    ));
-                }
-                let embedded = String::from_utf8(decoded)
-                    .map_err(|_| input_error(&origin, "data.value: not UTF-8 text"))?;
-                let config = parse_kubeconfig(
-                    &embedded,
-                    &format!("{origin}, data.value"),
-                    MAX_EMBEDDED_BYTES,
-                )?;
-                let context = config.current_context.clone().or_else(|| {
-                    (config.contexts.len() == 1).then(|| config.contexts[0].name.clone())
-                });
-                match context {
-                    // An embedded kubeconfig cannot refer to files next to it: only inline data.
-                    Some(context) => cluster_of(&config, &context, Path::new("")).and_then(|c| {
-                        if matches!(c.certificate_authority, Material::Reference(_)) {
-                            Err(
-                                "its kubeconfig refers to a CA file; a Secret's must be inline"
-                                    .to_owned(),
-                            )
-                        } else {
-                            Ok(c)
-                        }
-                    }),
-                    None => {
-                        Err("its kubeconfig has several contexts and no current-context".to_owned())
-                    }
-                }
-            }
-        };
+        let cluster = text_of(&["data", "value"])
+            .ok_or_else(|| "no data.value (Cluster API keeps the kubeconfig there)".to_owned())
+            .and_then(|encoded| embedded_cluster(&encoded, &origin));
         found.push(Found {
             origin,
+            source,
             uid,
             name,
             namespace: Some(namespace),
             cluster,
         });
     }
-    Ok(found)
+    Ok((found, aside))
+}
+
+/// The cluster of a Secret's `data.value`: base64 of a kubeconfig with inline data.
+fn embedded_cluster(encoded: &str, origin: &str) -> Result<Cluster, String> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| "data.value: not base64".to_owned())?;
+    if decoded.len() > MAX_EMBEDDED_BYTES {
+        return Err(format!(
+            "data.value: larger than {MAX_EMBEDDED_BYTES} bytes"
+        ));
+    }
+    let embedded =
+        String::from_utf8(decoded).map_err(|_| "data.value: not UTF-8 text".to_owned())?;
+    let config = parse_kubeconfig(
+        &embedded,
+        &format!("{origin}, data.value"),
+        MAX_EMBEDDED_BYTES,
+    )
+    .map_err(|e| e.message)?;
+    let context = config
+        .current_context
+        .clone()
+        .or_else(|| (config.contexts.len() == 1).then(|| config.contexts[0].name.clone()))
+        .ok_or("its kubeconfig has several contexts and no current-context")?;
+    // An embedded kubeconfig cannot refer to files next to it: only inline data.
+    let cluster = cluster_of(&config, &context, Path::new(""))?;
+    if matches!(cluster.certificate_authority, Material::Reference(_)) {
+        return Err("its kubeconfig refers to a CA file; a Secret's must be inline".to_owned());
+    }
+    Ok(cluster)
 }
 
 /// A stable uid: the first 96 bits of a SHA-256 over what identifies the cluster, in hex (24
@@ -435,19 +436,37 @@ fn pem_of(field: &str, data: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// What found clusters say about one another: a uid or an API server named twice in one run keeps
-/// the first and refuses the rest, naming the first.
+/// What found clusters say about one another: a uid (an API server, or a Cluster API name) named
+/// twice in one run is imported once — from the first entry that can be served (it reads and has a
+/// credential to hand out), else the first — and the others are skipped, naming it. An entry that
+/// cannot be served therefore never hides one that can.
 pub fn first_of_each(found: Vec<Found>) -> Vec<Found> {
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let usable = |f: &Found| f.cluster.as_ref().is_ok_and(|c| c.admin.is_ok());
+    let mut chosen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, f) in found.iter().enumerate() {
+        match chosen.get(&f.uid) {
+            Some(&first) if usable(&found[first]) || !usable(f) => {}
+            _ => {
+                chosen.insert(f.uid.clone(), i);
+            }
+        }
+    }
+    let names: Vec<String> = found.iter().map(|f| f.origin.clone()).collect();
     found
         .into_iter()
-        .map(|mut f| {
-            if let Some(first) = seen.get(&f.uid) {
+        .enumerate()
+        .map(|(i, mut f)| {
+            let first = chosen[&f.uid];
+            if first != i {
+                let hint = if f.namespace.is_none() {
+                    "; import one with --context"
+                } else {
+                    ""
+                };
                 f.cluster = Err(format!(
-                    "the same cluster as {first} (same API server or Cluster API name); pick one with --context"
+                    "the same cluster as {} (the same API server or Cluster API name){hint}",
+                    names[first]
                 ));
-            } else {
-                seen.insert(f.uid.clone(), f.origin.clone());
             }
             f
         })
