@@ -291,7 +291,11 @@ impl Holdings {
             Type::Unavailable => {
                 let problem = format!("{}: {}", event.reason, event.message);
                 if self.problems.get(&key) != Some(&problem) {
-                    tracing::warn!(cluster = %key.0, asset = asset.as_str(), message = %event.message, "cluster unavailable; keeping its file");
+                    if self.files.contains_key(&key) {
+                        tracing::warn!(cluster = %key.0, asset = asset.as_str(), message = %event.message, "cluster unavailable; keeping its file");
+                    } else {
+                        tracing::warn!(cluster = %key.0, asset = asset.as_str(), message = %event.message, "cluster unavailable");
+                    }
                 }
                 self.problems.insert(key, problem);
             }

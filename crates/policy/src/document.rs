@@ -20,7 +20,8 @@ pub enum DocumentError {
     #[error("document is {size} bytes; the limit is {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     /// Flow collections nest deeper than [`MAX_FLOW_DEPTH`].
-    #[error("flow collections (`[` / `{{`) nest deeper than {limit} levels at line {line}")]
+    // The line is in its field (callers print `line N:` before the message).
+    #[error("flow collections (`[` / `{{`) nest deeper than {limit} levels")]
     TooDeep { limit: usize, line: usize },
     /// The YAML is malformed or does not have the expected shape.
     #[error("{message}")]

@@ -502,10 +502,11 @@ fn demo_files(dir: &std::path::Path) -> std::io::Result<Source> {
             .map(|(name, text)| (inventory.join(name), *text)),
     );
     for (path, text) in files {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        match std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&path)
         {
             Ok(mut file) => std::io::Write::write_all(&mut file, text.as_bytes())?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

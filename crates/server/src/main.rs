@@ -185,13 +185,16 @@ fn check(inventory: PathBuf, tenant: PathBuf) -> ExitCode {
     }
     match Inventory::load(Origin::Files {
         inventory: inventory.clone(),
-        tenant,
+        tenant: tenant.clone(),
     }) {
         Err(error) => {
             // The tenant file is unusable; the cluster files are still read, so that one problem
             // does not hide the others (their projects and pack settings need the tenant).
-            println!("{error}");
-            let mut problems = 1;
+            let mut problems = 0;
+            for problem in tenant_problems(&tenant).unwrap_or_else(|| vec![error.to_string()]) {
+                problems += 1;
+                println!("{problem}");
+            }
             for (path, problem) in cluster_file_problems(&inventory) {
                 problems += 1;
                 println!("{}: {problem}", path.display());
@@ -246,6 +249,21 @@ fn count(n: usize, noun: &str) -> String {
         format!("1 {noun}")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+/// Each problem of a tenant file that parses but is inconsistent, on its own line (the server's log
+/// joins them); `None` for any other failure, which the loader's message says.
+fn tenant_problems(tenant: &std::path::Path) -> Option<Vec<String>> {
+    let text = kubeconfigd::files::read_text(tenant, 1024 * 1024).ok()?;
+    match kubeconfig_policy::Tenant::from_yaml(&text) {
+        Err(kubeconfig_policy::TenantError::Fields(errors)) => Some(
+            errors
+                .iter()
+                .map(|e| format!("{}: {e}", tenant.display()))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 

@@ -37,7 +37,7 @@ pub fn router(core: Arc<Core>, ready: watch::Receiver<bool>) -> Router {
         .method_not_allowed_fallback(|| async {
             plain_error(
                 ErrorKind::MethodNotAllowed,
-                "only GET is served on this path",
+                "only GET and HEAD are served on this path",
             )
         })
         .with_state(AdminState { core, ready })

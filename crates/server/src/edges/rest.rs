@@ -249,7 +249,7 @@ async fn not_found() -> Response {
 async fn method_not_allowed() -> Response {
     let mut response = plain_error(
         ErrorKind::MethodNotAllowed,
-        "only GET is served on this path",
+        "only GET and HEAD are served on this path",
     );
     response
         .headers_mut()
