@@ -27,6 +27,7 @@ use crate::config::LogFormat;
 mod json_line;
 mod log_line;
 mod text_line;
+mod timestamp;
 pub use log_line::LineFormat;
 
 /// The default service name.

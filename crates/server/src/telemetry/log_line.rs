@@ -1,8 +1,8 @@
 //! Log lines written straight into a line buffer of the thread that logs, in either format
-//! (`text_line`, `json_line`): the one [`FormatEvent`] the log layer uses, and what both formats share
-//! (the buffer, the timestamp, the byte scans that decide whether a value needs escaping).
+//! (`text_line`, `json_line`): the one [`FormatEvent`] the log layer uses, and the buffer. The formats
+//! import nothing from here (their shared timestamp is in `timestamp`), so the modules form no circle.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -64,56 +64,6 @@ fn write_line(mut writer: Writer<'_>, format: impl Fn(&mut String) -> fmt::Resul
 
 /// A line buffer larger than this is not kept for the next line.
 const MAX_KEPT_LINE: usize = 64 * 1024;
-
-/// `2026-12-01T13:45:41.630408Z` (RFC 3339, microseconds, UTC): the date and time of day are
-/// formatted once a second per thread, the microseconds on every line.
-pub(super) fn write_timestamp(out: &mut String) {
-    thread_local! {
-        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
-    }
-    let now = std::time::SystemTime::now();
-    let since_epoch = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seconds = since_epoch.as_secs();
-    let (cached, mut prefix) = SECOND.get();
-    if cached != seconds {
-        let text = humantime::format_rfc3339_seconds(now).to_string();
-        if text.len() != 20 {
-            // Outside years 0000-9999: no fast path.
-            let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
-            return;
-        }
-        prefix.copy_from_slice(&text.as_bytes()[..19]);
-        SECOND.set((seconds, prefix));
-    }
-    let mut line = [0u8; 27];
-    line[..19].copy_from_slice(&prefix);
-    line[19] = b'.';
-    let mut micros = since_epoch.subsec_micros();
-    for at in (20..26).rev() {
-        line[at] = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
-    line[26] = b'Z';
-    // Digits, ASCII punctuation and the prefix humantime wrote: always UTF-8.
-    out.push_str(std::str::from_utf8(&line).unwrap_or_default());
-}
-
-/// Whether a string prints the same in Rust's debug form (quoted) as raw between quotes — and, the
-/// same condition, as a JSON string.
-pub(super) fn plain(value: &str) -> bool {
-    // A fold without an early exit, which the compiler turns into a few vector instructions per 16
-    // or 32 bytes; `all` tests one byte at a time, which was a quarter of the audit line's formatting.
-    value.bytes().fold(true, |plain, b| {
-        plain & printable_ascii(b) & (b != b'"') & (b != b'\\')
-    })
-}
-
-#[inline(always)]
-pub(super) fn printable_ascii(b: u8) -> bool {
-    b.wrapping_sub(b' ') < b'~' - b' ' + 1
-}
 
 /// What a test's log layers wrote: an in-memory writer, and a way to run events through two formatters.
 #[cfg(test)]
@@ -179,26 +129,5 @@ pub(super) mod capture {
         tracing::info!(target: "audit", user = "a@x.test", allowed = true, count = 3_u64, delta = -2_i64, sha256 = %"ab12", "asset served");
         tracing::warn!(error = %"cannot read", path = ?std::path::Path::new("/x/y.yaml"), "skipped a file");
         tracing::error!(r#type = "quoted \"value\" with \\", "odd");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_byte_scans_agree_with_their_definitions() {
-        let every_byte: Vec<u8> = (0..=255).collect();
-        for b in every_byte {
-            let printable_by_definition = (b' '..=b'~').contains(&b);
-            assert_eq!(printable_ascii(b), printable_by_definition, "{b}");
-            if b.is_ascii() {
-                let text = format!("{:>40}{}", "padding that is plain", char::from(b));
-                let plain_by_definition = printable_by_definition && b != b'"' && b != b'\\';
-                assert_eq!(plain(&text), plain_by_definition, "{b}");
-            }
-        }
-        assert!(!plain("caf\u{e9}"));
-        assert!(plain(""));
     }
 }

@@ -15,13 +15,13 @@ use std::fmt;
 use tracing::{Event, Level};
 use tracing_log::NormalizeEvent as _;
 
-use super::log_line::write_timestamp;
+use super::timestamp;
 
 /// Writes one event as a text line.
 pub(super) fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
     let normalized = event.normalized_metadata();
     let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
-    write_timestamp(out);
+    timestamp::write(out);
     out.push(' ');
     out.push_str(level(*metadata.level()));
     out.push(' ');
