@@ -1,6 +1,7 @@
 //! Log lines written straight into a line buffer of the thread that logs, in either format
 //! (`text_line`, `json_line`): the one [`FormatEvent`] the log layer uses, and the buffer. The formats
-//! import nothing from here (their shared timestamp is in `timestamp`), so the modules form no circle.
+//! import nothing from here outside their tests (their shared timestamp is in `timestamp`), so the
+//! modules form no circle.
 
 use std::fmt;
 
