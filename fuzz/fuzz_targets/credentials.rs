@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use kubeconfigd::auth::{ApiKeys, Credentials, Issuers, JwtVerifier, authenticate};
+use kubeconfigd::service::auth::{ApiKeys, Credentials, Issuers, JwtVerifier, authenticate};
 use kubeconfigd::config::{JwtConfig, JwtKey};
 
 static ISSUERS: LazyLock<Issuers> = LazyLock::new(|| {

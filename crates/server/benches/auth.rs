@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubeconfig_policy::ApiKeyHash;
-use kubeconfigd::auth::configuration::AuthenticationConfiguration;
-use kubeconfigd::auth::{
+use kubeconfigd::config::{JwtConfig, JwtKey};
+use kubeconfigd::service::auth::configuration::AuthenticationConfiguration;
+use kubeconfigd::service::auth::{
     ApiKeys, Credentials, Issuers, JwtVerifier, PeerCertificate, TokenSettings, authenticate,
 };
-use kubeconfigd::config::{JwtConfig, JwtKey};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use sha2::{Digest, Sha256};
@@ -165,7 +165,7 @@ fn benches(c: &mut Criterion) {
         not_after: u64::MAX,
         rechecked: None,
     });
-    let now = kubeconfigd::auth::now_seconds();
+    let now = kubeconfigd::service::auth::now_seconds();
     group.bench_function("client-certificate-per-call", |b| {
         b.iter(|| {
             black_box(&certificate)

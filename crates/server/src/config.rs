@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kubeconfig_cache::{RedisConfig, RedisTarget, Sealer};
 
-use crate::auth::TokenSettings;
-use crate::auth::configuration::AuthenticationConfiguration;
+use crate::service::auth::TokenSettings;
+use crate::service::auth::configuration::AuthenticationConfiguration;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -309,9 +309,9 @@ fn check_redis_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// TLS for the gRPC and REST listeners, when configured.
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<crate::edges::tls::ServerTls>,
     /// How connections are accepted and kept.
-    pub connections: crate::connections::Limits,
+    pub connections: crate::edges::connections::Limits,
     pub cache: CacheSettings,
     pub source: Source,
     pub rest: bool,
@@ -323,7 +323,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_concurrent_requests: u32,
     pub max_mints_per_minute: u32,
-    pub watch: crate::streams::WatchLimits,
+    pub watch: crate::service::streams::WatchLimits,
     pub shutdown_grace: Duration,
     pub shutdown_delay: Duration,
 }
@@ -427,7 +427,7 @@ impl Config {
                 min_refresh_interval: *jwks_min_refresh_interval,
             },
             tls: tls_of(args)?,
-            connections: crate::connections::Limits {
+            connections: crate::edges::connections::Limits {
                 max_connections: *max_connections as usize,
                 idle_timeout: *idle_timeout,
                 header_read_timeout: *header_read_timeout,
@@ -447,7 +447,7 @@ impl Config {
             request_timeout: *request_timeout,
             max_concurrent_requests: *max_concurrent_requests,
             max_mints_per_minute: *max_mints_per_minute,
-            watch: crate::streams::WatchLimits {
+            watch: crate::service::streams::WatchLimits {
                 total: *max_watch_streams as usize,
                 per_caller: *max_watch_streams_per_caller as usize,
                 known_etags: *max_watch_known_etags as usize,
@@ -496,8 +496,8 @@ fn demo_files(dir: &std::path::Path) -> std::io::Result<Source> {
     let inventory = dir.join("inventory");
     std::fs::create_dir_all(&inventory)?;
     let tenant = dir.join("tenant.yaml");
-    let files = std::iter::once((tenant.clone(), crate::demo::TENANT)).chain(
-        crate::demo::CLUSTERS
+    let files = std::iter::once((tenant.clone(), crate::loading::demo::TENANT)).chain(
+        crate::loading::demo::CLUSTERS
             .iter()
             .map(|(name, text)| (inventory.join(name), *text)),
     );
@@ -604,7 +604,7 @@ fn authentication_of(
 
 /// TLS for the listeners, when a certificate and key are given, with client certificates when a
 /// client CA bundle is.
-fn tls_of(args: &Args) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+fn tls_of(args: &Args) -> Result<Option<crate::edges::tls::ServerTls>, ConfigError> {
     if args.client_crl_file.is_some() && args.client_ca_file.is_none() {
         return Err(config_error(
             "--client-crl-file",
@@ -627,7 +627,7 @@ fn tls_of(args: &Args) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
         }
         return Ok(None);
     };
-    crate::tls::ServerTls::load(crate::tls::TlsFiles {
+    crate::edges::tls::ServerTls::load(crate::edges::tls::TlsFiles {
         cert: cert.clone(),
         key: key.clone(),
         client_ca: args.client_ca_file.clone(),
@@ -751,7 +751,7 @@ mod tests {
         };
         assert_eq!(
             std::fs::read_dir(inventory).expect("inventory").count(),
-            crate::demo::CLUSTERS.len()
+            crate::loading::demo::CLUSTERS.len()
         );
         std::fs::write(tenant, "edited").expect("edit");
         Config::from_args(&args).expect("valid again");

@@ -7,17 +7,17 @@
 //!
 //! Three groups of modules, each a directory:
 //!
-//! - [`loading`]: [`inventory`] and [`record`] (the tenant file and cluster files, loaded into
-//!   snapshots), [`files`] (reading files safely), [`watch`] (file watching and snapshot swaps),
-//!   [`feed`] (the per-cluster change feed), [`demo`] (the built-in demo data).
-//! - [`service`]: [`core`] (the transport-neutral pipeline), [`auth`] (API keys and JWTs), [`error`]
-//!   (its one error type), [`cached`] (rendered files in the cache), [`streams`] (watching files),
-//!   [`minting`] and [`ledger`] (short-lived admin credentials and their record).
-//! - [`edges`]: [`grpc`], [`rest`] and [`admin`] (probes, metrics, OpenAPI), on [`connections`]
-//!   (accepting and keeping connections within limits) and [`tls`].
+//! - [`loading`]: [`inventory`](loading::inventory) and [`record`](loading::record) (the tenant file and cluster files, loaded into
+//!   snapshots), [`files`](loading::files) (reading files safely), [`watch`](loading::watch) (file watching and snapshot swaps),
+//!   [`feed`](loading::feed) (the per-cluster change feed), [`demo`](loading::demo) (the built-in demo data).
+//! - [`service`]: [`core`](service::core) (the transport-neutral pipeline), [`auth`](service::auth) (API keys and JWTs), [`error`](service::error)
+//!   (its one error type), [`cached`](service::cached) (rendered files in the cache), [`streams`](service::streams) (watching files),
+//!   [`minting`](service::minting) and [`ledger`](service::ledger) (short-lived admin credentials and their record).
+//! - [`edges`]: [`grpc`](edges::grpc), [`rest`](edges::rest) and [`admin`](edges::admin) (probes, metrics, OpenAPI), on [`connections`](edges::connections)
+//!   (accepting and keeping connections within limits) and [`tls`](edges::tls).
 //!
 //! Beside them: [`config`] (flags and their validation), [`telemetry`] and [`metrics`] (logs, traces,
-//! counters). Each module is also reachable at the crate root (`kubeconfigd::inventory`, …).
+//! counters).
 
 pub mod config;
 pub mod edges;
@@ -26,10 +26,6 @@ pub mod loading;
 pub mod metrics;
 pub mod service;
 pub mod telemetry;
-
-pub use edges::{admin, admission, connections, grpc, rest, tls};
-pub use loading::{demo, feed, files, inventory, record, reloading, watch};
-pub use service::{auth, cached, core, error, ledger, minting, streams};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,7 +38,7 @@ use tokio::sync::watch as signal;
 use tonic_health::ServingStatus;
 
 use crate::config::{Config, MAX_REQUEST_BYTES, Source};
-use crate::inventory::{Inventory, Origin};
+use crate::loading::inventory::{Inventory, Origin};
 use crate::metrics::Metrics;
 
 /// Aborts a background task when dropped.
@@ -85,18 +81,21 @@ pub async fn run(
         tokio::task::spawn_blocking(move || Inventory::load(origin))
     };
     let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(ArcSwap::from_pointee(inventory::Snapshot::loading()));
+    let store = Arc::new(ArcSwap::from_pointee(
+        loading::inventory::Snapshot::loading(),
+    ));
     let (cache, ledger) = cache_of(&config);
-    let minter =
-        Arc::new(minting::Minter::new(ledger).with_rate_limit(config.max_mints_per_minute));
+    let minter = Arc::new(
+        service::minting::Minter::new(ledger).with_rate_limit(config.max_mints_per_minute),
+    );
     let jwt = config
         .jwt
         .as_ref()
-        .map(auth::JwtVerifier::new)
+        .map(service::auth::JwtVerifier::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--jwt-public-key-file: {e}"))?;
     let issuers = Arc::new(
-        auth::Issuers::configured(
+        service::auth::Issuers::configured(
             jwt,
             config.tokens,
             config.authentication.as_ref().map(|(_, c)| c),
@@ -115,7 +114,7 @@ pub async fn run(
     let _issuers_background =
         issuers.spawn(config.authentication.as_ref().map(|(path, _)| path.clone()));
     let core = Arc::new(
-        core::Core::new(
+        service::core::Core::new(
             Arc::clone(&store),
             Arc::clone(&issuers),
             config.max_concurrent_requests as usize,
@@ -127,13 +126,13 @@ pub async fn run(
     );
     let _observers = observe(&core);
     // Certificates, keys, the client CA bundle and CRLs are re-read as they change.
-    let _tls_reloading = config.tls.as_ref().map(tls::ServerTls::watch);
-    let feed = Arc::new(feed::Feed::default());
+    let _tls_reloading = config.tls.as_ref().map(edges::tls::ServerTls::watch);
+    let feed = Arc::new(loading::feed::Feed::default());
     let _invalidator = spawn_invalidator(&feed, cache);
 
     let (stop_tx, stop_rx) = signal::channel(false);
     let (ready_tx, ready_rx) = signal::channel(false);
-    let watchers = Arc::new(streams::Watchers::new(
+    let watchers = Arc::new(service::streams::Watchers::new(
         Arc::clone(&core),
         Arc::clone(&feed),
         config.watch,
@@ -146,24 +145,24 @@ pub async fn run(
         listeners.admin.local_addr().ok(),
     );
     let limits = config.connections.clone();
-    let slots = connections::Slots::new(limits.max_connections, limits.header_read_timeout);
+    let slots = edges::connections::Slots::new(limits.max_connections, limits.header_read_timeout);
     let router = grpc_router(&config, health_service, &core, &watchers)?;
     spawn_grpc(
         &mut tasks,
         router,
         listeners.grpc,
-        config.tls.as_ref().map(tls::ServerTls::handshake),
+        config.tls.as_ref().map(edges::tls::ServerTls::handshake),
         &limits,
         slots.clone(),
         stopped(stop_rx.clone()),
     );
     if let (true, Some(listener)) = (config.rest, listeners.rest) {
-        let router = rest::router(Arc::clone(&watchers));
+        let router = edges::rest::router(Arc::clone(&watchers));
         spawn_http(
             &mut tasks,
             router,
             listener,
-            config.tls.as_ref().map(tls::ServerTls::handshake),
+            config.tls.as_ref().map(edges::tls::ServerTls::handshake),
             &limits,
             slots,
             stopped(stop_rx.clone()),
@@ -173,11 +172,11 @@ pub async fn run(
     // flood of API connections cannot starve the probes.
     spawn_http(
         &mut tasks,
-        admin::router(Arc::clone(&core), ready_rx),
+        edges::admin::router(Arc::clone(&core), ready_rx),
         listeners.admin,
         None,
         &limits,
-        connections::Slots::new(64, limits.header_read_timeout),
+        edges::connections::Slots::new(64, limits.header_read_timeout),
         stopped(stop_rx.clone()),
     );
     let shown = |address: Option<std::net::SocketAddr>| {
@@ -191,7 +190,7 @@ pub async fn run(
         client_certificates = config
             .tls
             .as_ref()
-            .is_some_and(tls::ServerTls::client_certificates),
+            .is_some_and(edges::tls::ServerTls::client_certificates),
         "serving"
     );
 
@@ -253,18 +252,19 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
 fn cache_of(
     config: &Config,
 ) -> (
-    Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>>,
-    Arc<dyn ledger::Ledger>,
+    Arc<dyn kubeconfig_cache::AssetCache<service::cached::CachedAsset>>,
+    Arc<dyn service::ledger::Ledger>,
 ) {
-    let cache =
-        kubeconfig_cache::TieredCache::<cached::CachedAsset>::new(kubeconfig_cache::CacheConfig {
+    let cache = kubeconfig_cache::TieredCache::<service::cached::CachedAsset>::new(
+        kubeconfig_cache::CacheConfig {
             memory_bytes: config.cache.memory_bytes,
             ttl: config.cache.ttl,
             redis: config.cache.redis.clone(),
-        });
-    let ledger: Arc<dyn ledger::Ledger> = match cache.remote() {
-        Some(remote) => Arc::new(ledger::RedisLedger::new(Arc::clone(remote))),
-        None => Arc::new(ledger::MemoryLedger::default()),
+        },
+    );
+    let ledger: Arc<dyn service::ledger::Ledger> = match cache.remote() {
+        Some(remote) => Arc::new(service::ledger::RedisLedger::new(Arc::clone(remote))),
+        None => Arc::new(service::ledger::MemoryLedger::default()),
     };
     (cache, ledger)
 }
@@ -272,8 +272,8 @@ fn cache_of(
 /// Drops changed and removed clusters' cached files here and, over Redis, on every replica. (Cache
 /// keys carry the revision, so this is memory hygiene, never what keeps bytes fresh.)
 fn spawn_invalidator(
-    feed: &feed::Feed,
-    cache: Arc<dyn kubeconfig_cache::AssetCache<cached::CachedAsset>>,
+    feed: &loading::feed::Feed,
+    cache: Arc<dyn kubeconfig_cache::AssetCache<service::cached::CachedAsset>>,
 ) -> AbortOnDrop {
     let mut changes = feed.subscribe();
     AbortOnDrop(tokio::spawn(async move {
@@ -305,8 +305,8 @@ fn grpc_router(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    core: &Arc<core::Core>,
-    watchers: &Arc<streams::Watchers>,
+    core: &Arc<service::core::Core>,
+    watchers: &Arc<service::streams::Watchers>,
 ) -> anyhow::Result<GrpcRouter> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -325,7 +325,7 @@ fn grpc_router(
         .context("reflection v1alpha")?
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
-    let api = KubeconfigServiceServer::new(grpc::KubeconfigApi::new(
+    let api = KubeconfigServiceServer::new(edges::grpc::KubeconfigApi::new(
         Arc::clone(core),
         Arc::clone(watchers),
     ))
@@ -339,11 +339,11 @@ fn grpc_router(
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .http2_max_pending_accept_reset_streams(Some(20))
         .max_concurrent_streams(limits.max_streams_per_connection)
-        .http2_max_header_list_size(connections::MAX_HEADER_LIST_BYTES)
-        .initial_stream_window_size(connections::STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(connections::CONNECTION_WINDOW_BYTES)
+        .http2_max_header_list_size(edges::connections::MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(edges::connections::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(edges::connections::CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
-        .layer(admission::AdmissionLayer::new(
+        .layer(edges::admission::AdmissionLayer::new(
             Arc::clone(core.permits()),
             limits.header_read_timeout,
             Arc::clone(core.metrics()),
@@ -361,23 +361,23 @@ async fn stopped(mut stop: signal::Receiver<bool>) {
 
 /// The gRPC services behind the admission layer.
 type GrpcRouter = tonic::transport::server::Router<
-    tower::layer::util::Stack<admission::AdmissionLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<edges::admission::AdmissionLayer, tower::layer::util::Identity>,
 >;
 
 fn spawn_grpc(
     tasks: &mut Tasks,
     router: GrpcRouter,
     listener: TcpListener,
-    tls: Option<connections::Tls>,
-    limits: &connections::Limits,
-    slots: connections::Slots,
+    tls: Option<edges::connections::Tls>,
+    limits: &edges::connections::Limits,
+    slots: edges::connections::Slots,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     match tls {
         None => {
-            let incoming = connections::stream(connections::accept(
+            let incoming = edges::connections::stream(edges::connections::accept(
                 listener,
-                connections::Plain,
+                edges::connections::Plain,
                 limits,
                 slots,
             ));
@@ -389,7 +389,9 @@ fn spawn_grpc(
             });
         }
         Some(tls) => {
-            let incoming = connections::stream(connections::accept(listener, tls, limits, slots));
+            let incoming = edges::connections::stream(edges::connections::accept(
+                listener, tls, limits, slots,
+            ));
             tasks.spawn(async move {
                 router
                     .serve_with_incoming_shutdown(incoming, stop)
@@ -404,24 +406,25 @@ fn spawn_http(
     tasks: &mut Tasks,
     router: axum::Router,
     listener: TcpListener,
-    tls: Option<connections::Tls>,
-    limits: &connections::Limits,
-    slots: connections::Slots,
+    tls: Option<edges::connections::Tls>,
+    limits: &edges::connections::Limits,
+    slots: edges::connections::Slots,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let limits = limits.clone();
     match tls {
         None => {
-            let incoming = connections::accept(listener, connections::Plain, &limits, slots);
+            let incoming =
+                edges::connections::accept(listener, edges::connections::Plain, &limits, slots);
             tasks.spawn(async move {
-                connections::serve_http(incoming, router, &limits, stop).await;
+                edges::connections::serve_http(incoming, router, &limits, stop).await;
                 anyhow::Ok(())
             });
         }
         Some(tls) => {
-            let incoming = connections::accept(listener, tls, &limits, slots);
+            let incoming = edges::connections::accept(listener, tls, &limits, slots);
             tasks.spawn(async move {
-                connections::serve_http(incoming, router, &limits, stop).await;
+                edges::connections::serve_http(incoming, router, &limits, stop).await;
                 anyhow::Ok(())
             });
         }
@@ -430,12 +433,19 @@ fn spawn_http(
 
 /// Puts the first load in service (or fails without a usable tenant file) and starts watching.
 fn put_in_service(
-    loaded: Result<(Inventory, inventory::Snapshot, inventory::ReloadReport), inventory::LoadError>,
+    loaded: Result<
+        (
+            Inventory,
+            loading::inventory::Snapshot,
+            loading::inventory::ReloadReport,
+        ),
+        loading::inventory::LoadError,
+    >,
     origin: Origin,
-    store: &Arc<ArcSwap<inventory::Snapshot>>,
+    store: &Arc<ArcSwap<loading::inventory::Snapshot>>,
     metrics: &Arc<Metrics>,
-    feed: &Arc<feed::Feed>,
-) -> anyhow::Result<Option<watch::WatchHandle>> {
+    feed: &Arc<loading::feed::Feed>,
+) -> anyhow::Result<Option<loading::watch::WatchHandle>> {
     let (inventory, snapshot, report) = loaded.context("cannot load the tenant file")?;
     for failure in &report.failures {
         tracing::warn!(problem = %failure, "file not applied");
@@ -459,7 +469,7 @@ fn put_in_service(
         Origin::Files {
             inventory: dir,
             tenant,
-        } => watch::spawn(
+        } => loading::watch::spawn(
             inventory,
             dir,
             tenant,
@@ -493,7 +503,7 @@ async fn drain(mut tasks: Tasks, grace: std::time::Duration) -> anyhow::Result<(
 
 /// OpenTelemetry observable instruments for the cache and inventory counters (no-ops unless OTLP
 /// export is configured). They live as long as the returned handles.
-fn observe(core: &Arc<core::Core>) -> Observers {
+fn observe(core: &Arc<service::core::Core>) -> Observers {
     use opentelemetry::KeyValue;
     let meter = opentelemetry::global::meter("kubeconfigd");
     let hits_core = Arc::clone(core);

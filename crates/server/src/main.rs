@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kubeconfigd::config::{Args, Config};
-use kubeconfigd::inventory::{Inventory, Origin};
+use kubeconfigd::loading::inventory::{Inventory, Origin};
 use kubeconfigd::{Listeners, run, shutdown_signal, telemetry};
 use sha2::{Digest as _, Sha256};
 
@@ -255,7 +255,7 @@ fn count(n: usize, noun: &str) -> String {
 /// Each problem of a tenant file that parses but is inconsistent, on its own line (the server's log
 /// joins them); `None` for any other failure, which the loader's message says.
 fn tenant_problems(tenant: &std::path::Path) -> Option<Vec<String>> {
-    let text = kubeconfigd::files::read_text(tenant, 1024 * 1024).ok()?;
+    let text = kubeconfigd::loading::files::read_text(tenant, 1024 * 1024).ok()?;
     match kubeconfig_policy::Tenant::from_yaml(&text) {
         Err(kubeconfig_policy::TenantError::Fields(errors)) => Some(
             errors
@@ -282,15 +282,17 @@ fn cluster_file_problems(inventory: &std::path::Path) -> Vec<(PathBuf, String)> 
     files
         .into_iter()
         .filter_map(|path| {
-            let problem = match kubeconfigd::files::read_text(&path, 1024 * 1024) {
+            let problem = match kubeconfigd::loading::files::read_text(&path, 1024 * 1024) {
                 Err(e) => e.to_string(),
-                Ok(text) => match kubeconfigd::record::Record::parse(&text, Some(inventory)) {
-                    Ok(_) => return None,
-                    Err(e) => match e.line {
-                        Some(line) => format!("line {line}: {e}"),
-                        None => e.to_string(),
-                    },
-                },
+                Ok(text) => {
+                    match kubeconfigd::loading::record::Record::parse(&text, Some(inventory)) {
+                        Ok(_) => return None,
+                        Err(e) => match e.line {
+                            Some(line) => format!("line {line}: {e}"),
+                            None => e.to_string(),
+                        },
+                    }
+                }
             };
             Some((path, problem))
         })

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kubeconfig_cache::CacheStats;
 
-use crate::minting::MintStats;
+use crate::service::minting::MintStats;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
 
-use crate::error::ErrorKind;
+use crate::service::error::ErrorKind;
 
-use crate::inventory::Snapshot;
+use crate::loading::inventory::Snapshot;
 
 /// Upper bounds (seconds) of the call latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -460,9 +460,9 @@ impl Metrics {
 --header-read-timeout of connecting), header_timeout, idle (no request open for --idle-timeout), \
 evicted (to make room), stalled (a request without progress: the peer does not read), refused (at \
 accept, no slot could be freed), tls_handshake (failed, timed out or made room).",
-                crate::connections::Closed::ALL
+                crate::edges::connections::Closed::ALL
                     .iter()
-                    .zip(crate::connections::closed_counts())
+                    .zip(crate::edges::connections::closed_counts())
                     .map(|(reason, n)| (format!("{{reason=\"{}\"}}", reason.label()), n))
                     .collect(),
             ),

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use kubeconfig_proto::kubeconfig::v1 as pb;
 use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_server::KubeconfigService as _;
-use kubeconfigd::cached::CachedAsset;
-use kubeconfigd::core::Core;
-use kubeconfigd::inventory::{Inventory, Origin};
+use kubeconfigd::loading::inventory::{Inventory, Origin};
 use kubeconfigd::metrics::Metrics;
+use kubeconfigd::service::cached::CachedAsset;
+use kubeconfigd::service::core::Core;
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tower::ServiceExt as _;
@@ -48,8 +48,8 @@ fn core() -> Arc<Core> {
         16,
         cache,
         Arc::new(Metrics::default()),
-        Arc::new(kubeconfigd::minting::Minter::new(Arc::new(
-            kubeconfigd::ledger::MemoryLedger::default(),
+        Arc::new(kubeconfigd::service::minting::Minter::new(Arc::new(
+            kubeconfigd::service::ledger::MemoryLedger::default(),
         ))),
     ))
 }
@@ -86,7 +86,7 @@ fn demo_secrets() -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec();
-    for (_, text) in kubeconfigd::demo::CLUSTERS {
+    for (_, text) in kubeconfigd::loading::demo::CLUSTERS {
         let mut in_key = false;
         for line in text.lines().map(str::trim) {
             if line.contains("PRIVATE KEY-----") && line.starts_with("-----BEGIN") {
@@ -128,17 +128,18 @@ fn spans_carry_the_conventions_and_no_secrets() {
         .expect("runtime");
 
     let core = core();
-    let watchers = Arc::new(kubeconfigd::streams::Watchers::new(
+    let watchers = Arc::new(kubeconfigd::service::streams::Watchers::new(
         Arc::clone(&core),
-        Arc::new(kubeconfigd::feed::Feed::default()),
-        kubeconfigd::streams::WatchLimits {
+        Arc::new(kubeconfigd::loading::feed::Feed::default()),
+        kubeconfigd::service::streams::WatchLimits {
             total: 8,
             per_caller: 8,
             known_etags: 16,
         },
         tokio::sync::watch::channel(false).1,
     ));
-    let api = kubeconfigd::grpc::KubeconfigApi::new(Arc::clone(&core), Arc::clone(&watchers));
+    let api =
+        kubeconfigd::edges::grpc::KubeconfigApi::new(Arc::clone(&core), Arc::clone(&watchers));
     let mut bodies = Vec::new();
     runtime.block_on(async {
         let allowed = api
@@ -174,7 +175,7 @@ fn spans_carry_the_conventions_and_no_secrets() {
             .await
             .expect_err("wrong key");
         assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
-        let response = kubeconfigd::rest::router(Arc::clone(&watchers))
+        let response = kubeconfigd::edges::rest::router(Arc::clone(&watchers))
             .oneshot(
                 http::Request::get(format!(
                     "/v1/spectroclusters/{}/assets/kubeconfig",

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 use kubeconfig_cache::{CacheConfig, RedisConfig, RedisTarget, Sealer, TieredCache};
-use kubeconfigd::cached::CachedAsset;
-use kubeconfigd::ledger::{
+use kubeconfigd::service::cached::CachedAsset;
+use kubeconfigd::service::ledger::{
     Ledger, LedgerEntry, MemoryLedger, PAGE_SCAN_FACTOR, RedisLedger, unix_seconds,
 };
 use kubeconfigd_e2e::RedisServer;

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
-use crate::core::Core;
-use crate::error::ErrorKind;
-use crate::rest::plain_error;
+use crate::edges::rest::plain_error;
+use crate::service::core::Core;
+use crate::service::error::ErrorKind;
 
 /// The REST shim's OpenAPI 3 description (kept true by a test against the router).
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -98,7 +98,7 @@ mod tests {
             .map(String::as_str)
             .collect();
         documented.sort_unstable();
-        let mut routed = crate::rest::ROUTES.to_vec();
+        let mut routed = crate::edges::rest::ROUTES.to_vec();
         routed.sort_unstable();
         assert_eq!(documented, routed);
         for route in routed {

@@ -37,7 +37,7 @@ use std::sync::{Mutex, Weak};
 
 use futures_util::task::AtomicWaker;
 
-use crate::connections::{self, ConnectionInfo, OpenRequest, TrackedBody};
+use crate::edges::connections::{self, ConnectionInfo, OpenRequest, TrackedBody};
 
 /// Health watches and reflection streams one connection may hold open at once (grpcurl uses one).
 pub const ANONYMOUS_STREAMS_PER_CONNECTION: usize = 4;

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 
-use crate::auth::{ClientTrust, PeerCertificate, Rechecked};
+use crate::service::auth::{ClientTrust, PeerCertificate, Rechecked};
 
 /// How connections are accepted and kept.
 #[derive(Debug, Clone)]
@@ -877,7 +877,7 @@ impl Handshake for Plain {
     }
 }
 
-/// TLS (rustls), with the configuration in service when the handshake starts (see [`crate::tls`]),
+/// TLS (rustls), with the configuration in service when the handshake starts (see [`crate::edges::tls`]),
 /// and the client-certificate trust a connection's certificate is checked against again after a
 /// reload.
 #[derive(Clone)]

@@ -14,12 +14,12 @@ use std::collections::HashMap;
 
 use kubeconfig_policy::Asset;
 
-use crate::auth::Credentials;
-use crate::core::{AccessReport, AssetAccess, CheckSubject, Core, CredentialStatus};
-use crate::error::{CoreError, ErrorKind};
-use crate::ledger::LedgerEntry;
-use crate::minting::{MintOptions, MintedCredential};
-use crate::streams::{WatchEvent, WatchSpec, Watchers};
+use crate::service::auth::Credentials;
+use crate::service::core::{AccessReport, AssetAccess, CheckSubject, Core, CredentialStatus};
+use crate::service::error::{CoreError, ErrorKind};
+use crate::service::ledger::LedgerEntry;
+use crate::service::minting::{MintOptions, MintedCredential};
+use crate::service::streams::{WatchEvent, WatchSpec, Watchers};
 use crate::telemetry;
 use tracing::Instrument as _;
 
@@ -224,7 +224,7 @@ fn watch_message(event: WatchEvent) -> pb::WatchKubeconfigsResponse {
             message.set_type(Type::Removed);
             message.cluster_uid = uid;
             message.set_asset(watched_asset(asset));
-            message.reason = crate::core::NOT_FOUND_REASON.to_owned();
+            message.reason = crate::service::core::NOT_FOUND_REASON.to_owned();
             message.message = text;
         }
         WatchEvent::Unavailable {
@@ -237,7 +237,7 @@ fn watch_message(event: WatchEvent) -> pb::WatchKubeconfigsResponse {
             message.cluster_uid = uid;
             message.cluster_name = name;
             message.set_asset(watched_asset(asset));
-            message.reason = crate::record::ProblemCode::ClusterUnavailable
+            message.reason = crate::loading::record::ProblemCode::ClusterUnavailable
                 .as_str()
                 .to_owned();
             message.message = text;
@@ -254,7 +254,7 @@ impl KubeconfigApi {
 
     async fn call<T, F, Fut>(
         &self,
-        (metadata, certificate): crate::connections::GrpcMetadata,
+        (metadata, certificate): crate::edges::connections::GrpcMetadata,
         method: &'static str,
         f: F,
     ) -> Result<Response<T>, Status>
@@ -322,7 +322,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::WatchKubeconfigsRequest>,
     ) -> Result<Response<Self::WatchKubeconfigsStream>, Status> {
         use tokio_stream::StreamExt as _;
-        let ((metadata, certificate), message) = crate::connections::grpc_parts(request);
+        let ((metadata, certificate), message) = crate::edges::connections::grpc_parts(request);
         let request_id = telemetry::new_request_id();
         let headers = metadata.into_headers();
         let started = std::time::Instant::now();
@@ -338,7 +338,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
             }
             Err(error) => Err(error),
         };
-        let code = crate::error::code_of(&opened);
+        let code = crate::service::error::code_of(&opened);
         self.core
             .metrics()
             .call("grpc", "WatchKubeconfigs", code, started.elapsed());
@@ -355,7 +355,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetKubeconfigRequest>,
     ) -> Result<Response<pb::GetKubeconfigResponse>, Status> {
-        let (metadata, message) = crate::connections::grpc_parts(request);
+        let (metadata, message) = crate::edges::connections::grpc_parts(request);
         let frp = message.frp.unwrap_or(true);
         self.call(metadata, "GetKubeconfig", |core, creds| async move {
             let served = core
@@ -378,7 +378,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetAdminKubeconfigRequest>,
     ) -> Result<Response<pb::GetAdminKubeconfigResponse>, Status> {
-        let (metadata, message) = crate::connections::grpc_parts(request);
+        let (metadata, message) = crate::edges::connections::grpc_parts(request);
         self.call(metadata, "GetAdminKubeconfig", |core, creds| async move {
             use pb::get_admin_kubeconfig_request::ClientKey;
             let options = MintOptions {
@@ -403,7 +403,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::GetKubeconfigAccessRequest>,
     ) -> Result<Response<pb::GetKubeconfigAccessResponse>, Status> {
-        let (metadata, message) = crate::connections::grpc_parts(request);
+        let (metadata, message) = crate::edges::connections::grpc_parts(request);
         self.call(metadata, "GetKubeconfigAccess", |core, creds| async move {
             let report = core.access(&creds, &message.uid).await?;
             Ok(pb::GetKubeconfigAccessResponse {
@@ -417,7 +417,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
-        let (metadata, message) = crate::connections::grpc_parts(request);
+        let (metadata, message) = crate::edges::connections::grpc_parts(request);
         self.call(metadata, "ListClusters", |core, creds| async move {
             let page = core
                 .list(&creds, message.page_size, &message.page_token)
@@ -435,7 +435,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         request: tonic::Request<pb::CheckKubeconfigRequest>,
     ) -> Result<Response<pb::CheckKubeconfigResponse>, Status> {
         use pb::check_kubeconfig_request::Subject;
-        let (metadata, message) = crate::connections::grpc_parts(request);
+        let (metadata, message) = crate::edges::connections::grpc_parts(request);
         self.call(metadata, "CheckKubeconfig", |core, creds| async move {
             let subject = match &message.subject {
                 Some(Subject::Kubeconfig(text)) => CheckSubject::Kubeconfig(text),
@@ -460,7 +460,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
-        let (metadata, message) = crate::connections::grpc_parts(request);
+        let (metadata, message) = crate::edges::connections::grpc_parts(request);
         self.call(metadata, "RevokeCredential", |core, creds| async move {
             let entry = core
                 .revoke_credential(&creds, &message.serial, &message.reason)
@@ -476,7 +476,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::ListIssuedCredentialsRequest>,
     ) -> Result<Response<pb::ListIssuedCredentialsResponse>, Status> {
-        let (metadata, message) = crate::connections::grpc_parts(request);
+        let (metadata, message) = crate::edges::connections::grpc_parts(request);
         self.call(
             metadata,
             "ListIssuedCredentials",
@@ -502,7 +502,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
         &self,
         request: tonic::Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let (metadata, _) = crate::connections::grpc_parts(request);
+        let (metadata, _) = crate::edges::connections::grpc_parts(request);
         self.call(metadata, "WhoAmI", |core, creds| async move {
             Ok(whoami_message(&core.whoami(&creds).await?))
         })
@@ -511,8 +511,8 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
 }
 
 /// The `WhoAmI` answer.
-fn whoami_message(whoami: &crate::core::Whoami) -> pb::WhoAmIResponse {
-    use crate::auth::Method;
+fn whoami_message(whoami: &crate::service::core::Whoami) -> pb::WhoAmIResponse {
+    use crate::service::auth::Method;
     let caller = &whoami.caller;
     let credentials = caller
         .proofs

@@ -13,10 +13,10 @@ use axum::routing::get;
 use kubeconfig_render::Request;
 use serde::Serialize;
 
-use crate::auth::{Credentials, PeerCertificate};
-use crate::error::{CoreError, ErrorKind};
-use crate::minting::MintOptions;
-use crate::streams::Watchers;
+use crate::service::auth::{Credentials, PeerCertificate};
+use crate::service::error::{CoreError, ErrorKind};
+use crate::service::minting::MintOptions;
+use crate::service::streams::Watchers;
 use crate::telemetry;
 use tracing::Instrument as _;
 
@@ -297,7 +297,7 @@ async fn kubeconfig(
         (
             request.headers(),
             long_poll_of(&request),
-            crate::connections::rest_certificate(&request),
+            crate::edges::connections::rest_certificate(&request),
         ),
         request_of,
     )
@@ -319,7 +319,7 @@ async fn admin_kubeconfig(
         (
             request.headers(),
             long_poll_of(&request),
-            crate::connections::rest_certificate(&request),
+            crate::edges::connections::rest_certificate(&request),
         ),
         |query| {
             let expiration_seconds = query
@@ -369,7 +369,7 @@ async fn whoami(State(state): State<RestState>, request: axum::extract::Request)
 /// The credentials of a REST request: its headers and its connection's client certificate.
 fn credentials_of(request: &axum::extract::Request, request_id: &str) -> Credentials {
     Credentials::from_headers(request.headers(), request_id)
-        .with_certificate(crate::connections::rest_certificate(request))
+        .with_certificate(crate::edges::connections::rest_certificate(request))
 }
 
 #[derive(Serialize)]
@@ -406,8 +406,8 @@ fn rfc3339(seconds: u64) -> String {
 }
 
 impl<'a> WhoamiBody<'a> {
-    fn of(whoami: &'a crate::core::Whoami) -> Self {
-        use crate::auth::Method;
+    fn of(whoami: &'a crate::service::core::Whoami) -> Self {
+        use crate::service::auth::Method;
         let caller = &whoami.caller;
         WhoamiBody {
             user: &caller.user,
@@ -440,10 +440,10 @@ impl<'a> WhoamiBody<'a> {
 }
 
 /// The connection's long-poll marker, on a request that may be a long-poll.
-fn long_poll_of(request: &axum::extract::Request) -> Option<crate::connections::LongPoll> {
+fn long_poll_of(request: &axum::extract::Request) -> Option<crate::edges::connections::LongPoll> {
     request
         .extensions()
-        .get::<crate::connections::LongPoll>()
+        .get::<crate::edges::connections::LongPoll>()
         .cloned()
 }
 
@@ -455,7 +455,7 @@ async fn download(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     (headers, long_poll, certificate): (
         &HeaderMap,
-        Option<crate::connections::LongPoll>,
+        Option<crate::edges::connections::LongPoll>,
         Option<Arc<PeerCertificate>>,
     ),
     request: impl FnOnce(&HashMap<String, String>) -> Result<(Request, MintOptions), CoreError>,
@@ -491,7 +491,7 @@ async fn serve(
     (headers, certificate): (&HeaderMap, Option<Arc<PeerCertificate>>),
     (wait, long_poll): (
         Option<std::time::Duration>,
-        Option<&crate::connections::LongPoll>,
+        Option<&crate::edges::connections::LongPoll>,
     ),
 ) -> Response {
     let core = state.watchers.core();
@@ -512,7 +512,7 @@ async fn serve(
         let authenticated = core.authenticate(&credentials).await.is_ok();
         let _watching = long_poll
             .filter(|_| authenticated)
-            .map(crate::connections::LongPoll::hold);
+            .map(crate::edges::connections::LongPoll::hold);
         // Boxed: a long-poll's state is large and only this path needs it.
         let waited = Box::pin(state.watchers.wait_for_change(
             &credentials,
@@ -548,7 +548,7 @@ async fn serve(
 }
 
 /// A served file's YAML as a response body.
-struct Yaml(Arc<crate::cached::CachedAsset>);
+struct Yaml(Arc<crate::service::cached::CachedAsset>);
 
 impl AsRef<[u8]> for Yaml {
     fn as_ref(&self) -> &[u8] {
@@ -557,7 +557,7 @@ impl AsRef<[u8]> for Yaml {
 }
 
 fn respond(
-    result: Result<crate::core::Served, CoreError>,
+    result: Result<crate::service::core::Served, CoreError>,
     headers: &HeaderMap,
     request_id: &str,
 ) -> Response {

@@ -1,11 +1,11 @@
 //! The TLS server configuration (rustls with the ring provider) of the gRPC and REST listeners, when
 //! `--tls-cert-file` and `--tls-key-file` are given, and with `--client-ca-file` the client
-//! certificates they ask for. Every file is re-read when it changes (see [`crate::reloading`]), so
+//! certificates they ask for. Every file is re-read when it changes (see [`crate::loading::reloading`]), so
 //! that certificates rotate without a restart: the server certificate is chosen per handshake from the
 //! last good pair, and the client verifier is part of a configuration that each handshake takes anew.
 //! A connection keeps the certificate it was established with, but its client certificate is checked
-//! again against a new CA bundle or CRL at its next call ([`crate::auth::ClientTrust`]); a bad new
-//! file keeps the old material and says why. Handshakes are done by [`crate::connections`], bounded in time and number.
+//! again against a new CA bundle or CRL at its next call ([`crate::service::auth::ClientTrust`]); a bad new
+//! file keeps the old material and says why. Handshakes are done by [`crate::edges::connections`], bounded in time and number.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,9 +17,9 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
-use crate::auth::ClientTrust;
-use crate::connections::Tls;
-use crate::reloading::{self, Reloading};
+use crate::edges::connections::Tls;
+use crate::loading::reloading::{self, Reloading};
+use crate::service::auth::ClientTrust;
 
 /// The files TLS is configured from.
 #[derive(Debug, Clone)]

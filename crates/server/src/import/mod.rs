@@ -23,7 +23,7 @@ use std::sync::Arc;
 use kubeconfig_policy::Tenant;
 use serde::Serialize;
 
-use crate::record::{Availability, Record, prepare};
+use crate::loading::record::{Availability, Record, prepare};
 use sources::{AdminSource, Found, InputError, Material};
 
 /// The first line of every file the import writes: how it recognises its own files.
@@ -336,7 +336,7 @@ fn tenant_for(options: &Options, found: &[Found]) -> Result<Arc<Tenant>, ImportE
     }
     match &options.tenant {
         Some(path) => {
-            let text = crate::files::read_text(
+            let text = crate::loading::files::read_text(
                 path,
                 kubeconfig_policy::document::MAX_DOCUMENT_BYTES as u64,
             )
@@ -382,7 +382,7 @@ fn claimed_uids(inventory: &Path) -> BTreeMap<String, PathBuf> {
         if !yaml {
             continue;
         }
-        if let Ok(text) = crate::files::read_text(&path, 1024 * 1024)
+        if let Ok(text) = crate::loading::files::read_text(&path, 1024 * 1024)
             && let Ok(Uid { uid }) = kubeconfig_policy::document::parse::<Uid>(&text)
         {
             claimed.entry(uid).or_insert(path);
@@ -481,7 +481,7 @@ fn place(
                     inventory.display()
                 ));
             }
-            let text = crate::files::read_text(&resolved, MAX_REFERENCED_BYTES)
+            let text = crate::loading::files::read_text(&resolved, MAX_REFERENCED_BYTES)
                 .map_err(|e| format!("{field}: {}: {e}", path.display()))?;
             Ok((Some(text), None))
         }

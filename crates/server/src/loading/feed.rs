@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{broadcast, watch};
 
-use crate::inventory::ClusterChange;
+use crate::loading::inventory::ClusterChange;
 
 /// Events a subscriber may fall behind before it lags.
 pub const CAPACITY: usize = 4096;

@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use kubeconfig_policy::Tenant;
 
-use crate::auth::ApiKeys;
+use crate::service::auth::ApiKeys;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
-use crate::demo;
-use crate::record::{self, Availability, ClusterEntry, Problem, ProblemCode, Record};
+use crate::loading::demo;
+use crate::loading::record::{self, Availability, ClusterEntry, Problem, ProblemCode, Record};
 
 /// Clusters by uid, shared structurally between snapshots.
 pub type ClusterMap = imbl::OrdMap<Arc<str>, Arc<ClusterEntry>>;
@@ -894,14 +894,16 @@ fn read_cluster_file(
             // A cluster file may be a symlink (ConfigMap volumes), but not one that leads out of the
             // inventory directory. The metadata of the file as opened is its stamp (no second `stat`).
             let name = Path::new(path.file_name().unwrap_or_default());
-            match crate::files::confine(inventory, name).and_then(|resolved| {
-                crate::files::read_text_with_metadata(
+            match crate::loading::files::confine(inventory, name).and_then(|resolved| {
+                crate::loading::files::read_text_with_metadata(
                     &resolved,
                     kubeconfig_policy::MAX_DOCUMENT_BYTES as u64,
                 )
             }) {
                 Ok((text, meta)) => Ok((text, Some(Stamp::of(&meta)))),
-                Err(crate::files::FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(crate::loading::files::FileError::Io(e))
+                    if e.kind() == std::io::ErrorKind::NotFound =>
+                {
                     return gone();
                 }
                 Err(e) => Err(e.to_string()),
@@ -959,11 +961,12 @@ fn read_cluster_file(
 
 /// Reads a tenant or cluster file: a regular file of at most 1 MiB, never blocking on a special file.
 fn read_limited(path: &Path) -> std::io::Result<String> {
-    crate::files::read_text(path, kubeconfig_policy::MAX_DOCUMENT_BYTES as u64).map_err(|e| match e
-    {
-        crate::files::FileError::Io(e) => e,
-        other => std::io::Error::other(other.to_string()),
-    })
+    crate::loading::files::read_text(path, kubeconfig_policy::MAX_DOCUMENT_BYTES as u64).map_err(
+        |e| match e {
+            crate::loading::files::FileError::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        },
+    )
 }
 
 #[cfg(test)]

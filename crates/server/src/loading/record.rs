@@ -249,7 +249,7 @@ fn read_referenced(
     if !path.is_absolute() {
         reading.references.push(base.join(path));
     }
-    let text = crate::files::read_confined(base, path, MAX_REFERENCED_FILE_BYTES)
+    let text = crate::loading::files::read_confined(base, path, MAX_REFERENCED_FILE_BYTES)
         .map_err(|e| record_error(format!("{field}: {}: {e}", path.display())))?;
     reading.digest.update(field.as_bytes());
     reading.digest.update(text.as_bytes());

@@ -19,8 +19,8 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::feed::Feed;
-use crate::inventory::{Changes, Inventory, Snapshot};
+use crate::loading::feed::Feed;
+use crate::loading::inventory::{Changes, Inventory, Snapshot};
 use crate::metrics::Metrics;
 
 /// How long to wait for more events after the first one before applying them.

@@ -12,14 +12,14 @@ use kubeconfig_policy::{
 use kubeconfig_render::{FORMAT_VERSION, Request};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::auth::{self, Caller, Credentials, Issuers};
-use crate::cached::CachedAsset;
-use crate::error::{CoreError, ErrorKind};
-use crate::inventory::Snapshot;
-use crate::ledger::{self, LedgerEntry};
+use crate::loading::inventory::Snapshot;
+use crate::loading::record::{Availability, ClusterEntry, ProblemCode};
 use crate::metrics::Metrics;
-use crate::minting::{self, MintOptions, MintedCredential, Minter};
-use crate::record::{Availability, ClusterEntry, ProblemCode};
+use crate::service::auth::{self, Caller, Credentials, Issuers};
+use crate::service::cached::CachedAsset;
+use crate::service::error::{CoreError, ErrorKind};
+use crate::service::ledger::{self, LedgerEntry};
+use crate::service::minting::{self, MintOptions, MintedCredential, Minter};
 
 /// The default and largest page sizes of `ListClusters`.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -358,7 +358,7 @@ impl Core {
             self.metrics.call(
                 edge,
                 method,
-                crate::error::code_of(&result),
+                crate::service::error::code_of(&result),
                 started.elapsed(),
             );
             result
@@ -1178,7 +1178,7 @@ mod tests {
     use kubeconfig_cache::{BoxFuture, CacheStats};
 
     use super::*;
-    use crate::inventory::{Inventory, Origin};
+    use crate::loading::inventory::{Inventory, Origin};
 
     /// A fake of our own cache port that records what it was asked for and always renders.
     #[derive(Default)]
@@ -1204,9 +1204,9 @@ mod tests {
     }
 
     fn minter() -> Arc<Minter> {
-        Arc::new(Minter::new(
-            Arc::new(crate::ledger::MemoryLedger::default()),
-        ))
+        Arc::new(Minter::new(Arc::new(
+            crate::service::ledger::MemoryLedger::default(),
+        )))
     }
 
     fn core(cache: Arc<RecordingCache>) -> Core {
@@ -1385,7 +1385,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ledger_entry_past_its_expiry_checks_as_expired_and_a_revoked_one_as_revoked() {
-        let ledger = Arc::new(crate::ledger::MemoryLedger::default());
+        let ledger = Arc::new(crate::service::ledger::MemoryLedger::default());
         let core = Core::new(
             Arc::new(ArcSwap::from_pointee(
                 Inventory::load(Origin::Demo).unwrap().1,
@@ -1400,7 +1400,7 @@ mod tests {
         let entry = |serial: &str, not_after: u64| {
             LedgerEntry::sample(serial, "6470a2b1c5e6f1a2b3c4d5e7", not_after)
         };
-        use crate::ledger::Ledger as _;
+        use crate::service::ledger::Ledger as _;
         ledger.record(&entry("aa", now - 10)).await.unwrap();
         ledger.record(&entry("bb", now + 3600)).await.unwrap();
         let admin = key("demo-admin-key");

@@ -15,9 +15,9 @@ use kubeconfig_render::{IssuedCertificate, PemBundle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{CoreError, ErrorKind};
-use crate::ledger::{Ledger, LedgerEntry, unix_seconds};
-use crate::record::{ClientCa, ClusterEntry, Minting};
+use crate::loading::record::{ClientCa, ClusterEntry, Minting};
+use crate::service::error::{CoreError, ErrorKind};
+use crate::service::ledger::{Ledger, LedgerEntry, unix_seconds};
 
 /// What the caller asks of a minted credential.
 #[derive(Debug, Clone, Default)]
@@ -425,8 +425,8 @@ mod tests {
 
     #[test]
     fn the_mint_limit_holds_across_a_minute_boundary() {
-        let minter =
-            Minter::new(Arc::new(crate::ledger::MemoryLedger::default())).with_rate_limit(2);
+        let minter = Minter::new(Arc::new(crate::service::ledger::MemoryLedger::default()))
+            .with_rate_limit(2);
         let start = Instant::now();
         let at = |seconds: u64| start + Duration::from_secs(seconds);
         // Two at the end of one minute, then the next minute starts.

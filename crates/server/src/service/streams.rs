@@ -23,11 +23,11 @@ use kubeconfig_policy::Asset;
 use kubeconfig_render::{Rendered, Request};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::auth::Credentials;
-use crate::cached::CachedAsset;
-use crate::core::{Core, check_uid};
-use crate::error::{CoreError, ErrorKind};
-use crate::feed::Feed;
+use crate::loading::feed::Feed;
+use crate::service::auth::Credentials;
+use crate::service::cached::CachedAsset;
+use crate::service::core::{Core, check_uid};
+use crate::service::error::{CoreError, ErrorKind};
 
 /// Events buffered per watch before it waits for its consumer.
 const BUFFER: usize = 32;
@@ -306,7 +306,7 @@ impl Watchers {
         &self,
         credentials: &Credentials,
         uid: &str,
-        (request, options): (Request, &crate::minting::MintOptions),
+        (request, options): (Request, &crate::service::minting::MintOptions),
         etag: &str,
         wait: std::time::Duration,
     ) -> Result<bool, CoreError> {
@@ -335,7 +335,7 @@ impl Watchers {
         &self,
         credentials: &Credentials,
         uid: &str,
-        (request, options): (Request, &crate::minting::MintOptions),
+        (request, options): (Request, &crate::service::minting::MintOptions),
         etag: &str,
         wait: std::time::Duration,
     ) -> bool {
@@ -383,7 +383,7 @@ struct Watch {
 /// A wait for a certificate to lose its trust (never, without one).
 type Distrusted = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
 
-fn distrusted(certificate: Option<Arc<crate::auth::PeerCertificate>>) -> Distrusted {
+fn distrusted(certificate: Option<Arc<crate::service::auth::PeerCertificate>>) -> Distrusted {
     Box::pin(async move {
         match certificate {
             Some(certificate) => certificate.distrusted().await,
@@ -443,7 +443,7 @@ fn shutting_down() -> CoreError {
 /// The uids the feed named since the last call, and whether events were missed (then everything
 /// watched must be evaluated again).
 fn drain(
-    changes: &mut tokio::sync::broadcast::Receiver<Arc<crate::feed::ChangeEvent>>,
+    changes: &mut tokio::sync::broadcast::Receiver<Arc<crate::loading::feed::ChangeEvent>>,
 ) -> (BTreeSet<String>, bool) {
     use tokio::sync::broadcast::error::TryRecvError;
     let (mut uids, mut missed) = (BTreeSet::new(), false);
@@ -469,7 +469,7 @@ enum End {
 impl Watch {
     async fn run(
         mut self,
-        mut changes: tokio::sync::broadcast::Receiver<Arc<crate::feed::ChangeEvent>>,
+        mut changes: tokio::sync::broadcast::Receiver<Arc<crate::loading::feed::ChangeEvent>>,
         mut generations: watch::Receiver<u64>,
         _admission: Admission,
     ) {
@@ -627,7 +627,7 @@ impl Watch {
             && let Some(credential) = &served.credential
         {
             let entry = &credential.entry;
-            let now = crate::ledger::unix_seconds(std::time::SystemTime::now());
+            let now = crate::service::ledger::unix_seconds(std::time::SystemTime::now());
             // Half the lifetime after issue, plus a second: reuse stops there, so the next
             // evaluation mints afresh.
             let half = entry
@@ -713,7 +713,7 @@ impl Watch {
 /// is not visible in "every cluster" mode.
 fn next_state(
     previous: Option<&Sent>,
-    outcome: &Result<crate::core::Served, CoreError>,
+    outcome: &Result<crate::service::core::Served, CoreError>,
     explicit: bool,
 ) -> Option<Sent> {
     let next = match outcome {
@@ -732,7 +732,7 @@ fn next_state(
 mod tests {
     use super::*;
 
-    fn refused(kind: ErrorKind) -> Result<crate::core::Served, CoreError> {
+    fn refused(kind: ErrorKind) -> Result<crate::service::core::Served, CoreError> {
         Err(match kind {
             ErrorKind::Forbidden => CoreError::forbidden("CLUSTER_DELETE_REQUIRED", "needs delete"),
             ErrorKind::NotFound => CoreError::not_found("u1"),

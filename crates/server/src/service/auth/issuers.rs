@@ -31,7 +31,7 @@ use super::jwks::{self, KeySet};
 use super::remembered::{Recalled, Remembered, Weighed};
 use super::tokens::{JwtVerifier, has_crit_header, lifetime_allowed, still_valid};
 use super::{CLOCK_SKEW_SECONDS, Identity, Method, Proof, now_seconds};
-use crate::reloading;
+use crate::loading::reloading;
 
 /// How long a caller waits for a key fetch it triggered or found in flight.
 const FETCH_WAIT: Duration = Duration::from_secs(6);

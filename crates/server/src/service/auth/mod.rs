@@ -9,7 +9,7 @@ pub mod certificates;
 pub mod configuration;
 pub mod issuers;
 pub mod jwks;
-mod remembered;
+pub mod remembered;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub use issuers::{Background, Issuers, TokenSettings};
 pub use remembered::Recalled;
 pub use tokens::{CLOCK_SKEW_SECONDS, JwtVerifier};
 
-use crate::error::CoreError;
+use crate::service::error::CoreError;
 
 /// What the caller presented. `Debug` never prints the key or token.
 #[derive(Default, Clone)]
@@ -260,7 +260,7 @@ fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Calle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
+    use crate::service::error::ErrorKind;
 
     fn keys() -> ApiKeys {
         let hash = ApiKeyHash::from_digest(Sha256::digest(b"right-key").into());
