@@ -47,18 +47,11 @@ pub fn write_value(out: &mut String, value: &str) {
         out.push('"');
     }
     for c in value.chars() {
-        match c {
-            '"' | '\\' if quoted => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if escaped_char(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
+        if quoted && matches!(c, '"' | '\\') {
+            out.push('\\');
+            out.push(c);
+        } else {
+            push_escaped(out, c);
         }
     }
     if quoted {
@@ -69,15 +62,20 @@ pub fn write_value(out: &mut String, value: &str) {
 /// Appends a message: never quoted, control characters escaped.
 pub fn write_message(out: &mut String, message: &str) {
     for c in message.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if escaped_char(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
+        push_escaped(out, c);
+    }
+}
+
+/// Appends one character, as an escape when it is a control character or a line separator.
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if escaped_char(c) => {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         }
+        c => out.push(c),
     }
 }
 

@@ -204,7 +204,8 @@ fn fixture() -> Fixture {
     fixture
 }
 
-async fn start(fixture: &Fixture, pki: &Pki, tls_dir: &Path, extra: &[&str]) -> Server {
+/// The flags of a server on `fixture` with the certificate of `tls_dir` and the client CA bundle.
+fn server_args(fixture: &Fixture, pki: &Pki, tls_dir: &Path) -> Vec<String> {
     let mut args = fixture.args();
     for (flag, path) in [
         ("--tls-cert-file", tls_dir.join("tls.crt")),
@@ -214,6 +215,11 @@ async fn start(fixture: &Fixture, pki: &Pki, tls_dir: &Path, extra: &[&str]) -> 
         args.push(flag.to_owned());
         args.push(path.display().to_string());
     }
+    args
+}
+
+async fn start(fixture: &Fixture, pki: &Pki, tls_dir: &Path, extra: &[&str]) -> Server {
+    let mut args = server_args(fixture, pki, tls_dir);
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Server::start(&args).await.expect("server")
 }
@@ -899,15 +905,7 @@ async fn a_client_ca_bundle_too_big_for_a_certificate_request_is_refused_not_ser
 
     // At start: refused, naming the flag.
     bundle(&pki, &["huge", "ca"]);
-    let mut args = fixture.args();
-    for (flag, path) in [
-        ("--tls-cert-file", volume.dir.join("tls.crt")),
-        ("--tls-key-file", volume.dir.join("tls.key")),
-        ("--client-ca-file", pki.path("bundle.crt")),
-    ] {
-        args.push(flag.to_owned());
-        args.push(path.display().to_string());
-    }
+    let args = server_args(&fixture, &pki, &volume.dir);
     // Bounded: a server that started anyway would otherwise never return.
     let output = Command::new("timeout")
         .arg("20")

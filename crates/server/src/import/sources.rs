@@ -116,13 +116,21 @@ pub fn read_input(path: &Path) -> Result<String, InputError> {
     String::from_utf8(bytes).map_err(|_| input_error(&name, "not UTF-8 text"))
 }
 
+/// Parses an input of at most `limit` bytes within the YAML budgets; an error names the input and line.
+fn parse_yaml(
+    text: &str,
+    source_name: &str,
+    limit: usize,
+) -> Result<serde_norway::Value, InputError> {
+    kubeconfig_policy::document::parse_within(text, limit).map_err(|e| {
+        let line = e.line().map(|l| format!("line {l}: ")).unwrap_or_default();
+        input_error(source_name, format!("{line}{e}"))
+    })
+}
+
 /// Parses a kubeconfig; `source_name` names it in errors.
 fn parse_kubeconfig(text: &str, source_name: &str, limit: usize) -> Result<Kubeconfig, InputError> {
-    let value: serde_norway::Value = kubeconfig_policy::document::parse_within(text, limit)
-        .map_err(|e| {
-            let line = e.line().map(|l| format!("line {l}: ")).unwrap_or_default();
-            input_error(source_name, format!("{line}{e}"))
-        })?;
+    let value = parse_yaml(text, source_name, limit)?;
     if !value.is_mapping() {
         return Err(input_error(
             source_name,
@@ -192,11 +200,7 @@ pub fn from_kubeconfig(path: &Path, text: &str, only: &[String]) -> Result<Vec<F
 /// (skipped with the reason), not the file's.
 pub fn from_capi_secrets(path: &Path, text: &str) -> Result<(Vec<Found>, usize), InputError> {
     let source_name = path.display().to_string();
-    let value: serde_norway::Value =
-        kubeconfig_policy::document::parse_within(text, MAX_INPUT_BYTES as usize).map_err(|e| {
-            let line = e.line().map(|l| format!("line {l}: ")).unwrap_or_default();
-            input_error(&source_name, format!("{line}{e}"))
-        })?;
+    let value: serde_norway::Value = parse_yaml(text, &source_name, MAX_INPUT_BYTES as usize)?;
     let kind = value.get("kind").and_then(serde_norway::Value::as_str);
     let items: Vec<&serde_norway::Value> = match kind {
         Some("List" | "SecretList") => value
