@@ -573,6 +573,44 @@ async fn imported_clusters_are_served_with_the_sources_server_ca_and_credential(
         "the ARN's cluster name: {}",
         text(&minted)
     );
+    // Served (the server picks the new file up within a second): the source's server and CA, and a
+    // client certificate minted for the caller where the source had its exec plugin.
+    let uid = summary_uid(&minted, "prod");
+    let mut yaml = None;
+    for _ in 0..50 {
+        let mut client = client.clone();
+        if let Ok(response) = client
+            .get_admin_kubeconfig(with_key(
+                GetAdminKubeconfigRequest {
+                    uid: uid.clone(),
+                    ..Default::default()
+                },
+                ADMIN_KEY,
+            ))
+            .await
+        {
+            yaml = response.into_inner().kubeconfig.map(|k| k.yaml);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let yaml = yaml.expect("the minted cluster is served");
+    let (served_parts, source_parts) = (
+        parts(&yaml, None),
+        parts(&std::fs::read_to_string(&exec_yaml).unwrap(), None),
+    );
+    assert_eq!(
+        (&served_parts.server, &served_parts.ca),
+        (&source_parts.server, &source_parts.ca)
+    );
+    assert!(served_parts.certificate.is_some() && served_parts.key.is_some());
+    let file = w.write("served-prod.yaml", &yaml);
+    let view = Command::new("kubectl")
+        .args(["config", "view", "--raw", "--kubeconfig"])
+        .arg(&file)
+        .output()
+        .expect("kubectl");
+    assert!(view.status.success(), "kubectl: {}", text(&view));
 }
 
 #[test]
