@@ -232,6 +232,115 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "KUBECONFIGD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Write audit records to this file as JSON lines (`-`: stdout) instead of the log.
+    #[arg(long, env = "KUBECONFIGD_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit file before it would grow past this size (0: never).
+    #[arg(long, env = "KUBECONFIGD_AUDIT_LOG_MAX_SIZE", default_value = "100MiB", value_parser = parse_bytes)]
+    pub audit_log_max_size: u64,
+    /// Rotated audit files kept (FILE.1 is the newest).
+    #[arg(long, env = "KUBECONFIGD_AUDIT_LOG_MAX_FILES", default_value_t = 5)]
+    pub audit_log_max_files: u32,
+    /// Sync the audit file (fdatasync) after every batch, before its records count as written.
+    #[arg(long, env = "KUBECONFIGD_AUDIT_LOG_FSYNC")]
+    pub audit_log_fsync: bool,
+    /// POST audit records in batches of JSON lines to this http:// or https:// URL, in order,
+    /// retried until taken.
+    #[arg(long, env = "KUBECONFIGD_AUDIT_WEBHOOK", value_name = "URL")]
+    pub audit_webhook: Option<String>,
+    /// CA certificates (PEM) an https audit webhook is verified against (default: the system roots).
+    #[arg(
+        long,
+        env = "KUBECONFIGD_AUDIT_WEBHOOK_CA_FILE",
+        value_name = "FILE",
+        requires = "audit_webhook"
+    )]
+    pub audit_webhook_ca_file: Option<PathBuf>,
+    /// File holding a bearer token sent to the audit webhook.
+    #[arg(
+        long,
+        env = "KUBECONFIGD_AUDIT_WEBHOOK_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "audit_webhook"
+    )]
+    pub audit_webhook_token_file: Option<PathBuf>,
+    /// Records waiting to be written, per audit sink, at most (beyond it a record is dropped and
+    /// counted, or with --audit-required the download refused).
+    #[arg(long, env = "KUBECONFIGD_AUDIT_QUEUE_SIZE", default_value = "16MiB", value_parser = parse_bytes)]
+    pub audit_queue_size: u64,
+    /// Serve a download only once its audit record is written; refuse it (503 / UNAVAILABLE) when the
+    /// record cannot be written within --audit-timeout. Needs --audit-log or --audit-webhook.
+    #[arg(long, env = "KUBECONFIGD_AUDIT_REQUIRED")]
+    pub audit_required: bool,
+    /// How long a download waits for its audit record to be written (--audit-required).
+    #[arg(long, env = "KUBECONFIGD_AUDIT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub audit_timeout: Duration,
+}
+
+/// Where audit records go (see the `audit` module).
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub file: Option<crate::audit::file::FileSettings>,
+    pub webhook: Option<crate::audit::webhook::WebhookSettings>,
+    pub queue_bytes: usize,
+    pub required: bool,
+    pub timeout: Duration,
+}
+
+impl AuditSettings {
+    /// The auditor these settings describe (its writers are started separately).
+    pub fn auditor(&self) -> crate::audit::Auditor {
+        crate::audit::Auditor::to_stream(
+            self.file.as_ref().map(|_| self.queue_bytes),
+            self.webhook.as_ref().map(|_| self.queue_bytes),
+            self.required,
+            self.timeout,
+        )
+    }
+}
+
+fn audit_of(args: &Args) -> Result<AuditSettings, ConfigError> {
+    let file = args
+        .audit_log
+        .as_ref()
+        .map(|path| crate::audit::file::FileSettings {
+            path: (path.as_os_str() != "-").then(|| path.clone()),
+            max_size: args.audit_log_max_size,
+            max_files: args.audit_log_max_files,
+            fsync: args.audit_log_fsync,
+        });
+    let webhook = args
+        .audit_webhook
+        .as_deref()
+        .map(|url| {
+            crate::audit::webhook::WebhookSettings::new(
+                url,
+                args.audit_webhook_ca_file.as_deref(),
+                args.audit_webhook_token_file.as_deref(),
+            )
+            .map_err(|e| config_error("--audit-webhook", e))
+        })
+        .transpose()?;
+    if args.audit_required && file.is_none() && webhook.is_none() {
+        return Err(config_error(
+            "--audit-required",
+            "needs --audit-log or --audit-webhook: records in the log are not waited for",
+        ));
+    }
+    if args.audit_timeout.is_zero() {
+        return Err(config_error("--audit-timeout", "must be longer than 0s"));
+    }
+    let queue_bytes = usize::try_from(args.audit_queue_size).unwrap_or(usize::MAX);
+    if queue_bytes < 64 * 1024 {
+        return Err(config_error("--audit-queue-size", "must be at least 64KiB"));
+    }
+    Ok(AuditSettings {
+        file,
+        webhook,
+        queue_bytes,
+        required: args.audit_required,
+        timeout: args.audit_timeout,
+    })
 }
 
 /// The largest gRPC request message accepted, in bytes (requests carry a uid and little else).
@@ -326,6 +435,7 @@ pub struct Config {
     pub watch: crate::service::streams::WatchLimits,
     pub shutdown_grace: Duration,
     pub shutdown_delay: Duration,
+    pub audit: AuditSettings,
 }
 
 /// A start-up configuration problem, naming the flag.
@@ -388,12 +498,22 @@ impl Config {
             require_client_cert: _, // tls_of
             cache_memory,
             cache_ttl,
-            redis_url: _,      // redis_of
-            redis_cluster: _,  // redis_of
-            redis_ca_file: _,  // redis_of
-            redis_timeout: _,  // redis_of
-            cache_key_file: _, // redis_of
-            log_format: _,     // read by the binary
+            redis_url: _,                // redis_of
+            redis_cluster: _,            // redis_of
+            redis_ca_file: _,            // redis_of
+            redis_timeout: _,            // redis_of
+            cache_key_file: _,           // redis_of
+            log_format: _,               // read by the binary
+            audit_log: _,                // audit_of
+            audit_log_max_size: _,       // audit_of
+            audit_log_max_files: _,      // audit_of
+            audit_log_fsync: _,          // audit_of
+            audit_webhook: _,            // audit_of
+            audit_webhook_ca_file: _,    // audit_of
+            audit_webhook_token_file: _, // audit_of
+            audit_queue_size: _,         // audit_of
+            audit_required: _,           // audit_of
+            audit_timeout: _,            // audit_of
         } = args;
         for (flag, value) in [
             ("--cache-ttl", cache_ttl),
@@ -454,6 +574,7 @@ impl Config {
             },
             shutdown_grace: *shutdown_grace,
             shutdown_delay: *shutdown_delay,
+            audit: audit_of(args)?,
         })
     }
 }

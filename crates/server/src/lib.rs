@@ -19,6 +19,7 @@
 //! Beside them: [`config`] (flags and their validation), [`telemetry`] and [`metrics`] (logs, traces,
 //! counters).
 
+pub mod audit;
 pub mod config;
 pub mod edges;
 pub mod import;
@@ -85,8 +86,11 @@ pub async fn run(
         loading::inventory::Snapshot::loading(),
     ));
     let (cache, ledger) = cache_of(&config);
+    let audit = AuditWriters::start(&config.audit)?;
     let minter = Arc::new(
-        service::minting::Minter::new(ledger).with_rate_limit(config.max_mints_per_minute),
+        service::minting::Minter::new(ledger)
+            .with_rate_limit(config.max_mints_per_minute)
+            .with_auditor(Arc::clone(&audit.auditor)),
     );
     let jwt = config
         .jwt
@@ -122,7 +126,8 @@ pub async fn run(
             Arc::clone(&metrics),
             minter,
         )
-        .with_request_timeout(config.request_timeout),
+        .with_request_timeout(config.request_timeout)
+        .with_auditor(Arc::clone(&audit.auditor)),
     );
     let _observers = observe(&core);
     // Certificates, keys, the client CA bundle and CRLs are re-read as they change.
@@ -224,8 +229,68 @@ pub async fn run(
     tokio::time::sleep(config.shutdown_delay).await;
     let _ = stop_tx.send(true);
     drain(tasks, config.shutdown_grace).await?;
+    audit.finish().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The auditor and the writers of its sinks.
+struct AuditWriters {
+    auditor: Arc<audit::Auditor>,
+    file: Option<std::thread::JoinHandle<()>>,
+    webhook: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AuditWriters {
+    /// Opens the audit file and starts the writers (an error names the flag).
+    fn start(settings: &config::AuditSettings) -> anyhow::Result<Self> {
+        let auditor = Arc::new(settings.auditor());
+        let file = settings
+            .file
+            .as_ref()
+            .map(|file| {
+                audit::file::spawn(&auditor, file.clone()).map_err(|e| {
+                    let path = file
+                        .path
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+                    anyhow::anyhow!("--audit-log {path}: {e}")
+                })
+            })
+            .transpose()?;
+        let webhook = settings
+            .webhook
+            .as_ref()
+            .and_then(|webhook| audit::webhook::spawn(&auditor, webhook.clone()));
+        Ok(AuditWriters {
+            auditor,
+            file,
+            webhook,
+        })
+    }
+
+    /// Writes what is queued (the webhook for at most [`audit::webhook::DRAIN_AFTER_CLOSE`]) and
+    /// stops the writers.
+    async fn finish(mut self) {
+        self.auditor.close();
+        if let Some(file) = self.file.take() {
+            let _ = tokio::task::spawn_blocking(move || file.join()).await;
+        }
+        if let Some(webhook) = self.webhook.take() {
+            let _ = tokio::time::timeout(
+                audit::webhook::DRAIN_AFTER_CLOSE + std::time::Duration::from_secs(1),
+                webhook,
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for AuditWriters {
+    fn drop(&mut self) {
+        // Stopped early (while loading): the writers finish what little is queued on their own.
+        self.auditor.close();
+    }
 }
 
 /// The servers' tasks: each ends when its listener stops.

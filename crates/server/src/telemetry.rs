@@ -61,6 +61,34 @@ struct LogState {
 
 static LOG: std::sync::OnceLock<std::sync::Arc<LogBuffer>> = std::sync::OnceLock::new();
 
+/// The format of the log, once [`init`] set it up.
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Appends one finished line to the log, written off the request path like every log line; `false`
+/// when this process does not log through [`init`]'s buffer (a test with its own subscriber), so the
+/// caller logs an event instead. For lines formatted by their producer (audit records).
+pub(crate) fn append_log_line(line: &[u8]) -> bool {
+    LOG.get().is_some_and(|log| {
+        log.append(line, false);
+        true
+    })
+}
+
+/// The log's format, once [`init`] set it up.
+pub(crate) fn log_format() -> Option<LogFormat> {
+    FORMAT.get().copied()
+}
+
+/// Writes the timestamp every log line starts with (`2026-12-01T13:45:41.630408Z`).
+pub(crate) fn write_timestamp(out: &mut String) {
+    timestamp::write(out);
+}
+
+/// Writes `text` as a JSON string, escaped as the JSON log line escapes it.
+pub(crate) fn write_json_string(out: &mut String, text: &str) {
+    json_line::quoted(out, text);
+}
+
 /// Log lines dropped so far because the buffer was full.
 pub fn dropped_log_lines() -> u64 {
     LOG.get().map_or(0, |log| {
@@ -287,6 +315,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(SERVICE_NAME)));
     let (writer, guard) = log_buffer();
+    let _ = FORMAT.set(format);
     use std::io::IsTerminal as _;
     let ansi = std::io::stderr().is_terminal();
     // Logs are events only: every event that matters carries its own fields (the audit event has the

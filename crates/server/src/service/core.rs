@@ -12,6 +12,7 @@ use kubeconfig_policy::{
 use kubeconfig_render::{FORMAT_VERSION, Request};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::audit::{Auditor, Event, Record};
 use crate::loading::inventory::Snapshot;
 use crate::loading::record::{Availability, ClusterEntry, ProblemCode};
 use crate::metrics::Metrics;
@@ -99,6 +100,8 @@ pub struct Served {
     pub tier: Tier,
     pub cluster: Arc<ClusterEntry>,
     pub user: String,
+    /// How the caller authenticated (for the audit record).
+    pub auth: crate::audit::Auth,
     /// The credential minted (or reused) for the caller, when the file carries one. Boxed: it is
     /// several times the size of the rest, and a result is moved through every layer of a call.
     pub credential: Option<Box<MintedCredential>>,
@@ -178,6 +181,8 @@ pub struct Core {
     minter: Arc<Minter>,
     /// Every call's deadline (`--request-timeout`).
     request_timeout: std::time::Duration,
+    /// Where audit records go.
+    auditor: Arc<Auditor>,
 }
 
 impl std::fmt::Debug for Core {
@@ -310,7 +315,19 @@ impl Core {
             metrics,
             minter,
             request_timeout: std::time::Duration::from_secs(10),
+            auditor: Arc::new(Auditor::default()),
         }
+    }
+
+    /// Sends audit records to `auditor` (by default, to the log).
+    pub fn with_auditor(mut self, auditor: Arc<Auditor>) -> Self {
+        self.auditor = auditor;
+        self
+    }
+
+    /// Where audit records go.
+    pub fn auditor(&self) -> &Arc<Auditor> {
+        &self.auditor
     }
 
     /// Sets every call's deadline.
@@ -464,7 +481,14 @@ impl Core {
         let span = tracing::Span::current();
         let asset = asset_of(request);
         span.record("kubeconfig.asset", asset.as_str());
-        let mut user = None;
+        let mut who = None;
+        // Required mode refuses before deciding when the audit stream cannot take a record.
+        if let Err(unrecorded) = self.auditor.accepting() {
+            return Err(CoreError::new(
+                ErrorKind::Unavailable,
+                unrecorded.to_string(),
+            ));
+        }
         let result = self
             .serve_asset(
                 credentials,
@@ -472,43 +496,57 @@ impl Core {
                 request,
                 (options, Issue::MintOrReuse),
                 &span,
-                &mut user,
+                &mut who,
             )
             .await;
-        // The audit trail: one event per asset request, whatever the outcome; never the content.
-        let user = user.as_deref().unwrap_or("-");
-        match &result {
+        // The audit trail: one record per asset request, whatever the outcome; never the content.
+        let unauthenticated = crate::audit::Auth::default();
+        let audited = match &result {
             Ok(served) => {
                 // Fields of a minted credential: recorded when there is one, absent otherwise.
                 let credential = served.credential.as_ref();
-                tracing::info!(
-                    target: "audit",
-                    user,
-                    cluster = uid,
-                    asset = asset.as_str(),
-                    allowed = true,
-                    request_id = %credentials.request_id,
-                    sha256 = %served.rendered.0.etag,
-                    tier = served.tier.as_str(),
-                    serial = credential.map(|c| tracing::field::display(&c.entry.serial)),
-                    fingerprint = credential.map(|c| tracing::field::display(&c.entry.fingerprint)),
-                    reused = credential.map(|c| c.reused),
-                    // The caller's own text: a quoted, escaped string, never a bare display value
-                    // (whose spaces and quotes could forge the fields that follow it).
-                    reason = credential.map(|_| options.reason.as_str()),
-                    "asset served"
-                )
+                let record = Record::new(Event::AssetServed, &served.user, &served.auth)
+                    .with("cluster", uid)
+                    .with("asset", asset.as_str())
+                    .with("allowed", true)
+                    .with("request_id", credentials.request_id.as_str())
+                    .with("sha256", served.rendered.0.etag.as_str())
+                    .with("tier", served.tier.as_str())
+                    .with_some("serial", credential.map(|c| c.entry.serial.as_str()))
+                    .with_some(
+                        "fingerprint",
+                        credential.map(|c| c.entry.fingerprint.as_str()),
+                    )
+                    .with_some("reused", credential.map(|c| c.reused))
+                    .with_some("reason", credential.map(|_| options.reason.as_str()));
+                self.auditor.record_and_wait(&record).await
             }
-            Err(error) => tracing::info!(
-                target: "audit",
-                user,
-                cluster = uid,
-                asset = asset.as_str(),
-                allowed = false,
-                request_id = %credentials.request_id,
-                reason = error.reason().unwrap_or(error.kind().palette_code()),
-                "asset refused"
-            ),
+            Err(error) => {
+                let (user, auth) = who
+                    .as_ref()
+                    .map_or(("-", &unauthenticated), |(user, auth): &(String, _)| {
+                        (user.as_str(), auth)
+                    });
+                let record = Record::new(Event::AssetRefused, user, auth)
+                    .with("cluster", uid)
+                    .with("asset", asset.as_str())
+                    .with("allowed", false)
+                    .with("request_id", credentials.request_id.as_str())
+                    .with(
+                        "reason",
+                        error.reason().unwrap_or(error.kind().palette_code()),
+                    );
+                self.auditor.record_and_wait(&record).await
+            }
+        };
+        if let Err(unrecorded) = audited
+            && result.is_ok()
+        {
+            // Never served unrecorded (--audit-required).
+            return Err(CoreError::new(
+                ErrorKind::Unavailable,
+                unrecorded.to_string(),
+            ));
         }
         result
     }
@@ -520,7 +558,7 @@ impl Core {
         request: Request,
         (options, issue): (&MintOptions, Issue),
         span: &tracing::Span,
-        user: &mut Option<String>,
+        who: &mut Option<(String, crate::audit::Auth)>,
     ) -> Result<Served, CoreError> {
         let asset = asset_of(request);
         check_uid(uid)?;
@@ -528,7 +566,8 @@ impl Core {
         let snapshot = self.snapshot();
         let caller = self.caller(credentials, &snapshot).await?;
         span.record("enduser.id", caller.user.as_str());
-        *user = Some(caller.user.clone());
+        let auth = crate::audit::Auth::of(&caller);
+        *who = Some((caller.user.clone(), auth.clone()));
         let not_found = || {
             span.record("kubeconfig.decision", "not_found");
             CoreError::not_found(uid)
@@ -594,7 +633,7 @@ impl Core {
             // Per caller: never cached as a file (the credential is kept for reuse instead).
             // Boxed: minting's state is large and only this path needs it.
             let credential = Box::pin(self.minter.credential(
-                (&caller.user, &caller.groups),
+                (&caller.user, &caller.groups, &auth),
                 cluster,
                 (minting, ca),
                 options,
@@ -614,6 +653,7 @@ impl Core {
                 tier,
                 cluster: Arc::clone(cluster),
                 user: caller.user,
+                auth,
                 credential: Some(Box::new(credential)),
             });
         }
@@ -634,6 +674,7 @@ impl Core {
             tier,
             cluster: Arc::clone(cluster),
             user: caller.user,
+            auth,
             credential: None,
         })
     }
@@ -1030,16 +1071,16 @@ impl Core {
             });
             ledger.record(&entry).await.map_err(unavailable)?;
             self.minter.revoked(&entry.serial);
-            tracing::info!(
-                target: "audit",
-                user = caller.user.as_str(),
-                cluster = %entry.cluster,
-                serial = %entry.serial,
-                fingerprint = %entry.fingerprint,
-                reason,
-                request_id = %credentials.request_id,
-                "credential revoked"
-            );
+            let auth = crate::audit::Auth::of(&caller);
+            let record = Record::new(Event::CredentialRevoked, &caller.user, &auth)
+                .with("cluster", entry.cluster.as_str())
+                .with("serial", entry.serial.as_str())
+                .with("fingerprint", entry.fingerprint.as_str())
+                .with("reason", reason)
+                .with("request_id", credentials.request_id.as_str());
+            // A revocation has taken effect whether or not its record is written: it is never
+            // refused for the audit stream's sake (a dropped record is counted).
+            let _ = self.auditor.record(&record);
         }
         Ok(entry)
     }

@@ -4,6 +4,7 @@
 //! event. The access decision is made before, by the core; this only decides what an allowed caller
 //! receives.
 
+use crate::audit::{Auditor, Auth, Event, Record};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -66,6 +67,8 @@ pub struct Minter {
     recent: std::sync::Mutex<RecentMints>,
     /// Serials revoked here, for the watches of this replica to replace at once.
     revocations: tokio::sync::broadcast::Sender<String>,
+    /// Where `credential issued` records go.
+    auditor: Arc<Auditor>,
 }
 
 /// The window of the per-caller mint limit.
@@ -149,7 +152,14 @@ impl Minter {
             max_per_minute: 0,
             recent: std::sync::Mutex::default(),
             revocations: tokio::sync::broadcast::channel(256).0,
+            auditor: Arc::new(Auditor::default()),
         }
+    }
+
+    /// Sends `credential issued` records to `auditor` (by default, to the log).
+    pub fn with_auditor(mut self, auditor: Arc<Auditor>) -> Self {
+        self.auditor = auditor;
+        self
     }
 
     /// Serials revoked on this replica from now on.
@@ -226,7 +236,7 @@ impl Minter {
     /// then none (UNAVAILABLE: nothing to reuse).
     pub async fn credential(
         &self,
-        (user, groups): (&str, &[String]),
+        (user, groups, auth): (&str, &[String], &Auth),
         cluster: &ClusterEntry,
         (minting, ca): (&Minting, &ClientCa),
         options: &MintOptions,
@@ -366,21 +376,21 @@ impl Minter {
                 .await;
         }
         self.minted.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            target: "audit",
-            user,
-            cluster = %cluster.uid(),
-            serial = %entry.serial,
-            fingerprint = %entry.fingerprint,
-            kubernetes_user = entry.kubernetes_user.as_str(),
-            not_after = entry.not_after,
-            granted_seconds = granted,
-            clamped,
-            caller_key = entry.caller_key,
-            reason = entry.reason.as_str(),
-            request_id,
-            "credential issued"
-        );
+        let record = Record::new(Event::CredentialIssued, user, auth)
+            .with("cluster", &**cluster.uid())
+            .with("serial", entry.serial.as_str())
+            .with("fingerprint", entry.fingerprint.as_str())
+            .with("kubernetes_user", entry.kubernetes_user.as_str())
+            .with("not_after", entry.not_after)
+            .with("granted_seconds", granted)
+            .with("clamped", clamped)
+            .with("caller_key", entry.caller_key)
+            .with("reason", entry.reason.as_str())
+            .with("request_id", request_id);
+        // In required mode the download that carries the credential waits for its own record,
+        // which is queued after this one and written no earlier.
+        let _ = self.auditor.record(&record);
+        drop(record);
         Ok(MintedCredential {
             certificate,
             entry,

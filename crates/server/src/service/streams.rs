@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crate::audit::{Auth, Event, Record};
 use kubeconfig_policy::Asset;
 use kubeconfig_render::{Rendered, Request};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -648,17 +649,27 @@ impl Watch {
         let name = facts.map(|(name, _)| name).unwrap_or_default();
         let event = match (&next, outcome) {
             (Sent::Etag(etag), Ok(served)) => {
-                tracing::info!(
-                    target: "audit",
-                    user = served.user.as_str(),
-                    cluster = uid,
-                    asset = asset.as_str(),
-                    allowed = true,
-                    request_id = %self.credentials.request_id,
-                    sha256 = %etag,
-                    via = "watch",
-                    "asset served"
-                );
+                let record = Record::new(Event::AssetServed, &served.user, &served.auth)
+                    .with("cluster", uid)
+                    .with("asset", asset.as_str())
+                    .with("allowed", true)
+                    .with("request_id", self.credentials.request_id.as_str())
+                    .with("sha256", etag.as_str())
+                    .with("via", "watch");
+                if let Err(unrecorded) = self.core.auditor().record_and_wait(&record).await {
+                    // Never delivered unrecorded (--audit-required): the watcher is told the
+                    // file is unavailable, and gets it at a later change once records are written.
+                    let message = unrecorded.to_string();
+                    self.sent.insert(key, Sent::Unavailable(message.clone()));
+                    return self
+                        .send(WatchEvent::Unavailable {
+                            uid: uid.to_owned(),
+                            name,
+                            asset,
+                            message,
+                        })
+                        .await;
+                }
                 WatchEvent::Upsert {
                     uid: uid.to_owned(),
                     name: served.cluster.name().to_string(),
@@ -667,16 +678,16 @@ impl Watch {
                 }
             }
             (Sent::Revoked(reason), Err(error)) => {
-                tracing::info!(
-                    target: "audit",
-                    cluster = uid,
-                    asset = asset.as_str(),
-                    allowed = false,
-                    request_id = %self.credentials.request_id,
-                    reason = reason.as_str(),
-                    via = "watch",
-                    "asset refused"
-                );
+                let unauthenticated = Auth::default();
+                let record = Record::new(Event::AssetRefused, "-", &unauthenticated)
+                    .with("cluster", uid)
+                    .with("asset", asset.as_str())
+                    .with("allowed", false)
+                    .with("request_id", self.credentials.request_id.as_str())
+                    .with("reason", reason.as_str())
+                    .with("via", "watch");
+                // Taking a file back is never held up by the audit stream.
+                let _ = self.core.auditor().record(&record);
                 WatchEvent::Revoked {
                     uid: uid.to_owned(),
                     name,

@@ -38,7 +38,7 @@ pub(super) fn format_line(out: &mut String, event: &Event<'_>) -> fmt::Result {
 }
 
 /// `text` as a JSON string (no formatting machinery: keys and most values are plain strings).
-fn quoted(out: &mut String, text: &str) {
+pub(super) fn quoted(out: &mut String, text: &str) {
     out.push('"');
     Escaping { out: &mut *out }.escape(text);
     out.push('"');
