@@ -4,6 +4,7 @@
 
 mod access_matrix;
 mod api_behaviour;
+mod audit;
 mod cache;
 mod credentials;
 mod frames;

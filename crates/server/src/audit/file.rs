@@ -6,10 +6,11 @@
 //! the machine; with `--audit-log-fsync` the batch is also synced (`fdatasync`) first, so in required
 //! mode a served download's record is on the disk.
 //!
-//! **Rotation** (a file, not stdout): before a batch would take the file past `--audit-log-max-size`,
-//! the file is synced and renamed `FILE.1` (the previous `FILE.1` becomes `FILE.2`, and so on), the
-//! oldest beyond `--audit-log-max-files` is removed, and a new `FILE` is created (mode 0600). Batches
-//! hold whole lines, so no record is split across files. If a rename fails, the file keeps growing
+//! **Rotation** (a file, not stdout): when a batch would take the file past `--audit-log-max-size`,
+//! the lines that fit are written, then the file is synced and renamed `FILE.1` (the previous
+//! `FILE.1` becomes `FILE.2`, and so on), the oldest beyond `--audit-log-max-files` is removed, a new
+//! `FILE` is created (mode 0600) and the rest follows. No record is split across files; only a single
+//! record longer than the limit makes a file larger. If a rename fails, the file keeps growing
 //! (an error says why): records are never dropped to honour a size.
 //!
 //! **Failures**: a batch that cannot be written is retried (with a growing pause, at most a second)
@@ -81,26 +82,54 @@ impl Writer {
         Ok(Writer { settings, output })
     }
 
-    fn write(&mut self, batch: &[u8]) -> std::io::Result<()> {
-        let rotate = match &self.output {
-            Output::File { size, .. } => {
-                let max = self.settings.max_size;
-                max > 0 && *size > 0 && *size + batch.len() as u64 > max
+    /// Writes a batch of whole lines, rotating between lines where the size limit falls.
+    fn write(&mut self, mut batch: &[u8]) -> std::io::Result<()> {
+        let max = self.settings.max_size;
+        while !batch.is_empty() {
+            let piece = match &self.output {
+                Output::File { size, .. } if max > 0 && *size + batch.len() as u64 > max => {
+                    let room = usize::try_from(max.saturating_sub(*size)).unwrap_or(usize::MAX);
+                    match batch[..room.min(batch.len())]
+                        .iter()
+                        .rposition(|b| *b == b'\n')
+                    {
+                        // The lines that fit, then a new file for the rest.
+                        Some(end) => end + 1,
+                        // Not even one line fits: a new file first, unless this one is empty
+                        // (a line longer than the limit is written whole).
+                        None if *size > 0 => 0,
+                        None => batch
+                            .iter()
+                            .position(|b| *b == b'\n')
+                            .map_or(batch.len(), |e| e + 1),
+                    }
+                }
+                _ => batch.len(),
+            };
+            if piece > 0 {
+                self.write_piece(&batch[..piece])?;
+                batch = &batch[piece..];
             }
-            Output::Stdout(_) => false,
-        };
-        if rotate && let Err(error) = self.rotate() {
-            tracing::error!(%error, "the audit file could not be rotated; it keeps growing");
+            if !batch.is_empty()
+                && let Err(error) = self.rotate()
+            {
+                tracing::error!(%error, "the audit file could not be rotated; it keeps growing");
+                return self.write_piece(batch);
+            }
         }
+        Ok(())
+    }
+
+    fn write_piece(&mut self, piece: &[u8]) -> std::io::Result<()> {
         match &mut self.output {
             Output::Stdout(out) => {
                 let mut out = out.lock();
-                out.write_all(batch)?;
+                out.write_all(piece)?;
                 out.flush()
             }
             Output::File { file, size } => {
-                file.write_all(batch)?;
-                *size += batch.len() as u64;
+                file.write_all(piece)?;
+                *size += piece.len() as u64;
                 if self.settings.fsync {
                     file.sync_data()?;
                 }
