@@ -39,7 +39,7 @@ impl Receiver {
             axum::routing::post(move |body: String| {
                 let lines = Arc::clone(&lines);
                 async move {
-                    let mut lines = lines.lock().unwrap();
+                    let mut lines = lines.lock().expect("present");
                     for line in body.lines() {
                         lines.push(serde_json::from_str(line).expect("a JSON line"));
                     }
@@ -71,7 +71,7 @@ impl Receiver {
     }
 
     fn records(&self) -> Vec<serde_json::Value> {
-        self.lines.lock().unwrap().clone()
+        self.lines.lock().expect("present").clone()
     }
 }
 
@@ -98,7 +98,7 @@ async fn downloads(server: &Server, n: usize) -> Vec<String> {
                 response.status().is_success().then(|| {
                     response.headers()["x-request-id"]
                         .to_str()
-                        .unwrap()
+                        .expect("present")
                         .to_owned()
                 })
             } else {
@@ -116,9 +116,9 @@ async fn downloads(server: &Server, n: usize) -> Vec<String> {
                     response
                         .metadata()
                         .get("x-request-id")
-                        .unwrap()
+                        .expect("present")
                         .to_str()
-                        .unwrap()
+                        .expect("present")
                         .to_owned(),
                 )
             }
@@ -152,7 +152,7 @@ async fn the_audit_file_rotates_keeps_its_count_and_loses_no_record_under_load()
             &[
                 "--demo",
                 "--audit-log",
-                path.to_str().unwrap(),
+                path.to_str().expect("present"),
                 "--audit-log-max-size",
                 "64KiB",
                 "--audit-log-max-files",
@@ -171,8 +171,13 @@ async fn the_audit_file_rotates_keeps_its_count_and_loses_no_record_under_load()
                 .success()
         );
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .expect("present")
+            .map(|e| {
+                e.expect("present")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         names.sort();
         let mut records = Vec::new();
@@ -181,7 +186,9 @@ async fn the_audit_file_rotates_keeps_its_count_and_loses_no_record_under_load()
         }
         records.extend(read_lines(&path));
         for name in &names {
-            let size = std::fs::metadata(dir.path().join(name)).unwrap().len();
+            let size = std::fs::metadata(dir.path().join(name))
+                .expect("present")
+                .len();
             assert!(size <= 64 * 1024, "{name} is {size} bytes");
         }
         let seqs = seqs(&records);
@@ -194,7 +201,7 @@ async fn the_audit_file_rotates_keeps_its_count_and_loses_no_record_under_load()
             assert_eq!(seqs[0], 1, "every record kept: {names:?}");
             let ids: std::collections::HashSet<&str> = records
                 .iter()
-                .map(|r| r["request_id"].as_str().unwrap())
+                .map(|r| r["request_id"].as_str().expect("present"))
                 .collect();
             for id in &served {
                 assert!(ids.contains(id.as_str()), "no record of {id}");
@@ -250,7 +257,7 @@ async fn the_webhook_receives_every_record_in_order_across_a_receiver_restart() 
     assert_eq!(first_seen, (1..=600).collect::<Vec<u64>>());
     let ids: std::collections::HashSet<&str> = records
         .iter()
-        .map(|r| r["request_id"].as_str().unwrap())
+        .map(|r| r["request_id"].as_str().expect("present"))
         .collect();
     for id in &served {
         assert!(ids.contains(id.as_str()), "no record of {id}");
@@ -297,10 +304,10 @@ async fn with_audit_required_a_failing_sink_turns_downloads_into_503_and_nothing
             .await
             .expect("REST");
         assert_eq!(response.status(), 503);
-        let body = response.text().await.unwrap();
+        let body = response.text().await.expect("present");
         assert!(body.contains("audit"), "{body}");
     }
-    let status = KubeconfigServiceClient::new(server.channel().await.unwrap())
+    let status = KubeconfigServiceClient::new(server.channel().await.expect("present"))
         .get_kubeconfig(with_key(
             GetKubeconfigRequest {
                 uid: UID.to_owned(),
@@ -328,7 +335,7 @@ async fn with_audit_required_a_failing_sink_turns_downloads_into_503_and_nothing
     let ids: std::collections::HashSet<&str> = records
         .iter()
         .filter(|r| r["event"] == "asset served")
-        .map(|r| r["request_id"].as_str().unwrap())
+        .map(|r| r["request_id"].as_str().expect("present"))
         .collect();
     for id in &served {
         assert!(
@@ -348,7 +355,7 @@ async fn every_asset_call_has_exactly_one_record_on_each_sink() {
         &[
             "--demo",
             "--audit-log",
-            path.to_str().unwrap(),
+            path.to_str().expect("present"),
             "--audit-webhook",
             &receiver.url(),
         ]
@@ -380,15 +387,15 @@ async fn every_asset_call_has_exactly_one_record_on_each_sink() {
         let id = response
             .headers()
             .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let body = response.text().await.unwrap();
+            .map(|v| v.to_str().expect("present").to_owned());
+        let body = response.text().await.expect("present");
         let id = id.unwrap_or_else(|| {
             let value: serde_json::Value = serde_json::from_str(&body).expect(&body);
             value["ref"].as_str().expect(&body).to_owned()
         });
         calls.push((id, event));
     }
-    let mut client = KubeconfigServiceClient::new(server.channel().await.unwrap());
+    let mut client = KubeconfigServiceClient::new(server.channel().await.expect("present"));
     let served = client
         .get_kubeconfig(with_key(
             GetKubeconfigRequest {
@@ -403,9 +410,9 @@ async fn every_asset_call_has_exactly_one_record_on_each_sink() {
         served
             .metadata()
             .get("x-request-id")
-            .unwrap()
+            .expect("present")
             .to_str()
-            .unwrap()
+            .expect("present")
             .to_owned(),
         "asset served",
     ));
@@ -446,7 +453,7 @@ async fn every_asset_call_has_exactly_one_record_on_each_sink() {
         assert_eq!(records.len(), calls.len(), "{sink}: {records:#?}");
         let by_id: BTreeMap<&str, Vec<&serde_json::Value>> =
             records.iter().fold(BTreeMap::new(), |mut map, r| {
-                map.entry(r["request_id"].as_str().unwrap())
+                map.entry(r["request_id"].as_str().expect("present"))
                     .or_default()
                     .push(r);
                 map
@@ -465,15 +472,15 @@ async fn every_asset_call_has_exactly_one_record_on_each_sink() {
         .iter()
         .map(|r| {
             (
-                r["request_id"].as_str().unwrap(),
-                r["seq"].as_u64().unwrap(),
+                r["request_id"].as_str().expect("present"),
+                r["seq"].as_u64().expect("present"),
             )
         })
         .collect();
     for record in &webhook {
         assert_eq!(
-            file_seqs[record["request_id"].as_str().unwrap()],
-            record["seq"].as_u64().unwrap()
+            file_seqs[record["request_id"].as_str().expect("present")],
+            record["seq"].as_u64().expect("present")
         );
     }
     // How the caller authenticated is part of the record.

@@ -286,24 +286,32 @@ mod tests {
             writer.write(line.as_bytes()).expect("write");
         }
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .expect("present")
+            .map(|e| {
+                e.expect("present")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         names.sort();
         assert_eq!(names, ["audit.log", "audit.log.1", "audit.log.2"]);
         let mut seqs = Vec::new();
         for name in ["audit.log.2", "audit.log.1", "audit.log"] {
-            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            let text = std::fs::read_to_string(dir.path().join(name)).expect("present");
             assert!(text.len() <= 100, "{name}: {}", text.len());
             for line in text.lines() {
                 let value: serde_json::Value = serde_json::from_str(line).expect(line);
-                seqs.push(value["seq"].as_u64().unwrap() - 100);
+                seqs.push(value["seq"].as_u64().expect("present") - 100);
             }
         }
         let expected: Vec<u64> = (seqs[0]..20).collect();
         assert_eq!(seqs, expected, "the newest records, in order, none missing");
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("present")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -412,12 +412,12 @@ mod tests {
     }
 
     fn lines(auditor: &Auditor, sink: SinkKind) -> Vec<serde_json::Value> {
-        let state = auditor.queues.state.lock().unwrap();
-        let pending = state.pending[sink as usize].as_ref().unwrap();
+        let state = auditor.queues.state.lock().expect("present");
+        let pending = state.pending[sink as usize].as_ref().expect("present");
         String::from_utf8(pending.bytes.clone())
-            .unwrap()
+            .expect("present")
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str(l).expect("present"))
             .collect()
     }
 
@@ -427,12 +427,12 @@ mod tests {
             Auditor::to_stream(Some(1 << 20), Some(1 << 20), false, Duration::from_secs(1));
         let auth = Auth::default();
         for _ in 0..3 {
-            assert!(auditor.record(&record(&auth)).unwrap().is_none());
+            assert!(auditor.record(&record(&auth)).expect("present").is_none());
         }
         for sink in SinkKind::ALL {
             let seqs: Vec<_> = lines(&auditor, sink)
                 .iter()
-                .map(|v| v["seq"].as_u64().unwrap())
+                .map(|v| v["seq"].as_u64().expect("present"))
                 .collect();
             assert_eq!(seqs, [1, 2, 3]);
         }
@@ -464,9 +464,15 @@ mod tests {
     async fn required_mode_waits_for_the_write_and_gives_up_at_the_timeout() {
         let auditor = Auditor::to_stream(Some(1 << 20), None, true, Duration::from_millis(50));
         let auth = Auth::default();
-        let first = auditor.record(&record(&auth)).unwrap().unwrap();
-        let second = auditor.record(&record(&auth)).unwrap().unwrap();
-        let status = auditor.status(SinkKind::File).unwrap();
+        let first = auditor
+            .record(&record(&auth))
+            .expect("present")
+            .expect("present");
+        let second = auditor
+            .record(&record(&auth))
+            .expect("present")
+            .expect("present");
+        let status = auditor.status(SinkKind::File).expect("present");
         status.acknowledge(1, 1);
         assert_eq!(auditor.written(first).await, Ok(()));
         assert!(auditor.written(second).await.is_err(), "never written");

@@ -38,6 +38,9 @@ impl Event {
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'a> {
     Str(&'a str),
+    /// Text this process made from a fixed alphabet (letters, digits, `-`, `_`, `.`, `+`): a digest,
+    /// a request id, a name from a fixed list. Written as it is, with no scan for escapes.
+    Plain(&'a str),
     Bool(bool),
     U64(u64),
 }
@@ -117,7 +120,7 @@ impl<'a> Record<'a> {
         };
         record.fields.push(("user", Value::Str(user)));
         if let Some(methods) = auth.methods() {
-            record.fields.push(("auth", Value::Str(methods)));
+            record.fields.push(("auth", Value::Plain(methods)));
         }
         if let Some(issuer) = &auth.token_issuer {
             record.fields.push(("token_issuer", Value::Str(issuer)));
@@ -128,6 +131,19 @@ impl<'a> Record<'a> {
     /// Adds a field.
     pub fn with(mut self, name: &'static str, value: impl Into<Value<'a>>) -> Self {
         self.fields.push((name, value.into()));
+        self
+    }
+
+    /// Adds a field whose value this process made from letters, digits, `-`, `_`, `.` and `+` (see
+    /// [`Value::Plain`]).
+    pub fn with_plain(mut self, name: &'static str, value: &'a str) -> Self {
+        debug_assert!(
+            value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+')),
+            "{name}: {value:?} is not plain"
+        );
+        self.fields.push((name, Value::Plain(value)));
         self
     }
 
@@ -186,6 +202,7 @@ impl<'a> Record<'a> {
             out.push('=');
             match value {
                 Value::Str(text) => kubeconfig_logline::write_value(out, text),
+                Value::Plain(text) => out.push_str(text),
                 Value::Bool(true) => out.push_str("true"),
                 Value::Bool(false) => out.push_str("false"),
                 Value::U64(n) => out.push_str(itoa::Buffer::new().format(*n)),
@@ -200,6 +217,11 @@ impl<'a> Record<'a> {
             out.push_str("\":");
             match value {
                 Value::Str(text) => crate::telemetry::write_json_string(out, text),
+                Value::Plain(text) => {
+                    out.push('"');
+                    out.push_str(text);
+                    out.push('"');
+                }
                 Value::Bool(true) => out.push_str("true"),
                 Value::Bool(false) => out.push_str("false"),
                 Value::U64(n) => out.push_str(itoa::Buffer::new().format(*n)),

@@ -507,11 +507,11 @@ impl Core {
                 let credential = served.credential.as_ref();
                 let record = Record::new(Event::AssetServed, &served.user, &served.auth)
                     .with("cluster", uid)
-                    .with("asset", asset.as_str())
+                    .with_plain("asset", asset.as_str())
                     .with("allowed", true)
-                    .with("request_id", credentials.request_id.as_str())
-                    .with("sha256", served.rendered.0.etag.as_str())
-                    .with("tier", served.tier.as_str())
+                    .with_plain("request_id", credentials.request_id.as_str())
+                    .with_plain("sha256", served.rendered.0.etag.as_str())
+                    .with_plain("tier", served.tier.as_str())
                     .with_some("serial", credential.map(|c| c.entry.serial.as_str()))
                     .with_some(
                         "fingerprint",
@@ -529,9 +529,9 @@ impl Core {
                     });
                 let record = Record::new(Event::AssetRefused, user, auth)
                     .with("cluster", uid)
-                    .with("asset", asset.as_str())
+                    .with_plain("asset", asset.as_str())
                     .with("allowed", false)
-                    .with("request_id", credentials.request_id.as_str())
+                    .with_plain("request_id", credentials.request_id.as_str())
                     .with(
                         "reason",
                         error.reason().unwrap_or(error.kind().palette_code()),

@@ -155,9 +155,30 @@ pub fn now_seconds() -> u64 {
 /// digest is a preimage search). The map hashes with foldhash (seeded per process), not SipHash: its
 /// keys are fixed when the tenant file loads and a lookup never inserts, so no caller can grow a
 /// bucket.
-#[derive(Debug, Default)]
+///
+/// A key that matched is remembered by its exact bytes, as a verified token is ([`remembered`]): a
+/// caller presents the same key on every call, and its SHA-256 was the largest single cost of a
+/// cached download. Only keys that matched are remembered, so a caller cannot choose what fills it;
+/// each tenant file's keys have their own (a reload forgets them all).
+#[derive(Debug)]
 pub struct ApiKeys {
     users: std::collections::HashMap<ApiKeyHash, Arc<str>, foldhash::fast::RandomState>,
+    matched: remembered::Remembered<str>,
+}
+
+/// Bytes of keys and user names remembered per tenant file.
+const REMEMBERED_KEY_BYTES: u64 = 1 << 20;
+
+impl Default for ApiKeys {
+    fn default() -> Self {
+        ApiKeys::new([])
+    }
+}
+
+impl remembered::Weighed for str {
+    fn weight(&self) -> u64 {
+        self.len() as u64
+    }
 }
 
 impl ApiKeys {
@@ -167,13 +188,21 @@ impl ApiKeys {
         for (hash, user) in keys {
             users.entry(hash).or_insert_with(|| Arc::from(user));
         }
-        ApiKeys { users }
+        ApiKeys {
+            users,
+            matched: remembered::Remembered::new(REMEMBERED_KEY_BYTES),
+        }
     }
 
     /// The user a presented key belongs to.
-    pub fn user_of(&self, key: &str) -> Option<&Arc<str>> {
+    pub fn user_of(&self, key: &str) -> Option<Arc<str>> {
+        if let Some(user) = self.matched.get(key) {
+            return Some(user);
+        }
         let presented = ApiKeyHash::from_digest(Sha256::digest(key.as_bytes()).into());
-        self.users.get(&presented)
+        let user = Arc::clone(self.users.get(&presented)?);
+        self.matched.insert(key, Arc::clone(&user));
+        Some(user)
     }
 }
 
@@ -189,7 +218,7 @@ pub async fn authenticate(
     if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
         let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
         identities.push(Identity {
-            user: Arc::clone(user),
+            user,
             groups: Arc::from([]),
             proof: Proof {
                 method: Method::ApiKey,
@@ -282,8 +311,20 @@ mod tests {
 
     #[test]
     fn api_key_matches_only_its_hash() {
-        assert_eq!(keys().user_of("right-key").map(|u| &**u), Some("a@x.test"));
-        assert_eq!(keys().user_of("other-key").map(|u| &**u), Some("b@x.test"));
+        assert_eq!(
+            keys()
+                .user_of("right-key")
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some("a@x.test")
+        );
+        assert_eq!(
+            keys()
+                .user_of("other-key")
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some("b@x.test")
+        );
         assert_eq!(keys().user_of("wrong-key"), None);
         assert_eq!(keys().user_of(""), None);
         let creds = Credentials {

@@ -31,11 +31,17 @@ pub(super) trait Weighed {
 }
 
 /// Verified tokens, by their bytes, bounded in bytes. Clones share the same entries.
-pub(super) struct Remembered<V> {
+pub(super) struct Remembered<V: ?Sized> {
     cache: Arc<quick_cache::sync::Cache<Box<str>, Arc<V>, ByBytes, foldhash::fast::RandomState>>,
 }
 
-impl<V> Clone for Remembered<V> {
+impl<V: ?Sized> std::fmt::Debug for Remembered<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remembered").finish_non_exhaustive()
+    }
+}
+
+impl<V: ?Sized> Clone for Remembered<V> {
     fn clone(&self) -> Self {
         Remembered {
             cache: Arc::clone(&self.cache),
@@ -47,13 +53,13 @@ impl<V> Clone for Remembered<V> {
 #[derive(Clone)]
 struct ByBytes;
 
-impl<V: Weighed> quick_cache::Weighter<Box<str>, Arc<V>> for ByBytes {
+impl<V: Weighed + ?Sized> quick_cache::Weighter<Box<str>, Arc<V>> for ByBytes {
     fn weight(&self, token: &Box<str>, value: &Arc<V>) -> u64 {
         (token.len() as u64).saturating_add(value.weight())
     }
 }
 
-impl<V: Weighed> Remembered<V> {
+impl<V: Weighed + ?Sized> Remembered<V> {
     /// An empty set holding at most `bytes` (tokens of about a kilobyte are expected).
     pub(super) fn new(bytes: u64) -> Self {
         let expected = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(16);
