@@ -52,14 +52,19 @@ enum Output {
 struct Writer {
     settings: FileSettings,
     output: Output,
+    /// After a failed rotation, the next is not tried before this.
+    rotate_after: Option<Instant>,
 }
 
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    // Not through a symbolic link: whoever can write to the directory must not be able to point
+    // the records at another file.
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -79,7 +84,11 @@ impl Writer {
                 Output::File { file, size }
             }
         };
-        Ok(Writer { settings, output })
+        Ok(Writer {
+            settings,
+            output,
+            rotate_after: None,
+        })
     }
 
     /// Writes a batch of whole lines, rotating between lines where the size limit falls.
@@ -110,11 +119,15 @@ impl Writer {
                 self.write_piece(&batch[..piece])?;
                 batch = &batch[piece..];
             }
-            if !batch.is_empty()
-                && let Err(error) = self.rotate()
-            {
-                tracing::error!(%error, "the audit file could not be rotated; it keeps growing");
-                return self.write_piece(batch);
+            if !batch.is_empty() {
+                if self.rotate_after.is_some_and(|at| Instant::now() < at) {
+                    return self.write_piece(batch);
+                }
+                if let Err(error) = self.rotate() {
+                    tracing::error!(%error, "the audit file could not be rotated; it keeps growing (next try in 10 s)");
+                    self.rotate_after = Some(Instant::now() + Duration::from_secs(10));
+                    return self.write_piece(batch);
+                }
             }
         }
         Ok(())
@@ -145,6 +158,11 @@ impl Writer {
         if let Output::File { file, .. } = &self.output {
             file.sync_data()?;
         }
+        // The next file is opened before anything is renamed: when it cannot be (no descriptors,
+        // a full disk), nothing moves and the current file keeps growing.
+        let next = numbered(&path, 0);
+        let _ = std::fs::remove_file(&next);
+        let next_file = open(&next)?;
         let kept = self.settings.max_files;
         if kept == 0 {
             std::fs::remove_file(&path)?;
@@ -157,8 +175,9 @@ impl Writer {
             }
             std::fs::rename(&path, numbered(&path, 1))?;
         }
+        std::fs::rename(&next, &path)?;
         self.output = Output::File {
-            file: open(&path)?,
+            file: next_file,
             size: 0,
         };
         Ok(())

@@ -280,6 +280,16 @@ impl Auditor {
     fn enqueue(&self, tail: &[u8]) -> Result<Option<Receipt>, Unrecorded> {
         let mut seq_text = itoa::Buffer::new();
         let mut state = self.queues.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.closing {
+            // Shutting down: nobody writes the queue any more.
+            for status in self.status.iter().flatten() {
+                status.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(Unrecorded {
+                sink: "stream",
+                why: "is closed",
+            });
+        }
         let seq = state.next_seq;
         let head = seq_text.format(seq);
         let length = "{\"seq\":,".len() + head.len() + tail.len();
@@ -289,6 +299,8 @@ impl Auditor {
             if let (Some(pending), Some(status)) = (pending, &self.status[i]) {
                 fits[i] = pending.bytes.len() + length <= status.queue_bytes;
                 if !fits[i] && self.required {
+                    // Counted: some records (a mint's, a revocation's) are not waited for.
+                    status.dropped.fetch_add(1, Ordering::Relaxed);
                     return Err(Unrecorded {
                         sink: SinkKind::ALL[i].label(),
                         why: "has a full queue",

@@ -40,7 +40,7 @@ pub struct WebhookSettings {
 impl std::fmt::Debug for WebhookSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookSettings")
-            .field("url", &self.url)
+            .field("url", &shown(&self.url))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
@@ -56,6 +56,12 @@ impl WebhookSettings {
         let url: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
         if url.host().is_none() {
             return Err("the URL names no host".to_owned());
+        }
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(
+                "the URL carries a user name or password; use --audit-webhook-token-file"
+                    .to_owned(),
+            );
         }
         let tls = match url.scheme_str() {
             Some("https") => {
@@ -266,7 +272,7 @@ async fn run(queues: Arc<Queues>, status: Arc<SinkStatus>, mut client: Client) {
                 Ok(()) => break,
                 Err(error) => {
                     if !status.failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(%error, url = %client.settings.url, "the audit webhook does not take records; retrying");
+                        tracing::error!(%error, url = %shown(&client.settings.url), "the audit webhook does not take records; retrying");
                     }
                     if closed_at.is_some_and(|at| at.elapsed() >= DRAIN_AFTER_CLOSE) {
                         tracing::error!(%error, records, "stopping: audit records were not delivered to the webhook");
@@ -281,8 +287,18 @@ async fn run(queues: Arc<Queues>, status: Arc<SinkStatus>, mut client: Client) {
             }
         }
         if status.failing.swap(false, Ordering::Relaxed) {
-            tracing::info!(url = %client.settings.url, "the audit webhook takes records again");
+            tracing::info!(url = %shown(&client.settings.url), "the audit webhook takes records again");
         }
         status.acknowledge(first + records - 1, records);
     }
+}
+
+/// The URL as logged: without its query, which may carry a secret.
+fn shown(url: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme_str().unwrap_or_default(),
+        url.authority().map_or("", |a| a.as_str()),
+        url.path()
+    )
 }

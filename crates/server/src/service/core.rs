@@ -527,8 +527,15 @@ impl Core {
                     .map_or(("-", &unauthenticated), |(user, auth): &(String, _)| {
                         (user.as_str(), auth)
                     });
+                // The uid as asked only once it is known to be one: an unauthenticated caller must
+                // not be able to fill the audit stream with a long path.
+                let cluster = if check_uid(uid).is_ok() {
+                    uid
+                } else {
+                    "<not a cluster uid>"
+                };
                 let record = Record::new(Event::AssetRefused, user, auth)
-                    .with("cluster", uid)
+                    .with("cluster", cluster)
                     .with_plain("asset", asset.as_str())
                     .with("allowed", false)
                     .with_plain("request_id", credentials.request_id.as_str())
@@ -536,7 +543,9 @@ impl Core {
                         "reason",
                         error.reason().unwrap_or(error.kind().palette_code()),
                     );
-                self.auditor.record_and_wait(&record).await
+                // Nothing is handed out: a refusal is queued, not waited for (a caller cannot hold
+                // a permit by getting refused while the sink is slow).
+                self.auditor.record(&record).map(drop)
             }
         };
         if let Err(unrecorded) = audited
