@@ -81,7 +81,6 @@ pub async fn run(
         let origin = origin.clone();
         tokio::task::spawn_blocking(move || Inventory::load(origin))
     };
-    let metrics = Arc::new(Metrics::default());
     let store = Arc::new(ArcSwap::from_pointee(
         loading::inventory::Snapshot::loading(),
     ));
@@ -117,6 +116,11 @@ pub async fn run(
     );
     let _issuers_background =
         issuers.spawn(config.authentication.as_ref().map(|(path, _)| path.clone()));
+    let metrics = Arc::new(Metrics::with_sources(crate::metrics::Sources {
+        cache: Arc::clone(&cache),
+        minter: Arc::clone(&minter),
+        issuers: Arc::clone(&issuers),
+    }));
     let core = Arc::new(
         service::core::Core::new(
             Arc::clone(&store),

@@ -1,23 +1,45 @@
-//! Service counters, exported two ways: Prometheus text at `GET /metrics` on the admin address, and
-//! OpenTelemetry instruments (a no-op unless OTLP export is configured, see `telemetry`).
+//! Service metrics, exported two ways: at `GET /metrics` on the admin address, and as OpenTelemetry
+//! instruments (a no-op unless OTLP export is configured, see `telemetry`).
 //!
-//! Recording a call takes no lock: every (edge, method) has a fixed slot of atomics (a count per result
-//! code, the latency histogram's buckets, count and sum), made at start. Both exports read those slots
-//! (the OpenTelemetry call counter is observed from them); only the OpenTelemetry latency histogram is
-//! recorded separately, since OpenTelemetry has no asynchronous histogram.
+//! Every Prometheus instrument is defined once, in one `prometheus_client` [`Registry`] built with
+//! [`Metrics`]. What other parts of the service count themselves (the cache tiers, minting, the token
+//! issuers, connections closed by their limits, log lines dropped) is read at scrape time by
+//! [`Collector`]s that hold what they read, so `/metrics` needs nothing passed in.
+//!
+//! `/metrics` answers in either format from the same registry: OpenMetrics 1.0 when the scraper's
+//! `Accept` asks for `application/openmetrics-text`, else the Prometheus text format 0.0.4 (see
+//! [`Format`]). Both come from prometheus-client's own encoders: the Prometheus one names a counter's
+//! family `name_total` in `# HELP`/`# TYPE` (OpenMetrics names the family `name` and its sample
+//! `name_total`), and writes neither `# UNIT` lines nor `# EOF`, so each form parses with its own
+//! format's parser.
+//!
+//! Recording a call takes no lock for its count: each (edge, method) has a fixed slot, made at start,
+//! holding a counter per result code and the latency histogram. A slot's counter or histogram is taken
+//! from its registry family the first time that series is used (so `/metrics` shows only the series
+//! with calls) and kept in the slot (prometheus-client metrics are shared handles); every later call
+//! is one atomic add on the counter and one observation of the histogram (prometheus-client guards a
+//! histogram's buckets with a lock of its own, one per series). The OpenTelemetry call counter is
+//! observed from the same counters; only the OpenTelemetry latency histogram is recorded separately,
+//! since OpenTelemetry has no asynchronous histogram.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use kubeconfig_cache::CacheStats;
-
-use crate::service::minting::MintStats;
+use kubeconfig_cache::AssetCache;
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::Histogram;
-
-use crate::service::error::ErrorKind;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::loading::inventory::Snapshot;
+use crate::service::auth::Issuers;
+use crate::service::cached::CachedAsset;
+use crate::service::error::ErrorKind;
+use crate::service::minting::Minter;
 
 /// Upper bounds (seconds) of the call latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -64,20 +86,59 @@ fn position(names: &[&'static str], name: &str) -> Option<usize> {
     names.iter().position(|n| *n == name)
 }
 
-/// One (edge, method)'s counts and latency histogram: atomics only, so recording a call takes no lock.
-#[derive(Debug, Default)]
-struct CallSlot {
-    codes: [AtomicU64; CODES.len()],
-    /// Non-cumulative: the calls that fell in each bucket (the exposition sums them).
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+/// The labels of `kubeconfigd_calls_total`, in the order they are written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    edge: &'static str,
+    method: &'static str,
+    code: &'static str,
 }
 
-/// Every (edge, method) slot, fixed at start.
+/// The labels of `kubeconfigd_call_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    edge: &'static str,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// One (edge, method)'s series, each filled from its family on first use.
+#[derive(Debug)]
+struct CallSlot {
+    codes: [OnceLock<Counter>; CODES.len()],
+    latency: OnceLock<Histogram>,
+}
+
+impl Default for CallSlot {
+    fn default() -> Self {
+        CallSlot {
+            codes: std::array::from_fn(|_| OnceLock::new()),
+            latency: OnceLock::new(),
+        }
+    }
+}
+
+/// Every (edge, method) slot, fixed at start, and the families the slots' series belong to.
 #[derive(Debug)]
 struct CallTable {
     slots: Vec<CallSlot>,
+    counts: Family<CallLabels, Counter>,
+    latency: LatencyFamily,
 }
 
 impl Default for CallTable {
@@ -86,15 +147,22 @@ impl Default for CallTable {
             slots: (0..EDGES.len() * METHODS.len())
                 .map(|_| CallSlot::default())
                 .collect(),
+            counts: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
         }
     }
 }
 
 impl CallTable {
-    fn slot(&self, edge: &str, method: &str) -> &CallSlot {
+    /// The slot of (edge, method), with their names as counted.
+    fn slot(&self, edge: &str, method: &str) -> (&CallSlot, &'static str, &'static str) {
         let edge = position(&EDGES, edge).unwrap_or(0);
         let method = position(&METHODS, method).unwrap_or(METHODS.len() - 1);
-        &self.slots[edge * METHODS.len() + method]
+        (
+            &self.slots[edge * METHODS.len() + method],
+            EDGES[edge],
+            METHODS[method],
+        )
     }
 
     /// (edge, method, slot) for every slot.
@@ -109,8 +177,8 @@ impl CallTable {
 #[derive(Debug)]
 struct OtelInstruments {
     /// OpenTelemetry has no asynchronous histogram: latency is recorded into it as well as into the
-    /// call table (the text exposition's).
-    latency: Histogram<f64>,
+    /// Prometheus histogram.
+    latency: opentelemetry::metrics::Histogram<f64>,
 }
 
 impl Default for OtelInstruments {
@@ -127,123 +195,94 @@ impl Default for OtelInstruments {
     }
 }
 
-/// One metric family for the text exposition: name, type, help and its (labels, value) samples.
-type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
-
-fn minting_families(minting: &MintStats) -> Vec<Family> {
-    vec![
-        (
-            "kubeconfigd_credentials_minted_total",
-            "counter",
-            "Admin credentials minted (a client certificate signed per caller) and recorded in the ledger.",
-            single(minting.minted),
-        ),
-        (
-            "kubeconfigd_credentials_reused_total",
-            "counter",
-            "Requests answered with a credential minted earlier for the same caller, cluster, key and lifetime (more than half its lifetime left).",
-            single(minting.reused),
-        ),
-        (
-            "kubeconfigd_credential_ledger_failures_total",
-            "counter",
-            "Minted credentials not served because the ledger could not record them.",
-            single(minting.ledger_failures),
-        ),
-        (
-            "kubeconfigd_credential_mints_rate_limited_total",
-            "counter",
-            "Mints refused because the caller reached --max-mints-per-minute.",
-            single(minting.rate_limited),
-        ),
-        (
-            "kubeconfigd_credential_ledger_forged_total",
-            "counter",
-            "Ledger values read back from Redis that did not authenticate (not written by a replica).",
-            single(minting.forged),
-        ),
-    ]
+/// What `/metrics` reads from the rest of the service at each scrape.
+pub struct Sources {
+    pub cache: Arc<dyn AssetCache<CachedAsset>>,
+    pub minter: Arc<Minter>,
+    pub issuers: Arc<Issuers>,
 }
 
-fn single(value: u64) -> Vec<(String, u64)> {
-    vec![(String::new(), value)]
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("minter", &self.minter)
+            .field("issuers", &self.issuers)
+            .finish_non_exhaustive()
+    }
 }
 
-/// The cache tiers' counters.
-fn cache_families(cache: &CacheStats) -> Vec<Family> {
-    vec![
-        (
-            "kubeconfigd_cache_hits_total",
-            "counter",
-            "Kubeconfigs served, by the tier that answered (render = rendered on this call; in_flight = \
-             served by a concurrent miss of the same file).",
-            vec![
-                ("{tier=\"memory\"}".to_owned(), cache.memory_hits),
-                ("{tier=\"redis\"}".to_owned(), cache.redis_hits),
-                ("{tier=\"render\"}".to_owned(), cache.renders),
-                ("{tier=\"in_flight\"}".to_owned(), cache.coalesced),
-            ],
-        ),
-        (
-            "kubeconfigd_cache_redis_errors_total",
-            "counter",
-            "Redis calls that failed or timed out.",
-            single(cache.redis_errors),
-        ),
-        (
-            "kubeconfigd_cache_discarded_total",
-            "counter",
-            "Values read from Redis that did not authenticate or decode.",
-            single(cache.discarded),
-        ),
-        (
-            "kubeconfigd_cache_invalidations_sent_total",
-            "counter",
-            "Invalidations published to other replicas.",
-            single(cache.invalidations_sent),
-        ),
-        (
-            "kubeconfigd_cache_invalidations_received_total",
-            "counter",
-            "Invalidations received from other replicas.",
-            single(cache.invalidations_received),
-        ),
-        (
-            "kubeconfigd_cache_forged_invalidations_total",
-            "counter",
-            "Invalidation messages discarded because they did not authenticate.",
-            single(cache.forged_invalidations),
-        ),
-        (
-            "kubeconfigd_cache_memory_entries",
-            "gauge",
-            "Entries in the in-process tier.",
-            single(cache.memory_entries),
-        ),
-        (
-            "kubeconfigd_cache_redis_up",
-            "gauge",
-            "1 when the Redis tier is configured and usable.",
-            single(u64::from(cache.redis_up)),
-        ),
-    ]
+/// The format `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4: what a scraper gets unless it asks for OpenMetrics.
+    Prometheus,
+    /// OpenMetrics 1.0 text (ends with `# EOF`).
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format for a request's `Accept` header: the media range with the highest `q` that names
+    /// one of the two formats (the first of equals) decides. OpenMetrics is chosen for
+    /// `application/openmetrics-text` without a version or with version 1.0.0; `text/plain`, `text/*`
+    /// and `*/*` choose the Prometheus text format, as does a missing or unusable header.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let mut best: Option<(f32, Format)> = None;
+        for range in accept.unwrap_or_default().split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let mut q = 1.0_f32;
+            let mut version = None;
+            for parameter in parts {
+                let Some((key, value)) = parameter.split_once('=') else {
+                    continue;
+                };
+                let value = value.trim().trim_matches('"');
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = value.parse().unwrap_or(0.0),
+                    "version" => version = Some(value),
+                    _ => {}
+                }
+            }
+            let format = match media.as_str() {
+                "application/openmetrics-text" if version.is_none_or(|v| v == "1.0.0") => {
+                    Format::OpenMetrics
+                }
+                "text/plain" | "text/*" | "*/*" => Format::Prometheus,
+                _ => continue,
+            };
+            if q > 0.0 && best.is_none_or(|(best, _)| q > best) {
+                best = Some((q, format));
+            }
+        }
+        best.map_or(Format::Prometheus, |(_, format)| format)
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
 }
 
 /// Counters and gauges of the service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    /// Every Prometheus instrument and collector; encoded for each scrape.
+    registry: Registry,
     /// Calls by (edge, method, code) and their latency: the one definition both exports read.
     calls: CallTable,
     otel: OtelInstruments,
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    files_parsed: AtomicU64,
-    clusters_loaded: AtomicU64,
-    clusters_unavailable: AtomicU64,
-    watch_streams: AtomicU64,
-    watch_events: AtomicU64,
-    watch_known_etags_refused: AtomicU64,
-    limits: [AtomicU64; Limit::ALL.len()],
+    reloads_ok: Counter,
+    reloads_failed: Counter,
+    files_parsed: Counter,
+    clusters_loaded: Gauge,
+    clusters_unavailable: Gauge,
+    watch_streams: Gauge,
+    watch_events: Counter,
+    watch_known_etags_refused: Counter,
+    limits: [Counter; Limit::ALL.len()],
 }
 
 /// A limit that refused or ended a call, counted when it bites.
@@ -282,31 +321,140 @@ impl Limit {
     }
 }
 
+/// Registers `metric`. `help` is written as it is shown, with its final full stop, which the registry
+/// adds itself. A counter's `name` has no `_total`: the encoders add it.
+fn register(registry: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric);
+}
+
+/// Registers a counter or gauge and hands back the handle to update it with.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    register(registry, name, help, metric.clone());
+    metric
+}
+
+impl Default for Metrics {
+    /// The service's own instruments only: nothing read from the cache, minting or issuers.
+    fn default() -> Self {
+        Metrics::build(None)
+    }
+}
+
 impl Metrics {
+    /// Every instrument, with the cache, minting and issuer metrics read from `sources` at scrape time.
+    pub fn with_sources(sources: Sources) -> Self {
+        Metrics::build(Some(sources))
+    }
+
+    fn build(sources: Option<Sources>) -> Self {
+        let mut registry = Registry::default();
+        let calls = CallTable::default();
+        register(
+            &mut registry,
+            "kubeconfigd_calls",
+            "Calls by edge, method and result code.",
+            calls.counts.clone(),
+        );
+        registry.register_with_unit(
+            "kubeconfigd_call_duration",
+            "Call latency by edge and method",
+            Unit::Seconds,
+            calls.latency.clone(),
+        );
+        let watch_streams = registered(
+            &mut registry,
+            "kubeconfigd_watch_streams",
+            "WatchKubeconfigs streams and waiting REST long-polls open now.",
+        );
+        let watch_events = registered(
+            &mut registry,
+            "kubeconfigd_watch_events",
+            "Events sent on WatchKubeconfigs streams (SYNCED markers included).",
+        );
+        let watch_known_etags_refused = registered(
+            &mut registry,
+            "kubeconfigd_watch_known_etags_refused",
+            "WatchKubeconfigs requests refused for their known_etags (a key that is not <cluster uid>/<asset>, an etag over 128 bytes, or more than --max-watch-known-etags).",
+        );
+        let limits = Family::<LimitLabels, Counter>::default();
+        register(
+            &mut registry,
+            "kubeconfigd_limit_hits",
+            "Calls refused or ended by a limit, by the limit's flag.",
+            limits.clone(),
+        );
+        let files_parsed = registered(
+            &mut registry,
+            "kubeconfigd_inventory_files_parsed",
+            "Cluster files read and parsed (a change costs the files it touches).",
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        register(
+            &mut registry,
+            "kubeconfigd_inventory_reloads",
+            "Inventory loads, by whether every file applied.",
+            reloads.clone(),
+        );
+        let clusters_loaded = registered(
+            &mut registry,
+            "kubeconfigd_clusters_loaded",
+            "Clusters in the inventory.",
+        );
+        let clusters_unavailable = registered(
+            &mut registry,
+            "kubeconfigd_clusters_unavailable",
+            "Clusters whose record is unusable.",
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        if let Some(sources) = sources {
+            registry.register_collector(Box::new(Arc::clone(&sources.issuers)));
+            registry.register_collector(Box::new(sources));
+        }
+        Metrics {
+            registry,
+            otel: OtelInstruments::default(),
+            // These series are shown from the start, zero or not.
+            reloads_ok: reloads.get_or_create_owned(&ResultLabels { result: "ok" }),
+            reloads_failed: reloads.get_or_create_owned(&ResultLabels { result: "failed" }),
+            limits: Limit::ALL.map(|limit| {
+                limits.get_or_create_owned(&LimitLabels {
+                    limit: limit.label(),
+                })
+            }),
+            calls,
+            files_parsed,
+            clusters_loaded,
+            clusters_unavailable,
+            watch_streams,
+            watch_events,
+            watch_known_etags_refused,
+        }
+    }
+
     /// A limit refused or ended a call.
     pub fn limit(&self, limit: Limit) {
-        self.limits[limit as usize].fetch_add(1, Ordering::Relaxed);
+        self.limits[limit as usize].inc();
     }
 
     /// A watch stream opened (`+1`) or ended (`-1`).
     pub fn watch_streams(&self, opened: bool) {
         if opened {
-            self.watch_streams.fetch_add(1, Ordering::Relaxed);
+            self.watch_streams.inc();
         } else {
-            self.watch_streams.fetch_sub(1, Ordering::Relaxed);
+            self.watch_streams.dec();
         }
     }
 
     /// One event sent on a watch stream.
     pub fn watch_event(&self) {
-        self.watch_events.fetch_add(1, Ordering::Relaxed);
+        self.watch_events.inc();
     }
 
     /// One watch refused because of its `known_etags` (a key that names no cluster uid, an overlong
     /// etag, or more than `--max-watch-known-etags`).
     pub fn watch_known_etags_refused(&self) {
-        self.watch_known_etags_refused
-            .fetch_add(1, Ordering::Relaxed);
+        self.watch_known_etags_refused.inc();
     }
 
     /// Records one reload.
@@ -316,28 +464,25 @@ impl Metrics {
         } else {
             &self.reloads_failed
         }
-        .fetch_add(1, Ordering::Relaxed);
+        .inc();
     }
 
     /// Inventory loads so far: (every file applied, some file not applied).
     pub fn reloads(&self) -> (u64, u64) {
-        (
-            self.reloads_ok.load(Ordering::Relaxed),
-            self.reloads_failed.load(Ordering::Relaxed),
-        )
+        (self.reloads_ok.get(), self.reloads_failed.get())
     }
 
     /// Counts cluster files read and parsed by one load or change.
     pub fn parsed(&self, files: u64) {
-        self.files_parsed.fetch_add(files, Ordering::Relaxed);
+        self.files_parsed.inc_by(files);
     }
 
     /// Records the cluster counts of a snapshot.
     pub fn loaded(&self, snapshot: &Snapshot) {
-        self.clusters_loaded
-            .store(snapshot.clusters.len() as u64, Ordering::Relaxed);
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.clusters_loaded.set(count(snapshot.clusters.len()));
         self.clusters_unavailable
-            .store(snapshot.unavailable_count() as u64, Ordering::Relaxed);
+            .set(count(snapshot.unavailable_count()));
     }
 
     /// Records one call: `edge` is `grpc` or `rest`, `code` the Palette code or `OK`.
@@ -348,18 +493,25 @@ impl Metrics {
         code: &'static str,
         elapsed: std::time::Duration,
     ) {
-        let slot = self.calls.slot(edge, method);
+        let (slot, edge, method) = self.calls.slot(edge, method);
         let code = position(&CODES, code).unwrap_or(CODES.len() - 1);
-        slot.codes[code].fetch_add(1, Ordering::Relaxed);
+        slot.codes[code]
+            .get_or_init(|| {
+                self.calls.counts.get_or_create_owned(&CallLabels {
+                    edge,
+                    method,
+                    code: CODES[code],
+                })
+            })
+            .inc();
         let seconds = elapsed.as_secs_f64();
-        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
-            slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        slot.count.fetch_add(1, Ordering::Relaxed);
-        slot.sum_nanos.fetch_add(
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        slot.latency
+            .get_or_init(|| {
+                self.calls
+                    .latency
+                    .get_or_create_owned(&LatencyLabels { edge, method })
+            })
+            .observe(seconds);
         self.otel.latency.record(
             seconds,
             &[KeyValue::new("edge", edge), KeyValue::new("method", method)],
@@ -370,8 +522,8 @@ impl Metrics {
     pub fn call_counts(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
         let mut counts = Vec::new();
         for (edge, method, slot) in self.calls.iter() {
-            for (code, count) in CODES.iter().zip(&slot.codes) {
-                let count = count.load(Ordering::Relaxed);
+            for (code, counter) in CODES.iter().zip(&slot.codes) {
+                let count = counter.get().map_or(0, Counter::get);
                 if count > 0 {
                     counts.push((edge, method, *code, count));
                 }
@@ -380,155 +532,182 @@ impl Metrics {
         counts
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self, cache: &CacheStats, minting: &MintStats) -> String {
+    /// Every metric, in `format`.
+    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
-        let families = [
-            self.call_families(),
-            cache_families(cache),
-            self.service_families(),
-            minting_families(minting),
-        ];
-        for (name, kind, help, samples) in families.into_iter().flatten() {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
+        match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?
             }
         }
-        self.write_latency(&mut out);
-        out
+        Ok(out)
     }
+}
 
-    fn call_families(&self) -> Vec<Family> {
-        let calls = self
-            .call_counts()
-            .into_iter()
-            .map(|(edge, method, code, n)| {
-                (
-                    format!("{{edge=\"{edge}\",method=\"{method}\",code=\"{code}\"}}"),
-                    n,
-                )
-            })
-            .collect();
-        vec![(
-            "kubeconfigd_calls_total",
-            "counter",
-            "Calls by edge, method and result code.",
-            calls,
-        )]
+/// Writes one family of constant samples (`name` without `_total` for a counter).
+fn write_family<S: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (S, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(sample)?,
+            _ => ConstGauge::new(value).encode(sample)?,
+        }
     }
+    Ok(())
+}
 
-    fn service_families(&self) -> Vec<Family> {
-        let load = |counter: &AtomicU64| single(counter.load(Ordering::Relaxed));
-        vec![
-            (
-                "kubeconfigd_watch_streams",
-                "gauge",
-                "WatchKubeconfigs streams and waiting REST long-polls open now.",
-                load(&self.watch_streams),
-            ),
-            (
-                "kubeconfigd_watch_events_total",
-                "counter",
-                "Events sent on WatchKubeconfigs streams (SYNCED markers included).",
-                load(&self.watch_events),
-            ),
-            (
-                "kubeconfigd_watch_known_etags_refused_total",
-                "counter",
-                "WatchKubeconfigs requests refused for their known_etags (a key that is not <cluster uid>/<asset>, an etag over 128 bytes, or more than --max-watch-known-etags).",
-                load(&self.watch_known_etags_refused),
-            ),
-            (
-                "kubeconfigd_limit_hits_total",
-                "counter",
-                "Calls refused or ended by a limit, by the limit's flag.",
-                Limit::ALL
-                    .iter()
-                    .map(|limit| {
-                        (
-                            format!("{{limit=\"{}\"}}", limit.label()),
-                            self.limits[*limit as usize].load(Ordering::Relaxed),
-                        )
-                    })
-                    .collect(),
-            ),
-            (
-                "kubeconfigd_connections_closed_total",
-                "counter",
-                "Connections closed or refused by their limits, by reason: no_request (none within \
+/// Writes one unlabelled sample.
+fn write_single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(metric),
+        _ => ConstGauge::new(value).encode(metric),
+    }
+}
+
+/// Counts kept by the process as a whole, read at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use crate::edges::connections::{Closed, closed_counts};
+        write_family(
+            &mut encoder,
+            "kubeconfigd_connections_closed",
+            "Connections closed or refused by their limits, by reason: no_request (none within \
 --header-read-timeout of connecting), header_timeout, idle (no request open for --idle-timeout), \
 evicted (to make room), stalled (a request without progress: the peer does not read), refused (at \
 accept, no slot could be freed), tls_handshake (failed, timed out or made room).",
-                crate::edges::connections::Closed::ALL
-                    .iter()
-                    .zip(crate::edges::connections::closed_counts())
-                    .map(|(reason, n)| (format!("{{reason=\"{}\"}}", reason.label()), n))
-                    .collect(),
-            ),
-            (
-                "kubeconfigd_inventory_files_parsed_total",
-                "counter",
-                "Cluster files read and parsed (a change costs the files it touches).",
-                load(&self.files_parsed),
-            ),
-            (
-                "kubeconfigd_inventory_reloads_total",
-                "counter",
-                "Inventory loads, by whether every file applied.",
-                vec![
-                    (
-                        "{result=\"ok\"}".to_owned(),
-                        self.reloads_ok.load(Ordering::Relaxed),
-                    ),
-                    (
-                        "{result=\"failed\"}".to_owned(),
-                        self.reloads_failed.load(Ordering::Relaxed),
-                    ),
-                ],
-            ),
-            (
-                "kubeconfigd_clusters_loaded",
-                "gauge",
-                "Clusters in the inventory.",
-                load(&self.clusters_loaded),
-            ),
-            (
-                "kubeconfigd_clusters_unavailable",
-                "gauge",
-                "Clusters whose record is unusable.",
-                load(&self.clusters_unavailable),
-            ),
-            (
-                "kubeconfigd_log_lines_dropped_total",
-                "counter",
-                "Log lines dropped because the log writer could not keep up.",
-                single(crate::telemetry::dropped_log_lines()),
-            ),
-        ]
-    }
-
-    fn write_latency(&self, out: &mut String) {
-        let name = "kubeconfigd_call_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Call latency by edge and method.\n# TYPE {name} histogram"
-        );
-        for (edge, method, slot) in self.calls.iter() {
-            let count = slot.count.load(Ordering::Relaxed);
-            if count == 0 {
-                continue;
-            }
-            let labels = format!("edge=\"{edge}\",method=\"{method}\"");
-            let mut cumulative = 0;
-            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&slot.buckets) {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-            }
-            let sum = slot.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-        }
+            MetricType::Counter,
+            Closed::ALL
+                .iter()
+                .zip(closed_counts())
+                .map(|(reason, n)| ([("reason", reason.label())], n)),
+        )?;
+        write_single(
+            &mut encoder,
+            "kubeconfigd_log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up.",
+            MetricType::Counter,
+            crate::telemetry::dropped_log_lines(),
+        )
     }
 }
+
+/// The cache tiers' and minting's counters, read at each scrape.
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let cache = self.cache.stats();
+        write_family(
+            &mut encoder,
+            "kubeconfigd_cache_hits",
+            "Kubeconfigs served, by the tier that answered (render = rendered on this call; in_flight = \
+             served by a concurrent miss of the same file).",
+            MetricType::Counter,
+            [
+                ("memory", cache.memory_hits),
+                ("redis", cache.redis_hits),
+                ("render", cache.renders),
+                ("in_flight", cache.coalesced),
+            ]
+            .map(|(tier, n)| ([("tier", tier)], n)),
+        )?;
+        let counters = [
+            (
+                "kubeconfigd_cache_redis_errors",
+                "Redis calls that failed or timed out.",
+                cache.redis_errors,
+            ),
+            (
+                "kubeconfigd_cache_discarded",
+                "Values read from Redis that did not authenticate or decode.",
+                cache.discarded,
+            ),
+            (
+                "kubeconfigd_cache_invalidations_sent",
+                "Invalidations published to other replicas.",
+                cache.invalidations_sent,
+            ),
+            (
+                "kubeconfigd_cache_invalidations_received",
+                "Invalidations received from other replicas.",
+                cache.invalidations_received,
+            ),
+            (
+                "kubeconfigd_cache_forged_invalidations",
+                "Invalidation messages discarded because they did not authenticate.",
+                cache.forged_invalidations,
+            ),
+        ];
+        for (name, help, value) in counters {
+            write_single(&mut encoder, name, help, MetricType::Counter, value)?;
+        }
+        let gauges = [
+            (
+                "kubeconfigd_cache_memory_entries",
+                "Entries in the in-process tier.",
+                cache.memory_entries,
+            ),
+            (
+                "kubeconfigd_cache_redis_up",
+                "1 when the Redis tier is configured and usable.",
+                u64::from(cache.redis_up),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            write_single(&mut encoder, name, help, MetricType::Gauge, value)?;
+        }
+        let minting = self.minter.stats();
+        let counters = [
+            (
+                "kubeconfigd_credentials_minted",
+                "Admin credentials minted (a client certificate signed per caller) and recorded in the ledger.",
+                minting.minted,
+            ),
+            (
+                "kubeconfigd_credentials_reused",
+                "Requests answered with a credential minted earlier for the same caller, cluster, key and lifetime (more than half its lifetime left).",
+                minting.reused,
+            ),
+            (
+                "kubeconfigd_credential_ledger_failures",
+                "Minted credentials not served because the ledger could not record them.",
+                minting.ledger_failures,
+            ),
+            (
+                "kubeconfigd_credential_mints_rate_limited",
+                "Mints refused because the caller reached --max-mints-per-minute.",
+                minting.rate_limited,
+            ),
+            (
+                "kubeconfigd_credential_ledger_forged",
+                "Ledger values read back from Redis that did not authenticate (not written by a replica).",
+                minting.forged,
+            ),
+        ];
+        for (name, help, value) in counters {
+            write_single(&mut encoder, name, help, MetricType::Counter, value)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! The admin listener (`--admin-addr`, plain HTTP): liveness (`/healthz`), readiness (`/readyz`: ready
 //! once the inventory is loaded, not ready once shutdown begins; its text names token issuers never
-//! reached), Prometheus metrics (`/metrics`) and the
+//! reached), metrics (`/metrics`, in the Prometheus text format or OpenMetrics) and the
 //! REST shim's OpenAPI 3 description (`/openapi.json`). It exists with or without `--no-rest`, so
 //! probes and scraping never depend on the REST shim, and it keeps metrics off the public port.
 
@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
 use crate::edges::rest::plain_error;
+use crate::metrics::Format;
 use crate::service::core::Core;
 use crate::service::error::ErrorKind;
 
@@ -54,20 +55,27 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
-    let mut body = state
-        .core
-        .metrics()
-        .render(&state.core.cache_stats(), &state.core.minter().stats());
-    state.core.issuers().render_metrics(&mut body);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        body,
-    )
-        .into_response()
+/// Every metric, in OpenMetrics when the scraper's `Accept` asks for it, else in the Prometheus text
+/// format (see [`crate::metrics::Format`]).
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = Format::from_accept(accept);
+    match state.core.metrics().encode(format) {
+        Ok(body) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(format.content_type()),
+                ),
+                (header::VARY, HeaderValue::from_static("accept")),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(_) => plain_error(ErrorKind::Internal, "the metrics could not be encoded"),
+    }
 }
 
 async fn openapi() -> Response {

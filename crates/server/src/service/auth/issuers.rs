@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, Validation};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::{Map, Value};
 
 use super::configuration::{AuthenticationConfiguration, JwtAuthenticator, KeySource};
@@ -586,48 +591,51 @@ impl Issuers {
         }
         out
     }
+}
 
-    /// The Prometheus text of the issuers' metrics (one label value per configured issuer).
-    pub fn render_metrics(&self, out: &mut String) {
+/// The issuers' metrics for `/metrics`, read at each scrape (the table changes with the configuration
+/// file): one label value per configured issuer.
+impl Collector for Issuers {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let table = self.table.load();
-        let _ = writeln!(
-            out,
-            "# HELP kubeconfigd_jwt_issuer_keys Verifying keys in service per configured token issuer (0: its tokens are refused).\n# TYPE kubeconfigd_jwt_issuer_keys gauge"
-        );
-        for issuer in &table.issuers {
-            let _ = writeln!(
-                out,
-                "kubeconfigd_jwt_issuer_keys{{issuer=\"{}\"}} {}",
-                label(&issuer.config.issuer.url),
-                issuer.keys.current.load().keys.len()
-            );
+        if table.issuers.is_empty() {
+            return Ok(());
         }
-        let _ = writeln!(
-            out,
-            "# HELP kubeconfigd_jwks_fetches_total Key set fetches (or jwksFile reads) per configured token issuer, by result.\n# TYPE kubeconfigd_jwks_fetches_total counter"
-        );
+        {
+            let mut keys = encoder.encode_descriptor(
+                "kubeconfigd_jwt_issuer_keys",
+                "Verifying keys in service per configured token issuer (0: its tokens are refused).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for issuer in &table.issuers {
+                let labels = [("issuer", issuer.config.issuer.url.as_str())];
+                ConstGauge::new(issuer.keys.current.load().keys.len() as u64)
+                    .encode(keys.encode_family(&labels)?)?;
+            }
+        }
+        // A counter: the encoder adds `_total`.
+        let mut fetches = encoder.encode_descriptor(
+            "kubeconfigd_jwks_fetches",
+            "Key set fetches (or jwksFile reads) per configured token issuer, by result.",
+            None,
+            MetricType::Counter,
+        )?;
         for issuer in &table.issuers {
-            let url = label(&issuer.config.issuer.url);
             for (result, count) in [
                 ("ok", &issuer.keys.fetches_ok),
                 ("error", &issuer.keys.fetches_failed),
             ] {
-                let _ = writeln!(
-                    out,
-                    "kubeconfigd_jwks_fetches_total{{issuer=\"{url}\",result=\"{result}\"}} {}",
-                    count.load(Ordering::Relaxed)
-                );
+                let labels = [
+                    ("issuer", issuer.config.issuer.url.as_str()),
+                    ("result", result),
+                ];
+                ConstCounter::new(count.load(Ordering::Relaxed))
+                    .encode(fetches.encode_family(&labels)?)?;
             }
         }
+        Ok(())
     }
-}
-
-/// A Prometheus label value, escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn identity_of(verified: &Verified) -> Identity {

@@ -312,9 +312,14 @@ fn metrics_and_readiness_name_an_issuer_without_keys() {
             .readiness_detail()
             .contains("issuer https://issuer.one.test: no keys yet")
     );
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(issuers));
     let mut text = String::new();
-    issuers.render_metrics(&mut text);
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encode");
     assert!(text.contains("kubeconfigd_jwt_issuer_keys{issuer=\"https://issuer.one.test\"} 0"));
+    assert!(text.contains(
+        "kubeconfigd_jwks_fetches_total{issuer=\"https://issuer.one.test\",result=\"ok\"} 0"
+    ));
 }
 
 #[test]
