@@ -120,6 +120,7 @@ pub async fn run(
         cache: Arc::clone(&cache),
         minter: Arc::clone(&minter),
         issuers: Arc::clone(&issuers),
+        auditor: Arc::clone(&audit.auditor),
     }));
     let core = Arc::new(
         service::core::Core::new(

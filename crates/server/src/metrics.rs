@@ -200,6 +200,8 @@ pub struct Sources {
     pub cache: Arc<dyn AssetCache<CachedAsset>>,
     pub minter: Arc<Minter>,
     pub issuers: Arc<Issuers>,
+    /// The audit stream's sinks (none when records go to the log).
+    pub auditor: Arc<crate::audit::Auditor>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -704,6 +706,36 @@ impl Collector for Sources {
         ];
         for (name, help, value) in counters {
             write_single(&mut encoder, name, help, MetricType::Counter, value)?;
+        }
+        let sinks = self.auditor.stats();
+        if !sinks.is_empty() {
+            write_family(
+                &mut encoder,
+                "kubeconfigd_audit_records",
+                "Audit records written (file) or delivered (webhook), by sink.",
+                MetricType::Counter,
+                sinks
+                    .iter()
+                    .map(|(sink, s)| ([("sink", sink.label())], s.written)),
+            )?;
+            write_family(
+                &mut encoder,
+                "kubeconfigd_audit_records_dropped",
+                "Audit records not queued, by sink: the queue was full (--audit-queue-size) or the service was stopping; with --audit-required the download was refused instead of served.",
+                MetricType::Counter,
+                sinks
+                    .iter()
+                    .map(|(sink, s)| ([("sink", sink.label())], s.dropped)),
+            )?;
+            write_family(
+                &mut encoder,
+                "kubeconfigd_audit_sink_up",
+                "0 while an audit sink fails to write and retries, else 1.",
+                MetricType::Gauge,
+                sinks
+                    .iter()
+                    .map(|(sink, s)| ([("sink", sink.label())], u64::from(s.up))),
+            )?;
         }
         Ok(())
     }

@@ -240,6 +240,13 @@ async fn the_webhook_receives_every_record_in_order_across_a_receiver_restart() 
         "delivered: {}",
         receiver.records().len()
     );
+    let m = kubeconfigd_e2e::metrics(&server).await.expect("metrics");
+    assert!(m["kubeconfigd_audit_records_total{sink=\"webhook\"}"] >= 600.0);
+    assert_eq!(
+        m["kubeconfigd_audit_records_dropped_total{sink=\"webhook\"}"],
+        0.0
+    );
+    assert_eq!(m["kubeconfigd_audit_sink_up{sink=\"webhook\"}"], 1.0);
     assert!(
         server
             .terminate(Duration::from_secs(20))
