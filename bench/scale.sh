@@ -3,7 +3,8 @@
 # them and reports time to ready, RSS after load (beside the files' total bytes), one-file edit ->
 # served latency and the CPU it cost, sustained edits per second with their lag, and ListClusters pages
 # of 500. Loopback only; every phase is bounded in time.
-#   bench/scale.sh N [sustained seconds=60] [edits per second=100]
+#   bench/scale.sh N [sustained seconds=60] [edits per second=100] [--starts-only]
+# Starts: three cold (the page cache dropped first; needs root, says so otherwise) and three warm.
 # Needs the Python virtualenv of scripts/test.sh (.venv, for grpcio) or python3 with grpcio-tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +22,4 @@ if [ ! -f "$fleet/.complete" ]; then
   touch "$fleet/.complete"
 fi
 exec "$python" bench/scale.py --binary target/release/kubeconfigd --fleet "$fleet" \
-  --count "$count" --seconds "$seconds" --rate "$rate"
+  --count "$count" --seconds "$seconds" --rate "$rate" "${@:4}"

@@ -274,6 +274,71 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) ->
     })
 }
 
+/// Blocking reads kept in flight at once while loading: a cold volume answers many queued reads much
+/// faster than one or two at a time (on the 100,000-file fleet, `cat` one after another took 11.2 s,
+/// 32 readers at once 4.1 s). Reads only wait; the cores parse.
+pub const READERS: usize = 32;
+
+/// Runs `read` over `items` on up to [`READERS`] threads and `parse` over what each read gave on one
+/// thread per core, at the same time, keeping the order of `items`: a load is then bounded by
+/// whichever of the disk and the cores is slower, not by their sum. At most two reads per reader
+/// wait for a parser, so what is in memory at once is bounded whatever the number of files.
+fn pipelined_map<T: Sync, A: Send, R: Send>(
+    items: &[T],
+    readers: usize,
+    read: impl Fn(&T) -> A + Sync,
+    parse: impl Fn(&T, A) -> R + Sync,
+) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let readers = readers.min(items.len());
+    if readers <= 1 {
+        return items.iter().map(|item| parse(item, read(item))).collect();
+    }
+    let parsers = cores.min(items.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, A)>(2 * readers);
+    let receiver = std::sync::Mutex::new(receiver);
+    let mut results: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    std::thread::scope(|scope| {
+        let (read, parse, next, receiver) = (&read, &parse, &next, &receiver);
+        for _ in 0..readers {
+            let sender = sender.clone();
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    if sender.send((i, read(item))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        let handles: Vec<_> = (0..parsers)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let received = match receiver.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok((i, input)) = received else { break };
+                        done.push((i, parse(&items[i], input)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for handle in handles {
+            for (i, result) in handle.join().unwrap_or_default() {
+                results[i] = Some(result);
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
 impl Inventory {
     /// Loads everything for the first time. Fails only when the tenant file cannot be used.
     pub fn load(origin: Origin) -> Result<(Self, Snapshot, ReloadReport), LoadError> {
@@ -354,9 +419,12 @@ impl Inventory {
             let origin = &self.origin;
             let tenant = &tenant;
             let projects = &projects;
-            parallel_map(&files, |path| {
-                read_cluster_file(origin, base.as_deref(), path, tenant, projects)
-            })
+            pipelined_map(
+                &files,
+                READERS,
+                |path| read_cluster_text(origin, path),
+                |path, read| parse_cluster_file(read, base.as_deref(), path, tenant, projects),
+            )
         };
         let read = started.elapsed();
         let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
@@ -866,20 +934,13 @@ fn is_cluster_file_name(name: &Path) -> bool {
 }
 
 /// Reads, parses and prepares one cluster file.
-fn read_cluster_file(
-    origin: &Origin,
-    base: Option<&Path>,
-    path: &Arc<Path>,
-    tenant: &Tenant,
-    projects: &HashSet<Arc<str>>,
-) -> Parsed {
-    let gone = || Parsed {
-        path: Arc::clone(path),
-        stamps: Stamps::default(),
-        references: Vec::new(),
-        outcome: None,
-    };
-    let read = match origin {
+/// A cluster file's text and the stamp of the file as opened; `Err` with what to report instead
+/// (nothing when the file is gone).
+type ReadText = Result<(String, Option<Stamp>), Option<String>>;
+
+/// Reads one cluster file (the I/O half of loading it).
+fn read_cluster_text(origin: &Origin, path: &Arc<Path>) -> ReadText {
+    match origin {
         Origin::Demo => {
             let name = path
                 .file_name()
@@ -887,7 +948,7 @@ fn read_cluster_file(
                 .unwrap_or_default();
             match demo::CLUSTERS.iter().find(|(n, _)| *n == name) {
                 Some((_, text)) => Ok(((*text).to_owned(), None)),
-                None => return gone(),
+                None => Err(None),
             }
         }
         Origin::Files { inventory, .. } => {
@@ -904,15 +965,33 @@ fn read_cluster_file(
                 Err(crate::loading::files::FileError::Io(e))
                     if e.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    return gone();
+                    Err(None)
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(Some(e.to_string())),
             }
         }
-    };
+    }
+}
+
+/// Parses what [`read_cluster_text`] read (the CPU half of loading a cluster file).
+fn parse_cluster_file(
+    read: ReadText,
+    base: Option<&Path>,
+    path: &Arc<Path>,
+    tenant: &Tenant,
+    projects: &HashSet<Arc<str>>,
+) -> Parsed {
     let (text, own) = match read {
         Ok(read) => read,
-        Err(message) => {
+        Err(None) => {
+            return Parsed {
+                path: Arc::clone(path),
+                stamps: Stamps::default(),
+                references: Vec::new(),
+                outcome: None,
+            };
+        }
+        Err(Some(message)) => {
             return Parsed {
                 path: Arc::clone(path),
                 stamps: Stamps {
@@ -972,6 +1051,38 @@ fn read_limited(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads overlap: with a read that only waits (a slow disk), loading takes about
+    /// files × delay ÷ readers, far below files × delay ÷ cores; the order is kept.
+    #[test]
+    fn a_slow_reader_is_overlapped_by_the_other_readers() {
+        let items: Vec<usize> = (0..96).collect();
+        let delay = std::time::Duration::from_millis(40);
+        let cores = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        let started = std::time::Instant::now();
+        let parsed = pipelined_map(
+            &items,
+            32,
+            |i| {
+                std::thread::sleep(delay);
+                *i
+            },
+            |i, read| (*i, read * 2),
+        );
+        let elapsed = started.elapsed();
+        assert_eq!(
+            parsed,
+            items.iter().map(|i| (*i, i * 2)).collect::<Vec<_>>()
+        );
+        let by_readers = delay * 96 / 32; // 120 ms
+        let by_cores = delay * 96 / cores as u32; // 960 ms on 4 cores, 1.92 s on 2
+        assert!(
+            elapsed < by_cores / 2,
+            "{elapsed:?}: reads did not overlap (readers alone: {by_readers:?}, cores alone: {by_cores:?})"
+        );
+    }
 
     const UID: &str = "00000000000000000000aa04";
     const FILE: &str = "no-oidc-direct.yaml";
