@@ -40,6 +40,12 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
+/// The log file opened for appending: stdout and stderr (and a restarted process) each get their own
+/// descriptor, and without `O_APPEND` each would write from its own offset over the others' lines.
+fn appending(log: &tempfile::NamedTempFile) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).open(log.path())
+}
+
 /// The `kubeconfig-agent` binary, next to `kubeconfigd` (or at `KUBECONFIG_AGENT_BIN`).
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KUBECONFIG_AGENT_BIN") {
@@ -70,8 +76,8 @@ impl Agent {
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(log.reopen()?)
-            .stderr(log.reopen()?)
+            .stdout(appending(&log)?)
+            .stderr(appending(&log)?)
             .spawn()
             .context("spawn kubeconfig-agent")?;
         Ok(Agent {
@@ -274,8 +280,8 @@ impl Server {
             .arg(self.admin.to_string())
             .env("RUST_LOG", "info,redis=error")
             .stdin(Stdio::null())
-            .stdout(self.log.reopen()?)
-            .stderr(self.log.reopen()?);
+            .stdout(appending(&self.log)?)
+            .stderr(appending(&self.log)?);
         for (key, value) in &self.env {
             command.env(key, value);
         }
@@ -333,7 +339,10 @@ impl Server {
 
     /// Everything the server logged so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        // Not `read_to_string(…).unwrap_or_default()`: a log that is not UTF-8 is a finding, not an
+        // empty log.
+        let bytes = std::fs::read(self.log.path()).unwrap_or_default();
+        String::from_utf8(bytes).unwrap_or_else(|e| panic!("the server log is not UTF-8: {e}"))
     }
 
     /// Whether a log line satisfying `line` appears within 2 s (the server writes its log off the

@@ -289,6 +289,14 @@ fn providers() -> Result<(SdkTracerProvider, SdkMeterProvider), String> {
     Ok((tracer, meter))
 }
 
+/// What the log layer writes: events, and not spans. An `enabled!` check (its metadata is neither a
+/// span nor an event) must pass too: a per-layer filter that says no to it leaves the answer in the
+/// thread's filter state, where the next event on that thread reads it and is dropped — which lost
+/// every warning logged on a thread that had just checked whether audit lines are logged.
+fn not_a_span(metadata: &tracing::Metadata<'_>) -> bool {
+    !metadata.is_span()
+}
+
 /// Installs the global subscriber (and OTLP export when configured). Call once, inside the Tokio
 /// runtime (the OTLP exporter's channel lives on it).
 pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
@@ -322,7 +330,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     // user, cluster, asset, decision, request id and digest), so the log layer neither records the
     // fields of each call's span nor prints them again on every line. Spans exist for the exporter;
     // without one, calls do not open them ([`record_spans`]).
-    let events_only = tracing_subscriber::filter::filter_fn(|metadata| metadata.is_event());
+    let events_only = tracing_subscriber::filter::filter_fn(not_a_span);
     // A terminal gets the default, coloured format; anything else (a file, a pipe, a collector)
     // gets the same layout written by [`LineFormat::Text`], which costs a fraction of it per line.
     let (plain, coloured, json) = match format {
@@ -483,4 +491,38 @@ pub fn rest_span(
     );
     join_caller_trace(&span, headers);
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::log_line::capture::Sink;
+
+    /// The log layer as [`super::init`] stacks it: a level filter, then the formatter behind its
+    /// per-layer filter.
+    fn logged_after_a_check(filter: fn(&tracing::Metadata<'_>) -> bool) -> String {
+        let sink = Sink::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(sink.clone())
+                    .with_filter(tracing_subscriber::filter::filter_fn(filter)),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            let _ = tracing::enabled!(target: "audit", tracing::Level::INFO);
+            tracing::warn!("issuer keys not refreshed");
+        });
+        sink.text()
+    }
+
+    #[test]
+    fn a_warning_right_after_an_enabled_check_is_logged() {
+        assert!(logged_after_a_check(super::not_a_span).contains("issuer keys not refreshed"));
+        // The filter this replaced lost it: the check is what this test exercises.
+        assert!(!logged_after_a_check(|metadata| metadata.is_event()).contains("issuer keys"));
+    }
 }

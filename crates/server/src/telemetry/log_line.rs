@@ -73,6 +73,13 @@ pub(super) mod capture {
     #[derive(Clone, Default)]
     pub struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
+    impl Sink {
+        /// Everything written so far.
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
@@ -119,8 +126,7 @@ pub(super) mod capture {
             )
             .with(theirs);
         tracing::subscriber::with_default(subscriber, emit);
-        let text = |sink: Sink| String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        (text(ours), text(their_sink))
+        (ours.text(), their_sink.text())
     }
 
     /// Events both formats are checked with: an audit line with every kind of value, a warning with
