@@ -30,6 +30,10 @@ def free_port() -> int:
 TLS = ROOT / "tests" / "fixtures" / "tls"
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind a port picked for it."""
+
+
 class Server:
     def __init__(self, args, tls=False):
         import ssl
@@ -38,6 +42,17 @@ class Server:
         self.ssl_context = ssl.create_default_context(cafile=str(TLS / "ca.crt")) if tls else None
         if tls:
             args = [*args, "--tls-cert-file", str(TLS / "server.crt"), "--tls-key-file", str(TLS / "server.key")]
+        # A port picked free can be taken by someone else's connection before the server binds it
+        # (an ephemeral port of any client on the machine): start again on other ports then.
+        for attempt in range(3):
+            try:
+                self._start(args)
+                return
+            except PortTaken:
+                if attempt == 2:
+                    raise
+
+    def _start(self, args):
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.admin_port = free_port()
@@ -52,7 +67,10 @@ class Server:
         deadline = time.monotonic() + 20
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"kubeconfigd exited: {self.log_text()}")
+                text = self.log_text()
+                if "Address already in use" in text:
+                    raise PortTaken(text)
+                raise RuntimeError(f"kubeconfigd exited: {text}")
             try:
                 with urllib.request.urlopen(f"{self.admin}/readyz", timeout=1):
                     break
