@@ -453,6 +453,8 @@ fn read_client_config(reader: &mut Reader<'_>, root: &Value) -> Option<Option<Oi
             }
         }
     }
+    // Kept with the cluster for as long as it is served: no spare room (a fleet holds one per cluster).
+    extra_scopes.shrink_to_fit();
     let login = OidcLogin {
         issuer_url,
         client_id,

@@ -325,6 +325,11 @@ fn main() -> ExitCode {
         Some(Command::Import(args)) => return import(args),
         None => {}
     }
+    // No transparent huge pages for this process: mimalloc asks for them on its arenas, and then a
+    // 2 MiB page backs a region as soon as any byte of it is touched. Loading 100,000 clusters peaked
+    // at about 290 MiB with them and 263 MiB without, and took 0.3 s longer (the kernel clearing huge
+    // pages). Where the kernel refuses, nothing else changes.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let args = cli.serve;
     let config = match Config::from_args(&args) {
         Ok(config) => config,

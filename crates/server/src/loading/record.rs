@@ -116,7 +116,8 @@ pub struct Record {
     /// (with the field named), like any other unusable field, rather than unparseable.
     credentials: Result<Credentials, Box<RenderError>>,
     pack: Pack,
-    proxy: Option<ProxyRecord>,
+    /// Boxed: a cluster without the proxy then takes a pointer's room, not the record's.
+    proxy: Option<Box<ProxyRecord>>,
     admin_credential: Option<AdminCredentialMode>,
     /// SHA-256 over the file and everything it refers to.
     content_digest: [u8; 32],
@@ -126,7 +127,8 @@ struct Credentials {
     certificate_authority: PemBundle,
     /// `None` when the file gives none (allowed only for a cluster that mints).
     admin: Option<AdminCredential>,
-    client_ca: Option<ClientCa>,
+    /// Boxed: most clusters have none, and an inline one would take its room in every record.
+    client_ca: Option<Box<ClientCa>>,
     /// The Spectro Proxy's CA given in the record.
     proxy_certificate_authority: Option<PemBundle>,
 }
@@ -326,7 +328,7 @@ impl Record {
 
     /// The client CA, when the file has one.
     pub fn client_ca(&self) -> Option<&ClientCa> {
-        self.credentials.as_ref().ok()?.client_ca.as_ref()
+        self.credentials.as_ref().ok()?.client_ca.as_deref()
     }
 
     /// SHA-256 over the cluster file and every file it refers to.
@@ -410,7 +412,7 @@ impl Record {
                     has_certificate_authority: p.certificate_authority.is_some(),
                     token: token.map(|t| Sensitive::new(t.trim())),
                 };
-                (Some(proxy), p.certificate_authority)
+                (Some(Box::new(proxy)), p.certificate_authority)
             }
             _ => (None, None),
         };
@@ -431,13 +433,15 @@ impl Record {
                 },
                 client_ca: match client_ca {
                     None => None,
-                    Some((certificate, key, admin_group, max_lifetime_seconds)) => Some(ClientCa {
-                        certificate: pem("clientCa.certificate", &certificate, "CERTIFICATE")?,
-                        key: pem("clientCa.key", &key, "PRIVATE KEY")?,
-                        admin_group: admin_group.map(Arc::from),
-                        max_lifetime_seconds,
-                        authority: std::sync::OnceLock::new(),
-                    }),
+                    Some((certificate, key, admin_group, max_lifetime_seconds)) => {
+                        Some(Box::new(ClientCa {
+                            certificate: pem("clientCa.certificate", &certificate, "CERTIFICATE")?,
+                            key: pem("clientCa.key", &key, "PRIVATE KEY")?,
+                            admin_group: admin_group.map(Arc::from),
+                            max_lifetime_seconds,
+                            authority: std::sync::OnceLock::new(),
+                        }))
+                    }
                 },
                 proxy_certificate_authority: proxy_certificate_authority
                     .map(|ca| pem("spectroProxy.certificateAuthority", &ca, "CERTIFICATE"))
@@ -535,31 +539,42 @@ pub enum Availability {
     Unavailable(String),
 }
 
-/// SHA-256 over everything a cluster's rendered bytes depend on; shown as lowercase hex, which is
-/// encoded once here (every cached download puts it in its cache key).
+/// SHA-256 over everything a cluster's rendered bytes depend on; shown as lowercase hex. Kept as
+/// the 32 bytes (a fleet holds one per cluster) and encoded where it is shown: [`Revision::hex`] is a
+/// few dozen instructions, on the stack.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Revision {
-    hex: [u8; 64],
+    digest: [u8; 32],
 }
 
 impl Revision {
     pub fn new(digest: [u8; 32]) -> Self {
-        let mut hex = [0u8; 64];
-        // 64 bytes is exactly the room 32 bytes need.
-        let _ = hex::encode_to_slice(digest, &mut hex);
-        Revision { hex }
+        Revision { digest }
     }
 
     /// The digest in lowercase hex.
+    pub fn hex(&self) -> RevisionHex {
+        let mut hex = [0u8; 64];
+        // 64 bytes is exactly the room 32 bytes need.
+        let _ = hex::encode_to_slice(self.digest, &mut hex);
+        RevisionHex(hex)
+    }
+}
+
+/// A [`Revision`] in lowercase hex.
+#[derive(Debug, Clone, Copy)]
+pub struct RevisionHex([u8; 64]);
+
+impl RevisionHex {
     pub fn as_str(&self) -> &str {
         // Hex digits are ASCII.
-        std::str::from_utf8(&self.hex).unwrap_or_default()
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl std::fmt::Display for Revision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -651,7 +666,7 @@ impl ClusterEntry {
             return None;
         };
         let credentials = self.record.credentials.as_ref().ok()?;
-        let proxy = match &self.record.proxy {
+        let proxy = match self.record.proxy.as_deref() {
             Some(proxy) => Some((tenant.reverse_proxy()?, proxy)),
             None => None,
         };
@@ -689,7 +704,7 @@ impl Renderer<'_> {
     pub fn minting(&self) -> Option<(&Minting, &ClientCa)> {
         Some((
             self.ready.minting.as_ref()?,
-            self.credentials.client_ca.as_ref()?,
+            self.credentials.client_ca.as_deref()?,
         ))
     }
 
@@ -818,7 +833,7 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Ready, Unusable> {
         .credentials
         .as_ref()
         .map_err(|e| Unusable::Render((**e).clone()))?;
-    let (proxy, proxy_certificate_authority) = match &record.proxy {
+    let (proxy, proxy_certificate_authority) = match record.proxy.as_deref() {
         None => (None, None),
         Some(p) => {
             let server = tenant.reverse_proxy().ok_or(Unusable::NoProxyServer)?;
@@ -866,7 +881,7 @@ fn build(record: &Record, tenant: &Tenant) -> Result<Ready, Unusable> {
         AdminCredentialMode::Minted => {
             let ca = credentials
                 .client_ca
-                .as_ref()
+                .as_deref()
                 .ok_or(Unusable::MintedWithoutClientCa)?;
             check_client_ca(ca)?;
             let group = ca

@@ -622,7 +622,7 @@ impl Core {
         let key = CacheKey::new(
             uid,
             variant.as_str(),
-            cluster.revision.as_str(),
+            cluster.revision.hex().as_str(),
             FORMAT_VERSION,
         );
         let renderer = cluster.renderer(&snapshot.tenant).ok_or_else(|| {
