@@ -4,7 +4,9 @@
 # served latency and the CPU it cost, sustained edits per second with their lag, and ListClusters pages
 # of 500. Loopback only; every phase is bounded in time.
 #   bench/scale.sh N [sustained seconds=60] [edits per second=100] [--starts-only]
-# Starts: three cold (the page cache dropped first; needs root, says so otherwise) and three warm.
+# Starts: three cold (the page cache dropped first; needs root, says so otherwise) and three warm; the
+# RSS one second after ready, once the allocator has returned what the load freed (warm starts, 15 s
+# later), and the peak of the load.
 # Needs the Python virtualenv of scripts/test.sh (.venv, for grpcio) or python3 with grpcio-tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
