@@ -247,6 +247,27 @@ impl Server {
         }
     }
 
+    /// Starts the process and returns at once, before it is ready (for watching it load); see
+    /// [`Server::wait_until_ready`].
+    pub fn spawn_loading(args: &[String]) -> anyhow::Result<Server> {
+        let mut server = Server {
+            child: None,
+            grpc: format!("127.0.0.1:{}", free_port()?).parse()?,
+            rest: format!("127.0.0.1:{}", free_port()?).parse()?,
+            admin: format!("127.0.0.1:{}", free_port()?).parse()?,
+            log: tempfile::NamedTempFile::new()?,
+            args: args.to_vec(),
+            env: Vec::new(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Waits (at most 20 s) until a server from [`Server::spawn_loading`] is ready.
+    pub async fn wait_until_ready(&mut self) -> anyhow::Result<()> {
+        self.wait_ready().await
+    }
+
     async fn start_once(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let rest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;

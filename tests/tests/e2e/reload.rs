@@ -431,3 +431,80 @@ async fn pages_neither_repeat_nor_skip_across_an_add_and_a_remove() {
     );
     assert!(second.next_page_token.is_empty());
 }
+
+/// A long first load (thousands of files) is watched from outside: meanwhile the process is alive
+/// (`/healthz` 200, so a liveness probe does not kill a pod on a slow volume), not ready (`/readyz`
+/// 503, so no traffic is routed to it) and refuses downloads as unavailable (503) rather than
+/// leaving them hanging or answering 404 for a cluster it has not read yet; then it is ready and
+/// serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_first_load_is_alive_not_ready_and_answers_503() {
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let template =
+        std::fs::read_to_string(fixture.inventory().join("oidc-direct.yaml")).expect("read");
+    assert!(template.contains(OTHER), "the template holds its uid");
+    for i in 0..3000 {
+        let uid = format!("cc{i:022}");
+        std::fs::write(
+            fixture.inventory().join(format!("copy-{i:05}.yaml")),
+            template.replace(OTHER, &uid),
+        )
+        .expect("write");
+    }
+    let mut server = Server::spawn_loading(&fixture.args()).expect("spawn");
+    let client = reqwest::Client::new();
+    let status = |path: String, key: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut request = client.get(path).timeout(Duration::from_secs(2));
+            if let Some(key) = key {
+                request = request.header("ApiKey", key);
+            }
+            request.send().await.map(|r| r.status().as_u16()).ok()
+        }
+    };
+    let (mut seen_loading, mut ready) = (false, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let readyz = status(format!("{}/readyz", server.admin_url()), None).await;
+        let healthz = status(format!("{}/healthz", server.admin_url()), None).await;
+        let download = status(
+            format!(
+                "{}/v1/spectroclusters/{UID}/assets/kubeconfig",
+                server.rest_url()
+            ),
+            Some(KEY),
+        )
+        .await;
+        match (readyz, healthz, download) {
+            // A listener not bound yet (they are bound one after another at start).
+            (None, _, _) | (_, None, _) | (_, _, None) => {}
+            (Some(503), Some(200), Some(503)) => seen_loading = true,
+            (Some(200), Some(200), _) => {
+                ready = true;
+                break;
+            }
+            other => panic!(
+                "while loading: (readyz, healthz, download) = {other:?}\n{}",
+                server.log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "not ready within 60 s:\n{}", server.log_text());
+    assert!(
+        seen_loading,
+        "the load finished before it could be observed (make it longer):\n{}",
+        server.log_text()
+    );
+    server.wait_until_ready().await.expect("ready");
+    let served = status(
+        format!(
+            "{}/v1/spectroclusters/{UID}/assets/kubeconfig",
+            server.rest_url()
+        ),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(served, Some(200));
+}
