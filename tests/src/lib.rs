@@ -46,6 +46,13 @@ fn appending(log: &tempfile::NamedTempFile) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().append(true).open(log.path())
 }
 
+/// What a process wrote to its log so far. Not `read_to_string(…).unwrap_or_default()`: a log that is
+/// not UTF-8 is a finding, not an empty log.
+fn log_text_of(log: &tempfile::NamedTempFile) -> String {
+    let bytes = std::fs::read(log.path()).unwrap_or_default();
+    String::from_utf8(bytes).unwrap_or_else(|e| panic!("the log is not UTF-8: {e}"))
+}
+
 /// The `kubeconfig-agent` binary, next to `kubeconfigd` (or at `KUBECONFIG_AGENT_BIN`).
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KUBECONFIG_AGENT_BIN") {
@@ -88,7 +95,7 @@ impl Agent {
 
     /// Everything the agent printed so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        log_text_of(&self.log)
     }
 
     /// The process id.
@@ -250,15 +257,7 @@ impl Server {
     /// Starts the process and returns at once, before it is ready (for watching it load); see
     /// [`Server::wait_until_ready`].
     pub fn spawn_loading(args: &[String]) -> anyhow::Result<Server> {
-        let mut server = Server {
-            child: None,
-            grpc: format!("127.0.0.1:{}", free_port()?).parse()?,
-            rest: format!("127.0.0.1:{}", free_port()?).parse()?,
-            admin: format!("127.0.0.1:{}", free_port()?).parse()?,
-            log: tempfile::NamedTempFile::new()?,
-            args: args.to_vec(),
-            env: Vec::new(),
-        };
+        let mut server = Self::unstarted(args, &[])?;
         server.spawn()?;
         Ok(server)
     }
@@ -268,22 +267,24 @@ impl Server {
         self.wait_ready().await
     }
 
-    async fn start_once(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
-        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let rest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let mut server = Server {
+    /// A server on free ports, not started yet.
+    fn unstarted(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        Ok(Server {
             child: None,
-            grpc,
-            rest,
-            admin,
+            grpc: format!("127.0.0.1:{}", free_port()?).parse()?,
+            rest: format!("127.0.0.1:{}", free_port()?).parse()?,
+            admin: format!("127.0.0.1:{}", free_port()?).parse()?,
             log: tempfile::NamedTempFile::new()?,
             args: args.to_vec(),
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-        };
+        })
+    }
+
+    async fn start_once(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        let mut server = Self::unstarted(args, env)?;
         server.spawn()?;
         server.wait_ready().await?;
         Ok(server)
@@ -360,10 +361,7 @@ impl Server {
 
     /// Everything the server logged so far.
     pub fn log_text(&self) -> String {
-        // Not `read_to_string(…).unwrap_or_default()`: a log that is not UTF-8 is a finding, not an
-        // empty log.
-        let bytes = std::fs::read(self.log.path()).unwrap_or_default();
-        String::from_utf8(bytes).unwrap_or_else(|e| panic!("the server log is not UTF-8: {e}"))
+        log_text_of(&self.log)
     }
 
     /// Whether a log line satisfying `line` appears within 2 s (the server writes its log off the

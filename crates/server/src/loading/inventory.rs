@@ -306,7 +306,6 @@ fn pipelined_map<T: Sync, A: Send, R: Send + Sync>(
     read: impl Fn(&T) -> A + Sync,
     parse: impl Fn(&T, A) -> R + Sync,
 ) -> Results<R> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let readers = readers.min(items.len().div_ceil(READ_BATCH));
     let results: Vec<std::sync::OnceLock<R>> = std::iter::repeat_with(std::sync::OnceLock::new)
         .take(items.len())
@@ -315,28 +314,39 @@ fn pipelined_map<T: Sync, A: Send, R: Send + Sync>(
         for (item, slot) in items.iter().zip(&results) {
             let _ = slot.set(parse(item, read(item)));
         }
-        return results
-            .into_iter()
-            .filter_map(std::sync::OnceLock::into_inner as fn(_) -> _);
+    } else {
+        read_and_parse(items, readers, &read, &parse, &results);
     }
+    results
+        .into_iter()
+        .filter_map(std::sync::OnceLock::into_inner as fn(_) -> _)
+}
+
+/// The threads of [`pipelined_map`]: `readers` readers taking batches in turn, one parser per core
+/// filling `results`.
+fn read_and_parse<T: Sync, A: Send, R: Send + Sync>(
+    items: &[T],
+    readers: usize,
+    read: &(impl Fn(&T) -> A + Sync),
+    parse: &(impl Fn(&T, A) -> R + Sync),
+    results: &[std::sync::OnceLock<R>],
+) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let parsers = cores.min(items.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<(usize, A)>>(readers);
     let receiver = std::sync::Mutex::new(receiver);
     std::thread::scope(|scope| {
-        let (read, parse, next, receiver, results) = (&read, &parse, &next, &receiver, &results);
+        let (next, receiver) = (&next, &receiver);
         for _ in 0..readers {
             let sender = sender.clone();
             scope.spawn(move || {
                 loop {
                     let first = next.fetch_add(READ_BATCH, std::sync::atomic::Ordering::Relaxed);
-                    let Some(batch) = items.get(first..(first + READ_BATCH).min(items.len()))
-                    else {
-                        break;
-                    };
-                    if batch.is_empty() {
+                    if first >= items.len() {
                         break;
                     }
+                    let batch = &items[first..(first + READ_BATCH).min(items.len())];
                     let read: Vec<(usize, A)> = (first..)
                         .zip(batch)
                         .map(|(i, item)| (i, read(item)))
@@ -363,9 +373,6 @@ fn pipelined_map<T: Sync, A: Send, R: Send + Sync>(
             });
         }
     });
-    results
-        .into_iter()
-        .filter_map(std::sync::OnceLock::into_inner as fn(_) -> _)
 }
 
 impl Inventory {
