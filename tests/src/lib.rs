@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod fleet;
+
 use anyhow::{Context as _, bail};
 use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_client::KubeconfigServiceClient;
 use tonic::transport::Channel;
@@ -25,12 +27,13 @@ pub fn binary() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/kubeconfigd
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("kubeconfigd"))
-        .context("no parent dir")?;
+    // target/<profile>/deps/<test> or target/<profile>/<bench binary> -> target/<profile>/kubeconfigd
+    let dir = exe.parent().context("no parent dir")?;
+    let candidate = if dir.ends_with("deps") {
+        dir.parent().context("no parent dir")?.join("kubeconfigd")
+    } else {
+        dir.join("kubeconfigd")
+    };
     if !candidate.is_file() {
         bail!(
             "{} not found: run `cargo build --workspace --bins` before the end-to-end tests",
@@ -319,6 +322,14 @@ impl Server {
         }
     }
 
+    /// Starts the process again with the same flags and ports after it stopped (a
+    /// [`Server::terminate`] or [`Server::kill`]), and waits until it is ready.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "kubeconfigd is still running");
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
     /// Starts the process again with the same flags and ports (after [`Server::kill`]), and waits
     /// until it is ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
@@ -489,6 +500,48 @@ impl RedisServer {
         Self::start_with(free_port()?, tempfile::tempdir()?, Vec::new())
     }
 
+    /// Starts a standalone server that keeps its data across a restart: an append-only file synced
+    /// at every write, as a Redis that holds a credential ledger is run.
+    pub fn start_persistent() -> anyhow::Result<Self> {
+        let extra = ["--appendonly", "yes", "--appendfsync", "always"]
+            .map(str::to_owned)
+            .to_vec();
+        Self::start_with(free_port()?, tempfile::tempdir()?, extra)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open and nothing is answered.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("redis-server is not running")?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// The node's replication role (`master` or `slave`), or `None` when it does not answer.
+    pub fn role(&self) -> Option<String> {
+        let out = self.cli(&["role"]).ok()?;
+        let text = String::from_utf8_lossy(&out);
+        let role = text.lines().next()?.trim();
+        (!role.is_empty()).then(|| role.to_owned())
+    }
+
     fn start_with(port: u16, dir: tempfile::TempDir, extra: Vec<String>) -> anyhow::Result<Self> {
         let mut server = RedisServer {
             child: None,
@@ -632,16 +685,23 @@ impl Drop for RedisServer {
     }
 }
 
-/// A local Redis Cluster of three masters.
+/// A local Redis Cluster.
 #[derive(Debug)]
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(3, 0)
+    }
+
+    /// `masters` masters with `replicas` replicas each (`redis-cli --cluster create` picks which
+    /// node replicates which).
+    pub fn start_with(masters: usize, replicas: usize) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..masters * (1 + replicas) {
             let port = free_port()?;
             let extra = [
                 "--cluster-enabled",
@@ -662,7 +722,7 @@ impl RedisCluster {
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
             .context("redis-cli --cluster create")?;

@@ -173,6 +173,9 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// The reason of a `Revoked` event sent because the watch's credential stopped authenticating.
+const CREDENTIAL_REFUSED: &str = "UNAUTHENTICATED";
+
 fn proto_asset(asset: Asset) -> pb::WatchedAsset {
     match asset {
         Asset::Kubeconfig => pb::WatchedAsset::Kubeconfig,
@@ -390,6 +393,9 @@ async fn session(
                 }
             }
             Ok(Ok(Some(event))) => {
+                if let Some(renew) = refused_but_renewed(settings, state, &event) {
+                    return renew;
+                }
                 state.holdings.apply(event, stats);
                 let started = tokio::time::Instant::now();
                 let mut events = 1;
@@ -401,6 +407,10 @@ async fn session(
                     match tokio::time::timeout(BATCH_WINDOW, stream.message()).await {
                         Err(_) | Ok(Ok(None)) => break,
                         Ok(Ok(Some(event))) => {
+                            if let Some(renew) = refused_but_renewed(settings, state, &event) {
+                                flush_if_synced(settings, state, stats).await;
+                                return renew;
+                            }
                             state.holdings.apply(event, stats);
                             events += 1;
                         }
@@ -432,6 +442,35 @@ async fn session(
         if let Some(status) = ended {
             return ended_by(settings, &status);
         }
+    }
+}
+
+/// The server takes files back with reason `UNAUTHENTICATED` when the credential the stream was
+/// opened with stops authenticating (its API key removed). If the credential files already hold a
+/// different credential (a rotation whose old key was removed within the check interval), nothing
+/// is deleted: the watch reconnects with the new credential at once, and the server decides again
+/// (a refused new credential gets the files taken back at that connection).
+fn refused_but_renewed(
+    settings: &Settings,
+    state: &State,
+    event: &pb::WatchKubeconfigsResponse,
+) -> Option<Ended> {
+    let refused = event.r#type() == pb::watch_kubeconfigs_response::Type::Revoked
+        && event.reason == CREDENTIAL_REFUSED;
+    (refused && crate::credentials::changed(&settings.credentials, state.fingerprint.as_ref())).then(
+        || {
+            Ended::Renew(
+                "the server no longer accepts the credential this watch was opened with; a new one is in the files"
+                    .to_owned(),
+            )
+        },
+    )
+}
+
+/// Writes what a batch cut short by a renewal already applied.
+async fn flush_if_synced(settings: &Settings, state: &mut State, stats: &Stats) {
+    if state.holdings.synced {
+        flush(settings, state, stats).await;
     }
 }
 

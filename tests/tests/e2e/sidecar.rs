@@ -1095,3 +1095,70 @@ async fn one_file_that_cannot_be_written_blocks_no_other_and_shows_on_readyz() {
     assert!(read(&obstacle).contains("https://10.0.0.4:6443"));
     assert_eq!(metric(&health, "kubeconfig_agent_files_failing").await, 0.0);
 }
+
+/// Found by the soak (bench/soak.sh): a removed API key ended the agent's watch, but the agent kept
+/// every file it held, for as long as the key stayed removed.
+#[tokio::test]
+async fn an_agent_deletes_its_files_when_its_api_key_is_removed() {
+    let setup = setup(&[]).await;
+    let health = format!("127.0.0.1:{}", free_port().expect("port"));
+    let mut agent =
+        Agent::start(&agent_args(&setup, &["--all", "--health-addr", &health])).expect("agent");
+    assert!(eventually(Duration::from_secs(15), || ready(&health)).await);
+    assert_eq!(files_in(&setup.out), 4);
+    let tenant = read(&setup.fixture.tenant());
+    let started = Instant::now();
+    write_file(
+        &setup.fixture.tenant(),
+        &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            files_in(&setup.out) == 0
+        })
+        .await,
+        "{}",
+        agent.log_text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    agent.kill();
+}
+
+/// Found by the soak: an agent that was reconnecting (its replica restarting) when its API key was
+/// removed was refused at the next connection and kept its files.
+#[tokio::test]
+async fn an_agent_reconnecting_after_its_key_was_removed_deletes_its_files() {
+    let mut setup = setup(&[]).await;
+    let health = format!("127.0.0.1:{}", free_port().expect("port"));
+    let mut agent =
+        Agent::start(&agent_args(&setup, &["--all", "--health-addr", &health])).expect("agent");
+    assert!(eventually(Duration::from_secs(15), || ready(&health)).await);
+    assert_eq!(files_in(&setup.out), 4);
+    setup.server.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&health, "kubeconfig_agent_connected").await == 0.0
+        })
+        .await
+    );
+    let tenant = read(&setup.fixture.tenant());
+    write_file(
+        &setup.fixture.tenant(),
+        &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
+    );
+    assert_eq!(
+        files_in(&setup.out),
+        4,
+        "no server, no decision: the files stay"
+    );
+    setup.server.restart().await.expect("restart");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            files_in(&setup.out) == 0
+        })
+        .await,
+        "{}",
+        agent.log_text()
+    );
+    agent.kill();
+}

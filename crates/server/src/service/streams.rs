@@ -36,6 +36,9 @@ const BUFFER: usize = 32;
 /// How often a file with a minted credential is evaluated again to learn of a revocation.
 const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The reason of the `Revoked` events a watch sends when its credential stops authenticating.
+pub const CREDENTIAL_REFUSED: &str = "UNAUTHENTICATED";
+
 /// How soon a file whose minted credential could not be renewed is tried again.
 const RENEWAL_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -274,7 +277,10 @@ impl Watchers {
         spec.assets.dedup();
         spec.uids.sort_unstable();
         spec.uids.dedup();
-        let caller = self.core.authenticate(&credentials).await?;
+        let caller = match self.core.authenticate(&credentials).await {
+            Ok(caller) => caller,
+            Err(error) => return refused_at_open(error, &credentials, spec),
+        };
         let admission = self.admit(&caller.user)?;
         let credentials_certificate = credentials.certificate.clone();
         // Subscribed before the initial state is computed, so that no change falls in between.
@@ -391,6 +397,45 @@ fn distrusted(certificate: Option<Arc<crate::service::auth::PeerCertificate>>) -
             None => std::future::pending().await,
         }
     })
+}
+
+/// A watch refused at open. Most refusals are just the error. But an API key that no longer
+/// authenticates (API keys do not expire: it was removed) from a watcher that names files it holds
+/// (`known_etags`, as an agent reconnecting sends them) gets those files taken back first, exactly
+/// as an open stream would have when the key was removed: an agent that was reconnecting at that
+/// moment deletes them too. Only the uids the request named are echoed, so nothing is revealed.
+fn refused_at_open(
+    error: CoreError,
+    credentials: &Credentials,
+    spec: WatchSpec,
+) -> Result<mpsc::Receiver<Result<WatchEvent, CoreError>>, CoreError> {
+    let api_key_only = credentials.api_key.is_some()
+        && credentials.bearer.is_none()
+        && credentials.certificate.is_none();
+    if error.kind() != ErrorKind::Unauthenticated || !api_key_only || spec.known.is_empty() {
+        return Err(error);
+    }
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(async move {
+        for (uid, asset) in spec.known.into_keys() {
+            let event = WatchEvent::Revoked {
+                uid,
+                name: String::new(),
+                asset,
+                reason: CREDENTIAL_REFUSED.to_owned(),
+                message: error.message().to_owned(),
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        // That is this stream's whole initial state: an agent applies (deletes) only a synced state.
+        if tx.send(Ok(WatchEvent::Synced)).await.is_err() {
+            return;
+        }
+        let _ = tx.send(Err(error)).await;
+    });
+    Ok(rx)
 }
 
 /// Why a stream or long-poll ended when its client certificate lost its trust.
@@ -555,14 +600,62 @@ impl Watch {
         }
     }
 
+    /// The credential the watch was opened with no longer authenticates (its API key was removed, its
+    /// token's issuer is no longer trusted): every file the watcher holds is taken back (`Revoked`,
+    /// reason `UNAUTHENTICATED`) before the stream ends with the error, so that an agent deletes
+    /// them as for any other revocation. A credential that merely expired ends the stream without
+    /// this: the watcher reconnects with a fresh one and keeps its files.
+    async fn credential_refused(&mut self, error: CoreError) -> End {
+        let held: Vec<(String, Asset)> = self
+            .sent
+            .iter()
+            .filter(|(_, sent)| matches!(sent, Sent::Etag(_)))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (uid, asset) in held {
+            let unauthenticated = Auth::default();
+            let record = Record::new(Event::AssetRefused, "-", &unauthenticated)
+                .with("cluster", uid.as_str())
+                .with("asset", asset.as_str())
+                .with("allowed", false)
+                .with("request_id", self.credentials.request_id.as_str())
+                .with("reason", CREDENTIAL_REFUSED)
+                .with("via", "watch");
+            let _ = self.core.auditor().record(&record);
+            drop(record);
+            let name = self
+                .core
+                .cluster_facts(&uid)
+                .map(|(name, _)| name)
+                .unwrap_or_default();
+            self.sent.insert(
+                (uid.clone(), asset),
+                Sent::Revoked(CREDENTIAL_REFUSED.to_owned()),
+            );
+            let event = WatchEvent::Revoked {
+                uid,
+                name,
+                asset,
+                reason: CREDENTIAL_REFUSED.to_owned(),
+                message: error.message().to_owned(),
+            };
+            if let Err(end) = self.send(event).await {
+                return end;
+            }
+        }
+        End::Error(error)
+    }
+
     /// Every watched file: the explicit uids, or every visible cluster plus those already sent.
     async fn evaluate_all(&mut self) -> Result<(), End> {
         let mut uids: BTreeSet<String> = if self.spec.uids.is_empty() {
-            let caller = self
-                .core
-                .authenticate(&self.credentials)
-                .await
-                .map_err(End::Error)?;
+            let caller = match self.core.authenticate(&self.credentials).await {
+                Ok(caller) => caller,
+                Err(error) if error.kind() == ErrorKind::Unauthenticated => {
+                    return Err(self.credential_refused(error).await);
+                }
+                Err(error) => return Err(End::Error(error)),
+            };
             self.core
                 .visible_uids(&caller, self.spec.project.as_deref())
                 .into_iter()
@@ -605,7 +698,7 @@ impl Watch {
         if let Err(error) = &outcome
             && error.kind() == ErrorKind::Unauthenticated
         {
-            return Err(End::Error(error.clone()));
+            return Err(self.credential_refused(error.clone()).await);
         }
         let was_renewing = self
             .renewals
