@@ -109,3 +109,71 @@ def test_the_agent_accepts_every_manifest_flag():
                 assert "token-file" in result.stderr or "api-key-file" in result.stderr, result.stderr
                 checked += 1
     assert checked == 2
+
+
+def kubeconfigd_deployment():
+    return next(d for _, d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubeconfigd")
+
+
+def seconds(flag, args):
+    value = next(a.split("=", 1)[1] for a in args if a.startswith(f"--{flag}="))
+    assert value.endswith("s"), value
+    return float(value[:-1])
+
+
+def test_rollouts_and_disruptions_keep_a_replica_serving():
+    deployment = kubeconfigd_deployment()
+    spec = deployment["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "kubeconfigd")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    budget = seconds("shutdown-delay", container["args"]) + seconds("shutdown-grace", container["args"])
+    assert pod["terminationGracePeriodSeconds"] > budget
+    budgets = [d for _, d in documents() if d["kind"] == "PodDisruptionBudget"]
+    assert any(b["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"] and b["spec"].get("minAvailable", 0) >= 1 for b in budgets)
+    headless = [d for _, d in documents() if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    assert any(h["spec"]["selector"] == spec["selector"]["matchLabels"] for h in headless)
+
+
+def test_grpcio_applies_the_shipped_retry_policy():
+    """gRPC's C core (grpcio) takes deploy/kubernetes/grpc-service-config.json as it is, and with it a
+    call that a server answers UNAVAILABLE twice succeeds; without it, the same call fails."""
+    from concurrent import futures
+
+    import grpc
+
+    text = (ROOT / "deploy" / "kubernetes" / "grpc-service-config.json").read_text()
+    attempts = []
+
+    def who_am_i(request, context):
+        attempts.append(1)
+        if len(attempts) % 3 != 0:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "kubeconfig.v1.KubeconfigService", {"WhoAmI": grpc.unary_unary_rpc_method_handler(who_am_i)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.service_config", text), ("grpc.enable_retries", 1)]
+        ) as channel:
+            assert channel.unary_unary("/kubeconfig.v1.KubeconfigService/WhoAmI")(b"", timeout=10) == b""
+        assert len(attempts) == 3
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.service_config", "{}"), ("grpc.enable_retries", 1)]
+        ) as channel:
+            try:
+                channel.unary_unary("/kubeconfig.v1.KubeconfigService/WhoAmI")(b"", timeout=10)
+                raise AssertionError("without the policy the first UNAVAILABLE is the answer")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(attempts) == 4
+    finally:
+        server.stop(None)

@@ -19,6 +19,11 @@ pub const INVALIDATION_CHANNEL: &str = "kubeconfigd:v1:invalidate";
 
 /// How long Redis is skipped after it is marked down before the next probe.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Deadline of a call whose answer the caller cannot do without (a credential ledger record, read or
+/// written): longer than a cache lookup's, which has a fallback (rendering) and so gives up early.
+/// On a busy machine a healthy Redis answers a cache lookup late now and then; that must not refuse
+/// a mint.
+pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Consecutive failed calls that mark Redis down (one slow reply is not an outage).
 const FAILURES_TO_MARK_DOWN: u64 = 3;
 /// A Redis that keeps flapping is reported at most this often; the suppressed changes are counted.
@@ -92,6 +97,9 @@ pub struct Remote {
     timeout: Duration,
     up: AtomicBool,
     skip_until: Mutex<Option<Instant>>,
+    /// Until when durable calls fail at once, after one failed (their own state: a lookup that was
+    /// merely late does not refuse a mint).
+    durable_skip_until: Mutex<Option<Instant>>,
     /// When the last "unavailable" line was logged, and how many state changes were not logged since.
     last_down_log: Mutex<(Option<Instant>, u64)>,
     errors: AtomicU64,
@@ -143,6 +151,7 @@ impl Remote {
             timeout,
             up: AtomicBool::new(false),
             skip_until: Mutex::new(None),
+            durable_skip_until: Mutex::new(None),
             last_down_log: Mutex::new((None, 0)),
             errors: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
@@ -171,7 +180,7 @@ impl Remote {
                 let client = client(url, ca)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout.max(DURABLE_TIMEOUT)))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
                 Ok(Connection::Standalone(
@@ -185,7 +194,7 @@ impl Remote {
                 }
                 let client = builder
                     .connection_timeout(connect_timeout)
-                    .response_timeout(timeout)
+                    .response_timeout(timeout.max(DURABLE_TIMEOUT))
                     .retries(3)
                     .build()?;
                 Ok(Connection::Cluster(client.get_async_connection().await?))
@@ -311,29 +320,92 @@ impl Remote {
     }
 
     async fn query<T: redis::FromRedisValue>(self: &Arc<Self>, command: redis::Cmd) -> Option<T> {
-        let epoch = self.down_epoch.load(Ordering::Relaxed);
         let connection = self.usable()?;
+        self.query_on(connection, command, self.timeout).await
+    }
+
+    /// A call the caller cannot do without: it is made even while lookups skip a Redis marked down
+    /// (an answer marks it up again), with the longer [`DURABLE_TIMEOUT`]. It still needs a
+    /// connection: with none (Redis unreachable since the start), it fails at once; and once a
+    /// durable call failed, the next ones fail at once for a second but for one probe.
+    async fn query_durable<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        command: redis::Cmd,
+    ) -> Option<T> {
+        // After a durable call failed, the others fail at once until the next probe (one call a
+        // second goes through): a Redis that is really gone holds no request for the whole deadline.
+        let skipping = self
+            .durable_skip_until
+            .lock()
+            .ok()
+            .and_then(|mut skip| match *skip {
+                Some(until) if Instant::now() < until => Some(()),
+                Some(_) => {
+                    *skip = Some(Instant::now() + PROBE_INTERVAL);
+                    None
+                }
+                None => None,
+            });
+        if skipping.is_some() {
+            return None;
+        }
+        let deadline = self.timeout.max(DURABLE_TIMEOUT);
+        let mut answer = Err(false);
+        // A failed call (a connection being replaced, a cluster slot moving) is made once more, on
+        // the connection as it is then; a late one is not.
+        for _ in 0..2 {
+            let connection = self.connection.lock().ok().and_then(|c| c.clone())?;
+            answer = self
+                .query_telling(connection, command.clone(), deadline)
+                .await;
+            if !matches!(answer, Err(false)) {
+                break;
+            }
+        }
+        if let Ok(mut skip) = self.durable_skip_until.lock() {
+            *skip = answer.is_err().then(|| Instant::now() + PROBE_INTERVAL);
+        }
+        answer.ok()
+    }
+
+    async fn query_on<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        connection: Connection,
+        command: redis::Cmd,
+        deadline: Duration,
+    ) -> Option<T> {
+        self.query_telling(connection, command, deadline).await.ok()
+    }
+
+    /// [`Remote::query_on`], telling a late answer (`Err(true)`) from a failed one (`Err(false)`).
+    async fn query_telling<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        connection: Connection,
+        command: redis::Cmd,
+        deadline: Duration,
+    ) -> Result<T, bool> {
+        let epoch = self.down_epoch.load(Ordering::Relaxed);
         let call = async {
             match connection {
                 Connection::Standalone(mut c) => command.query_async::<T>(&mut c).await,
                 Connection::Cluster(mut c) => command.query_async::<T>(&mut c).await,
             }
         };
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(deadline, call).await {
             Ok(Ok(value)) => {
                 if epoch == self.down_epoch.load(Ordering::Relaxed) {
                     self.mark_up();
                 }
-                Some(value)
+                Ok(value)
             }
             Ok(Err(error)) => {
                 // Marking down (after consecutive failures) also replaces a cluster connection.
                 self.mark_down(&error.to_string());
-                None
+                Err(false)
             }
             Err(_) => {
                 self.mark_down("timed out");
-                None
+                Err(true)
             }
         }
     }
@@ -463,7 +535,7 @@ impl Remote {
         let Some(sealed) = self.sealer.seal(key, payload) else {
             return false;
         };
-        self.query::<()>(
+        self.query_durable::<()>(
             redis::cmd("SET")
                 .arg(key)
                 .arg(sealed)
@@ -479,7 +551,7 @@ impl Remote {
     /// value that does not authenticate (written by someone without our keys, or moved from another key).
     pub async fn get_sealed(self: &Arc<Self>, key: &str) -> Sealed {
         let stored = self
-            .query::<Vec<u8>>(
+            .query_durable::<Vec<u8>>(
                 redis::cmd("GETRANGE")
                     .arg(key)
                     .arg(0)
@@ -499,7 +571,7 @@ impl Remote {
 
     /// Adds `member` to the sorted set `set` (all scores 0, so members page in byte order).
     pub async fn index_add(self: &Arc<Self>, set: &str, member: &str) -> bool {
-        self.query::<i64>(redis::cmd("ZADD").arg(set).arg(0).arg(member).clone())
+        self.query_durable::<i64>(redis::cmd("ZADD").arg(set).arg(0).arg(member).clone())
             .await
             .is_some()
     }
@@ -517,7 +589,7 @@ impl Remote {
         } else {
             format!("({after}")
         };
-        self.query::<Vec<String>>(
+        self.query_durable::<Vec<String>>(
             redis::cmd("ZRANGEBYLEX")
                 .arg(set)
                 .arg(start)
@@ -535,7 +607,7 @@ impl Remote {
         if members.is_empty() {
             return true;
         }
-        self.query::<i64>(redis::cmd("ZREM").arg(set).arg(members).clone())
+        self.query_durable::<i64>(redis::cmd("ZREM").arg(set).arg(members).clone())
             .await
             .is_some()
     }

@@ -87,12 +87,69 @@ pub fn confine(base: &Path, reference: &Path) -> Result<PathBuf, FileError> {
 
 /// Reads a file a cluster file refers to: confined to `base`, regular, at most `limit` bytes.
 pub fn read_confined(base: &Path, reference: &Path, limit: u64) -> Result<String, FileError> {
-    read_text(&confine(base, reference)?, limit)
+    resolving_again(base, reference, |resolved| read_text(resolved, limit))
+}
+
+/// Resolves `reference` under `base` ([`confine`]) and reads it with `read`, resolving again when the
+/// file vanished in between while its name is still there. A Secret or ConfigMap volume swaps its
+/// `..data` link and then removes the previous data directory: a reader that resolved the link just
+/// before the swap finds its file gone, though the file (its new version) is there. Without the
+/// second look such a file was taken for deleted, and its cluster dropped until the next change.
+pub fn resolving_again<T>(
+    base: &Path,
+    reference: &Path,
+    read: impl Fn(&Path) -> Result<T, FileError>,
+) -> Result<T, FileError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = confine(base, reference).and_then(|resolved| read(&resolved));
+        match &result {
+            Err(FileError::Io(error))
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && attempt < ATTEMPTS
+                    && std::fs::symlink_metadata(base.join(reference)).is_ok() => {}
+            _ => return result,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the soak (bench/soak.sh): a cluster file read while its Secret volume swapped
+    /// `..data` was taken for deleted, and its cluster answered "not found" until the next change.
+    #[test]
+    fn a_volume_swap_between_resolving_and_reading_is_read_again() {
+        let outer = tempfile::tempdir().unwrap();
+        let base = outer.path().join("inventory");
+        std::fs::create_dir_all(base.join("..old")).unwrap();
+        std::fs::write(base.join("..old/c.yaml"), "old").unwrap();
+        std::os::unix::fs::symlink("..old", base.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/c.yaml", base.join("c.yaml")).unwrap();
+        let swapped = std::cell::Cell::new(false);
+        let read = |resolved: &Path| {
+            if !swapped.replace(true) {
+                // The kubelet's swap lands between the resolution and the read.
+                std::fs::create_dir(base.join("..new")).unwrap();
+                std::fs::write(base.join("..new/c.yaml"), "new").unwrap();
+                std::os::unix::fs::symlink("..new", base.join("..data_tmp")).unwrap();
+                std::fs::rename(base.join("..data_tmp"), base.join("..data")).unwrap();
+                std::fs::remove_dir_all(base.join("..old")).unwrap();
+            }
+            read_text(resolved, 100)
+        };
+        let text = resolving_again(&base, Path::new("c.yaml"), read).unwrap();
+        assert_eq!(text, "new");
+        // A name that is really gone is not looked for again.
+        std::fs::remove_file(base.join("c.yaml")).unwrap();
+        assert!(matches!(
+            resolving_again(&base, Path::new("c.yaml"), |p| read_text(p, 100)),
+            Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
+        ));
+    }
 
     #[test]
     fn confinement_allows_volume_symlinks_and_refuses_escapes() {

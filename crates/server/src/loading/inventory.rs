@@ -999,9 +999,9 @@ fn read_cluster_text(origin: &Origin, path: &Arc<Path>) -> ReadText {
             // A cluster file may be a symlink (ConfigMap volumes), but not one that leads out of the
             // inventory directory. The metadata of the file as opened is its stamp (no second `stat`).
             let name = Path::new(path.file_name().unwrap_or_default());
-            match crate::loading::files::confine(inventory, name).and_then(|resolved| {
+            match crate::loading::files::resolving_again(inventory, name, |resolved| {
                 crate::loading::files::read_text_with_metadata(
-                    &resolved,
+                    resolved,
                     kubeconfig_policy::MAX_DOCUMENT_BYTES as u64,
                 )
             }) {

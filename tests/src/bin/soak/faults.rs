@@ -118,8 +118,43 @@ pub fn plan(topology: Topology, start: f64, total: f64) -> Vec<(f64, Fault)> {
         .collect()
 }
 
-/// Injects `fault`; returns what went wrong doing it (nothing, normally).
+/// Injects `fault` and waits for the service to recover from it (Redis faults: until every replica
+/// reports Redis up again, at most 30 s); returns what went wrong (nothing, normally).
 pub async fn inject(fault: &Fault, cast: &mut Cast) -> Result<(), String> {
+    inject_only(fault, cast).await?;
+    if fault.takes_redis() || *fault == Fault::MasterBack {
+        let mut admins = Vec::new();
+        for replica in &cast.replicas {
+            admins.push(replica.lock().await.admin_url());
+        }
+        let recovered = kubeconfigd_e2e::eventually(Duration::from_secs(30), || async {
+            for admin in &admins {
+                let up = reqwest::get(format!("{admin}/metrics"))
+                    .await
+                    .ok()
+                    .map(|r| r.text());
+                let text = match up {
+                    Some(text) => text.await.unwrap_or_default(),
+                    None => return false,
+                };
+                if !text
+                    .lines()
+                    .any(|l| l.starts_with("kubeconfigd_cache_redis_up") && l.ends_with(" 1"))
+                {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if !recovered {
+            return Err("the replicas did not report Redis up within 30 s".into());
+        }
+    }
+    Ok(())
+}
+
+async fn inject_only(fault: &Fault, cast: &mut Cast) -> Result<(), String> {
     match fault {
         Fault::RedisRestart => {
             let Redis::Standalone(server) = &mut cast.redis else {

@@ -76,7 +76,7 @@ impl Op {
         }
     }
 
-    fn is_download(self) -> bool {
+    pub fn is_download(self) -> bool {
         !matches!(self, Op::List | Op::Check)
     }
 }
@@ -85,8 +85,8 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Served,
-    /// Refused with a denial (401, 403, 404 or their gRPC codes).
-    Denied,
+    /// Refused with a denial (401, 403, 404 or their gRPC codes), and the message.
+    Denied(String),
     /// A minted admin kubeconfig (or a ledger check) refused with UNAVAILABLE: the ledger could not
     /// be written or read. The message says which.
     LedgerDown(String),
@@ -107,15 +107,28 @@ pub struct Call {
 #[derive(Debug, Default)]
 pub struct Records {
     pub calls: Vec<Call>,
-    /// (replica, request id) of every download attempt a replica answered.
+    /// (replica, request id) of every download a replica served.
     pub answered: Vec<(usize, u128)>,
     /// Fingerprints of minted credentials handed out.
     pub minted: Vec<String>,
 }
 
+/// Connections per replica the load's calls are spread over: a server allows 128 streams per
+/// connection, and the load may have more calls than that in flight.
+const CONNECTIONS: usize = 8;
+
+/// A channel to `address` that connects on first use and again after it breaks.
+pub fn lazy_channel(address: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy())
+}
+
 /// The replicas as the clients see them.
 pub struct Replicas {
-    pub grpc: Vec<Channel>,
+    /// Per replica, its connections.
+    grpc: Vec<Vec<Channel>>,
+    pub grpc_addresses: Vec<SocketAddr>,
     pub rest: Vec<SocketAddr>,
     pub http: reqwest::Client,
 }
@@ -124,20 +137,27 @@ impl Replicas {
     pub fn new(grpc: &[SocketAddr], rest: &[SocketAddr]) -> anyhow::Result<Self> {
         let channels = grpc
             .iter()
-            .map(|a| {
-                Ok(Channel::from_shared(format!("http://{a}"))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .connect_lazy())
-            })
+            .map(|&a| (0..CONNECTIONS).map(|_| lazy_channel(a)).collect())
             .collect::<anyhow::Result<_>>()?;
         Ok(Replicas {
             grpc: channels,
+            grpc_addresses: grpc.to_vec(),
             rest: rest.to_vec(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .connect_timeout(Duration::from_secs(1))
                 .build()?,
         })
+    }
+
+    pub fn count(&self) -> usize {
+        self.grpc.len()
+    }
+
+    /// A client of replica `replica` on one of its connections.
+    pub fn client(&self, replica: usize, rng: &mut Rng) -> KubeconfigServiceClient<Channel> {
+        let connections = &self.grpc[replica];
+        KubeconfigServiceClient::new(connections[rng.below(connections.len())].clone())
     }
 }
 
@@ -169,11 +189,16 @@ pub fn grpc_request_id<T>(result: &Result<tonic::Response<T>, tonic::Status>) ->
     }
 }
 
-/// Whether a failed call never reached a server: its request was cancelled inside the client's
-/// HTTP/2 connection before it was written (the connection was closing).
+/// Whether a failed call never reached a server's application: its request was cancelled inside the
+/// client's HTTP/2 connection before it was written (the connection was closing), or the server's
+/// GOAWAY said the stream was not processed (h2 fails such streams with the GOAWAY's NO_ERROR, which
+/// tonic reports as INTERNAL). gRPC's C core, Java and Go retry both transparently.
 fn never_sent(status: &tonic::Status) -> bool {
     use std::error::Error as _;
-    if status.code() != tonic::Code::Cancelled {
+    if !matches!(
+        status.code(),
+        tonic::Code::Cancelled | tonic::Code::Internal
+    ) {
         return false;
     }
     let mut source = status.source();
@@ -181,6 +206,9 @@ fn never_sent(status: &tonic::Status) -> bool {
         if error
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
+            || error
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|e| e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR))
         {
             return true;
         }
@@ -200,7 +228,7 @@ impl Load {
     /// Makes one call of kind `op` and records it.
     pub async fn call(self: &Arc<Self>, op: Op, rng: &mut Rng) {
         let start = self.clock.seconds();
-        let replica = rng.below(self.replicas.grpc.len());
+        let replica = rng.below(self.replicas.count());
         let (outcome, churn) = match op {
             Op::GrpcKubeconfig | Op::ChurnGrpc | Op::RestKubeconfig | Op::ChurnRest => {
                 let who = if matches!(op, Op::ChurnGrpc | Op::ChurnRest) {
@@ -283,7 +311,7 @@ impl Load {
         F: FnMut(KubeconfigServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let count = self.replicas.grpc.len();
+        let count = self.replicas.count();
         let mut made = 0;
         let mut transparent = 0;
         let mut next = first;
@@ -291,13 +319,13 @@ impl Load {
             let replica = next % count;
             next += 1;
             made += 1;
-            let client = KubeconfigServiceClient::new(self.replicas.grpc[replica].clone());
+            let client = self.replicas.client(replica, rng);
             let result = match tokio::time::timeout(Duration::from_secs(10), attempt(client)).await
             {
                 Ok(result) => result,
                 Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 10 s")),
             };
-            if op.is_download() {
+            if op.is_download() && result.is_ok() {
                 self.answered(replica, grpc_request_id(&result));
             }
             match result {
@@ -380,7 +408,9 @@ impl Load {
                 Outcome::Served
             }
             Ok(_) => Outcome::Failed("an answer without a file".into()),
-            Err(status) if denial(status.code()) => Outcome::Denied,
+            Err(status) if denial(status.code()) => {
+                Outcome::Denied(format!("{:?}: {}", status.code(), status.message()))
+            }
             Err(status) if op == Op::Minted && status.code() == tonic::Code::Unavailable => {
                 Outcome::LedgerDown(status.message().to_owned())
             }
@@ -418,19 +448,26 @@ impl Load {
                     continue;
                 }
             };
-            self.answered(
-                index,
-                response
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(request_id),
-            );
             let status = response.status().as_u16();
+            if status == 200 {
+                self.answered(
+                    index,
+                    response
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(request_id),
+                );
+            }
             let body = response.bytes().await;
             match (status, body) {
                 (200, Ok(body)) if !body.is_empty() => return Outcome::Served,
-                (401 | 403 | 404, Ok(_)) => return Outcome::Denied,
+                (401 | 403 | 404, Ok(body)) => {
+                    return Outcome::Denied(format!(
+                        "REST {status}: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ));
+                }
                 (503, _) => last = "503".to_owned(),
                 (status, body) => {
                     return Outcome::Failed(format!(

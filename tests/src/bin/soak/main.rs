@@ -171,6 +171,11 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
     let work = tempfile::Builder::new()
         .prefix("kubeconfigd-soak-")
         .tempdir()?;
+    eprintln!(
+        "soak ({}): {} clusters, Redis, two replicas",
+        topology.name(),
+        settings.clusters
+    );
     let fleet = Fleet::new(settings.clusters);
     let (inventory, tenant) = world::create(work.path(), &fleet, settings.churn_users)?;
     let redis = match topology {
@@ -247,7 +252,24 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
             .collect::<Vec<_>>(),
     )
     .await?;
-    // The idle baseline: the replicas with nothing connected but the balancer's readiness polls.
+    // The idle baseline: the replicas with nothing connected but the balancer's readiness polls, once
+    // each has served a download (what opens on first use, the audit file, is open then).
+    let mut first = Rng::new(settings.seed);
+    for replica in 0..grpc.len() {
+        let answer = load
+            .replicas
+            .client(replica, &mut first)
+            .get_kubeconfig(kubeconfigd_e2e::with_key(
+                kubeconfig_proto::kubeconfig::v1::GetKubeconfigRequest {
+                    uid: kubeconfigd_e2e::fleet::uid(load.fleet.viewable[0][0]),
+                    frp: None,
+                },
+                &Who::Viewer(0).api_key(),
+            ))
+            .await;
+        load.answered(replica, load::grpc_request_id(&answer));
+        answer.context("a first download")?;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = verdict::Resources::measure(&replicas, &redis).await;
     let mut agents = Vec::new();
@@ -278,6 +300,7 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
     let mut rng = Rng::new(settings.seed);
     let mut all_watchers = Vec::new();
     let mut watcher_tasks = Vec::new();
+    let mut watcher_channels = Vec::new();
     for w in 0..settings.watchers {
         let who = if w % 5 == 0 {
             Who::Churn(rng.below(settings.churn_users))
@@ -299,15 +322,28 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
             events: Default::default(),
         });
         all_watchers.push(Arc::clone(&watcher));
+        // Twenty watchers share a connection to each replica, like the watchers of one pod.
+        if w % 20 == 0 {
+            watcher_channels = load
+                .replicas
+                .grpc_addresses
+                .iter()
+                .map(|&a| load::lazy_channel(a))
+                .collect::<anyhow::Result<_>>()?;
+        }
         watcher_tasks.push(tokio::spawn(watchers::watch(
             watcher,
-            load.replicas.grpc.clone(),
+            watcher_channels.clone(),
             w % 2,
             clock,
             Arc::clone(&stop),
         )));
     }
     // Let the watches sync before the load is measured.
+    eprintln!(
+        "soak: {} watchers and {} agents connecting",
+        settings.watchers, settings.agents
+    );
     kubeconfigd_e2e::eventually(Duration::from_secs(60), || async {
         all_watchers
             .iter()
@@ -315,6 +351,7 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
     })
     .await;
 
+    eprintln!("soak: measuring the sustained rate (3 s, closed loop)");
     let rate_max = load::calibrate(&load, 32, 3.0, settings.seed).await;
     let rate = rate_max * settings.load_share;
     let total = settings.duration.as_secs_f64();
@@ -345,7 +382,15 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
             .find(|(_, f)| *f == Fault::VolumeSwap)
             .map(|(at, _)| *at),
     ));
-    let load_task = tokio::spawn(load::run(Arc::clone(&load), rate, end, 2048, settings.seed));
+    // The client is not to be the bottleneck: a call that finds 20,000 in flight is counted failed.
+    let load_task = tokio::spawn(load::run(
+        Arc::clone(&load),
+        rate,
+        end,
+        20_000,
+        settings.seed,
+    ));
+    eprintln!("soak: {rate:.0} calls/s for {total:.0} s");
     let mut fault_log = Vec::new();
     for (at, fault) in &plan {
         let wait = at - clock.seconds();
@@ -353,15 +398,18 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
         }
         let began = clock.seconds();
+        eprintln!("soak: +{:.1} s {}", began - start, fault.name());
         let outcome = faults::inject(fault, &mut cast).await;
         fault_log.push((began, clock.seconds(), fault.clone(), outcome));
     }
     let warm_end = plan.first().map_or(start, |(at, _)| *at);
     let rss_warm = samples.rss_at(warm_end + 1.0);
     let churn_result = churn.await?;
+    eprintln!("soak: churn done; waiting for the load to end");
     let _ = load_task.await;
     let rss_end = samples.rss_at(clock.seconds());
     // The end state, with the churn settled: every watcher holds what a download would give it.
+    eprintln!("soak: checking what the watchers hold and the ledger");
     let currency = verdict::currency(&load, &all_watchers, &timeline).await;
     stop.store(true, Ordering::Relaxed);
     for task in watcher_tasks {
@@ -391,7 +439,6 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
         rate,
         start,
         end,
-        plan: &plan,
         fault_log: &fault_log,
         records: &records,
         timeline: &timeline.snapshot(),

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kubeconfig_proto::kubeconfig::v1::kubeconfig_service_client::KubeconfigServiceClient;
 use kubeconfig_proto::kubeconfig::v1::{
     CheckKubeconfigRequest, CredentialStatus, GetKubeconfigRequest, check_kubeconfig_request,
 };
@@ -45,6 +44,8 @@ pub struct Resources {
     pub fds: Vec<Option<u64>>,
     pub threads: Vec<Option<u64>>,
     pub redis_clients: u64,
+    /// Per live node: `role:clients`.
+    pub redis_nodes: Vec<String>,
 }
 
 impl Resources {
@@ -67,6 +68,11 @@ impl Resources {
                 .map(|out| String::from_utf8_lossy(&out).lines().count() as u64)
                 .unwrap_or(0);
             resources.redis_clients += clients.saturating_sub(1);
+            resources.redis_nodes.push(format!(
+                "{}:{}",
+                node.role().unwrap_or_default(),
+                clients.saturating_sub(1)
+            ));
         }
         resources
     }
@@ -131,6 +137,7 @@ pub async fn currency(
 ) -> Currency {
     let history = timeline.snapshot();
     let mut fresh: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut rng = crate::retry::Rng::new(7);
     let mut result = Currency::default();
     for watcher in watchers {
         let granted = match watcher.who {
@@ -141,17 +148,22 @@ pub async fn currency(
         for uid in &watcher.clusters {
             let key = (watcher.who.api_key(), uid.clone());
             if !fresh.contains_key(&key) {
-                let mut client = KubeconfigServiceClient::new(load.replicas.grpc[0].clone());
-                let answer = client
-                    .get_kubeconfig(with_key(
+                let mut client = load.replicas.client(0, &mut rng);
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.get_kubeconfig(with_key(
                         GetKubeconfigRequest {
                             uid: uid.clone(),
                             frp: None,
                         },
                         &key.0,
-                    ))
-                    .await;
-                load.answered(0, crate::load::grpc_request_id(&answer));
+                    )),
+                )
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 10 s")));
+                if answer.is_ok() {
+                    load.answered(0, crate::load::grpc_request_id(&answer));
+                }
                 let etag = answer
                     .ok()
                     .and_then(|r| r.into_inner().kubeconfig.map(|k| k.etag));
@@ -193,19 +205,23 @@ pub async fn ledger(load: &Arc<Load>) -> Ledger {
         .cloned()
         .collect();
     let mut result = Ledger::default();
+    let mut rng = crate::retry::Rng::new(11);
     for fingerprint in fingerprints {
         result.checked += 1;
-        let mut client = KubeconfigServiceClient::new(load.replicas.grpc[1].clone());
-        let answer = client
-            .check_kubeconfig(with_key(
+        let mut client = load.replicas.client(1, &mut rng);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.check_kubeconfig(with_key(
                 CheckKubeconfigRequest {
                     subject: Some(check_kubeconfig_request::Subject::Fingerprint(
                         fingerprint.clone(),
                     )),
                 },
                 &Who::Admin.api_key(),
-            ))
-            .await;
+            )),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 10 s")));
         match answer {
             Ok(r) if r.get_ref().status() == CredentialStatus::Unknown => {
                 result.unknown.push(fingerprint);
@@ -225,7 +241,6 @@ pub struct Verdict<'a> {
     pub rate: f64,
     pub start: f64,
     pub end: f64,
-    pub plan: &'a [(f64, Fault)],
     pub fault_log: &'a [(f64, f64, Fault, Result<(), String>)],
     pub records: &'a Records,
     pub timeline: &'a [Vec<(f64, Access)>],
@@ -283,7 +298,7 @@ fn uuid_text(id: u128) -> String {
     )
 }
 
-/// Audit records of download answers (not watch deliveries), by request id, and `seq` faults.
+/// Audit records of downloads served (not watch deliveries), by request id, and `seq` faults.
 fn audit_ids(text: &str) -> (HashSet<u128>, u64, u64) {
     let mut ids = HashSet::new();
     let mut gaps = 0;
@@ -301,7 +316,7 @@ fn audit_ids(text: &str) -> (HashSet<u128>, u64, u64) {
         }
         last_seq = seq;
         let event = record["event"].as_str().unwrap_or("");
-        if (event == "asset served" || event == "asset refused") && record.get("via").is_none() {
+        if event == "asset served" && record.get("via").is_none() {
             if let Some(id) = record["request_id"]
                 .as_str()
                 .and_then(|t| u128::from_str_radix(&t.replace('-', ""), 16).ok())
@@ -314,6 +329,27 @@ fn audit_ids(text: &str) -> (HashSet<u128>, u64, u64) {
 }
 
 impl Verdict<'_> {
+    /// A churn user's call that got the wrong answer, with when their access last changed.
+    fn churn_example(&self, call: &crate::load::Call, what: &str) -> String {
+        let user = call.churn.unwrap_or(0);
+        let change = self.timeline[user]
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= call.start)
+            .map_or(0.0, |(t, _)| *t);
+        let why = match &call.outcome {
+            crate::load::Outcome::Denied(why) => format!(": {why}"),
+            _ => String::new(),
+        };
+        format!(
+            "churn-{user} {what} by {} at {:.2} s, {:.2} s after their access changed; answered in {:.2} s{why}",
+            call.op.name(),
+            call.start - self.start,
+            call.start - change,
+            call.seconds
+        )
+    }
+
     pub fn judge(self) -> Report {
         let mut text = String::new();
         let mut passed = true;
@@ -345,14 +381,17 @@ impl Verdict<'_> {
         );
 
         // Per-window table.
+        // Each window runs from its fault's injection to the next one's (a fault's injection ends
+        // once the service has recovered from it).
         let mut bounds = vec![(self.start, "warm-up".to_owned(), false)];
-        for (at, fault) in self.plan {
+        for (at, _, fault, _) in self.fault_log {
             bounds.push((*at, fault.name(), fault.takes_redis()));
         }
         let window_of = |t: f64| bounds.iter().rposition(|(at, _, _)| *at <= t).unwrap_or(0);
         let mut windows: Vec<Window> = bounds.iter().map(|_| Window::default()).collect();
         let mut failures: BTreeMap<String, u64> = BTreeMap::new();
         let mut served_after_revocation = 0u64;
+        let mut churn_examples: Vec<String> = Vec::new();
         let mut refused_while_granted = 0u64;
         for call in &self.records.calls {
             let w = window_of(call.start);
@@ -367,20 +406,30 @@ impl Verdict<'_> {
                 (Outcome::Served, Some(Some(false))) => {
                     served_after_revocation += 1;
                     window.failed += 1;
+                    churn_examples.push(self.churn_example(call, "served"));
                 }
                 (Outcome::Served, _) => {}
-                (Outcome::Denied, Some(Some(true))) => {
+                (Outcome::Denied(_), Some(Some(true))) => {
                     refused_while_granted += 1;
+                    churn_examples.push(self.churn_example(call, "refused"));
                     window.failed += 1;
                     *failures
-                        .entry(format!("{}: refused while granted", call.op.name()))
+                        .entry(format!(
+                            "[{}] {}: refused while granted",
+                            bounds[w].1,
+                            call.op.name()
+                        ))
                         .or_default() += 1;
                 }
-                (Outcome::Denied, Some(_)) => window.denied += 1,
-                (Outcome::Denied, None) => {
+                (Outcome::Denied(_), Some(_)) => window.denied += 1,
+                (Outcome::Denied(why), None) => {
                     window.failed += 1;
                     *failures
-                        .entry(format!("{}: refused", call.op.name()))
+                        .entry(format!(
+                            "[{}] {}: refused ({why})",
+                            bounds[w].1,
+                            call.op.name()
+                        ))
                         .or_default() += 1;
                 }
                 (Outcome::LedgerDown(_), _)
@@ -392,7 +441,8 @@ impl Verdict<'_> {
                     window.failed += 1;
                     *failures
                         .entry(format!(
-                            "{}: UNAVAILABLE outside a Redis fault ({why})",
+                            "[{}] {}: UNAVAILABLE outside a Redis fault ({why})",
+                            bounds[w].1,
                             call.op.name()
                         ))
                         .or_default() += 1;
@@ -400,7 +450,7 @@ impl Verdict<'_> {
                 (Outcome::Failed(why), _) => {
                     window.failed += 1;
                     *failures
-                        .entry(format!("{}: {why}", call.op.name()))
+                        .entry(format!("[{}] {}: {why}", bounds[w].1, call.op.name()))
                         .or_default() += 1;
                 }
             }
@@ -561,7 +611,20 @@ impl Verdict<'_> {
             served_after_revocation == 0 && refused_while_granted == 0,
             "no download served more than 2 s after the caller's access was removed",
             format!(
-                "{applied} revocations; {served_after_revocation} served after the bound, {refused_while_granted} refused 2 s after access came back"
+                "{applied} revocations; {served_after_revocation} served after the bound, {refused_while_granted} refused 2 s after access came back{}",
+                if churn_examples.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        churn_examples
+                            .iter()
+                            .take(3)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                }
             ),
         );
         rule(
@@ -628,20 +691,23 @@ impl Verdict<'_> {
         // Resources.
         let mib =
             |b: Option<u64>| b.map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1048576.0));
-        let rss_ok = self
+        // Watchers move to the other replica when theirs restarts, and stay: the rule is on the sum.
+        let total = |v: &[Option<u64>]| v.iter().map(|x| x.unwrap_or(0)).sum::<u64>();
+        let (warm, end) = (total(&self.rss_warm), total(&self.rss_end));
+        let complete = self
             .rss_warm
             .iter()
-            .zip(&self.rss_end)
-            .all(|(w, e)| match (w, e) {
-                (Some(w), Some(e)) => *e as f64 <= *w as f64 * 1.05,
-                _ => false,
-            });
+            .chain(&self.rss_end)
+            .all(Option::is_some);
         rule(
             &mut text,
-            rss_ok,
-            "RSS at the end within 5 % of its level after warm-up",
+            complete && end as f64 <= warm as f64 * 1.05,
+            "RSS of the replicas together at the end within 5 % of its level after warm-up",
             format!(
-                "MiB after warm-up → end: {}",
+                "{} → {} MiB ({:+.1} %; per replica {})",
+                mib(Some(warm)),
+                mib(Some(end)),
+                (end as f64 / warm.max(1) as f64 - 1.0) * 100.0,
                 self.rss_warm
                     .iter()
                     .zip(&self.rss_end)
@@ -661,26 +727,51 @@ impl Verdict<'_> {
                 .collect::<Vec<_>>()
                 .join("/")
         };
+        // A cluster client connects to every node it learns of (a failover makes replicas masters):
+        // one more descriptor per node not connected at the start is its pool, not a leak.
+        let learned = self.after.redis_nodes.len().saturating_sub(
+            self.baseline
+                .redis_nodes
+                .iter()
+                .filter(|n| !n.ends_with(":0"))
+                .count(),
+        ) as u64;
+        let fds_back = self
+            .baseline
+            .fds
+            .iter()
+            .zip(&self.after.fds)
+            .all(|(b, a)| matches!((b, a), (Some(b), Some(a)) if *a <= b + learned));
         rule(
             &mut text,
-            back(&self.baseline.fds, &self.after.fds)
-                && back(&self.baseline.threads, &self.after.threads),
+            fds_back && back(&self.baseline.threads, &self.after.threads),
             "open files and threads back to their idle baseline once the clients are gone",
             format!(
-                "fds {} → {}; threads {} → {}",
+                "fds {} → {} (+{learned} allowed: Redis nodes connected since); threads {} → {}",
                 show(&self.baseline.fds),
                 show(&self.after.fds),
                 show(&self.baseline.threads),
                 show(&self.after.threads)
             ),
         );
+        // Each replica holds at most one connection per Redis node and one for invalidations.
+        let bound = 2 * self.baseline.fds.len() as u64 + 1;
+        let per_node: Vec<u64> = self
+            .after
+            .redis_nodes
+            .iter()
+            .filter_map(|n| n.rsplit_once(':').and_then(|(_, c)| c.parse().ok()))
+            .collect();
         rule(
             &mut text,
-            self.after.redis_clients <= self.baseline.redis_clients,
-            "Redis connections no more than at the start",
+            per_node.iter().all(|c| *c <= bound),
+            "Redis connections per node within the pool's bound (2 per replica + 1)",
             format!(
-                "{} → {}",
-                self.baseline.redis_clients, self.after.redis_clients
+                "{} ({}) → {} ({})",
+                self.baseline.redis_clients,
+                self.baseline.redis_nodes.join(" "),
+                self.after.redis_clients,
+                self.after.redis_nodes.join(" ")
             ),
         );
 
@@ -705,13 +796,13 @@ impl Verdict<'_> {
             extra += ids.difference(&answered).count();
             for id in answered.difference(&ids).take(2) {
                 examples.push(format!(
-                    "replica {replica}: {} answered, no record",
+                    "replica {replica}: {} served, no record",
                     uuid_text(*id)
                 ));
             }
             for id in ids.difference(&answered).take(2) {
                 examples.push(format!(
-                    "replica {replica}: {} recorded, no answer seen",
+                    "replica {replica}: {} recorded, not seen served",
                     uuid_text(*id)
                 ));
             }
@@ -719,9 +810,9 @@ impl Verdict<'_> {
         rule(
             &mut text,
             missing == 0 && extra == 0 && gaps == 0 && unreadable == 0,
-            "one audit record per download answered, none for anything else; no seq gap",
+            "one audit record per download served, none for a download not served; no seq gap",
             format!(
-                "{} answers; {missing} without a record, {extra} records without an answer, {gaps} seq gaps, {unreadable} unreadable lines{}",
+                "{} served; {missing} without a record, {extra} records of nothing served, {gaps} seq gaps, {unreadable} unreadable lines{}",
                 self.records.answered.len(),
                 if examples.is_empty() {
                     String::new()

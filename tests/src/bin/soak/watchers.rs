@@ -81,7 +81,13 @@ pub async fn watch(
             &watcher.who.api_key(),
         );
         let mut client = KubeconfigServiceClient::new(channels[replica].clone());
-        let mut stream = match client.watch_kubeconfigs(request).await {
+        let opened =
+            tokio::time::timeout(Duration::from_secs(10), client.watch_kubeconfigs(request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded("not opened within 10 s"))
+                });
+        let mut stream = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 note(Seen::Ended(status.code()));
