@@ -217,6 +217,15 @@ fn never_sent(status: &tonic::Status) -> bool {
     false
 }
 
+/// Whether a call failed because its connection broke (tonic: UNKNOWN, a transport error).
+fn broken_connection(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.code() == tonic::Code::Unknown
+        && status
+            .source()
+            .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
 fn denial(code: tonic::Code) -> bool {
     matches!(
         code,
@@ -328,6 +337,15 @@ impl Load {
             if op.is_download() && result.is_ok() {
                 self.answered(replica, grpc_request_id(&result));
             }
+            // tonic reports a connection that broke under a call as UNKNOWN "transport error";
+            // gRPC's own libraries report UNAVAILABLE, which the policy retries.
+            let result = result.map_err(|status| {
+                if broken_connection(&status) {
+                    tonic::Status::unavailable(format!("connection broken: {}", status.message()))
+                } else {
+                    status
+                }
+            });
             match result {
                 Ok(response) => return Ok(response.into_inner()),
                 // A call the client never sent (its connection closed first: hyper cancels the
