@@ -100,6 +100,8 @@ pub struct Remote {
     /// Until when durable calls fail at once, after one failed (their own state: a lookup that was
     /// merely late does not refuse a mint).
     durable_skip_until: Mutex<Option<Instant>>,
+    /// Durable calls failed in a row.
+    durable_failures: AtomicU64,
     /// When the last "unavailable" line was logged, and how many state changes were not logged since.
     last_down_log: Mutex<(Option<Instant>, u64)>,
     errors: AtomicU64,
@@ -152,6 +154,7 @@ impl Remote {
             up: AtomicBool::new(false),
             skip_until: Mutex::new(None),
             durable_skip_until: Mutex::new(None),
+            durable_failures: AtomicU64::new(0),
             last_down_log: Mutex::new((None, 0)),
             errors: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
@@ -326,13 +329,13 @@ impl Remote {
 
     /// A call the caller cannot do without: it is made even while lookups skip a Redis marked down
     /// (an answer marks it up again), with the longer [`DURABLE_TIMEOUT`]. It still needs a
-    /// connection: with none (Redis unreachable since the start), it fails at once; and once a
-    /// durable call failed, the next ones fail at once for a second but for one probe.
+    /// connection: with none (Redis unreachable since the start), it fails at once; and once three
+    /// durable calls in a row failed, the next ones fail at once for a second but for one probe.
     async fn query_durable<T: redis::FromRedisValue>(
         self: &Arc<Self>,
         command: redis::Cmd,
     ) -> Option<T> {
-        // After a durable call failed, the others fail at once until the next probe (one call a
+        // After durable calls failed, the others fail at once until the next probe (one call a
         // second goes through): a Redis that is really gone holds no request for the whole deadline.
         let skipping = self
             .durable_skip_until
@@ -362,8 +365,15 @@ impl Remote {
                 break;
             }
         }
+        // As for lookups, one failure is not an outage: the skip starts at the third in a row.
+        let failures = if answer.is_ok() {
+            self.durable_failures.store(0, Ordering::Relaxed);
+            0
+        } else {
+            self.durable_failures.fetch_add(1, Ordering::Relaxed) + 1
+        };
         if let Ok(mut skip) = self.durable_skip_until.lock() {
-            *skip = answer.is_err().then(|| Instant::now() + PROBE_INTERVAL);
+            *skip = (failures >= FAILURES_TO_MARK_DOWN).then(|| Instant::now() + PROBE_INTERVAL);
         }
         answer.ok()
     }

@@ -267,7 +267,7 @@ pub async fn churn(
                 let user = next_user % users;
                 next_user += 1;
                 access[user] = match access[user] {
-                    Access::Granted if user % 2 == 0 => Access::BindingRemoved,
+                    Access::Granted if user.is_multiple_of(2) => Access::BindingRemoved,
                     Access::Granted => Access::KeyRemoved,
                     _ => Access::Granted,
                 };

@@ -80,7 +80,10 @@ impl Resources {
 
 /// RSS of each replica, once a second.
 #[derive(Clone, Default)]
-pub struct Samples(Arc<Mutex<Vec<(f64, Vec<Option<u64>>)>>>);
+pub struct Samples(Arc<Mutex<Vec<Sample>>>);
+
+/// (seconds, RSS of each replica).
+type Sample = (f64, Vec<Option<u64>>);
 
 impl Samples {
     /// The last sample taken at or before `at`.
@@ -286,6 +289,31 @@ fn revocations(history: &[(f64, Access)], end: f64) -> Vec<(f64, f64)> {
     intervals
 }
 
+/// A replica's audit stream in order: its rotated files, oldest (highest number) first, then the
+/// current one.
+pub fn audit_text(work: &std::path::Path, name: &str) -> String {
+    let current = work.join(format!("audit-{name}.log"));
+    let mut rotated: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(work)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let number = file
+                .strip_prefix(&format!("audit-{name}.log."))?
+                .parse()
+                .ok()?;
+            Some((number, entry.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+    let mut text = String::new();
+    for (_, path) in rotated.iter().chain(std::iter::once(&(0, current))) {
+        text.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+    }
+    text
+}
+
 fn uuid_text(id: u128) -> String {
     let hex = format!("{id:032x}");
     format!(
@@ -316,13 +344,13 @@ fn audit_ids(text: &str) -> (HashSet<u128>, u64, u64) {
         }
         last_seq = seq;
         let event = record["event"].as_str().unwrap_or("");
-        if event == "asset served" && record.get("via").is_none() {
-            if let Some(id) = record["request_id"]
+        if event == "asset served"
+            && record.get("via").is_none()
+            && let Some(id) = record["request_id"]
                 .as_str()
                 .and_then(|t| u128::from_str_radix(&t.replace('-', ""), 16).ok())
-            {
-                ids.insert(id);
-            }
+        {
+            ids.insert(id);
         }
     }
     (ids, gaps, unreadable)
