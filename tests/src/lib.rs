@@ -510,6 +510,12 @@ impl RedisServer {
         Self::start_with(free_port()?, tempfile::tempdir()?, extra)
     }
 
+    /// Starts a standalone server with extra `redis-server` options.
+    pub fn start_with_options(options: &[&str]) -> anyhow::Result<Self> {
+        let extra = options.iter().map(|o| (*o).to_owned()).collect();
+        Self::start_with(free_port()?, tempfile::tempdir()?, extra)
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -13,8 +13,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use kubeconfig_proto::kubeconfig::v1::{
     CheckKubeconfigRequest, CredentialStatus, GetAdminKubeconfigRequest,
-    GetKubeconfigAccessRequest, ListIssuedCredentialsRequest, RevokeCredentialRequest,
-    check_kubeconfig_request, get_admin_kubeconfig_request,
+    GetKubeconfigAccessRequest, GetKubeconfigRequest, ListIssuedCredentialsRequest,
+    RevokeCredentialRequest, check_kubeconfig_request, get_admin_kubeconfig_request,
 };
 use kubeconfigd_e2e::{
     Fixture, RedisServer, Server, eventually, free_port, metrics, with_key, workspace_root,
@@ -1312,4 +1312,85 @@ async fn a_bare_public_key_needs_the_tenants_consent() {
     })
     .await;
     assert!(accepted, "a tenant that allows bare keys certifies them");
+}
+
+/// Awaits every future (the suite has no `futures` crate).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for handle in handles {
+        outputs.push(handle.await.expect("task"));
+    }
+    outputs
+}
+
+/// Found by the soak (bench/soak.sh): a cache lookup that was merely late (past `--redis-timeout`)
+/// marked Redis down, and every mint was refused for a second although Redis would have confirmed the
+/// ledger record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_cache_lookups_do_not_refuse_a_mint() {
+    let fixture = minted_fixture(free_port().unwrap());
+    let redis =
+        RedisServer::start_with_options(&["--enable-debug-command", "yes"]).expect("redis-server");
+    let mut args = fixture.args();
+    args.extend(redis_flags(&redis));
+    args.extend(["--cache-memory".to_owned(), "0".to_owned()]);
+    let server = Server::start(&args).await.expect("server");
+    let mut client = server.client().await.unwrap();
+    // Redis answers every call late (each DEBUG SLEEP holds it 200 ms), never not at all.
+    let port = redis.port.to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sleeper = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new("redis-cli")
+                    .args(["-p", &port, "debug", "sleep", "0.2"])
+                    .stdout(Stdio::null())
+                    .status();
+            }
+        })
+    };
+    // Lookups past their 50 ms deadline mark Redis down for the cache (files are rendered instead).
+    let mut marked_down = false;
+    for _ in 0..40 {
+        // Several at once: their failures come in a row, before any late write confirms.
+        let lookups = (0..8).map(|_| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_kubeconfig(with_key(
+                        GetKubeconfigRequest {
+                            // A cluster of the matrix fixture with a static credential: cached.
+                            uid: "00000000000000000000aa04".to_owned(),
+                            frp: None,
+                        },
+                        ADMIN,
+                    ))
+                    .await
+            }
+        });
+        let _ = futures_join_all(lookups).await;
+        if metrics(&server).await.unwrap()["kubeconfigd_cache_redis_up"] == 0.0 {
+            marked_down = true;
+            break;
+        }
+    }
+    let minted = client
+        .get_admin_kubeconfig(with_key(admin_request(MINTED_A), ADMIN))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sleeper.join().unwrap();
+    assert!(
+        marked_down,
+        "the lookups were late enough to mark Redis down"
+    );
+    let minted = minted.expect("a mint waits for the ledger record instead of being refused");
+    assert!(minted.into_inner().credential.is_some());
 }
