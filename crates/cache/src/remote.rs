@@ -29,6 +29,22 @@ const FAILURES_TO_MARK_DOWN: u64 = 3;
 /// A Redis that keeps flapping is reported at most this often; the suppressed changes are counted.
 const STATE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Whether calls skip Redis now, given when the skip ends: while it lasts, yes; once it is over, no for
+/// exactly this caller (the probe), while the others keep skipping until the probe reports.
+fn skipping(skip_until: &Mutex<Option<Instant>>) -> bool {
+    let Ok(mut skip) = skip_until.lock() else {
+        return false;
+    };
+    match *skip {
+        Some(until) if Instant::now() < until => true,
+        Some(_) => {
+            *skip = Some(Instant::now() + PROBE_INTERVAL);
+            false
+        }
+        None => false,
+    }
+}
+
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
@@ -288,20 +304,7 @@ impl Remote {
 
     /// The connection to use now, or `None` while Redis is being skipped.
     fn usable(&self) -> Option<Connection> {
-        let skipping = self
-            .skip_until
-            .lock()
-            .ok()
-            .and_then(|mut skip| match *skip {
-                Some(until) if Instant::now() < until => Some(()),
-                Some(_) => {
-                    // Let exactly this caller probe; others keep skipping until it reports.
-                    *skip = Some(Instant::now() + PROBE_INTERVAL);
-                    None
-                }
-                None => None,
-            });
-        if skipping.is_some() {
+        if skipping(&self.skip_until) {
             return None;
         }
         self.connection.lock().ok().and_then(|c| c.clone())
@@ -337,19 +340,7 @@ impl Remote {
     ) -> Option<T> {
         // After durable calls failed, the others fail at once until the next probe (one call a
         // second goes through): a Redis that is really gone holds no request for the whole deadline.
-        let skipping = self
-            .durable_skip_until
-            .lock()
-            .ok()
-            .and_then(|mut skip| match *skip {
-                Some(until) if Instant::now() < until => Some(()),
-                Some(_) => {
-                    *skip = Some(Instant::now() + PROBE_INTERVAL);
-                    None
-                }
-                None => None,
-            });
-        if skipping.is_some() {
+        if skipping(&self.durable_skip_until) {
             return None;
         }
         let deadline = self.timeout.max(DURABLE_TIMEOUT);

@@ -95,6 +95,15 @@ pub(crate) fn files_in(dir: &Path) -> isize {
     std::fs::read_dir(dir).map_or(-1, |d| d.count() as isize)
 }
 
+/// Takes the agent's API key out of the tenant file (the user stays, with no key).
+fn remove_admin_key(setup: &Setup) {
+    let tenant = read(&setup.fixture.tenant());
+    write_file(
+        &setup.fixture.tenant(),
+        &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
+    );
+}
+
 pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -291,11 +300,7 @@ async fn a_server_restart_rewrites_nothing_and_a_rotated_key_file_is_used() {
     // Rotate the key file, then revoke the old key: the stream ends, and the next connection uses
     // the new key (edits keep arriving, no file is deleted on the way).
     std::fs::write(&setup.key_file, format!("{TENANT_ADMIN_KEY}\n")).expect("key");
-    let tenant = read(&setup.fixture.tenant());
-    write_file(
-        &setup.fixture.tenant(),
-        &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
-    );
+    remove_admin_key(&setup);
     assert!(
         connected(&health, 3.0, Duration::from_secs(10)).await,
         "{}",
@@ -503,11 +508,7 @@ async fn a_slow_watcher_delays_no_one_limits_hold_and_a_revoked_key_ends_the_str
     );
 
     // The key revoked: the stream ends with UNAUTHENTICATED.
-    let tenant = read(&setup.fixture.tenant());
-    write_file(
-        &setup.fixture.tenant(),
-        &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
-    );
+    remove_admin_key(&setup);
     let ended = loop {
         match tokio::time::timeout(Duration::from_secs(2), fast.message())
             .await
@@ -1106,12 +1107,8 @@ async fn an_agent_deletes_its_files_when_its_api_key_is_removed() {
         Agent::start(&agent_args(&setup, &["--all", "--health-addr", &health])).expect("agent");
     assert!(eventually(Duration::from_secs(15), || ready(&health)).await);
     assert_eq!(files_in(&setup.out), 4);
-    let tenant = read(&setup.fixture.tenant());
     let started = Instant::now();
-    write_file(
-        &setup.fixture.tenant(),
-        &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
-    );
+    remove_admin_key(&setup);
     assert!(
         eventually(Duration::from_secs(2), || async {
             files_in(&setup.out) == 0
@@ -1141,11 +1138,7 @@ async fn an_agent_reconnecting_after_its_key_was_removed_deletes_its_files() {
         })
         .await
     );
-    let tenant = read(&setup.fixture.tenant());
-    write_file(
-        &setup.fixture.tenant(),
-        &tenant.replace(&format!("      - {ADMIN_KEY_HASH}\n"), ""),
-    );
+    remove_admin_key(&setup);
     assert_eq!(
         files_in(&setup.out),
         4,

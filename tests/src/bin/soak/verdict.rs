@@ -314,6 +314,11 @@ pub fn audit_text(work: &std::path::Path, name: &str) -> String {
     text
 }
 
+/// The first three of `items`, for a rule's detail.
+fn first_three(items: &[String]) -> String {
+    items.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+}
+
 fn uuid_text(id: u128) -> String {
     let hex = format!("{id:032x}");
     format!(
@@ -643,15 +648,7 @@ impl Verdict<'_> {
                 if churn_examples.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        " ({})",
-                        churn_examples
-                            .iter()
-                            .take(3)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )
+                    format!(" ({})", first_three(&churn_examples))
                 }
             ),
         );
@@ -662,16 +659,7 @@ impl Verdict<'_> {
             if watch_late.is_empty() {
                 format!("slowest {watch_max:.2} s")
             } else {
-                format!(
-                    "{} late: {}",
-                    watch_late.len(),
-                    watch_late
-                        .iter()
-                        .take(3)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
+                format!("{} late: {}", watch_late.len(), first_three(&watch_late))
             },
         );
         rule(
@@ -681,12 +669,7 @@ impl Verdict<'_> {
             if agent_late.is_empty() {
                 format!("slowest {agent_max:.2} s")
             } else {
-                agent_late
-                    .iter()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                first_three(&agent_late)
             },
         );
         rule(
