@@ -7,7 +7,7 @@
 # replica stopped with SIGTERM and started again, the inventory volume rewritten. Prints a table per
 # fault window and the rules checked; exits non-zero when one breaks.
 #   bench/soak.sh [duration=10m] [soak flags: --topology standalone|cluster|both, --clusters N, ...]
-#   bench/soak.sh 60s           # the profile CI runs (.ci/run): about 3 minutes for both topologies
+#   bench/soak.sh 60s --load-share 0.3   # the profile CI runs (.ci/run): about 3 minutes for both topologies
 # Release build (a debug build cannot carry this load on two cores). Needs redis-server and redis-cli
 # (scripts/test.sh installs them).
 set -euo pipefail

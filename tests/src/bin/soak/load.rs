@@ -583,6 +583,37 @@ pub async fn calibrate(load: &Arc<Load>, concurrency: usize, seconds: f64, seed:
     total as f64 / seconds
 }
 
+/// The open-loop rate the run uses: `rate` (a share of the closed-loop figure), lowered by a quarter
+/// for as long as a 3-second trial at it is not answered in time (median over [`TRIAL_MEDIAN`], or any
+/// call failing), at most three times. A closed-loop burst overstates what two replicas sustain on a
+/// busy machine (their deferred work, audit writes and cache stores, lags behind); an overloaded run
+/// would test the machine, not the service. Returns the rate and the trials' medians.
+pub async fn settle(load: &Arc<Load>, mut rate: f64, seed: u64) -> (f64, Vec<(f64, f64)>) {
+    let mut trials = Vec::new();
+    for trial in 0..4u64 {
+        let until = load.clock.seconds() + 3.0;
+        run(Arc::clone(load), rate, until, 20_000, seed ^ (trial + 1)).await;
+        let calls = std::mem::take(&mut load.records.lock().expect("records").calls);
+        let mut latencies: Vec<f64> = calls.iter().map(|c| c.seconds).collect();
+        latencies.sort_by(f64::total_cmp);
+        let median = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
+        let failed = calls
+            .iter()
+            .any(|c| matches!(c.outcome, Outcome::Failed(_)));
+        trials.push((rate, median * 1000.0));
+        if (median <= TRIAL_MEDIAN.as_secs_f64() && !failed) || trial == 3 {
+            break;
+        }
+        rate *= 0.75;
+        // What the overloaded trial left behind drains first.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    (rate, trials)
+}
+
+/// The median answer time a trial of [`settle`] must stay under.
+pub const TRIAL_MEDIAN: Duration = Duration::from_millis(50);
+
 /// Open-loop load at `rate` calls per second until `until` (seconds on the run's clock); at most
 /// `in_flight` calls at once (a call that finds no room is recorded as failed: the replicas fell
 /// behind).

@@ -13,6 +13,7 @@ mod balancer;
 mod clock;
 mod faults;
 mod load;
+mod redis_watch;
 mod retry;
 mod verdict;
 mod volume;
@@ -239,6 +240,12 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
         workspace_root().join("deploy/kubernetes/grpc-service-config.json"),
     )?)?;
     let clock = Clock::start();
+    let redis_stop = Arc::new(AtomicBool::new(false));
+    let redis_stalls = redis_watch::watch(
+        redis.nodes().iter().map(|n| n.port).collect(),
+        clock,
+        Arc::clone(&redis_stop),
+    );
     let load = Arc::new(Load {
         replicas: Replicas::new(&grpc, &rest)?,
         policy,
@@ -358,9 +365,10 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
 
     eprintln!("soak: measuring the sustained rate (3 s, closed loop)");
     let rate_max = load::calibrate(&load, 32, 3.0, settings.seed).await;
-    let rate = rate_max * settings.load_share;
     // The calibration saturates the machine: its backlog (Redis's too) drains before the run starts.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rate, trials) = load::settle(&load, rate_max * settings.load_share, settings.seed).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let total = settings.duration.as_secs_f64();
     let start = clock.seconds();
     let end = start + total;
@@ -437,11 +445,14 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
         logs.push(replica.lock().await.log_text());
     }
     let audits = ["a", "b"].map(|name| verdict::audit_text(work.path(), name));
+    redis_stop.store(true, Ordering::Relaxed);
+    let redis_stalls = redis_stalls.snapshot();
     let report = verdict::Verdict {
         settings,
         topology,
         rate_max,
         rate,
+        trials: &trials,
         start,
         end,
         fault_log: &fault_log,
@@ -457,6 +468,7 @@ async fn run(settings: &Settings, topology: Topology) -> anyhow::Result<Report> 
         rss_warm,
         rss_end,
         logs: &logs,
+        redis_stalls: &redis_stalls,
         audits: &audits,
     }
     .judge();

@@ -15,6 +15,7 @@ use kubeconfigd_e2e::{Server, with_key};
 use crate::clock::Clock;
 use crate::faults::{Churn, Disk, Fault, Redis};
 use crate::load::{Load, Op, Outcome, Records};
+use crate::redis_watch::Stall;
 use crate::watchers::{Seen, Watcher};
 use crate::world::{self, Access, Who};
 use crate::{Report, Settings, Topology};
@@ -62,10 +63,15 @@ impl Resources {
             if node.pid().is_none() {
                 continue;
             }
-            // Every client but the one asking.
+            // Every client but the one asking and the stall watch's.
             let clients = node
                 .cli(&["client", "list"])
-                .map(|out| String::from_utf8_lossy(&out).lines().count() as u64)
+                .map(|out| {
+                    String::from_utf8_lossy(&out)
+                        .lines()
+                        .filter(|l| !l.contains(&format!("name={} ", crate::redis_watch::NAME)))
+                        .count() as u64
+                })
                 .unwrap_or(0);
             resources.redis_clients += clients.saturating_sub(1);
             resources.redis_nodes.push(format!(
@@ -242,6 +248,8 @@ pub struct Verdict<'a> {
     pub topology: Topology,
     pub rate_max: f64,
     pub rate: f64,
+    /// The trials that chose `rate`: (rate, median answer ms).
+    pub trials: &'a [(f64, f64)],
     pub start: f64,
     pub end: f64,
     pub fault_log: &'a [(f64, f64, Fault, Result<(), String>)],
@@ -258,6 +266,7 @@ pub struct Verdict<'a> {
     pub rss_end: Vec<Option<u64>>,
     pub logs: &'a [String],
     pub audits: &'a [String; 2],
+    pub redis_stalls: &'a [Stall],
 }
 
 #[derive(Default)]
@@ -407,10 +416,23 @@ impl Verdict<'_> {
         );
         let _ = writeln!(
             text,
-            "Load: {:.0} calls/s ({:.0} % of the {:.0} calls/s measured closed-loop at the start).\n",
+            "Load: {:.0} calls/s ({:.0} % of the {:.0} calls/s measured closed-loop at the start{}).\n",
             self.rate,
-            self.settings.load_share * 100.0,
-            self.rate_max
+            self.rate / self.rate_max * 100.0,
+            self.rate_max,
+            if self.trials.len() > 1 {
+                format!(
+                    "; lowered from {:.0} % after 3-s trials answered in a median of {} ms",
+                    self.settings.load_share * 100.0,
+                    self.trials
+                        .iter()
+                        .map(|(_, ms)| format!("{ms:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                String::new()
+            }
         );
 
         // Per-window table.
@@ -422,7 +444,25 @@ impl Verdict<'_> {
         }
         let window_of = |t: f64| bounds.iter().rposition(|(at, _, _)| *at <= t).unwrap_or(0);
         let mut windows: Vec<Window> = bounds.iter().map(|_| Window::default()).collect();
-        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        // Each kind of failure: how many, and when the first began (seconds into the run).
+        let mut failures: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        let fail = |failures: &mut BTreeMap<String, (u64, f64)>, key: String, at: f64| {
+            failures.entry(key).or_insert((0, at - self.start)).0 += 1;
+        };
+        // Redis stalls an independent client saw outside the injected Redis faults.
+        let planned_redis: Vec<(f64, f64)> = bounds
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, redis))| *redis)
+            .map(|(i, (at, _, _))| (*at, bounds.get(i + 1).map_or(self.end, |b| b.0)))
+            .collect();
+        let overlaps = |a: (f64, f64), b: (f64, f64)| a.0 <= b.1 && b.0 <= a.1;
+        let unplanned_stalls: Vec<&Stall> = self
+            .redis_stalls
+            .iter()
+            .filter(|s| !planned_redis.iter().any(|p| overlaps((s.from, s.to), *p)))
+            .collect();
+        let mut refused_in_unplanned_stall = 0u64;
         let mut served_after_revocation = 0u64;
         let mut churn_examples: Vec<String> = Vec::new();
         let mut refused_while_granted = 0u64;
@@ -431,10 +471,18 @@ impl Verdict<'_> {
             let window = &mut windows[w];
             window.calls += 1;
             window.latencies.push(call.seconds * 1000.0);
-            let expected = call
-                .churn
-                .map(|user| world::expected(&self.timeline[user], call.start, REVOCATION_BOUND));
-            let redis_window = bounds[w].2;
+            let expected = call.churn.map(|user| {
+                world::expected(
+                    &self.timeline[user],
+                    call.start,
+                    call.start + call.seconds,
+                    REVOCATION_BOUND,
+                )
+            });
+            // A Redis fault began before the call was answered.
+            let redis_window = planned_redis
+                .iter()
+                .any(|p| overlaps(*p, (call.start, call.start + call.seconds)));
             match (&call.outcome, expected) {
                 (Outcome::Served, Some(Some(false))) => {
                     served_after_revocation += 1;
@@ -446,45 +494,59 @@ impl Verdict<'_> {
                     refused_while_granted += 1;
                     churn_examples.push(self.churn_example(call, "refused"));
                     window.failed += 1;
-                    *failures
-                        .entry(format!(
+                    fail(
+                        &mut failures,
+                        format!(
                             "[{}] {}: refused while granted",
                             bounds[w].1,
                             call.op.name()
-                        ))
-                        .or_default() += 1;
+                        ),
+                        call.start,
+                    );
                 }
                 (Outcome::Denied(_), Some(_)) => window.denied += 1,
                 (Outcome::Denied(why), None) => {
                     window.failed += 1;
-                    *failures
-                        .entry(format!(
-                            "[{}] {}: refused ({why})",
-                            bounds[w].1,
-                            call.op.name()
-                        ))
-                        .or_default() += 1;
+                    fail(
+                        &mut failures,
+                        format!("[{}] {}: refused ({why})", bounds[w].1, call.op.name()),
+                        call.start,
+                    );
                 }
                 (Outcome::LedgerDown(_), _)
                     if redis_window && matches!(call.op, Op::Minted | Op::Check) =>
                 {
                     window.ledger_down += 1;
                 }
+                // Redis did not answer an independent client either while this call was made.
+                (Outcome::LedgerDown(_), _)
+                    if matches!(call.op, Op::Minted | Op::Check)
+                        && unplanned_stalls.iter().any(|s| {
+                            overlaps((s.from, s.to), (call.start, call.start + call.seconds))
+                        }) =>
+                {
+                    window.ledger_down += 1;
+                    refused_in_unplanned_stall += 1;
+                }
                 (Outcome::LedgerDown(why), _) => {
                     window.failed += 1;
-                    *failures
-                        .entry(format!(
-                            "[{}] {}: UNAVAILABLE outside a Redis fault ({why})",
+                    fail(
+                        &mut failures,
+                        format!(
+                            "[{}] {}: UNAVAILABLE while Redis answered ({why})",
                             bounds[w].1,
                             call.op.name()
-                        ))
-                        .or_default() += 1;
+                        ),
+                        call.start,
+                    );
                 }
                 (Outcome::Failed(why), _) => {
                     window.failed += 1;
-                    *failures
-                        .entry(format!("[{}] {}: {why}", bounds[w].1, call.op.name()))
-                        .or_default() += 1;
+                    fail(
+                        &mut failures,
+                        format!("[{}] {}: {why}", bounds[w].1, call.op.name()),
+                        call.start,
+                    );
                 }
             }
         }
@@ -537,7 +599,7 @@ impl Verdict<'_> {
                     failures
                         .iter()
                         .take(6)
-                        .map(|(k, v)| format!("{v}× {k}"))
+                        .map(|(k, (n, first))| format!("{n}× {k} (first at {first:.1} s)"))
                         .collect::<Vec<_>>()
                         .join("; ")
                 )
@@ -872,6 +934,22 @@ impl Verdict<'_> {
             text,
             "\nWatch streams: {} watchers, {events} events, {reconnects} reconnects.",
             self.watchers.len()
+        );
+        let longest = unplanned_stalls
+            .iter()
+            .max_by(|a, b| (a.to - a.from).total_cmp(&(b.to - b.from)));
+        let _ = writeln!(
+            text,
+            "Redis outside the injected faults (a PING every 100 ms per node): {} answer(s) missing or later than {} ms{}; \
+             {refused_in_unplanned_stall} mint or check refusal(s) meanwhile, counted as ledger refusals.",
+            unplanned_stalls.len(),
+            crate::redis_watch::LATE.as_millis(),
+            longest.map_or(String::new(), |s| format!(
+                ", the longest {:.2} s (port {}, at {:.1} s)",
+                s.to - s.from,
+                s.port,
+                s.from - self.start
+            )),
         );
         Report { text, passed }
     }

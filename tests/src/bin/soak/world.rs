@@ -205,11 +205,12 @@ impl Timeline {
     }
 }
 
-/// What a churn user's call at `at` must get, from their history: `Some(true)` served, `Some(false)`
-/// refused, `None` either (within `grace` of a change).
-pub fn expected(history: &[(f64, Access)], at: f64, grace: f64) -> Option<bool> {
-    let current = history.iter().rev().find(|(t, _)| *t <= at)?;
-    if at - current.0 < grace {
+/// What a churn user's call made from `start` to `end` must get, from their history: `Some(true)`
+/// served, `Some(false)` refused, `None` either (it began within `grace` of a change, or a change
+/// came while it was being answered).
+pub fn expected(history: &[(f64, Access)], start: f64, end: f64, grace: f64) -> Option<bool> {
+    let current = history.iter().rev().find(|(t, _)| *t <= start)?;
+    if start - current.0 < grace || history.iter().any(|(t, _)| *t > start && *t <= end) {
         return None;
     }
     Some(current.1 == Access::Granted)
@@ -228,4 +229,24 @@ pub fn edited_cluster(text: &str, generation: u64) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_is_judged_by_the_access_it_began_and_ended_under() {
+        let history = [(1.0, Access::BindingRemoved), (5.0, Access::Granted)];
+        // Long after the restoration, answered at once: must be served.
+        assert_eq!(expected(&history, 8.0, 8.1, 2.0), Some(true));
+        // Within the grace after a change: either.
+        assert_eq!(expected(&history, 6.0, 6.1, 2.0), None);
+        // Revoked, settled: must be refused.
+        assert_eq!(expected(&history, 4.0, 4.5, 2.0), Some(false));
+        // Began while revoked, answered after the restoration: either.
+        assert_eq!(expected(&history, 4.0, 5.5, 2.0), None);
+        // Before any change: not judged.
+        assert_eq!(expected(&history, 0.5, 0.6, 2.0), None);
+    }
 }
