@@ -128,6 +128,11 @@ fn stamp(path: &Path) -> Option<Stamp> {
 struct Slot {
     /// Digest of the file and every file it refers to, as last read (the first 128 bits of it).
     fingerprint: [u8; 16],
+    /// Digest of the file's own text as last parsed ([`text_digest`]; 0 before): a file read again
+    /// with the same text and unchanged references is not parsed again. A Secret or ConfigMap volume
+    /// writes every file anew on each edit (new inodes), so this is what keeps the cost of an edit
+    /// to the files whose text changed.
+    text: u64,
     /// Metadata of the file, and of the files it refers to, as last read.
     stamps: Stamps,
     /// The entry prepared from the last good record (which it holds).
@@ -176,6 +181,14 @@ fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
+/// The first 64 bits of a text's SHA-256 (never 0, which stands for "not parsed yet").
+fn text_digest(text: &str) -> u64 {
+    let full = digest(text);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&full[..8]);
+    u64::from_le_bytes(first).max(1)
+}
+
 fn located(path: &Path, line: Option<usize>, message: &str) -> String {
     match line {
         Some(line) => format!("{}: line {line}: {message}", path.display()),
@@ -204,6 +217,8 @@ impl Stamps {
 struct Parsed {
     path: Arc<Path>,
     stamps: Stamps,
+    /// [`text_digest`] of what was read (0 when nothing was).
+    text: u64,
     references: Vec<Arc<Path>>,
     /// `None` when the file is gone.
     outcome: Option<Outcome>,
@@ -212,6 +227,8 @@ struct Parsed {
 enum Outcome {
     /// Could not be read right now (e.g. mid-rename, or refused): keep what we had.
     Unreadable(String),
+    /// Read again with the text it had when last parsed, and what it refers to unchanged: not parsed.
+    Same,
     Broken {
         fingerprint: [u8; 32],
         line: Option<usize>,
@@ -462,11 +479,16 @@ impl Inventory {
             let origin = &self.origin;
             let tenant = &tenant;
             let projects = &projects;
+            // After a tenant change every file read is prepared afresh, the same text or not.
+            let previous = (!tenant_changed).then_some(&self.slots);
             pipelined_map(
                 &files,
                 READERS,
                 |path| read_cluster_text(origin, path),
-                |path, read| parse_cluster_file(read, base.as_deref(), path, tenant, projects),
+                |path, read| {
+                    let previous = previous.and_then(|slots| slots.get(path));
+                    parse_cluster_file(read, base.as_deref(), path, tenant, projects, previous)
+                },
             )
         };
         let read = started.elapsed();
@@ -475,7 +497,7 @@ impl Inventory {
             if parsed
                 .outcome
                 .as_ref()
-                .is_some_and(|o| !matches!(o, Outcome::Unreadable(_)))
+                .is_some_and(|o| !matches!(o, Outcome::Unreadable(_) | Outcome::Same))
             {
                 report.parsed += 1;
             }
@@ -632,6 +654,7 @@ impl Inventory {
         let Parsed {
             path,
             stamps,
+            text,
             references,
             outcome,
         } = parsed;
@@ -643,15 +666,27 @@ impl Inventory {
             }
             return;
         };
+        if let Outcome::Same = outcome {
+            // Only the file's own metadata moved (a volume writing it anew): nothing else to do.
+            if let Some(slot) = self.slots.get_mut(&path) {
+                slot.stamps.own = stamps.own;
+            }
+            return;
+        }
         if let Outcome::Unreadable(message) = &outcome {
             let problem = located(&path, None, message);
             let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
                 fingerprint: [0; 16],
+                text: 0,
                 stamps: Stamps::default(),
                 good: None,
                 problem: None,
             });
             slot.stamps = stamps;
+            // Whatever it holds when it can be read again is applied, its old text too (which
+            // clears this problem).
+            slot.fingerprint = [0; 16];
+            slot.text = 0;
             if slot.problem.as_deref() != Some(problem.as_str()) {
                 report.failures.push(problem.clone());
                 slot.problem = Some(problem.into());
@@ -679,19 +714,21 @@ impl Inventory {
         }
         let slot = self.slots.entry(path.clone()).or_insert_with(|| Slot {
             fingerprint: [0; 16],
+            text: 0,
             stamps: Stamps::default(),
             good: None,
             problem: None,
         });
         let old_uid = slot.good.as_ref().map(|e| e.uid().clone());
         slot.stamps = stamps;
+        slot.text = text;
         let fingerprint = match &outcome {
             Outcome::Broken { fingerprint, .. } | Outcome::Good { fingerprint, .. } => {
                 let mut short = [0; 16];
                 short.copy_from_slice(&fingerprint[..16]);
                 short
             }
-            Outcome::Unreadable(_) => [0; 16],
+            Outcome::Unreadable(_) | Outcome::Same => [0; 16],
         };
         if slot.fingerprint == fingerprint {
             return;
@@ -699,7 +736,7 @@ impl Inventory {
         slot.fingerprint = fingerprint;
         report.changed = true;
         match outcome {
-            Outcome::Unreadable(_) => {}
+            Outcome::Unreadable(_) | Outcome::Same => {}
             Outcome::Broken { line, message, .. } => {
                 let problem = located(&path, line, &message);
                 report.failures.push(problem.clone());
@@ -1024,6 +1061,7 @@ fn parse_cluster_file(
     path: &Arc<Path>,
     tenant: &Tenant,
     projects: &HashSet<Arc<str>>,
+    previous: Option<&Slot>,
 ) -> Parsed {
     let (text, own) = match read {
         Ok(read) => read,
@@ -1031,6 +1069,7 @@ fn parse_cluster_file(
             return Parsed {
                 path: Arc::clone(path),
                 stamps: Stamps::default(),
+                text: 0,
                 references: Vec::new(),
                 outcome: None,
             };
@@ -1042,11 +1081,33 @@ fn parse_cluster_file(
                     own: stamp(path),
                     references: Box::default(),
                 },
+                text: 0,
                 references: Vec::new(),
                 outcome: Some(Outcome::Unreadable(message)),
             };
         }
     };
+    let text_digest = text_digest(&text);
+    if let Some(slot) = previous
+        && slot.text == text_digest
+        && slot.problem.is_none()
+        && slot
+            .stamps
+            .references
+            .iter()
+            .all(|(file, old)| *old == stamp(file))
+    {
+        return Parsed {
+            path: Arc::clone(path),
+            stamps: Stamps {
+                own,
+                references: Box::default(),
+            },
+            text: text_digest,
+            references: Vec::new(),
+            outcome: Some(Outcome::Same),
+        };
+    }
     let mut references = Vec::new();
     let parsed = Record::parse_with_references(&text, base, &mut references);
     let references: Vec<Arc<Path>> = references.into_iter().map(Arc::from).collect();
@@ -1077,6 +1138,7 @@ fn parse_cluster_file(
     Parsed {
         path: Arc::clone(path),
         stamps,
+        text: text_digest,
         references,
         outcome: Some(outcome),
     }
@@ -1344,5 +1406,101 @@ mod tests {
         let (_dir, inventory, tenant) = fixture();
         let (_, snapshot, _) = Inventory::load(Origin::Files { inventory, tenant }).expect("load");
         assert_eq!(snapshot.by_project["platform"].len(), 4);
+    }
+
+    #[test]
+    fn files_written_anew_with_the_same_text_are_not_parsed_again() {
+        let (_dir, inventory, tenant) = fixture();
+        let (mut loader, _, report) = Inventory::load(Origin::Files {
+            inventory: inventory.clone(),
+            tenant,
+        })
+        .expect("load");
+        assert_eq!(report.parsed, 4);
+        // What a Secret volume does on every edit: every file written anew (a new inode each), one
+        // of them with new text.
+        let rewrite = |edit: Option<&str>| {
+            for entry in std::fs::read_dir(&inventory).expect("dir") {
+                let path = entry.expect("entry").path();
+                if !path.is_file() {
+                    continue;
+                }
+                let mut text = std::fs::read_to_string(&path).expect("read");
+                if edit.is_some_and(|name| path.ends_with(name)) {
+                    text = text.replace("10.0.0.4:6443", "10.0.0.4:7443");
+                }
+                let fresh = path.with_extension("new");
+                std::fs::write(&fresh, text).expect("write");
+                std::fs::rename(&fresh, &path).expect("rename");
+            }
+        };
+        rewrite(None);
+        let (_, report) = loader.apply(&Changes {
+            rescan: true,
+            ..Changes::default()
+        });
+        assert_eq!((report.parsed, report.changes.len()), (0, 0));
+        rewrite(Some(FILE));
+        let (_, report) = loader.apply(&Changes {
+            rescan: true,
+            ..Changes::default()
+        });
+        assert_eq!(
+            (report.parsed, kinds(&report)),
+            (1, vec![format!("changed {UID}")])
+        );
+        // A referenced file written anew is read again by its referrers (parsed: their text is
+        // the same, but what they refer to may not be).
+        let pki = inventory.join("pki");
+        let referenced = std::fs::read_dir(&pki)
+            .expect("pki")
+            .next()
+            .expect("a file")
+            .expect("entry")
+            .path();
+        let bytes = std::fs::read(&referenced).expect("read");
+        std::fs::remove_file(&referenced).expect("remove");
+        std::fs::write(&referenced, bytes).expect("write");
+        let (_, report) = loader.apply(&Changes {
+            rescan: true,
+            ..Changes::default()
+        });
+        assert!(report.parsed >= 1, "{report:?}");
+        assert!(report.changes.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn a_file_readable_again_with_its_old_text_clears_its_problem() {
+        let (_dir, inventory, tenant) = fixture();
+        let (mut loader, _, _) = Inventory::load(Origin::Files {
+            inventory: inventory.clone(),
+            tenant,
+        })
+        .expect("load");
+        let file = inventory.join(FILE);
+        let text = std::fs::read(&file).expect("read");
+        // Unreadable for a moment (a FIFO in its place is refused, never opened for a blocking read).
+        std::fs::remove_file(&file).expect("remove");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&file)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let (snapshot, report) = loader.apply(&changed(&file));
+        assert_eq!(report.failures.len(), 1, "{report:?}");
+        let problems = |snapshot: &Option<Snapshot>| {
+            snapshot.as_ref().expect("snapshot").clusters[&Arc::<str>::from(UID)]
+                .problems
+                .iter()
+                .map(|p| p.detail.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(problems(&snapshot).len(), 1, "{:?}", problems(&snapshot));
+        // Back, with the text it had: served as before, with no problem left.
+        std::fs::remove_file(&file).expect("remove");
+        std::fs::write(&file, text).expect("write");
+        let (snapshot, report) = loader.apply(&changed(&file));
+        assert!(report.failures.is_empty(), "{report:?}");
+        assert!(problems(&snapshot).is_empty(), "{:?}", problems(&snapshot));
     }
 }
