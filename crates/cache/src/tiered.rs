@@ -52,6 +52,8 @@ pub struct TieredCache<V: Cacheable> {
     remote: Option<Arc<Remote>>,
     ttl: Duration,
     counters: Counters,
+    /// The warning about discarded values, at most once per interval.
+    discarded_warning: kubeconfig_logline::Throttle,
     /// Misses in progress, by key.
     flights: std::sync::Mutex<std::collections::HashMap<String, Flight<V>>>,
 }
@@ -99,6 +101,7 @@ impl<V: Cacheable> TieredCache<V> {
                 remote,
                 ttl: config.ttl,
                 counters: Counters::default(),
+                discarded_warning: kubeconfig_logline::Throttle::default(),
                 flights: std::sync::Mutex::default(),
             }
         })
@@ -127,10 +130,14 @@ impl<V: Cacheable> TieredCache<V> {
             .and_then(|payload| V::decode(&payload));
         if value.is_none() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                key = key.as_str(),
-                "discarded a cached value that did not authenticate or decode; re-rendering"
-            );
+            // Whoever can write to Redis can plant one per key: throttled, every one counted.
+            if let Some(held_back) = self.discarded_warning.due() {
+                tracing::warn!(
+                    key = key.as_str(),
+                    held_back,
+                    "discarded a cached value that did not authenticate or decode; re-rendering"
+                );
+            }
         }
         value
     }

@@ -4,9 +4,13 @@
 //! characters and the line and paragraph separators (U+2028, U+2029) are always escaped (`\n`,
 //! `\u{1b}`…), so a value from a hostile file or header can neither end its line nor pass for another
 //! field, and the same field looks the same in every line. [`Fields`] writes an event's fields by this
-//! rule for `tracing-subscriber`'s fmt layer.
+//! rule for `tracing-subscriber`'s fmt layer. [`Throttle`] decides when a warning that a peer can cause
+//! on every request may be written (at most once per interval, with the count held back).
 
 use std::fmt::{self, Write as _};
+
+mod throttle;
+pub use throttle::{Throttle, WARNING_INTERVAL};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;

@@ -362,6 +362,7 @@ impl Ledger for MemoryLedger {
 pub struct RedisLedger {
     remote: Arc<Remote>,
     forged: AtomicU64,
+    forged_warning: kubeconfig_logline::Throttle,
 }
 
 impl std::fmt::Debug for RedisLedger {
@@ -393,6 +394,7 @@ impl RedisLedger {
         RedisLedger {
             remote,
             forged: AtomicU64::new(0),
+            forged_warning: Default::default(),
         }
     }
 
@@ -413,10 +415,14 @@ impl RedisLedger {
             Sealed::Missing => Ok(None),
             Sealed::Forged => {
                 self.forged.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    key,
-                    "discarded a ledger value that did not authenticate (not written by a replica)"
-                );
+                // Whoever can write to Redis can plant one per read: throttled, every one counted.
+                if let Some(held_back) = self.forged_warning.due() {
+                    tracing::warn!(
+                        key,
+                        held_back,
+                        "discarded a ledger value that did not authenticate (not written by a replica)"
+                    );
+                }
                 Ok(None)
             }
             Sealed::Unreachable => Err(LedgerError("Redis did not answer".to_owned())),

@@ -61,6 +61,8 @@ pub struct Minter {
     minted: AtomicU64,
     reused: AtomicU64,
     ledger_failures: AtomicU64,
+    /// The warning about them, at most once per interval (every one is counted).
+    ledger_failure_warning: kubeconfig_logline::Throttle,
     rate_limited: AtomicU64,
     /// Mints per caller in any sixty seconds; 0 disables the limit.
     max_per_minute: u32,
@@ -148,6 +150,7 @@ impl Minter {
             minted: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             ledger_failures: AtomicU64::new(0),
+            ledger_failure_warning: Default::default(),
             rate_limited: AtomicU64::new(0),
             max_per_minute: 0,
             recent: std::sync::Mutex::default(),
@@ -348,7 +351,9 @@ impl Minter {
         };
         if let Err(error) = self.ledger.record(&entry).await {
             self.ledger_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(cluster = %cluster.uid(), %error, "a minted credential could not be recorded; it was not served");
+            if let Some(held_back) = self.ledger_failure_warning.due() {
+                tracing::warn!(cluster = %cluster.uid(), %error, held_back, "a minted credential could not be recorded; it was not served (at most one such warning per 10 s, with the count held back; all are counted in kubeconfigd_credential_ledger_failures)");
+            }
             return Err(CoreError::new(
                 ErrorKind::Unavailable,
                 "the credential ledger cannot be written right now, so no credential was issued; retry shortly",
