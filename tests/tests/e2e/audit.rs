@@ -391,15 +391,18 @@ async fn every_asset_call_has_exactly_one_record_on_each_sink() {
             .send()
             .await
             .expect("REST");
+        // Served or refused, the answer names its request id in `x-request-id`; a refusal's body
+        // names the same one as `ref`.
         let id = response
             .headers()
             .get("x-request-id")
-            .map(|v| v.to_str().expect("present").to_owned());
+            .map(|v| v.to_str().expect("present").to_owned())
+            .unwrap_or_else(|| panic!("{asset} with {key}: no x-request-id"));
         let body = response.text().await.expect("present");
-        let id = id.unwrap_or_else(|| {
+        if event == "asset refused" {
             let value: serde_json::Value = serde_json::from_str(&body).expect(&body);
-            value["ref"].as_str().expect(&body).to_owned()
-        });
+            assert_eq!(value["ref"].as_str(), Some(id.as_str()), "{body}");
+        }
         calls.push((id, event));
     }
     let mut client = KubeconfigServiceClient::new(server.channel().await.expect("present"));

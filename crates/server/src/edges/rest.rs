@@ -70,7 +70,17 @@ pub fn error_response(error: &CoreError, request_id: &str) -> Response {
             HeaderValue::from_static("Bearer, ApiKey"),
         );
     }
+    // The same id as the body's `ref`, where a proxy or client logs headers only.
+    set_request_id(&mut response, request_id);
     response
+}
+
+/// Every answer to a call carries its request id (the audit record's `request_id`) in `x-request-id`.
+fn set_request_id(response: &mut Response, request_id: &str) {
+    const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
 }
 
 /// A core message with the request fields it names spelled as this edge's parameters
@@ -577,7 +587,7 @@ fn respond(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| matches_etag(v, &rendered.etag))
     {
-        return (
+        let mut response = (
             StatusCode::NOT_MODIFIED,
             [
                 (header::ETAG, file_headers.etag.clone()),
@@ -585,6 +595,8 @@ fn respond(
             ],
         )
             .into_response();
+        set_request_id(&mut response, request_id);
+        return response;
     }
     let content_disposition = file_headers.content_disposition.clone();
     let etag = file_headers.etag.clone();
@@ -603,10 +615,7 @@ fn respond(
     response_headers.insert(header::CONTENT_DISPOSITION, content_disposition);
     response_headers.insert(header::ETAG, etag);
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
+    set_request_id(&mut response, request_id);
     if let Some(credential) = &served.credential {
         let entry = &credential.entry;
         let expires = std::time::UNIX_EPOCH
