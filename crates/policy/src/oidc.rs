@@ -39,7 +39,7 @@ pub enum OidcSource {
 }
 
 /// One reason OIDC is not properly configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OidcGap {
     /// The identity-provider selector is `noauth`.
     IdentityProviderNoAuth { path: String },

@@ -481,13 +481,15 @@ impl Inventory {
             let projects = &projects;
             // After a tenant change every file read is prepared afresh, the same text or not.
             let previous = (!tenant_changed).then_some(&self.slots);
+            let shared = &record::SharedAnalyses::default();
             pipelined_map(
                 &files,
                 READERS,
                 |path| read_cluster_text(origin, path),
                 |path, read| {
                     let previous = previous.and_then(|slots| slots.get(path));
-                    parse_cluster_file(read, base.as_deref(), path, tenant, projects, previous)
+                    let base = base.as_deref();
+                    parse_cluster_file(read, base, path, tenant, projects, shared, previous)
                 },
             )
         };
@@ -1061,6 +1063,7 @@ fn parse_cluster_file(
     path: &Arc<Path>,
     tenant: &Tenant,
     projects: &HashSet<Arc<str>>,
+    shared: &record::SharedAnalyses,
     previous: Option<&Slot>,
 ) -> Parsed {
     let (text, own) = match read {
@@ -1123,7 +1126,9 @@ fn parse_cluster_file(
             if let Some(project) = projects.get(&*record.project) {
                 record.project = Arc::clone(project);
             }
-            let record = Arc::new(record.settle(tenant));
+            let mut record = record.settle(tenant);
+            record.share_analysis(shared);
+            let record = Arc::new(record);
             Outcome::Good {
                 fingerprint: *record.content_digest(),
                 entry: Arc::new(record::prepare(&record, tenant)),
@@ -1502,5 +1507,21 @@ mod tests {
         let (snapshot, report) = loader.apply(&changed(&file));
         assert!(report.failures.is_empty(), "{report:?}");
         assert!(problems(&snapshot).is_empty(), "{:?}", problems(&snapshot));
+    }
+
+    #[test]
+    fn packs_not_configured_for_the_same_reasons_share_one_analysis() {
+        let (_dir, inventory, tenant) = fixture();
+        // A second cluster with the same pack (not configured: no clientConfig).
+        let text = std::fs::read_to_string(inventory.join(FILE)).expect("read");
+        let twin = "00000000000000000000bb02";
+        std::fs::write(inventory.join("twin.yaml"), text.replace(UID, twin)).expect("write");
+        let (_, snapshot, _) = Inventory::load(Origin::Files { inventory, tenant }).expect("load");
+        let oidc = |uid: &str| match &snapshot.clusters[&Arc::<str>::from(uid)].availability {
+            Availability::Ready(ready) => Arc::clone(&ready.oidc),
+            Availability::Unavailable(reason) => panic!("{uid}: {reason}"),
+        };
+        assert!(!oidc(UID).is_configured());
+        assert!(Arc::ptr_eq(&oidc(UID), &oidc(twin)), "one copy for both");
     }
 }

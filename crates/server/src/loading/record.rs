@@ -190,6 +190,14 @@ fn pem(
         .map_err(|source| Box::new(RenderError::Credential { field, source }))
 }
 
+/// Pack analyses that found OIDC not configured, by their gaps: one copy for every record of a load
+/// whose pack has the same gaps ([`Record::share_analysis`]).
+pub type SharedAnalyses =
+    std::sync::Mutex<std::collections::HashMap<Vec<kubeconfig_policy::OidcGap>, Arc<OidcState>>>;
+
+/// How many distinct analyses [`SharedAnalyses`] keeps (a gap may quote a cluster's own text).
+pub const SHARED_ANALYSES: usize = 1024;
+
 /// A record's Kubernetes pack: its values until analysed, then the outcome alone when that cannot
 /// change with the tenant.
 /// (Both variants are boxed or shared: a record is kept for every cluster of the fleet.)
@@ -293,6 +301,27 @@ impl Record {
                     Err(e) => (Err(Unusable::PackValues(e)), false),
                 }
             }
+        }
+    }
+
+    /// Shares the record's pack analysis with every record of `shared` whose pack is not configured
+    /// for the same reasons: packs of one shape give the same gaps (their paths and settings), and a
+    /// fleet holds many of each. Configured analyses name each cluster's client and are kept as they
+    /// are. At most [`SHARED_ANALYSES`] distinct ones are kept in `shared`.
+    pub fn share_analysis(&mut self, shared: &SharedAnalyses) {
+        let Pack::Analysed(Ok(state)) = &mut self.pack else {
+            return;
+        };
+        let OidcState::NotConfigured { gaps } = &**state else {
+            return;
+        };
+        let Ok(mut shared) = shared.lock() else {
+            return;
+        };
+        if let Some(existing) = shared.get(gaps) {
+            *state = Arc::clone(existing);
+        } else if shared.len() < SHARED_ANALYSES {
+            shared.insert(gaps.clone(), Arc::clone(state));
         }
     }
 

@@ -772,10 +772,14 @@ impl Verdict<'_> {
             .iter()
             .chain(&self.rss_end)
             .all(Option::is_some);
+        // 5 %, but at least 8 MiB: a one-minute run measures "after warm-up" 7 s in, before the
+        // allocator and the buffers have settled, and its sum moved by 5 % with no leak (a leak of
+        // 30 bytes per call is 8 MiB in a minute, and 80 in the ten-minute run, where 5 % rules).
+        let allowed = (warm as f64 * 0.05).max(8.0 * 1048576.0);
         rule(
             &mut text,
-            complete && end as f64 <= warm as f64 * 1.05,
-            "RSS of the replicas together at the end within 5 % of its level after warm-up",
+            complete && end as f64 <= warm as f64 + allowed,
+            "RSS of the replicas together at the end within 5 % (at least 8 MiB) of its level after warm-up",
             format!(
                 "{} → {} MiB ({:+.1} %; per replica {})",
                 mib(Some(warm)),
