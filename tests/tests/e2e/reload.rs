@@ -479,7 +479,22 @@ async fn a_long_first_load_is_alive_not_ready_and_answers_503() {
         match (readyz, healthz, download) {
             // A listener not bound yet (they are bound one after another at start).
             (None, _, _) | (_, None, _) | (_, _, None) => {}
-            (Some(503), Some(200), Some(503)) => seen_loading = true,
+            (Some(503), Some(200), Some(503)) => {
+                seen_loading = true;
+                // The probe says why it is not ready (the load may have ended since the last poll).
+                if let Ok(response) = client
+                    .get(format!("{}/readyz", server.admin_url()))
+                    .send()
+                    .await
+                    && response.status() == 503
+                {
+                    let body = response.text().await.unwrap_or_default();
+                    assert!(
+                        body.starts_with("loading the inventory") || body.starts_with("not ready"),
+                        "/readyz while loading: {body}"
+                    );
+                }
+            }
             // The load finished between the two polls: the snapshot is in service a moment before
             // readiness turns on.
             (Some(503), Some(200), Some(200)) if seen_loading => {}

@@ -50,8 +50,16 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         // so that whoever looks at the probe sees it.
         let detail = state.core.issuers().readiness_detail();
         (StatusCode::OK, format!("ready\n{detail}")).into_response()
+    } else if !state.core.snapshot().loaded {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading the inventory\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+        // Loaded and not ready: the moment between the first load going into service and readiness
+        // turning on, or a shutdown.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting, or shutting down\n",
+        )
+            .into_response()
     }
 }
 

@@ -779,7 +779,7 @@ impl Verdict<'_> {
         rule(
             &mut text,
             complete && end as f64 <= warm as f64 + allowed,
-            "RSS of the replicas together at the end within 5 % (at least 8 MiB) of its level after warm-up",
+            "RSS of the replicas together at the end at most 5 % (at least 8 MiB) above its level after warm-up",
             format!(
                 "{} → {} MiB ({:+.1} %; per replica {})",
                 mib(Some(warm)),
