@@ -360,7 +360,7 @@ impl Record {
         self.credentials.as_ref().ok()?.client_ca.as_deref()
     }
 
-    /// SHA-256 over the cluster file and every file it refers to.
+    /// SHA-256 over the cluster file's SHA-256 and every file it refers to.
     pub fn content_digest(&self) -> &[u8; 32] {
         &self.content_digest
     }
@@ -368,13 +368,15 @@ impl Record {
     /// Parses a cluster file. `base` is the directory relative file references resolve against
     /// (`None` forbids file references, as for the built-in demo).
     pub fn parse(text: &str, base: Option<&Path>) -> Result<Self, RecordError> {
-        Self::parse_with_references(text, base, &mut Vec::new())
+        Self::parse_with_references(text, &Sha256::digest(text).into(), base, &mut Vec::new())
     }
 
-    /// Like [`Record::parse`], and collects the files the record refers to into `references` (also
-    /// when parsing fails on one of them).
+    /// Like [`Record::parse`] given the text's SHA-256 (the loader has it already: the text is
+    /// hashed once), and collects the files the record refers to into `references` (also when
+    /// parsing fails on one of them).
     pub fn parse_with_references(
         text: &str,
+        text_digest: &[u8; 32],
         base: Option<&Path>,
         references: &mut Vec<PathBuf>,
     ) -> Result<Self, RecordError> {
@@ -387,7 +389,7 @@ impl Record {
             digest: Sha256::new(),
             references,
         };
-        reading.digest.update(text.as_bytes());
+        reading.digest.update(text_digest);
         if !kubeconfig_render::is_valid_uid(&raw.uid) {
             return Err(record_error(format!(
                 "uid: {:?} must match [a-z0-9-]{{1,64}}",
