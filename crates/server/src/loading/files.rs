@@ -30,19 +30,33 @@ pub enum FileError {
 /// Reads a regular file of at most `limit` bytes as text. Opening never blocks (a FIFO is refused once
 /// opened, before any read), and at most `limit + 1` bytes are read whatever the file claims.
 pub fn read_text(path: &Path, limit: u64) -> Result<String, FileError> {
-    read_text_with_metadata(path, limit).map(|(text, _)| text)
+    read_opened(path, limit, Links::Follow).map(|(text, _)| text)
 }
 
-/// [`read_text`], also returning the metadata of the file as opened (what a later `stat` compares
-/// against). The reported length only sizes the buffer, so a typical file takes one read plus the
-/// read that sees its end.
-pub fn read_text_with_metadata(
+/// Whether opening a path follows a symlink in its last component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    Follow,
+    /// Refused with `ELOOP` (`O_NOFOLLOW`).
+    Refuse,
+}
+
+/// [`read_text`], opening with `links`, and also returning the metadata of the file as opened (what
+/// a later `stat` compares against). The reported length only sizes the buffer, so a typical file
+/// takes one read plus the read that sees its end.
+pub fn read_opened(
     path: &Path,
     limit: u64,
+    links: Links,
 ) -> Result<(String, std::fs::Metadata), FileError> {
+    let nofollow = if links == Links::Refuse {
+        libc::O_NOFOLLOW
+    } else {
+        0
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY | nofollow)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
@@ -87,7 +101,9 @@ pub fn confine(base: &Path, reference: &Path) -> Result<PathBuf, FileError> {
 
 /// Reads a file a cluster file refers to: confined to `base`, regular, at most `limit` bytes.
 pub fn read_confined(base: &Path, reference: &Path, limit: u64) -> Result<String, FileError> {
-    resolving_again(base, reference, |resolved| read_text(resolved, limit))
+    resolving_again(base, reference, |resolved, links| {
+        read_opened(resolved, limit, links).map(|(text, _)| text)
+    })
 }
 
 /// Resolves `reference` under `base` ([`confine`]) and reads it with `read`, resolving again when the
@@ -95,16 +111,29 @@ pub fn read_confined(base: &Path, reference: &Path, limit: u64) -> Result<String
 /// `..data` link and then removes the previous data directory: a reader that resolved the link just
 /// before the swap finds its file gone, though the file (its new version) is there. Without the
 /// second look such a file was taken for deleted, and its cluster dropped until the next change.
+///
+/// A plain name (every cluster file) is first opened as it is, refusing a symlink: a regular file
+/// there is what confinement would have allowed, with no `lstat` before the `open`; a symlink (a
+/// volume's) is then resolved and confined.
 pub fn resolving_again<T>(
     base: &Path,
     reference: &Path,
-    read: impl Fn(&Path) -> Result<T, FileError>,
+    read: impl Fn(&Path, Links) -> Result<T, FileError>,
 ) -> Result<T, FileError> {
     const ATTEMPTS: usize = 3;
+    let mut components = reference.components();
+    if let (Some(Component::Normal(_)), None) = (components.next(), components.next()) {
+        match read(&base.join(reference), Links::Refuse) {
+            Err(FileError::Io(error))
+                if error.raw_os_error() == Some(libc::ELOOP)
+                    || error.kind() == std::io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = confine(base, reference).and_then(|resolved| read(&resolved));
+        let result = confine(base, reference).and_then(|resolved| read(&resolved, Links::Follow));
         match &result {
             Err(FileError::Io(error))
                 if error.kind() == std::io::ErrorKind::NotFound
@@ -130,7 +159,7 @@ mod tests {
         std::os::unix::fs::symlink("..old", base.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/c.yaml", base.join("c.yaml")).unwrap();
         let swapped = std::cell::Cell::new(false);
-        let read = |resolved: &Path| {
+        let read = |resolved: &Path, links| {
             if !swapped.replace(true) {
                 // The kubelet's swap lands between the resolution and the read.
                 std::fs::create_dir(base.join("..new")).unwrap();
@@ -139,14 +168,14 @@ mod tests {
                 std::fs::rename(base.join("..data_tmp"), base.join("..data")).unwrap();
                 std::fs::remove_dir_all(base.join("..old")).unwrap();
             }
-            read_text(resolved, 100)
+            read_opened(resolved, 100, links).map(|(text, _)| text)
         };
         let text = resolving_again(&base, Path::new("c.yaml"), read).unwrap();
         assert_eq!(text, "new");
         // A name that is really gone is not looked for again.
         std::fs::remove_file(base.join("c.yaml")).unwrap();
         assert!(matches!(
-            resolving_again(&base, Path::new("c.yaml"), |p| read_text(p, 100)),
+            resolving_again(&base, Path::new("c.yaml"), |p, links| read_opened(p, 100, links)),
             Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
         ));
     }
