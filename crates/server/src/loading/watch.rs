@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -121,6 +121,31 @@ fn tenant_dir(tenant_file: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Watches `dir` and every directory below it (credentials referenced from subfolders such as `pki/`
+/// are watched too), one watch each (watching a directory again changes nothing). The walk takes
+/// each entry's type from the listing and follows no symlink, so it costs no `stat` per cluster
+/// file: `notify`'s own recursive mode stats every entry, which took a quarter of a second before a
+/// 100,000-cluster inventory could be served, and again on every rescan.
+fn watch_directories(watcher: &mut dyn Watcher, dir: &Path) -> notify::Result<()> {
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let path = entry.path();
+                // A subdirectory that vanished meanwhile is no reason to stop watching the others.
+                if watcher.watch(&path, RecursiveMode::NonRecursive).is_ok() {
+                    pending.push(path);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Starts watching `inventory_dir` and `tenant_file`; applies changes to `inventory`, swaps the result
 /// into `store` and publishes the changes on `feed`.
 pub fn spawn(
@@ -134,6 +159,8 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::channel::<Vec<PathBuf>>(1024);
     let overflow = Arc::new(AtomicBool::new(false));
     let overflowed = Arc::clone(&overflow);
+    let new_directories = Arc::new(AtomicBool::new(false));
+    let directories_came = Arc::clone(&new_directories);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else {
             overflowed.store(true, Ordering::Relaxed);
@@ -143,6 +170,11 @@ pub fn spawn(
         let relevant = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
             EventKind::Access(_) => false,
+            // A directory made or moved in (a Secret volume's next `..data` target): watched too.
+            EventKind::Create(CreateKind::Folder) | EventKind::Modify(ModifyKind::Name(_)) => {
+                directories_came.store(true, Ordering::Relaxed);
+                true
+            }
             _ => true,
         };
         if relevant && tx.try_send(event.paths).is_err() {
@@ -150,8 +182,7 @@ pub fn spawn(
             overflowed.store(true, Ordering::Relaxed);
         }
     })?;
-    // Recursive: credentials referenced from subfolders (e.g. `pki/`) are watched too.
-    watcher.watch(&inventory_dir, RecursiveMode::Recursive)?;
+    watch_directories(&mut watcher, &inventory_dir)?;
     let mut watched = BTreeSet::new();
     for dir in [tenant_dir(&tenant_file), tenant_dir(&inventory_dir)] {
         if dir != inventory_dir && watched.insert(dir.clone()) {
@@ -180,20 +211,18 @@ pub fn spawn(
                 }
             }
             changes.rescan |= overflow.swap(false, Ordering::Relaxed);
-            if changes.rescan {
+            let directories = new_directories.swap(false, Ordering::Relaxed);
+            if changes.rescan || directories {
                 // A removed inventory directory loses its watch; watch it again once it is back.
+                // New subdirectories are watched as they come (and on every rescan, in case their
+                // event was lost).
                 let exists = inventory_dir.is_dir();
                 if let Ok(mut watcher) = watcher.lock() {
                     if exists && !inventory_watched {
                         let _ = watcher.unwatch(&inventory_dir);
                     }
-                    if exists {
-                        inventory_watched = watcher
-                            .watch(&inventory_dir, RecursiveMode::Recursive)
-                            .is_ok();
-                    } else {
-                        inventory_watched = false;
-                    }
+                    inventory_watched =
+                        exists && watch_directories(&mut *watcher, &inventory_dir).is_ok();
                 }
                 if !exists {
                     // Keep serving what is loaded until the directory is back.
