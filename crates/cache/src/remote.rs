@@ -119,7 +119,7 @@ pub struct Remote {
     /// Durable calls failed in a row.
     durable_failures: AtomicU64,
     /// When the last "unavailable" line was logged, and how many state changes were not logged since.
-    last_down_log: Mutex<(Option<Instant>, u64)>,
+    down_warning: kubeconfig_logline::Throttle,
     errors: AtomicU64,
     consecutive_failures: AtomicU64,
     /// Bumped each time Redis is marked down, so that a call begun before cannot mark it up again.
@@ -171,7 +171,7 @@ impl Remote {
             skip_until: Mutex::new(None),
             durable_skip_until: Mutex::new(None),
             durable_failures: AtomicU64::new(0),
-            last_down_log: Mutex::new((None, 0)),
+            down_warning: kubeconfig_logline::Throttle::every(STATE_LOG_INTERVAL),
             errors: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             down_epoch: AtomicU64::new(0),
@@ -249,7 +249,7 @@ impl Remote {
 
     fn mark_up(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        if !self.up.swap(true, Ordering::Relaxed) && self.state_change_should_log() {
+        if !self.up.swap(true, Ordering::Relaxed) && self.down_warning.quiet() {
             tracing::info!("redis available: using the redis tier");
         }
         if let Ok(mut skip) = self.skip_until.lock() {
@@ -266,7 +266,7 @@ impl Remote {
         if self.up.swap(false, Ordering::Relaxed) {
             self.down_epoch.fetch_add(1, Ordering::Relaxed);
             self.reconnect_cluster();
-            if let Some(suppressed) = self.down_log_due() {
+            if let Some(suppressed) = self.down_warning.due() {
                 tracing::warn!(
                     error,
                     suppressed_state_changes = suppressed,
@@ -277,29 +277,6 @@ impl Remote {
         if let Ok(mut skip) = self.skip_until.lock() {
             *skip = Some(Instant::now() + PROBE_INTERVAL);
         }
-    }
-
-    /// Whether an "unavailable" line may be logged now; returns the number of changes suppressed since
-    /// the last one.
-    fn down_log_due(&self) -> Option<u64> {
-        let mut state = self.last_down_log.lock().ok()?;
-        let (last, suppressed) = *state;
-        if last.is_some_and(|at| at.elapsed() < STATE_LOG_INTERVAL) {
-            state.1 += 1;
-            return None;
-        }
-        *state = (Some(Instant::now()), 0);
-        Some(suppressed)
-    }
-
-    /// Whether an "available" line may be logged: not while a flapping Redis is being suppressed.
-    fn state_change_should_log(&self) -> bool {
-        self.last_down_log
-            .lock()
-            .map(|state| {
-                state.1 == 0 || state.0.is_none_or(|at| at.elapsed() >= STATE_LOG_INTERVAL)
-            })
-            .unwrap_or(true)
     }
 
     /// The connection to use now, or `None` while Redis is being skipped.
