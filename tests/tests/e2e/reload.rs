@@ -240,6 +240,65 @@ async fn a_changed_referenced_file_is_served_within_2_s() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_in_a_directory_made_after_start_is_watched() {
+    let fixture = Fixture::matrix("seed").expect("fixture");
+    let inventory = fixture.inventory();
+    let server = Server::start(&fixture.args()).await.expect("server");
+    let before = server_of(&server, UID).await.expect("served");
+    // A directory that did not exist at start, and a cluster file moved over to a CA file in it.
+    let late = inventory.join("late");
+    std::fs::create_dir(&late).expect("mkdir");
+    std::fs::copy(inventory.join("pki/ca.crt"), late.join("ca.crt")).expect("copy");
+    let file = inventory.join("no-oidc-direct.yaml");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        text.replace(
+            "certificateAuthorityFile: pki/ca.crt",
+            "certificateAuthorityFile: late/ca.crt",
+        )
+        .replace("10.0.0.4:6443", "10.0.0.41:6443"),
+    )
+    .expect("write");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            server_of(&server, UID)
+                .await
+                .is_ok_and(|y| y.contains("10.0.0.41"))
+        })
+        .await,
+        "the edit was not served within 2 s:\n{}",
+        server.log_text()
+    );
+    // Its CA rotated in place: seen through the new directory's own watch, well before a rescan.
+    std::fs::copy(inventory.join("pki/proxy-ca.crt"), late.join("ca.crt")).expect("rotate");
+    let old_ca = ca_data(&before);
+    assert!(
+        !old_ca.is_empty(),
+        "no certificate-authority-data in:\n{before}"
+    );
+    let rotated = eventually(Duration::from_secs(2), || async {
+        server_of(&server, UID)
+            .await
+            .is_ok_and(|y| y.contains("10.0.0.41") && ca_data(&y) != old_ca)
+    })
+    .await;
+    assert!(
+        rotated,
+        "a CA rotated in a directory made after start was not served within 2 s:\n{}",
+        server.log_text()
+    );
+}
+
+/// The `certificate-authority-data` value of a kubeconfig.
+fn ca_data(yaml: &str) -> String {
+    yaml.lines()
+        .find_map(|line| line.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// `kubeconfigd_inventory_files_parsed_total` now.
 async fn parsed(server: &Server) -> f64 {
     kubeconfigd_e2e::metrics(server).await.expect("metrics")["kubeconfigd_inventory_files_parsed_total"]
