@@ -159,7 +159,7 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::channel::<Vec<PathBuf>>(1024);
     let overflow = Arc::new(AtomicBool::new(false));
     let overflowed = Arc::clone(&overflow);
-    let new_directories = Arc::new(AtomicBool::new(false));
+    let new_directories: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
     let directories_came = Arc::clone(&new_directories);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else {
@@ -170,9 +170,21 @@ pub fn spawn(
         let relevant = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
             EventKind::Access(_) => false,
-            // A directory made or moved in (a Secret volume's next `..data` target): watched too.
+            // A directory made or moved in (a Secret volume's next `..data` target) is watched
+            // too. (Only a rename's paths are looked at, not a symlink's target: one `lstat` each.)
             EventKind::Create(CreateKind::Folder) | EventKind::Modify(ModifyKind::Name(_)) => {
-                directories_came.store(true, Ordering::Relaxed);
+                let directories = event.paths.iter().filter(|path| {
+                    matches!(event.kind, EventKind::Create(_))
+                        || std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+                });
+                if let Ok(mut came) = directories_came.lock() {
+                    // Bounded: past that many, the next rescan walks everything anyway.
+                    if came.len() < 1024 {
+                        came.extend(directories.cloned());
+                    } else {
+                        overflowed.store(true, Ordering::Relaxed);
+                    }
+                }
                 true
             }
             _ => true,
@@ -211,11 +223,25 @@ pub fn spawn(
                 }
             }
             changes.rescan |= overflow.swap(false, Ordering::Relaxed);
-            let directories = new_directories.swap(false, Ordering::Relaxed);
-            if changes.rescan || directories {
+            let directories = new_directories
+                .lock()
+                .map(|mut came| std::mem::take(&mut *came))
+                .unwrap_or_default();
+            if !changes.rescan && !directories.is_empty() {
+                // Each new directory and what is below it (not the whole inventory: a rename of a
+                // cluster file is no reason to list 100,000 of them).
+                if let Ok(mut watcher) = watcher.lock() {
+                    for directory in directories {
+                        let directory = places.normalise(directory);
+                        if directory.starts_with(&inventory_dir) && directory != inventory_dir {
+                            let _ = watch_directories(&mut *watcher, &directory);
+                        }
+                    }
+                }
+            }
+            if changes.rescan {
                 // A removed inventory directory loses its watch; watch it again once it is back.
-                // New subdirectories are watched as they come (and on every rescan, in case their
-                // event was lost).
+                // Every subdirectory is watched again too, in case a new one's event was lost.
                 let exists = inventory_dir.is_dir();
                 if let Ok(mut watcher) = watcher.lock() {
                     if exists && !inventory_watched {
