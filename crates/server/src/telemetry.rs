@@ -1,5 +1,5 @@
 //! The one place telemetry is set up: a `tracing` subscriber with text or JSON logs filtered by
-//! `RUST_LOG` (default `info,redis=error`: the Redis client's own warnings repeat what the cache tier
+//! `RUST_LOG` (default `info,redis=error,notify=error`: the Redis client's own warnings repeat what the cache tier
 //! logs once per state change), written off the request path ([`LogBuffer`]: a call appends its line
 //! to a bounded in-memory buffer, one thread writes the buffer out every [`LOG_FLUSH_INTERVAL`] or when
 //! it fills up; a line that does not fit is dropped and counted, see [`dropped_log_lines`], and what is
@@ -301,8 +301,8 @@ fn not_a_span(metadata: &tracing::Metadata<'_>) -> bool {
 /// runtime (the OTLP exporter's channel lives on it).
 pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,redis=error"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,redis=error,notify=error"));
     let mut telemetry = Telemetry::default();
     let mut export_error = None;
     if otlp_configured() {

@@ -33,12 +33,16 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, FileError> {
     read_opened(path, limit, Links::Follow).map(|(text, _)| text)
 }
 
-/// Whether opening a path follows a symlink in its last component.
+/// How opening a path treats symlinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Links {
+pub enum Links<'a> {
     Follow,
-    /// Refused with `ELOOP` (`O_NOFOLLOW`).
+    /// A symlink in the last component is refused with `ELOOP` (`O_NOFOLLOW`).
     Refuse,
+    /// Followed, and the file opened must lie inside this canonical directory. This is checked on the
+    /// open file (the path the kernel gives for its descriptor), not on the path before opening: a
+    /// directory on the way that is swapped for a symlink between the check and the `open` is caught.
+    Within(&'a Path),
 }
 
 /// [`read_text`], opening with `links`, and also returning the metadata of the file as opened (what
@@ -47,7 +51,7 @@ pub enum Links {
 pub fn read_opened(
     path: &Path,
     limit: u64,
-    links: Links,
+    links: Links<'_>,
 ) -> Result<(String, std::fs::Metadata), FileError> {
     let nofollow = if links == Links::Refuse {
         libc::O_NOFOLLOW
@@ -58,6 +62,13 @@ pub fn read_opened(
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY | nofollow)
         .open(path)?;
+    if let Links::Within(base) = links {
+        use std::os::fd::AsRawFd as _;
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        if !opened.starts_with(base) || opened == base {
+            return Err(FileError::Outside(opened));
+        }
+    }
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
         return Err(FileError::NotRegular);
@@ -115,10 +126,15 @@ pub fn read_confined(base: &Path, reference: &Path, limit: u64) -> Result<String
 /// A plain name (every cluster file) is first opened as it is, refusing a symlink: a regular file
 /// there is what confinement would have allowed, with no `lstat` before the `open`; a symlink (a
 /// volume's) is then resolved and confined.
+///
+/// What is read through a resolved path is checked again once open ([`Links::Within`]): whoever
+/// writes the inventory could otherwise swap a directory on the confined path for a symlink leading
+/// out of it between the check and the `open` (a race found by an attack on the loader, won within
+/// seconds with `renameat2(RENAME_EXCHANGE)`).
 pub fn resolving_again<T>(
     base: &Path,
     reference: &Path,
-    read: impl Fn(&Path, Links) -> Result<T, FileError>,
+    read: impl Fn(&Path, Links<'_>) -> Result<T, FileError>,
 ) -> Result<T, FileError> {
     const ATTEMPTS: usize = 3;
     let mut components = reference.components();
@@ -130,10 +146,12 @@ pub fn resolving_again<T>(
             other => return other,
         }
     }
+    let canonical_base = base.canonicalize()?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = confine(base, reference).and_then(|resolved| read(&resolved, Links::Follow));
+        let result = confine(base, reference)
+            .and_then(|resolved| read(&resolved, Links::Within(&canonical_base)));
         match &result {
             Err(FileError::Io(error))
                 if error.kind() == std::io::ErrorKind::NotFound
@@ -159,7 +177,7 @@ mod tests {
         std::os::unix::fs::symlink("..old", base.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/c.yaml", base.join("c.yaml")).unwrap();
         let swapped = std::cell::Cell::new(false);
-        let read = |resolved: &Path, links| {
+        let read = |resolved: &Path, links: Links<'_>| {
             if !swapped.replace(true) {
                 // The kubelet's swap lands between the resolution and the read.
                 std::fs::create_dir(base.join("..new")).unwrap();
@@ -178,6 +196,39 @@ mod tests {
             resolving_again(&base, Path::new("c.yaml"), |p, links| read_opened(p, 100, links)),
             Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
         ));
+    }
+
+    /// Found by an attack on the loader: a directory on a confined path swapped for a symlink out of
+    /// the inventory between the confinement check and the `open` got an outside file served.
+    #[test]
+    fn a_directory_swapped_for_an_outside_link_after_the_check_is_refused() {
+        let outer = tempfile::tempdir().unwrap();
+        let base = outer.path().join("inventory");
+        std::fs::create_dir_all(base.join("pki")).unwrap();
+        std::fs::write(base.join("pki/ca.crt"), "inside").unwrap();
+        std::fs::create_dir_all(outer.path().join("outside")).unwrap();
+        std::fs::write(outer.path().join("outside/ca.crt"), "outside secret").unwrap();
+        let swapped = std::cell::Cell::new(false);
+        let read = |resolved: &Path, links: Links<'_>| {
+            if !swapped.replace(true) {
+                // The swap lands between the confinement check and the open.
+                std::fs::rename(base.join("pki"), base.join("pki.old")).unwrap();
+                std::os::unix::fs::symlink(outer.path().join("outside"), base.join("pki")).unwrap();
+            }
+            read_opened(resolved, 100, links).map(|(text, _)| text)
+        };
+        let result = resolving_again(&base, Path::new("pki/ca.crt"), read);
+        assert!(
+            matches!(&result, Err(FileError::Outside(path)) if path.ends_with("outside/ca.crt")),
+            "{result:?}"
+        );
+        // Without the swap, the same file is read.
+        std::fs::remove_file(base.join("pki")).unwrap();
+        std::fs::rename(base.join("pki.old"), base.join("pki")).unwrap();
+        assert_eq!(
+            read_confined(&base, Path::new("pki/ca.crt"), 100).unwrap(),
+            "inside"
+        );
     }
 
     #[test]
