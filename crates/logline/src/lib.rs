@@ -30,18 +30,39 @@ fn escaped_char(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}'
 }
 
+/// In [`BYTE_CLASS`]: a value holding this byte is quoted.
+const QUOTED: u8 = 1;
+/// In [`BYTE_CLASS`]: a value holding this byte is written character by character (escapes, or a
+/// byte of a multi-byte character, which may be a control character or a separator).
+const ESCAPED: u8 = 2;
+
+/// What each byte asks of a value that holds it ([`QUOTED`], [`ESCAPED`]).
+const BYTE_CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if matches!(byte, b' ' | b':' | b'=') {
+            class[b] = QUOTED;
+        } else if matches!(byte, b'"' | b'\\') {
+            class[b] = QUOTED | ESCAPED;
+        } else if byte < b' ' || byte > b'~' {
+            class[b] = ESCAPED;
+        }
+        b += 1;
+    }
+    class
+};
+
 /// Appends `value` by the rule: as it is, or quoted; control characters escaped either way.
 pub fn write_value(out: &mut String, value: &str) {
-    // One pass over the bytes, without an early exit (the compiler turns it into a few vector
-    // instructions per 16 or 32 bytes): does the value need quotes, and is it printable ASCII
-    // without `"` or `\` (written in one piece)?
-    let (special, simple) = value.bytes().fold((false, true), |(special, simple), b| {
-        let quote_or_backslash = (b == b'"') | (b == b'\\');
-        (
-            special | (b == b' ') | (b == b':') | (b == b'=') | quote_or_backslash,
-            simple & (b.wrapping_sub(b' ') <= b'~' - b' ') & !quote_or_backslash,
-        )
-    });
+    // One pass over the bytes, one table look-up each: does the value need quotes, and is it
+    // printable ASCII without `"` or `\` (written in one piece)?
+    let class = value
+        .bytes()
+        .fold(0, |class, b| class | BYTE_CLASS[usize::from(b)]);
+    let special = class & QUOTED != 0;
+    let simple = class & ESCAPED == 0;
     let quoted = special || value.is_empty();
     if simple {
         if quoted {
@@ -220,6 +241,48 @@ mod tests {
         assert_eq!(value("say \"hi\" \\o/"), "\"say \\\"hi\\\" \\\\o/\"");
         assert_eq!(value("x\ny"), "x\\ny");
         assert_eq!(value("m\u{2028}n\u{1b}"), "m\\u{2028}n\\u{1b}");
+    }
+
+    /// The rule spelled out character by character, with no fast path.
+    fn by_characters(value: &str) -> String {
+        let quoted = value.is_empty()
+            || value
+                .chars()
+                .any(|c| matches!(c, ' ' | ':' | '=' | '"' | '\\'));
+        let mut out = String::new();
+        if quoted {
+            out.push('"');
+        }
+        for c in value.chars() {
+            if quoted && matches!(c, '"' | '\\') {
+                out.push('\\');
+                out.push(c);
+            } else {
+                push_escaped(&mut out, c);
+            }
+        }
+        if quoted {
+            out.push('"');
+        }
+        out
+    }
+
+    #[test]
+    fn the_byte_table_says_what_the_rule_says_for_every_character() {
+        let characters = (0..=0x7f_u32)
+            .chain([0x80, 0x85, 0xa0, 0xe9, 0x2028, 0x2029, 0xfeff, 0x1f600])
+            .filter_map(char::from_u32);
+        for c in characters {
+            for value in [c.to_string(), format!("ab{c}"), format!("{c}{c}-x.y_z@w")] {
+                assert_eq!(value_of(&value), by_characters(&value), "{value:?}");
+            }
+        }
+    }
+
+    fn value_of(text: &str) -> String {
+        let mut out = String::new();
+        write_value(&mut out, text);
+        out
     }
 
     #[test]

@@ -675,6 +675,39 @@ impl Tenant {
         }
     }
 
+    /// What [`Tenant::effective_permissions`] says for the principal of `user` and `extra_teams` on a
+    /// cluster of `project`, without building the principal: no copy of the name or the teams (this is
+    /// asked on every download).
+    pub fn permissions_of(
+        &self,
+        user: &str,
+        extra_teams: &[String],
+        project: &str,
+    ) -> ClusterPermissions {
+        let user = if user.contains(':') || !user.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Borrowed(user)
+        } else {
+            std::borrow::Cow::Owned(user.to_ascii_lowercase())
+        };
+        let own = self
+            .grants
+            .users
+            .get(user.as_ref())
+            .map_or(ClusterPermissions::NONE, |grant| grant.on(project));
+        let file_teams = self
+            .grants
+            .teams_of
+            .get(user.as_ref())
+            .into_iter()
+            .flatten();
+        // A team named twice (by the file and a credential) grants the same again: the union does
+        // not care, so no set is built.
+        file_teams
+            .chain(extra_teams)
+            .filter_map(|team| self.grants.teams.get(team))
+            .fold(own, |granted, grant| granted.union(grant.on(project)))
+    }
+
     /// The union of the cluster permissions of every binding that applies to `principal` on a cluster of
     /// `project`: tenant-scope bindings and bindings in that project. Costs the principal's teams, not
     /// the tenant's bindings.

@@ -319,12 +319,21 @@ proptest! {
         for user in 0..USERS {
             let address = if caps { GeneratedTenant::user(user).to_uppercase() } else { GeneratedTenant::user(user) };
             let claims = groups.iter().map(|t| format!("team-{t}")).chain(["undeclared".to_owned()]);
-            let principal = parsed.principal(&address, claims);
+            let claims: Vec<String> = claims.collect();
+            let principal = parsed.principal(&address, claims.iter().cloned());
             for project in 0..PROJECTS {
+                let project = format!("p{project}");
+                let expected = tenant.expected(user, &groups, project[1..].parse().expect("a number"));
                 prop_assert_eq!(
-                    parsed.effective_permissions(&principal, &format!("p{project}")),
-                    tenant.expected(user, &groups, project),
-                    "user {} project p{}", user, project
+                    parsed.effective_permissions(&principal, &project),
+                    expected,
+                    "user {} project {}", user, project
+                );
+                // The lookup without a principal says the same.
+                prop_assert_eq!(
+                    parsed.permissions_of(&address, &claims, &project),
+                    expected,
+                    "permissions_of: user {} project {}", user, project
                 );
             }
         }

@@ -420,7 +420,9 @@ mod tests {
     use super::*;
 
     fn record(auth: &Auth) -> Record<'_> {
-        Record::new(Event::AssetServed, "a@x.test", auth).with("cluster", "c1")
+        let mut record = Record::new(Event::AssetServed, "a@x.test", auth);
+        record.with("cluster", "c1");
+        record
     }
 
     fn lines(auditor: &Auditor, sink: SinkKind) -> Vec<serde_json::Value> {

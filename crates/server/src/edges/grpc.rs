@@ -272,7 +272,7 @@ impl KubeconfigApi {
                 method,
                 f(
                     Arc::clone(&self.core),
-                    Credentials::from_headers(&headers, &request_id).with_certificate(certificate),
+                    Credentials::from_headers(&headers, request_id).with_certificate(certificate),
                 ),
             )
             .instrument(span.clone())
@@ -330,7 +330,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
             Ok(spec) => {
                 self.watchers
                     .open(
-                        Credentials::from_headers(&headers, &request_id)
+                        Credentials::from_headers(&headers, request_id)
                             .with_certificate(certificate),
                         spec,
                     )
@@ -534,7 +534,7 @@ fn whoami_message(whoami: &crate::service::core::Whoami) -> pb::WhoAmIResponse {
         })
         .collect();
     pb::WhoAmIResponse {
-        user: caller.user.clone(),
+        user: caller.user.to_string(),
         groups: caller.groups.to_vec(),
         teams: whoami.teams.clone(),
         credentials,

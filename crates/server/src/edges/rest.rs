@@ -79,7 +79,14 @@ pub fn error_response(error: &CoreError, request_id: &str) -> Response {
 fn set_request_id(response: &mut Response, request_id: &str) {
     const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
     if let Ok(value) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        // A download's headers hold a placeholder: replaced in place (an insert would first make
+        // room for one more header).
+        match response.headers_mut().get_mut(REQUEST_ID) {
+            Some(placeholder) => *placeholder = value,
+            None => {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+        }
     }
 }
 
@@ -359,7 +366,7 @@ async fn whoami(State(state): State<RestState>, request: axum::extract::Request)
     let core = state.watchers.core();
     let request_id = telemetry::new_request_id();
     let span = telemetry::rest_span(WHOAMI_ROUTE, &request_id, request.headers());
-    let credentials = credentials_of(&request, &request_id);
+    let credentials = credentials_of(&request, request_id);
     let result = core
         .run("rest", "WhoAmI", core.whoami(&credentials))
         .instrument(span)
@@ -377,7 +384,10 @@ async fn whoami(State(state): State<RestState>, request: axum::extract::Request)
 }
 
 /// The credentials of a REST request: its headers and its connection's client certificate.
-fn credentials_of(request: &axum::extract::Request, request_id: &str) -> Credentials {
+fn credentials_of(
+    request: &axum::extract::Request,
+    request_id: telemetry::RequestId,
+) -> Credentials {
     Credentials::from_headers(request.headers(), request_id)
         .with_certificate(crate::edges::connections::rest_certificate(request))
 }
@@ -507,7 +517,7 @@ async fn serve(
     let core = state.watchers.core();
     let request_id = telemetry::new_request_id();
     let span = telemetry::rest_span(route, &request_id, headers);
-    let credentials = Credentials::from_headers(headers, &request_id).with_certificate(certificate);
+    let credentials = Credentials::from_headers(headers, request_id).with_certificate(certificate);
     // A long-poll first waits (outside the request timeout) until the file differs from the one
     // the client holds, then answers as any download does.
     if let (Some(wait), Some(held)) = (
@@ -598,23 +608,13 @@ fn respond(
         set_request_id(&mut response, request_id);
         return response;
     }
-    let content_disposition = file_headers.content_disposition.clone();
-    let etag = file_headers.etag.clone();
+    let download_headers = file_headers.download.clone();
     // The body shares the cached bytes (kept alive by the response) instead of copying them.
     let mut response = Response::new(axum::body::Body::from(bytes::Bytes::from_owner(Yaml(
         served.rendered,
     ))));
-    let response_headers = response.headers_mut();
-    // Room for every header below and the Content-Length added on the way out, so the map is
-    // allocated once rather than grown.
-    response_headers.reserve(12);
-    response_headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    response_headers.insert(header::CONTENT_DISPOSITION, content_disposition);
-    response_headers.insert(header::ETAG, etag);
-    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The file's own headers, made once per cached file; the request id overwrites its placeholder.
+    *response.headers_mut() = download_headers;
     set_request_id(&mut response, request_id);
     if let Some(credential) = &served.credential {
         let entry = &credential.entry;

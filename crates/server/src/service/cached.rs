@@ -13,28 +13,54 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone)]
 pub struct CachedAsset(pub Rendered, std::sync::OnceLock<HttpHeaders>);
 
-/// Header values of a file's HTTP download that depend on the file alone.
+/// Headers of a file's HTTP download that depend on the file alone.
 #[derive(Debug, Clone)]
 pub struct HttpHeaders {
     /// `"<etag>"`.
     pub etag: http::HeaderValue,
-    /// `attachment; filename="<file name>"`.
-    pub content_disposition: http::HeaderValue,
+    /// Every header of a download (200) answer: Content-Type, Content-Disposition
+    /// (`attachment; filename="<file name>"`), ETag, Cache-Control, Content-Length, and an
+    /// `x-request-id` placeholder that each answer overwrites in place. A download clones the map
+    /// (no hashing, one allocation) instead of inserting each header into an empty one.
+    pub download: http::HeaderMap,
 }
+
+/// The placeholder of a download's `x-request-id`, overwritten by every answer.
+pub const REQUEST_ID_PLACEHOLDER: &str = "-";
 
 impl CachedAsset {
     pub fn new(rendered: Rendered) -> Self {
         Self(rendered, std::sync::OnceLock::new())
     }
 
-    /// The file's ETag and Content-Disposition header values, made once per cached file.
+    /// The file's download headers, made once per cached file.
     pub fn http_headers(&self) -> &HttpHeaders {
-        self.1.get_or_init(|| HttpHeaders {
-            etag: header_value(&["\"", &self.0.etag, "\""], "\"\""),
-            content_disposition: header_value(
-                &["attachment; filename=\"", &self.0.file_name, "\""],
-                "attachment",
-            ),
+        self.1.get_or_init(|| {
+            use http::header;
+            let etag = header_value(&["\"", &self.0.etag, "\""], "\"\"");
+            let mut download = http::HeaderMap::with_capacity(6);
+            download.insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/octet-stream"),
+            );
+            download.insert(
+                header::CONTENT_DISPOSITION,
+                header_value(
+                    &["attachment; filename=\"", &self.0.file_name, "\""],
+                    "attachment",
+                ),
+            );
+            download.insert(header::ETAG, etag.clone());
+            download.insert(
+                header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            download.insert(header::CONTENT_LENGTH, self.0.yaml.len().into());
+            download.insert(
+                http::HeaderName::from_static("x-request-id"),
+                http::HeaderValue::from_static(REQUEST_ID_PLACEHOLDER),
+            );
+            HttpHeaders { etag, download }
         })
     }
 }

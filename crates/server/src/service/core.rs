@@ -99,7 +99,7 @@ pub struct Served {
     /// Which cache tier answered (`render` for a file with a freshly minted credential).
     pub tier: Tier,
     pub cluster: Arc<ClusterEntry>,
-    pub user: String,
+    pub user: Arc<str>,
     /// How the caller authenticated (for the audit record).
     pub auth: crate::audit::Auth,
     /// The credential minted (or reused) for the caller, when the file carries one. Boxed: it is
@@ -460,12 +460,10 @@ impl Core {
         {
             return None;
         }
-        let principal = snapshot
-            .tenant
-            .principal(&caller.user, caller.groups.iter().cloned());
-        let permissions = snapshot
-            .tenant
-            .effective_permissions(&principal, cluster.project());
+        let permissions =
+            snapshot
+                .tenant
+                .permissions_of(&caller.user, &caller.groups, cluster.project());
         (!permissions.is_empty()).then_some(permissions)
     }
 
@@ -505,8 +503,10 @@ impl Core {
             Ok(served) => {
                 // Fields of a minted credential: recorded when there is one, absent otherwise.
                 let credential = served.credential.as_ref();
-                let record = Record::new(Event::AssetServed, &served.user, &served.auth)
-                    .with("cluster", uid)
+                let mut record = Record::new(Event::AssetServed, &served.user, &served.auth);
+                // A served uid passed check_uid: [a-z0-9-], written without a scan.
+                record
+                    .with_plain("cluster", uid)
                     .with_plain("asset", asset.as_str())
                     .with("allowed", true)
                     .with_plain("request_id", credentials.request_id.as_str())
@@ -524,18 +524,18 @@ impl Core {
             Err(error) => {
                 let (user, auth) = who
                     .as_ref()
-                    .map_or(("-", &unauthenticated), |(user, auth): &(String, _)| {
-                        (user.as_str(), auth)
+                    .map_or(("-", &unauthenticated), |(user, auth): &(Arc<str>, _)| {
+                        (&**user, auth)
                     });
                 // The uid as asked only once it is known to be one: an unauthenticated caller must
                 // not be able to fill the audit stream with a long path.
-                let cluster = if check_uid(uid).is_ok() {
-                    uid
+                let mut record = Record::new(Event::AssetRefused, user, auth);
+                if check_uid(uid).is_ok() {
+                    record.with_plain("cluster", uid);
                 } else {
-                    "<not a cluster uid>"
-                };
-                let record = Record::new(Event::AssetRefused, user, auth)
-                    .with("cluster", cluster)
+                    record.with("cluster", "<not a cluster uid>");
+                }
+                record
                     .with_plain("asset", asset.as_str())
                     .with("allowed", false)
                     .with_plain("request_id", credentials.request_id.as_str())
@@ -567,14 +567,14 @@ impl Core {
         request: Request,
         (options, issue): (&MintOptions, Issue),
         span: &tracing::Span,
-        who: &mut Option<(String, crate::audit::Auth)>,
+        who: &mut Option<(Arc<str>, crate::audit::Auth)>,
     ) -> Result<Served, CoreError> {
         let asset = asset_of(request);
         check_uid(uid)?;
         span.record("kubeconfig.cluster_uid", uid);
         let snapshot = self.snapshot();
         let caller = self.caller(credentials, &snapshot).await?;
-        span.record("enduser.id", caller.user.as_str());
+        span.record("enduser.id", &*caller.user);
         let auth = crate::audit::Auth::of(&caller);
         *who = Some((caller.user.clone(), auth.clone()));
         let not_found = || {
@@ -885,7 +885,7 @@ impl Core {
         entry: &LedgerEntry,
         visible: Option<ClusterPermissions>,
     ) -> bool {
-        entry.issued_to == caller.user
+        *entry.issued_to == *caller.user
             || visible.is_some_and(|p| may_download_admin(snapshot.tenant.policy(), p))
     }
 
@@ -898,10 +898,10 @@ impl Core {
         entry: &LedgerEntry,
     ) -> bool {
         let holder = Caller {
-            user: entry.issued_to.clone(),
+            user: Arc::from(entry.issued_to.as_str()),
             groups: entry.issued_groups.clone().into(),
             project: None,
-            proofs: Vec::new(),
+            proofs: smallvec::SmallVec::new(),
         };
         let Some(permissions) = Self::visible(snapshot, &holder, cluster) else {
             return false;
@@ -979,7 +979,7 @@ impl Core {
             ));
         };
         let visible = Self::permissions_on(&snapshot, &caller, &entry.cluster).map(|(_, p)| p);
-        if visible.is_none() && entry.issued_to != caller.user {
+        if visible.is_none() && *entry.issued_to != *caller.user {
             return Ok(unknown(
                 "not a credential this service issued, or one it no longer remembers",
             ));
@@ -1075,13 +1075,14 @@ impl Core {
         if entry.revoked.is_none() {
             entry.revoked = Some(ledger::Revocation {
                 at: ledger::unix_seconds(std::time::SystemTime::now()),
-                by: caller.user.clone(),
+                by: caller.user.to_string(),
                 reason: reason.to_owned(),
             });
             ledger.record(&entry).await.map_err(unavailable)?;
             self.minter.revoked(&entry.serial);
             let auth = crate::audit::Auth::of(&caller);
-            let record = Record::new(Event::CredentialRevoked, &caller.user, &auth)
+            let mut record = Record::new(Event::CredentialRevoked, &caller.user, &auth);
+            record
                 .with("cluster", entry.cluster.as_str())
                 .with("serial", entry.serial.as_str())
                 .with("fingerprint", entry.fingerprint.as_str())

@@ -381,7 +381,8 @@ impl Minter {
                 .await;
         }
         self.minted.fetch_add(1, Ordering::Relaxed);
-        let record = Record::new(Event::CredentialIssued, user, auth)
+        let mut record = Record::new(Event::CredentialIssued, user, auth);
+        record
             .with("cluster", &**cluster.uid())
             .with("serial", entry.serial.as_str())
             .with("fingerprint", entry.fingerprint.as_str())

@@ -614,7 +614,8 @@ impl Watch {
             .collect();
         for (uid, asset) in held {
             let unauthenticated = Auth::default();
-            let record = Record::new(Event::AssetRefused, "-", &unauthenticated)
+            let mut record = Record::new(Event::AssetRefused, "-", &unauthenticated);
+            record
                 .with("cluster", uid.as_str())
                 .with("asset", asset.as_str())
                 .with("allowed", false)
@@ -742,7 +743,8 @@ impl Watch {
         let name = facts.map(|(name, _)| name).unwrap_or_default();
         let event = match (&next, outcome) {
             (Sent::Etag(etag), Ok(served)) => {
-                let record = Record::new(Event::AssetServed, &served.user, &served.auth)
+                let mut record = Record::new(Event::AssetServed, &served.user, &served.auth);
+                record
                     .with("cluster", uid)
                     .with("asset", asset.as_str())
                     .with("allowed", true)
@@ -772,7 +774,8 @@ impl Watch {
             }
             (Sent::Revoked(reason), Err(error)) => {
                 let unauthenticated = Auth::default();
-                let record = Record::new(Event::AssetRefused, "-", &unauthenticated)
+                let mut record = Record::new(Event::AssetRefused, "-", &unauthenticated);
+                record
                     .with("cluster", uid)
                     .with("asset", asset.as_str())
                     .with("allowed", false)

@@ -34,7 +34,7 @@ pub struct Credentials {
     /// `ProjectUid` / `projectuid`: narrows the call to one project.
     pub project: Option<String>,
     /// The call's request id (for the audit trail).
-    pub request_id: String,
+    pub request_id: crate::telemetry::RequestId,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -52,23 +52,41 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Reads `apikey`, `authorization: Bearer …` and `projectuid` from HTTP headers or gRPC metadata
     /// (header names are case-insensitive, so `ApiKey` and `apikey` are the same).
-    pub fn from_headers(headers: &http::HeaderMap, request_id: &str) -> Self {
+    pub fn from_headers(
+        headers: &http::HeaderMap,
+        request_id: crate::telemetry::RequestId,
+    ) -> Self {
         // Names built once, not parsed on every lookup.
         const API_KEY: http::HeaderName = http::HeaderName::from_static("apikey");
         const PROJECT: http::HeaderName = http::HeaderName::from_static("projectuid");
-        let text = |name: &http::HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+        // One pass over the (few) headers instead of a hashed look-up per name, most of which miss;
+        // the first value of a name counts, as `HeaderMap::get` would take it.
+        let (mut api_key, mut authorization, mut project) = (None, None, None);
+        for (name, value) in headers {
+            let slot = if *name == http::header::AUTHORIZATION {
+                &mut authorization
+            } else if *name == API_KEY {
+                &mut api_key
+            } else if *name == PROJECT {
+                &mut project
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        let text = |value: Option<&http::HeaderValue>| {
+            value.and_then(|v| v.to_str().ok()).map(str::to_owned)
         };
         Credentials {
-            api_key: text(&API_KEY),
-            bearer: text(&http::header::AUTHORIZATION)
-                .and_then(|v| Credentials::bearer_from_authorization(&v)),
+            api_key: text(api_key),
+            bearer: authorization
+                .and_then(|v| v.to_str().ok())
+                .and_then(Credentials::bearer_from_authorization),
             certificate: None,
-            project: text(&PROJECT),
-            request_id: request_id.to_owned(),
+            project: text(project),
+            request_id,
         }
     }
 
@@ -121,14 +139,15 @@ pub struct Identity {
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The user name (e-mails lowercased).
-    pub user: String,
+    /// The user name (e-mails lowercased); shared with what authenticated it.
+    pub user: Arc<str>,
     /// Teams from the credentials (file teams are added by the tenant).
     pub groups: Arc<[String]>,
     /// The project the call is narrowed to, if any.
     pub project: Option<String>,
-    /// Every credential that proved the caller, in the order API key, token, certificate.
-    pub proofs: Vec<Proof>,
+    /// Every credential that proved the caller, in the order API key, token, certificate (usually
+    /// one, kept inline).
+    pub proofs: smallvec::SmallVec<[Proof; 1]>,
 }
 
 impl Caller {
@@ -137,6 +156,12 @@ impl Caller {
     pub fn expires_at(&self) -> Option<u64> {
         self.proofs.iter().filter_map(|p| p.expires_at).min()
     }
+}
+
+/// The groups of a credential that asserts none: one shared empty list, not an allocation per call.
+fn no_groups() -> Arc<[String]> {
+    static NONE: std::sync::LazyLock<Arc<[String]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    Arc::clone(&NONE)
 }
 
 /// Seconds since the epoch.
@@ -162,6 +187,7 @@ pub fn now_seconds() -> u64 {
 /// each tenant file's keys have their own (a reload forgets them all).
 #[derive(Debug)]
 pub struct ApiKeys {
+    /// Each key's user, in canonical form ([`kubeconfig_policy::canonical_user`]).
     users: std::collections::HashMap<ApiKeyHash, Arc<str>, foldhash::fast::RandomState>,
     matched: remembered::Remembered<str>,
 }
@@ -182,11 +208,22 @@ impl remembered::Weighed for str {
 }
 
 impl ApiKeys {
-    /// The index of `keys`; when two users list the same key, the first keeps it.
+    /// The index of `keys`; when two users list the same key, the first keeps it. A key whose user
+    /// has a name no caller can have ([`kubeconfig_policy::user_name_problem`]) matches nobody, as a
+    /// call presenting it would be refused anyway; names are kept in canonical form, so a call
+    /// neither checks nor converts them again.
     pub fn new(keys: impl IntoIterator<Item = (ApiKeyHash, String)>) -> Self {
         let mut users = std::collections::HashMap::default();
         for (hash, user) in keys {
-            users.entry(hash).or_insert_with(|| Arc::from(user));
+            if kubeconfig_policy::user_name_problem(&user).is_some() {
+                tracing::debug!(
+                    "an API key's user has a name no caller can have; it matches nobody"
+                );
+                continue;
+            }
+            users
+                .entry(hash)
+                .or_insert_with(|| Arc::from(kubeconfig_policy::canonical_user(&user)));
         }
         ApiKeys {
             users,
@@ -194,7 +231,7 @@ impl ApiKeys {
         }
     }
 
-    /// The user a presented key belongs to.
+    /// The user a presented key belongs to, in canonical form.
     pub fn user_of(&self, key: &str) -> Option<Arc<str>> {
         if let Some(user) = self.matched.get(key) {
             return Some(user);
@@ -213,13 +250,30 @@ pub async fn authenticate(
     keys: &ApiKeys,
     issuers: &Issuers,
 ) -> Result<Caller, CoreError> {
+    // The common call presents an API key and nothing else: its user was checked and put in
+    // canonical form when the tenant file loaded, so nothing is left to compare or convert.
+    if credentials.bearer.is_none()
+        && credentials.certificate.is_none()
+        && let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty())
+    {
+        let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
+        return Ok(Caller {
+            user,
+            groups: no_groups(),
+            project: credentials.project.clone().filter(|p| !p.is_empty()),
+            proofs: smallvec::smallvec![Proof {
+                method: Method::ApiKey,
+                expires_at: None,
+            }],
+        });
+    }
     let now = now_seconds();
     let mut identities: Vec<Identity> = Vec::with_capacity(1);
     if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
         let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
         identities.push(Identity {
             user,
-            groups: Arc::from([]),
+            groups: no_groups(),
             proof: Proof {
                 method: Method::ApiKey,
                 expires_at: None,
@@ -257,18 +311,24 @@ fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Calle
             tracing::debug!("refused: a credential names a user no tenant file can list");
             return Err(CoreError::unauthenticated());
         }
-        Ok((kubeconfig_policy::canonical_user(&identity.user), identity))
+        let user: Arc<str> = if kubeconfig_policy::canonical_user(&identity.user) == *identity.user
+        {
+            Arc::clone(&identity.user)
+        } else {
+            Arc::from(kubeconfig_policy::canonical_user(&identity.user))
+        };
+        Ok((user, identity))
     });
     let (user, first) = identities.next().ok_or_else(CoreError::unauthenticated)??;
     let mut caller = Caller {
         user,
         groups: first.groups,
         project,
-        proofs: vec![first.proof],
+        proofs: smallvec::smallvec![first.proof],
     };
     for identity in identities {
         let (user, identity) = identity?;
-        if user != caller.user {
+        if *user != *caller.user {
             tracing::debug!("refused: the credentials presented name different users");
             return Err(CoreError::unauthenticated());
         }
@@ -307,6 +367,39 @@ mod tests {
             .build()
             .expect("runtime")
             .block_on(future)
+    }
+
+    #[test]
+    fn credentials_are_the_first_value_of_each_header_whatever_its_case_or_place() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("user-agent", http::HeaderValue::from_static("x"));
+        headers.append("ApiKey", http::HeaderValue::from_static("first-key"));
+        headers.append("projectuid", http::HeaderValue::from_static("p1"));
+        headers.append("apikey", http::HeaderValue::from_static("second-key"));
+        headers.append(
+            "Authorization",
+            http::HeaderValue::from_static("Bearer  t0k "),
+        );
+        headers.append(
+            "authorization",
+            http::HeaderValue::from_static("Bearer other"),
+        );
+        let credentials = Credentials::from_headers(&headers, Default::default());
+        assert_eq!(credentials.api_key.as_deref(), Some("first-key"));
+        assert_eq!(credentials.bearer.as_deref(), Some("t0k"));
+        assert_eq!(credentials.project.as_deref(), Some("p1"));
+        let none = Credentials::from_headers(&http::HeaderMap::new(), Default::default());
+        assert!(none.api_key.is_none() && none.bearer.is_none() && none.project.is_none());
+        let mut basic = http::HeaderMap::new();
+        basic.insert(
+            "authorization",
+            http::HeaderValue::from_static("Basic YTpi"),
+        );
+        assert!(
+            Credentials::from_headers(&basic, Default::default())
+                .bearer
+                .is_none()
+        );
     }
 
     #[test]
@@ -453,11 +546,11 @@ mod tests {
             caller_of(vec![key.clone(), token("Ada@X.test")], None)
                 .expect("one user")
                 .user,
-            "ada@x.test"
+            Arc::from("ada@x.test")
         );
         let account = caller_of(vec![token("system:serviceaccount:Payments:deployer")], None)
             .expect("a service account");
-        assert_eq!(account.user, "system:serviceaccount:Payments:deployer");
+        assert_eq!(&*account.user, "system:serviceaccount:Payments:deployer");
         for bad in ["evil\nuser", "a b", "k\u{212a}@x.test", ""] {
             assert_eq!(
                 caller_of(vec![token(bad)], None).unwrap_err(),
