@@ -28,38 +28,76 @@ pub use remote::{RedisTarget, Remote, Sealed};
 pub use sealing::{KeyFileError, Sealer};
 pub use tiered::{CacheConfig, RedisConfig, TieredCache};
 
-/// A cache key built from everything the cached bytes depend on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A cache key built from everything the cached bytes depend on: the cluster, which file, the
+/// revision (a digest of the inputs) and the renderer's format version.
+///
+/// Held as its parts, not as text: a cached download builds one and the in-process tier hashes and
+/// compares it, which costs a pointer copy and some 60 bytes of hashing rather than formatting
+/// 64 hex digits into a new string. The text form ([`CacheKey::text`]: what Redis stores under, and
+/// what a sealed value is bound to) is made only on the way to Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
-    text: String,
+    cluster: Arc<str>,
+    variant: &'static str,
+    revision: [u8; 32],
+    format_version: u32,
 }
 
-/// The prefix of every key, and of the in-process keys of one cluster.
+impl std::hash::Hash for CacheKey {
+    /// The revision digest is a digest of the cluster's inputs: hashing it (and the variant) spreads
+    /// keys as well as hashing every part would, in one pass over 32 bytes. Equality still compares
+    /// every part.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.revision);
+        state.write(self.variant.as_bytes());
+    }
+}
+
+/// The prefix of every key's text.
 const PREFIX: &str = "kubeconfigd:v1";
-
-fn cluster_prefix(cluster: &str) -> String {
-    format!("{PREFIX}:{cluster}:")
-}
 
 impl CacheKey {
     /// `cluster`: the cluster uid; `variant`: which file (e.g. `kubeconfig-frp`); `revision`: a digest of
     /// the inputs; `format_version`: the renderer's format version.
-    pub fn new(cluster: &str, variant: &str, revision: &str, format_version: u32) -> Self {
-        // One allocation of the right size, no formatting machinery (built on every cached download).
+    pub fn new(
+        cluster: Arc<str>,
+        variant: &'static str,
+        revision: [u8; 32],
+        format_version: u32,
+    ) -> Self {
+        CacheKey {
+            cluster,
+            variant,
+            revision,
+            format_version,
+        }
+    }
+
+    /// The cluster uid.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The key as Redis stores it: `kubeconfigd:v1:<cluster>:<variant>:<revision hex>:f<format>`.
+    pub fn text(&self) -> String {
+        let mut revision = [0u8; 64];
+        // 64 bytes is exactly the room 32 bytes need.
+        let _ = hex::encode_to_slice(self.revision, &mut revision);
+        let revision = std::str::from_utf8(&revision).unwrap_or_default();
         let mut text = String::with_capacity(
-            PREFIX.len() + cluster.len() + variant.len() + revision.len() + 16,
+            PREFIX.len() + self.cluster.len() + self.variant.len() + revision.len() + 16,
         );
-        for piece in [PREFIX, ":", cluster, ":", variant, ":", revision] {
+        for piece in [PREFIX, ":", &self.cluster, ":", self.variant, ":", revision] {
             text.push_str(piece);
         }
         text.push_str(":f");
-        text.push_str(itoa::Buffer::new().format(format_version));
-        CacheKey { text }
+        text.push_str(itoa::Buffer::new().format(self.format_version));
+        text
     }
 
-    /// The key as stored.
-    pub fn as_str(&self) -> &str {
-        &self.text
+    /// About what the key costs to keep in the in-process tier, in bytes.
+    fn weight(&self) -> u32 {
+        u32::try_from(std::mem::size_of::<Self>() + self.cluster.len()).unwrap_or(u32::MAX)
     }
 }
 

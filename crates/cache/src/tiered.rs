@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::remote::{RedisTarget, Remote};
 use crate::sealing::{self, Sealer};
-use crate::{AssetCache, BoxFuture, CacheKey, CacheStats, Cacheable, Tier, cluster_prefix};
+use crate::{AssetCache, BoxFuture, CacheKey, CacheStats, Cacheable, Tier};
 
 /// How the cache is set up.
 #[derive(Debug)]
@@ -48,14 +48,14 @@ type Flight<V> = Arc<tokio::sync::OnceCell<(Arc<V>, Tier)>>;
 pub struct TieredCache<V: Cacheable> {
     /// Hashed with foldhash (seeded per process) rather than SipHash: the keys are ours (built from
     /// a served cluster's uid and revision), and hashing one was a visible share of a cached download.
-    memory: Option<moka::sync::Cache<String, Arc<V>, foldhash::fast::RandomState>>,
+    memory: Option<moka::sync::Cache<CacheKey, Arc<V>, foldhash::fast::RandomState>>,
     remote: Option<Arc<Remote>>,
     ttl: Duration,
     counters: Counters,
     /// The warning about discarded values, at most once per interval.
     discarded_warning: kubeconfig_logline::Throttle,
     /// Misses in progress, by key.
-    flights: std::sync::Mutex<std::collections::HashMap<String, Flight<V>>>,
+    flights: std::sync::Mutex<std::collections::HashMap<CacheKey, Flight<V>>>,
 }
 
 impl<V: Cacheable> std::fmt::Debug for TieredCache<V> {
@@ -74,8 +74,8 @@ impl<V: Cacheable> TieredCache<V> {
         let memory = (config.memory_bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.memory_bytes)
-                .weigher(|key: &String, value: &Arc<V>| {
-                    (key.len() as u32).saturating_add(value.weight())
+                .weigher(|key: &CacheKey, value: &Arc<V>| {
+                    key.weight().saturating_add(value.weight())
                 })
                 .time_to_live(config.ttl)
                 .support_invalidation_closures()
@@ -115,8 +115,8 @@ impl<V: Cacheable> TieredCache<V> {
     fn drop_local(&self, clusters: &[String]) {
         let Some(memory) = &self.memory else { return };
         for cluster in clusters {
-            let prefix = cluster_prefix(cluster);
-            if let Err(error) = memory.invalidate_entries_if(move |key, _| key.starts_with(&prefix))
+            let cluster = cluster.clone();
+            if let Err(error) = memory.invalidate_entries_if(move |key, _| key.cluster() == cluster)
             {
                 tracing::warn!(%error, "cannot invalidate in-process entries");
             }
@@ -124,16 +124,17 @@ impl<V: Cacheable> TieredCache<V> {
     }
 
     async fn read_redis(&self, remote: &Arc<Remote>, key: &CacheKey) -> Option<V> {
-        let stored = remote.get(key.as_str()).await?;
+        let text = key.text();
+        let stored = remote.get(&text).await?;
         // Only a value sealed by a replica under this very key is decoded at all.
-        let value = sealing::open(remote.sealer(), key.as_str(), &stored)
-            .and_then(|payload| V::decode(&payload));
+        let value =
+            sealing::open(remote.sealer(), &text, &stored).and_then(|payload| V::decode(&payload));
         if value.is_none() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
             // Whoever can write to Redis can plant one per key: throttled, every one counted.
             if let Some(held_back) = self.discarded_warning.due() {
                 tracing::warn!(
-                    key = key.as_str(),
+                    key = text.as_str(),
                     held_back,
                     "discarded a cached value that did not authenticate or decode; re-rendering"
                 );
@@ -156,14 +157,14 @@ impl<V: Cacheable> TieredCache<V> {
             self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
             let value = Arc::new(value);
             if let Some(memory) = &self.memory {
-                memory.insert(key.as_str().to_owned(), Arc::clone(&value));
+                memory.insert(key.clone(), Arc::clone(&value));
             }
             return (value, Tier::Redis);
         }
         let value = Arc::new(render());
         self.counters.renders.fetch_add(1, Ordering::Relaxed);
         if let Some(memory) = &self.memory {
-            memory.insert(key.as_str().to_owned(), Arc::clone(&value));
+            memory.insert(key.clone(), Arc::clone(&value));
         }
         if let Some(remote) = &self.remote {
             self.store_in_redis(remote, key, &value);
@@ -172,8 +173,9 @@ impl<V: Cacheable> TieredCache<V> {
     }
 
     fn store_in_redis(&self, remote: &Arc<Remote>, key: &CacheKey, value: &V) {
-        if let Some(stored) = remote.sealer().seal(key.as_str(), &value.encode()) {
-            remote.set_in_background(key.as_str().to_owned(), stored, self.ttl);
+        let text = key.text();
+        if let Some(stored) = remote.sealer().seal(&text, &value.encode()) {
+            remote.set_in_background(text, stored, self.ttl);
         }
     }
 }
@@ -192,7 +194,7 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
             // render instead of each doing their own.
             let flight = {
                 let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-                Arc::clone(flights.entry(key.as_str().to_owned()).or_default())
+                Arc::clone(flights.entry(key.clone()).or_default())
             };
             let mut led = false;
             let outcome = flight
@@ -204,11 +206,8 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
                 .clone();
             if led {
                 let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-                if flights
-                    .get(key.as_str())
-                    .is_some_and(|f| Arc::ptr_eq(f, &flight))
-                {
-                    flights.remove(key.as_str());
+                if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                    flights.remove(key);
                 }
             } else {
                 self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +217,7 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Arc<V>> {
-        let value = self.memory.as_ref()?.get(key.as_str())?;
+        let value = self.memory.as_ref()?.get(key)?;
         self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
         Some(value)
     }
@@ -295,7 +294,7 @@ mod tests {
     #[tokio::test]
     async fn memory_hit_after_render_and_invalidation_by_cluster() {
         let cache = memory_only(1 << 20);
-        let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+        let key = CacheKey::new("c1".into(), "kubeconfig", [7; 32], 1);
         let (_, tier) = cache
             .get_or_render(&key, Box::new(|| Blob(b"x".to_vec(), false)))
             .await;
@@ -329,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn a_disabled_memory_tier_renders_every_time() {
         let cache = memory_only(0);
-        let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+        let key = CacheKey::new("c1".into(), "kubeconfig", [7; 32], 1);
         for _ in 0..3 {
             assert_eq!(
                 cache
@@ -354,7 +353,7 @@ mod tests {
                 let cache = Arc::clone(&cache);
                 let asked = Arc::clone(&asked);
                 tokio::spawn(async move {
-                    let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+                    let key = CacheKey::new("c1".into(), "kubeconfig", [7; 32], 1);
                     asked.fetch_add(1, Ordering::SeqCst);
                     let render = {
                         let asked = Arc::clone(&asked);
@@ -381,7 +380,7 @@ mod tests {
         let stats = cache.stats();
         assert_eq!((stats.renders, stats.coalesced), (1, CALLERS as u64 - 1));
         // Nothing left in flight: the next miss renders again.
-        let key = CacheKey::new("c1", "kubeconfig", "rev", 1);
+        let key = CacheKey::new("c1".into(), "kubeconfig", [7; 32], 1);
         let (_, tier) = cache
             .get_or_render(&key, Box::new(|| Blob(b"again".to_vec(), false)))
             .await;
@@ -390,10 +389,17 @@ mod tests {
 
     #[test]
     fn keys_carry_every_input() {
-        let a = CacheKey::new("c1", "kubeconfig-frp", "r1", 1);
-        assert_ne!(a, CacheKey::new("c1", "kubeconfig-direct", "r1", 1));
-        assert_ne!(a, CacheKey::new("c1", "kubeconfig-frp", "r2", 1));
-        assert_ne!(a, CacheKey::new("c1", "kubeconfig-frp", "r1", 2));
-        assert!(a.as_str().starts_with(&cluster_prefix("c1")));
+        let a = CacheKey::new("c1".into(), "kubeconfig-frp", [1; 32], 1);
+        assert_ne!(
+            a,
+            CacheKey::new("c1".into(), "kubeconfig-direct", [1; 32], 1)
+        );
+        assert_ne!(a, CacheKey::new("c1".into(), "kubeconfig-frp", [2; 32], 1));
+        assert_ne!(a, CacheKey::new("c1".into(), "kubeconfig-frp", [1; 32], 2));
+        assert_eq!(
+            a.text(),
+            format!("kubeconfigd:v1:c1:kubeconfig-frp:{}:f1", "01".repeat(32))
+        );
+        assert_ne!(a, CacheKey::new("c2".into(), "kubeconfig-frp", [1; 32], 1));
     }
 }

@@ -64,6 +64,16 @@ static LOG: std::sync::OnceLock<std::sync::Arc<LogBuffer>> = std::sync::OnceLock
 /// The format of the log, once [`init`] set it up.
 static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
+/// Whether the filter [`init`] installed passes `audit` lines at INFO: the filter is fixed once
+/// installed (`RUST_LOG` at start), so a call does not ask it again.
+static AUDIT_LINES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether audit lines are written to the log, when [`init`] set the log up; `None` otherwise (a
+/// test with its own subscriber asks that subscriber).
+pub(crate) fn audit_lines() -> Option<bool> {
+    AUDIT_LINES.get().copied()
+}
+
 /// Appends one finished line to the log, written off the request path like every log line; `false`
 /// when this process does not log through [`init`]'s buffer (a test with its own subscriber), so the
 /// caller logs an event instead. For lines formatted by their producer (audit records).
@@ -376,6 +386,8 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
         .try_init()
     {
         eprintln!("kubeconfigd: logging already initialised: {error}");
+    } else {
+        let _ = AUDIT_LINES.set(tracing::enabled!(target: "audit", tracing::Level::INFO));
     }
     if let Some(error) = export_error {
         tracing::error!(%error, "OpenTelemetry export is configured but could not start; continuing without it");

@@ -388,7 +388,9 @@ impl Auditor {
 /// `tracing` event where the process logs through another subscriber (tests). Filtered as an `audit`
 /// event at INFO would be (`RUST_LOG`).
 fn to_log(record: &Record<'_>) {
-    if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+    let enabled = crate::telemetry::audit_lines()
+        .unwrap_or_else(|| tracing::enabled!(target: "audit", tracing::Level::INFO));
+    if !enabled {
         return;
     }
     thread_local! {

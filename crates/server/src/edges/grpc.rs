@@ -6,7 +6,6 @@ use std::sync::Arc;
 use kubeconfig_policy::{OidcGap, OidcSource, OidcState};
 use kubeconfig_proto::kubeconfig::v1 as pb;
 use kubeconfig_render::{AuthKind, Rendered, Request, ServerKind};
-use tonic::metadata::MetadataValue;
 use tonic::{Code, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -287,15 +286,22 @@ impl KubeconfigApi {
         );
         match (result, status) {
             (Ok(message), _) => {
-                let mut response = Response::new(message);
-                if let Ok(mut value) = MetadataValue::try_from(request_id.as_str()) {
+                const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+                // Room for the request id and what tonic adds on the way out (content-type), so the
+                // map is allocated once, with the header's name built at compile time.
+                let mut headers = http::HeaderMap::with_capacity(4);
+                if let Ok(mut value) = http::HeaderValue::from_str(request_id.as_str()) {
                     // A value unique to this response: sent as a literal that HPACK never indexes
                     // ("sensitive"), instead of entering the connection's header table, where it
                     // would only evict entries worth keeping at the cost of the insertion.
                     value.set_sensitive(true);
-                    response.metadata_mut().insert("x-request-id", value);
+                    headers.insert(REQUEST_ID, value);
                 }
-                Ok(response)
+                Ok(Response::from_parts(
+                    tonic::metadata::MetadataMap::from_headers(headers),
+                    message,
+                    tonic::Extensions::default(),
+                ))
             }
             (Err(error), status) => {
                 if error.kind() == ErrorKind::Internal {

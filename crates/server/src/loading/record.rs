@@ -583,6 +583,11 @@ impl Revision {
         Revision { digest }
     }
 
+    /// The digest.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
     /// The digest in lowercase hex.
     pub fn hex(&self) -> RevisionHex {
         let mut hex = [0u8; 64];

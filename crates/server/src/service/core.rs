@@ -620,9 +620,9 @@ impl Core {
         let variant = Variant::of(request, cluster.proxy_enabled);
         span.record("kubeconfig.variant", variant.as_str());
         let key = CacheKey::new(
-            uid,
+            Arc::clone(cluster.uid()),
             variant.as_str(),
-            cluster.revision.hex().as_str(),
+            *cluster.revision.digest(),
             FORMAT_VERSION,
         );
         let renderer = cluster.renderer(&snapshot.tenant).ok_or_else(|| {
@@ -1243,7 +1243,7 @@ mod tests {
             key: &'a CacheKey,
             render: Box<dyn FnOnce() -> CachedAsset + Send + 'a>,
         ) -> BoxFuture<'a, (Arc<CachedAsset>, Tier)> {
-            self.keys.lock().unwrap().push(key.as_str().to_owned());
+            self.keys.lock().unwrap().push(key.text());
             Box::pin(async move { (Arc::new(render()), Tier::Render) })
         }
 
