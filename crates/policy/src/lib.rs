@@ -41,5 +41,5 @@ pub use role::{Role, RoleCatalog, Scope};
 pub use secret::Secret;
 pub use tenant::{
     ApiKeyHash, Binding, FieldError, Principal, Project, ReverseProxy, Subject, Tenant,
-    TenantError, User, canonical_user, user_name_problem,
+    TenantError, User, canonical_user, canonical_user_form, user_name_problem,
 };

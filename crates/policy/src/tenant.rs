@@ -92,10 +92,15 @@ impl TryFrom<String> for ApiKeyHash {
 /// `system:serviceaccount:payments:deployer`, a SPIFFE ID — is compared exactly, as Kubernetes and
 /// SPIFFE compare them (a SPIFFE path is case-sensitive).
 pub fn canonical_user(name: &str) -> String {
-    if name.contains(':') {
-        name.to_owned()
+    canonical_user_form(name).into_owned()
+}
+
+/// [`canonical_user`] without a copy when the name is already in canonical form (the usual case).
+pub fn canonical_user_form(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(':') || !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Borrowed(name)
     } else {
-        name.to_ascii_lowercase()
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
     }
 }
 
@@ -684,11 +689,7 @@ impl Tenant {
         extra_teams: &[String],
         project: &str,
     ) -> ClusterPermissions {
-        let user = if user.contains(':') || !user.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Borrowed(user)
-        } else {
-            std::borrow::Cow::Owned(user.to_ascii_lowercase())
-        };
+        let user = canonical_user_form(user);
         let own = self
             .grants
             .users

@@ -339,3 +339,16 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The borrowed canonical form is the canonical name: e-mails (no `:`) lowercased, other names as
+    /// they are, and borrowed exactly when nothing changes.
+    #[test]
+    fn the_canonical_form_lowercases_only_names_without_a_colon(name in "[A-Za-z0-9:@._-]{0,24}") {
+        let form = kubeconfig_policy::canonical_user_form(&name);
+        let expected = if name.contains(':') { name.clone() } else { name.to_ascii_lowercase() };
+        prop_assert_eq!(form.as_ref(), expected.as_str());
+        prop_assert_eq!(matches!(form, std::borrow::Cow::Borrowed(_)), expected == name);
+        prop_assert_eq!(kubeconfig_policy::canonical_user(&name), expected);
+    }
+}

@@ -311,11 +311,10 @@ fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Calle
             tracing::debug!("refused: a credential names a user no tenant file can list");
             return Err(CoreError::unauthenticated());
         }
-        let user: Arc<str> = if kubeconfig_policy::canonical_user(&identity.user) == *identity.user
-        {
-            Arc::clone(&identity.user)
-        } else {
-            Arc::from(kubeconfig_policy::canonical_user(&identity.user))
+        // Shared as it is when already canonical (the usual case), else converted once.
+        let user: Arc<str> = match kubeconfig_policy::canonical_user_form(&identity.user) {
+            std::borrow::Cow::Borrowed(_) => Arc::clone(&identity.user),
+            std::borrow::Cow::Owned(canonical) => Arc::from(canonical),
         };
         Ok((user, identity))
     });
