@@ -516,3 +516,54 @@ async fn every_asset_call_has_exactly_one_record_on_each_sink() {
     // How the caller authenticated is part of the record.
     assert!(file.iter().any(|r| r["auth"] == "api_key"));
 }
+
+/// A file a watch refuses (here at once: OIDC is not configured in the cluster's pack, so the viewer
+/// may not have its kubeconfig) is recorded under the user who opened the watch and how it signed in,
+/// not as an unauthenticated caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_a_watch_refuses_names_the_user_who_opened_it() {
+    const WITHOUT_OIDC: &str = "6470a2b1c5e6f1a2b3c4d5e3";
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("audit.log");
+    let server = Server::start(
+        &["--demo", "--audit-log", path.to_str().expect("present")].map(str::to_owned),
+    )
+    .await
+    .expect("server");
+    let mut client = KubeconfigServiceClient::new(server.channel().await.expect("present"));
+    let mut stream = client
+        .watch_kubeconfigs(with_key(
+            kubeconfig_proto::kubeconfig::v1::WatchKubeconfigsRequest {
+                cluster_uids: vec![WITHOUT_OIDC.to_owned()],
+                ..Default::default()
+            },
+            "demo-viewer-key",
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("an event within 5 s")
+        .expect("an event");
+    assert!(first.is_some(), "the stream answers");
+    let refused = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .find(|r| r["event"] == "asset refused" && r["via"] == "watch")
+            .cloned()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let found = refused(&read_lines(&path)).is_some();
+            async move { found }
+        })
+        .await,
+        "the refusal is recorded"
+    );
+    let record = refused(&read_lines(&path)).expect("present");
+    assert_eq!(record["cluster"], WITHOUT_OIDC, "{record}");
+    assert_eq!(record["user"], "viewer@demo.test", "{record}");
+    assert_eq!(record["auth"], "api_key", "{record}");
+    assert_eq!(record["reason"], "OIDC_NOT_CONFIGURED", "{record}");
+}

@@ -410,6 +410,67 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
     assert!(freed);
 }
 
+/// A long-poll that waits longer than the stall timeout (`--request-timeout` +
+/// `--header-read-timeout`, here 2 s) is answered at the end of its wait, on both HTTP versions: the
+/// wait counts as a watch, not as a request making no progress (it was closed as stalled, with no
+/// answer at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_longer_than_the_stall_timeout_is_answered() {
+    let server = Server::start(&args(&[
+        "--request-timeout",
+        "1s",
+        "--header-read-timeout",
+        "1s",
+    ]))
+    .await
+    .expect("server");
+    let first = reqwest::Client::new()
+        .get(prod_east_url(&server.rest_url()))
+        .header("ApiKey", "demo-viewer-key")
+        .send()
+        .await
+        .expect("download");
+    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    for client in [
+        reqwest::Client::new(),
+        reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("h2 client"),
+    ] {
+        let started = Instant::now();
+        let answer = client
+            .get(format!("{}?wait=4s", prod_east_url(&server.rest_url())))
+            .header("ApiKey", "demo-viewer-key")
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .expect("the long-poll is answered, not cut off");
+        assert_eq!(answer.status().as_u16(), 304);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(3_900) && waited < Duration::from_secs(8),
+            "answered when its wait was over: {waited:?}"
+        );
+        // The same connection serves a download afterwards.
+        let next = client
+            .get(prod_east_url(&server.rest_url()))
+            .header("ApiKey", "demo-viewer-key")
+            .send()
+            .await
+            .expect("download after the wait");
+        assert_eq!(next.status().as_u16(), 200);
+    }
+    assert_eq!(
+        counter(
+            &server,
+            "kubeconfigd_connections_closed_total{reason=\"stalled\"}"
+        )
+        .await,
+        0.0
+    );
+}
+
 /// The value of one counter of the server's metrics (0 when absent).
 async fn counter(server: &Server, name: &str) -> f64 {
     kubeconfigd_e2e::metrics(server)

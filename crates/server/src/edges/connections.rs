@@ -586,11 +586,33 @@ pub struct Tracked<S> {
 pub struct LongPoll(Arc<Activity>);
 
 impl LongPoll {
-    /// The connection serves a watch until the returned guard is dropped.
-    pub fn hold(&self) -> OpenRequest {
-        let mut held = self.0.open();
-        held.protected();
-        held
+    /// While the returned guard lives, the request this long-poll belongs to counts as a watch: a
+    /// long-lived stream of an authenticated caller, never stalled for want of progress, never
+    /// evicted. It is the request itself that is marked, not a second one opened beside it: an
+    /// ordinary request left open beside the wait would have counted as making no progress, and the
+    /// connection was closed as stalled after `--request-timeout` + `--header-read-timeout` (20 s by
+    /// default) of any longer wait. When the guard drops, the request is an ordinary one again,
+    /// making progress from then (its download is still ahead of it).
+    pub fn hold(&self) -> Waiting {
+        self.0.long_lived.fetch_add(1, Ordering::Relaxed);
+        self.0.protected.fetch_add(1, Ordering::Relaxed);
+        Waiting(Arc::clone(&self.0))
+    }
+}
+
+/// A long-poll's wait in progress (see [`LongPoll::hold`]).
+#[derive(Debug)]
+pub struct Waiting(Arc<Activity>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        // The progress first, so that whoever sees the request bounded again also sees it fresh.
+        activity
+            .progress_at
+            .fetch_max(activity.nanos(), Ordering::Relaxed);
+        activity.protected.fetch_sub(1, Ordering::Relaxed);
+        activity.long_lived.fetch_sub(1, Ordering::Release);
     }
 }
 

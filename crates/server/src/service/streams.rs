@@ -289,6 +289,7 @@ impl Watchers {
         let (tx, rx) = mpsc::channel(BUFFER);
         let watch = Watch {
             core: Arc::clone(&self.core),
+            opened_by: (Arc::clone(&caller.user), Auth::of(&caller)),
             credentials,
             spec,
             sent: BTreeMap::new(),
@@ -369,6 +370,9 @@ impl Watchers {
 
 struct Watch {
     core: Arc<Core>,
+    /// Who opened the watch and how they authenticated: named in the audit records of the files
+    /// taken back from them (a file served names the caller as authenticated for it).
+    opened_by: (Arc<str>, Auth),
     credentials: Credentials,
     spec: WatchSpec,
     sent: BTreeMap<(String, Asset), Sent>,
@@ -613,8 +617,7 @@ impl Watch {
             .map(|(key, _)| key.clone())
             .collect();
         for (uid, asset) in held {
-            let unauthenticated = Auth::default();
-            let mut record = Record::new(Event::AssetRefused, "-", &unauthenticated);
+            let mut record = Record::new(Event::AssetRefused, &self.opened_by.0, &self.opened_by.1);
             record
                 .with("cluster", uid.as_str())
                 .with("asset", asset.as_str())
@@ -773,8 +776,8 @@ impl Watch {
                 }
             }
             (Sent::Revoked(reason), Err(error)) => {
-                let unauthenticated = Auth::default();
-                let mut record = Record::new(Event::AssetRefused, "-", &unauthenticated);
+                let mut record =
+                    Record::new(Event::AssetRefused, &self.opened_by.0, &self.opened_by.1);
                 record
                     .with("cluster", uid)
                     .with("asset", asset.as_str())
