@@ -1,9 +1,11 @@
 //! How kubeconfigd and kubeconfig-agent write a value in a text log line (`name=value`): one rule for
 //! every value, whatever its type or how it was recorded. A value is written as it is unless it is
 //! empty or holds a space, `:`, `=`, `"` or `\`; then it is quoted, with `"` and `\` escaped. Control
-//! characters and the line and paragraph separators (U+2028, U+2029) are always escaped (`\n`,
-//! `\u{1b}`…), so a value from a hostile file or header can neither end its line nor pass for another
-//! field, and the same field looks the same in every line. [`Fields`] writes an event's fields by this
+//! characters, the line and paragraph separators (U+2028, U+2029) and the bidirectional formatting
+//! characters (U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) are always escaped (`\n`, `\u{1b}`,
+//! `\u{202e}`…), so a value from a hostile file or header can neither end its line, nor pass for
+//! another field, nor make a terminal show its line in another order than it was written; and the
+//! same field looks the same in every line. [`Fields`] writes an event's fields by this
 //! rule for `tracing-subscriber`'s fmt layer. [`Throttle`] decides when a warning that a peer can cause
 //! on every request may be written (at most once per interval, with the count held back).
 
@@ -27,7 +29,16 @@ pub fn needs_quotes(value: &str) -> bool {
 
 /// Whether a character is written as an escape.
 fn escaped_char(c: char) -> bool {
-    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// In [`BYTE_CLASS`]: a value holding this byte is quoted.
@@ -241,6 +252,8 @@ mod tests {
         assert_eq!(value("say \"hi\" \\o/"), "\"say \\\"hi\\\" \\\\o/\"");
         assert_eq!(value("x\ny"), "x\\ny");
         assert_eq!(value("m\u{2028}n\u{1b}"), "m\\u{2028}n\\u{1b}");
+        // A right-to-left override would show the rest of the line reversed in a terminal.
+        assert_eq!(value("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
     }
 
     /// The rule spelled out character by character, with no fast path.
@@ -270,7 +283,10 @@ mod tests {
     #[test]
     fn the_byte_table_says_what_the_rule_says_for_every_character() {
         let characters = (0..=0x7f_u32)
-            .chain([0x80, 0x85, 0xa0, 0xe9, 0x2028, 0x2029, 0xfeff, 0x1f600])
+            .chain([
+                0x80, 0x85, 0xa0, 0xe9, 0x200e, 0x200f, 0x2028, 0x2029, 0x202a, 0x202e, 0x2066,
+                0x2069, 0xfeff, 0x1f600,
+            ])
             .filter_map(char::from_u32);
         for c in characters {
             for value in [c.to_string(), format!("ab{c}"), format!("{c}{c}-x.y_z@w")] {
