@@ -85,6 +85,11 @@ pub fn write_value(out: &mut String, value: &str) {
         }
         return;
     }
+    write_by_characters(out, value, quoted);
+}
+
+/// The rule applied character by character: quoted or not as told, escapes where needed.
+fn write_by_characters(out: &mut String, value: &str, quoted: bool) {
     if quoted {
         out.push('"');
     }
@@ -256,27 +261,15 @@ mod tests {
         assert_eq!(value("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
     }
 
-    /// The rule spelled out character by character, with no fast path.
+    /// The rule with no fast path: whether to quote decided per character, then every character
+    /// written by the escaping path.
     fn by_characters(value: &str) -> String {
         let quoted = value.is_empty()
             || value
                 .chars()
                 .any(|c| matches!(c, ' ' | ':' | '=' | '"' | '\\'));
         let mut out = String::new();
-        if quoted {
-            out.push('"');
-        }
-        for c in value.chars() {
-            if quoted && matches!(c, '"' | '\\') {
-                out.push('\\');
-                out.push(c);
-            } else {
-                push_escaped(&mut out, c);
-            }
-        }
-        if quoted {
-            out.push('"');
-        }
+        write_by_characters(&mut out, value, quoted);
         out
     }
 

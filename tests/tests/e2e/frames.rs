@@ -341,13 +341,35 @@ fn prod_east_url(rest_url: &str) -> String {
 
 /// A long-poll (3 s) on the kubeconfig of prod-east with the etag the caller already holds.
 async fn long_poll(rest_url: String, key: &'static str, etag: String) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(format!("{}?wait=3s", prod_east_url(&rest_url)))
+    long_poll_on(&reqwest::Client::new(), &rest_url, key, &etag, "3s").await
+}
+
+/// A long-poll of `wait` on the kubeconfig of prod-east, on `client`'s connections.
+async fn long_poll_on(
+    client: &reqwest::Client,
+    rest_url: &str,
+    key: &str,
+    etag: &str,
+    wait: &str,
+) -> reqwest::Response {
+    client
+        .get(format!("{}?wait={wait}", prod_east_url(rest_url)))
         .header("ApiKey", key)
         .header("If-None-Match", etag)
         .send()
         .await
         .expect("long-poll")
+}
+
+/// The etag of prod-east's kubeconfig as the viewer downloads it.
+async fn prod_east_etag(server: &Server) -> String {
+    let first = reqwest::Client::new()
+        .get(prod_east_url(&server.rest_url()))
+        .header("ApiKey", "demo-viewer-key")
+        .send()
+        .await
+        .expect("download");
+    first.headers()["etag"].to_str().expect("etag").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,13 +382,7 @@ async fn waiting_long_polls_count_with_the_callers_watches() {
     ]))
     .await
     .expect("server");
-    let first = reqwest::Client::new()
-        .get(prod_east_url(&server.rest_url()))
-        .header("ApiKey", "demo-viewer-key")
-        .send()
-        .await
-        .expect("download");
-    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    let etag = prod_east_etag(&server).await;
     // Three waits for the viewer: its share.
     let waits: Vec<_> = (0..3)
         .map(|_| {
@@ -424,13 +440,7 @@ async fn a_long_poll_longer_than_the_stall_timeout_is_answered() {
     ]))
     .await
     .expect("server");
-    let first = reqwest::Client::new()
-        .get(prod_east_url(&server.rest_url()))
-        .header("ApiKey", "demo-viewer-key")
-        .send()
-        .await
-        .expect("download");
-    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    let etag = prod_east_etag(&server).await;
     for client in [
         reqwest::Client::new(),
         reqwest::Client::builder()
@@ -439,13 +449,8 @@ async fn a_long_poll_longer_than_the_stall_timeout_is_answered() {
             .expect("h2 client"),
     ] {
         let started = Instant::now();
-        let answer = client
-            .get(format!("{}?wait=4s", prod_east_url(&server.rest_url())))
-            .header("ApiKey", "demo-viewer-key")
-            .header("If-None-Match", &etag)
-            .send()
-            .await
-            .expect("the long-poll is answered, not cut off");
+        let answer =
+            long_poll_on(&client, &server.rest_url(), "demo-viewer-key", &etag, "4s").await;
         assert_eq!(answer.status().as_u16(), 304);
         let waited = started.elapsed();
         assert!(

@@ -250,25 +250,9 @@ pub async fn authenticate(
     keys: &ApiKeys,
     issuers: &Issuers,
 ) -> Result<Caller, CoreError> {
-    // The common call presents an API key and nothing else: its user was checked and put in
-    // canonical form when the tenant file loaded, so nothing is left to compare or convert.
-    if credentials.bearer.is_none()
-        && credentials.certificate.is_none()
-        && let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty())
-    {
-        let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
-        return Ok(Caller {
-            user,
-            groups: no_groups(),
-            project: credentials.project.clone().filter(|p| !p.is_empty()),
-            proofs: smallvec::smallvec![Proof {
-                method: Method::ApiKey,
-                expires_at: None,
-            }],
-        });
-    }
-    let now = now_seconds();
-    let mut identities: Vec<Identity> = Vec::with_capacity(1);
+    // Held inline: a caller presents one to three credentials. The clock is read only by the
+    // credentials that expire (the common call presents an API key alone).
+    let mut identities: smallvec::SmallVec<[Identity; 1]> = smallvec::SmallVec::new();
     if let Some(key) = credentials.api_key.as_deref().filter(|k| !k.is_empty()) {
         let user = keys.user_of(key).ok_or_else(CoreError::unauthenticated)?;
         identities.push(Identity {
@@ -281,7 +265,7 @@ pub async fn authenticate(
         });
     }
     if let Some(token) = credentials.bearer.as_deref() {
-        let identity = match issuers.recall(token, now) {
+        let identity = match issuers.recall(token, now_seconds()) {
             Recalled::Known(identity) => Some(identity),
             Recalled::Refused => None,
             // Boxed: the first sight of a token (a signature check, perhaps a key fetch) is rare,
@@ -293,7 +277,7 @@ pub async fn authenticate(
     if let Some(certificate) = &credentials.certificate {
         identities.push(
             certificate
-                .identity_at(now)
+                .identity_at(now_seconds())
                 .ok_or_else(CoreError::unauthenticated)?,
         );
     }
@@ -305,7 +289,10 @@ pub async fn authenticate(
 /// is not one a user can have (control characters, spaces, non-ASCII: see
 /// [`kubeconfig_policy::user_name_problem`]). Names are compared in their canonical form (e-mails
 /// lowercased, other names exactly).
-fn caller_of(identities: Vec<Identity>, project: Option<String>) -> Result<Caller, CoreError> {
+fn caller_of(
+    identities: impl IntoIterator<Item = Identity>,
+    project: Option<String>,
+) -> Result<Caller, CoreError> {
     let mut identities = identities.into_iter().map(|identity| {
         if kubeconfig_policy::user_name_problem(&identity.user).is_some() {
             tracing::debug!("refused: a credential names a user no tenant file can list");
