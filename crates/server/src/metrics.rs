@@ -177,21 +177,21 @@ impl CallTable {
 #[derive(Debug)]
 struct OtelInstruments {
     /// OpenTelemetry has no asynchronous histogram: latency is recorded into it as well as into the
-    /// Prometheus histogram.
-    latency: opentelemetry::metrics::Histogram<f64>,
+    /// Prometheus histogram, when OpenTelemetry metrics are exported (`None` otherwise).
+    latency: Option<opentelemetry::metrics::Histogram<f64>>,
 }
 
 impl Default for OtelInstruments {
     fn default() -> Self {
-        let meter = opentelemetry::global::meter("kubeconfigd");
-        OtelInstruments {
-            latency: meter
+        let latency = crate::telemetry::metrics_exported().then(|| {
+            opentelemetry::global::meter("kubeconfigd")
                 .f64_histogram("rpc.server.duration")
                 .with_unit("s")
                 .with_description("Call latency by edge and method.")
                 .with_boundaries(LATENCY_BUCKETS.to_vec())
-                .build(),
-        }
+                .build()
+        });
+        OtelInstruments { latency }
     }
 }
 
@@ -514,10 +514,12 @@ impl Metrics {
                     .get_or_create_owned(&LatencyLabels { edge, method })
             })
             .observe(seconds);
-        self.otel.latency.record(
-            seconds,
-            &[KeyValue::new("edge", edge), KeyValue::new("method", method)],
-        );
+        if let Some(latency) = &self.otel.latency {
+            latency.record(
+                seconds,
+                &[KeyValue::new("edge", edge), KeyValue::new("method", method)],
+            );
+        }
     }
 
     /// Calls so far by (edge, method, code), those with any: for the OpenTelemetry counter.

@@ -254,6 +254,15 @@ fn spans_recorded() -> bool {
     SPANS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether OpenTelemetry metrics are exported (set by [`init`] when it installs the meter provider):
+/// without it, the per-call OpenTelemetry instruments are not built at all, instead of recording
+/// into the global no-op meter on every call.
+static METRICS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn metrics_exported() -> bool {
+    METRICS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installed providers; [`Telemetry::shutdown`] flushes them.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -319,6 +328,7 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
         match providers() {
             Ok((tracer, meter)) => {
                 global::set_meter_provider(meter.clone());
+                METRICS_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
                 telemetry = Telemetry {
                     tracer: Some(tracer),
                     meter: Some(meter),

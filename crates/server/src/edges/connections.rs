@@ -8,8 +8,9 @@
 //! - TLS handshakes off the accept loop, each within `--tls-handshake-timeout`, at most
 //!   `--max-tls-handshakes` at once (a connection beyond is closed at accept);
 //! - for REST, which is served here with `hyper-util` (the gRPC listener's HTTP settings are tonic's):
-//!   an HTTP/1 header-read timeout (`--header-read-timeout`, see [`HeaderTimer`]) and HTTP/2 keepalive
-//!   pings with a timeout, and graceful draining.
+//!   an HTTP/1 header-read timeout (`--header-read-timeout`, kept by [`Guarded`] from the connection's
+//!   [`Activity`], not by hyper's timer) and HTTP/2 keepalive pings with a timeout, and graceful
+//!   draining.
 //!
 //! A TLS connection's verified client certificate is read once, after its handshake, and rides with
 //! the connection: to gRPC calls in tonic's connect info ([`ConnectionInfo::certificate`]), to REST
@@ -141,8 +142,11 @@ impl Slots {
 ///   that connects and sends nothing, or only an HTTP/2 preface and PING answers);
 /// - no request or stream has been open for the idle timeout, whatever else the peer sends (PING
 ///   answers keep a connection with a stream alive, never one without);
-/// - on an HTTP/1 connection given a [`HeaderTimer`], a request's headers have taken longer than the
-///   header-read timeout.
+/// - on an HTTP/1 connection, the next request has not arrived within the header-read timeout of the
+///   end of the last answer (hyper reads the next request's headers from then: a request that is
+///   trickled in, or none at all, is cut). HTTP/1 does not read a request's headers while one is
+///   open, so the time from the last answer to the next request reaching the service is exactly
+///   the time its headers took.
 ///
 /// Which requests are open is told by the service layer through the connection's [`Activity`].
 pub struct Guarded<IO> {
@@ -155,7 +159,7 @@ pub struct Guarded<IO> {
     /// The one timer of the connection: armed at the earliest deadline that may apply (or earlier: it
     /// is moved only when it fires, or when a header deadline comes before it).
     timer: Pin<Box<Sleep>>,
-    headers: Option<Arc<HeaderDeadline>>,
+    header_read_timeout: Duration,
     /// The client certificate its TLS handshake verified.
     certificate: Option<Arc<PeerCertificate>>,
 }
@@ -184,7 +188,7 @@ impl<IO> Guarded<IO> {
                 Instant::from_std(activity.since) + first,
             )),
             activity,
-            headers: None,
+            header_read_timeout: limits.header_read_timeout,
             certificate: None,
         }
     }
@@ -199,23 +203,14 @@ impl<IO> Guarded<IO> {
         Arc::clone(&self.activity)
     }
 
-    /// The timer to give hyper's HTTP/1 side of this connection: through it, hyper says when it
-    /// starts and stops reading a request's headers, and this connection enforces the deadline.
-    pub fn header_timer(&mut self) -> HeaderTimer {
-        let deadline = Arc::new(HeaderDeadline::new());
-        self.headers = Some(Arc::clone(&deadline));
-        HeaderTimer(deadline)
-    }
-
-    /// Why the connection must end now, if it must. Reads record nothing and hyper's header timer and
-    /// the service layer only publish state; the timer is moved when it fires early or when a header
-    /// deadline comes before it — about once per timeout on a busy connection, instead of a timer
-    /// registered and cancelled for every request.
+    /// Why the connection must end now, if it must. Reads record nothing and the service layer only
+    /// publishes state; the timer is moved when it fires early or when a header deadline comes before
+    /// it — about once per timeout on a busy connection, instead of a timer registered and cancelled
+    /// for every request.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<Closed> {
         let headers = self
-            .headers
-            .as_ref()
-            .and_then(|h| h.get())
+            .activity
+            .next_headers_due(self.header_read_timeout)
             .map(Instant::from_std);
         if let Some(deadline) = headers
             && deadline < self.timer.deadline()
@@ -362,6 +357,9 @@ pub struct Activity {
     anonymous_streams: AtomicUsize,
     /// gRPC calls on this connection waiting for their request message.
     pub waiting_calls: AtomicUsize,
+    /// Whether requests arrive over HTTP/1, where the next request's headers are read only once no
+    /// request is open (set by the service layer at the first request).
+    http1: AtomicBool,
     /// Set when the connection is evicted to make room.
     evicted: AtomicBool,
     /// The connection's reader or writer, to wake on eviction.
@@ -379,6 +377,7 @@ impl Activity {
             protected: AtomicUsize::new(0),
             anonymous_streams: AtomicUsize::new(0),
             waiting_calls: AtomicUsize::new(0),
+            http1: AtomicBool::new(false),
             progress_at: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             reader: futures_util::task::AtomicWaker::new(),
@@ -451,6 +450,17 @@ impl Activity {
             protected: false,
             anonymous: None,
         }
+    }
+
+    /// When the next request's headers must be complete: on an HTTP/1 connection with no request
+    /// open, `timeout` after the last one ended; `None` otherwise (before the first request the
+    /// first-request deadline applies; HTTP/2 reads headers while streams are open, and bounds them
+    /// with its own header-list limits).
+    fn next_headers_due(&self, timeout: Duration) -> Option<std::time::Instant> {
+        if !self.http1.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.quiet_since().map(|quiet| quiet + timeout)
     }
 
     /// Since when no request has been open, or `None` while one is.
@@ -633,7 +643,7 @@ where
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -641,6 +651,9 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let open = self.activity.open();
+        if request.version() < http::Version::HTTP_2 {
+            self.activity.http1.store(true, Ordering::Relaxed);
+        }
         if let Some(certificate) = &self.certificate {
             request
                 .extensions_mut()
@@ -651,109 +664,35 @@ where
                 .extensions_mut()
                 .insert(LongPoll(Arc::clone(&self.activity)));
         }
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| TrackedBody::new(body, Some(open))))
-        })
-    }
-}
-
-/// When the HTTP/1 request headers being read on one connection must be complete: set by hyper
-/// through [`HeaderTimer`], read by [`Guarded`]. Nanoseconds after `since`, plus one; 0 while no
-/// header is being read.
-#[derive(Debug)]
-struct HeaderDeadline {
-    since: std::time::Instant,
-    at: AtomicU64,
-}
-
-impl HeaderDeadline {
-    fn new() -> Self {
-        HeaderDeadline {
-            since: std::time::Instant::now(),
-            at: AtomicU64::new(0),
-        }
-    }
-
-    fn encode(&self, deadline: std::time::Instant) -> u64 {
-        let nanos = deadline.saturating_duration_since(self.since).as_nanos();
-        u64::try_from(nanos)
-            .unwrap_or(u64::MAX - 1)
-            .saturating_add(1)
-    }
-
-    // Relaxed: the deadline is written and read by the one task that serves the connection.
-    fn set(&self, deadline: std::time::Instant) -> u64 {
-        let at = self.encode(deadline);
-        self.at.store(at, Ordering::Relaxed);
-        at
-    }
-
-    fn clear(&self, at: u64) {
-        let _ = self
-            .at
-            .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> Option<std::time::Instant> {
-        match self.at.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some(self.since + Duration::from_nanos(at - 1)),
+        TrackedFuture {
+            response: self.inner.call(request),
+            open: Some(open),
         }
     }
 }
 
-/// hyper's HTTP/1 timer for one connection, used for the header-read timeout only: hyper creates a
-/// sleep when it starts reading a request's headers and drops it once they are parsed. Here that
-/// sleep only publishes its deadline to the connection's [`Guarded`], which fails the read past it
-/// (hyper then closes the connection, as with its own timeout). hyper's default timer registers a
-/// tokio timer for every request and cancels it a few microseconds later — two trips through the
-/// runtime's timer wheel on every keep-alive request, measurable at REST's request rate.
-#[derive(Debug, Clone)]
-pub struct HeaderTimer(Arc<HeaderDeadline>);
-
-impl hyper::rt::Timer for HeaderTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(std::time::Instant::now() + duration)
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let at = self.0.set(deadline);
-        Box::pin(HeaderSleep {
-            deadline: Arc::clone(&self.0),
-            at,
-        })
-    }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
-        match sleep.as_mut().downcast_mut_pin::<HeaderSleep>() {
-            Some(mut header) => header.at = header.deadline.set(new_deadline),
-            None => *sleep = self.sleep_until(new_deadline),
-        }
+pin_project_lite::pin_project! {
+    /// A [`Tracked`] request's answer to come: its body takes over the request's [`OpenRequest`].
+    /// A named future rather than a boxed one: one allocation less on every request.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        response: F,
+        open: Option<OpenRequest>,
     }
 }
 
-/// A header-read deadline while hyper holds it. Never completes by itself: [`Guarded`] ends the
-/// connection past the deadline.
-struct HeaderSleep {
-    deadline: Arc<HeaderDeadline>,
-    at: u64,
-}
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<TrackedBody<B>>, E>;
 
-impl Future for HeaderSleep {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        Poll::Pending
-    }
-}
-
-impl hyper::rt::Sleep for HeaderSleep {}
-
-impl Drop for HeaderSleep {
-    fn drop(&mut self) {
-        self.deadline.clear(self.at);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.response.poll(cx))?;
+        Poll::Ready(Ok(
+            response.map(|body| TrackedBody::new(body, this.open.take()))
+        ))
     }
 }
 
@@ -1108,7 +1047,9 @@ pub async fn serve_http<IO>(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .header_read_timeout(limits.header_read_timeout)
+        // Kept by `Guarded` instead (see there): hyper's own header-read timer made every keep-alive
+        // request go round the connection's poll loop twice, to start the timer for the next one.
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()
@@ -1123,7 +1064,7 @@ pub async fn serve_http<IO>(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
-        let (mut connection, _peer) = tokio::select! {
+        let (connection, _peer) = tokio::select! {
             next = incoming.recv() => match next {
                 Some(next) => next,
                 None => break,
@@ -1135,9 +1076,6 @@ pub async fn serve_http<IO>(
             activity: connection.activity(),
             certificate: connection.certificate(),
         });
-        // Each connection gets its own header timer (see [`HeaderTimer`]): a clone of the builder.
-        let mut builder = builder.clone();
-        builder.http1().timer(connection.header_timer());
         let served = builder
             .serve_connection(TokioIo::new(connection), service)
             .into_owned();
