@@ -596,7 +596,8 @@ impl Collector for ProcessCollector {
             &mut encoder,
             "kubeconfigd_connections_closed",
             "Connections closed or refused by their limits, by reason: no_request (none within \
---header-read-timeout of connecting), header_timeout, idle (no request open for --idle-timeout), \
+--header-read-timeout of connecting), header_timeout (on HTTP/1, the next request not in within \
+--header-read-timeout of the last answer), idle (no request open for --idle-timeout), \
 evicted (to make room), stalled (a request without progress: the peer does not read), refused (at \
 accept, no slot could be freed), tls_handshake (failed, timed out or made room).",
             MetricType::Counter,

@@ -518,14 +518,14 @@ async fn serve(
     let request_id = telemetry::new_request_id();
     let span = telemetry::rest_span(route, &request_id, headers);
     let credentials = Credentials::from_headers(headers, request_id).with_certificate(certificate);
+    // Looked up once: the long-poll and the answer both read it.
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
     // A long-poll first waits (outside the request timeout) until the file differs from the one
     // the client holds, then answers as any download does.
-    if let (Some(wait), Some(held)) = (
-        wait,
-        headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok()),
-    ) && let Some(etag) = single_etag(held)
+    if let (Some(wait), Some(held)) = (wait, if_none_match)
+        && let Some(etag) = single_etag(held)
     {
         // While an authenticated caller waits, its connection serves a watch (never evicted, never
         // closed for want of progress); the caller's watch limits bound how many it holds.
@@ -548,7 +548,7 @@ async fn serve(
                 .run("rest", method, std::future::ready(Err(refused)))
                 .instrument(span.clone())
                 .await;
-            return respond(result, headers, &request_id);
+            return respond(result, if_none_match, &request_id);
         }
     }
     let result = core
@@ -559,7 +559,7 @@ async fn serve(
         )
         .instrument(span.clone())
         .await;
-    let response = respond(result, headers, &request_id);
+    let response = respond(result, if_none_match, &request_id);
     span.record(
         "http.response.status_code",
         i64::from(response.status().as_u16()),
@@ -578,7 +578,7 @@ impl AsRef<[u8]> for Yaml {
 
 fn respond(
     result: Result<crate::service::core::Served, CoreError>,
-    headers: &HeaderMap,
+    if_none_match: Option<&str>,
     request_id: &str,
 ) -> Response {
     let served = match result {
@@ -592,11 +592,7 @@ fn respond(
     };
     let rendered = &served.rendered.0;
     let file_headers = served.rendered.http_headers();
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| matches_etag(v, &rendered.etag))
-    {
+    if if_none_match.is_some_and(|v| matches_etag(v, &rendered.etag)) {
         let mut response = (
             StatusCode::NOT_MODIFIED,
             [
