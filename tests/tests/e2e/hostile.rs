@@ -669,6 +669,73 @@ async fn trickled_headers_are_cut_at_the_header_read_timeout_and_busy_connection
     );
 }
 
+/// An HTTP/1.1 client that pipelines many downloads and reads the answers slowly is answered in full:
+/// while the server cannot write an answer it does not read the next request, and that time does not
+/// count against the next request's header-read timeout (an outside review saw such a client reset
+/// after about 1.5 s when it did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_that_reads_slowly_gets_every_answer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start(&[
+        "--demo".to_owned(),
+        "--header-read-timeout".to_owned(),
+        "1s".to_owned(),
+    ])
+    .await
+    .expect("server");
+    const CALLS: usize = 3000;
+    let request = "GET /v1/spectroclusters/6470a2b1c5e6f1a2b3c4d5e1/assets/kubeconfig HTTP/1.1\r\n\
+                   Host: x\r\nApiKey: demo-viewer-key\r\n\r\n"
+        .repeat(CALLS);
+    let stream = tokio::net::TcpStream::connect(server.rest)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    // The write half is handed back, not dropped: dropping it would half-close the connection.
+    let sending =
+        tokio::spawn(async move { writer.write_all(request.as_bytes()).await.map(|()| writer) });
+    let started = Instant::now();
+    let (mut answers, mut tail, mut ended) = (0, Vec::new(), "timed out");
+    let mut buf = vec![0u8; 32 * 1024];
+    while started.elapsed() < Duration::from_secs(60) {
+        // About 320 KB/s for the first 4 s (the server's writes block), then as fast as it comes.
+        if started.elapsed() < Duration::from_secs(4) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
+        let n = match read {
+            Ok(Ok(0)) => {
+                ended = "closed";
+                break;
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => {
+                ended = "reset";
+                break;
+            }
+            Err(_) => break,
+        };
+        tail.extend_from_slice(&buf[..n]);
+        answers += tail
+            .windows(b"HTTP/1.1 200".len())
+            .filter(|w| *w == b"HTTP/1.1 200")
+            .count();
+        let keep = tail.len().min(11);
+        tail.drain(..tail.len() - keep);
+        if answers == CALLS {
+            ended = "all answered";
+            break;
+        }
+    }
+    let _writer = tokio::time::timeout(Duration::from_secs(5), sending).await;
+    assert_eq!(
+        (answers, ended),
+        (CALLS, "all answered"),
+        "after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rest_error_has_the_json_body_and_the_admin_listener_stands_alone() {
     let server = Server::start(&["--demo".to_owned()]).await.expect("server");

@@ -145,8 +145,9 @@ impl Slots {
 /// - on an HTTP/1 connection, the next request has not arrived within the header-read timeout of the
 ///   end of the last answer (hyper reads the next request's headers from then: a request that is
 ///   trickled in, or none at all, is cut). HTTP/1 does not read a request's headers while one is
-///   open, so the time from the last answer to the next request reaching the service is exactly
-///   the time its headers took.
+///   open, nor while an answer cannot be written, so that time runs from when the last answer was
+///   both done and written; an HTTP/1 connection whose answer cannot be written for the stall
+///   timeout with no request open is closed as stalled (its peer does not read).
 ///
 /// Which requests are open is told by the service layer through the connection's [`Activity`].
 pub struct Guarded<IO> {
@@ -160,6 +161,11 @@ pub struct Guarded<IO> {
     /// is moved only when it fires, or when a header deadline comes before it).
     timer: Pin<Box<Sleep>>,
     header_read_timeout: Duration,
+    /// Since when the last write could not go on (the peer is not reading), if it still cannot.
+    write_blocked_since: Option<Instant>,
+    /// When a blocked write last went on again: an HTTP/1 answer is over only once it is written,
+    /// and hyper reads the next request only then.
+    write_resumed_at: Option<Instant>,
     /// The client certificate its TLS handshake verified.
     certificate: Option<Arc<PeerCertificate>>,
 }
@@ -189,6 +195,8 @@ impl<IO> Guarded<IO> {
             )),
             activity,
             header_read_timeout: limits.header_read_timeout,
+            write_blocked_since: None,
+            write_resumed_at: None,
             certificate: None,
         }
     }
@@ -208,10 +216,24 @@ impl<IO> Guarded<IO> {
     /// it — about once per timeout on a busy connection, instead of a timer registered and cancelled
     /// for every request.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<Closed> {
-        let headers = self
-            .activity
-            .next_headers_due(self.header_read_timeout)
-            .map(Instant::from_std);
+        // While an HTTP/1 answer cannot be written, hyper does not read the next request: no header
+        // deadline runs then (a peer that does not read is bounded as stalled, below), and once the
+        // write goes on again the next request has the full timeout from then.
+        let headers = match self.write_blocked_since {
+            Some(_) => None,
+            None => self
+                .activity
+                .next_headers_due(self.header_read_timeout)
+                .map(|due| {
+                    let due = Instant::from_std(due);
+                    self.write_resumed_at
+                        .map_or(due, |resumed| due.max(resumed + self.header_read_timeout))
+                }),
+        };
+        let blocked = self
+            .write_blocked_since
+            .filter(|_| self.activity.is_http1() && !self.activity.serving_bounded())
+            .map(|since| since + self.stall_timeout);
         if let Some(deadline) = headers
             && deadline < self.timer.deadline()
         {
@@ -247,17 +269,26 @@ impl<IO> Guarded<IO> {
                 .activity
                 .serving_bounded()
                 .then(|| Instant::from_std(self.activity.progress()) + self.stall_timeout);
-            if stalled.is_some_and(|deadline| deadline <= now) {
+            if stalled.is_some_and(|deadline| deadline <= now)
+                || blocked.is_some_and(|deadline| deadline <= now)
+            {
                 return Some(Closed::Stalled);
             }
             // Look again an idle timeout from now at the latest: a request open now may have ended
             // by then (so an idle connection is closed between one and two idle timeouts after its
             // last request, without a wake-up for every request that ends).
-            let next = [headers, first, idle, stalled, Some(now + self.idle_timeout)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now + self.idle_timeout);
+            let next = [
+                headers,
+                first,
+                idle,
+                stalled,
+                blocked,
+                Some(now + self.idle_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + self.idle_timeout);
             self.timer.as_mut().reset(next);
         }
     }
@@ -457,10 +488,14 @@ impl Activity {
     /// first-request deadline applies; HTTP/2 reads headers while streams are open, and bounds them
     /// with its own header-list limits).
     fn next_headers_due(&self, timeout: Duration) -> Option<std::time::Instant> {
-        if !self.http1.load(Ordering::Relaxed) {
+        if !self.is_http1() {
             return None;
         }
         self.quiet_since().map(|quiet| quiet + timeout)
+    }
+
+    fn is_http1(&self) -> bool {
+        self.http1.load(Ordering::Relaxed)
     }
 
     /// Since when no request has been open, or `None` while one is.
@@ -727,6 +762,24 @@ impl<IO> Guarded<IO> {
             other => other,
         }
     }
+
+    /// [`Self::check_pending`] for a write or flush, noting when writes stop and go on again.
+    fn check_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        done: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if done.is_pending() {
+            if self.write_blocked_since.is_none() {
+                self.write_blocked_since = Some(Instant::now());
+            }
+            return self.check_pending(cx, done);
+        }
+        if self.write_blocked_since.take().is_some() {
+            self.write_resumed_at = Some(Instant::now());
+        }
+        done
+    }
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
@@ -736,7 +789,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let done = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.check_pending(cx, done)
+        self.check_write(cx, done)
     }
 
     fn poll_write_vectored(
@@ -745,7 +798,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let done = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.check_pending(cx, done)
+        self.check_write(cx, done)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -754,7 +807,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let done = Pin::new(&mut self.io).poll_flush(cx);
-        self.check_pending(cx, done)
+        self.check_write(cx, done)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
