@@ -689,18 +689,23 @@ impl Tenant {
         extra_teams: &[String],
         project: &str,
     ) -> ClusterPermissions {
-        let user = canonical_user_form(user);
+        self.permissions_of_canonical(&canonical_user_form(user), extra_teams, project)
+    }
+
+    /// [`Tenant::permissions_of`] for a user name already in [`canonical_user`] form (an
+    /// authenticated caller's is), without scanning it again.
+    pub fn permissions_of_canonical(
+        &self,
+        user: &str,
+        extra_teams: &[String],
+        project: &str,
+    ) -> ClusterPermissions {
         let own = self
             .grants
             .users
-            .get(user.as_ref())
+            .get(user)
             .map_or(ClusterPermissions::NONE, |grant| grant.on(project));
-        let file_teams = self
-            .grants
-            .teams_of
-            .get(user.as_ref())
-            .into_iter()
-            .flatten();
+        let file_teams = self.grants.teams_of.get(user).into_iter().flatten();
         // A team named twice (by the file and a credential) grants the same again: the union does
         // not care, so no set is built.
         file_teams

@@ -335,6 +335,12 @@ proptest! {
                     expected,
                     "permissions_of: user {} project {}", user, project
                 );
+                // And so does the lookup of the name in canonical form, which does not convert it.
+                prop_assert_eq!(
+                    parsed.permissions_of_canonical(&kubeconfig_policy::canonical_user(&address), &claims, &project),
+                    expected,
+                    "permissions_of_canonical: user {} project {}", user, project
+                );
             }
         }
     }

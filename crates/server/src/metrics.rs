@@ -183,7 +183,7 @@ struct OtelInstruments {
 
 impl Default for OtelInstruments {
     fn default() -> Self {
-        let latency = crate::telemetry::metrics_exported().then(|| {
+        let latency = crate::telemetry::exporting().then(|| {
             opentelemetry::global::meter("kubeconfigd")
                 .f64_histogram("rpc.server.duration")
                 .with_unit("s")

@@ -240,27 +240,21 @@ fn log_buffer() -> (LogWriter, LogGuard) {
     )
 }
 
-/// Whether calls open spans at all: only when something exports them. Logs are events only, so
-/// without an exporter a span would be built, entered and closed in the registry for no reader.
-static SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether calls are exported over OTLP. [`init`] sets it when it installs the span and metric
+/// exporters (always together). Without it, calls open no spans (logs are events only: a span would
+/// be built, entered and closed in the registry for no reader), and the per-call OpenTelemetry
+/// instruments are not built at all instead of recording into the global no-op meter on every call.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Turns the per-call spans on or off. [`init`] turns them on when it exports spans; a test that
-/// installs its own span collector turns them on itself.
+/// Turns the per-call spans (and instruments) on or off. [`init`] turns them on when it exports; a
+/// test that installs its own span collector turns them on itself.
 pub fn record_spans(on: bool) {
-    SPANS.store(on, std::sync::atomic::Ordering::Relaxed);
+    EXPORTING.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn spans_recorded() -> bool {
-    SPANS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Whether OpenTelemetry metrics are exported (set by [`init`] when it installs the meter provider):
-/// without it, the per-call OpenTelemetry instruments are not built at all, instead of recording
-/// into the global no-op meter on every call.
-static METRICS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn metrics_exported() -> bool {
-    METRICS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+/// Whether calls are exported (see [`record_spans`]).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Installed providers; [`Telemetry::shutdown`] flushes them.
@@ -328,7 +322,6 @@ pub fn init(format: LogFormat) -> (Telemetry, LogGuard) {
         match providers() {
             Ok((tracer, meter)) => {
                 global::set_meter_provider(meter.clone());
-                METRICS_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
                 telemetry = Telemetry {
                     tracer: Some(tracer),
                     meter: Some(meter),
@@ -517,7 +510,7 @@ pub fn grpc_span(
     request_id: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
-    if !spans_recorded() {
+    if !exporting() {
         return tracing::Span::none();
     }
     let span = server_span!(
@@ -539,7 +532,7 @@ pub fn rest_span(
     request_id: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
-    if !spans_recorded() {
+    if !exporting() {
         return tracing::Span::none();
     }
     let span = server_span!(

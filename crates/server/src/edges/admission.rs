@@ -121,9 +121,13 @@ impl WaitingCalls {
 }
 use crate::metrics::{Limit, Metrics};
 
-/// The layer (see the module documentation).
+/// The layer (see the module documentation). Its state is shared behind one `Arc`: tonic clones the
+/// service for every call, and a clone is then one reference count, not one per field.
 #[derive(Debug, Clone)]
-pub struct AdmissionLayer {
+pub struct AdmissionLayer(Arc<AdmissionState>);
+
+#[derive(Debug)]
+struct AdmissionState {
     permits: Arc<Semaphore>,
     /// How many `permits` there are (bounds the waiting list).
     capacity: usize,
@@ -138,14 +142,47 @@ impl AdmissionLayer {
     /// `permits`: the pipeline's concurrency limit; `message_timeout`: from HEADERS to a complete
     /// request message.
     pub fn new(permits: Arc<Semaphore>, message_timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        AdmissionLayer {
+        AdmissionLayer(Arc::new(AdmissionState {
             capacity: permits.available_permits(),
             permits,
             message_timeout,
             metrics,
             waiting: Arc::default(),
             anonymous: [Arc::default(), Arc::default()],
-        }
+        }))
+    }
+
+    /// The request with its body under the message deadline, holding `permit` until the message is
+    /// complete.
+    fn admit(
+        &self,
+        request: http::Request<Body>,
+        permit: OwnedSemaphorePermit,
+        (method, first_message_only): (&'static str, bool),
+        connection: Option<Arc<connections::Activity>>,
+    ) -> http::Request<Body> {
+        let layer = &self.0;
+        request.map(|body| {
+            if http_body::Body::is_end_stream(&body) {
+                // Nothing to wait for (the slot is given back with the body).
+                return body;
+            }
+            Body::new(MessageDeadline {
+                inner: body,
+                method,
+                deadline: Instant::now() + layer.message_timeout,
+                timeout: layer.message_timeout,
+                sleep: None,
+                admitted: Some(permit),
+                waiting: None,
+                connection,
+                calls: (Arc::clone(&layer.waiting), 2 * layer.capacity),
+                first_message_only,
+                prefix: Vec::new(),
+                remaining: None,
+                metrics: Arc::clone(&layer.metrics),
+            })
+        })
     }
 }
 
@@ -206,6 +243,30 @@ fn refused<B: Default>(
 
 type Responding<F> = Pin<Box<dyn Future<Output = F> + Send>>;
 
+pin_project_lite::pin_project! {
+    /// The answer of an [`Admission`] call. A call admitted at once (the usual case) is the inner
+    /// service's future, polled in place; one that must wait for a slot, or is refused, is boxed.
+    #[project = AnsweringProjection]
+    pub enum Answering<F, R> {
+        Admitted { #[pin] tracked: connections::TrackedFuture<F> },
+        Other { future: Responding<R> },
+    }
+}
+
+impl<F, E> Future for Answering<F, Result<http::Response<TrackedBody<Body>>, E>>
+where
+    F: Future<Output = Result<http::Response<Body>, E>>,
+{
+    type Output = Result<http::Response<TrackedBody<Body>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AnsweringProjection::Admitted { tracked } => tracked.poll(cx),
+            AnsweringProjection::Other { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl<S> tower::Service<http::Request<Body>> for Admission<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
@@ -217,7 +278,7 @@ where
 {
     type Response = http::Response<TrackedBody<Body>>;
     type Error = S::Error;
-    type Future = Responding<Result<Self::Response, S::Error>>;
+    type Future = Answering<S::Future, Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -233,6 +294,7 @@ where
         );
         let connection = activity_of(request.extensions()).cloned();
         let mut open: Option<OpenRequest> = connection.as_ref().map(|a| a.open());
+        let state = &self.layer.0;
         if let Some(open) = open.as_mut() {
             if anonymous {
                 open.long_lived();
@@ -242,74 +304,57 @@ where
             if anonymous
                 && !open.anonymous_stream(
                     ANONYMOUS_STREAMS_PER_CONNECTION,
-                    &self.layer.anonymous[usize::from(first_message_only)],
+                    &state.anonymous[usize::from(first_message_only)],
                     ANONYMOUS_STREAMS,
                 )
             {
-                self.layer.metrics.limit(Limit::AnonymousStreams);
-                return Box::pin(std::future::ready(Ok(refused(
-                    None,
-                    "too many health watches and reflection streams; close one first",
-                ))));
+                state.metrics.limit(Limit::AnonymousStreams);
+                return Answering::Other {
+                    future: Box::pin(std::future::ready(Ok(refused(
+                        None,
+                        "too many health watches and reflection streams; close one first",
+                    )))),
+                };
             }
         }
-        let layer = self.layer.clone();
-        let admitted = Arc::clone(&layer.permits).try_acquire_owned();
-        let admit = move |request: http::Request<Body>, permit: OwnedSemaphorePermit| {
-            request.map(|body| {
-                if http_body::Body::is_end_stream(&body) {
-                    // Nothing to wait for (the slot is given back with the body).
-                    return body;
-                }
-                Body::new(MessageDeadline {
-                    inner: body,
-                    method,
-                    deadline: Instant::now() + layer.message_timeout,
-                    timeout: layer.message_timeout,
-                    sleep: None,
-                    admitted: Some(permit),
-                    waiting: None,
-                    connection: connection.clone(),
-                    calls: (Arc::clone(&layer.waiting), 2 * layer.capacity),
-                    first_message_only,
-                    prefix: Vec::new(),
-                    remaining: None,
-                    metrics: Arc::clone(&layer.metrics),
-                })
-            })
-        };
-        if let Ok(permit) = admitted {
-            let response = self.inner.call(admit(request, permit));
-            return Box::pin(async move {
-                let response = response.await?;
-                Ok(response.map(|body| TrackedBody::new(body, open)))
-            });
+        if let Ok(permit) = Arc::clone(&state.permits).try_acquire_owned() {
+            let request =
+                self.layer
+                    .admit(request, permit, (method, first_message_only), connection);
+            return Answering::Admitted {
+                tracked: connections::TrackedFuture::new(self.inner.call(request), open),
+            };
         }
         // No slot: end the call that has waited longest for its message, and take its slot.
         let mut inner = self.inner.clone();
         let layer = self.layer.clone();
-        Box::pin(async move {
-            let permit = if layer.waiting.end_one() {
-                tokio::time::timeout(
-                    Duration::from_millis(100),
-                    Arc::clone(&layer.permits).acquire_owned(),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-            } else {
-                None
-            };
-            let Some(permit) = permit else {
-                layer.metrics.limit(Limit::ConcurrentRequests);
-                layer
-                    .metrics
-                    .call("grpc", method, "TooManyRequests", Duration::ZERO);
-                return Ok(refused(open, "too many requests in flight; retry shortly"));
-            };
-            let response = inner.call(admit(request, permit)).await?;
-            Ok(response.map(|body| TrackedBody::new(body, open)))
-        })
+        Answering::Other {
+            future: Box::pin(async move {
+                let state = &layer.0;
+                let permit = if state.waiting.end_one() {
+                    tokio::time::timeout(
+                        Duration::from_millis(100),
+                        Arc::clone(&state.permits).acquire_owned(),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                } else {
+                    None
+                };
+                let Some(permit) = permit else {
+                    state.metrics.limit(Limit::ConcurrentRequests);
+                    state
+                        .metrics
+                        .call("grpc", method, "TooManyRequests", Duration::ZERO);
+                    return Ok(refused(open, "too many requests in flight; retry shortly"));
+                };
+                let request =
+                    layer.admit(request, permit, (method, first_message_only), connection);
+                let response = inner.call(request).await?;
+                Ok(response.map(|body| TrackedBody::new(body, open)))
+            }),
+        }
     }
 }
 

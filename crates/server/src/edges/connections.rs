@@ -686,7 +686,9 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let open = self.activity.open();
-        if request.version() < http::Version::HTTP_2 {
+        // Noted once: hyper clones this service for every request, and a store on every request
+        // would dirty the connection's shared state each time.
+        if request.version() < http::Version::HTTP_2 && !self.activity.is_http1() {
             self.activity.http1.store(true, Ordering::Relaxed);
         }
         if let Some(certificate) = &self.certificate {
@@ -713,6 +715,12 @@ pin_project_lite::pin_project! {
         #[pin]
         response: F,
         open: Option<OpenRequest>,
+    }
+}
+
+impl<F> TrackedFuture<F> {
+    pub fn new(response: F, open: Option<OpenRequest>) -> Self {
+        TrackedFuture { response, open }
     }
 }
 

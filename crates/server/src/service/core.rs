@@ -460,10 +460,11 @@ impl Core {
         {
             return None;
         }
-        let permissions =
-            snapshot
-                .tenant
-                .permissions_of(&caller.user, &caller.groups, cluster.project());
+        let permissions = snapshot.tenant.permissions_of_canonical(
+            &caller.user,
+            &caller.groups,
+            cluster.project(),
+        );
         (!permissions.is_empty()).then_some(permissions)
     }
 
