@@ -367,7 +367,9 @@ impl Auditor {
     /// Records one event and, in required mode, waits until it is written.
     pub async fn record_and_wait(&self, record: &Record<'_>) -> Result<(), Unrecorded> {
         match self.record(record)? {
-            Some(receipt) => self.written(receipt).await,
+            // Boxed: only required mode waits, and the wait's state (a timer) would otherwise be
+            // part of every call's future, copied whole each time that future is moved.
+            Some(receipt) => Box::pin(self.written(receipt)).await,
             None => Ok(()),
         }
     }

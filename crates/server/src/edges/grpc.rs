@@ -374,7 +374,10 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
                 .await?;
             Ok(pb::GetKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                credential: served.credential.as_deref().map(issued_credential_of),
+                credential: served
+                    .credential
+                    .as_deref()
+                    .map(|c| Box::new(issued_credential_of(c))),
             })
         })
         .await
@@ -399,7 +402,10 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
                 .await?;
             Ok(pb::GetAdminKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                credential: served.credential.as_deref().map(issued_credential_of),
+                credential: served
+                    .credential
+                    .as_deref()
+                    .map(|c| Box::new(issued_credential_of(c))),
             })
         })
         .await
