@@ -1282,31 +1282,6 @@ mod tests {
 
     const PROD_EAST: &str = "6470a2b1c5e6f1a2b3c4d5e1";
 
-    #[test]
-    fn zz_future_sizes() {
-        let core = core(Arc::new(RecordingCache::default()));
-        let creds = key("x");
-        let opts = MintOptions::default();
-        let f = core.asset(&creds, PROD_EAST, Request::Kubeconfig { frp: true }, &opts);
-        eprintln!("SIZE asset {}", std::mem::size_of_val(&f));
-        let span = tracing::Span::none();
-        let mut who = None;
-        let f2 = core.serve_asset(&creds, PROD_EAST, Request::Kubeconfig { frp: true }, (&opts, Issue::MintOrReuse), &span, &mut who);
-        eprintln!("SIZE serve_asset {}", std::mem::size_of_val(&f2));
-        let snapshot = core.snapshot();
-        let f3 = core.caller(&creds, &snapshot);
-        eprintln!("SIZE caller {}", std::mem::size_of_val(&f3));
-        let auth = crate::audit::Auth::default();
-        let record = Record::new(Event::AssetServed, "u", &auth);
-        let f4 = core.auditor.record_and_wait(&record);
-        eprintln!("SIZE record_and_wait {}", std::mem::size_of_val(&f4));
-        let f5 = core.run("grpc", "x", std::future::ready(Ok::<u8, CoreError>(1)));
-        eprintln!("SIZE run(ready) {}", std::mem::size_of_val(&f5));
-        eprintln!("SIZE credentials {}", std::mem::size_of::<Credentials>());
-        eprintln!("SIZE served {}", std::mem::size_of::<Served>());
-        eprintln!("SIZE result_served {}", std::mem::size_of::<Result<Served, CoreError>>());
-    }
-
     /// The cache key and the rendered file come from one value: requests that render the same file for
     /// a cluster share one variant, and different files never share one.
     #[test]
