@@ -27,8 +27,9 @@ pub fn needs_quotes(value: &str) -> bool {
             .any(|b| matches!(b, b' ' | b':' | b'=' | b'"' | b'\\'))
 }
 
-/// Whether a character is written as an escape.
-fn escaped_char(c: char) -> bool {
+/// Whether a character is always written as an escape: control characters, the line and paragraph
+/// separators and the bidirectional formatting characters (the JSON log format escapes the same ones).
+pub fn escaped_char(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

@@ -122,13 +122,23 @@ impl Escaping<'_> {
             self.out.push_str(text);
             return;
         }
-        // The rare rest is escaped by serde_json itself (a string always serializes).
+        // The rare rest is escaped by serde_json itself (a string always serializes). JSON lets DEL,
+        // the C1 controls, the line and paragraph separators and the bidirectional formatting
+        // characters stand as they are; they are escaped too (`\u202e`), as the text format escapes
+        // them: a line shown in a terminal reads in the order it was written, and a parser gets the
+        // same string back.
         let quoted = serde_json::to_string(text).unwrap_or_default();
-        self.out.push_str(
-            quoted
-                .get(1..quoted.len().saturating_sub(1))
-                .unwrap_or_default(),
-        );
+        let inner = quoted
+            .get(1..quoted.len().saturating_sub(1))
+            .unwrap_or_default();
+        for c in inner.chars() {
+            if kubeconfig_logline::escaped_char(c) {
+                // Every such character is in the Basic Multilingual Plane: one `\uXXXX` each.
+                let _ = write!(self.out, "\\u{:04x}", u32::from(c));
+            } else {
+                self.out.push(c);
+            }
+        }
     }
 }
 
@@ -210,7 +220,7 @@ mod tests {
                 neg = -5_i128,
                 "numbers"
             );
-            tracing::info!(controls = every_control.as_str(), shown = %every_control, unicode = "caf\u{e9} \u{1F600} \u{2028}", "strings");
+            tracing::info!(controls = every_control.as_str(), shown = %every_control, unicode = "caf\u{e9} \u{1F600} \u{2028} \u{202e}reversed\u{2066}\u{85}", "strings");
             let failure = Failure;
             tracing::error!(
                 error = &failure as &(dyn std::error::Error + 'static),
@@ -225,9 +235,23 @@ mod tests {
         let ours: Vec<String> = ours.lines().map(untimed).collect();
         let theirs: Vec<String> = theirs.lines().map(untimed).collect();
         assert_eq!(ours.len(), 8, "{ours:?}");
+        // (An untimed line starts `{,`.)
+        let parsed = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(&line.replacen("{,", "{", 1)).expect(line)
+        };
         for (ours, theirs) in ours.iter().zip(&theirs) {
-            assert_eq!(ours, theirs);
+            // The same object, in the same bytes but for the characters this format escapes and the
+            // library's leaves as they are; none of those is left raw.
+            assert_eq!(parsed(ours), parsed(theirs));
+            if !theirs.chars().any(kubeconfig_logline::escaped_char) {
+                assert_eq!(ours, theirs);
+            }
+            assert!(
+                !ours.chars().any(kubeconfig_logline::escaped_char),
+                "{ours}"
+            );
         }
+        assert!(ours.iter().any(|line| line.contains("\\u202e")), "{ours:?}");
         assert_eq!(ours.len(), theirs.len());
     }
 
