@@ -1,4 +1,4 @@
-//! Cache for rendered kubeconfigs: a bounded in-process tier (`moka`, bounded by bytes) in front of an
+//! Cache for rendered kubeconfigs: a bounded in-process tier (`quick_cache`, bounded by bytes) in front of an
 //! optional Redis tier (standalone through a `ConnectionManager`, or Redis Cluster), with sealed entries.
 //!
 //! The server's core uses it only through [`AssetCache`], a narrow trait of our own. The cache never

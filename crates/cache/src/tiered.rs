@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::remote::{RedisTarget, Remote};
 use crate::sealing::{self, Sealer};
@@ -44,11 +44,41 @@ struct Counters {
 /// A miss in progress: its outcome once the first caller has it.
 type Flight<V> = Arc<tokio::sync::OnceCell<(Arc<V>, Tier)>>;
 
+/// An in-process entry: the value, and when the backstop expiry ends it (`None`: a TTL too long to
+/// add to the clock).
+struct Held<V> {
+    value: Arc<V>,
+    expires: Option<Instant>,
+}
+
+impl<V> Clone for Held<V> {
+    fn clone(&self) -> Self {
+        Held {
+            value: Arc::clone(&self.value),
+            expires: self.expires,
+        }
+    }
+}
+
+/// An in-process entry weighs its key and its value ([`Cacheable::weight`]).
+#[derive(Debug, Clone)]
+struct ByWeight;
+
+impl<V: Cacheable> quick_cache::Weighter<CacheKey, Held<V>> for ByWeight {
+    fn weight(&self, key: &CacheKey, held: &Held<V>) -> u64 {
+        u64::from(key.weight()) + u64::from(held.value.weight())
+    }
+}
+
 /// The two tiers together.
 pub struct TieredCache<V: Cacheable> {
-    /// Hashed with foldhash (seeded per process) rather than SipHash: the keys are ours (built from
-    /// a served cluster's uid and revision), and hashing one was a visible share of a cached download.
-    memory: Option<moka::sync::Cache<CacheKey, Arc<V>, foldhash::fast::RandomState>>,
+    /// quick_cache: a sharded map bounded in bytes with a scan-resistant eviction policy (S3-FIFO)
+    /// and no background work; a hit is a hash, a shard's read lock and a compare (moka's
+    /// bookkeeping on every hit was about 0.5k instructions of a cached download). Hashed with
+    /// foldhash (seeded per process) rather than SipHash: the keys are ours (built from a served
+    /// cluster's uid and revision).
+    memory:
+        Option<quick_cache::sync::Cache<CacheKey, Held<V>, ByWeight, foldhash::fast::RandomState>>,
     remote: Option<Arc<Remote>>,
     ttl: Duration,
     counters: Counters,
@@ -72,14 +102,17 @@ impl<V: Cacheable> TieredCache<V> {
     /// Must be called within a Tokio runtime when Redis is configured.
     pub fn new(config: CacheConfig) -> Arc<Self> {
         let memory = (config.memory_bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(config.memory_bytes)
-                .weigher(|key: &CacheKey, value: &Arc<V>| {
-                    key.weight().saturating_add(value.weight())
-                })
-                .time_to_live(config.ttl)
-                .support_invalidation_closures()
-                .build_with_hasher(foldhash::fast::RandomState::default())
+            // Sized for entries of a few kilobytes (a kubeconfig with its key is 2-6 KiB).
+            let expected = usize::try_from(config.memory_bytes / 4096)
+                .unwrap_or(usize::MAX)
+                .max(16);
+            quick_cache::sync::Cache::with(
+                expected,
+                config.memory_bytes,
+                ByWeight,
+                foldhash::fast::RandomState::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            )
         });
         Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             let weak = weak.clone();
@@ -114,12 +147,25 @@ impl<V: Cacheable> TieredCache<V> {
 
     fn drop_local(&self, clusters: &[String]) {
         let Some(memory) = &self.memory else { return };
-        for cluster in clusters {
-            let cluster = cluster.clone();
-            if let Err(error) = memory.invalidate_entries_if(move |key, _| key.cluster() == cluster)
-            {
-                tracing::warn!(%error, "cannot invalidate in-process entries");
-            }
+        if clusters.is_empty() {
+            return;
+        }
+        // One pass over the tier for the whole batch.
+        let clusters: std::collections::HashSet<&str> =
+            clusters.iter().map(String::as_str).collect();
+        memory.retain(|key, _| !clusters.contains(key.cluster()));
+    }
+
+    /// Keeps `value` in the in-process tier, until the backstop expiry at the latest.
+    fn hold(&self, key: &CacheKey, value: &Arc<V>) {
+        if let Some(memory) = &self.memory {
+            memory.insert(
+                key.clone(),
+                Held {
+                    value: Arc::clone(value),
+                    expires: Instant::now().checked_add(self.ttl),
+                },
+            );
         }
     }
 
@@ -156,16 +202,12 @@ impl<V: Cacheable> TieredCache<V> {
         if let Some(value) = from_redis {
             self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
             let value = Arc::new(value);
-            if let Some(memory) = &self.memory {
-                memory.insert(key.clone(), Arc::clone(&value));
-            }
+            self.hold(key, &value);
             return (value, Tier::Redis);
         }
         let value = Arc::new(render());
         self.counters.renders.fetch_add(1, Ordering::Relaxed);
-        if let Some(memory) = &self.memory {
-            memory.insert(key.clone(), Arc::clone(&value));
-        }
+        self.hold(key, &value);
         if let Some(remote) = &self.remote {
             self.store_in_redis(remote, key, &value);
         }
@@ -217,9 +259,21 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Arc<V>> {
-        let value = self.memory.as_ref()?.get(key)?;
+        let memory = self.memory.as_ref()?;
+        let held = memory.get(key)?;
+        if held
+            .expires
+            .is_some_and(|expires| expires <= Instant::now())
+        {
+            // Expired: gone, unless another call has just put a fresh one in its place.
+            memory.remove_if(key, |held| {
+                held.expires
+                    .is_some_and(|expires| expires <= Instant::now())
+            });
+            return None;
+        }
         self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
-        Some(value)
+        Some(held.value)
     }
 
     fn invalidate_clusters(&self, clusters: &[String]) {
@@ -248,14 +302,7 @@ impl<V: Cacheable> AssetCache<V> for TieredCache<V> {
             forged_invalidations: remote.forged,
             invalidations_sent: remote.published,
             invalidations_received: remote.received,
-            memory_entries: self
-                .memory
-                .as_ref()
-                .map(|m| {
-                    m.run_pending_tasks();
-                    m.entry_count()
-                })
-                .unwrap_or(0),
+            memory_entries: self.memory.as_ref().map(|m| m.len() as u64).unwrap_or(0),
             redis_up: remote.up,
         }
     }
@@ -323,6 +370,41 @@ mod tests {
             (stats.memory_hits, stats.renders, stats.redis_up),
             (2, 2, false)
         );
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_its_expiry_is_rendered_again() {
+        // A TTL of zero: every entry has expired by the time it is asked for.
+        let cache = TieredCache::new(CacheConfig {
+            memory_bytes: 1 << 20,
+            ttl: Duration::ZERO,
+            redis: None,
+        });
+        let key = CacheKey::new("c1".into(), "kubeconfig", [7; 32], 1);
+        for _ in 0..3 {
+            let (_, tier) = cache
+                .get_or_render(&key, Box::new(|| Blob(b"x".to_vec(), false)))
+                .await;
+            assert_eq!(tier, Tier::Render);
+        }
+        let stats = cache.stats();
+        assert_eq!((stats.memory_hits, stats.renders), (0, 3));
+        assert!(stats.memory_entries <= 1, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn the_memory_tier_holds_no_more_than_its_bytes() {
+        let cache = memory_only(64 * 1024);
+        for cluster in 0..200 {
+            let key = CacheKey::new(format!("c{cluster}").into(), "kubeconfig", [7; 32], 1);
+            cache
+                .get_or_render(&key, Box::new(|| Blob(vec![0; 4096], false)))
+                .await;
+        }
+        let held = cache.memory.as_ref().expect("a memory tier").weight();
+        assert!(held <= 64 * 1024, "{held} bytes held");
+        // Something is held: the tier works at all.
+        assert!(cache.stats().memory_entries > 0);
     }
 
     #[tokio::test]
