@@ -44,6 +44,11 @@ struct Counters {
 /// A miss in progress: its outcome once the first caller has it.
 type Flight<V> = Arc<tokio::sync::OnceCell<(Arc<V>, Tier)>>;
 
+/// The least each shard of the in-process tier holds (or the whole tier, when it is smaller): an
+/// entry heavier than its shard's part is never held, and a rendered file stays well under this (a
+/// cluster file is at most 1 MiB).
+const MIN_SHARD_BYTES: u64 = 4 << 20;
+
 /// An in-process entry: the value, and when the backstop expiry ends it (`None`: a TTL too long to
 /// add to the clock).
 struct Held<V> {
@@ -102,17 +107,36 @@ impl<V: Cacheable> TieredCache<V> {
     /// Must be called within a Tokio runtime when Redis is configured.
     pub fn new(config: CacheConfig) -> Arc<Self> {
         let memory = (config.memory_bytes > 0).then(|| {
-            // Sized for entries of a few kilobytes (a kubeconfig with its key is 2-6 KiB).
+            // Sized for entries of a few kilobytes (a kubeconfig with its key is 2-6 KiB). Each shard
+            // holds an equal part of the bytes and refuses an entry heavier than that part: shards of
+            // at least `MIN_SHARD_BYTES` (16 at most) keep any file the inventory can hold cacheable.
             let expected = usize::try_from(config.memory_bytes / 4096)
                 .unwrap_or(usize::MAX)
                 .max(16);
-            quick_cache::sync::Cache::with(
-                expected,
-                config.memory_bytes,
-                ByWeight,
-                foldhash::fast::RandomState::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
-            )
+            let shards = usize::try_from(config.memory_bytes / MIN_SHARD_BYTES)
+                .unwrap_or(usize::MAX)
+                .clamp(1, 16);
+            let options = quick_cache::OptionsBuilder::new()
+                .estimated_items_capacity(expected)
+                .weight_capacity(config.memory_bytes)
+                .shards(shards)
+                .build();
+            match options {
+                Ok(options) => quick_cache::sync::Cache::with_options(
+                    options,
+                    ByWeight,
+                    foldhash::fast::RandomState::default(),
+                    quick_cache::sync::DefaultLifecycle::default(),
+                ),
+                // Both sizes are set above; kept total rather than unwrapped.
+                Err(_) => quick_cache::sync::Cache::with(
+                    expected,
+                    config.memory_bytes,
+                    ByWeight,
+                    foldhash::fast::RandomState::default(),
+                    quick_cache::sync::DefaultLifecycle::default(),
+                ),
+            }
         });
         Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             let weak = weak.clone();
@@ -405,6 +429,20 @@ mod tests {
         assert!(held <= 64 * 1024, "{held} bytes held");
         // Something is held: the tier works at all.
         assert!(cache.stats().memory_entries > 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_file_is_held() {
+        // 8 MiB in shards of 4 MiB: a 1 MiB file is held (in quick_cache's default shards, four per
+        // core, each held 1 MiB or less here, and refused it).
+        let cache = memory_only(8 << 20);
+        let key = CacheKey::new("c1".into(), "kubeconfig", [7; 32], 1);
+        for _ in 0..2 {
+            cache
+                .get_or_render(&key, Box::new(|| Blob(vec![0; 1 << 20], false)))
+                .await;
+        }
+        assert_eq!(cache.stats().memory_hits, 1);
     }
 
     #[tokio::test]

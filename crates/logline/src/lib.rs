@@ -2,7 +2,7 @@
 //! every value, whatever its type or how it was recorded. A value is written as it is unless it is
 //! empty or holds a space, `:`, `=`, `"` or `\`; then it is quoted, with `"` and `\` escaped. Control
 //! characters, the line and paragraph separators (U+2028, U+2029) and the bidirectional formatting
-//! characters (U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) are always escaped (`\n`, `\u{1b}`,
+//! characters (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) are always escaped (`\n`, `\u{1b}`,
 //! `\u{202e}`…), so a value from a hostile file or header can neither end its line, nor pass for
 //! another field, nor make a terminal show its line in another order than it was written; and the
 //! same field looks the same in every line. [`Fields`] writes an event's fields by this
@@ -35,6 +35,7 @@ pub fn escaped_char(c: char) -> bool {
             c,
             '\u{2028}'
                 | '\u{2029}'
+                | '\u{061c}'
                 | '\u{200e}'
                 | '\u{200f}'
                 | '\u{202a}'..='\u{202e}'
@@ -260,6 +261,8 @@ mod tests {
         assert_eq!(value("m\u{2028}n\u{1b}"), "m\\u{2028}n\\u{1b}");
         // A right-to-left override would show the rest of the line reversed in a terminal.
         assert_eq!(value("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
+        // The Arabic letter mark is a bidirectional formatting character too.
+        assert_eq!(value("a\u{61c}b"), "a\\u{61c}b");
     }
 
     /// The rule with no fast path: whether to quote decided per character, then every character
@@ -278,8 +281,8 @@ mod tests {
     fn the_byte_table_says_what_the_rule_says_for_every_character() {
         let characters = (0..=0x7f_u32)
             .chain([
-                0x80, 0x85, 0xa0, 0xe9, 0x200e, 0x200f, 0x2028, 0x2029, 0x202a, 0x202e, 0x2066,
-                0x2069, 0xfeff, 0x1f600,
+                0x80, 0x85, 0xa0, 0xe9, 0x61c, 0x200e, 0x200f, 0x2028, 0x2029, 0x202a, 0x202e,
+                0x2066, 0x2069, 0xfeff, 0x1f600,
             ])
             .filter_map(char::from_u32);
         for c in characters {

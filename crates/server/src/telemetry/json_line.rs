@@ -220,7 +220,7 @@ mod tests {
                 neg = -5_i128,
                 "numbers"
             );
-            tracing::info!(controls = every_control.as_str(), shown = %every_control, unicode = "caf\u{e9} \u{1F600} \u{2028} \u{202e}reversed\u{2066}\u{85}", "strings");
+            tracing::info!(controls = every_control.as_str(), shown = %every_control, unicode = "caf\u{e9} \u{1F600} \u{2028} \u{202e}reversed\u{2066}\u{85}\u{61c}", "strings");
             let failure = Failure;
             tracing::error!(
                 error = &failure as &(dyn std::error::Error + 'static),
