@@ -663,11 +663,12 @@ impl Drop for Waiting {
 
 /// Whether a REST request may be a long-poll (`If-None-Match` and `?wait=`).
 fn is_long_poll<B>(request: &http::Request<B>) -> bool {
-    request.headers().contains_key(http::header::IF_NONE_MATCH)
-        && request
-            .uri()
-            .query()
-            .is_some_and(|query| query.split('&').any(|pair| pair.starts_with("wait=")))
+    // The query first: most requests have none, and looking the header up hashes its name.
+    request
+        .uri()
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair.starts_with("wait=")))
+        && request.headers().contains_key(http::header::IF_NONE_MATCH)
 }
 
 impl<S, ReqBody, B> tower::Service<http::Request<ReqBody>> for Tracked<S>

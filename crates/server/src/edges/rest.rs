@@ -80,9 +80,13 @@ fn set_request_id(response: &mut Response, request_id: &str) {
     const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
     if let Ok(value) = HeaderValue::from_str(request_id) {
         // A download's headers hold a placeholder: replaced in place (an insert would first make
-        // room for one more header).
-        match response.headers_mut().get_mut(REQUEST_ID) {
-            Some(placeholder) => *placeholder = value,
+        // room for one more header), found by comparing names rather than hashing one.
+        match response
+            .headers_mut()
+            .iter_mut()
+            .find(|(name, _)| **name == REQUEST_ID)
+        {
+            Some((_, placeholder)) => *placeholder = value,
             None => {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
