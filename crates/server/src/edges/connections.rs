@@ -702,10 +702,7 @@ where
                 .extensions_mut()
                 .insert(LongPoll(Arc::clone(&self.activity)));
         }
-        TrackedFuture {
-            response: self.inner.call(request),
-            open: Some(open),
-        }
+        TrackedFuture::new(self.inner.call(request), Some(open))
     }
 }
 

@@ -374,10 +374,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
                 .await?;
             Ok(pb::GetKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                credential: served
-                    .credential
-                    .as_deref()
-                    .map(|c| Box::new(issued_credential_of(c))),
+                credential: served.credential.as_deref().map(issued_credential_of),
             })
         })
         .await
@@ -402,10 +399,7 @@ impl pb::kubeconfig_service_server::KubeconfigService for KubeconfigApi {
                 .await?;
             Ok(pb::GetAdminKubeconfigResponse {
                 kubeconfig: Some(kubeconfig_message(&served.rendered.0)),
-                credential: served
-                    .credential
-                    .as_deref()
-                    .map(|c| Box::new(issued_credential_of(c))),
+                credential: served.credential.as_deref().map(issued_credential_of),
             })
         })
         .await
@@ -596,8 +590,9 @@ fn ledger_entry(entry: &LedgerEntry, reused: bool) -> pb::IssuedCredential {
     }
 }
 
-fn issued_credential_of(credential: &MintedCredential) -> pb::IssuedCredential {
-    ledger_entry(&credential.entry, credential.reused)
+/// Boxed, as the answers hold it (see the proto crate's build script).
+fn issued_credential_of(credential: &MintedCredential) -> Box<pb::IssuedCredential> {
+    Box::new(ledger_entry(&credential.entry, credential.reused))
 }
 
 fn credential_status(status: CredentialStatus) -> pb::CredentialStatus {
